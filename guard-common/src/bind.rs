@@ -1,0 +1,96 @@
+//! Bind rules: which addresses a guarded port may be bound to (cgroup `bind4` / `bind6`).
+//!
+//! A port with no entry in [`MAP_BIND_PORTS`] is not guarded. For a guarded port, the kernel looks
+//! the requested address up in the per-family LPM tries; a miss is a violation, handled by the
+//! port's mode.
+
+use crate::COMM_LEN;
+
+pub const PROG_BIND_V4: &str = "bind_rule_v4";
+pub const PROG_BIND_V6: &str = "bind_rule_v6";
+
+/// `u16` port (host byte order) → [`BindPortRule`].
+pub const MAP_BIND_PORTS: &str = "BIND_PORTS";
+/// LPM trie of [`BindAddrV4`] → `u32` (1 = allowed).
+pub const MAP_BIND_ALLOW_V4: &str = "BIND_ALLOW_V4";
+/// LPM trie of [`BindAddrV6`] → `u32` (1 = allowed).
+pub const MAP_BIND_ALLOW_V6: &str = "BIND_ALLOW_V6";
+/// Ring buffer of [`BindEvent`].
+pub const MAP_BIND_EVENTS: &str = "BIND_EVENTS";
+/// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
+pub const MAP_BIND_STATS: &str = "BIND_STATS";
+
+pub const MAX_BIND_PORTS: u32 = 1024;
+pub const MAX_BIND_ADDRS: u32 = 4096;
+pub const BIND_EVENTS_BYTES: u32 = 64 * 1024;
+
+/// Binds of guarded ports to an allowed address.
+pub const STAT_ALLOWED: u32 = 0;
+/// Binds refused (enforce mode).
+pub const STAT_DENIED: u32 = 1;
+/// Binds that monitor mode let through but would have refused.
+pub const STAT_WOULD_DENY: u32 = 2;
+/// Events lost because the ring buffer was full.
+pub const STAT_EVENTS_LOST: u32 = 3;
+pub const STAT_COUNT: u32 = 4;
+
+/// Rule for one guarded port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindPortRule {
+    /// [`crate::mode`].
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// LPM key data for IPv4: the port first, so one trie holds every port's prefixes.
+/// The prefix length of a key is `16 + CIDR prefix`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BindAddrV4 {
+    /// Port, big-endian.
+    pub port: [u8; 2],
+    /// Address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// LPM key data for IPv6, laid out as [`BindAddrV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BindAddrV6 {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Address families, as in `AF_INET` / `AF_INET6`.
+pub const FAMILY_V4: u16 = 2;
+pub const FAMILY_V6: u16 = 10;
+
+/// One refused (or, in monitor mode, would-be refused) bind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BindEvent {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    /// [`crate::verdict`].
+    pub verdict: u32,
+    pub comm: [u8; COMM_LEN],
+    /// IPv4 in the first four bytes for [`FAMILY_V4`]; network byte order.
+    pub addr: [u8; 16],
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    #![allow(unsafe_code)]
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding fields, so every
+    // bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::BindPortRule {}
+    unsafe impl aya::Pod for super::BindAddrV4 {}
+    unsafe impl aya::Pod for super::BindAddrV6 {}
+    unsafe impl aya::Pod for super::BindEvent {}
+}

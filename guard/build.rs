@@ -1,0 +1,12 @@
+//! Builds the kernel programs (`guard-ebpf`) with aya-build, so `cargo build` yields one binary
+//! with the eBPF object embedded.
+
+fn main() -> anyhow::Result<()> {
+    let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../guard-ebpf");
+    let package = aya_build::Package {
+        name: "guard-ebpf",
+        root_dir,
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}

@@ -1,0 +1,53 @@
+//! `proxyguard config init` and `proxyguard config check`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::config::{self, Config, InitOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a commented config with secure defaults (mode 0600). Refuses to overwrite without --force.
+    Init {
+        /// Where to write it [default: the --config path]
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config. Each error names its field path and line.
+    Check,
+}
+
+pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ConfigCommand::Init { path, force } => {
+            let path = path.unwrap_or_else(|| config_path.to_owned());
+            config::write_initial(&path, &InitOptions { force })?;
+            if json {
+                println!("{}", json!({ "written": path }));
+            } else {
+                println!(
+                    "wrote {} (mode 0600); check it with `proxyguard config check --config {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+        ConfigCommand::Check => {
+            Config::load(config_path)?;
+            if json {
+                println!("{}", json!({ "valid": true, "path": config_path }));
+            } else {
+                println!("{}: valid", config_path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,64 @@
+//! The command line (clap derive): one file per subcommand, doc comments as help text.
+//!
+//! Exit codes: 0 ok, 1 findings, denial or a runtime failure, 2 usage or config error.
+
+mod completions;
+mod config_cmd;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "proxyguard",
+    version,
+    about = "A host-level guard for LLM proxies"
+)]
+pub struct Cli {
+    /// Config file [default: /etc/proxyguard/proxyguard.toml]
+    #[arg(long, global = true, env = "PROXYGUARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document (or one JSON object per line for streams) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the kernel programs and stream their events until SIGTERM.
+    Run(run::RunArgs),
+    /// Write or validate the config file.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cli {
+        config,
+        json,
+        command,
+    } = cli;
+    let config_path = crate::config::resolve_path(config);
+    match command {
+        Command::Run(args) => run::run(&config_path, args),
+        Command::Config(command) => config_cmd::run(&config_path, json, command),
+        Command::Completions(args) => completions::run(args),
+    }
+}
+
+/// 2 for config problems (the operator must edit something), 1 for everything else.
+pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    if err.downcast_ref::<ConfigError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,168 @@
+//! The configuration file: serde structs with secure defaults, loaded and validated in one step.
+//!
+//! `Config::load` either returns a config that passed every check, or every problem found, each
+//! with its field path and line. Nothing is attached or bound before that succeeds.
+
+mod error;
+mod locate;
+mod template;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, FieldError};
+pub use template::{write_initial, InitOptions};
+
+/// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub bind: BindConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: BindConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// What a kernel program does with what its rules do not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse, count and report.
+    Enforce,
+    /// Count and report what would be refused; refuse nothing.
+    Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+
+    pub fn kernel_value(self) -> u32 {
+        match self {
+            Mode::Enforce => guard_common::mode::ENFORCE,
+            Mode::Monitor => guard_common::mode::MONITOR,
+        }
+    }
+}
+
+/// Kernel bind rules (threat 12): a guarded port may be bound only on allowed addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BindConfig {
+    pub enabled: bool,
+    pub mode: Mode,
+    pub rules: Vec<BindRule>,
+}
+
+impl Default for BindConfig {
+    fn default() -> Self {
+        Self {
+            // On: an LLM proxy binding 0.0.0.0 exposes an unauthenticated, money-spending port.
+            enabled: true,
+            mode: Mode::Enforce,
+            // LiteLLM's default port, loopback only.
+            rules: vec![BindRule {
+                port: 4000,
+                allow: loopback(),
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRule {
+    pub port: u16,
+    /// Addresses (or CIDRs) the port may be bound to. Loopback when left out.
+    #[serde(default = "loopback")]
+    pub allow: Vec<IpNet>,
+}
+
+fn loopback() -> Vec<IpNet> {
+    vec![
+        "127.0.0.1/32".parse().expect("literal CIDR"),
+        "::1/128".parse().expect("literal CIDR"),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, such as `info` or `proxyguard=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&source, path)
+    }
+
+    /// Parses and validates `source`, naming `path` in errors.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(source).map_err(|err| {
+            let line = err.span().map(|span| locate::line_of(source, span.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                errors: vec![FieldError {
+                    field: String::new(),
+                    line,
+                    message: err.message().to_owned(),
+                }],
+            }
+        })?;
+        let mut errors = validate::validate(&config);
+        if errors.is_empty() {
+            return Ok(config);
+        }
+        for error in &mut errors {
+            error.line = locate::line_of_field(source, &error.field);
+        }
+        Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            errors,
+        })
+    }
+}
+
+/// The config path from `--config`, then `$PROXYGUARD_CONFIG` (clap fills both), then the default.
+pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}

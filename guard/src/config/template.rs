@@ -1,0 +1,124 @@
+//! The commented config file that `config init` writes, and the safe way to write it.
+//!
+//! The template is the single source of defaults shown to operators; a test checks that it parses
+//! to exactly `Config::default()`, so the file and the struct cannot drift.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use super::ConfigError;
+
+pub const TEMPLATE: &str = include_str!("default.toml");
+
+#[derive(Debug, Default)]
+pub struct InitOptions {
+    pub force: bool,
+}
+
+/// Writes the template to `path` with mode 0600: atomically (temp file, fsync, rename), and only
+/// over an existing file when `force` is set.
+pub fn write_initial(path: &Path, options: &InitOptions) -> Result<(), ConfigError> {
+    if path.exists() && !options.force {
+        return Err(ConfigError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    write_atomic(path, TEMPLATE.as_bytes()).map_err(|source| ConfigError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Replaces `path` with `contents` so a reader sees either the old file or the new one, never a
+/// partial write, and the file is never readable by others on the way.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "config path has no file name",
+        )
+    })?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn template_is_the_default_config() {
+        let parsed = Config::parse(TEMPLATE, Path::new("default.toml")).expect("template parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn init_writes_0600_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/proxyguard.toml");
+        write_initial(&path, &InitOptions::default()).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        fs::write(&path, "# edited\n").unwrap();
+        let err = write_initial(&path, &InitOptions::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Exists { .. }), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "# edited\n");
+
+        write_initial(&path, &InitOptions { force: true }).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), TEMPLATE);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let source = TEMPLATE.replace("port = 4000", "port = 0");
+        let err = Config::parse(&source, Path::new("/etc/pg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/pg.toml"), "{err}");
+        assert!(err.contains("line 15: bind.rules[0].port"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_line() {
+        let source = TEMPLATE.replace(
+            "mode = \"enforce\"",
+            "mode = \"enforce\"\nenforce_harder = true",
+        );
+        let err = Config::parse(&source, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `enforce_harder`"), "{err}");
+        assert!(err.contains("line 12"), "{err}");
+    }
+}
