@@ -40,3 +40,8 @@ pub fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     // SAFETY: the length was checked above, and `T: Pod` means every bit pattern is a valid `T`.
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
+
+/// An `lsm/file_open` program that allows everything. The daemon loads it (without attaching) to
+/// learn whether this kernel accepts BPF LSM programs at all: some list `bpf` as an active LSM and
+/// still refuse the load.
+pub const PROG_LSM_PROBE: &str = "lsm_probe";

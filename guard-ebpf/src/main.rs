@@ -3,6 +3,7 @@
 #![no_main]
 
 mod bind;
+mod probe;
 mod stats;
 
 #[cfg(not(test))]

@@ -1,1 +1,62 @@
+//! Harness for proxyguard's end-to-end tests: the real binary, started and always stopped by RAII
+//! guards, plus the rules for privileged tests (root required; features this host refuses are
+//! skipped here with the reason, and must work in the VM).
 
+pub mod daemon;
+pub mod net;
+
+use std::{io::Write, path::PathBuf};
+
+pub use daemon::Daemon;
+
+/// The `proxyguard` binary: `$PROXYGUARD_BIN` (set in the VM), else the one cargo built next to
+/// the test binary (`target/debug/proxyguard`).
+pub fn proxyguard_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("PROXYGUARD_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/<test> → target/debug/proxyguard
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("proxyguard");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p proxyguard`, or run `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// True inside the VM that `cargo xtask vm-test` boots.
+pub fn in_vm() -> bool {
+    std::env::var_os("PROXYGUARD_IN_VM").is_some()
+}
+
+/// Fails the test unless it runs as root: privileged tests load eBPF programs.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test loads eBPF programs and must run as root (cargo xtask test does; so does the VM)"
+    );
+}
+
+/// Whether a test that needs `feature` can go on. Where the feature is missing it prints why and
+/// returns false natively; inside the VM, where every feature must be present, it fails the test.
+pub fn feature_or_skip(test: &str, feature: &str, available: bool, why: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !in_vm(),
+        "{test}: {feature} must be available in the VM, but: {why}"
+    );
+    // Written past libtest's output capture, so the skip is visible even though the test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED here: {test} needs {feature}, which this host refuses ({why}); the VM run covers it"
+    );
+    false
+}

@@ -1,1 +1,71 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, run, test, vm-test and bench for proxyguard.
+#![forbid(unsafe_code)]
+
+mod build;
+mod cmd;
+mod counts;
+mod initramfs;
+mod run;
+mod setup;
+mod test;
+mod vm;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "proxyguard's build and test driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent; fast when all is present).
+    Setup,
+    /// Set up, then build the workspace (the kernel object is embedded in proxyguard).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up and build, then run `proxyguard run` on the embedded default config.
+    Run {
+        /// Extra arguments for `proxyguard run`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then fmt, clippy, unit tests, native privileged tests and the VM tests.
+    Test {
+        /// Skip the VM stage (it is still required for CI; this is for quick local loops).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Boot Debian's kernel under QEMU (TCG, BPF LSM on) and run every privileged test inside.
+    VmTest {
+        /// Boot this kernel image instead of the cached Debian one.
+        #[arg(long, value_name = "PATH")]
+        kernel: Option<PathBuf>,
+        /// Give up (and fail) after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build { release } => {
+            setup::run()?;
+            build::workspace(release)
+        }
+        Command::Run { args } => run::run(&args),
+        Command::Test { no_vm } => test::run(!no_vm),
+        Command::VmTest { kernel, timeout } => {
+            let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
+            summary.into_result()
+        }
+    }
+}

@@ -145,3 +145,22 @@ fn bpf_lsm(mounts: &str) -> Feature {
         },
     }
 }
+
+/// Folds the result of actually loading an LSM program into the `bpf-lsm` entry: being listed as
+/// active is necessary, not sufficient.
+pub fn record_lsm_probe(features: &mut [Feature], probe: Result<(), String>) {
+    let Some(lsm) = features.iter_mut().find(|f| f.name == "bpf-lsm") else {
+        return;
+    };
+    match probe {
+        Ok(()) if lsm.available => lsm.detail = format!("{}; LSM programs load", lsm.detail),
+        Ok(()) => {}
+        Err(reason) if lsm.available => {
+            lsm.available = false;
+            lsm.detail = format!(
+                "{reason}, although `bpf` is an active LSM; environ reads are detected, not denied"
+            );
+        }
+        Err(_) => {}
+    }
+}

@@ -6,6 +6,7 @@ mod cgroup;
 mod error;
 mod events;
 pub mod features;
+mod probe;
 
 use aya::{maps::RingBuf, Ebpf};
 use serde::Serialize;
@@ -38,7 +39,11 @@ impl Kernel {
     /// Loads the object, applies `config` to the maps, attaches the programs, and spawns the event
     /// and log readers on the current tokio runtime.
     pub fn start(config: &Config) -> Result<Kernel, KernelError> {
-        let features = features::detect();
+        let mut features = features::detect();
+        raise_memlock_limit();
+
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| KernelError::LoadObject { source })?;
+        features::record_lsm_probe(&mut features, probe::bpf_lsm(&mut ebpf));
         for feature in features.iter().filter(|f| !f.available) {
             tracing::warn!(
                 feature = feature.name,
@@ -46,9 +51,6 @@ impl Kernel {
                 feature.detail
             );
         }
-        raise_memlock_limit();
-
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| KernelError::LoadObject { source })?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => {
                 tokio::spawn(report("program logs", events::forward_program_logs(logger)));

@@ -1,0 +1,154 @@
+//! A `proxyguard run` child process with its own config, stopped (SIGTERM, then SIGKILL) on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Under TCG in the VM everything is slower; waits are bounds, not timings.
+fn patience() -> Duration {
+    if crate::in_vm() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    events: Receiver<Value>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    /// The `ready` record: attached programs and kernel features.
+    pub ready: Value,
+}
+
+impl Daemon {
+    /// Writes `config` and starts `proxyguard run` on it, waiting for its `ready` line.
+    pub fn start(config: &str) -> Daemon {
+        Self::start_with_args(config, &[])
+    }
+
+    pub fn start_with_args(config: &str, args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("proxyguard.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(crate::proxyguard_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start proxyguard");
+        // Through eprintln!, so libtest shows the daemon's log only for a failing test.
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[proxyguard] {line}");
+            }
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) => {
+                        if tx.send(value).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => panic!("proxyguard printed a non-JSON line on stdout: {line}"),
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            events,
+            dir,
+            config_path,
+            ready: Value::Null,
+        };
+        daemon.ready = daemon
+            .wait_for(|e| e["kind"] == "ready")
+            .unwrap_or_else(|| panic!("proxyguard did not become ready within {:?}", patience()));
+        daemon
+    }
+
+    /// The next audit record matching `pred`, skipping others, within the patience bound.
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + patience();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) if pred(&event) => return Some(event),
+                Ok(_) => continue,
+                Err(_) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!("proxyguard exited early: {status}");
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Every record that arrives within `window` (for asserting that nothing else happened).
+    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Ok(event) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            out.push(event);
+        }
+        out
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal proxyguard");
+    }
+
+    /// Rewrites the config, sends SIGHUP, and returns the `reloaded` or `reload_failed` record.
+    pub fn reload_with(&mut self, config: &str) -> Value {
+        std::fs::write(&self.config_path, config).expect("rewrite config");
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        self.wait_for(|e| e["kind"] == "reloaded" || e["kind"] == "reload_failed")
+            .expect("no reload outcome")
+    }
+
+    /// Stops the daemon with SIGTERM and returns its `stopping` record.
+    pub fn stop(mut self) -> Value {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_for(|e| e["kind"] == "stopping")
+            .expect("no stopping record")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Cargo builds that other tasks share.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cmd;
+
+pub fn workspace(release: bool) -> Result<()> {
+    let mut build = cmd::cargo();
+    build.arg("build");
+    if release {
+        build.arg("--release");
+    }
+    cmd::run(&mut build)
+}
+
+/// `target/debug/proxyguard` (built by [`workspace`]).
+pub fn proxyguard_binary() -> PathBuf {
+    target_dir().join("debug/proxyguard")
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cmd::workspace_root().join("target"))
+}
+
+/// Builds the privileged test binaries of `proxyguard-tests` and returns (name, path) for each.
+pub fn privileged_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = cmd::output(cmd::cargo().args([
+        "test",
+        "-p",
+        "proxyguard-tests",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    let mut binaries = Vec::new();
+    for line in out.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        // Integration-test targets only; the harness library's own (empty) unit-test binary is skipped.
+        let is_integration_test = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
+        if message["reason"] != "compiler-artifact"
+            || message["profile"]["test"] != true
+            || !is_integration_test
+        {
+            continue;
+        }
+        if let (Some(name), Some(path)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) {
+            binaries.push((name.to_owned(), PathBuf::from(path)));
+        }
+    }
+    binaries.sort();
+    binaries.dedup();
+    if binaries.is_empty() {
+        anyhow::bail!("cargo built no test binaries for proxyguard-tests");
+    }
+    Ok(binaries)
+}

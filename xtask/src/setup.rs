@@ -1,0 +1,264 @@
+//! `cargo xtask setup`: brings a fresh machine of this kind to a working state, idempotently.
+//!
+//! Each step checks first and does nothing when its tool is present, so a warm run takes about a
+//! second. A step that cannot install its tool fails with what is missing and the command to fix it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// Debian packages: LLVM 22 for bpf-linker, QEMU/busybox/cpio for the VM, binutils to strip what
+/// goes into the initramfs, iproute2 for test namespaces.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "binutils",
+    "iproute2",
+];
+
+/// Kernel modules the VM tests load (virtual ethernet pairs, and tc's BPF classifier).
+pub const VM_MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf"];
+
+pub fn run() -> Result<()> {
+    nightly_with_rust_src()?;
+    apt_packages()?;
+    bpf_linker()?;
+    let kernel = vm_kernel()?;
+    println!("setup: ok (VM kernel {})", kernel.version);
+    Ok(())
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build the kernel crate with nightly")?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        println!("setup: installing the nightly toolchain (for the kernel crate)");
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if !components.lines().any(|line| line.starts_with("rust-src")) {
+        println!("setup: adding rust-src to nightly (build-std=core for bpfel-unknown-none)");
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", package])
+        .output()
+        .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"ii"))
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    let fix = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]))
+        .with_context(|| format!("cannot update apt's lists; as root, run: {fix}"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("cannot install {}; as root, run: {fix}", missing.join(" ")))
+}
+
+fn bpf_linker() -> Result<()> {
+    if cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker 0.13 against Debian's llvm-22 (about a minute)");
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+            .env("PATH", path),
+    )
+    .context("cannot build bpf-linker; it needs llvm-22-dev, libpolly-22-dev, libzstd-dev and zlib1g-dev")?;
+    if !cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// The cache for downloads that must not live in the source tree.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PROXYGUARD_CACHE") {
+        return dir.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
+    base.join("proxyguard")
+}
+
+/// A Debian kernel and the modules the VM tests load.
+pub struct VmKernel {
+    pub version: String,
+    pub vmlinuz: PathBuf,
+    pub modules: Vec<PathBuf>,
+}
+
+impl VmKernel {
+    fn at(dir: &Path, version: &str) -> VmKernel {
+        VmKernel {
+            version: version.to_owned(),
+            vmlinuz: dir.join("vmlinuz"),
+            modules: VM_MODULES
+                .iter()
+                .map(|m| dir.join("modules").join(format!("{m}.ko")))
+                .collect(),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.vmlinuz.is_file() && self.modules.iter().all(|m| m.is_file())
+    }
+}
+
+/// The cached VM kernel, downloading Debian's current `linux-image-amd64` target when absent.
+pub fn vm_kernel() -> Result<VmKernel> {
+    let root = cache_dir().join("vm");
+    let current = root.join("current");
+    if let Ok(version) = fs::read_to_string(&current) {
+        let version = version.trim();
+        let kernel = VmKernel::at(&root.join(version), version);
+        if kernel.complete() {
+            return Ok(kernel);
+        }
+    }
+    let package = kernel_package()?;
+    println!(
+        "setup: downloading {package} for the VM into {}",
+        root.display()
+    );
+    let work = root.join("download");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(&work),
+    )
+    .with_context(|| format!("cannot download {package}; check `apt-cache policy {package}`"))?;
+    let deb = fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let tree = work.join("tree");
+    cmd::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tree))?;
+
+    let boot = tree.join("boot");
+    let vmlinuz = fs::read_dir(&boot)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .context("the kernel package holds no boot/vmlinuz-*")?;
+    let version = vmlinuz
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_owned();
+    let dest = root.join(&version);
+    fs::create_dir_all(dest.join("modules"))?;
+    fs::copy(&vmlinuz, dest.join("vmlinuz"))?;
+    let module_tree = tree.join("lib/modules").join(&version).join("kernel");
+    for module in VM_MODULES {
+        let found = find_file(&module_tree, &format!("{module}.ko"))
+            .with_context(|| format!("module {module}.ko is not in {package}"))?;
+        fs::copy(found, dest.join("modules").join(format!("{module}.ko")))?;
+    }
+    fs::write(&current, &version)?;
+    fs::remove_dir_all(&work)?;
+    let kernel = VmKernel::at(&dest, &version);
+    if !kernel.complete() {
+        bail!(
+            "the VM kernel cache at {} is incomplete after download",
+            dest.display()
+        );
+    }
+    Ok(kernel)
+}
+
+/// The versioned image package that Debian's `linux-image-amd64` currently depends on.
+fn kernel_package() -> Result<String> {
+    let find = || -> Option<String> {
+        let out = Command::new("apt-cache")
+            .args(["depends", "linux-image-amd64"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| {
+                let name = line.trim().strip_prefix("Depends: ")?;
+                name.starts_with("linux-image-")
+                    .then(|| name.trim().to_owned())
+            })
+    };
+    if let Some(package) = find() {
+        return Ok(package);
+    }
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    find().context("apt-cache knows no linux-image-amd64; run `apt-get update` as root")
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}

@@ -1,0 +1,184 @@
+//! `cargo xtask test`: every check CI runs, in order, ending with one summary line per stage.
+//!
+//! Stages after a failure still run (a fmt slip should not hide a test failure), except that
+//! nothing runs without a working set-up and build.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+use crate::{cmd, counts::Counts, setup, vm};
+
+struct Stage {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+    took: Duration,
+}
+
+pub fn run(with_vm: bool) -> Result<()> {
+    let started = Instant::now();
+    let mut stages = Vec::new();
+    let mut total = Counts::default();
+
+    let gate = timed("setup", || setup::run().map(|()| "ok".to_owned()));
+    let ready = gate.ok;
+    stages.push(gate);
+    if ready {
+        let build = timed("build", || {
+            cmd::run(cmd::cargo().arg("build")).map(|()| "ok".to_owned())
+        });
+        let built = build.ok;
+        stages.push(build);
+        if built {
+            stages.push(timed("fmt", || {
+                cmd::run(cmd::cargo().args(["fmt", "--all", "--check"])).map(|()| "ok".to_owned())
+            }));
+            stages.push(timed("clippy", clippy));
+            stages.push(counted("unit", &mut total, unit_tests));
+            stages.push(counted("native", &mut total, native_privileged_tests));
+            if with_vm {
+                stages.push(counted("vm", &mut total, vm_tests));
+            } else {
+                stages.push(Stage {
+                    name: "vm",
+                    ok: false,
+                    detail: "not run (--no-vm); CI runs it".into(),
+                    took: Duration::ZERO,
+                });
+            }
+        }
+    }
+
+    println!();
+    for stage in &stages {
+        let mark = if stage.ok { "ok  " } else { "FAIL" };
+        println!(
+            "==> {mark} {:<7} {:>6.1}s  {}",
+            stage.name,
+            stage.took.as_secs_f64(),
+            stage.detail
+        );
+    }
+    println!("==> total {:.1}s", started.elapsed().as_secs_f64());
+    println!("test: {} passed, {} failed", total.passed, total.failed);
+    if stages.iter().all(|s| s.ok) && ready {
+        Ok(())
+    } else {
+        bail!("some stages failed")
+    }
+}
+
+fn timed(name: &'static str, f: impl FnOnce() -> Result<String>) -> Stage {
+    println!("\n==> {name}");
+    let started = Instant::now();
+    let (ok, detail) = match f() {
+        Ok(detail) => (true, detail),
+        Err(err) => (false, format!("{err:#}")),
+    };
+    Stage {
+        name,
+        ok,
+        detail,
+        took: started.elapsed(),
+    }
+}
+
+fn counted(name: &'static str, total: &mut Counts, f: impl FnOnce() -> Result<Counts>) -> Stage {
+    let mut counts = Counts::default();
+    let stage = timed(name, || {
+        counts = f()?;
+        if counts.passed == 0 {
+            bail!("no test ran");
+        }
+        let line = format!(
+            "{} passed, {} failed, {} ignored",
+            counts.passed, counts.failed, counts.ignored
+        );
+        if counts.failed > 0 {
+            bail!(line);
+        }
+        Ok(line)
+    });
+    total.add(counts);
+    stage
+}
+
+fn clippy() -> Result<String> {
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "guard-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel crate is no_std: lint it for the host as aya-template does, with panic=abort,
+    // in its own target dir so the flags do not invalidate the main build.
+    let target_dir = crate::build::target_dir().join("clippy-ebpf");
+    cmd::run(
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "guard-ebpf",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .args(["--", "-D", "warnings"])
+            .env("RUSTFLAGS", "-C panic=abort")
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .current_dir(cmd::workspace_root()),
+    )?;
+    Ok("ok (host crates and guard-ebpf)".into())
+}
+
+fn cargo_test(args: &[&str]) -> Result<Counts> {
+    let mut counts = Counts::default();
+    let success = cmd::stream(cmd::cargo().arg("test").args(args), |line| {
+        counts.scan(line)
+    })?;
+    if !success && counts.failed == 0 {
+        bail!("cargo test failed before reporting results");
+    }
+    Ok(counts)
+}
+
+fn unit_tests() -> Result<Counts> {
+    cargo_test(&["-p", "proxyguard", "-p", "guard-common", "-p", "xtask"])
+}
+
+fn native_privileged_tests() -> Result<Counts> {
+    if !nix_is_root() {
+        bail!("the privileged tests need root (CI runs as root); re-run as root, or rely on the VM stage");
+    }
+    cargo_test(&["-p", "proxyguard-tests", "--", "--test-threads=1"])
+}
+
+fn vm_tests() -> Result<Counts> {
+    let summary = vm::run(None, Duration::from_secs(900))?;
+    let counts = summary.counts;
+    if let Some(problem) = &summary.problem {
+        bail!("{problem}");
+    }
+    if !summary.failed_binaries.is_empty() {
+        bail!("failed binaries: {}", summary.failed_binaries.join(", "));
+    }
+    Ok(counts)
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}

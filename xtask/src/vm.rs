@@ -1,0 +1,179 @@
+//! `cargo xtask vm-test`: boots Debian's kernel under QEMU (TCG, BPF LSM on) with an initramfs of
+//! the privileged tests, streams the serial console, and judges the run.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    build,
+    counts::Counts,
+    initramfs::{self, BIN_MARK, END_SENTINEL},
+    setup,
+};
+
+/// LSM order as Debian's, plus `bpf`, so BPF LSM programs load in the guest.
+const KERNEL_ARGS: &str =
+    "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,yama,apparmor,bpf";
+
+#[derive(Debug)]
+pub struct Summary {
+    pub counts: Counts,
+    /// Test binaries that exited non-zero, with their status.
+    pub failed_binaries: Vec<String>,
+    pub binaries_run: usize,
+    pub problem: Option<String>,
+    pub boot_to_result: Duration,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.problem.is_none() && self.failed_binaries.is_empty() && self.counts.failed == 0
+    }
+
+    pub fn into_result(self) -> Result<()> {
+        if self.ok() {
+            Ok(())
+        } else {
+            bail!("vm-test failed")
+        }
+    }
+}
+
+pub fn run(kernel_override: Option<&Path>, timeout: Duration) -> Result<Summary> {
+    setup::run()?;
+    build::workspace(false)?;
+    let tests = build::privileged_test_binaries()?;
+    let cached = setup::vm_kernel()?;
+    let vmlinuz = kernel_override.unwrap_or(&cached.vmlinuz);
+    if !vmlinuz.is_file() {
+        bail!("kernel image {} does not exist", vmlinuz.display());
+    }
+    let dir = build::target_dir().join("vm");
+    std::fs::create_dir_all(&dir)?;
+    let initrd = initramfs::build(
+        &dir,
+        &initramfs::Contents {
+            proxyguard: &build::proxyguard_binary(),
+            tests: &tests,
+            modules: &cached.modules,
+        },
+    )?;
+    let size_mib = std::fs::metadata(&initrd)?.len() / (1 << 20);
+    println!(
+        "vm-test: booting {} with {} test binaries ({size_mib} MiB initramfs)",
+        vmlinuz.display(),
+        tests.len()
+    );
+    let summary = boot(vmlinuz, &initrd, tests.len(), timeout)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+fn boot(
+    vmlinuz: &Path,
+    initrd: &Path,
+    expected_binaries: usize,
+    timeout: Duration,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", KERNEL_ARGS])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start qemu-system-x86_64; run `cargo xtask setup` (it installs qemu-system-x86)")?;
+
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut summary = Summary {
+        counts: Counts::default(),
+        failed_binaries: Vec::new(),
+        binaries_run: 0,
+        problem: None,
+        boot_to_result: Duration::ZERO,
+    };
+    let deadline = started + timeout;
+    let mut ended = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                println!("{line}");
+                summary.counts.scan(line);
+                if let Some(rest) = line.strip_prefix(BIN_MARK) {
+                    summary.binaries_run += 1;
+                    if !rest.trim_end().ends_with("rc=0") {
+                        summary.failed_binaries.push(rest.trim().to_owned());
+                    }
+                } else if line.trim() == END_SENTINEL {
+                    summary.boot_to_result = started.elapsed();
+                    ended = true;
+                } else if line.contains("Kernel panic") {
+                    summary.problem = Some(format!("kernel panic: {line}"));
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                summary.problem = Some(format!("timed out after {}s", timeout.as_secs()));
+                break;
+            }
+            // QEMU exited (poweroff) and its output is drained.
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if summary.problem.is_some() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    if summary.problem.is_none() && !ended {
+        summary.problem = Some("the guest stopped before the end sentinel".into());
+    }
+    if summary.problem.is_none() && summary.binaries_run != expected_binaries {
+        summary.problem = Some(format!(
+            "{} of {expected_binaries} test binaries reported",
+            summary.binaries_run
+        ));
+    }
+    Ok(summary)
+}
+
+fn print_summary(summary: &Summary) {
+    for failed in &summary.failed_binaries {
+        println!("vm-test: test binary failed: {failed}");
+    }
+    if let Some(problem) = &summary.problem {
+        println!("vm-test: {problem}");
+    }
+    println!(
+        "vm-test: boot to result {:.1}s; {} binaries; {} ignored",
+        summary.boot_to_result.as_secs_f64(),
+        summary.binaries_run,
+        summary.counts.ignored
+    );
+    println!(
+        "vm-test: {} passed, {} failed",
+        summary.counts.passed, summary.counts.failed
+    );
+}
