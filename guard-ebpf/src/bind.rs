@@ -72,7 +72,7 @@ pub fn bind_rule_v6(ctx: SockAddrContext) -> i32 {
 
 fn port_rule(port: u16) -> Option<BindPortRule> {
     // SAFETY: the value is copied out at once; the map entry may change afterwards.
-    unsafe { BIND_PORTS.get(&port).copied() }
+    unsafe { BIND_PORTS.get(port).copied() }
 }
 
 fn allowed_v4(port: u16, addr: [u8; 4]) -> bool {
@@ -83,7 +83,7 @@ fn allowed_v4(port: u16, addr: [u8; 4]) -> bool {
             addr,
         },
     );
-    BIND_ALLOW_V4.get(&key).is_some()
+    BIND_ALLOW_V4.get(key).is_some()
 }
 
 fn allowed_v6(port: u16, addr: [u8; 16]) -> bool {
@@ -94,7 +94,7 @@ fn allowed_v6(port: u16, addr: [u8; 16]) -> bool {
             addr,
         },
     );
-    BIND_ALLOW_V6.get(&key).is_some()
+    BIND_ALLOW_V6.get(key).is_some()
 }
 
 fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {

@@ -19,20 +19,12 @@ pub use template::{write_initial, InitOptions};
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The whole file. Each section's `Default` documents its own secure defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub bind: BindConfig,
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            bind: BindConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 /// What a kernel program does with what its rules do not allow.

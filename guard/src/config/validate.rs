@@ -70,7 +70,7 @@ mod tests {
             port: 0,
             allow: vec!["127.0.0.1/32".parse().unwrap()],
         });
-        config.log.level = "loud=".into();
+        config.log.level = "proxyguard=loud".into();
         let fields: Vec<_> = validate(&config).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
