@@ -26,6 +26,11 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| cmd::workspace_root().join("target"))
 }
 
+/// Privileged tests (they load eBPF programs, so they run as root natively and again in the VM)
+/// are the integration-test targets whose names start with this. Other end-to-end tests (the L7
+/// proxy against LiteLLM, say) need peers the VM does not carry, and run natively only.
+pub const PRIVILEGED_TEST_PREFIX: &str = "kernel_";
+
 /// Builds the privileged test binaries of `proxyguard-tests` and returns (name, path) for each.
 pub fn privileged_test_binaries() -> Result<Vec<(String, PathBuf)>> {
     let out = cmd::output(cmd::cargo().args([

@@ -3,6 +3,7 @@
 //! `Config::load` either returns a config that passed every check, or every problem found, each
 //! with its field path and line. Nothing is attached or bound before that succeeds.
 
+mod bind;
 mod error;
 mod locate;
 mod template;
@@ -10,9 +11,9 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use bind::{BindConfig, BindRule};
 pub use error::{ConfigError, FieldError};
 pub use template::{write_initial, InitOptions};
 
@@ -51,46 +52,6 @@ impl Mode {
             Mode::Monitor => guard_common::mode::MONITOR,
         }
     }
-}
-
-/// Kernel bind rules (threat 12): a guarded port may be bound only on allowed addresses.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BindConfig {
-    pub enabled: bool,
-    pub mode: Mode,
-    pub rules: Vec<BindRule>,
-}
-
-impl Default for BindConfig {
-    fn default() -> Self {
-        Self {
-            // On: an LLM proxy binding 0.0.0.0 exposes an unauthenticated, money-spending port.
-            enabled: true,
-            mode: Mode::Enforce,
-            // LiteLLM's default port, loopback only.
-            rules: vec![BindRule {
-                port: 4000,
-                allow: loopback(),
-            }],
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BindRule {
-    pub port: u16,
-    /// Addresses (or CIDRs) the port may be bound to. Loopback when left out.
-    #[serde(default = "loopback")]
-    pub allow: Vec<IpNet>,
-}
-
-fn loopback() -> Vec<IpNet> {
-    vec![
-        "127.0.0.1/32".parse().expect("literal CIDR"),
-        "::1/128".parse().expect("literal CIDR"),
-    ]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,46 @@
+//! `[bind]`: kernel bind rules (threat 12).
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::Mode;
+
+/// Kernel bind rules (threat 12): a guarded port may be bound only on allowed addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BindConfig {
+    pub enabled: bool,
+    pub mode: Mode,
+    pub rules: Vec<BindRule>,
+}
+
+impl Default for BindConfig {
+    fn default() -> Self {
+        Self {
+            // On: an LLM proxy binding 0.0.0.0 exposes an unauthenticated, money-spending port.
+            enabled: true,
+            mode: Mode::Enforce,
+            // LiteLLM's default port, loopback only.
+            rules: vec![BindRule {
+                port: 4000,
+                allow: loopback(),
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRule {
+    pub port: u16,
+    /// Addresses (or CIDRs) the port may be bound to. Loopback when left out.
+    #[serde(default = "loopback")]
+    pub allow: Vec<IpNet>,
+}
+
+fn loopback() -> Vec<IpNet> {
+    vec![
+        "127.0.0.1/32".parse().expect("literal CIDR"),
+        "::1/128".parse().expect("literal CIDR"),
+    ]
+}
