@@ -59,7 +59,9 @@ pub fn privileged_test_binaries() -> Result<Vec<(String, PathBuf)>> {
             message["target"]["name"].as_str(),
             message["executable"].as_str(),
         ) {
-            binaries.push((name.to_owned(), PathBuf::from(path)));
+            if name.starts_with(PRIVILEGED_TEST_PREFIX) {
+                binaries.push((name.to_owned(), PathBuf::from(path)));
+            }
         }
     }
     binaries.sort();

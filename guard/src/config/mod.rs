@@ -3,7 +3,7 @@
 //! `Config::load` either returns a config that passed every check, or every problem found, each
 //! with its field path and line. Nothing is attached or bound before that succeeds.
 
-mod bind;
+pub mod bind;
 mod error;
 mod locate;
 mod template;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use bind::{BindConfig, BindRule};
+pub use bind::BindConfig;
 pub use error::{ConfigError, FieldError};
 pub use template::{write_initial, InitOptions};
 

@@ -52,7 +52,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BindRule;
+    use crate::config::bind::BindRule;
 
     #[test]
     fn default_config_is_valid() {
