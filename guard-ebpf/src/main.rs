@@ -3,8 +3,10 @@
 #![no_main]
 
 mod bind;
+mod packet;
 mod probe;
 mod stats;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

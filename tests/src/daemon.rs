@@ -35,10 +35,19 @@ impl Daemon {
     }
 
     pub fn start_with_args(config: &str, args: &[&str]) -> Daemon {
+        Self::start_in(config, args, None)
+    }
+
+    /// Starts the daemon inside network namespace `netns` (when given).
+    pub fn start_in(config: &str, args: &[&str], netns: Option<&crate::netns::NetNs>) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(crate::proxyguard_bin())
+        let mut command = Command::new(crate::proxyguard_bin());
+        if let Some(netns) = netns {
+            netns.apply_to(&mut command);
+        }
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod net;
+pub mod netns;
 
 use std::{io::Write, path::PathBuf};
 

@@ -44,6 +44,16 @@ pub fn build(dir: &Path, contents: &Contents<'_>) -> Result<PathBuf> {
 
     let mut binaries = vec![root.join("bin/proxyguard")];
     strip_copy(contents.proxyguard, &binaries[0])?;
+    // iproute2's `ip`, for `ip netns` and veth pairs (busybox's applet has neither); it goes
+    // first on the guest's PATH.
+    fs::create_dir_all(root.join("usr/sbin"))?;
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/bin/ip"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .context("iproute2's ip is missing; run `cargo xtask setup` (it installs iproute2)")?;
+    fs::copy(ip, root.join("usr/sbin/ip"))?;
+    binaries.push(root.join("usr/sbin/ip"));
     for (name, path) in contents.tests {
         let dest = root.join("tests").join(name);
         strip_copy(path, &dest)?;
@@ -125,7 +135,7 @@ fn shared_libraries(binaries: &[PathBuf]) -> Result<BTreeSet<PathBuf>> {
 /// one test at a time, reports, and powers off.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin HOME=/root
+export PATH=/usr/sbin:/bin:/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

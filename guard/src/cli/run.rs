@@ -64,7 +64,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     }
     systemd::notify("STOPPING=1");
     let counters = match &kernel {
-        Some(k) => json!({ "bind": k.bind_stats().ok() }),
+        Some(k) => json!(k.counters().ok()),
         None => json!({}),
     };
     audit::emit("stopping", audit::fields(json!({ "counters": counters })));

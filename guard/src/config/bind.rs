@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::Mode;
+use super::{FieldError, Mode};
 
 /// Kernel bind rules (threat 12): a guarded port may be bound only on allowed addresses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,4 +43,39 @@ fn loopback() -> Vec<IpNet> {
         "127.0.0.1/32".parse().expect("literal CIDR"),
         "::1/128".parse().expect("literal CIDR"),
     ]
+}
+
+pub fn validate(bind: &BindConfig, errors: &mut Vec<FieldError>) {
+    let mut push = |field: String, message: String| {
+        errors.push(FieldError {
+            field,
+            line: None,
+            message,
+        })
+    };
+    let mut ports = std::collections::HashSet::new();
+    for (i, rule) in bind.rules.iter().enumerate() {
+        if rule.port == 0 {
+            push(
+                format!("bind.rules[{i}].port"),
+                "port 0 means \"any free port\" and cannot be guarded; use the service's real port"
+                    .into(),
+            );
+        }
+        if !ports.insert(rule.port) {
+            push(
+                format!("bind.rules[{i}].port"),
+                format!(
+                    "port {} has more than one rule; merge their `allow` lists",
+                    rule.port
+                ),
+            );
+        }
+        if rule.allow.is_empty() {
+            push(
+                format!("bind.rules[{i}].allow"),
+                "an empty list would make the port unbindable; list at least one address (loopback: \"127.0.0.1\", \"::1\")".into(),
+            );
+        }
+    }
 }

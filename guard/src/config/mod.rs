@@ -8,6 +8,7 @@ mod error;
 mod locate;
 mod template;
 mod validate;
+pub mod xdp;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use bind::BindConfig;
 pub use error::{ConfigError, FieldError};
 pub use template::{write_initial, InitOptions};
+pub use xdp::XdpSection;
 
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
@@ -25,6 +27,7 @@ pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub bind: BindConfig,
+    pub xdp: XdpSection,
     pub log: LogConfig,
 }
 

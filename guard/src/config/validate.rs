@@ -1,50 +1,19 @@
 //! Semantic checks that serde cannot express. Returns every problem, each with its field path.
 
-use std::collections::HashSet;
-
 use super::{Config, FieldError};
 
 pub fn validate(config: &Config) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let mut push = |field: String, message: String| {
-        errors.push(FieldError {
-            field,
-            line: None,
-            message,
-        })
-    };
-
-    let mut ports = HashSet::new();
-    for (i, rule) in config.bind.rules.iter().enumerate() {
-        if rule.port == 0 {
-            push(
-                format!("bind.rules[{i}].port"),
-                "port 0 means \"any free port\" and cannot be guarded; use the service's real port"
-                    .into(),
-            );
-        }
-        if !ports.insert(rule.port) {
-            push(
-                format!("bind.rules[{i}].port"),
-                format!(
-                    "port {} has more than one rule; merge their `allow` lists",
-                    rule.port
-                ),
-            );
-        }
-        if rule.allow.is_empty() {
-            push(
-                format!("bind.rules[{i}].allow"),
-                "an empty list would make the port unbindable; list at least one address (loopback: \"127.0.0.1\", \"::1\")".into(),
-            );
-        }
-    }
-
+    super::bind::validate(&config.bind, &mut errors);
+    super::xdp::validate(&config.xdp, &mut errors);
     if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
-        push(
-            "log.level".into(),
-            format!("not a valid log filter ({err}); use one of error, warn, info, debug, trace"),
-        );
+        errors.push(FieldError {
+            field: "log.level".into(),
+            line: None,
+            message: format!(
+                "not a valid log filter ({err}); use one of error, warn, info, debug, trace"
+            ),
+        });
     }
     errors
 }

@@ -7,9 +7,8 @@
 use std::{collections::HashSet, fs::File, path::Path};
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{links::CgroupAttachMode, CgroupSockAddr},
-    Ebpf, Pod,
+    Ebpf,
 };
 use guard_common::bind::{
     BindAddrV4, BindAddrV6, BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS,
@@ -19,7 +18,7 @@ use guard_common::bind::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{AttachedProgram, KernelError};
+use super::{maps, AttachedProgram, KernelError};
 use crate::config::BindConfig;
 
 /// Loads both programs and attaches them to `cgroup_root` through BPF links.
@@ -104,66 +103,10 @@ pub fn apply(ebpf: &mut Ebpf, config: &BindConfig) -> Result<(), KernelError> {
         }
     }
     // Allow entries first, so a newly guarded port never exists without its allowed addresses.
-    sync_trie(ebpf, MAP_BIND_ALLOW_V4, &v4)?;
-    sync_trie(ebpf, MAP_BIND_ALLOW_V6, &v6)?;
-
-    let mut ports: HashMap<_, u16, BindPortRule> = map(ebpf, MAP_BIND_PORTS)?;
-    let wanted: HashSet<u16> = rules.iter().map(|r| r.port).collect();
-    for port in &wanted {
-        ports
-            .insert(port, rule, 0)
-            .map_err(|source| KernelError::Map {
-                name: MAP_BIND_PORTS,
-                source,
-            })?;
-    }
-    let stale: Vec<u16> = ports
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|p| !wanted.contains(p))
-        .collect();
-    for port in stale {
-        ports.remove(&port).map_err(|source| KernelError::Map {
-            name: MAP_BIND_PORTS,
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-fn sync_trie<K>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    wanted: &HashSet<(u32, K)>,
-) -> Result<(), KernelError>
-where
-    K: Pod + Eq + std::hash::Hash,
-{
-    let mut trie: LpmTrie<_, K, u32> = map(ebpf, name)?;
-    for (prefix_len, data) in wanted {
-        trie.insert(&Key::new(*prefix_len, *data), 1, 0)
-            .map_err(|source| KernelError::Map { name, source })?;
-    }
-    let stale: Vec<Key<K>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| !wanted.contains(&(key.prefix_len(), key.data())))
-        .collect();
-    for key in stale {
-        trie.remove(&key)
-            .map_err(|source| KernelError::Map { name, source })?;
-    }
-    Ok(())
-}
-
-fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, KernelError>
-where
-    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(KernelError::Missing { kind: "map", name })?;
-    T::try_from(map).map_err(|source| KernelError::Map { name, source })
+    maps::sync_trie(ebpf, MAP_BIND_ALLOW_V4, &v4)?;
+    maps::sync_trie(ebpf, MAP_BIND_ALLOW_V6, &v6)?;
+    let ports: Vec<(u16, BindPortRule)> = rules.iter().map(|r| (r.port, rule)).collect();
+    maps::sync_hash(ebpf, MAP_BIND_PORTS, &ports)
 }
 
 /// Counters summed over CPUs.
@@ -176,22 +119,15 @@ pub struct BindStats {
 }
 
 pub fn stats(ebpf: &Ebpf) -> Result<BindStats, KernelError> {
-    let name = MAP_BIND_STATS;
-    let map = ebpf
-        .map(name)
-        .ok_or(KernelError::Missing { kind: "map", name })?;
-    let counters: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name, source })?;
-    let sum = |index| -> Result<u64, KernelError> {
-        let values = counters
-            .get(&index, 0)
-            .map_err(|source| KernelError::Map { name, source })?;
-        Ok(values.iter().sum())
-    };
+    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
+        ebpf,
+        MAP_BIND_STATS,
+        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+    )?;
     Ok(BindStats {
-        allowed: sum(STAT_ALLOWED)?,
-        denied: sum(STAT_DENIED)?,
-        would_deny: sum(STAT_WOULD_DENY)?,
-        events_lost: sum(STAT_EVENTS_LOST)?,
+        allowed,
+        denied,
+        would_deny,
+        events_lost,
     })
 }

@@ -8,6 +8,7 @@ use aya_log::EbpfLogger;
 use guard_common::{
     bind::{BindEvent, FAMILY_V4},
     verdict,
+    xdp::{reason as xdp_reason, XdpEvent},
 };
 use serde_json::{json, Map, Value};
 use tokio::io::unix::AsyncFd;
@@ -45,9 +46,74 @@ pub fn bind_record(event: &BindEvent) -> (&'static str, Map<String, Value>) {
     (kind, record)
 }
 
+pub fn xdp_record(event: &XdpEvent) -> (&'static str, Map<String, Value>) {
+    let source = &event.source;
+    let addr = if source.family == u32::from(FAMILY_V4) {
+        Ipv4Addr::new(
+            source.addr[0],
+            source.addr[1],
+            source.addr[2],
+            source.addr[3],
+        )
+        .to_string()
+    } else {
+        Ipv6Addr::from(source.addr).to_string()
+    };
+    let kind = if event.verdict == verdict::DENIED {
+        "syn_dropped"
+    } else {
+        "syn_would_drop"
+    };
+    let reason = if event.reason == xdp_reason::DENY_LIST {
+        "deny_list"
+    } else {
+        "rate"
+    };
+    let record = audit::fields(json!({
+        "severity": "medium",
+        "source": addr,
+        "port": event.port,
+        "reason": reason,
+        "ifindex": event.ifindex,
+    }));
+    (kind, record)
+}
+
 /// Emits an audit line for every bind event until the map is closed.
 pub async fn read_bind_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    let name = guard_common::bind::MAP_BIND_EVENTS;
+    read_events(
+        ring,
+        guard_common::bind::MAP_BIND_EVENTS,
+        |event: &BindEvent| {
+            tracing::warn!(port = event.port, pid = event.tgid, "bind rule violation");
+            bind_record(event)
+        },
+    )
+    .await
+}
+
+/// Emits an audit line for every XDP drop event (at most one per source per second).
+pub async fn read_xdp_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
+    read_events(
+        ring,
+        guard_common::xdp::MAP_XDP_EVENTS,
+        |event: &XdpEvent| {
+            tracing::warn!(
+                port = event.port,
+                "SYN over its source's rate, or from a denied source"
+            );
+            xdp_record(event)
+        },
+    )
+    .await
+}
+
+/// Reads records of type `T` from `ring` until it closes, turning each into an audit line.
+async fn read_events<T: aya::Pod>(
+    ring: RingBuf<MapData>,
+    name: &'static str,
+    record: impl Fn(&T) -> (&'static str, Map<String, Value>),
+) -> Result<(), KernelError> {
     let mut fd = register(ring).map_err(|source| KernelError::Reader { name, source })?;
     loop {
         let mut guard = fd
@@ -56,16 +122,10 @@ pub async fn read_bind_events(ring: RingBuf<MapData>) -> Result<(), KernelError>
             .map_err(|source| KernelError::Reader { name, source })?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            match guard_common::read_record::<BindEvent>(&item) {
+            match guard_common::read_record::<T>(&item) {
                 Some(event) => {
-                    let (kind, record) = bind_record(&event);
-                    tracing::warn!(
-                        kind,
-                        port = event.port,
-                        pid = event.tgid,
-                        "bind rule violation"
-                    );
-                    audit::emit(kind, record);
+                    let (kind, fields) = record(&event);
+                    audit::emit(kind, fields);
                 }
                 None => tracing::warn!(len = item.len(), "short record in {name}; dropped"),
             }

@@ -6,7 +6,9 @@ mod cgroup;
 mod error;
 mod events;
 pub mod features;
+mod maps;
 mod probe;
+mod xdp;
 
 use aya::{maps::RingBuf, Ebpf};
 use serde::Serialize;
@@ -14,6 +16,7 @@ use serde::Serialize;
 pub use bind::BindStats;
 pub use error::KernelError;
 pub use features::Feature;
+pub use xdp::XdpStats;
 
 use crate::config::Config;
 
@@ -27,6 +30,13 @@ pub struct AttachedProgram {
     pub hook: &'static str,
     pub target: String,
     pub mode: &'static str,
+}
+
+/// Every program family's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Counters {
+    pub bind: BindStats,
+    pub xdp: XdpStats,
 }
 
 pub struct Kernel {
@@ -71,6 +81,21 @@ impl Kernel {
                 RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })?;
             tokio::spawn(report("bind events", events::read_bind_events(ring)));
         }
+        xdp::apply(&mut ebpf, &config.xdp)?;
+        if config.xdp.enabled && !config.xdp.interfaces.is_empty() {
+            programs.extend(xdp::attach(&mut ebpf, &config.xdp)?);
+            let name = guard_common::xdp::MAP_XDP_EVENTS;
+            let map = ebpf
+                .take_map(name)
+                .ok_or(KernelError::Missing { kind: "map", name })?;
+            let ring =
+                RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+            tokio::spawn(report("xdp events", events::read_xdp_events(ring)));
+        } else {
+            tracing::info!(
+                "xdp: no interfaces configured ([xdp] interfaces); the SYN rate limit is off"
+            );
+        }
         for program in &programs {
             tracing::info!(
                 program = program.name,
@@ -87,13 +112,18 @@ impl Kernel {
         })
     }
 
-    /// Brings the maps in line with a new config without detaching anything.
+    /// Brings the maps in line with a new config without detaching anything. Attachments
+    /// themselves (which interfaces, which hooks) change only with a restart.
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
-        bind::apply(&mut self.ebpf, &config.bind)
+        bind::apply(&mut self.ebpf, &config.bind)?;
+        xdp::apply(&mut self.ebpf, &config.xdp)
     }
 
-    pub fn bind_stats(&self) -> Result<BindStats, KernelError> {
-        bind::stats(&self.ebpf)
+    pub fn counters(&self) -> Result<Counters, KernelError> {
+        Ok(Counters {
+            bind: bind::stats(&self.ebpf)?,
+            xdp: xdp::stats(&self.ebpf)?,
+        })
     }
 }
 
