@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod bind;
+pub mod egress;
 pub mod xdp;
 
 /// How a kernel program acts on what its rules do not allow.

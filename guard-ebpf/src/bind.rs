@@ -4,7 +4,6 @@
 //! pass untouched; the verdict for a guarded port is a single LPM lookup.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::{cgroup_sock_addr, map},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
@@ -20,7 +19,10 @@ use guard_common::{
     mode, verdict, COMM_LEN,
 };
 
-use crate::stats::bump;
+use crate::{
+    sock_addr::{read_v4, read_v6, v4_mapped},
+    stats::bump,
+};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -97,15 +99,6 @@ fn allowed_v6(port: u16, addr: [u8; 16]) -> bool {
     BIND_ALLOW_V6.get(key).is_some()
 }
 
-fn v4_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
-    let prefix = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-    if addr[..12] == prefix {
-        Some([addr[12], addr[13], addr[14], addr[15]])
-    } else {
-        None
-    }
-}
-
 fn violation(
     ctx: &SockAddrContext,
     rule: BindPortRule,
@@ -147,33 +140,4 @@ fn violation(
         );
     }
     answer
-}
-
-/// The requested IPv4 port (host order) and address (network order).
-fn read_v4(ctx: &SockAddrContext) -> (u16, [u8; 4]) {
-    let sa: *const bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: `sa` is the context pointer the kernel passed in. Fields are read one u32 at a time,
-    // the access width the verifier accepts for `bpf_sock_addr`.
-    let (port, ip) = unsafe {
-        (
-            core::ptr::read_volatile(&(*sa).user_port),
-            core::ptr::read_volatile(&(*sa).user_ip4),
-        )
-    };
-    (u16::from_be(port as u16), ip.to_ne_bytes())
-}
-
-/// The requested IPv6 port (host order) and address (network order).
-fn read_v6(ctx: &SockAddrContext) -> (u16, [u8; 16]) {
-    let sa: *const bpf_sock_addr = ctx.sock_addr;
-    let mut addr = [0u8; 16];
-    // SAFETY: as in `read_v4`; each of the four words is its own 4-byte load.
-    let port = unsafe {
-        for i in 0..4 {
-            let word = core::ptr::read_volatile(&(*sa).user_ip6[i]);
-            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        core::ptr::read_volatile(&(*sa).user_port)
-    };
-    (u16::from_be(port as u16), addr)
 }

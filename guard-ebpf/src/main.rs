@@ -3,8 +3,10 @@
 #![no_main]
 
 mod bind;
+mod egress;
 mod packet;
 mod probe;
+mod sock_addr;
 mod stats;
 mod xdp;
 

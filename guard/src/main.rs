@@ -4,7 +4,9 @@
 mod audit;
 mod cli;
 mod config;
+mod guarded;
 mod kernel;
+mod resolve;
 mod systemd;
 mod telemetry;
 

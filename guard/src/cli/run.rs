@@ -1,12 +1,20 @@
 //! `proxyguard run`: the daemon.
 
-use std::{path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
 
-use crate::{audit, config::Config, kernel::Kernel, systemd, telemetry};
+use crate::{
+    audit,
+    config::{egress::EgressTarget, Config},
+    kernel::Kernel,
+    resolve, systemd, telemetry,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -55,9 +63,47 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     );
     systemd::notify("READY=1");
 
+    // Host-name egress targets are resolved off the main loop and arrive as whole answer sets.
+    let mut config = config;
+    let (hosts_tx, hosts_rx) = watch::channel(host_targets(&config));
+    let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
+    tokio::spawn(resolve::follow(hosts_rx, resolved_tx));
+    // The guarded service's cgroups are re-read at this pace, so a restart is covered within it.
+    let mut guarded_tick = tokio::time::interval(Duration::from_millis(250));
+    guarded_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(config_path, kernel.as_mut()),
+            _ = hangup.recv() => {
+                if let Some(new) = reload(config_path, kernel.as_mut()) {
+                    config = new;
+                    hosts_tx.send_replace(host_targets(&config));
+                }
+            }
+            _ = guarded_tick.tick() => {
+                if let Some(kernel) = kernel.as_mut() {
+                    match kernel.refresh_guarded(&config) {
+                        Ok(true) => {
+                            let cgroups: Vec<_> = kernel.guarded.iter().map(|c| json!({ "path": c.path, "id": c.id })).collect();
+                            audit::emit("guarded_cgroups", audit::fields(json!({ "cgroups": cgroups })));
+                        }
+                        Ok(false) => {}
+                        Err(err) => tracing::error!("cannot update the guarded cgroups: {err}"),
+                    }
+                }
+            }
+            Some(resolved) = resolved_rx.recv() => {
+                let hosts: serde_json::Map<_, _> = resolved
+                    .iter()
+                    .map(|((host, port), addrs)| (format!("{host}:{port}"), json!(addrs)))
+                    .collect();
+                if let Some(kernel) = kernel.as_mut() {
+                    match kernel.set_resolved(resolved, &config) {
+                        Ok(()) => audit::emit("egress_resolved", audit::fields(json!({ "hosts": hosts }))),
+                        Err(err) => tracing::error!("cannot update resolved egress targets: {err}"),
+                    }
+                }
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -71,8 +117,23 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     Ok(())
 }
 
+/// The host-name egress targets and the re-resolve floor.
+fn host_targets(config: &Config) -> (Vec<(String, u16)>, Duration) {
+    let hosts = config
+        .egress
+        .allow
+        .iter()
+        .filter_map(|target| match target {
+            EgressTarget::Host { host, port } => Some((host.clone(), *port)),
+            EgressTarget::Net { .. } => None,
+        })
+        .collect();
+    (hosts, Duration::from_secs(config.egress.min_refresh_secs))
+}
+
 /// Validates the new config first; an invalid one is refused and the old one keeps running.
-fn reload(config_path: &Path, kernel: Option<&mut Kernel>) {
+/// Returns the config now in force when it changed.
+fn reload(config_path: &Path, kernel: Option<&mut Kernel>) -> Option<Config> {
     systemd::notify("RELOADING=1");
     let outcome = Config::load(config_path)
         .map_err(anyhow::Error::from)
@@ -80,12 +141,13 @@ fn reload(config_path: &Path, kernel: Option<&mut Kernel>) {
             if let Some(kernel) = kernel {
                 kernel.apply(&config)?;
             }
-            Ok(())
+            Ok(config)
         });
-    match outcome {
-        Ok(()) => {
+    let result = match outcome {
+        Ok(config) => {
             tracing::info!("config reloaded");
             audit::emit("reloaded", audit::fields(json!({ "config": config_path })));
+            Some(config)
         }
         Err(err) => {
             tracing::error!("reload refused, the previous config stays in force: {err:#}");
@@ -93,7 +155,9 @@ fn reload(config_path: &Path, kernel: Option<&mut Kernel>) {
                 "reload_failed",
                 audit::fields(json!({ "config": config_path, "error": format!("{err:#}") })),
             );
+            None
         }
-    }
+    };
     systemd::notify("READY=1");
+    result
 }

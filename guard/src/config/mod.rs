@@ -4,7 +4,9 @@
 //! with its field path and line. Nothing is attached or bound before that succeeds.
 
 pub mod bind;
+pub mod egress;
 mod error;
+pub mod guarded;
 mod locate;
 mod template;
 mod validate;
@@ -15,7 +17,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use bind::BindConfig;
+pub use egress::EgressSection;
 pub use error::{ConfigError, FieldError};
+pub use guarded::GuardedSection;
 pub use template::{write_initial, InitOptions};
 pub use xdp::XdpSection;
 
@@ -26,8 +30,10 @@ pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub guarded: GuardedSection,
     pub bind: BindConfig,
     pub xdp: XdpSection,
+    pub egress: EgressSection,
     pub log: LogConfig,
 }
 

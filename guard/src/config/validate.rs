@@ -5,7 +5,9 @@ use super::{Config, FieldError};
 pub fn validate(config: &Config) -> Vec<FieldError> {
     let mut errors = Vec::new();
     super::bind::validate(&config.bind, &mut errors);
+    super::guarded::validate(&config.guarded, &mut errors);
     super::xdp::validate(&config.xdp, &mut errors);
+    super::egress::validate(&config.egress, &mut errors);
     if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         errors.push(FieldError {
             field: "log.level".into(),

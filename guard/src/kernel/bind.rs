@@ -4,12 +4,9 @@
 //! Updates add the new entries before removing stale ones, so a reload never opens a window in
 //! which a guarded port is unguarded or an allowed bind is refused.
 
-use std::{collections::HashSet, fs::File, path::Path};
+use std::{collections::HashSet, path::Path};
 
-use aya::{
-    programs::{links::CgroupAttachMode, CgroupSockAddr},
-    Ebpf,
-};
+use aya::Ebpf;
 use guard_common::bind::{
     BindAddrV4, BindAddrV6, BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS,
     MAP_BIND_STATS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST,
@@ -18,53 +15,24 @@ use guard_common::bind::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{maps, AttachedProgram, KernelError};
+use super::{cgroup_programs, maps, AttachedProgram, KernelError};
 use crate::config::BindConfig;
 
-/// Loads both programs and attaches them to `cgroup_root` through BPF links.
-///
-/// A link attachment always coexists with other programs on the same hook (systemd's socket-bind
-/// filters among them), and the kernel insists on flags 0 for it: that is aya's `Single` mode.
+/// Loads both programs and attaches them at `cgroup_root`.
 pub fn attach(
     ebpf: &mut Ebpf,
     cgroup_root: &Path,
     config: &BindConfig,
 ) -> Result<Vec<AttachedProgram>, KernelError> {
-    let cgroup = File::open(cgroup_root).map_err(|source| KernelError::OpenCgroup {
-        path: cgroup_root.to_owned(),
-        source,
-    })?;
-    let target = cgroup_root.display().to_string();
-    let mut attached = Vec::new();
-    for (name, hook) in [
-        (PROG_BIND_V4, "cgroup/bind4"),
-        (PROG_BIND_V6, "cgroup/bind6"),
-    ] {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-            kind: "program",
-            name,
-        })?;
-        program
-            .load()
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
-        program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| KernelError::Attach {
-                name,
-                target: target.clone(),
-                source,
-            })?;
-        attached.push(AttachedProgram {
-            name,
-            hook,
-            target: target.clone(),
-            mode: config.mode.as_str(),
-        });
-    }
-    Ok(attached)
+    cgroup_programs::attach(
+        ebpf,
+        cgroup_root,
+        config.mode.as_str(),
+        &[
+            (PROG_BIND_V4, "cgroup/bind4"),
+            (PROG_BIND_V6, "cgroup/bind6"),
+        ],
+    )
 }
 
 /// Makes the rule maps equal to `config`. With `enabled = false` every port is left unguarded,

@@ -7,6 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
 use guard_common::{
     bind::{BindEvent, FAMILY_V4},
+    egress::{EgressEvent, PROTO_UDP},
     verdict,
     xdp::{reason as xdp_reason, XdpEvent},
 };
@@ -77,6 +78,50 @@ pub fn xdp_record(event: &XdpEvent) -> (&'static str, Map<String, Value>) {
         "ifindex": event.ifindex,
     }));
     (kind, record)
+}
+
+pub fn egress_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) {
+    let (family, addr) = if event.family == FAMILY_V4 {
+        let a = &event.addr;
+        ("ipv4", Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string())
+    } else {
+        ("ipv6", Ipv6Addr::from(event.addr).to_string())
+    };
+    let kind = if event.verdict == verdict::DENIED {
+        "egress_denied"
+    } else {
+        "egress_would_deny"
+    };
+    let record = audit::fields(json!({
+        "severity": "high",
+        "pid": event.tgid,
+        "tid": event.pid,
+        "uid": event.uid,
+        "comm": comm(&event.comm),
+        "cgroup_id": event.cgroup_id,
+        "proto": if event.proto == PROTO_UDP { "udp" } else { "tcp" },
+        "family": family,
+        "addr": addr,
+        "port": event.port,
+    }));
+    (kind, record)
+}
+
+/// Emits an audit line for every egress event until the map is closed.
+pub async fn read_egress_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
+    read_events(
+        ring,
+        guard_common::egress::MAP_EGRESS_EVENTS,
+        |event: &EgressEvent| {
+            tracing::warn!(
+                port = event.port,
+                pid = event.tgid,
+                "egress outside the allow-list"
+            );
+            egress_record(event)
+        },
+    )
+    .await
 }
 
 /// Emits an audit line for every bind event until the map is closed.

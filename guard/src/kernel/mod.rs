@@ -3,6 +3,8 @@
 
 mod bind;
 mod cgroup;
+mod cgroup_programs;
+mod egress;
 mod error;
 mod events;
 pub mod features;
@@ -14,11 +16,18 @@ use aya::{maps::RingBuf, Ebpf};
 use serde::Serialize;
 
 pub use bind::BindStats;
+pub use egress::EgressStats;
 pub use error::KernelError;
 pub use features::Feature;
 pub use xdp::XdpStats;
 
-use crate::config::Config;
+use std::{net::IpAddr, path::PathBuf};
+
+use crate::{
+    config::Config,
+    guarded::{self, GuardedCgroup},
+    resolve::{self, Resolved},
+};
 
 /// The object built from `guard-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxyguard"));
@@ -37,12 +46,19 @@ pub struct AttachedProgram {
 pub struct Counters {
     pub bind: BindStats,
     pub xdp: XdpStats,
+    pub egress: EgressStats,
 }
 
 pub struct Kernel {
     ebpf: Ebpf,
     pub programs: Vec<AttachedProgram>,
     pub features: Vec<Feature>,
+    /// The cgroup v2 root, when a cgroup program is attached.
+    cgroup_root: Option<PathBuf>,
+    /// The guarded service's cgroups as last seen.
+    pub guarded: Vec<GuardedCgroup>,
+    /// Host-name egress targets as last resolved.
+    resolved: Resolved,
 }
 
 impl Kernel {
@@ -69,17 +85,32 @@ impl Kernel {
         }
 
         let mut programs = Vec::new();
-        if config.bind.enabled {
+        let needs_cgroup =
+            config.bind.enabled || (config.egress.enabled && config.guarded.is_set());
+        let cgroup_root = if needs_cgroup {
+            Some(cgroup::cgroup2_root()?)
+        } else {
+            None
+        };
+        if let (true, Some(root)) = (config.bind.enabled, &cgroup_root) {
             bind::apply(&mut ebpf, &config.bind)?;
-            let root = cgroup::cgroup2_root()?;
-            programs.extend(bind::attach(&mut ebpf, &root, &config.bind)?);
-            let name = guard_common::bind::MAP_BIND_EVENTS;
-            let map = ebpf
-                .take_map(name)
-                .ok_or(KernelError::Missing { kind: "map", name })?;
-            let ring =
-                RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+            programs.extend(bind::attach(&mut ebpf, root, &config.bind)?);
+            let ring = take_ring(&mut ebpf, guard_common::bind::MAP_BIND_EVENTS)?;
             tokio::spawn(report("bind events", events::read_bind_events(ring)));
+        }
+        let mut guarded = Vec::new();
+        if let (true, Some(root)) = (
+            config.egress.enabled && config.guarded.is_set(),
+            &cgroup_root,
+        ) {
+            guarded = guarded::cgroups(&config.guarded, root);
+            let targets = egress::targets(&config.egress, &Resolved::new(), &dns_servers(config));
+            egress::apply(&mut ebpf, &config.egress, &targets, &guarded)?;
+            programs.extend(egress::attach(&mut ebpf, root, &config.egress)?);
+            let ring = take_ring(&mut ebpf, guard_common::egress::MAP_EGRESS_EVENTS)?;
+            tokio::spawn(report("egress events", events::read_egress_events(ring)));
+        } else if config.egress.enabled {
+            tracing::info!("egress: no [guarded] service configured; the allow-list is idle");
         }
         xdp::apply(&mut ebpf, &config.xdp)?;
         if config.xdp.enabled && !config.xdp.interfaces.is_empty() {
@@ -109,6 +140,9 @@ impl Kernel {
             ebpf,
             programs,
             features,
+            cgroup_root,
+            guarded,
+            resolved: Resolved::new(),
         })
     }
 
@@ -116,15 +150,69 @@ impl Kernel {
     /// themselves (which interfaces, which hooks) change only with a restart.
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
         bind::apply(&mut self.ebpf, &config.bind)?;
-        xdp::apply(&mut self.ebpf, &config.xdp)
+        xdp::apply(&mut self.ebpf, &config.xdp)?;
+        self.apply_egress(config)
+    }
+
+    /// Re-reads the guarded service's cgroups; when they changed (a restart, a new worker
+    /// cgroup), updates the egress maps. Returns whether they changed.
+    pub fn refresh_guarded(&mut self, config: &Config) -> Result<bool, KernelError> {
+        let Some(root) = &self.cgroup_root else {
+            return Ok(false);
+        };
+        let now = guarded::cgroups(&config.guarded, root);
+        if now == self.guarded {
+            return Ok(false);
+        }
+        self.guarded = now;
+        self.apply_egress(config)?;
+        Ok(true)
+    }
+
+    /// Takes a new set of resolved host names into the egress allow-list.
+    pub fn set_resolved(&mut self, resolved: Resolved, config: &Config) -> Result<(), KernelError> {
+        self.resolved = resolved;
+        self.apply_egress(config)
+    }
+
+    fn apply_egress(&mut self, config: &Config) -> Result<(), KernelError> {
+        if !self
+            .programs
+            .iter()
+            .any(|p| p.hook.starts_with("cgroup/connect"))
+        {
+            return Ok(());
+        }
+        let targets = egress::targets(&config.egress, &self.resolved, &dns_servers(config));
+        egress::apply(&mut self.ebpf, &config.egress, &targets, &self.guarded)
     }
 
     pub fn counters(&self) -> Result<Counters, KernelError> {
         Ok(Counters {
             bind: bind::stats(&self.ebpf)?,
             xdp: xdp::stats(&self.ebpf)?,
+            egress: egress::stats(&self.ebpf)?,
         })
     }
+}
+
+/// The configured DNS resolvers, or the system's.
+fn dns_servers(config: &Config) -> Vec<IpAddr> {
+    if config.egress.dns.is_empty() {
+        resolve::system_nameservers()
+    } else {
+        config.egress.dns.clone()
+    }
+}
+
+fn take_ring(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<RingBuf<aya::maps::MapData>, KernelError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(KernelError::Missing { kind: "map", name })?;
+    RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
 async fn report(

@@ -1,0 +1,193 @@
+//! The egress allow-list: attaches the four `egress_*` programs at the cgroup v2 root and keeps
+//! their maps equal to the config, the resolved host names and the guarded cgroups.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::{maps::Array, Ebpf};
+use guard_common::egress::{
+    EgressAddrV4, EgressAddrV6, EgressConfig, MAP_EGRESS_ALLOW_V4, MAP_EGRESS_ALLOW_V6,
+    MAP_EGRESS_CGROUPS, MAP_EGRESS_CONFIG, MAP_EGRESS_STATS, PROG_EGRESS_CONNECT_V4,
+    PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED,
+    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::{cgroup_programs, maps, AttachedProgram, KernelError};
+use crate::{
+    config::{egress::EgressTarget, EgressSection},
+    guarded::GuardedCgroup,
+    resolve::Resolved,
+};
+
+pub fn attach(
+    ebpf: &mut Ebpf,
+    root: &Path,
+    config: &EgressSection,
+) -> Result<Vec<AttachedProgram>, KernelError> {
+    cgroup_programs::attach(
+        ebpf,
+        root,
+        config.mode.as_str(),
+        &[
+            (PROG_EGRESS_CONNECT_V4, "cgroup/connect4"),
+            (PROG_EGRESS_CONNECT_V6, "cgroup/connect6"),
+            (PROG_EGRESS_SENDMSG_V4, "cgroup/sendmsg4"),
+            (PROG_EGRESS_SENDMSG_V6, "cgroup/sendmsg6"),
+        ],
+    )
+}
+
+/// Every allowed (network, port) pair, port 0 meaning any: listed targets, resolved host names,
+/// DNS resolvers on port 53, and proxyguard's own port on loopback.
+pub fn targets(
+    config: &EgressSection,
+    resolved: &Resolved,
+    dns: &[IpAddr],
+) -> HashSet<(IpNet, u16)> {
+    let mut out = HashSet::new();
+    for target in &config.allow {
+        match target {
+            EgressTarget::Net { net, port } => {
+                out.insert((*net, port.unwrap_or(0)));
+            }
+            EgressTarget::Host { host, port } => {
+                for addr in resolved.get(&(host.clone(), *port)).into_iter().flatten() {
+                    out.insert((IpNet::from(*addr), *port));
+                }
+            }
+        }
+    }
+    for resolver in dns {
+        out.insert((IpNet::from(*resolver), 53));
+    }
+    out.insert((
+        IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        config.guard_port,
+    ));
+    out.insert((
+        IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        config.guard_port,
+    ));
+    out
+}
+
+/// Makes the maps equal to the plan. Allowed targets go in before the cgroups and the mode, so
+/// newly guarded tasks never meet an empty list.
+pub fn apply(
+    ebpf: &mut Ebpf,
+    config: &EgressSection,
+    targets: &HashSet<(IpNet, u16)>,
+    cgroups: &[GuardedCgroup],
+) -> Result<(), KernelError> {
+    let mut v4 = HashSet::new();
+    let mut v6 = HashSet::new();
+    for (net, port) in targets {
+        let port = port.to_be_bytes();
+        match net {
+            IpNet::V4(net) => v4.insert((
+                16 + u32::from(net.prefix_len()),
+                EgressAddrV4 {
+                    port,
+                    addr: net.network().octets(),
+                },
+            )),
+            IpNet::V6(net) => v6.insert((
+                16 + u32::from(net.prefix_len()),
+                EgressAddrV6 {
+                    port,
+                    addr: net.network().octets(),
+                },
+            )),
+        };
+    }
+    maps::sync_trie(ebpf, MAP_EGRESS_ALLOW_V4, &v4)?;
+    maps::sync_trie(ebpf, MAP_EGRESS_ALLOW_V6, &v6)?;
+
+    let guarded: Vec<(u64, u32)> = if config.enabled {
+        cgroups.iter().map(|c| (c.id, 1)).collect()
+    } else {
+        Vec::new()
+    };
+    maps::sync_hash(ebpf, MAP_EGRESS_CGROUPS, &guarded)?;
+    let max_level = if config.enabled {
+        cgroups.iter().map(|c| c.level).max().unwrap_or(0)
+    } else {
+        0
+    };
+    let name = MAP_EGRESS_CONFIG;
+    let mut array: Array<_, EgressConfig> = maps::typed(ebpf, name)?;
+    array
+        .set(
+            0,
+            EgressConfig {
+                mode: config.mode.kernel_value(),
+                max_level,
+            },
+            0,
+        )
+        .map_err(|source| KernelError::Map { name, source })
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct EgressStats {
+    pub allowed: u64,
+    pub denied: u64,
+    pub would_deny: u64,
+    pub events_lost: u64,
+}
+
+pub fn stats(ebpf: &Ebpf) -> Result<EgressStats, KernelError> {
+    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
+        ebpf,
+        MAP_EGRESS_STATS,
+        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+    )?;
+    Ok(EgressStats {
+        allowed,
+        denied,
+        would_deny,
+        events_lost,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_hold_lists_hosts_dns_and_the_guard_port() {
+        let config = EgressSection {
+            allow: vec![
+                "10.0.0.0/8:5432".parse().unwrap(),
+                "api.example.com:443".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            guard_port: 8080,
+            ..Default::default()
+        };
+        let mut resolved = Resolved::new();
+        resolved.insert(
+            ("api.example.com".into(), 443),
+            vec!["192.0.2.7".parse().unwrap()],
+        );
+        let dns = ["192.0.2.53".parse().unwrap()];
+        let got = targets(&config, &resolved, &dns);
+        let want: HashSet<(IpNet, u16)> = [
+            ("10.0.0.0/8", 5432),
+            ("192.0.2.7/32", 443),
+            ("2001:db8::/32", 0),
+            ("192.0.2.53/32", 53),
+            ("127.0.0.1/32", 8080),
+            ("::1/128", 8080),
+        ]
+        .into_iter()
+        .map(|(net, port)| (net.parse().unwrap(), port))
+        .collect();
+        assert_eq!(got, want);
+    }
+}
