@@ -19,8 +19,27 @@ fn patience() -> Duration {
     }
 }
 
+/// A pin directory of one test's own, so tests never adopt each other's (or a real daemon's)
+/// kernel state.
+pub fn test_pin_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PathBuf::from(format!("/sys/fs/bpf/pg-test-{}-{n}", std::process::id()))
+}
+
+/// `config` with a `[kernel]` table naming `pin_dir` in front (unless it has its own).
+pub fn with_pin_dir(config: &str, pin_dir: &std::path::Path) -> String {
+    if config.contains("[kernel]") {
+        return config.to_owned();
+    }
+    format!("[kernel]\npin_dir = \"{}\"\n\n{config}", pin_dir.display())
+}
+
 pub struct Daemon {
     child: Child,
+    /// Removed on drop unless [`Daemon::keep_pins`] was called.
+    pub pin_dir: PathBuf,
+    remove_pins: bool,
     events: Receiver<Value>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -40,9 +59,19 @@ impl Daemon {
 
     /// Starts the daemon inside network namespace `netns` (when given).
     pub fn start_in(config: &str, args: &[&str], netns: Option<&crate::netns::NetNs>) -> Daemon {
+        Self::start_full(config, args, netns, test_pin_dir())
+    }
+
+    /// Starts on an existing pin directory (a restart that adopts pinned state).
+    pub fn start_full(
+        config: &str,
+        args: &[&str],
+        netns: Option<&crate::netns::NetNs>,
+        pin_dir: PathBuf,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(&config_path, with_pin_dir(config, &pin_dir)).expect("write config");
         let mut command = Command::new(crate::proxyguard_bin());
         if let Some(netns) = netns {
             netns.apply_to(&mut command);
@@ -82,6 +111,8 @@ impl Daemon {
         });
         let mut daemon = Daemon {
             child,
+            pin_dir,
+            remove_pins: true,
             events,
             dir,
             config_path,
@@ -131,7 +162,8 @@ impl Daemon {
 
     /// Rewrites the config, sends SIGHUP, and returns the `reloaded` or `reload_failed` record.
     pub fn reload_with(&mut self, config: &str) -> Value {
-        std::fs::write(&self.config_path, config).expect("rewrite config");
+        std::fs::write(&self.config_path, with_pin_dir(config, &self.pin_dir))
+            .expect("rewrite config");
         self.signal(nix::sys::signal::Signal::SIGHUP);
         self.wait_for(|e| e["kind"] == "reloaded" || e["kind"] == "reload_failed")
             .expect("no reload outcome")
@@ -143,10 +175,45 @@ impl Daemon {
         self.wait_for(|e| e["kind"] == "stopping")
             .expect("no stopping record")
     }
+
+    /// Leaves the pinned state in place when this daemon is dropped (the caller cleans it up).
+    pub fn keep_pins(&mut self) {
+        self.remove_pins = false;
+    }
+
+    /// SIGKILL, as a crash would: nothing is cleaned up by the daemon.
+    pub fn kill_hard(mut self) {
+        self.keep_pins();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes a pin directory the way `run --detach-kernel` does: links first (which detaches the
+/// programs), then maps.
+pub fn remove_pins(pin_dir: &std::path::Path) {
+    for sub in ["links", "maps"] {
+        if let Ok(entries) = std::fs::read_dir(pin_dir.join(sub)) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(pin_dir.join(sub));
+    }
+    let _ = std::fs::remove_dir(pin_dir);
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.terminate();
+        if self.remove_pins {
+            remove_pins(&self.pin_dir);
+        }
+    }
+}
+
+impl Daemon {
+    fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.signal(nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -12,7 +12,7 @@ use tokio::{
 use crate::{
     audit,
     config::{egress::EgressTarget, Config},
-    kernel::Kernel,
+    kernel::{pins, Kernel},
     resolve, systemd, telemetry,
 };
 
@@ -21,12 +21,19 @@ pub struct RunArgs {
     /// Run only the user-space half (for hosts without BPF rights). Nothing is attached.
     #[arg(long)]
     pub no_kernel: bool,
+    /// Detach every pinned program and remove the pinned maps (a clean uninstall), then exit.
+    /// Without this, enforcement deliberately outlives the daemon.
+    #[arg(long, conflicts_with = "no_kernel")]
+    pub detach_kernel: bool,
 }
 
 pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Bad config exits before anything is attached or bound.
     let config = Config::load(config_path)?;
     telemetry::init(&config.log);
+    if args.detach_kernel {
+        return detach(&config);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,6 +122,23 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     };
     audit::emit("stopping", audit::fields(json!({ "counters": counters })));
     Ok(())
+}
+
+/// `run --detach-kernel`: removes the pinned links (detaching the programs) and maps.
+fn detach(config: &Config) -> anyhow::Result<ExitCode> {
+    let dir = &config.kernel.pin_dir;
+    let removed = pins::remove_all(dir)
+        .with_context(|| format!("cannot remove the pins under {}", dir.display()))?;
+    audit::emit(
+        "detached",
+        audit::fields(json!({ "pin_dir": dir, "removed": removed })),
+    );
+    tracing::info!(
+        "removed {} pins under {}; proxyguard's kernel programs are detached",
+        removed.len(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The host-name egress targets and the re-resolve floor.

@@ -7,6 +7,7 @@ pub mod bind;
 pub mod egress;
 mod error;
 pub mod guarded;
+pub mod kernel;
 mod locate;
 mod template;
 mod validate;
@@ -30,6 +31,7 @@ pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub kernel: kernel::KernelSection,
     pub guarded: GuardedSection,
     pub bind: BindConfig,
     pub xdp: XdpSection,

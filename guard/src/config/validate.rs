@@ -5,6 +5,7 @@ use super::{Config, FieldError};
 pub fn validate(config: &Config) -> Vec<FieldError> {
     let mut errors = Vec::new();
     super::bind::validate(&config.bind, &mut errors);
+    super::kernel::validate(&config.kernel, &mut errors);
     super::guarded::validate(&config.guarded, &mut errors);
     super::xdp::validate(&config.xdp, &mut errors);
     super::egress::validate(&config.egress, &mut errors);

@@ -15,17 +15,19 @@ use guard_common::bind::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{cgroup_programs, maps, AttachedProgram, KernelError};
+use super::{cgroup_programs, maps, pins::PinDir, AttachedProgram, KernelError};
 use crate::config::BindConfig;
 
 /// Loads both programs and attaches them at `cgroup_root`.
 pub fn attach(
     ebpf: &mut Ebpf,
+    pins: &PinDir,
     cgroup_root: &Path,
     config: &BindConfig,
 ) -> Result<Vec<AttachedProgram>, KernelError> {
     cgroup_programs::attach(
         ebpf,
+        pins,
         cgroup_root,
         config.mode.as_str(),
         &[

@@ -3,18 +3,23 @@
 use std::{fs::File, path::Path};
 
 use aya::{
-    programs::{links::CgroupAttachMode, CgroupSockAddr},
+    programs::{
+        links::{CgroupAttachMode, FdLink},
+        CgroupSockAddr,
+    },
     Ebpf,
 };
 
-use super::{AttachedProgram, KernelError};
+use super::{pins::PinDir, AttachedProgram, KernelError};
 
-/// Loads each `(program, hook)` and attaches it to `root` through a BPF link.
+/// Attaches each `(program, hook)` to `root` through a pinned BPF link, or adopts the link an
+/// earlier daemon pinned.
 ///
 /// A link attachment always coexists with other programs on the same hook (systemd's socket-bind
 /// and IP filters among them), and the kernel insists on flags 0 for it: that is aya's `Single`.
 pub fn attach(
     ebpf: &mut Ebpf,
+    pins: &PinDir,
     root: &Path,
     mode: &'static str,
     programs: &[(&'static str, &'static str)],
@@ -27,28 +32,38 @@ pub fn attach(
     let mut attached = Vec::new();
     for (name, hook) in programs {
         let name = *name;
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-            kind: "program",
-            name,
-        })?;
-        program
-            .load()
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
-        program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| KernelError::Attach {
-                name,
-                target: target.clone(),
-                source,
-            })?;
+        let adopted = pins.adopt(name, &target).is_some();
+        if !adopted {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(KernelError::Missing {
+                    kind: "program",
+                    name,
+                })?;
+            program
+                .load()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            let link_id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| KernelError::Attach {
+                    name,
+                    target: target.clone(),
+                    source,
+                })?;
+            let link = program
+                .take_link(link_id)
+                .map_err(|source| KernelError::TakeLink { name, source })?;
+            let link = FdLink::try_from(link)
+                .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
+            pins.pin(link, name, &target)?;
+        }
         attached.push(AttachedProgram {
             name,
             hook,
             target: target.clone(),
             mode,
+            adopted,
         });
     }
     Ok(attached)

@@ -17,7 +17,7 @@ use guard_common::egress::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{cgroup_programs, maps, AttachedProgram, KernelError};
+use super::{cgroup_programs, maps, pins::PinDir, AttachedProgram, KernelError};
 use crate::{
     config::{egress::EgressTarget, EgressSection},
     guarded::GuardedCgroup,
@@ -26,11 +26,13 @@ use crate::{
 
 pub fn attach(
     ebpf: &mut Ebpf,
+    pins: &PinDir,
     root: &Path,
     config: &EgressSection,
 ) -> Result<Vec<AttachedProgram>, KernelError> {
     cgroup_programs::attach(
         ebpf,
+        pins,
         root,
         config.mode.as_str(),
         &[

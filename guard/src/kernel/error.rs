@@ -40,6 +40,29 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("cannot create the pin directory {}: {source} (is bpffs mounted at /sys/fs/bpf?)", path.display())]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot pin the link of `{name}`: {source}")]
+    Pin {
+        name: &'static str,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot take the link of `{name}` for pinning: {source}")]
+    TakeLink {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the link of `{name}` cannot be pinned: {source}")]
+    LinkNotPinnable {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     #[error("cannot start reading `{name}`: {source}")]
     Reader {
         name: &'static str,

@@ -9,10 +9,11 @@ mod error;
 mod events;
 pub mod features;
 mod maps;
+pub mod pins;
 mod probe;
 mod xdp;
 
-use aya::{maps::RingBuf, Ebpf};
+use aya::{maps::RingBuf, Ebpf, EbpfLoader};
 use serde::Serialize;
 
 pub use bind::BindStats;
@@ -39,6 +40,8 @@ pub struct AttachedProgram {
     pub hook: &'static str,
     pub target: String,
     pub mode: &'static str,
+    /// Pinned by an earlier daemon and adopted, not attached by this one.
+    pub adopted: bool,
 }
 
 /// Every program family's counters, summed over CPUs.
@@ -68,7 +71,14 @@ impl Kernel {
         let mut features = features::detect();
         raise_memlock_limit();
 
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| KernelError::LoadObject { source })?;
+        let pins = pins::PinDir::prepare(&config.kernel.pin_dir)?;
+        let mut loader = EbpfLoader::new();
+        for name in pins::PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|source| KernelError::LoadObject { source })?;
         features::record_lsm_probe(&mut features, probe::bpf_lsm(&mut ebpf));
         for feature in features.iter().filter(|f| !f.available) {
             tracing::warn!(
@@ -94,7 +104,7 @@ impl Kernel {
         };
         if let (true, Some(root)) = (config.bind.enabled, &cgroup_root) {
             bind::apply(&mut ebpf, &config.bind)?;
-            programs.extend(bind::attach(&mut ebpf, root, &config.bind)?);
+            programs.extend(bind::attach(&mut ebpf, &pins, root, &config.bind)?);
             let ring = take_ring(&mut ebpf, guard_common::bind::MAP_BIND_EVENTS)?;
             tokio::spawn(report("bind events", events::read_bind_events(ring)));
         }
@@ -106,7 +116,7 @@ impl Kernel {
             guarded = guarded::cgroups(&config.guarded, root);
             let targets = egress::targets(&config.egress, &Resolved::new(), &dns_servers(config));
             egress::apply(&mut ebpf, &config.egress, &targets, &guarded)?;
-            programs.extend(egress::attach(&mut ebpf, root, &config.egress)?);
+            programs.extend(egress::attach(&mut ebpf, &pins, root, &config.egress)?);
             let ring = take_ring(&mut ebpf, guard_common::egress::MAP_EGRESS_EVENTS)?;
             tokio::spawn(report("egress events", events::read_egress_events(ring)));
         } else if config.egress.enabled {
@@ -114,7 +124,7 @@ impl Kernel {
         }
         xdp::apply(&mut ebpf, &config.xdp)?;
         if config.xdp.enabled && !config.xdp.interfaces.is_empty() {
-            programs.extend(xdp::attach(&mut ebpf, &config.xdp)?);
+            programs.extend(xdp::attach(&mut ebpf, &pins, &config.xdp)?);
             let name = guard_common::xdp::MAP_XDP_EVENTS;
             let map = ebpf
                 .take_map(name)
@@ -127,8 +137,15 @@ impl Kernel {
                 "xdp: no interfaces configured ([xdp] interfaces); the SYN rate limit is off"
             );
         }
+        // Hooks the config no longer asks for are detached; the rest stay pinned.
+        let wanted = programs
+            .iter()
+            .map(|p| pins::link_name(p.name, &p.target))
+            .collect();
+        pins.drop_links_except(&wanted);
         for program in &programs {
             tracing::info!(
+                adopted = program.adopted,
                 program = program.name,
                 hook = program.hook,
                 target = %program.target,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use aya::{
     maps::Array,
-    programs::{xdp::XdpMode, Xdp},
+    programs::{links::FdLink, xdp::XdpMode, Xdp},
     Ebpf,
 };
 use guard_common::xdp::{
@@ -16,24 +16,43 @@ use guard_common::xdp::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{maps, AttachedProgram, KernelError};
+use super::{maps, pins::PinDir, AttachedProgram, KernelError};
 use crate::config::xdp::{AttachMode, XdpSection};
 
-/// Loads the program and attaches it to every configured interface.
-pub fn attach(ebpf: &mut Ebpf, config: &XdpSection) -> Result<Vec<AttachedProgram>, KernelError> {
+/// Attaches the program to every configured interface through a pinned link (native where the
+/// driver allows), or adopts the link an earlier daemon pinned there.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    config: &XdpSection,
+) -> Result<Vec<AttachedProgram>, KernelError> {
     let name = PROG_XDP_SYN_LIMIT;
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(KernelError::Missing {
-            kind: "program",
-            name,
-        })?;
-    program
-        .load()
-        .map_err(|source| KernelError::LoadProgram { name, source })?;
     let mut attached = Vec::new();
+    let mut loaded = false;
     for interface in &config.interfaces {
+        if pins.adopt(name, interface).is_some() {
+            attached.push(AttachedProgram {
+                name,
+                hook: "xdp (adopted)",
+                target: interface.clone(),
+                mode: config.mode.as_str(),
+                adopted: true,
+            });
+            continue;
+        }
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+                kind: "program",
+                name,
+            })?;
+        if !loaded {
+            program
+                .load()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            loaded = true;
+        }
         let attempts: &[(XdpMode, &'static str)] = match config.attach {
             AttachMode::Auto => &[
                 (XdpMode::Driver, "xdp (native)"),
@@ -42,17 +61,12 @@ pub fn attach(ebpf: &mut Ebpf, config: &XdpSection) -> Result<Vec<AttachedProgra
             AttachMode::Native => &[(XdpMode::Driver, "xdp (native)")],
             AttachMode::Generic => &[(XdpMode::Skb, "xdp (generic)")],
         };
+        let mut outcome = None;
         let mut last_error = None;
         for (mode, hook) in attempts {
             match program.attach(interface, *mode) {
-                Ok(_) => {
-                    attached.push(AttachedProgram {
-                        name,
-                        hook,
-                        target: interface.clone(),
-                        mode: config.mode.as_str(),
-                    });
-                    last_error = None;
+                Ok(link_id) => {
+                    outcome = Some((link_id, *hook));
                     break;
                 }
                 Err(err) => {
@@ -61,13 +75,27 @@ pub fn attach(ebpf: &mut Ebpf, config: &XdpSection) -> Result<Vec<AttachedProgra
                 }
             }
         }
-        if let Some(source) = last_error {
+        let Some((link_id, hook)) = outcome else {
+            let source = last_error.expect("at least one attempt was made");
             return Err(KernelError::Attach {
                 name,
                 target: interface.clone(),
                 source,
             });
-        }
+        };
+        let link = program
+            .take_link(link_id)
+            .map_err(|source| KernelError::TakeLink { name, source })?;
+        let link = FdLink::try_from(link)
+            .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
+        pins.pin(link, name, interface)?;
+        attached.push(AttachedProgram {
+            name,
+            hook,
+            target: interface.clone(),
+            mode: config.mode.as_str(),
+            adopted: false,
+        });
     }
     Ok(attached)
 }
