@@ -2,9 +2,38 @@
 //!
 //! Records carry names, addresses, ids and reasons. They never carry keys, header values or bodies.
 
-use std::io::Write;
+use std::{
+    collections::VecDeque,
+    io::Write,
+    sync::{Mutex, OnceLock},
+};
 
 use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+/// How many recent records `proxyguard events` shows without `--follow`.
+const RECENT: usize = 1000;
+
+struct Feed {
+    recent: Mutex<VecDeque<String>>,
+    live: broadcast::Sender<String>,
+}
+
+fn feed() -> &'static Feed {
+    static FEED: OnceLock<Feed> = OnceLock::new();
+    FEED.get_or_init(|| Feed {
+        recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+        live: broadcast::channel(4096).0,
+    })
+}
+
+/// The most recent records, oldest first, and a receiver for every later one.
+pub fn subscribe() -> (Vec<String>, broadcast::Receiver<String>) {
+    let feed = feed();
+    let recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+    // Subscribing under the lock: nothing falls between the snapshot and the stream.
+    (recent.iter().cloned().collect(), feed.live.subscribe())
+}
 
 /// Writes `record` as one line, with `ts` (RFC 3339, UTC) and `kind` first.
 pub fn emit(kind: &str, mut record: Map<String, Value>) {
@@ -17,9 +46,20 @@ pub fn emit(kind: &str, mut record: Map<String, Value>) {
     );
     line.insert("kind".into(), kind.into());
     line.append(&mut record);
+    let text = Value::Object(line).to_string();
+    {
+        let feed = feed();
+        let mut recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(text.clone());
+        // No subscriber is not an error.
+        let _ = feed.live.send(text.clone());
+    }
     let mut out = std::io::stdout().lock();
     // A closed stdout must not take the daemon down; the event is still counted in the maps.
-    let _ = serde_json::to_writer(&mut out, &line);
+    let _ = out.write_all(text.as_bytes());
     let _ = out.write_all(b"\n");
     let _ = out.flush();
 }

@@ -35,6 +35,14 @@ pub fn with_pin_dir(config: &str, pin_dir: &std::path::Path) -> String {
     format!("[kernel]\npin_dir = \"{}\"\n\n{config}", pin_dir.display())
 }
 
+/// `config` with a `[control]` table naming `socket` in front (unless it has its own).
+pub fn with_control_socket(config: &str, socket: &std::path::Path) -> String {
+    if config.contains("[control]") {
+        return config.to_owned();
+    }
+    format!("[control]\nsocket = \"{}\"\n\n{config}", socket.display())
+}
+
 pub struct Daemon {
     child: Child,
     /// Removed on drop unless [`Daemon::keep_pins`] was called.
@@ -71,7 +79,9 @@ impl Daemon {
     ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
-        std::fs::write(&config_path, with_pin_dir(config, &pin_dir)).expect("write config");
+        let socket = dir.path().join("control.sock");
+        let text = with_control_socket(&with_pin_dir(config, &pin_dir), &socket);
+        std::fs::write(&config_path, text).expect("write config");
         let mut command = Command::new(crate::proxyguard_bin());
         if let Some(netns) = netns {
             netns.apply_to(&mut command);
@@ -162,8 +172,9 @@ impl Daemon {
 
     /// Rewrites the config, sends SIGHUP, and returns the `reloaded` or `reload_failed` record.
     pub fn reload_with(&mut self, config: &str) -> Value {
-        std::fs::write(&self.config_path, with_pin_dir(config, &self.pin_dir))
-            .expect("rewrite config");
+        let socket = self.dir.path().join("control.sock");
+        let text = with_control_socket(&with_pin_dir(config, &self.pin_dir), &socket);
+        std::fs::write(&self.config_path, text).expect("rewrite config");
         self.signal(nix::sys::signal::Signal::SIGHUP);
         self.wait_for(|e| e["kind"] == "reloaded" || e["kind"] == "reload_failed")
             .expect("no reload outcome")

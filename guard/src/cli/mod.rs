@@ -4,7 +4,10 @@
 
 mod completions;
 mod config_cmd;
+mod events;
+mod reload;
 mod run;
+mod status;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -36,6 +39,12 @@ pub enum Command {
     /// Write or validate the config file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// What is running: attached programs and their mode, unavailable features and why, counters.
+    Status,
+    /// Ask the running daemon to reload its config (the same as SIGHUP).
+    Reload,
+    /// Security events from the kernel and from L7.
+    Events(events::EventsArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -50,6 +59,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(&config_path, args),
         Command::Config(command) => config_cmd::run(&config_path, json, command),
+        Command::Status => status::run(&config_path, json),
+        Command::Reload => reload::run(&config_path, json),
+        Command::Events(args) => events::run(&config_path, json, args),
         Command::Completions(args) => completions::run(args),
     }
 }

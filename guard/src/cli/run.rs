@@ -1,6 +1,10 @@
 //! `proxyguard run`: the daemon.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use serde_json::json;
@@ -12,6 +16,7 @@ use tokio::{
 use crate::{
     audit,
     config::{egress::EgressTarget, Config},
+    control,
     kernel::{pins, Kernel},
     resolve, systemd, telemetry,
 };
@@ -59,6 +64,11 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
         Some(k) => (json!(k.programs), json!(k.features)),
         None => (json!([]), json!([])),
     };
+    let control = control::server::bind(&config.control.socket)?;
+    let (control_tx, mut control_rx) = mpsc::channel(16);
+    tokio::spawn(control::server::serve(control, control_tx));
+    let started = Instant::now();
+
     audit::emit(
         "ready",
         audit::fields(json!({
@@ -82,11 +92,23 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                if let Some(new) = reload(config_path, kernel.as_mut()) {
+                if let Ok(new) = reload(config_path, kernel.as_mut()) {
                     config = new;
                     hosts_tx.send_replace(host_targets(&config));
                 }
             }
+            Some(request) = control_rx.recv() => match request {
+                control::server::Request::Status(reply) => {
+                    let _ = reply.send(status(config_path, &config, kernel.as_ref(), started));
+                }
+                control::server::Request::Reload(reply) => {
+                    let outcome = reload(config_path, kernel.as_mut()).map(|new| {
+                        config = new;
+                        hosts_tx.send_replace(host_targets(&config));
+                    });
+                    let _ = reply.send(outcome);
+                }
+            },
             _ = guarded_tick.tick() => {
                 if let Some(kernel) = kernel.as_mut() {
                     match kernel.refresh_guarded(&config) {
@@ -116,6 +138,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
         }
     }
     systemd::notify("STOPPING=1");
+    let _ = std::fs::remove_file(&config.control.socket);
     let counters = match &kernel {
         Some(k) => json!(k.counters().ok()),
         None => json!({}),
@@ -141,6 +164,54 @@ fn detach(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `proxyguard status` shows: the attached programs and their modes, the features that are
+/// missing and why, the guarded cgroups, and the counters.
+fn status(
+    config_path: &Path,
+    config: &Config,
+    kernel: Option<&Kernel>,
+    started: Instant,
+) -> serde_json::Value {
+    let modes = json!({
+        "bind": config.bind.mode.as_str(),
+        "xdp": config.xdp.mode.as_str(),
+        "egress": config.egress.mode.as_str(),
+    });
+    let (programs, unavailable, counters, guarded) = match kernel {
+        Some(k) => (
+            json!(k.programs),
+            json!(k
+                .features
+                .iter()
+                .filter(|f| !f.available)
+                .collect::<Vec<_>>()),
+            json!(k.counters().ok()),
+            json!(k
+                .guarded
+                .iter()
+                .map(|c| json!({ "path": c.path, "id": c.id }))
+                .collect::<Vec<_>>()),
+        ),
+        None => (
+            json!([]),
+            json!([{ "name": "kernel", "available": false, "detail": "started with --no-kernel" }]),
+            json!(null),
+            json!([]),
+        ),
+    };
+    json!({
+        "pid": std::process::id(),
+        "uptime_secs": started.elapsed().as_secs(),
+        "config": config_path,
+        "kernel": kernel.is_some(),
+        "modes": modes,
+        "programs": programs,
+        "unavailable": unavailable,
+        "guarded": guarded,
+        "counters": counters,
+    })
+}
+
 /// The host-name egress targets and the re-resolve floor.
 fn host_targets(config: &Config) -> (Vec<(String, u16)>, Duration) {
     let hosts = config
@@ -156,8 +227,8 @@ fn host_targets(config: &Config) -> (Vec<(String, u16)>, Duration) {
 }
 
 /// Validates the new config first; an invalid one is refused and the old one keeps running.
-/// Returns the config now in force when it changed.
-fn reload(config_path: &Path, kernel: Option<&mut Kernel>) -> Option<Config> {
+/// Returns the config now in force, or why the reload was refused.
+fn reload(config_path: &Path, kernel: Option<&mut Kernel>) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
     let outcome = Config::load(config_path)
         .map_err(anyhow::Error::from)
@@ -171,7 +242,7 @@ fn reload(config_path: &Path, kernel: Option<&mut Kernel>) -> Option<Config> {
         Ok(config) => {
             tracing::info!("config reloaded");
             audit::emit("reloaded", audit::fields(json!({ "config": config_path })));
-            Some(config)
+            Ok(config)
         }
         Err(err) => {
             tracing::error!("reload refused, the previous config stays in force: {err:#}");
@@ -179,7 +250,7 @@ fn reload(config_path: &Path, kernel: Option<&mut Kernel>) -> Option<Config> {
                 "reload_failed",
                 audit::fields(json!({ "config": config_path, "error": format!("{err:#}") })),
             );
-            None
+            Err(format!("{err:#}"))
         }
     };
     systemd::notify("READY=1");

@@ -4,6 +4,7 @@
 //! with its field path and line. Nothing is attached or bound before that succeeds.
 
 pub mod bind;
+pub mod control;
 pub mod egress;
 mod error;
 pub mod guarded;
@@ -36,6 +37,7 @@ pub struct Config {
     pub bind: BindConfig,
     pub xdp: XdpSection,
     pub egress: EgressSection,
+    pub control: control::ControlSection,
     pub log: LogConfig,
 }
 

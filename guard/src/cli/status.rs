@@ -1,0 +1,85 @@
+//! `proxyguard status`: what the running daemon has attached, in which mode, what is missing and
+//! why, and its counters.
+
+use std::{path::Path, process::ExitCode};
+
+use serde_json::Value;
+
+use crate::{
+    config::Config,
+    control::{client, Command},
+};
+
+pub fn run(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let status = client::request(&config.control.socket, &Command::Status)?;
+    if json {
+        println!("{status}");
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(status: &Value) -> String {
+    let mut out = format!(
+        "proxyguard: pid {}, up {}s, config {}\n",
+        status["pid"],
+        status["uptime_secs"],
+        status["config"].as_str().unwrap_or("?")
+    );
+    out.push_str("\nattached programs:\n");
+    let programs = status["programs"].as_array().cloned().unwrap_or_default();
+    if programs.is_empty() {
+        out.push_str("  none\n");
+    }
+    for p in programs {
+        let adopted = if p["adopted"] == true {
+            "  (adopted from pins)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  {:<20} {:<16} {:<8} {}{adopted}\n",
+            p["name"].as_str().unwrap_or("?"),
+            p["hook"].as_str().unwrap_or("?"),
+            p["mode"].as_str().unwrap_or("?"),
+            p["target"].as_str().unwrap_or("?"),
+        ));
+    }
+    let unavailable = status["unavailable"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !unavailable.is_empty() {
+        out.push_str("\nunavailable features:\n");
+        for f in unavailable {
+            out.push_str(&format!(
+                "  {}: {}\n",
+                f["name"].as_str().unwrap_or("?"),
+                f["detail"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    if let Some(guarded) = status["guarded"].as_array().filter(|g| !g.is_empty()) {
+        out.push_str("\nguarded cgroups:\n");
+        for g in guarded {
+            out.push_str(&format!(
+                "  {} (id {})\n",
+                g["path"].as_str().unwrap_or("?"),
+                g["id"]
+            ));
+        }
+    }
+    if let Some(counters) = status["counters"].as_object() {
+        out.push_str("\ncounters:\n");
+        for (family, values) in counters {
+            let fields: Vec<String> = values
+                .as_object()
+                .map(|v| v.iter().map(|(k, n)| format!("{k} {n}")).collect())
+                .unwrap_or_default();
+            out.push_str(&format!("  {family:<8} {}\n", fields.join(", ")));
+        }
+    }
+    out
+}

@@ -1,0 +1,65 @@
+//! The control channel between the CLI and the daemon: newline-delimited JSON over a Unix socket
+//! under /run/proxyguard that only root can open.
+//!
+//! A request is one line, `{"cmd":"status"}`, `{"cmd":"reload"}` or
+//! `{"cmd":"events","follow":true}`. The answer is one JSON line, or for `events` one line per
+//! record.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Command {
+    Status,
+    Reload,
+    Events {
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot prepare the control socket {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another proxyguard daemon already answers on {path}")]
+    AlreadyRunning { path: String },
+    #[error("cannot reach the daemon at {path}: {source} (is `proxyguard run` running, and are you root?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the daemon's answer was cut short or unreadable: {0}")]
+    Protocol(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_one_json_line_each() {
+        for (command, line) in [
+            (Command::Status, r#"{"cmd":"status"}"#),
+            (Command::Reload, r#"{"cmd":"reload"}"#),
+            (
+                Command::Events { follow: true },
+                r#"{"cmd":"events","follow":true}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&command).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Command>(line).unwrap(), command);
+        }
+        assert_eq!(
+            serde_json::from_str::<Command>(r#"{"cmd":"events"}"#).unwrap(),
+            Command::Events { follow: false }
+        );
+        assert!(serde_json::from_str::<Command>(r#"{"cmd":"shutdown"}"#).is_err());
+    }
+}

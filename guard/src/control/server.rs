@@ -1,0 +1,148 @@
+//! The daemon's side: accepts root-only connections and hands status and reload requests to the
+//! main loop, which owns the kernel state; streams audit records itself.
+
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use super::{Command, ControlError};
+use crate::audit;
+
+/// What the main loop must answer.
+pub enum Request {
+    Status(oneshot::Sender<Value>),
+    Reload(oneshot::Sender<Result<(), String>>),
+}
+
+/// Binds `path` (directory 0700, socket 0600), refusing to steal it from a live daemon.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let shown = path.display().to_string();
+    let err = |source| ControlError::Bind {
+        path: shown.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::AlreadyRunning { path: shown });
+        }
+        // Left behind by a daemon that died.
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves connections until the listener fails.
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, requests.clone()));
+            }
+            Err(err) => {
+                tracing::error!("control socket stopped accepting: {err}");
+                return;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>) {
+    // The socket's mode already keeps others out; the peer check holds even if it is loosened.
+    let root = stream.peer_cred().is_ok_and(|cred| cred.uid() == 0);
+    let (read, mut write) = stream.into_split();
+    if !root {
+        let _ = write
+            .write_all(b"{\"error\":\"only root may use the control socket\"}\n")
+            .await;
+        return;
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(4096));
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        reader.read_line(&mut line),
+    )
+    .await;
+    let command = match read {
+        Ok(Ok(_)) => serde_json::from_str::<Command>(&line),
+        _ => return,
+    };
+    let answer = match command {
+        Err(err) => json!({ "error": format!("not a control command: {err}") }),
+        Ok(Command::Status) => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(Request::Status(tx)).await.is_err() {
+                return;
+            }
+            rx.await
+                .unwrap_or_else(|_| json!({ "error": "the daemon is stopping" }))
+        }
+        Ok(Command::Reload) => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(Request::Reload(tx)).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(Ok(())) => json!({ "ok": true }),
+                Ok(Err(error)) => json!({ "ok": false, "error": error }),
+                Err(_) => json!({ "error": "the daemon is stopping" }),
+            }
+        }
+        Ok(Command::Events { follow }) => {
+            stream_events(&mut write, follow).await;
+            return;
+        }
+    };
+    let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+}
+
+async fn stream_events(write: &mut tokio::net::unix::OwnedWriteHalf, follow: bool) {
+    let (recent, mut live) = audit::subscribe();
+    for line in recent {
+        if write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if !follow {
+        return;
+    }
+    loop {
+        match live.recv().await {
+            Ok(line) => {
+                if write
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                let note = json!({ "kind": "events_lost", "missed": missed });
+                if write
+                    .write_all(format!("{note}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
