@@ -40,7 +40,10 @@ pub const STAT_COUNT: u32 = 4;
 pub struct BindPortRule {
     /// [`crate::mode`].
     pub mode: u32,
-    pub _pad: u32,
+    /// The owner cgroup's level below the root (the root is 0); unused without an owner.
+    pub owner_level: u32,
+    /// When non-zero, only tasks in this cgroup (or below it) may bind the port at all.
+    pub owner_cgroup: u64,
 }
 
 /// LPM key data for IPv4: the port first, so one trie holds every port's prefixes.
@@ -81,8 +84,14 @@ pub struct BindEvent {
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    pub _pad: u32,
+    /// [`REASON_ADDRESS`] or [`REASON_OWNER`].
+    pub reason: u32,
 }
+
+/// The address is not in the port's allow list.
+pub const REASON_ADDRESS: u32 = 1;
+/// The caller is outside the port's owner cgroup.
+pub const REASON_OWNER: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

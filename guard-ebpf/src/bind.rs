@@ -4,7 +4,10 @@
 //! pass untouched; the verdict for a guarded port is a single LPM lookup.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    },
     macros::{cgroup_sock_addr, map},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::SockAddrContext,
@@ -13,8 +16,8 @@ use aya_log_ebpf::warn;
 use guard_common::{
     bind::{
         BindAddrV4, BindAddrV6, BindEvent, BindPortRule, BIND_EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-        MAX_BIND_ADDRS, MAX_BIND_PORTS, STAT_ALLOWED, STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST,
-        STAT_WOULD_DENY,
+        MAX_BIND_ADDRS, MAX_BIND_PORTS, REASON_ADDRESS, REASON_OWNER, STAT_ALLOWED, STAT_COUNT,
+        STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
     },
     mode, verdict, COMM_LEN,
 };
@@ -44,13 +47,14 @@ pub fn bind_rule_v4(ctx: SockAddrContext) -> i32 {
     let Some(rule) = port_rule(port) else {
         return ALLOW;
     };
-    if allowed_v4(port, addr) {
+    let owned = owned_by_caller(&rule);
+    if owned && allowed_v4(port, addr) {
         bump(&BIND_STATS, STAT_ALLOWED);
         return ALLOW;
     }
     let mut ip = [0u8; 16];
     ip[..4].copy_from_slice(&addr);
-    violation(&ctx, rule, FAMILY_V4, port, ip)
+    violation(&ctx, rule, FAMILY_V4, port, ip, reason(owned))
 }
 
 #[cgroup_sock_addr(bind6)]
@@ -61,20 +65,43 @@ pub fn bind_rule_v6(ctx: SockAddrContext) -> i32 {
     };
     // A v4-mapped address (::ffff:a.b.c.d) on a dual-stack socket binds the IPv4 address, so it is
     // judged by the IPv4 rules.
-    let allowed = match v4_mapped(&addr) {
-        Some(v4) => allowed_v4(port, v4),
-        None => allowed_v6(port, addr),
-    };
+    let owned = owned_by_caller(&rule);
+    let allowed = owned
+        && match v4_mapped(&addr) {
+            Some(v4) => allowed_v4(port, v4),
+            None => allowed_v6(port, addr),
+        };
     if allowed {
         bump(&BIND_STATS, STAT_ALLOWED);
         return ALLOW;
     }
-    violation(&ctx, rule, FAMILY_V6, port, addr)
+    violation(&ctx, rule, FAMILY_V6, port, addr, reason(owned))
 }
 
 fn port_rule(port: u16) -> Option<BindPortRule> {
     // SAFETY: the value is copied out at once; the map entry may change afterwards.
     unsafe { BIND_PORTS.get(port).copied() }
+}
+
+fn reason(owned: bool) -> u32 {
+    if owned {
+        REASON_ADDRESS
+    } else {
+        REASON_OWNER
+    }
+}
+
+/// Whether the caller may bind the port at all: there is no owner, or the caller is in the
+/// owner cgroup or below it.
+fn owned_by_caller(rule: &BindPortRule) -> bool {
+    if rule.owner_cgroup == 0 {
+        return true;
+    }
+    // SAFETY: helper calls without memory arguments; 0 means "not that deep".
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    own == rule.owner_cgroup
+        || unsafe { bpf_get_current_ancestor_cgroup_id(rule.owner_level as i32) }
+            == rule.owner_cgroup
 }
 
 fn allowed_v4(port: u16, addr: [u8; 4]) -> bool {
@@ -105,6 +132,7 @@ fn violation(
     family: u16,
     port: u16,
     addr: [u8; 16],
+    reason: u32,
 ) -> i32 {
     let enforce = rule.mode == mode::ENFORCE;
     let (stat, verdict, answer) = if enforce {
@@ -123,7 +151,7 @@ fn violation(
         addr,
         family,
         port,
-        _pad: 0,
+        reason,
     };
     if BIND_EVENTS.output::<BindEvent>(&event, 0).is_err() {
         bump(&BIND_STATS, STAT_EVENTS_LOST);

@@ -1,10 +1,13 @@
 //! Bind rules, end to end: the real daemon attaches bind4/bind6 at the cgroup v2 root, and real
 //! bind(2) calls from this process are refused or allowed.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use nix::errno::Errno;
-use proxyguard_tests::{net, require_root, Daemon};
+use proxyguard_tests::{cgroup::TestCgroup, in_vm, net, require_root, Daemon};
 
 fn config(port: u16, mode: &str, allow: &str) -> String {
     format!("[bind]\nmode = \"{mode}\"\n\n[[bind.rules]]\nport = {port}\nallow = [{allow}]\n")
@@ -150,4 +153,51 @@ fn cidr_rules_and_reload_take_effect_without_restart() {
         Err(Errno::EPERM)
     );
     assert_eq!(net::try_bind(v4(Ipv4Addr::new(127, 0, 0, 2), port)), Ok(()));
+}
+
+#[test]
+fn only_the_owner_cgroup_may_bind_an_owned_port() {
+    require_root();
+    let port = net::free_port();
+    let owner = TestCgroup::create("owner");
+    let config = format!(
+        "[[bind.rules]]\nport = {port}\nallow = [\"127.0.0.1/32\"]\nowner = \"{}\"\n",
+        owner.relative
+    );
+    let mut daemon = Daemon::start(&config);
+
+    // Outside the owner cgroup even an allowed address is refused.
+    assert_eq!(
+        net::try_bind(v4(Ipv4Addr::LOCALHOST, port)),
+        Err(Errno::EPERM)
+    );
+    let event = daemon
+        .wait_for(|e| e["kind"] == "bind_denied")
+        .expect("a bind_denied event");
+    assert_eq!(event["reason"], "not_owner");
+    {
+        let _inside = owner.enter();
+        assert_eq!(net::try_bind(v4(Ipv4Addr::LOCALHOST, port)), Ok(()));
+        // The owner still obeys the address rules.
+        assert_eq!(
+            net::try_bind(v4(Ipv4Addr::UNSPECIFIED, port)),
+            Err(Errno::EPERM)
+        );
+    }
+    let event = daemon
+        .wait_for(|e| e["kind"] == "bind_denied")
+        .expect("a bind_denied event");
+    assert_eq!(event["reason"], "address");
+
+    // A restarted owner (same path, new cgroup id) is followed.
+    owner.recreate();
+    let _inside = owner.enter();
+    let deadline = Instant::now() + Duration::from_secs(if in_vm() { 30 } else { 10 });
+    while net::try_bind(v4(Ipv4Addr::LOCALHOST, port)) != Ok(()) {
+        assert!(
+            Instant::now() < deadline,
+            "the re-created owner cgroup was not followed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -24,6 +24,7 @@ impl Default for BindConfig {
             rules: vec![BindRule {
                 port: 4000,
                 allow: loopback(),
+                owner: None,
             }],
         }
     }
@@ -36,6 +37,10 @@ pub struct BindRule {
     /// Addresses (or CIDRs) the port may be bound to. Loopback when left out.
     #[serde(default = "loopback")]
     pub allow: Vec<IpNet>,
+    /// When set, only this cgroup (or one below it) may bind the port at all: `"self"` for
+    /// proxyguard's own cgroup, or a cgroup v2 path such as `/system.slice/litellm.service`.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 fn loopback() -> Vec<IpNet> {
@@ -70,6 +75,14 @@ pub fn validate(bind: &BindConfig, errors: &mut Vec<FieldError>) {
                     rule.port
                 ),
             );
+        }
+        if let Some(owner) = &rule.owner {
+            if owner != "self" && (!owner.starts_with('/') || owner.split('/').any(|p| p == "..")) {
+                push(
+                    format!("bind.rules[{i}].owner"),
+                    format!("`{owner}` is neither \"self\" nor an absolute cgroup path like \"/system.slice/litellm.service\""),
+                );
+            }
         }
         if rule.allow.is_empty() {
             push(

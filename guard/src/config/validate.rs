@@ -38,10 +38,12 @@ mod tests {
         config.bind.rules.push(BindRule {
             port: 4000,
             allow: vec![],
+            owner: None,
         });
         config.bind.rules.push(BindRule {
             port: 0,
             allow: vec!["127.0.0.1/32".parse().unwrap()],
+            owner: None,
         });
         config.log.level = "proxyguard=loud".into();
         let fields: Vec<_> = validate(&config).into_iter().map(|e| e.field).collect();

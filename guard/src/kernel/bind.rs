@@ -4,7 +4,11 @@
 //! Updates add the new entries before removing stale ones, so a reload never opens a window in
 //! which a guarded port is unguarded or an allowed bind is refused.
 
-use std::{collections::HashSet, path::Path};
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
 
 use aya::Ebpf;
 use guard_common::bind::{
@@ -37,12 +41,51 @@ pub fn attach(
     )
 }
 
+/// Owner cgroups by port: (cgroup id, level). A configured owner that does not exist gets an id
+/// no cgroup has, so nobody may bind the port until it appears.
+pub type Owners = BTreeMap<u16, (u64, u32)>;
+
+/// Resolves each rule's `owner` against the cgroup v2 `root`.
+pub fn owners(config: &BindConfig, root: &Path) -> Owners {
+    let mut out = Owners::new();
+    for rule in &config.rules {
+        let Some(owner) = &rule.owner else { continue };
+        let relative = if owner == "self" {
+            own_cgroup()
+        } else {
+            Some(owner.clone())
+        };
+        let dir = relative.map(|r| root.join(r.trim_start_matches('/')));
+        let found = dir.as_deref().and_then(|dir| {
+            let meta = std::fs::metadata(dir).ok()?;
+            Some((
+                meta.ino(),
+                dir.strip_prefix(root).ok()?.components().count() as u32,
+            ))
+        });
+        out.insert(rule.port, found.unwrap_or((u64::MAX, 0)));
+    }
+    out
+}
+
+/// This process's cgroup v2 path.
+fn own_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
 /// Makes the rule maps equal to `config`. With `enabled = false` every port is left unguarded,
 /// while the programs stay attached so re-enabling needs no attach.
-pub fn apply(ebpf: &mut Ebpf, config: &BindConfig) -> Result<(), KernelError> {
-    let rule = BindPortRule {
-        mode: config.mode.kernel_value(),
-        _pad: 0,
+pub fn apply(ebpf: &mut Ebpf, config: &BindConfig, owners: &Owners) -> Result<(), KernelError> {
+    let rule = |port: u16| {
+        let (owner_cgroup, owner_level) = owners.get(&port).copied().unwrap_or((0, 0));
+        BindPortRule {
+            mode: config.mode.kernel_value(),
+            owner_level,
+            owner_cgroup,
+        }
     };
     let rules: Vec<_> = if config.enabled {
         config.rules.iter().collect()
@@ -75,7 +118,7 @@ pub fn apply(ebpf: &mut Ebpf, config: &BindConfig) -> Result<(), KernelError> {
     // Allow entries first, so a newly guarded port never exists without its allowed addresses.
     maps::sync_trie(ebpf, MAP_BIND_ALLOW_V4, &v4)?;
     maps::sync_trie(ebpf, MAP_BIND_ALLOW_V6, &v6)?;
-    let ports: Vec<(u16, BindPortRule)> = rules.iter().map(|r| (r.port, rule)).collect();
+    let ports: Vec<(u16, BindPortRule)> = rules.iter().map(|r| (r.port, rule(r.port))).collect();
     maps::sync_hash(ebpf, MAP_BIND_PORTS, &ports)
 }
 

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
 use guard_common::{
-    bind::{BindEvent, FAMILY_V4},
+    bind::{BindEvent, FAMILY_V4, REASON_OWNER},
     egress::{EgressEvent, PROTO_UDP},
     verdict,
     xdp::{reason as xdp_reason, XdpEvent},
@@ -43,6 +43,7 @@ pub fn bind_record(event: &BindEvent) -> (&'static str, Map<String, Value>) {
         "family": family,
         "addr": addr,
         "port": event.port,
+        "reason": if event.reason == REASON_OWNER { "not_owner" } else { "address" },
     }));
     (kind, record)
 }

@@ -62,6 +62,8 @@ pub struct Kernel {
     pub guarded: Vec<GuardedCgroup>,
     /// Host-name egress targets as last resolved.
     resolved: Resolved,
+    /// Bind-rule owner cgroups as last resolved.
+    bind_owners: bind::Owners,
 }
 
 impl Kernel {
@@ -102,8 +104,10 @@ impl Kernel {
         } else {
             None
         };
+        let mut bind_owners = bind::Owners::new();
         if let (true, Some(root)) = (config.bind.enabled, &cgroup_root) {
-            bind::apply(&mut ebpf, &config.bind)?;
+            bind_owners = bind::owners(&config.bind, root);
+            bind::apply(&mut ebpf, &config.bind, &bind_owners)?;
             programs.extend(bind::attach(&mut ebpf, &pins, root, &config.bind)?);
             let ring = take_ring(&mut ebpf, guard_common::bind::MAP_BIND_EVENTS)?;
             tokio::spawn(report("bind events", events::read_bind_events(ring)));
@@ -160,24 +164,34 @@ impl Kernel {
             cgroup_root,
             guarded,
             resolved: Resolved::new(),
+            bind_owners,
         })
     }
 
     /// Brings the maps in line with a new config without detaching anything. Attachments
     /// themselves (which interfaces, which hooks) change only with a restart.
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
-        bind::apply(&mut self.ebpf, &config.bind)?;
+        if let Some(root) = &self.cgroup_root {
+            self.bind_owners = bind::owners(&config.bind, root);
+        }
+        bind::apply(&mut self.ebpf, &config.bind, &self.bind_owners)?;
         xdp::apply(&mut self.ebpf, &config.xdp)?;
         self.apply_egress(config)
     }
 
-    /// Re-reads the guarded service's cgroups; when they changed (a restart, a new worker
-    /// cgroup), updates the egress maps. Returns whether they changed.
+    /// Re-reads the guarded service's cgroups and the bind-rule owners' cgroups; when they changed
+    /// (a restart, a new worker cgroup), updates the maps. Returns whether the guarded set changed.
     pub fn refresh_guarded(&mut self, config: &Config) -> Result<bool, KernelError> {
-        let Some(root) = &self.cgroup_root else {
+        let Some(root) = self.cgroup_root.clone() else {
             return Ok(false);
         };
-        let now = guarded::cgroups(&config.guarded, root);
+        // A restarted bind-rule owner gets a new cgroup id too.
+        let owners = bind::owners(&config.bind, &root);
+        if owners != self.bind_owners {
+            self.bind_owners = owners;
+            bind::apply(&mut self.ebpf, &config.bind, &self.bind_owners)?;
+        }
+        let now = guarded::cgroups(&config.guarded, &root);
         if now == self.guarded {
             return Ok(false);
         }
