@@ -14,7 +14,8 @@ use anyhow::{bail, Context, Result};
 use crate::cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker, QEMU/busybox/cpio for the VM, binutils to strip what
-/// goes into the initramfs, iproute2 for test namespaces.
+/// goes into the initramfs, iproute2 for test namespaces, systemd for `systemd-analyze` (unit
+/// verification and the exposure score).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     "binutils",
     "iproute2",
+    "systemd",
 ];
 
 /// Kernel modules the VM tests load (virtual ethernet pairs, and tc's BPF classifier).

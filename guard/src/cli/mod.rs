@@ -8,6 +8,7 @@ mod events;
 mod reload;
 mod run;
 mod status;
+mod systemd_cmd;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -45,6 +46,9 @@ pub enum Command {
     Reload,
     /// Security events from the kernel and from L7.
     Events(events::EventsArgs),
+    /// Print the hardened unit for proxyguard, or a hardening drop-in for the guarded service.
+    #[command(subcommand)]
+    Systemd(systemd_cmd::SystemdCommand),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -62,6 +66,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => status::run(&config_path, json),
         Command::Reload => reload::run(&config_path, json),
         Command::Events(args) => events::run(&config_path, json, args),
+        Command::Systemd(command) => systemd_cmd::run(&config_path, command),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -87,6 +87,9 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     tokio::spawn(resolve::follow(hosts_rx, resolved_tx));
     // The guarded service's cgroups are re-read at this pace, so a restart is covered within it.
     let mut guarded_tick = tokio::time::interval(Duration::from_millis(250));
+    // Pinged from this loop, so a wedged loop (not just a dead process) gets restarted.
+    let watchdog = systemd::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     guarded_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
@@ -133,6 +136,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
                     }
                 }
             }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => systemd::notify("WATCHDOG=1"),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }

@@ -23,3 +23,14 @@ pub fn notify(state: &str) {
         tracing::warn!("cannot notify systemd ({state}): {err}");
     }
 }
+
+/// Half the `WatchdogSec=` systemd set for us (`$WATCHDOG_USEC`), when it is meant for this
+/// process: the pace at which the main loop must send `WATCHDOG=1`.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_none_or(|pid| pid == std::process::id());
+    (for_us && usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+}
