@@ -4,6 +4,7 @@
 mod build;
 mod cmd;
 mod counts;
+mod deb;
 mod initramfs;
 mod run;
 mod setup;
@@ -30,6 +31,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Build the release binary and a .deb of it (binary, unit, default config, completions).
+    Deb,
     /// Set up and build, then run `proxyguard run` on the embedded default config.
     Run {
         /// Extra arguments for `proxyguard run`, after `--`.
@@ -69,6 +72,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build { release } => {
             setup::run()?;
             build::workspace(release)
+        }
+        Command::Deb => {
+            setup::run()?;
+            let deb = deb::run()?;
+            println!("deb: {}", deb::inspect(&deb)?);
+            Ok(())
         }
         Command::Run { args } => run::run(&args),
         Command::Test { no_vm } => test::run(!no_vm),

@@ -40,6 +40,10 @@ pub fn run(with_vm: bool) -> Result<()> {
             stages.push(timed("clippy", clippy));
             stages.push(counted("unit", &mut total, unit_tests));
             stages.push(counted("native", &mut total, native_privileged_tests));
+            stages.push(timed("deb", || {
+                let deb = crate::deb::run()?;
+                crate::deb::inspect(&deb)
+            }));
             if with_vm {
                 stages.push(counted("vm", &mut total, vm_tests));
             } else {
