@@ -5,6 +5,7 @@ mod build;
 mod cmd;
 mod counts;
 mod deb;
+mod docs;
 mod initramfs;
 mod run;
 mod setup;
@@ -31,6 +32,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Regenerate docs/configuration.md from the config template (a unit test checks it).
+    Docs,
     /// Build the release binary and a .deb of it (binary, unit, default config, completions).
     Deb,
     /// Set up and build, then run `proxyguard run` on the embedded default config.
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::run()?;
             build::workspace(release)
         }
+        Command::Docs => docs::run(),
         Command::Deb => {
             setup::run()?;
             let deb = deb::run()?;

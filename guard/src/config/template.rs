@@ -137,3 +137,16 @@ mod tests {
         assert!(err.contains(&format!("line {line}:")), "{err}");
     }
 }
+
+#[cfg(test)]
+mod docs {
+    /// docs/configuration.md must hold the template verbatim (`cargo xtask docs` regenerates it).
+    #[test]
+    fn configuration_reference_is_current() {
+        let page = include_str!("../../../docs/configuration.md");
+        assert!(
+            page.contains(super::TEMPLATE),
+            "docs/configuration.md is stale: run `cargo xtask docs`"
+        );
+    }
+}
