@@ -11,9 +11,9 @@ pub const PROG_BIND_V6: &str = "bind_rule_v6";
 
 /// `u16` port (host byte order) → [`BindPortRule`].
 pub const MAP_BIND_PORTS: &str = "BIND_PORTS";
-/// LPM trie of [`BindAddrV4`] → `u32` (1 = allowed).
+/// LPM trie of [`crate::PortAddrV4`] → `u32` (1 = allowed).
 pub const MAP_BIND_ALLOW_V4: &str = "BIND_ALLOW_V4";
-/// LPM trie of [`BindAddrV6`] → `u32` (1 = allowed).
+/// LPM trie of [`crate::PortAddrV6`] → `u32` (1 = allowed).
 pub const MAP_BIND_ALLOW_V6: &str = "BIND_ALLOW_V6";
 /// Ring buffer of [`BindEvent`].
 pub const MAP_BIND_EVENTS: &str = "BIND_EVENTS";
@@ -44,25 +44,6 @@ pub struct BindPortRule {
     pub owner_level: u32,
     /// When non-zero, only tasks in this cgroup (or below it) may bind the port at all.
     pub owner_cgroup: u64,
-}
-
-/// LPM key data for IPv4: the port first, so one trie holds every port's prefixes.
-/// The prefix length of a key is `16 + CIDR prefix`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BindAddrV4 {
-    /// Port, big-endian.
-    pub port: [u8; 2],
-    /// Address, network byte order.
-    pub addr: [u8; 4],
-}
-
-/// LPM key data for IPv6, laid out as [`BindAddrV4`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BindAddrV6 {
-    pub port: [u8; 2],
-    pub addr: [u8; 16],
 }
 
 /// Address families, as in `AF_INET` / `AF_INET6`.
@@ -99,7 +80,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding fields, so every
     // bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::BindPortRule {}
-    unsafe impl aya::Pod for super::BindAddrV4 {}
-    unsafe impl aya::Pod for super::BindAddrV6 {}
     unsafe impl aya::Pod for super::BindEvent {}
 }

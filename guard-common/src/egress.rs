@@ -15,7 +15,7 @@ pub const PROG_EGRESS_SENDMSG_V6: &str = "egress_sendmsg_v6";
 pub const MAP_EGRESS_CONFIG: &str = "EGRESS_CONFIG";
 /// Guarded cgroup id (`u64`, the cgroup directory's inode) → `u32` 1.
 pub const MAP_EGRESS_CGROUPS: &str = "EGRESS_CGROUPS";
-/// LPM tries of [`EgressAddrV4`] / [`EgressAddrV6`] → `u32` 1. Port 0 means any port.
+/// LPM tries of [`crate::PortAddrV4`] / [`crate::PortAddrV6`] → `u32` 1. Port 0 means any port.
 pub const MAP_EGRESS_ALLOW_V4: &str = "EGRESS_ALLOW_V4";
 pub const MAP_EGRESS_ALLOW_V6: &str = "EGRESS_ALLOW_V6";
 /// Ring buffer of [`EgressEvent`].
@@ -43,21 +43,6 @@ pub struct EgressConfig {
     /// The deepest level of any guarded cgroup (the root is level 0); ancestors are searched from
     /// level 1 down to this.
     pub max_level: u32,
-}
-
-/// LPM key data: port (big-endian; 0 for any port) first, then the address.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct EgressAddrV4 {
-    pub port: [u8; 2],
-    pub addr: [u8; 4],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct EgressAddrV6 {
-    pub port: [u8; 2],
-    pub addr: [u8; 16],
 }
 
 pub const PROTO_TCP: u16 = 6;
@@ -89,7 +74,5 @@ mod pod {
     #![allow(unsafe_code)]
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::EgressConfig {}
-    unsafe impl aya::Pod for super::EgressAddrV4 {}
-    unsafe impl aya::Pod for super::EgressAddrV6 {}
     unsafe impl aya::Pod for super::EgressEvent {}
 }

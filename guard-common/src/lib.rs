@@ -28,8 +28,36 @@ pub mod verdict {
     pub const WOULD_DENY: u32 = 2;
 }
 
+/// LPM key data for rules keyed by port and address prefix (bind rules, egress targets): the
+/// port first, so one trie holds every port's prefixes. A key's prefix length is
+/// `16 + CIDR prefix`; port 0 means "any port" where a family says so.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortAddrV4 {
+    /// Port, big-endian.
+    pub port: [u8; 2],
+    /// Address, network byte order.
+    pub addr: [u8; 4],
+}
+
+/// As [`PortAddrV4`], for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortAddrV6 {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
 /// Length of a task's `comm`, as the kernel's `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
+
+#[cfg(feature = "user")]
+mod pod {
+    #![allow(unsafe_code)]
+    // SAFETY: `#[repr(C)]` byte arrays without padding: every bit pattern is valid.
+    unsafe impl aya::Pod for super::PortAddrV4 {}
+    unsafe impl aya::Pod for super::PortAddrV6 {}
+}
 
 /// Copies a record of type `T` out of the front of `bytes` (a ring-buffer item), or `None` when
 /// `bytes` is too short. Items are only 8-byte aligned, so the read is unaligned.

@@ -15,12 +15,13 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use guard_common::{
     bind::{
-        BindAddrV4, BindAddrV6, BindEvent, BindPortRule, BIND_EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-        MAX_BIND_ADDRS, MAX_BIND_PORTS, REASON_ADDRESS, REASON_OWNER, STAT_ALLOWED, STAT_COUNT,
-        STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+        BindEvent, BindPortRule, BIND_EVENTS_BYTES, FAMILY_V4, FAMILY_V6, MAX_BIND_ADDRS,
+        MAX_BIND_PORTS, REASON_ADDRESS, REASON_OWNER, STAT_ALLOWED, STAT_COUNT, STAT_DENIED,
+        STAT_EVENTS_LOST, STAT_WOULD_DENY,
     },
     mode, verdict, COMM_LEN,
 };
+use guard_common::{PortAddrV4, PortAddrV6};
 
 use crate::{
     sock_addr::{read_v4, read_v6, v4_mapped},
@@ -33,9 +34,9 @@ const DENY: i32 = 0;
 #[map]
 static BIND_PORTS: HashMap<u16, BindPortRule> = HashMap::with_max_entries(MAX_BIND_PORTS, 0);
 #[map]
-static BIND_ALLOW_V4: LpmTrie<BindAddrV4, u32> = LpmTrie::with_max_entries(MAX_BIND_ADDRS, 0);
+static BIND_ALLOW_V4: LpmTrie<PortAddrV4, u32> = LpmTrie::with_max_entries(MAX_BIND_ADDRS, 0);
 #[map]
-static BIND_ALLOW_V6: LpmTrie<BindAddrV6, u32> = LpmTrie::with_max_entries(MAX_BIND_ADDRS, 0);
+static BIND_ALLOW_V6: LpmTrie<PortAddrV6, u32> = LpmTrie::with_max_entries(MAX_BIND_ADDRS, 0);
 #[map]
 static BIND_EVENTS: RingBuf = RingBuf::with_byte_size(BIND_EVENTS_BYTES, 0);
 #[map]
@@ -107,7 +108,7 @@ fn owned_by_caller(rule: &BindPortRule) -> bool {
 fn allowed_v4(port: u16, addr: [u8; 4]) -> bool {
     let key = Key::new(
         16 + 32,
-        BindAddrV4 {
+        PortAddrV4 {
             port: port.to_be_bytes(),
             addr,
         },
@@ -118,7 +119,7 @@ fn allowed_v4(port: u16, addr: [u8; 4]) -> bool {
 fn allowed_v6(port: u16, addr: [u8; 16]) -> bool {
     let key = Key::new(
         16 + 128,
-        BindAddrV6 {
+        PortAddrV6 {
             port: port.to_be_bytes(),
             addr,
         },

@@ -16,12 +16,13 @@ use aya_ebpf::{
 use guard_common::{
     bind::{FAMILY_V4, FAMILY_V6},
     egress::{
-        EgressAddrV4, EgressAddrV6, EgressConfig, EgressEvent, EGRESS_EVENTS_BYTES,
-        MAX_CGROUP_LEVEL, MAX_EGRESS_CGROUPS, MAX_EGRESS_TARGETS, PROTO_TCP, PROTO_UDP,
-        STAT_ALLOWED, STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+        EgressConfig, EgressEvent, EGRESS_EVENTS_BYTES, MAX_CGROUP_LEVEL, MAX_EGRESS_CGROUPS,
+        MAX_EGRESS_TARGETS, PROTO_TCP, PROTO_UDP, STAT_ALLOWED, STAT_COUNT, STAT_DENIED,
+        STAT_EVENTS_LOST, STAT_WOULD_DENY,
     },
     mode, verdict, COMM_LEN,
 };
+use guard_common::{PortAddrV4, PortAddrV6};
 
 use crate::{
     sock_addr::{read_v4, read_v6, v4_mapped},
@@ -36,11 +37,9 @@ static EGRESS_CONFIG: Array<EgressConfig> = Array::with_max_entries(1, 0);
 #[map]
 static EGRESS_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_EGRESS_CGROUPS, 0);
 #[map]
-static EGRESS_ALLOW_V4: LpmTrie<EgressAddrV4, u32> =
-    LpmTrie::with_max_entries(MAX_EGRESS_TARGETS, 0);
+static EGRESS_ALLOW_V4: LpmTrie<PortAddrV4, u32> = LpmTrie::with_max_entries(MAX_EGRESS_TARGETS, 0);
 #[map]
-static EGRESS_ALLOW_V6: LpmTrie<EgressAddrV6, u32> =
-    LpmTrie::with_max_entries(MAX_EGRESS_TARGETS, 0);
+static EGRESS_ALLOW_V6: LpmTrie<PortAddrV6, u32> = LpmTrie::with_max_entries(MAX_EGRESS_TARGETS, 0);
 #[map]
 static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(EGRESS_EVENTS_BYTES, 0);
 #[map]
@@ -127,24 +126,24 @@ fn guarded() -> Option<EgressConfig> {
 fn allowed_v4(port: u16, addr: [u8; 4]) -> bool {
     let exact = Key::new(
         16 + 32,
-        EgressAddrV4 {
+        PortAddrV4 {
             port: port.to_be_bytes(),
             addr,
         },
     );
-    let any_port = Key::new(16 + 32, EgressAddrV4 { port: [0, 0], addr });
+    let any_port = Key::new(16 + 32, PortAddrV4 { port: [0, 0], addr });
     EGRESS_ALLOW_V4.get(exact).is_some() || EGRESS_ALLOW_V4.get(any_port).is_some()
 }
 
 fn allowed_v6(port: u16, addr: [u8; 16]) -> bool {
     let exact = Key::new(
         16 + 128,
-        EgressAddrV6 {
+        PortAddrV6 {
             port: port.to_be_bytes(),
             addr,
         },
     );
-    let any_port = Key::new(16 + 128, EgressAddrV6 { port: [0, 0], addr });
+    let any_port = Key::new(16 + 128, PortAddrV6 { port: [0, 0], addr });
     EGRESS_ALLOW_V6.get(exact).is_some() || EGRESS_ALLOW_V6.get(any_port).is_some()
 }
 

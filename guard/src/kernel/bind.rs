@@ -12,10 +12,10 @@ use std::{
 
 use aya::Ebpf;
 use guard_common::bind::{
-    BindAddrV4, BindAddrV6, BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS,
-    MAP_BIND_STATS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST,
-    STAT_WOULD_DENY,
+    BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS, MAP_BIND_STATS,
+    PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
+use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -100,14 +100,14 @@ pub fn apply(ebpf: &mut Ebpf, config: &BindConfig, owners: &Owners) -> Result<()
             match net.trunc() {
                 IpNet::V4(net) => v4.insert((
                     16 + u32::from(net.prefix_len()),
-                    BindAddrV4 {
+                    PortAddrV4 {
                         port: r.port.to_be_bytes(),
                         addr: net.network().octets(),
                     },
                 )),
                 IpNet::V6(net) => v6.insert((
                     16 + u32::from(net.prefix_len()),
-                    BindAddrV6 {
+                    PortAddrV6 {
                         port: r.port.to_be_bytes(),
                         addr: net.network().octets(),
                     },

@@ -9,11 +9,11 @@ use std::{
 
 use aya::{maps::Array, Ebpf};
 use guard_common::egress::{
-    EgressAddrV4, EgressAddrV6, EgressConfig, MAP_EGRESS_ALLOW_V4, MAP_EGRESS_ALLOW_V6,
-    MAP_EGRESS_CGROUPS, MAP_EGRESS_CONFIG, MAP_EGRESS_STATS, PROG_EGRESS_CONNECT_V4,
-    PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED,
-    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    EgressConfig, MAP_EGRESS_ALLOW_V4, MAP_EGRESS_ALLOW_V6, MAP_EGRESS_CGROUPS, MAP_EGRESS_CONFIG,
+    MAP_EGRESS_STATS, PROG_EGRESS_CONNECT_V4, PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4,
+    PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
+use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -93,14 +93,14 @@ pub fn apply(
         match net {
             IpNet::V4(net) => v4.insert((
                 16 + u32::from(net.prefix_len()),
-                EgressAddrV4 {
+                PortAddrV4 {
                     port,
                     addr: net.network().octets(),
                 },
             )),
             IpNet::V6(net) => v6.insert((
                 16 + u32::from(net.prefix_len()),
-                EgressAddrV6 {
+                PortAddrV6 {
                     port,
                     addr: net.network().octets(),
                 },

@@ -17,18 +17,25 @@ use tokio::io::unix::AsyncFd;
 use super::KernelError;
 use crate::audit;
 
+/// The family's name and the address as text; IPv4 sits in the first four bytes.
+fn address(family: u16, addr: &[u8; 16]) -> (&'static str, String) {
+    if family == FAMILY_V4 {
+        (
+            "ipv4",
+            Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
+        )
+    } else {
+        ("ipv6", Ipv6Addr::from(*addr).to_string())
+    }
+}
+
 pub fn comm(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 pub fn bind_record(event: &BindEvent) -> (&'static str, Map<String, Value>) {
-    let (family, addr) = if event.family == FAMILY_V4 {
-        let a = &event.addr;
-        ("ipv4", Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string())
-    } else {
-        ("ipv6", Ipv6Addr::from(event.addr).to_string())
-    };
+    let (family, addr) = address(event.family, &event.addr);
     let kind = if event.verdict == verdict::DENIED {
         "bind_denied"
     } else {
@@ -49,18 +56,8 @@ pub fn bind_record(event: &BindEvent) -> (&'static str, Map<String, Value>) {
 }
 
 pub fn xdp_record(event: &XdpEvent) -> (&'static str, Map<String, Value>) {
-    let source = &event.source;
-    let addr = if source.family == u32::from(FAMILY_V4) {
-        Ipv4Addr::new(
-            source.addr[0],
-            source.addr[1],
-            source.addr[2],
-            source.addr[3],
-        )
-        .to_string()
-    } else {
-        Ipv6Addr::from(source.addr).to_string()
-    };
+    // Families are the AF_* numbers, which fit in u16.
+    let (_, addr) = address(event.source.family as u16, &event.source.addr);
     let kind = if event.verdict == verdict::DENIED {
         "syn_dropped"
     } else {
@@ -82,12 +79,7 @@ pub fn xdp_record(event: &XdpEvent) -> (&'static str, Map<String, Value>) {
 }
 
 pub fn egress_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) {
-    let (family, addr) = if event.family == FAMILY_V4 {
-        let a = &event.addr;
-        ("ipv4", Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string())
-    } else {
-        ("ipv6", Ipv6Addr::from(event.addr).to_string())
-    };
+    let (family, addr) = address(event.family, &event.addr);
     let kind = if event.verdict == verdict::DENIED {
         "egress_denied"
     } else {
