@@ -164,3 +164,18 @@ pub fn record_lsm_probe(features: &mut [Feature], probe: Result<(), String>) {
         Err(_) => {}
     }
 }
+
+/// The XDP mode per interface: available when every interface runs native (driver) XDP.
+pub fn xdp_modes(modes: &[String]) -> Feature {
+    let native = modes.iter().all(|m| !m.contains(": generic"));
+    let detail = modes.join("; ");
+    Feature {
+        name: "xdp-native",
+        available: native,
+        detail: if native {
+            detail
+        } else {
+            format!("{detail}; generic XDP runs later in the stack and costs more per packet")
+        },
+    }
+}

@@ -128,13 +128,10 @@ impl Kernel {
         }
         xdp::apply(&mut ebpf, &config.xdp)?;
         if config.xdp.enabled && !config.xdp.interfaces.is_empty() {
-            programs.extend(xdp::attach(&mut ebpf, &pins, &config.xdp)?);
-            let name = guard_common::xdp::MAP_XDP_EVENTS;
-            let map = ebpf
-                .take_map(name)
-                .ok_or(KernelError::Missing { kind: "map", name })?;
-            let ring =
-                RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+            let (attached, modes) = xdp::attach(&mut ebpf, &pins, &config.xdp)?;
+            programs.extend(attached);
+            features.push(features::xdp_modes(&modes));
+            let ring = take_ring(&mut ebpf, guard_common::xdp::MAP_XDP_EVENTS)?;
             tokio::spawn(report("xdp events", events::read_xdp_events(ring)));
         } else {
             tracing::info!(

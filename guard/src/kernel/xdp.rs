@@ -21,16 +21,21 @@ use crate::config::xdp::{AttachMode, XdpSection};
 
 /// Attaches the program to every configured interface through a pinned link (native where the
 /// driver allows), or adopts the link an earlier daemon pinned there.
+///
+/// Also returns one line per interface saying which mode is in use and, for generic mode, why
+/// native was not.
 pub fn attach(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     config: &XdpSection,
-) -> Result<Vec<AttachedProgram>, KernelError> {
+) -> Result<(Vec<AttachedProgram>, Vec<String>), KernelError> {
     let name = PROG_XDP_SYN_LIMIT;
     let mut attached = Vec::new();
+    let mut modes = Vec::new();
     let mut loaded = false;
     for interface in &config.interfaces {
         if pins.adopt(name, interface).is_some() {
+            modes.push(format!("{interface}: adopted from pins"));
             attached.push(AttachedProgram {
                 name,
                 hook: "xdp (adopted)",
@@ -83,6 +88,15 @@ pub fn attach(
                 source,
             });
         };
+        modes.push(match (&last_error, hook) {
+            (Some(native_refused), "xdp (generic)") => {
+                format!("{interface}: generic (native refused: {native_refused})")
+            }
+            _ => format!(
+                "{interface}: {}",
+                hook.trim_start_matches("xdp (").trim_end_matches(')')
+            ),
+        });
         let link = program
             .take_link(link_id)
             .map_err(|source| KernelError::TakeLink { name, source })?;
@@ -97,7 +111,7 @@ pub fn attach(
             adopted: false,
         });
     }
-    Ok(attached)
+    Ok((attached, modes))
 }
 
 /// Makes the XDP maps equal to `config`. Lists go in before the tunables, and a disabled section
