@@ -32,7 +32,8 @@ pub fn attach(
     let mut attached = Vec::new();
     for (name, hook) in programs {
         let name = *name;
-        let adopted = pins.adopt(name, &target).is_some();
+        let adopted_id = pins.adopt(name, &target);
+        let adopted = adopted_id.is_some();
         if !adopted {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -64,6 +65,7 @@ pub fn attach(
             target: target.clone(),
             mode,
             adopted,
+            adopted_id,
         });
     }
     Ok(attached)

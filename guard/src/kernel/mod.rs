@@ -42,6 +42,9 @@ pub struct AttachedProgram {
     pub mode: &'static str,
     /// Pinned by an earlier daemon and adopted, not attached by this one.
     pub adopted: bool,
+    /// The adopted program's id.
+    #[serde(skip)]
+    pub adopted_id: Option<u32>,
 }
 
 /// Every program family's counters, summed over CPUs.
@@ -137,6 +140,18 @@ impl Kernel {
             tracing::info!(
                 "xdp: no interfaces configured ([xdp] interfaces); the SYN rate limit is off"
             );
+        }
+        // Adopted programs log into their first daemon's log map; read that one too.
+        if let Some(id) = programs.iter().find_map(|p| p.adopted_id) {
+            match aya_log::EbpfLogger::init_from_id(id) {
+                Ok(logger) => {
+                    tokio::spawn(report(
+                        "adopted program logs",
+                        events::forward_program_logs(logger),
+                    ));
+                }
+                Err(err) => tracing::info!("the adopted programs' logs are not readable: {err}"),
+            }
         }
         // Hooks the config no longer asks for are detached; the rest stay pinned.
         let wanted = programs

@@ -65,14 +65,16 @@ impl PinDir {
         self.root.join("links").join(link_name(program, target))
     }
 
-    /// The link pinned for `program` on `target` by an earlier daemon, if any.
-    pub fn adopt(&self, program: &str, target: &str) -> Option<PinnedLink> {
+    /// The id of the program an earlier daemon pinned for `program` on `target`, if any. The pin
+    /// itself stays: it keeps the program attached.
+    pub fn adopt(&self, program: &str, target: &str) -> Option<u32> {
         let path = self.link_path(program, target);
         if !path.exists() {
             return None;
         }
-        match PinnedLink::from_pin(&path) {
-            Ok(link) => Some(link),
+        let adopted = PinnedLink::from_pin(&path).and_then(|link| FdLink::from(link).info());
+        match adopted {
+            Ok(info) => Some(info.program_id()),
             Err(err) => {
                 tracing::warn!(path = %path.display(), "unusable pinned link, attaching afresh: {err}");
                 let _ = std::fs::remove_file(&path);

@@ -34,7 +34,7 @@ pub fn attach(
     let mut modes = Vec::new();
     let mut loaded = false;
     for interface in &config.interfaces {
-        if pins.adopt(name, interface).is_some() {
+        if let Some(adopted_id) = pins.adopt(name, interface) {
             modes.push(format!("{interface}: adopted from pins"));
             attached.push(AttachedProgram {
                 name,
@@ -42,6 +42,7 @@ pub fn attach(
                 target: interface.clone(),
                 mode: config.mode.as_str(),
                 adopted: true,
+                adopted_id: Some(adopted_id),
             });
             continue;
         }
@@ -109,6 +110,7 @@ pub fn attach(
             target: interface.clone(),
             mode: config.mode.as_str(),
             adopted: false,
+            adopted_id: None,
         });
     }
     Ok((attached, modes))
