@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod config;
 mod kernel;
+mod proxy;
 mod systemd;
 mod telemetry;
 

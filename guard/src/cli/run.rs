@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{audit, config::Config, kernel::Kernel, systemd, telemetry};
+use crate::{audit, config::Config, kernel::Kernel, proxy::Proxy, systemd, telemetry};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -34,11 +34,22 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
     let mut kernel = if args.no_kernel {
-        tracing::warn!("--no-kernel: the kernel half is off; no bind rules are enforced");
+        tracing::warn!(
+            "--no-kernel: running the user-space half only (the L7 proxy); no bind rules are enforced"
+        );
         None
     } else {
         Some(Kernel::start(&config)?)
     };
+    // Bound before `ready`, so a client that waits for `ready` can connect at once.
+    let proxy = if config.proxy.enabled {
+        Some(Proxy::start(&config.proxy).await?)
+    } else {
+        None
+    };
+    let proxy_fields = proxy
+        .as_ref()
+        .map(|p| json!({ "listen": p.listen, "admin": p.admin, "tls": p.tls }));
 
     let (programs, features) = match &kernel {
         Some(k) => (json!(k.programs), json!(k.features)),
@@ -49,6 +60,8 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
         audit::fields(json!({
             "config": config_path,
             "kernel": kernel.is_some(),
+            "mode": if kernel.is_some() { "full" } else { "no-kernel" },
+            "proxy": proxy_fields,
             "programs": programs,
             "features": features,
         })),
@@ -57,12 +70,16 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
 
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(config_path, kernel.as_mut()),
+            _ = hangup.recv() => reload(config_path, kernel.as_mut(), proxy.as_ref()),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     systemd::notify("STOPPING=1");
+    if let Some(proxy) = proxy {
+        // Stop accepting, let in-flight requests (and streams) finish within drain_secs.
+        proxy.shutdown().await;
+    }
     let counters = match &kernel {
         Some(k) => json!({ "bind": k.bind_stats().ok() }),
         None => json!({}),
@@ -72,13 +89,22 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
 }
 
 /// Validates the new config first; an invalid one is refused and the old one keeps running.
-fn reload(config_path: &Path, kernel: Option<&mut Kernel>) {
+/// The proxy's new settings (key file and TLS files included) are built before anything is
+/// applied, so a bad file refuses the whole reload.
+fn reload(config_path: &Path, kernel: Option<&mut Kernel>, proxy: Option<&Proxy>) {
     systemd::notify("RELOADING=1");
     let outcome = Config::load(config_path)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
+            let staged = match proxy {
+                Some(proxy) => Some(proxy.prepare(&config.proxy)?),
+                None => None,
+            };
             if let Some(kernel) = kernel {
                 kernel.apply(&config)?;
+            }
+            if let (Some(proxy), Some(staged)) = (proxy, staged) {
+                proxy.commit(staged);
             }
             Ok(())
         });

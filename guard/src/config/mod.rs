@@ -6,6 +6,7 @@
 pub mod bind;
 mod error;
 mod locate;
+pub mod proxy;
 mod template;
 mod validate;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use bind::BindConfig;
 pub use error::{ConfigError, FieldError};
+pub use proxy::ProxyConfig;
 pub use template::{write_initial, InitOptions};
 
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
@@ -25,6 +27,7 @@ pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub bind: BindConfig,
+    pub proxy: ProxyConfig,
     pub log: LogConfig,
 }
 

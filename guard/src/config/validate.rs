@@ -40,6 +40,8 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         }
     }
 
+    super::proxy::check(&config.proxy, &mut push);
+
     if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         push(
             "log.level".into(),
