@@ -3,6 +3,7 @@
 //! skipped here with the reason, and must work in the VM).
 
 pub mod daemon;
+pub mod l7;
 pub mod net;
 
 use std::{io::Write, path::PathBuf};
