@@ -76,6 +76,8 @@ def main():
             raise SystemExit(f"unknown action {action}")
     except openai.APIStatusError as err:
         result = status_error(err)
+    except (openai.APIConnectionError, httpx.TransportError) as err:
+        result = {"ok": False, "connection_error": type(err).__name__}
     print(json.dumps(result))
 
 
