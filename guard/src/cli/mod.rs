@@ -4,6 +4,7 @@
 
 mod completions;
 mod config_cmd;
+mod keys;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -36,6 +37,9 @@ pub enum Command {
     /// Write or validate the config file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Add, list or revoke client keys of the L7 proxy.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -50,6 +54,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(&config_path, args),
         Command::Config(command) => config_cmd::run(&config_path, json, command),
+        Command::Keys(command) => keys::run(&config_path, json, command),
         Command::Completions(args) => completions::run(args),
     }
 }

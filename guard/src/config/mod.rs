@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use bind::BindConfig;
 pub use error::{ConfigError, FieldError};
 pub use proxy::ProxyConfig;
-pub use template::{write_initial, InitOptions};
+pub use template::{write_atomic, write_initial, InitOptions};
 
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/proxyguard/proxyguard.toml";

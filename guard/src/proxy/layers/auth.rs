@@ -39,6 +39,7 @@ impl KeyStore {
         KeyStore { keys }
     }
 
+    #[cfg(test)]
     pub fn keys(&self) -> &[StoredKey] {
         &self.keys
     }

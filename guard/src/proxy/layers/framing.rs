@@ -1,10 +1,16 @@
 //! Request smuggling (framing): a request whose length the upstream could read differently from
 //! us is refused with 400.
 //!
-//! hyper's parser already refuses differing Content-Length values, a non-numeric one, and a
-//! Transfer-Encoding that does not end in `chunked`. What it lets through is decided here:
-//! Content-Length together with Transfer-Encoding (RFC 9112 §6.1 lets a server refuse it), and
-//! repeated Content-Length headers even when equal.
+//! What hyper's parser already does before this layer sees a request (tested end to end):
+//! - differing Content-Length values, or a non-numeric one: 400;
+//! - a Transfer-Encoding that does not end in `chunked`: 400;
+//! - identical repeated Content-Length values: folded into one (RFC 9110 §8.6 allows that);
+//! - Content-Length with Transfer-Encoding: the Content-Length is dropped, chunked wins, and the
+//!   connection is closed after the response (RFC 9112 §6.3), so bytes hidden behind the chunked
+//!   body are never read as a second request.
+//! This layer refuses whatever of those still reaches it (if hyper's behaviour changes), and the
+//! proxy never forwards the client's framing: it re-frames the complete, buffered body with its own
+//! Content-Length.
 
 use http::{header, HeaderMap, StatusCode};
 
