@@ -27,6 +27,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
+        # What arrived, for the forwarding test: header names in lower case, with values.
+        with open(STATE + ".headers", "w") as f:
+            json.dump({k.lower(): v for k, v in self.headers.items()}, f)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()

@@ -145,6 +145,13 @@ impl Provider {
         }
     }
 
+    /// The headers of the last request the provider received (lower-case names).
+    pub fn last_headers(&self) -> serde_json::Value {
+        let path = self.state.with_extension("headers");
+        serde_json::from_str(&fs::read_to_string(path).unwrap_or_else(|_| "null".into()))
+            .unwrap_or_default()
+    }
+
     pub fn outcome(&self) -> String {
         fs::read_to_string(&self.state).unwrap_or_else(|_| "no stream finished".into())
     }

@@ -56,6 +56,49 @@ fn slow_and_idle_connections_are_closed() {
         closed_by_peer(&mut idle),
         "an idle keep-alive connection is closed"
     );
+
+    // Past every check, an upstream that is down is a 502 in OpenAI's error shape.
+    let down = http(
+        &guard.base,
+        json!({"method": "GET", "path": "/v1/models", "headers": {"x-api-key": guard.key("alice")}}),
+    );
+    assert_eq!(down["status"], 502, "{down}");
+    let body: serde_json::Value = serde_json::from_str(down["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
+}
+
+#[test]
+fn the_upstream_sees_our_forwarding_headers_and_its_own_key_only() {
+    let provider = Provider::start();
+    let guard = Guard::start(provider.port, MASTER, &["alice"], "");
+    fs::write(&provider.gate, "").unwrap();
+    let spec = json!({
+        "path": "/v1/chat/completions",
+        "headers": {
+            "x-api-key": guard.key("alice"),
+            "content-type": "application/json",
+            "x-forwarded-for": "6.6.6.6",
+            "x-forwarded-proto": "https",
+            "forwarded": "for=6.6.6.6",
+            "connection": "keep-alive, x-hop",
+            "x-hop": "1",
+            "x-kept": "1"
+        },
+        "body": r#"{"model":"slow","stream":true,"messages":[]}"#
+    });
+    let got = http(&guard.base, spec);
+    assert_eq!(got["status"], 200, "{got}");
+    let seen = provider.last_headers();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+    assert_eq!(seen["authorization"], format!("Bearer {MASTER}"), "{seen}");
+    assert_eq!(seen["x-kept"], "1", "{seen}");
+    for gone in ["x-api-key", "api-key", "forwarded", "x-hop"] {
+        assert!(
+            seen.get(gone).is_none(),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
 }
 
 /// LiteLLM answers a key that is not its master key with 401, or, having no database to look

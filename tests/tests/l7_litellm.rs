@@ -242,3 +242,31 @@ fn over_rate_clients_get_429_with_retry_after() {
     assert_eq!(alice["counts"], json!({"200": 2}), "{alice}");
     assert_eq!(bob["counts"], json!({"200": 1, "429": 1}), "{bob}");
 }
+
+#[test]
+fn admin_routes_open_only_to_named_keys() {
+    let litellm = LiteLlm::start(MASTER, None, &[]);
+    let extra = "[proxy.admin_routes]\nkeys = [\"ops\"]\n";
+    let guard = Guard::start(litellm.port, MASTER, &["alice", "ops"], extra);
+    let spec = |key: &str| json!({"path": "/key/generate", "headers": {"authorization": format!("Bearer {key}"), "content-type": "application/json"}, "body": "{}"});
+
+    let alice = http(&guard.base, spec(guard.key("alice")));
+    assert_eq!(alice["status"], 404, "{alice}");
+    assert_eq!(litellm.arrivals("/key/generate"), 0);
+    // The named key gets through to LiteLLM (which, without a database, cannot make keys).
+    let ops = http(&guard.base, spec(guard.key("ops")));
+    assert!(
+        !ops["body"].as_str().unwrap().contains("unknown_route"),
+        "{ops}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while litellm.arrivals("/key/generate") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        litellm.arrivals("/key/generate"),
+        1,
+        "LiteLLM log:\n{}",
+        litellm.log()
+    );
+}
