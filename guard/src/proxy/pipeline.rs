@@ -24,6 +24,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::{
     forward,
@@ -49,9 +50,16 @@ pub async fn handle(
     // This request finishes on these settings even if a reload swaps in new ones meanwhile.
     let state = shared.state.load_full();
     let mut record = Record::start(shared.metrics.clone(), peer.addr.ip(), request.method());
-    let (response, permit) = match checked_forward(&shared, &state, peer, request, &mut record)
-        .await
-    {
+    // Filled in as the pipeline learns them: names only, never values.
+    let span = tracing::info_span!(
+        "request",
+        route = tracing::field::Empty,
+        key = tracing::field::Empty
+    );
+    let outcome = checked_forward(&shared, &state, peer, request, &mut record)
+        .instrument(span)
+        .await;
+    let (response, permit) = match outcome {
         Ok((response, permit)) => {
             record.status = response.status().as_u16();
             (
@@ -101,6 +109,8 @@ async fn checked_forward(
 
     let route = path::classify(parts.uri.path(), state.max_path_bytes)?;
     record.route = route.template.clone();
+    tracing::Span::current().record("route", record.route.as_str());
+    tracing::Span::current().record("route", record.route.as_str());
     let admin = route.kind == RouteKind::Admin;
     if admin && state.admin_keys.is_empty() {
         return Err(closed_route());
@@ -109,6 +119,8 @@ async fn checked_forward(
 
     let key = state.keys.authenticate(headers, SystemTime::now())?;
     record.key = Some(key.name.clone());
+    tracing::Span::current().record("key", &*key.name);
+    tracing::Span::current().record("key", &*key.name);
     if admin && !state.admin_keys.contains(&key.name) {
         return Err(closed_route());
     }
