@@ -24,9 +24,9 @@ impl Run {
 
 /// `wrk` with `connections` for `duration`, POSTing the chat body that `script` sets up.
 pub fn run(url: &str, script: &Path, connections: u32, duration: Duration) -> Result<Run> {
-    // 1,000 connections need more descriptors than the default soft limit.
+    // 1,000 connections may need more descriptors than the soft limit: raise it to the hard one.
     let line = format!(
-        "ulimit -n 65536 && exec wrk -t2 -c{connections} -d{}s --latency -s {} {url}",
+        "ulimit -n $(ulimit -Hn) && exec wrk -t2 -c{connections} -d{}s --latency -s {} {url}",
         duration.as_secs(),
         script.display()
     );
