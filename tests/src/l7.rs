@@ -169,8 +169,8 @@ impl LiteLlm {
     pub fn start(master_key: &str, provider: Option<&Provider>, env: &[(&str, &str)]) -> LiteLlm {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let mut config = format!(
-            "model_list:\n  - model_name: mock-gpt\n    litellm_params:\n      model: openai/mock-gpt\n      api_key: sk-provider-unused\n      mock_response: \"Hello from the mock model.\"\n"
+        let mut config = String::from(
+            "model_list:\n  - model_name: mock-gpt\n    litellm_params:\n      model: openai/mock-gpt\n      api_key: sk-provider-unused\n      mock_response: \"Hello from the mock model.\"\n",
         );
         if let Some(provider) = provider {
             config.push_str(&format!(

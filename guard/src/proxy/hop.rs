@@ -35,9 +35,12 @@ pub fn strip(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    /// A table row's headers: (name, value) pairs.
+    type Headers = &'static [(&'static str, &'static str)];
+
     #[test]
     fn table() {
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        let cases: &[(Headers, &[&str])] = &[
             (&[("content-type", "application/json")], &["content-type"]),
             (
                 &[

@@ -105,6 +105,9 @@ pub fn hash_hex(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table row's headers: (name, value) pairs.
+    type Headers = &'static [(&'static str, &'static str)];
     use std::time::Duration;
 
     fn store() -> KeyStore {
@@ -127,7 +130,7 @@ mod tests {
 
     #[test]
     fn table() {
-        let cases: &[(&[(&str, &str)], Result<&str, &str>)] = &[
+        let cases: &[(Headers, Result<&str, &str>)] = &[
             (&[("authorization", "Bearer sk-alice")], Ok("alice")),
             (&[("authorization", "bearer sk-bob")], Ok("bob")),
             (&[("x-api-key", "sk-bob")], Ok("bob")),

@@ -52,6 +52,9 @@ pub fn check(headers: &HeaderMap, limits: &HeaderLimits) -> Result<(), Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table row's headers: (name, value) pairs.
+    type Headers<'a> = &'a [(&'a str, &'a str)];
     use http::HeaderValue;
 
     const LIMITS: HeaderLimits = HeaderLimits {
@@ -63,7 +66,7 @@ mod tests {
     #[test]
     fn table() {
         let long = "v".repeat(17);
-        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+        let cases: &[(Headers<'_>, Option<&str>)] = &[
             (&[("a", "1"), ("b", "2")], None),
             (&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")], None),
             (
