@@ -20,7 +20,7 @@ pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.proxy.worker_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -26,6 +26,9 @@ pub struct ProxyConfig {
     pub upstream_key_file: Option<PathBuf>,
     /// Metrics (`/metrics`) and readiness (`/healthz`). Must be loopback.
     pub admin_listen: SocketAddr,
+    /// Threads of the daemon's async runtime (the proxy and the kernel event readers). Read at
+    /// start only.
+    pub worker_threads: usize,
     /// Allows a non-loopback `listen` without TLS. Prompts and keys then cross the network in
     /// plaintext, so it is an explicit choice and warns at start.
     pub allow_plaintext: bool,
@@ -49,6 +52,8 @@ impl Default for ProxyConfig {
             upstream: "http://127.0.0.1:4000".into(),
             upstream_key_file: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            // Two: the guarded LLM proxy, not this one, is the slow hop; leave it the other cores.
+            worker_threads: 2,
             allow_plaintext: false,
             tls: None,
             limits: LimitsConfig::default(),
@@ -239,6 +244,9 @@ pub fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
                 );
             }
         }
+    }
+    if config.worker_threads == 0 {
+        push("proxy.worker_threads".into(), "must be at least 1".into());
     }
     let limits = &config.limits;
     for (field, value) in [

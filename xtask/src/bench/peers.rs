@@ -113,6 +113,8 @@ enabled = false
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 upstream = "http://127.0.0.1:{upstream_port}"
+# One thread, as the comparison nginx has one worker process.
+worker_threads = 1
 [proxy.limits]
 max_connections = 4096
 max_concurrent_per_key = 4096
