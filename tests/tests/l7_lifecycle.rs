@@ -214,3 +214,42 @@ fn sigterm_drains_in_flight_streams() {
         .expect("the daemon stops after the drain");
     assert_eq!(stopping["kind"], "stopping");
 }
+
+#[test]
+fn the_connection_cap_queues_the_next_connection() {
+    let guard = Guard::start(
+        free_port(),
+        MASTER,
+        &["alice"],
+        "[proxy.limits]\nmax_connections = 1\n",
+    );
+    let health = http(&guard.admin, json!({"method": "GET", "path": "/healthz"}));
+    assert_eq!(health["status"], 200, "{health}");
+    let addr = guard.base.trim_start_matches("http://").to_owned();
+    let request = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut first = TcpStream::connect(&addr).unwrap();
+    first.write_all(request).unwrap();
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404");
+
+    // The second connection waits in the accept queue while the first holds the only slot...
+    let mut second = TcpStream::connect(&addr).unwrap();
+    second.write_all(request).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let waited = second.read(&mut head);
+    assert!(
+        waited.is_err(),
+        "no answer while the cap is reached: {waited:?}"
+    );
+    // ...and is served once the first closes.
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    second.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404");
+}

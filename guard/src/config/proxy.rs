@@ -81,6 +81,8 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_body_bytes: u64,
+    /// Overrides of `max_body_bytes` by route name (`chat/completions`, `embeddings`, ...).
+    pub body_per_route: std::collections::BTreeMap<String, u64>,
     pub max_headers: usize,
     pub max_header_value_bytes: usize,
     pub max_header_bytes: usize,
@@ -95,6 +97,7 @@ impl Default for LimitsConfig {
         Self {
             // 2 MiB holds long chat histories; the unguarded proxy reads any size into memory.
             max_body_bytes: 2 * 1024 * 1024,
+            body_per_route: Default::default(),
             // The header defaults answer threat 5 (unbounded header parsing upstream).
             max_headers: 100,
             max_header_value_bytes: 8 * 1024,
@@ -263,6 +266,17 @@ pub fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
             push(format!("proxy.limits.{field}"), "must be at least 1".into());
         }
     }
+    for (route, bytes) in &limits.body_per_route {
+        let field = format!("proxy.limits.body_per_route.{route}");
+        if !crate::proxy::layers::path::API_ROUTES
+            .iter()
+            .any(|(name, _, _)| name == route)
+        {
+            push(field, "not a route name; use one of chat/completions, completions, embeddings, models, responses, moderations, messages".into());
+        } else if *bytes == 0 {
+            push(field, "must be at least 1".into());
+        }
+    }
     let timeouts = &config.timeouts;
     for (field, value) in [
         ("header_read_secs", timeouts.header_read_secs),
@@ -405,6 +419,9 @@ mod tests {
                 c.limits.max_body_bytes = 0
             }),
             ("proxy.timeouts.body_secs", |c| c.timeouts.body_secs = 0),
+            ("proxy.limits.body_per_route.key/generate", |c| {
+                c.limits.body_per_route.insert("key/generate".into(), 10);
+            }),
             ("proxy.headers.reserved[0]", |c| {
                 c.headers.reserved = vec!["bad header".into()]
             }),

@@ -127,8 +127,9 @@ async fn checked_forward(
     state.rate.check_key(&key.name)?;
     let permit = state.concurrency.acquire(&key.name)?;
 
-    body::check_declared(headers, state.max_body_bytes)?;
-    let bytes = body::read(request_body, state.max_body_bytes, state.body_timeout).await?;
+    let limit = state.body_limit(route.name);
+    body::check_declared(headers, limit)?;
+    let bytes = body::read(request_body, limit, state.body_timeout).await?;
     record.bytes_in = bytes.len() as u64;
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;

@@ -33,7 +33,8 @@ pub struct State {
     pub reserved: Vec<HeaderName>,
     pub content: ContentRules,
     pub tls: Option<TlsAcceptor>,
-    pub max_body_bytes: u64,
+    max_body_bytes: u64,
+    body_per_route: std::collections::BTreeMap<String, u64>,
     pub max_path_bytes: usize,
     pub max_json_depth: usize,
     pub header_read: Duration,
@@ -145,12 +146,23 @@ impl State {
             },
             tls: config.tls.as_ref().map(tls::acceptor).transpose()?,
             max_body_bytes: limits_config.max_body_bytes,
+            body_per_route: limits_config.body_per_route.clone(),
             max_path_bytes: limits_config.max_path_bytes,
             max_json_depth: limits_config.max_json_depth,
             header_read: Duration::from_secs(timeouts.header_read_secs),
             body_timeout: Duration::from_secs(timeouts.body_secs),
             upstream_timeout: Duration::from_secs(timeouts.upstream_response_secs),
         })
+    }
+}
+
+impl State {
+    /// The body limit of `route`: its override, or the general one.
+    pub fn body_limit(&self, route: &str) -> u64 {
+        self.body_per_route
+            .get(route)
+            .copied()
+            .unwrap_or(self.max_body_bytes)
     }
 }
 
@@ -213,5 +225,22 @@ mod tests {
         let state = State::build(&ProxyConfig::default()).unwrap();
         assert_eq!(state.reserved.len(), 3);
         assert!(state.keys.keys().is_empty());
+    }
+
+    #[test]
+    fn body_limits_per_route() {
+        let mut config = ProxyConfig::default();
+        config
+            .limits
+            .body_per_route
+            .insert("embeddings".into(), 8 << 20);
+        let state = State::build(&config).unwrap();
+        for (route, limit) in [
+            ("embeddings", 8 << 20),
+            ("chat/completions", 2 << 20),
+            ("admin", 2 << 20),
+        ] {
+            assert_eq!(state.body_limit(route), limit, "{route}");
+        }
     }
 }

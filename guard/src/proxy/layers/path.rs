@@ -13,6 +13,8 @@ use crate::proxy::reject::Reject;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// The route's name in the allow-list (`chat/completions`), or `admin`.
+    pub name: &'static str,
     /// The path with ids replaced, for logs and metric labels: `/rollout/{id}/attempt/{id}/v1/models`.
     pub template: String,
     pub kind: RouteKind,
@@ -27,7 +29,7 @@ pub enum RouteKind {
 }
 
 /// Inference routes after the optional prefixes, with their methods.
-const API_ROUTES: &[(&str, &Method, bool)] = &[
+pub const API_ROUTES: &[(&str, &Method, bool)] = &[
     // (route, method, needs the /v1 prefix)
     ("chat/completions", &Method::POST, false),
     ("completions", &Method::POST, false),
@@ -91,6 +93,7 @@ pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
         template.push('/');
         template.push_str(route);
         return Ok(Route {
+            name: route,
             template,
             kind: RouteKind::Api(method),
         });
@@ -98,6 +101,7 @@ pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
     let first = rest.split('/').next().unwrap_or_default();
     if template.is_empty() && ADMIN_PREFIXES.contains(&first) {
         return Ok(Route {
+            name: "admin",
             template: format!("/{first}/*"),
             kind: RouteKind::Admin,
         });
