@@ -226,12 +226,24 @@ fn over_rate_clients_get_429_with_retry_after() {
     let bob = client("rate", &guard.base, guard.key("bob"), Some("2"));
     assert_eq!(bob["counts"], json!({"200": 2}), "{bob}");
 
+    // The first refusal raises one alert (threat 15), then the refusals are audited as usual...
+    let spike = guard
+        .daemon
+        .wait_for(|e| e["kind"] == "rate_spike")
+        .expect("a rate_spike alert");
+    assert_eq!(spike["key"], "alice", "{spike}");
     let denied = guard
         .daemon
         .wait_for(|e| e["kind"] == "request" && e["status"] == 429)
         .expect("an audit line for the 429");
     assert_eq!(denied["reason"], "rate_key");
     assert_eq!(denied["key"], "alice");
+    // ...and the later refusals of the same minute raise no more alerts.
+    let records = guard.daemon.drain(Duration::from_secs(1));
+    assert!(
+        records.iter().all(|r| r["kind"] != "rate_spike"),
+        "{records:?}"
+    );
 
     // Per client IP too, whatever the key.
     drop(guard);

@@ -5,6 +5,7 @@
 //! `layers` holds one policy per file.
 
 mod admin;
+mod alerts;
 mod error;
 mod forward;
 mod hop;
@@ -34,6 +35,8 @@ pub struct Shared {
     state: ArcSwap<State>,
     client: forward::UpstreamClient,
     metrics: Arc<Metrics>,
+    /// Outlives reloads, so a reload does not re-arm every alert.
+    alerts: alerts::SpikeAlerts,
 }
 
 /// Settings built and checked, not yet in force.
@@ -80,6 +83,7 @@ impl Proxy {
             state: ArcSwap::from_pointee(state),
             client: forward::client(),
             metrics: Arc::new(Metrics::new()),
+            alerts: alerts::SpikeAlerts::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);

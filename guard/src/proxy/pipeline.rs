@@ -70,6 +70,11 @@ pub async fn handle(
         Err(reject) => {
             record.status = reject.status.as_u16();
             record.reason = reject.reason;
+            if reject.status == StatusCode::TOO_MANY_REQUESTS {
+                shared
+                    .alerts
+                    .rate_limited(reject.reason, record.key.as_deref(), record.client);
+            }
             record.decision = if reject.status.is_server_error() {
                 "error"
             } else {
