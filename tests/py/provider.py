@@ -3,6 +3,8 @@ chunk, then waits until the client has received it (the GATE file appears) befor
 If anything between buffered the stream, the gate would never open; the provider then finishes
 after TIMEOUT seconds and records that in STATE. No timing is asserted, only the order.
 
+Model "stall" holds even the response head until the gate opens.
+
 usage: provider.py PORT GATE STATE
 """
 import json
@@ -26,7 +28,12 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if b'"stall"' in body:
+            # Model "stall": no response head until the gate opens (the upstream-timeout test).
+            deadline = time.monotonic() + TIMEOUT
+            while not os.path.exists(GATE) and time.monotonic() < deadline:
+                time.sleep(0.01)
         # What arrived, for the forwarding test: header names in lower case, with values.
         with open(STATE + ".headers", "w") as f:
             json.dump({k.lower(): v for k, v in self.headers.items()}, f)

@@ -253,3 +253,26 @@ fn the_connection_cap_queues_the_next_connection() {
     second.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 404");
 }
+
+#[test]
+fn a_silent_upstream_gets_504_after_the_response_timeout() {
+    let provider = Provider::start();
+    let guard = Guard::start(
+        provider.port,
+        MASTER,
+        &["alice"],
+        "[proxy.timeouts]\nupstream_response_secs = 1\n",
+    );
+    let spec = json!({
+        "path": "/v1/chat/completions",
+        "headers": {"x-api-key": guard.key("alice"), "content-type": "application/json"},
+        "body": r#"{"model":"stall","messages":[]}"#
+    });
+    let got = http(&guard.base, spec);
+    // Release the provider's handler.
+    fs::write(&provider.gate, "").unwrap();
+    assert_eq!(got["status"], 504, "{got}");
+    let body: serde_json::Value = serde_json::from_str(got["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
+    assert_eq!(body["error"]["type"], "api_error", "{body}");
+}

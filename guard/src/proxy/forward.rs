@@ -62,8 +62,10 @@ pub fn rewrite(
     for name in FORWARDING {
         headers.remove(*name);
     }
-    // hyper frames the buffered body with its own Content-Length.
+    // hyper frames the buffered body with its own Content-Length; the body is already complete,
+    // so a client's `Expect: 100-continue` means nothing to the upstream.
     headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
     // An authority and an IP address are always valid header values.
     if let Ok(host) = HeaderValue::from_str(state.upstream.as_str()) {
         headers.insert(header::HOST, host);
