@@ -7,6 +7,7 @@ pub mod bind;
 mod error;
 mod locate;
 pub mod proxy;
+mod proxy_check;
 mod template;
 mod validate;
 

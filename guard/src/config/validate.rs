@@ -40,7 +40,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         }
     }
 
-    super::proxy::check(&config.proxy, &mut push);
+    super::proxy_check::check(&config.proxy, &mut push);
 
     if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         push(

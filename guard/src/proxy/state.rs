@@ -2,7 +2,12 @@
 //! new `State` (reading the upstream key file and TLS files again) and swaps it in atomically;
 //! requests in flight keep the `Arc` they started with.
 
-use std::{collections::HashSet, os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    sync::Arc,
+    time::Duration,
+};
 
 use http::{uri::Authority, HeaderName, HeaderValue};
 use regex::RegexSet;
@@ -174,6 +179,12 @@ fn read_upstream_key(path: &std::path::Path) -> Result<HeaderValue, ProxyError> 
         source,
     };
     let meta = std::fs::metadata(path).map_err(fail)?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "owned by another user; chown it to the user proxyguard runs as",
+        )));
+    }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(fail(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
