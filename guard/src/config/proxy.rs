@@ -86,6 +86,8 @@ pub struct LimitsConfig {
     pub max_json_depth: usize,
     pub max_connections: usize,
     pub max_concurrent_per_key: usize,
+    /// Requests in flight to the upstream at once (and so its connections); more wait their turn.
+    pub max_upstream_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -103,6 +105,9 @@ impl Default for LimitsConfig {
             max_json_depth: 32,
             max_connections: 1024,
             max_concurrent_per_key: 64,
+            // Caps the pool: the guarded proxy is protected from floods of parallel requests, and
+            // memory stays bounded when many clients connect at once.
+            max_upstream_connections: 256,
         }
     }
 }

@@ -65,6 +65,7 @@ pub fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
         ("max_json_depth", limits.max_json_depth),
         ("max_connections", limits.max_connections),
         ("max_concurrent_per_key", limits.max_concurrent_per_key),
+        ("max_upstream_connections", limits.max_upstream_connections),
     ] {
         if value == 0 {
             push(format!("proxy.limits.{field}"), "must be at least 1".into());

@@ -1,7 +1,9 @@
 //! Forwarding to the upstream: the request rewritten for it, sent on a pooled keep-alive client,
 //! and its response passed back as a stream (never buffered), with failures mapped to 502/504.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http::{
@@ -86,18 +88,25 @@ pub fn rewrite(
 
 /// Sends `request`; 504 when no response head arrives in time, 502 when the upstream cannot be
 /// reached or breaks the protocol.
+/// Waiting for an upstream slot counts against the same timeout.
 pub async fn send(
     client: &UpstreamClient,
+    slots: &Arc<Semaphore>,
     request: Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<Response<Incoming>, Reject> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
+) -> Result<(Response<Incoming>, OwnedSemaphorePermit), Reject> {
+    let attempt = async {
+        let slot = slots.clone().acquire_owned().await;
+        let response = client.request(request).await;
+        (slot, response)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Err(Reject::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
             format!("the upstream did not answer within {}s", timeout.as_secs()),
         )),
-        Ok(Err(err)) => {
+        Ok((_, Err(err))) => {
             tracing::warn!(error = %err, "upstream request failed");
             Err(Reject::new(
                 StatusCode::BAD_GATEWAY,
@@ -105,9 +114,14 @@ pub async fn send(
                 "the upstream could not be reached",
             ))
         }
-        Ok(Ok(mut response)) => {
+        Ok((Err(_closed), _)) => Err(Reject::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            "the upstream could not be reached",
+        )),
+        Ok((Ok(slot), Ok(mut response))) => {
             hop::strip(response.headers_mut());
-            Ok(response)
+            Ok((response, slot))
         }
     }
 }

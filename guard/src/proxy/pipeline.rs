@@ -59,12 +59,12 @@ pub async fn handle(
     let outcome = checked_forward(&shared, &state, peer, request, &mut record)
         .instrument(span)
         .await;
-    let (response, permit) = match outcome {
-        Ok((response, permit)) => {
+    let (response, permits) = match outcome {
+        Ok((response, permits)) => {
             record.status = response.status().as_u16();
             (
                 response.map(|body| body.map_err(BoxError::from).boxed()),
-                permit,
+                permits,
             )
         }
         Err(reject) => {
@@ -85,14 +85,14 @@ pub async fn handle(
                 reject
                     .to_response()
                     .map(|body| body.map_err(|never| match never {}).boxed()),
-                None,
+                Vec::new(),
             )
         }
     };
     let (parts, inner) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        Tracked::new(inner, record, permit),
+        Tracked::new(inner, record, permits),
     ))
 }
 
@@ -102,7 +102,7 @@ async fn checked_forward(
     peer: Peer,
     request: Request<Incoming>,
     record: &mut Record,
-) -> Result<(Response<Incoming>, Option<OwnedSemaphorePermit>), Reject> {
+) -> Result<(Response<Incoming>, Vec<OwnedSemaphorePermit>), Reject> {
     let (parts, request_body) = request.into_parts();
     let headers = &parts.headers;
 
@@ -143,9 +143,16 @@ async fn checked_forward(
 
     let upstream_request = forward::rewrite(parts, bytes, state, peer.addr, peer.tls);
     let started = Instant::now();
-    let response = forward::send(&shared.client, upstream_request, state.upstream_timeout).await;
+    let response = forward::send(
+        &shared.client,
+        &state.upstream_slots,
+        upstream_request,
+        state.upstream_timeout,
+    )
+    .await;
     record.upstream = Some(started.elapsed());
-    Ok((response?, permit))
+    let (response, slot) = response?;
+    Ok((response, permit.into_iter().chain([slot]).collect()))
 }
 
 fn closed_route() -> Reject {

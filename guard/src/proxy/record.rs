@@ -2,7 +2,7 @@
 //! client goes away), so bytes out and total latency are real even for streams.
 //!
 //! `Tracked` wraps every response body. It passes frames through untouched and unbuffered, counts
-//! them, holds the key's concurrency permit until the stream ends, and finishes the record on drop.
+//! them, holds the key's concurrency permit and the upstream slot until the stream ends, and finishes the record on drop.
 
 use std::{
     net::IpAddr,
@@ -111,20 +111,20 @@ pub struct Tracked {
     inner: BoxBody<Bytes, BoxError>,
     record: Record,
     bytes_out: u64,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl Tracked {
     pub fn new(
         inner: BoxBody<Bytes, BoxError>,
         record: Record,
-        permit: Option<OwnedSemaphorePermit>,
+        permits: Vec<OwnedSemaphorePermit>,
     ) -> Tracked {
         Tracked {
             inner,
             record,
             bytes_out: 0,
-            _permit: permit,
+            _permits: permits,
         }
     }
 }
