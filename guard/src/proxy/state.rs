@@ -244,6 +244,28 @@ mod tests {
     }
 
     #[test]
+    fn a_key_rpm_overrides_the_default_rate() {
+        let key = |name: &str, rpm| crate::config::proxy::KeyEntry {
+            name: name.into(),
+            sha256: "a".repeat(64),
+            created: None,
+            expires: None,
+            rpm,
+        };
+        let mut config = ProxyConfig::default();
+        config.keys = vec![key("slow", Some(2)), key("default", None)];
+        let state = State::build(&config).unwrap();
+        // The burst never exceeds the key's own rpm; the default key keeps the default burst (60).
+        let allowed = |name: &str| {
+            (0..100)
+                .take_while(|_| state.rate.check_key(name).is_ok())
+                .count()
+        };
+        assert_eq!(allowed("slow"), 2);
+        assert_eq!(allowed("default"), 60);
+    }
+
+    #[test]
     fn body_limits_per_route() {
         let mut config = ProxyConfig::default();
         config
