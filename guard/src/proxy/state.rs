@@ -252,8 +252,10 @@ mod tests {
             expires: None,
             rpm,
         };
-        let mut config = ProxyConfig::default();
-        config.keys = vec![key("slow", Some(2)), key("default", None)];
+        let config = ProxyConfig {
+            keys: vec![key("slow", Some(2)), key("default", None)],
+            ..ProxyConfig::default()
+        };
         let state = State::build(&config).unwrap();
         // The burst never exceeds the key's own rpm; the default key keeps the default burst (60).
         let allowed = |name: &str| {
