@@ -44,7 +44,7 @@ fn wait_for(port: u16, what: &str) -> Result<()> {
 
 /// nginx serving `RESPONSE` on `upstream_port`, and on `guard_port` a proxy to it with the
 /// limits proxyguard applies: a key check by `map`, `client_max_body_size`, and `limit_req`
-/// sized not to trigger.
+/// sized not to trigger, plus an access log line per request (proxyguard's audit line).
 pub fn nginx(dir: &Path, upstream_port: u16, guard_port: u16, key: &str) -> Result<Process> {
     fs::create_dir_all(dir.join("logs"))?;
     let config = format!(
@@ -70,6 +70,8 @@ http {{
     server {{
         listen 127.0.0.1:{guard_port} backlog=4096;
         client_max_body_size 2m;
+        # One line per request, unbuffered, as proxyguard writes its audit line.
+        access_log {dir}/logs/guard-access.log combined;
         location / {{
             if ($key_ok = 0) {{ return 401; }}
             limit_req zone=perip burst=1000000 nodelay;
