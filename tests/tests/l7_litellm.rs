@@ -179,6 +179,36 @@ fn refused_requests_never_reach_litellm() {
         "one response, then the connection closes: {answer}"
     );
 
+    // What hyper's parser refuses by itself, before the pipeline runs (a bare 400).
+    let body = r#"{"model":"mock-gpt","messages":[]}"#;
+    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\n");
+    let framings = [
+        (
+            "differing Content-Lengths",
+            format!("Content-Length: {}\r\nContent-Length: 5\r\n", body.len()),
+        ),
+        (
+            "a non-numeric Content-Length",
+            "Content-Length: +34\r\n".to_owned(),
+        ),
+        (
+            "a Transfer-Encoding other than chunked",
+            "Transfer-Encoding: gzip\r\n".to_owned(),
+        ),
+    ];
+    for (what, framing) in framings {
+        let mut stream = TcpStream::connect(guard.base.trim_start_matches("http://")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(format!("{head}{framing}\r\n{body}").as_bytes())
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
+
     assert_eq!(
         litellm.arrivals("/v1/chat/completions"),
         0,
