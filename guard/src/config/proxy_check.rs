@@ -6,10 +6,21 @@ use std::{
     path::Path,
 };
 
-use super::proxy::ProxyConfig;
+use super::{proxy::ProxyConfig, FieldError};
+
+/// Appends every problem of `[proxy]` to `errors`, each with its field path.
+pub fn validate(config: &ProxyConfig, errors: &mut Vec<FieldError>) {
+    check(config, &mut |field, message| {
+        errors.push(FieldError {
+            field,
+            line: None,
+            message,
+        })
+    });
+}
 
 /// Appends every problem in `config` to `push(field, message)`.
-pub fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
+fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
     if !config.enabled {
         return;
     }

@@ -40,14 +40,13 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         }
     }
 
-    super::proxy_check::check(&config.proxy, &mut push);
-
     if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         push(
             "log.level".into(),
             format!("not a valid log filter ({err}); use one of error, warn, info, debug, trace"),
         );
     }
+    super::proxy_check::validate(&config.proxy, &mut errors);
     errors
 }
 
