@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod guarded;
 mod kernel;
+mod proxy;
 mod resolve;
 mod systemd;
 mod telemetry;

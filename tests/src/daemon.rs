@@ -4,7 +4,10 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::mpsc::{self, Receiver},
+    sync::{
+        mpsc::{self, Receiver},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -53,6 +56,7 @@ pub struct Daemon {
     pub config_path: PathBuf,
     /// The `ready` record: attached programs and kernel features.
     pub ready: Value,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -65,9 +69,14 @@ impl Daemon {
         Self::start_in(config, args, None)
     }
 
+    /// Also sets `env` for the daemon (`RUST_LOG` among them overrides the default `info`).
+    pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::launch(config, args, None, test_pin_dir(), env)
+    }
+
     /// Starts the daemon inside network namespace `netns` (when given).
     pub fn start_in(config: &str, args: &[&str], netns: Option<&crate::netns::NetNs>) -> Daemon {
-        Self::start_full(config, args, netns, test_pin_dir())
+        Self::launch(config, args, netns, test_pin_dir(), &[])
     }
 
     /// Starts on an existing pin directory (a restart that adopts pinned state).
@@ -76,6 +85,16 @@ impl Daemon {
         args: &[&str],
         netns: Option<&crate::netns::NetNs>,
         pin_dir: PathBuf,
+    ) -> Daemon {
+        Self::launch(config, args, netns, pin_dir, &[])
+    }
+
+    fn launch(
+        config: &str,
+        args: &[&str],
+        netns: Option<&crate::netns::NetNs>,
+        pin_dir: PathBuf,
+        env: &[(&str, &str)],
     ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
@@ -93,6 +112,7 @@ impl Daemon {
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,9 +120,12 @@ impl Daemon {
             .expect("start proxyguard");
         // Through eprintln!, so libtest shows the daemon's log only for a failing test.
         let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[proxyguard] {line}");
+                kept.lock().expect("log lock").push(line);
             }
         });
         let stdout = child.stdout.take().expect("piped stdout");
@@ -127,6 +150,7 @@ impl Daemon {
             dir,
             config_path,
             ready: Value::Null,
+            log,
         };
         daemon.ready = daemon
             .wait_for(|e| e["kind"] == "ready")
@@ -163,6 +187,11 @@ impl Daemon {
             out.push(event);
         }
         out
+    }
+
+    /// Every line the daemon wrote to stderr (its diagnostic log) so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {

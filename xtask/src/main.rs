@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, run, test, vm-test and bench for proxyguard.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod build;
 mod cmd;
 mod counts;
@@ -48,6 +49,13 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
+    /// The L7 benchmark: wrk against nginx direct, through proxyguard, and through nginx with the
+    /// same limits; writes target/bench/results.json.
+    Bench {
+        /// A short run (3 s per target) for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Boot Debian's kernel under QEMU (TCG, BPF LSM on) and run every privileged test inside.
     VmTest {
         /// Boot this kernel image instead of the cached Debian one.
@@ -85,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { args } => run::run(&args),
         Command::Test { no_vm } => test::run(!no_vm),
+        Command::Bench { quick } => bench::run(quick),
         Command::VmTest { kernel, timeout } => {
             let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
             summary.into_result()

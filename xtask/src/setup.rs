@@ -36,6 +36,7 @@ pub fn run() -> Result<()> {
     nightly_with_rust_src()?;
     apt_packages()?;
     bpf_linker()?;
+    python_venv()?;
     let kernel = vm_kernel()?;
     println!("setup: ok (VM kernel {})", kernel.version);
     Ok(())
@@ -121,6 +122,67 @@ fn bpf_linker() -> Result<()> {
     .context("cannot build bpf-linker; it needs llvm-22-dev, libpolly-22-dev, libzstd-dev and zlib1g-dev")?;
     if !cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// The venv of the L7 tests' real peers: LiteLLM's proxy and the official `openai` SDK.
+pub fn venv_dir() -> PathBuf {
+    cache_dir().join("venv")
+}
+
+/// Python packages the L7 end-to-end tests run (`tests/tests/l7_*.rs`).
+const PIP_PACKAGES: &[&str] = &["litellm[proxy]", "openai"];
+
+/// Creates the venv once and installs the peers into it; a no-op (one import) when present.
+fn python_venv() -> Result<()> {
+    let dir = venv_dir();
+    let python = dir.join("bin/python");
+    let ready = || {
+        dir.join("bin/litellm").is_file()
+            && cmd::succeeds(
+                Command::new(&python)
+                    .args(["-c", "import litellm.proxy, openai"])
+                    // Offline: LiteLLM otherwise fetches its model price map on import.
+                    .env("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+            )
+    };
+    if ready() {
+        return Ok(());
+    }
+    if !python.is_file() {
+        println!(
+            "setup: creating the Python venv for the L7 tests at {}",
+            dir.display()
+        );
+        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&dir)).with_context(|| {
+            format!(
+                "cannot create a venv at {}; it needs python3 (3.9 or newer) with venv (`apt-get install python3-venv`)",
+                dir.display()
+            )
+        })?;
+    }
+    println!(
+        "setup: pip install {} (a few minutes, once)",
+        PIP_PACKAGES.join(" ")
+    );
+    cmd::run(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES),
+    )
+    .with_context(|| {
+        format!(
+            "cannot install {} into {}; it needs PyPI (or a mirror in pip's config)",
+            PIP_PACKAGES.join(" "),
+            dir.display()
+        )
+    })?;
+    if !ready() {
+        bail!(
+            "{} was installed but `import litellm.proxy, openai` still fails",
+            dir.display()
+        );
     }
     Ok(())
 }

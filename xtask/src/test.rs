@@ -148,9 +148,10 @@ fn clippy() -> Result<String> {
 
 fn cargo_test(args: &[&str]) -> Result<Counts> {
     let mut counts = Counts::default();
-    let success = cmd::stream(cmd::cargo().arg("test").args(args), |line| {
-        counts.scan(line)
-    })?;
+    // The L7 tests find their Python peers here (they fall back to the same default path).
+    let mut command = cmd::cargo();
+    command.env("PROXYGUARD_VENV", setup::venv_dir());
+    let success = cmd::stream(command.arg("test").args(args), |line| counts.scan(line))?;
     if !success && counts.failed == 0 {
         bail!("cargo test failed before reporting results");
     }

@@ -20,6 +20,15 @@ pub enum ConfigCommand {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+        /// The proxy's front address (proxy.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The guarded LLM proxy, like http://127.0.0.1:4000 (proxy.upstream).
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        /// A root-only file with the upstream's own key (proxy.upstream_key_file).
+        #[arg(long, value_name = "FILE")]
+        upstream_key_file: Option<PathBuf>,
     },
     /// Validate the config. Each error names its field path and line.
     Check,
@@ -27,9 +36,21 @@ pub enum ConfigCommand {
 
 pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ConfigCommand::Init { path, force } => {
+        ConfigCommand::Init {
+            path,
+            force,
+            listen,
+            upstream,
+            upstream_key_file,
+        } => {
             let path = path.unwrap_or_else(|| config_path.to_owned());
-            config::write_initial(&path, &InitOptions { force })?;
+            let options = InitOptions {
+                force,
+                listen,
+                upstream,
+                upstream_key_file,
+            };
+            config::write_initial(&path, &options)?;
             if json {
                 println!("{}", json!({ "written": path }));
             } else {

@@ -5,6 +5,7 @@
 mod completions;
 mod config_cmd;
 mod events;
+mod keys;
 mod reload;
 mod run;
 mod status;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Print the hardened unit for proxyguard, or a hardening drop-in for the guarded service.
     #[command(subcommand)]
     Systemd(systemd_cmd::SystemdCommand),
+    /// Add, list or revoke client keys of the L7 proxy.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -67,6 +71,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload => reload::run(&config_path, json),
         Command::Events(args) => events::run(&config_path, json, args),
         Command::Systemd(command) => systemd_cmd::run(&config_path, command),
+        Command::Keys(command) => keys::run(&config_path, json, command),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     config::{egress::EgressTarget, Config},
     control,
     kernel::{pins, Kernel},
+    proxy::Proxy,
     resolve, systemd, telemetry,
 };
 
@@ -40,7 +41,7 @@ pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         return detach(&config);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.proxy.worker_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -54,7 +55,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
     let mut kernel = if args.no_kernel {
-        tracing::warn!("--no-kernel: the kernel half is off; no bind rules are enforced");
+        tracing::warn!("--no-kernel: running the user-space half only (the L7 proxy); no kernel rules are enforced");
         None
     } else {
         Some(Kernel::start(&config)?)
@@ -64,6 +65,16 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
         Some(k) => (json!(k.programs), json!(k.features)),
         None => (json!([]), json!([])),
     };
+    // Bound before `ready`, so a client that waits for `ready` can connect at once.
+    let proxy = if config.proxy.enabled {
+        Some(Proxy::start(&config.proxy).await?)
+    } else {
+        None
+    };
+    let proxy_fields = proxy
+        .as_ref()
+        .map(|p| json!({ "listen": p.listen, "admin": p.admin, "tls": p.tls }));
+
     let control = control::server::bind(&config.control.socket)?;
     let (control_tx, mut control_rx) = mpsc::channel(16);
     tokio::spawn(control::server::serve(control, control_tx));
@@ -74,6 +85,8 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
         audit::fields(json!({
             "config": config_path,
             "kernel": kernel.is_some(),
+            "mode": if kernel.is_some() { "full" } else { "no-kernel" },
+            "proxy": proxy_fields,
             "programs": programs,
             "features": features,
         })),
@@ -95,7 +108,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                if let Ok(new) = reload(config_path, kernel.as_mut()) {
+                if let Ok(new) = reload(config_path, kernel.as_mut(), proxy.as_ref()) {
                     config = new;
                     hosts_tx.send_replace(host_targets(&config));
                 }
@@ -105,7 +118,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
                     let _ = reply.send(status(config_path, &config, kernel.as_ref(), started));
                 }
                 control::server::Request::Reload(reply) => {
-                    let outcome = reload(config_path, kernel.as_mut()).map(|new| {
+                    let outcome = reload(config_path, kernel.as_mut(), proxy.as_ref()).map(|new| {
                         config = new;
                         hosts_tx.send_replace(host_targets(&config));
                     });
@@ -143,6 +156,10 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     }
     systemd::notify("STOPPING=1");
     let _ = std::fs::remove_file(&config.control.socket);
+    if let Some(proxy) = proxy {
+        // Stop accepting, let in-flight requests (and streams) finish within drain_secs.
+        proxy.shutdown().await;
+    }
     let counters = match &kernel {
         Some(k) => json!(k.counters().ok()),
         None => json!({}),
@@ -232,13 +249,26 @@ fn host_targets(config: &Config) -> (Vec<(String, u16)>, Duration) {
 
 /// Validates the new config first; an invalid one is refused and the old one keeps running.
 /// Returns the config now in force, or why the reload was refused.
-fn reload(config_path: &Path, kernel: Option<&mut Kernel>) -> Result<Config, String> {
+/// The proxy's new settings (key file and TLS files included) are built before anything is
+/// applied, so a bad file refuses the whole reload.
+fn reload(
+    config_path: &Path,
+    kernel: Option<&mut Kernel>,
+    proxy: Option<&Proxy>,
+) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
     let outcome = Config::load(config_path)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
+            let staged = match proxy {
+                Some(proxy) => Some(proxy.prepare(&config.proxy)?),
+                None => None,
+            };
             if let Some(kernel) = kernel {
                 kernel.apply(&config)?;
+            }
+            if let (Some(proxy), Some(staged)) = (proxy, staged) {
+                proxy.commit(staged);
             }
             Ok(config)
         });

@@ -10,6 +10,8 @@ mod error;
 pub mod guarded;
 pub mod kernel;
 mod locate;
+pub mod proxy;
+mod proxy_check;
 mod template;
 mod validate;
 pub mod xdp;
@@ -22,7 +24,8 @@ pub use bind::BindConfig;
 pub use egress::EgressSection;
 pub use error::{ConfigError, FieldError};
 pub use guarded::GuardedSection;
-pub use template::{write_initial, InitOptions};
+pub use proxy::ProxyConfig;
+pub use template::{write_atomic, write_initial, InitOptions};
 pub use xdp::XdpSection;
 
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
@@ -38,6 +41,7 @@ pub struct Config {
     pub xdp: XdpSection,
     pub egress: EgressSection,
     pub control: control::ControlSection,
+    pub proxy: ProxyConfig,
     pub log: LogConfig,
 }
 

@@ -17,6 +17,34 @@ pub const TEMPLATE: &str = include_str!("default.toml");
 #[derive(Debug, Default)]
 pub struct InitOptions {
     pub force: bool,
+    /// `proxy.listen`, `proxy.upstream` and `proxy.upstream_key_file`, when given.
+    pub listen: Option<std::net::SocketAddr>,
+    pub upstream: Option<String>,
+    pub upstream_key_file: Option<std::path::PathBuf>,
+}
+
+/// The template with the options filled in, comments kept.
+fn render(options: &InitOptions) -> String {
+    let (listen, upstream, key_file) = (
+        &options.listen,
+        &options.upstream,
+        &options.upstream_key_file,
+    );
+    if listen.is_none() && upstream.is_none() && key_file.is_none() {
+        return TEMPLATE.to_owned();
+    }
+    let mut doc: toml_edit::DocumentMut = TEMPLATE.parse().expect("the template is valid TOML");
+    let proxy = &mut doc["proxy"];
+    if let Some(listen) = listen {
+        proxy["listen"] = toml_edit::value(listen.to_string());
+    }
+    if let Some(upstream) = upstream {
+        proxy["upstream"] = toml_edit::value(upstream.as_str());
+    }
+    if let Some(path) = key_file {
+        proxy["upstream_key_file"] = toml_edit::value(path.to_string_lossy().as_ref());
+    }
+    doc.to_string()
 }
 
 /// Writes the template to `path` with mode 0600: atomically (temp file, fsync, rename), and only
@@ -27,7 +55,7 @@ pub fn write_initial(path: &Path, options: &InitOptions) -> Result<(), ConfigErr
             path: path.to_owned(),
         });
     }
-    write_atomic(path, TEMPLATE.as_bytes()).map_err(|source| ConfigError::Write {
+    write_atomic(path, render(options).as_bytes()).map_err(|source| ConfigError::Write {
         path: path.to_owned(),
         source,
     })
@@ -104,8 +132,31 @@ mod tests {
         assert!(matches!(err, ConfigError::Exists { .. }), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "# edited\n");
 
-        write_initial(&path, &InitOptions { force: true }).unwrap();
+        let options = InitOptions {
+            force: true,
+            ..InitOptions::default()
+        };
+        write_initial(&path, &options).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), TEMPLATE);
+    }
+
+    #[test]
+    fn init_options_fill_the_proxy_section() {
+        let options = InitOptions {
+            listen: Some("127.0.0.1:8443".parse().unwrap()),
+            upstream: Some("http://127.0.0.1:4001".into()),
+            upstream_key_file: Some("/etc/proxyguard/upstream.key".into()),
+            ..InitOptions::default()
+        };
+        let text = render(&options);
+        assert!(
+            text.contains("# The authenticating L7 proxy"),
+            "comments kept"
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        assert_eq!(config.proxy.listen, options.listen.unwrap());
+        assert_eq!(config.proxy.upstream, "http://127.0.0.1:4001");
+        assert_eq!(config.proxy.upstream_key_file, options.upstream_key_file);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
             ),
         });
     }
+    super::proxy_check::validate(&config.proxy, &mut errors);
     errors
 }
 

@@ -1,0 +1,205 @@
+//! `proxyguard keys add|list|revoke`: client keys for the L7 proxy (threats 1 and 16).
+//!
+//! A new key is 256 bits from the OS's CSPRNG, printed once; only its SHA-256 is written, into
+//! `[[proxy.keys]]` of the config, edited in place (comments kept) and written atomically, 0600.
+//! The running daemon picks the change up on reload (SIGHUP).
+
+use std::{path::Path, process::ExitCode, time::SystemTime};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::json;
+use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
+
+use crate::{
+    config::{self, Config},
+    proxy::layers::auth::hash_hex,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a client key and print it exactly once, alone on one line. Only its hash is stored.
+    Add {
+        /// The name logs and metrics show for this key (letters, digits, '-', '_', '.').
+        name: String,
+        /// Expire the key after this long, like `30d` or `12h`.
+        #[arg(long, value_name = "DUR")]
+        expires: Option<humantime::Duration>,
+        /// Requests per minute for this key (overrides proxy.rate.per_key_rpm).
+        #[arg(long, value_name = "N")]
+        rpm: Option<u32>,
+    },
+    /// List keys by name with their created and expiry times. Never shows a key.
+    List,
+    /// Remove a key by name.
+    Revoke { name: String },
+}
+
+pub fn run(config_path: &Path, json: bool, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Add { name, expires, rpm } => add(config_path, json, &name, expires, rpm),
+        KeysCommand::List => list(config_path, json),
+        KeysCommand::Revoke { name } => revoke(config_path, json, &name),
+    }
+}
+
+fn add(
+    path: &Path,
+    json: bool,
+    name: &str,
+    expires: Option<humantime::Duration>,
+    rpm: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let mut doc = read(path)?;
+    if entries(&doc).any(|table| table.get("name").and_then(Item::as_str) == Some(name)) {
+        bail!("a key named \"{name}\" exists; revoke it first or pick another name");
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).context("the OS random source failed")?;
+    let key = format!("pgk_{}", hex::encode(bytes));
+    let now = SystemTime::now();
+    let mut entry = Table::new();
+    entry["name"] = value(name);
+    entry["sha256"] = value(hash_hex(&key));
+    entry["created"] = value(humantime::format_rfc3339_seconds(now).to_string());
+    if let Some(expires) = expires {
+        entry["expires"] = value(humantime::format_rfc3339_seconds(now + *expires).to_string());
+    }
+    if let Some(rpm) = rpm {
+        entry["rpm"] = value(i64::from(rpm));
+    }
+    let proxy = doc
+        .entry("proxy")
+        .or_insert_with(|| Item::Table(Table::new()));
+    let keys = proxy
+        .as_table_like_mut()
+        .context("`proxy` in the config is not a table")?
+        .entry("keys")
+        .or_insert(Item::ArrayOfTables(ArrayOfTables::new()));
+    keys.as_array_of_tables_mut()
+        .context("`proxy.keys` in the config is not an array of tables ([[proxy.keys]])")?
+        .push(entry);
+    write(path, &doc)?;
+    if json {
+        println!("{}", json!({ "name": name, "key": key }));
+    } else {
+        println!("{key}");
+        eprintln!("key \"{name}\" added to {}; reload the daemon (SIGHUP) to use it. It is shown only this once.", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let keys = &config.proxy.keys;
+    if json {
+        let rows: Vec<_> = keys
+            .iter()
+            .map(|k| json!({ "name": k.name, "created": k.created, "expires": k.expires, "rpm": k.rpm }))
+            .collect();
+        println!("{}", json!({ "keys": rows }));
+    } else {
+        println!("{:<24} {:<22} {:<22} rpm", "name", "created", "expires");
+        for k in keys {
+            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            let rpm = k.rpm.map_or("-".into(), |r| r.to_string());
+            println!(
+                "{:<24} {:<22} {:<22} {rpm}",
+                k.name,
+                or_dash(&k.created),
+                or_dash(&k.expires)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(path: &Path, json: bool, name: &str) -> anyhow::Result<ExitCode> {
+    let mut doc = read(path)?;
+    let keys = doc
+        .get_mut("proxy")
+        .and_then(|proxy| proxy.get_mut("keys"))
+        .and_then(Item::as_array_of_tables_mut);
+    let Some(keys) = keys else {
+        bail!("no key named \"{name}\" in {}", path.display());
+    };
+    let before = keys.len();
+    keys.retain(|table| table.get("name").and_then(Item::as_str) != Some(name));
+    if keys.len() == before {
+        bail!("no key named \"{name}\" in {}", path.display());
+    }
+    write(path, &doc)?;
+    if json {
+        println!("{}", json!({ "revoked": name }));
+    } else {
+        println!("key \"{name}\" revoked; reload the daemon (SIGHUP) to refuse it");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> anyhow::Result<DocumentMut> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.parse::<DocumentMut>()
+        .with_context(|| format!("{} is not valid TOML", path.display()))
+}
+
+fn entries(doc: &DocumentMut) -> impl Iterator<Item = &Table> {
+    doc.get("proxy")
+        .and_then(|proxy| proxy.get("keys"))
+        .and_then(Item::as_array_of_tables)
+        .into_iter()
+        .flat_map(|keys| keys.iter())
+}
+
+/// Validates the edited file as the daemon would, then replaces the old one atomically (0600).
+fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<()> {
+    let text = doc.to_string();
+    Config::parse(&text, path)?;
+    config::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_list_revoke_keep_comments_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg.toml");
+        config::write_initial(&path, &config::InitOptions::default()).unwrap();
+        add(&path, true, "ci", Some("30d".parse().unwrap()), Some(60)).unwrap();
+        add(&path, true, "dev", None, None).unwrap();
+        assert!(
+            add(&path, true, "ci", None, None).is_err(),
+            "names are unique"
+        );
+        let loaded = Config::load(&path).unwrap();
+        let names: Vec<_> = loaded.proxy.keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["ci", "dev"]);
+        assert_eq!(loaded.proxy.keys[0].rpm, Some(60));
+        assert!(loaded.proxy.keys[0].expires.is_some());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# The authenticating L7 proxy"),
+            "comments are kept"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        revoke(&path, true, "ci").unwrap();
+        assert!(revoke(&path, true, "ci").is_err());
+        let names: Vec<_> = Config::load(&path)
+            .unwrap()
+            .proxy
+            .keys
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, ["dev"]);
+    }
+}

@@ -1,0 +1,206 @@
+//! `[proxy]`: the authenticating L7 proxy in front of the LLM proxy (threats 1-5, 8-10, 14, 15).
+//!
+//! Every default is the secure one: loopback listeners, TLS required off loopback, admin routes of
+//! the guarded proxy closed, limits on everything a client controls. `proxy_check.rs` holds the
+//! semantic checks serde cannot express, including the ones that read files.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Off only for hosts that run the kernel half alone.
+    pub enabled: bool,
+    /// The front address clients use. Port 0 picks a free port (reported in the `ready` record).
+    pub listen: SocketAddr,
+    /// The guarded LLM proxy, `http://host:port`. It should itself listen on loopback only.
+    pub upstream: String,
+    /// A root-only file (mode 0600 or stricter) holding the upstream's own key, sent as
+    /// `Authorization: Bearer`. Re-read on reload.
+    pub upstream_key_file: Option<PathBuf>,
+    /// Metrics (`/metrics`) and readiness (`/healthz`). Must be loopback.
+    pub admin_listen: SocketAddr,
+    /// Threads of the daemon's async runtime (the proxy and the kernel event readers). Read at
+    /// start only.
+    pub worker_threads: usize,
+    /// Allows a non-loopback `listen` without TLS. Prompts and keys then cross the network in
+    /// plaintext, so it is an explicit choice and warns at start.
+    pub allow_plaintext: bool,
+    pub tls: Option<TlsConfig>,
+    pub limits: LimitsConfig,
+    pub rate: RateConfig,
+    pub timeouts: TimeoutsConfig,
+    pub headers: HeadersConfig,
+    pub content: ContentConfig,
+    pub admin_routes: AdminRoutesConfig,
+    /// Client keys, by name. Only SHA-256 hashes are stored.
+    pub keys: Vec<KeyEntry>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            // LiteLLM's default port.
+            upstream: "http://127.0.0.1:4000".into(),
+            upstream_key_file: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            // Two: the guarded LLM proxy, not this one, is the slow hop; leave it the other cores.
+            worker_threads: 2,
+            allow_plaintext: false,
+            tls: None,
+            limits: LimitsConfig::default(),
+            rate: RateConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            headers: HeadersConfig::default(),
+            content: ContentConfig::default(),
+            admin_routes: AdminRoutesConfig::default(),
+            // No keys: every request is refused until one is added. Fail closed.
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: u64,
+    /// Overrides of `max_body_bytes` by route name (`chat/completions`, `embeddings`, ...).
+    pub body_per_route: std::collections::BTreeMap<String, u64>,
+    pub max_headers: usize,
+    pub max_header_value_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_path_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_connections: usize,
+    pub max_concurrent_per_key: usize,
+    /// Requests in flight to the upstream at once (and so its connections); more wait their turn.
+    pub max_upstream_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            // 2 MiB holds long chat histories; the unguarded proxy reads any size into memory.
+            max_body_bytes: 2 * 1024 * 1024,
+            body_per_route: Default::default(),
+            // The header defaults answer threat 5 (unbounded header parsing upstream).
+            max_headers: 100,
+            max_header_value_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_path_bytes: 2048,
+            // Real requests nest a handful of levels; deep nesting only costs parsers.
+            max_json_depth: 32,
+            max_connections: 1024,
+            max_concurrent_per_key: 64,
+            // Caps the pool: the guarded proxy is protected from floods of parallel requests, and
+            // memory stays bounded when many clients connect at once.
+            max_upstream_connections: 256,
+        }
+    }
+}
+
+/// Requests per minute with a burst; 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    pub per_key_rpm: u32,
+    pub per_key_burst: u32,
+    pub per_ip_rpm: u32,
+    pub per_ip_burst: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            per_key_rpm: 600,
+            per_key_burst: 60,
+            // Higher than per key: several clients may share an address (NAT, one host).
+            per_ip_rpm: 1200,
+            per_ip_burst: 120,
+        }
+    }
+}
+
+/// Seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// The whole request head must arrive within this (slowloris), and an idle keep-alive
+    /// connection is closed after it.
+    pub header_read_secs: u64,
+    /// The whole request body must arrive within this.
+    pub body_secs: u64,
+    /// Until the upstream's response head. Long: completions can take minutes.
+    pub upstream_response_secs: u64,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_secs: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_secs: 10,
+            body_secs: 30,
+            upstream_response_secs: 600,
+            drain_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadersConfig {
+    /// Refused in addition to `x-rollout-id`, `x-attempt-id` and `x-sequence-id`, which are
+    /// always refused (the upstream attributes requests by them).
+    pub reserved: Vec<String>,
+}
+
+/// Optional content rules over request messages (threat 10). 0 or empty turns a rule off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentConfig {
+    pub max_messages: usize,
+    pub max_message_chars: usize,
+    /// Regular expressions over message text. A match is refused, naming the rule's index.
+    pub deny_patterns: Vec<String>,
+}
+
+/// The guarded proxy's own admin routes (`/key/*`, `/user/*`, `/team/*`, `/model/*`, `/config/*`,
+/// the UI). Closed unless opened to named keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminRoutesConfig {
+    /// Names of keys (from `[[proxy.keys]]`) that may use the admin routes.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Goes into logs and metrics; the key never does.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// RFC 3339, informational.
+    pub created: Option<String>,
+    /// RFC 3339; the key is refused from then on.
+    pub expires: Option<String>,
+    /// Overrides `rate.per_key_rpm` for this key.
+    pub rpm: Option<u32>,
+}
+
+/// Reserved header names that no config can un-reserve.
+pub const ALWAYS_RESERVED: &[&str] = &["x-rollout-id", "x-attempt-id", "x-sequence-id"];

@@ -1,0 +1,127 @@
+//! Forwarding to the upstream: the request rewritten for it, sent on a pooled keep-alive client,
+//! and its response passed back as a stream (never buffered), with failures mapped to 502/504.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use bytes::Bytes;
+use http::{
+    header, request::Parts, uri::Scheme, HeaderName, HeaderValue, Request, Response, StatusCode,
+    Uri,
+};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::{hop, layers::auth, reject::Reject, state::State};
+
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Headers about the client connection that only proxyguard may set.
+const FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// The request as the upstream gets it: its URI, no hop-by-hop or client key headers, our
+/// forwarding headers, the upstream's own key, and the complete, validated body.
+pub fn rewrite(
+    mut parts: Parts,
+    body: Bytes,
+    state: &State,
+    client: SocketAddr,
+    tls: bool,
+) -> Request<Full<Bytes>> {
+    let path = parts.uri.path_and_query().cloned();
+    let mut uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(state.upstream.clone());
+    if let Some(path) = path {
+        uri = uri.path_and_query(path);
+    }
+    // Built from parts already validated (authority from config, path from the parsed request).
+    parts.uri = uri.build().unwrap_or_default();
+    let headers = &mut parts.headers;
+    hop::strip(headers);
+    auth::strip(headers);
+    for name in FORWARDING {
+        headers.remove(*name);
+    }
+    // hyper frames the buffered body with its own Content-Length; the body is already complete,
+    // so a client's `Expect: 100-continue` means nothing to the upstream.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    // An authority and an IP address are always valid header values.
+    if let Ok(host) = HeaderValue::from_str(state.upstream.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    if let Ok(ip) = HeaderValue::from_str(&client.ip().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(auth) = &state.upstream_auth {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+    parts.version = http::Version::HTTP_11;
+    Request::from_parts(parts, Full::new(body))
+}
+
+/// Sends `request`; 504 when no response head arrives in time, 502 when the upstream cannot be
+/// reached or breaks the protocol.
+/// Waiting for an upstream slot counts against the same timeout.
+pub async fn send(
+    client: &UpstreamClient,
+    slots: &Arc<Semaphore>,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(Response<Incoming>, OwnedSemaphorePermit), Reject> {
+    let attempt = async {
+        let slot = slots.clone().acquire_owned().await;
+        let response = client.request(request).await;
+        (slot, response)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(Reject::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("the upstream did not answer within {}s", timeout.as_secs()),
+        )),
+        Ok((_, Err(err))) => {
+            tracing::warn!(error = %err, "upstream request failed");
+            Err(Reject::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                "the upstream could not be reached",
+            ))
+        }
+        Ok((Err(_closed), _)) => Err(Reject::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            "the upstream could not be reached",
+        )),
+        Ok((Ok(slot), Ok(mut response))) => {
+            hop::strip(response.headers_mut());
+            Ok((response, slot))
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Client authentication (threat 1): the key from `Authorization: Bearer`, `x-api-key` or
+//! `api-key`, checked against stored SHA-256 hashes in constant time.
+//!
+//! Why a fast, unsalted hash is enough: the keys are 256-bit random strings that `keys add`
+//! generates, not passwords. Salting and slow hashing defend against guessing low-entropy secrets
+//! from a leaked hash; for a uniformly random 256-bit key, inverting SHA-256 (or guessing the key)
+//! is infeasible however fast the hash is. Fast also means auth costs microseconds per request.
+
+use std::{sync::Arc, time::SystemTime};
+
+use http::{header, HeaderMap, HeaderName, StatusCode};
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::proxy::reject::Reject;
+
+/// Headers a client key may come in; all are removed before forwarding.
+pub const KEY_HEADERS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub name: Arc<str>,
+    pub hash: [u8; 32],
+    pub expires: Option<SystemTime>,
+    pub rpm: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyStore {
+    keys: Vec<StoredKey>,
+}
+
+impl KeyStore {
+    pub fn new(keys: Vec<StoredKey>) -> KeyStore {
+        KeyStore { keys }
+    }
+
+    #[cfg(test)]
+    pub fn keys(&self) -> &[StoredKey] {
+        &self.keys
+    }
+
+    /// The key the request presents, if it is known and current.
+    pub fn authenticate(&self, headers: &HeaderMap, now: SystemTime) -> Result<&StoredKey, Reject> {
+        let unauthorized =
+            |reason, message: &str| Reject::new(StatusCode::UNAUTHORIZED, reason, message);
+        let presented = presented_key(headers).ok_or_else(|| {
+            unauthorized(
+                "missing_key",
+                "an API key is required (Authorization: Bearer, x-api-key or api-key)",
+            )
+        })?;
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        // Every stored hash is compared, without an early exit, so timing says nothing about
+        // which key (if any) matched or how many bytes of a hash were right.
+        let mut found = 0u32;
+        let mut index = 0u32;
+        for (i, key) in self.keys.iter().enumerate() {
+            let hit = key.hash[..].ct_eq(&digest[..]);
+            index.conditional_assign(&(i as u32), hit);
+            found.conditional_assign(&1, hit);
+        }
+        if found == 0 {
+            return Err(unauthorized("bad_key", "the API key is not valid"));
+        }
+        let key = &self.keys[index as usize];
+        if key.expires.is_some_and(|expires| expires <= now) {
+            return Err(unauthorized("key_expired", "the API key has expired"));
+        }
+        Ok(key)
+    }
+}
+
+/// The first key-bearing header, as bytes. A present but malformed `Authorization` counts as
+/// no key: it is never compared.
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.as_bytes();
+        let (scheme, rest) = value.split_at(value.len().min(7));
+        return (scheme.eq_ignore_ascii_case(b"bearer ") && !rest.is_empty()).then_some(rest);
+    }
+    KEY_HEADERS[1..]
+        .iter()
+        .find_map(|name| headers.get(name))
+        .map(|value| value.as_bytes())
+        .filter(|value| !value.is_empty())
+}
+
+/// Removes every header a client key may travel in.
+pub fn strip(headers: &mut HeaderMap) {
+    for name in &KEY_HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// Lower-case hex SHA-256, the form config stores.
+pub fn hash_hex(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table row's headers: (name, value) pairs.
+    type Headers = &'static [(&'static str, &'static str)];
+    use std::time::Duration;
+
+    fn store() -> KeyStore {
+        let key = |name: &str, secret: &str, expires| StoredKey {
+            name: name.into(),
+            hash: Sha256::digest(secret.as_bytes()).into(),
+            expires,
+            rpm: None,
+        };
+        KeyStore::new(vec![
+            key("alice", "sk-alice", None),
+            key("bob", "sk-bob", None),
+            key(
+                "old",
+                "sk-old",
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10)),
+            ),
+        ])
+    }
+
+    #[test]
+    fn table() {
+        let cases: &[(Headers, Result<&str, &str>)] = &[
+            (&[("authorization", "Bearer sk-alice")], Ok("alice")),
+            (&[("authorization", "bearer sk-bob")], Ok("bob")),
+            (&[("x-api-key", "sk-bob")], Ok("bob")),
+            (&[("api-key", "sk-alice")], Ok("alice")),
+            (&[], Err("missing_key")),
+            (
+                &[("authorization", "Basic c2stYWxpY2U=")],
+                Err("missing_key"),
+            ),
+            (&[("authorization", "Bearer ")], Err("missing_key")),
+            (&[("authorization", "Bearer sk-alicf")], Err("bad_key")),
+            (&[("x-api-key", "sk-alice ")], Err("bad_key")),
+            (&[("authorization", "Bearer sk-old")], Err("key_expired")),
+        ];
+        let store = store();
+        for (headers, expected) in cases {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers.iter() {
+                map.insert(HeaderName::from_static(name), value.parse().unwrap());
+            }
+            let got = store
+                .authenticate(&map, SystemTime::now())
+                .map(|key| key.name.to_string())
+                .map_err(|reject| {
+                    assert_eq!(reject.status, 401);
+                    reject.reason
+                });
+            assert_eq!(got.as_deref().map_err(|r| *r), *expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn strip_removes_every_key_header() {
+        let mut map = HeaderMap::new();
+        for name in &KEY_HEADERS {
+            map.insert(name.clone(), "secret".parse().unwrap());
+        }
+        map.insert(header::ACCEPT, "*/*".parse().unwrap());
+        strip(&mut map);
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn hash_is_lower_hex() {
+        assert_eq!(
+            hash_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! Concurrent requests per key (threat 9): a slow or streaming request holds a permit until its
+//! response body ends, so one key cannot tie up the upstream's workers.
+
+use std::{collections::HashMap, sync::Arc};
+
+use http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::proxy::reject::Reject;
+
+pub struct Concurrency {
+    per_key: HashMap<Arc<str>, Arc<Semaphore>>,
+}
+
+impl Concurrency {
+    pub fn new(names: impl IntoIterator<Item = Arc<str>>, limit: usize) -> Concurrency {
+        Concurrency {
+            per_key: names
+                .into_iter()
+                .map(|name| (name, Arc::new(Semaphore::new(limit))))
+                .collect(),
+        }
+    }
+
+    /// A permit to hold until the response is finished.
+    pub fn acquire(&self, name: &str) -> Result<Option<OwnedSemaphorePermit>, Reject> {
+        let Some(semaphore) = self.per_key.get(name) else {
+            return Ok(None);
+        };
+        match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                let mut reject = Reject::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "concurrency_key",
+                    "too many requests in flight for this key",
+                );
+                reject.retry_after = Some(1);
+                Err(reject)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_come_back_on_drop() {
+        let concurrency = Concurrency::new(["a".into()], 2);
+        let first = concurrency.acquire("a").unwrap();
+        let second = concurrency.acquire("a").unwrap();
+        let table = [(concurrency.acquire("a").is_ok(), false)];
+        for (got, want) in table {
+            assert_eq!(got, want);
+        }
+        drop(first);
+        assert!(concurrency.acquire("a").is_ok());
+        drop(second);
+        assert!(
+            concurrency.acquire("other").unwrap().is_none(),
+            "unknown names are not limited"
+        );
+    }
+}

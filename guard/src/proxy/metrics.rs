@@ -1,0 +1,143 @@
+//! Prometheus metrics (threat 15), served on the loopback admin listener. Labels are route
+//! templates, statuses, reasons and key names: bounded sets, and never a secret.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+    pub decision: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub key: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub denials: Family<ReasonLabels, Counter>,
+    pub key_requests: Family<KeyLabels, Counter>,
+    pub latency: Histogram,
+    pub upstream_latency: Histogram,
+    pub in_flight: Gauge,
+    pub connections: Gauge,
+}
+
+/// Seconds, from 1 ms to about 5 minutes: completions are slow, rejections are fast.
+fn buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 19)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("proxyguard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let denials = Family::<ReasonLabels, Counter>::default();
+        let key_requests = Family::<KeyLabels, Counter>::default();
+        let latency = Histogram::new(buckets());
+        let upstream_latency = Histogram::new(buckets());
+        let in_flight = Gauge::default();
+        let connections = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests by route, status and decision",
+            requests.clone(),
+        );
+        registry.register(
+            "denials",
+            "Requests refused by proxyguard, by reason",
+            denials.clone(),
+        );
+        registry.register(
+            "key_requests",
+            "Authenticated requests per key name",
+            key_requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Total time per request, to the end of the response",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time until the upstream's response head",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            denials,
+            key_requests,
+            latency,
+            upstream_latency,
+            in_flight,
+            connections,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_labels() {
+        let metrics = Metrics::new();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: "/v1/models".into(),
+                status: 200,
+                decision: "allow".into(),
+            })
+            .inc();
+        metrics
+            .denials
+            .get_or_create(&ReasonLabels {
+                reason: "bad_key".into(),
+            })
+            .inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"proxyguard_requests_total{route="/v1/models",status="200",decision="allow"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"proxyguard_denials_total{reason="bad_key"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("proxyguard_active_connections"), "{text}");
+    }
+}

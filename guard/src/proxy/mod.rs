@@ -1,0 +1,142 @@
+//! The L7 guard proxy (threats 1-5, 8-10, 14, 15): it authenticates and checks every request
+//! before the LLM proxy sees it, and streams the answers back.
+//!
+//! `Proxy` owns the listeners and the swappable settings; `pipeline` holds the checks in order;
+//! `layers` holds one policy per file.
+
+mod admin;
+mod alerts;
+mod error;
+mod forward;
+mod hop;
+pub mod layers;
+mod metrics;
+mod pipeline;
+mod record;
+mod reject;
+mod server;
+mod state;
+mod tls;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+pub use error::ProxyError;
+use metrics::Metrics;
+use state::State;
+
+use crate::config::ProxyConfig;
+
+/// What every connection shares: the current settings (swapped on reload), the pooled upstream
+/// client and the metrics.
+pub struct Shared {
+    state: ArcSwap<State>,
+    client: forward::UpstreamClient,
+    metrics: Arc<Metrics>,
+    /// Outlives reloads, so a reload does not re-arm every alert.
+    alerts: alerts::SpikeAlerts,
+}
+
+/// Settings built and checked, not yet in force.
+pub struct Staged(State);
+
+pub struct Proxy {
+    shared: Arc<Shared>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub tls: bool,
+    configured_listen: SocketAddr,
+    stop: watch::Sender<bool>,
+    front: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Reads every file the settings need, then binds both listeners. Nothing is bound when the
+    /// settings are bad.
+    pub async fn start(config: &ProxyConfig) -> Result<Proxy, ProxyError> {
+        let state = State::build(config)?;
+        let tls = state.tls.is_some();
+        if !config.listen.ip().is_loopback() && !tls {
+            tracing::warn!(listen = %config.listen, "plaintext listener off loopback (allow_plaintext = true): keys and prompts cross the network unencrypted");
+        }
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })
+        };
+        let front = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let local = |listener: &TcpListener, addr| {
+            listener
+                .local_addr()
+                .map_err(|source| ProxyError::Bind { addr, source })
+        };
+        let (listen, admin_addr) = (
+            local(&front, config.listen)?,
+            local(&admin, config.admin_listen)?,
+        );
+
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(state),
+            client: forward::client(),
+            metrics: Arc::new(Metrics::new()),
+            alerts: alerts::SpikeAlerts::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let drain = Duration::from_secs(config.timeouts.drain_secs);
+        let front_task = tokio::spawn(server::serve(
+            front,
+            shared.clone(),
+            config.limits.max_connections,
+            stopped.clone(),
+            drain,
+        ));
+        let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), stopped.clone()));
+        // Idle per-IP limiter entries are forgotten once a minute.
+        let pruned = shared.clone();
+        let mut prune_stop = stopped;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => pruned.state.load().rate.prune(),
+                    _ = prune_stop.changed() => break,
+                }
+            }
+        });
+        Ok(Proxy {
+            shared,
+            listen,
+            admin: admin_addr,
+            tls,
+            configured_listen: config.listen,
+            stop,
+            front: front_task,
+            admin_task,
+        })
+    }
+
+    /// Builds new settings from `config` (keys, upstream key file, TLS files, limits) without
+    /// applying them, so a reload can fail before anything changes.
+    pub fn prepare(&self, config: &ProxyConfig) -> Result<Staged, ProxyError> {
+        if config.listen != self.configured_listen {
+            tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
+        }
+        Ok(Staged(State::build(config)?))
+    }
+
+    /// Swaps in staged settings at once; requests in flight finish on the old ones.
+    pub fn commit(&self, staged: Staged) {
+        self.shared.state.store(Arc::new(staged.0));
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `drain_secs`), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.front.await;
+        let _ = self.admin_task.await;
+    }
+}

@@ -1,0 +1,160 @@
+//! The request pipeline: every check, in order, in one function.
+//!
+//! Why this order:
+//! 1. Per-IP rate limit first: it is the cheapest check, and it throttles floods and key guessing
+//!    before anything else spends work on them.
+//! 2. Framing (smuggling) next: a request whose length is ambiguous must not be interpreted at all.
+//! 3. Header limits, Host, reserved headers: syntax of the head, still without any secret work.
+//! 4. Path and method: unknown and malformed routes end here; closed admin routes answer 404
+//!    before auth, so they look absent to everyone.
+//! 5. Auth: the first check that needs a key. Everything after it is attributed to a key name.
+//! 6. Admin gate, per-key rate limit and concurrency: before the body, so a refused request
+//!    costs no body reading.
+//! 7. Body: size, then JSON and content rules, on the complete buffered body.
+//! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::{
+    forward,
+    layers::{body, framing, header_limits, host, json, path, path::RouteKind, reserved},
+    record::{BoxError, Record, Tracked},
+    reject::Reject,
+    state::State,
+    Shared,
+};
+
+/// Who is on the other end of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: Peer,
+    request: Request<Incoming>,
+) -> Result<Response<Tracked>, Infallible> {
+    // This request finishes on these settings even if a reload swaps in new ones meanwhile.
+    let state = shared.state.load_full();
+    let mut record = Record::start(shared.metrics.clone(), peer.addr.ip(), request.method());
+    // Filled in as the pipeline learns them: names only, never values.
+    let span = tracing::info_span!(
+        "request",
+        route = tracing::field::Empty,
+        key = tracing::field::Empty
+    );
+    let outcome = checked_forward(&shared, &state, peer, request, &mut record)
+        .instrument(span)
+        .await;
+    let (response, permits) = match outcome {
+        Ok((response, permits)) => {
+            record.status = response.status().as_u16();
+            (
+                response.map(|body| body.map_err(BoxError::from).boxed()),
+                permits,
+            )
+        }
+        Err(reject) => {
+            record.status = reject.status.as_u16();
+            record.reason = reject.reason;
+            if reject.status == StatusCode::TOO_MANY_REQUESTS {
+                shared
+                    .alerts
+                    .rate_limited(reject.reason, record.key.as_deref(), record.client);
+            }
+            record.decision = if reject.status.is_server_error() {
+                "error"
+            } else {
+                "deny"
+            };
+            tracing::debug!(reason = reject.reason, status = record.status, route = %record.route, "refused");
+            (
+                reject
+                    .to_response()
+                    .map(|body| body.map_err(|never| match never {}).boxed()),
+                Vec::new(),
+            )
+        }
+    };
+    let (parts, inner) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Tracked::new(inner, record, permits),
+    ))
+}
+
+async fn checked_forward(
+    shared: &Shared,
+    state: &State,
+    peer: Peer,
+    request: Request<Incoming>,
+    record: &mut Record,
+) -> Result<(Response<Incoming>, Vec<OwnedSemaphorePermit>), Reject> {
+    let (parts, request_body) = request.into_parts();
+    let headers = &parts.headers;
+
+    state.rate.check_ip(peer.addr.ip())?;
+    framing::check(headers)?;
+    header_limits::check(headers, &state.header_limits)?;
+    host::check(headers)?;
+    reserved::check(headers, &state.reserved)?;
+
+    let route = path::classify(parts.uri.path(), state.max_path_bytes)?;
+    record.route = route.template.clone();
+    tracing::Span::current().record("route", record.route.as_str());
+    tracing::Span::current().record("route", record.route.as_str());
+    let admin = route.kind == RouteKind::Admin;
+    if admin && state.admin_keys.is_empty() {
+        return Err(closed_route());
+    }
+    path::check_method(&route, &parts.method)?;
+
+    let key = state.keys.authenticate(headers, SystemTime::now())?;
+    record.key = Some(key.name.clone());
+    tracing::Span::current().record("key", &*key.name);
+    tracing::Span::current().record("key", &*key.name);
+    if admin && !state.admin_keys.contains(&key.name) {
+        return Err(closed_route());
+    }
+    state.rate.check_key(&key.name)?;
+    let permit = state.concurrency.acquire(&key.name)?;
+
+    let limit = state.body_limit(route.name);
+    body::check_declared(headers, limit)?;
+    let bytes = body::read(request_body, limit, state.body_timeout).await?;
+    record.bytes_in = bytes.len() as u64;
+    if parts.method == Method::POST && !admin {
+        let value = json::check(headers, &bytes, state.max_json_depth)?;
+        state.content.check(&value)?;
+    }
+
+    let upstream_request = forward::rewrite(parts, bytes, state, peer.addr, peer.tls);
+    let started = Instant::now();
+    let response = forward::send(
+        &shared.client,
+        &state.upstream_slots,
+        upstream_request,
+        state.upstream_timeout,
+    )
+    .await;
+    record.upstream = Some(started.elapsed());
+    let (response, slot) = response?;
+    Ok((response, permit.into_iter().chain([slot]).collect()))
+}
+
+fn closed_route() -> Reject {
+    Reject::new(StatusCode::NOT_FOUND, "unknown_route", "no such route")
+}

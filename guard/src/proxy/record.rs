@@ -1,0 +1,162 @@
+//! The per-request audit line and metrics, written once when the response body ends (or the
+//! client goes away), so bytes out and total latency are real even for streams.
+//!
+//! `Tracked` wraps every response body. It passes frames through untouched and unbuffered, counts
+//! them, holds the key's concurrency permit and the upstream slot until the stream ends, and finishes the record on drop.
+
+use std::{
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Record {
+    started: Instant,
+    metrics: Arc<Metrics>,
+    pub client: IpAddr,
+    pub method: String,
+    /// The route template, or `-` when the path was refused before it was recognised.
+    pub route: String,
+    pub key: Option<Arc<str>>,
+    pub status: u16,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub bytes_in: u64,
+    pub upstream: Option<Duration>,
+}
+
+impl Record {
+    pub fn start(metrics: Arc<Metrics>, client: IpAddr, method: &http::Method) -> Record {
+        metrics.in_flight.inc();
+        Record {
+            started: Instant::now(),
+            metrics,
+            client,
+            method: method.as_str().to_owned(),
+            route: "-".into(),
+            key: None,
+            status: 0,
+            decision: "allow",
+            reason: "forwarded",
+            bytes_in: 0,
+            upstream: None,
+        }
+    }
+
+    fn finish(&self, bytes_out: u64) {
+        let total = self.started.elapsed();
+        let metrics = &self.metrics;
+        metrics.in_flight.dec();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                status: self.status,
+                decision: self.decision.into(),
+            })
+            .inc();
+        if self.decision != "allow" {
+            metrics
+                .denials
+                .get_or_create(&ReasonLabels {
+                    reason: self.reason.into(),
+                })
+                .inc();
+        }
+        if let Some(key) = &self.key {
+            metrics
+                .key_requests
+                .get_or_create(&KeyLabels {
+                    key: key.to_string(),
+                })
+                .inc();
+        }
+        metrics.latency.observe(total.as_secs_f64());
+        if let Some(upstream) = self.upstream {
+            metrics.upstream_latency.observe(upstream.as_secs_f64());
+        }
+        let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        crate::audit::emit(
+            "request",
+            crate::audit::fields(json!({
+                "client": self.client,
+                "key": self.key.as_deref(),
+                "method": self.method,
+                "route": self.route,
+                "status": self.status,
+                "decision": self.decision,
+                "reason": self.reason,
+                "bytes_in": self.bytes_in,
+                "bytes_out": bytes_out,
+                "upstream_ms": self.upstream.map(ms),
+                "total_ms": ms(total),
+            })),
+        );
+    }
+}
+
+pub struct Tracked {
+    inner: BoxBody<Bytes, BoxError>,
+    record: Record,
+    bytes_out: u64,
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Tracked {
+    pub fn new(
+        inner: BoxBody<Bytes, BoxError>,
+        record: Record,
+        permits: Vec<OwnedSemaphorePermit>,
+    ) -> Tracked {
+        Tracked {
+            inner,
+            record,
+            bytes_out: 0,
+            _permits: permits,
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.record.finish(self.bytes_out);
+    }
+}

@@ -1,0 +1,86 @@
+"""The real client for proxyguard's end-to-end tests: the official `openai` SDK (and httpx, which
+the SDK ships with, for requests the SDK cannot make). Prints one JSON object on stdout.
+
+usage: client.py ACTION BASE_URL KEY [ARG]
+  chat            one chat completion on model mock-gpt
+  stream GATE     a streaming completion on model slow; creates GATE on the first chunk
+  models          the model list
+  rate N          N model-list calls in a row; counts statuses
+  http SPEC       one raw request; SPEC is JSON {method, path, headers, body, body_size, chunked, ca}
+"""
+import json
+import os
+import sys
+
+import httpx
+import openai
+
+
+def client(base, key, ca=None):
+    http_client = httpx.Client(verify=ca) if ca else None
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60, http_client=http_client)
+
+
+def status_error(err):
+    return {"ok": False, "status": err.status_code, "body": err.response.text,
+            "retry_after": err.response.headers.get("retry-after")}
+
+
+def main():
+    action, base, key = sys.argv[1], sys.argv[2], sys.argv[3]
+    arg = sys.argv[4] if len(sys.argv) > 4 else None
+    ca = os.environ.get("PG_TEST_CA")
+    sdk = client(base, key, ca)
+    try:
+        if action == "chat":
+            out = sdk.chat.completions.create(model="mock-gpt", messages=[{"role": "user", "content": "hi"}])
+            result = {"ok": True, "content": out.choices[0].message.content}
+        elif action == "stream":
+            chunks = []
+            for chunk in sdk.chat.completions.create(
+                model="slow", stream=True, messages=[{"role": "user", "content": "hi"}]
+            ):
+                # PG_TEST_HOLD_GATE: the test opens the gate itself (to stop the daemon mid-stream).
+                if not chunks and not os.environ.get("PG_TEST_HOLD_GATE"):
+                    open(arg, "w").close()
+                if chunk.choices and chunk.choices[0].delta.content:
+                    chunks.append(chunk.choices[0].delta.content)
+            result = {"ok": True, "chunks": len(chunks), "text": "".join(chunks)}
+        elif action == "models":
+            result = {"ok": True, "ids": [m.id for m in sdk.models.list().data]}
+        elif action == "rate":
+            counts, retry_after = {}, None
+            for _ in range(int(arg)):
+                try:
+                    sdk.models.list()
+                    counts["200"] = counts.get("200", 0) + 1
+                except openai.APIStatusError as err:
+                    counts[str(err.status_code)] = counts.get(str(err.status_code), 0) + 1
+                    retry_after = retry_after or err.response.headers.get("retry-after")
+            result = {"ok": True, "counts": counts, "retry_after": retry_after}
+        elif action == "http":
+            spec = json.loads(arg)
+            body = spec.get("body")
+            if spec.get("body_size"):
+                body = b"{" + b" " * (spec["body_size"] - 2) + b"}"
+            if spec.get("chunked") and body is not None:
+                data = body.encode() if isinstance(body, str) else body
+                content = (data[i:i + 65536] for i in range(0, len(data), 65536))
+            else:
+                content = body
+            with httpx.Client(verify=ca or True, timeout=60) as http:
+                resp = http.request(spec.get("method", "POST"), base + spec["path"],
+                                    headers=spec.get("headers", {}), content=content)
+            result = {"ok": resp.status_code < 400, "status": resp.status_code, "body": resp.text,
+                      "headers": dict(resp.headers)}
+        else:
+            raise SystemExit(f"unknown action {action}")
+    except openai.APIStatusError as err:
+        result = status_error(err)
+    except (openai.APIConnectionError, httpx.TransportError) as err:
+        result = {"ok": False, "connection_error": type(err).__name__}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

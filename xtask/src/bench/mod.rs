@@ -1,0 +1,145 @@
+//! `cargo xtask bench`: the L7 benchmark. wrk against a fast upstream (nginx returning a fixed
+//! chat completion), measured in one run three ways: direct; through proxyguard with every check
+//! on; and through nginx configured with the same limits. It reports throughput and the latency
+//! each guard adds over direct, and proxyguard's peak RSS at 1,000 connections. Ratios matter,
+//! not absolute timings: the machine is shared and wrk runs on the same cores.
+
+mod peers;
+mod wrk;
+
+use std::{fs, process::Command, time::Duration};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{build, cmd};
+
+/// A fixed client key for the run (the benchmark's config holds only its hash).
+const KEY: &str = "pgk_bench_0123456789abcdef0123456789abcdef0123456789abcdef01234567";
+
+pub fn run(quick: bool) -> Result<()> {
+    install_peers()?;
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "proxyguard"]))?;
+    let binary = build::target_dir().join("release/proxyguard");
+    let dir = build::target_dir().join("bench");
+    let _ = fs::remove_dir_all(dir.join("run"));
+    let work = dir.join("run");
+    fs::create_dir_all(&work)?;
+
+    let script = work.join("chat.lua");
+    fs::write(&script, lua_script())?;
+    let (upstream_port, nginx_port) = (free_port()?, free_port()?);
+    let _nginx = peers::nginx(&work.join("nginx"), upstream_port, nginx_port, KEY)?;
+    let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
+    let (guard, guard_port) = peers::proxyguard(&binary, &work, upstream_port, &hash)?;
+
+    let duration = Duration::from_secs(if quick { 3 } else { 10 });
+    let connections = 64;
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    // Warm the pools and caches, then measure each target in turn.
+    for port in [upstream_port, guard_port, nginx_port] {
+        wrk::run(&url(port), &script, connections, Duration::from_secs(1))?;
+    }
+    println!(
+        "bench: {} s per target, {connections} connections",
+        duration.as_secs()
+    );
+    let direct = wrk::run(&url(upstream_port), &script, connections, duration)?;
+    let proxyguard = wrk::run(&url(guard_port), &script, connections, duration)?;
+    let nginx = wrk::run(&url(nginx_port), &script, connections, duration)?;
+
+    println!("bench: proxyguard at 1,000 connections");
+    let many = wrk::run(&url(guard_port), &script, 1000, duration)?;
+    let rss = peers::peak_rss_mib(guard.pid())?;
+
+    let rows = [
+        ("direct", direct),
+        ("proxyguard", proxyguard),
+        ("nginx", nginx),
+    ];
+    println!();
+    println!(
+        "{:<12} {:>10} {:>9} {:>9} {:>12} {:>12} {:>8}",
+        "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "non-2xx"
+    );
+    for (name, run) in rows {
+        println!(
+            "{name:<12} {:>10.0} {:>9.3} {:>9.3} {:>12.3} {:>12.3} {:>8}",
+            run.rps,
+            run.p50,
+            run.p99,
+            run.p50 - direct.p50,
+            run.p99 - direct.p99,
+            run.non_2xx
+        );
+    }
+    let ratio = proxyguard.rps / nginx.rps;
+    println!();
+    println!("proxyguard / nginx throughput: {ratio:.2} (target >= 1.0)");
+    println!("proxyguard peak RSS after 1,000 connections: {rss:.1} MiB (target <= 64); {:.0} req/s, {} non-2xx", many.rps, many.non_2xx);
+
+    let results = json!({
+        "quick": quick,
+        "seconds_per_target": duration.as_secs(),
+        "connections": connections,
+        "direct": direct.to_json(),
+        "proxyguard": proxyguard.to_json(),
+        "nginx": nginx.to_json(),
+        "added_over_direct": {
+            "proxyguard": { "p50_ms": proxyguard.p50 - direct.p50, "p99_ms": proxyguard.p99 - direct.p99 },
+            "nginx": { "p50_ms": nginx.p50 - direct.p50, "p99_ms": nginx.p99 - direct.p99 },
+        },
+        "throughput_ratio_proxyguard_to_nginx": ratio,
+        "proxyguard_1000_connections": { "run": many.to_json(), "peak_rss_mib": rss },
+    });
+    let out = dir.join("results.json");
+    fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// POSTs a small chat completion with the key, as an SDK would.
+fn lua_script() -> String {
+    format!(
+        r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {KEY}"
+wrk.body = '{{"model":"bench","messages":[{{"role":"user","content":"Say ok."}}]}}'
+"#
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// nginx and wrk from apt, installed once.
+fn install_peers() -> Result<()> {
+    let missing: Vec<&str> = ["nginx", "wrk"]
+        .into_iter()
+        .filter(|tool| {
+            !cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("bench: installing {} with apt", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| {
+        format!(
+            "cannot install {}; as root, run: apt-get install {}",
+            missing.join(" "),
+            missing.join(" ")
+        )
+    })
+}
