@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod control;
 mod guarded;
+mod guarded_pids;
 mod kernel;
 mod resolve;
 mod systemd;

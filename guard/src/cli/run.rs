@@ -176,7 +176,9 @@ fn status(
         "bind": config.bind.mode.as_str(),
         "xdp": config.xdp.mode.as_str(),
         "egress": config.egress.mode.as_str(),
+        "watch": config.watch.mode.as_str(),
     });
+    let guarded_pids = kernel.map(|k| k.guarded_pids()).unwrap_or_default();
     let (programs, unavailable, counters, guarded) = match kernel {
         Some(k) => (
             json!(k.programs),
@@ -208,6 +210,7 @@ fn status(
         "programs": programs,
         "unavailable": unavailable,
         "guarded": guarded,
+        "guarded_pids": guarded_pids,
         "counters": counters,
     })
 }

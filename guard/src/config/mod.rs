@@ -12,6 +12,7 @@ pub mod kernel;
 mod locate;
 mod template;
 mod validate;
+pub mod watch;
 pub mod xdp;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use egress::EgressSection;
 pub use error::{ConfigError, FieldError};
 pub use guarded::GuardedSection;
 pub use template::{write_initial, InitOptions};
+pub use watch::WatchSection;
 pub use xdp::XdpSection;
 
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
@@ -37,6 +39,7 @@ pub struct Config {
     pub bind: BindConfig,
     pub xdp: XdpSection,
     pub egress: EgressSection,
+    pub watch: WatchSection,
     pub control: control::ControlSection,
     pub log: LogConfig,
 }
