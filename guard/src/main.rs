@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod checks;
 mod cli;
 mod config;
 mod control;

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 findings, denial or a runtime failure, 2 usage or config error.
 
+mod check;
 mod completions;
 mod config_cmd;
 mod events;
@@ -45,6 +46,9 @@ pub enum Command {
     Reload,
     /// Security events from the kernel and from L7.
     Events(events::EventsArgs),
+    /// Audit the guarded service (or --pid / --unit): secrets in its environment, endpoints, temp
+    /// files, listeners. Exit 1 when there are findings.
+    Check(check::CheckArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -62,6 +66,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => status::run(&config_path, json),
         Command::Reload => reload::run(&config_path, json),
         Command::Events(args) => events::run(&config_path, json, args),
+        Command::Check(args) => check::run(&config_path, json, args),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -18,6 +18,9 @@ pub struct WatchSection {
     /// Environment variable names that hold secrets: `*` matches any run of characters, case is
     /// ignored.
     pub secret_names: Vec<String>,
+    /// Directories walked for the service's temp files, as the service sees them (through its
+    /// root, so a systemd PrivateTmp is what is walked). `$TMPDIR` is its own TMPDIR.
+    pub temp_dirs: Vec<String>,
     /// What to do with a temp file of the service that others may read: report it, or fix it
     /// (mode 0600).
     pub temp_files: TempFiles,
@@ -63,6 +66,7 @@ impl Default for WatchSection {
             mode: Mode::Enforce,
             allow_exe: Vec::new(),
             secret_names: default_secret_names(),
+            temp_dirs: vec!["$TMPDIR".into(), "/tmp".into(), "/var/tmp".into()],
             // Report first: changing a service's files is for the operator to opt into.
             temp_files: TempFiles::Report,
             audit_interval_secs: 60,
@@ -95,6 +99,14 @@ pub fn validate(watch: &WatchSection, errors: &mut Vec<FieldError>) {
             push(
                 format!("watch.secret_names[{i}]"),
                 format!("`{name}`: use letters, digits, `_` and `*` only, like \"*_API_KEY\""),
+            );
+        }
+    }
+    for (i, dir) in watch.temp_dirs.iter().enumerate() {
+        if dir != "$TMPDIR" && (!dir.starts_with('/') || dir.split('/').any(|p| p == "..")) {
+            push(
+                format!("watch.temp_dirs[{i}]"),
+                format!("`{dir}` must be an absolute path without `..`, or \"$TMPDIR\""),
             );
         }
     }

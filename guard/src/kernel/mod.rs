@@ -3,7 +3,7 @@
 
 mod bind;
 mod btf_offsets;
-mod cgroup;
+pub mod cgroup;
 mod cgroup_programs;
 mod egress;
 mod environ;
