@@ -188,3 +188,46 @@ fn a_dirfd_relative_open_is_caught() {
         .expect("an event for the dirfd-relative open");
     assert_eq!(event["target"], target, "{event}");
 }
+
+#[test]
+fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
+    require_root();
+    let guarded = GuardedProcess::start("watch-tmp", "exec sleep 60");
+    let config = format!(
+        "{}temp_dirs = [\"$TMPDIR\"]\ntemp_files = \"fix\"\n",
+        config(&guarded.cgroup.relative)
+    );
+    let mut daemon = Daemon::start(&config);
+    // The first full audit names the planted secret (by name only); the temp directories are
+    // watched by then.
+    let secret = daemon
+        .wait_for(|e| e["kind"] == "finding" && e["check"] == "secret_env")
+        .expect("a secret_env finding");
+    assert_eq!(secret["subject"], "OPENAI_API_KEY", "{secret}");
+    assert_eq!(secret["pid"], guarded.pid(), "{secret}");
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let file = guarded.path("litellm-config.yaml");
+    let started = std::time::Instant::now();
+    std::fs::write(&file, "model_list:\n  - api_key: sk-x\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fixed = eventually(patience(), || {
+        std::fs::metadata(&file).unwrap().mode() & 0o777 == 0o600
+    });
+    let took = started.elapsed();
+    assert!(fixed, "the new 0644 file was not fixed");
+    if !in_vm() {
+        assert!(took <= Duration::from_secs(1), "fixed only after {took:?}");
+    }
+    let event = daemon
+        .wait_for(|e| e["kind"] == "temp_file_fixed")
+        .expect("a temp_file_fixed event");
+    assert_eq!(event["path"], file.display().to_string(), "{event}");
+    for record in daemon
+        .drain(Duration::from_millis(500))
+        .iter()
+        .chain([&secret, &event])
+    {
+        assert!(!record.to_string().contains(CANARY), "{record}");
+    }
+}

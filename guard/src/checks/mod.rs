@@ -3,6 +3,7 @@
 //! others can read, and listeners off loopback. Findings carry names, paths and addresses, never
 //! a variable's value or a file's contents.
 
+pub mod continuous;
 pub mod endpoints;
 pub mod listeners;
 pub mod secrets;

@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    audit,
+    audit, checks,
     config::{egress::EgressTarget, Config},
     control,
     kernel::{pins, Kernel},
@@ -80,6 +80,9 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     );
     systemd::notify("READY=1");
 
+    // The audits of the guarded process run beside the loop and follow config reloads.
+    let (checks_tx, checks_rx) = watch::channel(config.clone());
+    tokio::spawn(checks::continuous::run(checks_rx));
     // Host-name egress targets are resolved off the main loop and arrive as whole answer sets.
     let mut config = config;
     let (hosts_tx, hosts_rx) = watch::channel(host_targets(&config));
@@ -95,6 +98,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
                 if let Ok(new) = reload(config_path, kernel.as_mut()) {
                     config = new;
                     hosts_tx.send_replace(host_targets(&config));
+                    checks_tx.send_replace(config.clone());
                 }
             }
             Some(request) = control_rx.recv() => match request {
@@ -105,6 +109,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
                     let outcome = reload(config_path, kernel.as_mut()).map(|new| {
                         config = new;
                         hosts_tx.send_replace(host_targets(&config));
+                        checks_tx.send_replace(config.clone());
                     });
                     let _ = reply.send(outcome);
                 }
@@ -211,6 +216,7 @@ fn status(
         "unavailable": unavailable,
         "guarded": guarded,
         "guarded_pids": guarded_pids,
+        "checks": checks::continuous::summary(),
         "counters": counters,
     })
 }
