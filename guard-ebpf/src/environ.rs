@@ -6,6 +6,22 @@
 //! (name `environ` on a procfs, parent directory a guarded task) whatever path led there, and
 //! refuses it in enforce mode to all but the process itself and allowed executables. When the LSM
 //! program is attached, it alone reports, so one open makes one event.
+//!
+//! Known gaps of the path matching (tracepoints only; the LSM program has none of them, as it
+//! judges the opened file, not the text of a path):
+//! - spellings that path resolution normalizes: `//proc/1/environ`, `/proc/1/./environ`,
+//!   `/proc/2/../1/environ`;
+//! - symlinks to the file or to /proc (`ln -s /proc/1 /tmp/p; cat /tmp/p/environ`), and procfs
+//!   mounted elsewhere (`mount -t proc proc /mnt`);
+//! - relative paths against a working directory (`cd /proc/1; cat environ`) or against a dirfd
+//!   of `/proc` itself (`openat(proc_fd, "1/environ")`); only a dirfd of `/proc/<pid>` (or
+//!   `/proc/self`) opened with `openat`/`openat2` is resolved, and one that came by `dup`, by
+//!   `SCM_RIGHTS` or from before the daemon started is not;
+//! - the legacy `open(2)` syscall and `io_uring` opens, which do not pass these tracepoints;
+//! - paths longer than 128 bytes are truncated, and match nothing;
+//! - a thread started, or a process joining the service, in the last 250 ms is not yet in
+//!   `ENVIRON_GUARDED` (user space rescans on that tick), nor is a process that just started an
+//!   allowed executable in `ENVIRON_ALLOWED`.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
