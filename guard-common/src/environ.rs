@@ -1,15 +1,13 @@
 //! Environ watch: who opens a guarded process's `/proc/<pid>/environ` (threat 7).
 //!
 //! Two layers share these types. Tracepoints on `openat`/`openat2` match the path the caller
-//! passed ([`classify`]); an `lsm/file_open` program recognizes the opened file itself from kernel
+//! passed ([`classify`]), resolving a dirfd through the opener's fd table; an `lsm/file_open` program recognizes the opened file itself from kernel
 //! structs whose field offsets user space reads from BTF ([`EnvironConfig`]) and can deny it.
 
 use crate::COMM_LEN;
 
 pub const PROG_ENVIRON_OPENAT: &str = "environ_openat";
 pub const PROG_ENVIRON_OPENAT2: &str = "environ_openat2";
-pub const PROG_ENVIRON_OPENAT_EXIT: &str = "environ_openat_exit";
-pub const PROG_ENVIRON_OPENAT2_EXIT: &str = "environ_openat2_exit";
 pub const PROG_ENVIRON_FILE_OPEN: &str = "environ_file_open";
 
 /// `Array` of one [`EnvironConfig`].
@@ -18,11 +16,6 @@ pub const MAP_ENVIRON_CONFIG: &str = "ENVIRON_CONFIG";
 pub const MAP_ENVIRON_GUARDED: &str = "ENVIRON_GUARDED";
 /// Tgids of processes running an allowed executable → 1.
 pub const MAP_ENVIRON_ALLOWED: &str = "ENVIRON_ALLOWED";
-/// `(tgid << 32) | fd` → guarded tgid: directories `/proc/<pid>` held open, for
-/// `openat(dirfd, "environ")`.
-pub const MAP_ENVIRON_DIRS: &str = "ENVIRON_DIRS";
-/// `pid_tgid` → tgid named by a `/proc/<pid>` open in flight (0 when not guarded).
-pub const MAP_ENVIRON_PENDING: &str = "ENVIRON_PENDING";
 /// Ring buffer of [`EnvironEvent`].
 pub const MAP_ENVIRON_EVENTS: &str = "ENVIRON_EVENTS";
 /// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
@@ -30,7 +23,6 @@ pub const MAP_ENVIRON_STATS: &str = "ENVIRON_STATS";
 
 pub const MAX_GUARDED_TASKS: u32 = 16384;
 pub const MAX_ALLOWED: u32 = 1024;
-pub const MAX_DIRS: u32 = 4096;
 pub const ENVIRON_EVENTS_BYTES: u32 = 64 * 1024;
 
 pub const STAT_OTHER_READS: u32 = 0;
@@ -58,6 +50,12 @@ pub struct KernelOffsets {
     pub dentry_sb: u32,
     /// `super_block.s_magic`.
     pub sb_magic: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd` and `fdtable.max_fds`: the opener's
+    /// fd table, where a dirfd is resolved to the directory it names.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
 }
 
 #[repr(C)]
@@ -108,10 +106,6 @@ pub enum PathKind {
     Environ(u32),
     /// `/proc/self/environ`, `/proc/thread-self/environ`: the caller's own.
     SelfEnviron,
-    /// `/proc/<pid>` itself, opened as a directory.
-    ProcDir(u32),
-    /// `/proc/self` or `/proc/thread-self` opened as a directory.
-    SelfDir,
     /// Exactly `environ`, relative to a directory fd.
     RelativeEnviron,
 }
@@ -180,18 +174,15 @@ pub fn classify(path: &[u8; PATH_LEN]) -> PathKind {
     } else {
         return PathKind::Other;
     };
-    let dir = at(path, rest) == 0 || (at(path, rest) == b'/' && at(path, rest + 1) == 0);
     let mut environ = eq_at(path, rest, b"/environ\0");
     if !environ && eq_at(path, rest, b"/task/") {
         if let Some((_, end)) = number(path, rest + 6) {
             environ = eq_at(path, end, b"/environ\0");
         }
     }
-    match (dir, environ, own) {
-        (true, _, false) => PathKind::ProcDir(pid),
-        (true, _, true) => PathKind::SelfDir,
-        (_, true, false) => PathKind::Environ(pid),
-        (_, true, true) => PathKind::SelfEnviron,
+    match (environ, own) {
+        (true, false) => PathKind::Environ(pid),
+        (true, true) => PathKind::SelfEnviron,
         _ => PathKind::Other,
     }
 }
@@ -230,9 +221,6 @@ mod tests {
             classify(&path("/proc/77/task/78/environ")),
             PathKind::Environ(77)
         );
-        assert_eq!(classify(&path("/proc/55")), PathKind::ProcDir(55));
-        assert_eq!(classify(&path("/proc/55/")), PathKind::ProcDir(55));
-        assert_eq!(classify(&path("/proc/self")), PathKind::SelfDir);
         assert_eq!(classify(&path("environ")), PathKind::RelativeEnviron);
     }
 
@@ -258,6 +246,8 @@ mod tests {
             "/etc/environment",
             "/proc/12/environx",
             "/proc/12/status",
+            "/proc/55",
+            "/proc/self",
             "/proc/12/cwd/environ",
             "/tmp/proc/12/environ",
             "/proc/12345678901/environ",

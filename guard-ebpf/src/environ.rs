@@ -1,8 +1,8 @@
 //! Environ watch (threat 7): opens of a guarded process's `/proc/<pid>/environ`.
 //!
 //! Detection: tracepoints on `openat`/`openat2` classify the path the caller passed. A relative
-//! `environ` is resolved through `ENVIRON_DIRS`, which the exit tracepoints fill whenever a
-//! `/proc/<pid>` directory is opened. Enforcement: `lsm/file_open` recognizes the file itself
+//! `environ` is resolved against the opener's own fd table: the directory its dirfd names, which
+//! counts when it is a guarded task's directory on a procfs. Enforcement: `lsm/file_open` recognizes the file itself
 //! (name `environ` on a procfs, parent directory a guarded task) whatever path led there, and
 //! refuses it in enforce mode to all but the process itself and allowed executables. When the LSM
 //! program is attached, it alone reports, so one open makes one event.
@@ -15,8 +15,7 @@
 //!   mounted elsewhere (`mount -t proc proc /mnt`);
 //! - relative paths against a working directory (`cd /proc/1; cat environ`) or against a dirfd
 //!   of `/proc` itself (`openat(proc_fd, "1/environ")`); only a dirfd of `/proc/<pid>` (or
-//!   `/proc/self`) opened with `openat`/`openat2` is resolved, and one that came by `dup`, by
-//!   `SCM_RIGHTS` or from before the daemon started is not;
+//!   `/proc/self`) is resolved, and only on kernels with BTF (its fd-table offsets come from there);
 //! - the legacy `open(2)` syscall and `io_uring` opens, which do not pass these tracepoints;
 //! - paths longer than 128 bytes are truncated, and match nothing;
 //! - a thread started, or a process joining the service, in the last 250 ms is not yet in
@@ -26,13 +25,13 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::{lsm, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, TracePointContext},
 };
 use guard_common::{
     environ::{
-        classify, EnvironConfig, EnvironEvent, PathKind, ENVIRON_EVENTS_BYTES, MAX_ALLOWED,
-        MAX_DIRS, MAX_GUARDED_TASKS, PATH_LEN, PROC_SUPER_MAGIC, SOURCE_LSM, SOURCE_TRACEPOINT,
+        classify, EnvironConfig, EnvironEvent, KernelOffsets, PathKind, ENVIRON_EVENTS_BYTES,
+        MAX_ALLOWED, MAX_GUARDED_TASKS, PATH_LEN, PROC_SUPER_MAGIC, SOURCE_LSM, SOURCE_TRACEPOINT,
         STAT_ALLOWED_EXE, STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS,
         STAT_SELF_READS, STAT_WOULD_DENY, VERDICT_ALLOWED_EXE, VERDICT_SEEN, VERDICT_SELF,
     },
@@ -40,16 +39,14 @@ use guard_common::{
 };
 
 use crate::{
-    kmem::{kernel_ptr, kernel_str, lsm_arg0, tp_long, tp_user_str},
+    kmem::{current_task, kernel_ptr, kernel_str, kernel_u32, lsm_arg0, tp_long, tp_user_str},
     stats::bump,
 };
 
-/// Offsets in the `syscalls/sys_{enter,exit}_openat{,2}` records (after the 8-byte common header
-/// and the 4-byte syscall number, padded): `dfd`, `filename`, and the exit's `ret`.
+/// Offsets in the `syscalls/sys_enter_openat{,2}` records (after the 8-byte common header and
+/// the 4-byte syscall number, padded): `dfd` and `filename`.
 const TP_DFD: usize = 16;
 const TP_FILENAME: usize = 24;
-const TP_RET: usize = 16;
-const AT_FDCWD: i64 = -100;
 const EPERM: i32 = 1;
 
 #[map]
@@ -58,10 +55,6 @@ static ENVIRON_CONFIG: Array<EnvironConfig> = Array::with_max_entries(1, 0);
 static ENVIRON_GUARDED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_GUARDED_TASKS, 0);
 #[map]
 static ENVIRON_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0);
-#[map]
-static ENVIRON_DIRS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_DIRS, 0);
-#[map]
-static ENVIRON_PENDING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_DIRS, 0);
 #[map]
 static ENVIRON_EVENTS: RingBuf = RingBuf::with_byte_size(ENVIRON_EVENTS_BYTES, 0);
 #[map]
@@ -79,18 +72,6 @@ pub fn environ_openat2(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn environ_openat_exit(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn environ_openat2_exit(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx);
-    0
-}
-
 /// The guarded tgid that task id `task` belongs to.
 #[inline(always)]
 fn guarded_tgid(task: u32) -> Option<u32> {
@@ -98,42 +79,30 @@ fn guarded_tgid(task: u32) -> Option<u32> {
     unsafe { ENVIRON_GUARDED.get(task) }.copied()
 }
 
+// Inlined: as a BPF subprogram returning nothing, LLVM may leave a stack pointer in R0, which
+// the verifier refuses at the subprogram's exit.
+#[inline(always)]
 fn on_enter(ctx: &TracePointContext) {
     let mut path = [0u8; PATH_LEN];
     if !tp_user_str(ctx, TP_FILENAME, &mut path) {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let target = match classify(&path) {
-        PathKind::Other => return,
-        PathKind::Environ(pid) => guarded_tgid(pid),
-        PathKind::SelfEnviron => guarded_tgid(tgid),
-        PathKind::ProcDir(pid) => {
-            // 0 records "a /proc directory of no guarded task", so a reused fd forgets its past.
-            let _ = ENVIRON_PENDING.insert(pid_tgid, guarded_tgid(pid).unwrap_or(0), 0);
-            return;
-        }
-        PathKind::SelfDir => {
-            let _ = ENVIRON_PENDING.insert(pid_tgid, guarded_tgid(tgid).unwrap_or(0), 0);
-            return;
-        }
-        PathKind::RelativeEnviron => {
-            let dfd = tp_long(ctx, TP_DFD);
-            if dfd == AT_FDCWD || dfd < 0 {
-                return;
-            }
-            let key = ((tgid as u64) << 32) | (dfd as u64 & 0xffff_ffff);
-            // SAFETY: the value is copied out at once.
-            unsafe { ENVIRON_DIRS.get(key) }
-                .copied()
-                .filter(|t| *t != 0)
-        }
-    };
-    let Some(target) = target else {
+    let kind = classify(&path);
+    if kind == PathKind::Other {
+        return;
+    }
+    let Some(config) = ENVIRON_CONFIG.get(0) else {
         return;
     };
-    let Some(config) = ENVIRON_CONFIG.get(0) else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let target = match kind {
+        PathKind::Environ(pid) => guarded_tgid(pid),
+        PathKind::SelfEnviron => guarded_tgid(tgid),
+        PathKind::RelativeEnviron => dirfd_task(&config.offsets, tp_long(ctx, TP_DFD)),
+        PathKind::Other => None,
+    };
+    let Some(target) = target else {
         return;
     };
     if tgid == config.daemon_tgid {
@@ -152,24 +121,25 @@ fn on_enter(ctx: &TracePointContext) {
     report(pid_tgid, target, verdict, SOURCE_TRACEPOINT, &path);
 }
 
-/// Remembers which fd a `/proc/<pid>` directory open returned.
-fn on_exit(ctx: &TracePointContext) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once.
-    let Some(target) = (unsafe { ENVIRON_PENDING.get(pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = ENVIRON_PENDING.remove(pid_tgid);
-    let fd = tp_long(ctx, TP_RET);
-    if fd < 0 {
-        return;
+/// The guarded tgid whose `/proc/<pid>` directory the opener's fd `dfd` names, read from its fd
+/// table (`current->files->fdt->fd[dfd]`). `AT_FDCWD` and other negative values name none.
+fn dirfd_task(offsets: &KernelOffsets, dfd: i64) -> Option<u32> {
+    if dfd < 0 || dfd > i32::MAX as i64 || offsets.task_files == 0 {
+        return None;
     }
-    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd as u64 & 0xffff_ffff);
-    if target == 0 {
-        let _ = ENVIRON_DIRS.remove(key);
-    } else {
-        let _ = ENVIRON_DIRS.insert(key, target, 0);
+    let files = kernel_ptr(current_task(), offsets.task_files);
+    let fdt = kernel_ptr(files, offsets.files_fdt);
+    if dfd as u64 >= kernel_u32(fdt, offsets.fdt_max_fds) as u64 {
+        return None;
     }
+    let fds = kernel_ptr(fdt, offsets.fdt_fd);
+    let file = kernel_ptr(fds, (dfd as u32).wrapping_mul(8));
+    let dir = kernel_ptr(file, offsets.file_dentry);
+    let sb = kernel_ptr(dir, offsets.dentry_sb);
+    if kernel_ptr(sb, offsets.sb_magic) & 0xffff_ffff != PROC_SUPER_MAGIC {
+        return None;
+    }
+    guarded_tgid(dentry_number(dir, offsets.dentry_name)?)
 }
 
 #[lsm(hook = "file_open")]

@@ -4,7 +4,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_str_bytes,
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user_str_bytes,
     },
     programs::{LsmContext, TracePointContext},
 };
@@ -52,4 +53,21 @@ pub fn kernel_str(ptr: u64, buf: &mut [u8]) -> bool {
     }
     // SAFETY: as in `kernel_ptr`; the helper writes at most `buf.len()` bytes.
     unsafe { bpf_probe_read_kernel_str_bytes(ptr as *const u8, buf) }.is_ok()
+}
+
+/// The `u32` field at `base + offset` of a kernel struct, or 0.
+#[inline(always)]
+pub fn kernel_u32(base: u64, offset: u32) -> u32 {
+    if base == 0 {
+        return 0;
+    }
+    // SAFETY: as in `kernel_ptr`.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const u32) }.unwrap_or(0)
+}
+
+/// The current task (`struct task_struct *`), for reading its fields with the helpers above.
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: a helper call without memory arguments.
+    unsafe { bpf_get_current_task() }
 }

@@ -1,4 +1,4 @@
-//! Kernel struct field offsets for the environ LSM program, read from the running kernel's BTF
+//! Kernel struct field offsets for the environ programs, read from the running kernel's BTF
 //! (`/sys/kernel/btf/vmlinux`) with `btf-rs`. aya 0.14 cannot express CO-RE field accesses from
 //! Rust, and its own `Btf` keeps member look-ups private, so the offsets travel to the program in
 //! its config map instead. This works on any kernel built with BTF.
@@ -18,6 +18,10 @@ pub fn environ_offsets(vmlinux: &Path) -> Result<KernelOffsets, String> {
         dentry_name: offset_of(&btf, "dentry", &["d_name", "name"])?,
         dentry_sb: offset_of(&btf, "dentry", &["d_sb"])?,
         sb_magic: offset_of(&btf, "super_block", &["s_magic"])?,
+        task_files: offset_of(&btf, "task_struct", &["files"])?,
+        files_fdt: offset_of(&btf, "files_struct", &["fdt"])?,
+        fdt_fd: offset_of(&btf, "fdtable", &["fd"])?,
+        fdt_max_fds: offset_of(&btf, "fdtable", &["max_fds"])?,
     })
 }
 

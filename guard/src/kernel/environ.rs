@@ -15,19 +15,17 @@ use aya::{
 use guard_common::environ::{
     EnvironConfig, KernelOffsets, MAP_ENVIRON_ALLOWED, MAP_ENVIRON_CONFIG, MAP_ENVIRON_GUARDED,
     MAP_ENVIRON_STATS, PROG_ENVIRON_FILE_OPEN, PROG_ENVIRON_OPENAT, PROG_ENVIRON_OPENAT2,
-    PROG_ENVIRON_OPENAT2_EXIT, PROG_ENVIRON_OPENAT_EXIT, STAT_ALLOWED_EXE, STAT_DENIED,
-    STAT_EVENTS_LOST, STAT_OTHER_READS, STAT_SELF_READS, STAT_WOULD_DENY,
+    STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS, STAT_SELF_READS,
+    STAT_WOULD_DENY,
 };
 use serde::Serialize;
 
 use super::{maps, pins::PinDir, AttachedProgram, KernelError};
 use crate::config::WatchSection;
 
-const TRACEPOINTS: [(&str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str); 2] = [
     (PROG_ENVIRON_OPENAT, "sys_enter_openat"),
     (PROG_ENVIRON_OPENAT2, "sys_enter_openat2"),
-    (PROG_ENVIRON_OPENAT_EXIT, "sys_exit_openat"),
-    (PROG_ENVIRON_OPENAT2_EXIT, "sys_exit_openat2"),
 ];
 
 /// What the watch last wrote to the maps, so a tick that changes nothing writes nothing.
@@ -35,7 +33,8 @@ const TRACEPOINTS: [(&str, &str); 4] = [
 pub struct Watch {
     /// The cgroup v2 mount, where the guarded cgroups are looked up.
     pub root: Option<PathBuf>,
-    /// Offsets for the LSM program; default (all zero) while it is not attached.
+    /// Kernel struct offsets from BTF; all zero where the kernel has no BTF (then the LSM program
+    /// is not attached, and a dirfd-relative open is not resolved).
     pub offsets: KernelOffsets,
     /// Task id → tgid of every thread of every guarded process.
     pub tasks: BTreeMap<u32, u32>,
@@ -76,7 +75,7 @@ pub fn attach_lsm(
     })
 }
 
-/// Attaches the four `openat` tracepoints (detection only), pinned, or adopts pinned ones.
+/// Attaches the two `openat` tracepoints (detection only), pinned, or adopts pinned ones.
 pub fn attach_tracepoints(
     ebpf: &mut Ebpf,
     pins: &PinDir,

@@ -283,23 +283,24 @@ fn start_watch(
         root: cgroup::cgroup2_root().ok(),
         ..Default::default()
     };
+    // The offsets serve both layers: the LSM program, and the tracepoints' dirfd resolution.
+    let offsets = btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux"));
     let lsm = features.iter_mut().find(|f| f.name == "bpf-lsm");
-    let offsets = match lsm {
-        Some(lsm) if lsm.available => {
-            match btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux")) {
-                Ok(offsets) => Some(offsets),
-                Err(reason) => {
-                    lsm.available = false;
-                    lsm.detail = format!("{reason}; environ reads are detected, not denied");
-                    tracing::warn!("bpf-lsm: {}", lsm.detail);
-                    None
-                }
-            }
+    let lsm_offsets = match (lsm, &offsets) {
+        (Some(lsm), Ok(offsets)) if lsm.available => Some(*offsets),
+        (Some(lsm), Err(reason)) if lsm.available => {
+            lsm.available = false;
+            lsm.detail = format!("{reason}; environ reads are detected, not denied");
+            tracing::warn!("bpf-lsm: {}", lsm.detail);
+            None
         }
         _ => None,
     };
+    if let Err(reason) = &offsets {
+        tracing::warn!("{reason}; an environ open relative to a /proc/<pid> dirfd is not resolved");
+    }
     let (tasks, allowed) = watch_sets(config, watch.root.as_deref());
-    if let Some(offsets) = offsets {
+    if let Some(offsets) = lsm_offsets {
         // The offsets and the task set are in the map before the program can run.
         watch.offsets = offsets;
         environ::apply(
@@ -319,10 +320,10 @@ fn start_watch(
                     lsm.available = false;
                     lsm.detail = format!("the environ LSM program was refused ({err}); environ reads are detected, not denied");
                 }
-                watch.offsets = Default::default();
             }
         }
     }
+    watch.offsets = offsets.unwrap_or_default();
     environ::apply(ebpf, &config.watch, &mut watch, tasks, allowed)?;
     Ok((environ::attach_tracepoints(ebpf, pins)?, watch))
 }

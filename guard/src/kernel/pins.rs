@@ -39,8 +39,6 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::environ::MAP_ENVIRON_CONFIG,
     guard_common::environ::MAP_ENVIRON_GUARDED,
     guard_common::environ::MAP_ENVIRON_ALLOWED,
-    guard_common::environ::MAP_ENVIRON_DIRS,
-    guard_common::environ::MAP_ENVIRON_PENDING,
     guard_common::environ::MAP_ENVIRON_EVENTS,
     guard_common::environ::MAP_ENVIRON_STATS,
 ];
