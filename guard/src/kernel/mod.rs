@@ -153,11 +153,19 @@ impl Kernel {
             );
         }
         let watch = if config.watch.enabled && config.guarded.is_set() {
-            let (attached, watch) = start_watch(&mut ebpf, &pins, config, &mut features)?;
-            programs.extend(attached);
-            let ring = take_ring(&mut ebpf, guard_common::environ::MAP_ENVIRON_EVENTS)?;
-            tokio::spawn(report("environ events", events::read_environ_events(ring)));
-            Some(watch)
+            // A watch that cannot attach (no tracefs, say) leaves the other families running.
+            match start_watch(&mut ebpf, &pins, config, &mut features) {
+                Ok((attached, watch)) => {
+                    programs.extend(attached);
+                    let ring = take_ring(&mut ebpf, guard_common::environ::MAP_ENVIRON_EVENTS)?;
+                    tokio::spawn(report("environ events", events::read_environ_events(ring)));
+                    Some(watch)
+                }
+                Err(err) => {
+                    tracing::error!("the environ watch is off: {err}");
+                    None
+                }
+            }
         } else {
             if config.watch.enabled {
                 tracing::info!("watch: no [guarded] service configured; the environ watch is off");
