@@ -8,5 +8,10 @@ fn main() -> anyhow::Result<()> {
         root_dir,
         ..Default::default()
     };
+    // The kernel programs compile guard-common too; aya-build watches only guard-ebpf itself.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../guard-common/src")
+    );
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

@@ -8,6 +8,7 @@
 
 pub mod bind;
 pub mod egress;
+pub mod environ;
 pub mod xdp;
 
 /// How a kernel program acts on what its rules do not allow.

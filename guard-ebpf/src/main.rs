@@ -4,6 +4,8 @@
 
 mod bind;
 mod egress;
+mod environ;
+mod kmem;
 mod packet;
 mod probe;
 mod sock_addr;

@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod checks;
 mod cli;
 mod config;
 mod control;
 mod guarded;
+mod guarded_pids;
 mod kernel;
 mod proxy;
 mod resolve;

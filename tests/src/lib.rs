@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod daemon;
+pub mod guarded;
 pub mod l7;
 pub mod net;
 pub mod netns;

@@ -45,7 +45,8 @@ const EPERM: i32 = libc::EPERM;
 fn config(cgroup: &str, mode: &str, allowed: u16, host_port: u16, guard_port: u16) -> String {
     format!(
         "[guarded]\ncgroup = \"{cgroup}\"\n\n[bind]\nenabled = false\n\n[egress]\nmode = \"{mode}\"\n\
-         allow = [\"127.0.0.1:{allowed}\", \"localhost:{host_port}\"]\ndns = [\"127.0.0.53\"]\nguard_port = {guard_port}\n"
+         allow = [\"127.0.0.1:{allowed}\", \"localhost:{host_port}\"]\ndns = [\"127.0.0.53\"]\nguard_port = {guard_port}\n\n\
+         [watch]\nenabled = false\n"
     )
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 findings, denial or a runtime failure, 2 usage or config error.
 
+mod check;
 mod completions;
 mod config_cmd;
 mod events;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Add, list or revoke client keys of the L7 proxy.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Audit the guarded service (or --pid / --unit): secrets in its environment, endpoints, temp
+    /// files, listeners. Exit 1 when there are findings.
+    Check(check::CheckArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -72,6 +76,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(&config_path, json, args),
         Command::Systemd(command) => systemd_cmd::run(&config_path, command),
         Command::Keys(command) => keys::run(&config_path, json, command),
+        Command::Check(args) => check::run(&config_path, json, args),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    audit,
+    audit, checks,
     config::{egress::EgressTarget, Config},
     control,
     kernel::{pins, Kernel},
@@ -93,6 +93,9 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
     );
     systemd::notify("READY=1");
 
+    // The audits of the guarded process run beside the loop and follow config reloads.
+    let (checks_tx, checks_rx) = watch::channel(config.clone());
+    tokio::spawn(checks::continuous::run(checks_rx));
     // Host-name egress targets are resolved off the main loop and arrive as whole answer sets.
     let mut config = config;
     let (hosts_tx, hosts_rx) = watch::channel(host_targets(&config));
@@ -111,6 +114,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
                 if let Ok(new) = reload(config_path, kernel.as_mut(), proxy.as_ref()) {
                     config = new;
                     hosts_tx.send_replace(host_targets(&config));
+                    checks_tx.send_replace(config.clone());
                 }
             }
             Some(request) = control_rx.recv() => match request {
@@ -121,6 +125,7 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
                     let outcome = reload(config_path, kernel.as_mut(), proxy.as_ref()).map(|new| {
                         config = new;
                         hosts_tx.send_replace(host_targets(&config));
+                        checks_tx.send_replace(config.clone());
                     });
                     let _ = reply.send(outcome);
                 }
@@ -197,7 +202,9 @@ fn status(
         "bind": config.bind.mode.as_str(),
         "xdp": config.xdp.mode.as_str(),
         "egress": config.egress.mode.as_str(),
+        "watch": config.watch.mode.as_str(),
     });
+    let guarded_pids = kernel.map(|k| k.guarded_pids()).unwrap_or_default();
     let (programs, unavailable, counters, guarded) = match kernel {
         Some(k) => (
             json!(k.programs),
@@ -229,6 +236,8 @@ fn status(
         "programs": programs,
         "unavailable": unavailable,
         "guarded": guarded,
+        "guarded_pids": guarded_pids,
+        "checks": checks::continuous::summary(),
         "counters": counters,
     })
 }

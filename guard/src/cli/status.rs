@@ -71,6 +71,26 @@ fn render(status: &Value) -> String {
             ));
         }
     }
+    if let Some(pids) = status["guarded_pids"].as_array().filter(|p| !p.is_empty()) {
+        let pids: Vec<String> = pids.iter().map(Value::to_string).collect();
+        out.push_str(&format!("\nguarded processes: {}\n", pids.join(", ")));
+    }
+    if let Some(checks) = status["checks"].as_object().filter(|c| c["audits"] != 0) {
+        let open: Vec<String> = checks["open"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, n)| format!("{k} {n}")).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\naudits: {} run, {} files fixed, open findings: {}\n",
+            checks["audits"],
+            checks["fixed"],
+            if open.is_empty() {
+                "none".into()
+            } else {
+                open.join(", ")
+            }
+        ));
+    }
     if let Some(counters) = status["counters"].as_object() {
         out.push_str("\ncounters:\n");
         for (family, values) in counters {

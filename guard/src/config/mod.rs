@@ -14,6 +14,7 @@ pub mod proxy;
 mod proxy_check;
 mod template;
 mod validate;
+pub mod watch;
 pub mod xdp;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use error::{ConfigError, FieldError};
 pub use guarded::GuardedSection;
 pub use proxy::ProxyConfig;
 pub use template::{write_atomic, write_initial, InitOptions};
+pub use watch::WatchSection;
 pub use xdp::XdpSection;
 
 /// Where the config lives unless `--config` or `$PROXYGUARD_CONFIG` says otherwise.
@@ -40,6 +42,7 @@ pub struct Config {
     pub bind: BindConfig,
     pub xdp: XdpSection,
     pub egress: EgressSection,
+    pub watch: WatchSection,
     pub control: control::ControlSection,
     pub proxy: ProxyConfig,
     pub log: LogConfig,

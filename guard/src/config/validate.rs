@@ -9,6 +9,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     super::guarded::validate(&config.guarded, &mut errors);
     super::xdp::validate(&config.xdp, &mut errors);
     super::egress::validate(&config.egress, &mut errors);
+    super::watch::validate(&config.watch, &mut errors);
     super::control::validate(&config.control, &mut errors);
     if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         errors.push(FieldError {

@@ -68,4 +68,9 @@ pub enum KernelError {
         name: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot read kernel BTF from /sys/kernel/btf/vmlinux: {source}")]
+    Btf {
+        #[source]
+        source: aya::BtfError,
+    },
 }

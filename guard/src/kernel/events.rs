@@ -8,6 +8,7 @@ use aya_log::EbpfLogger;
 use guard_common::{
     bind::{BindEvent, FAMILY_V4, REASON_OWNER},
     egress::{EgressEvent, PROTO_UDP},
+    environ::{EnvironEvent, SOURCE_LSM, VERDICT_ALLOWED_EXE, VERDICT_SELF},
     verdict,
     xdp::{reason as xdp_reason, XdpEvent},
 };
@@ -98,6 +99,55 @@ pub fn egress_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) 
         "port": event.port,
     }));
     (kind, record)
+}
+
+/// An open of a guarded environ file. Another process's read is high severity; the process
+/// reading its own environ, and allowed executables, are their own kinds.
+pub fn environ_record(event: &EnvironEvent) -> (&'static str, Map<String, Value>) {
+    let (kind, severity) = match event.verdict {
+        VERDICT_SELF => ("environ_self_read", "info"),
+        VERDICT_ALLOWED_EXE => ("environ_read_allowed", "low"),
+        verdict::DENIED => ("environ_read_denied", "high"),
+        verdict::WOULD_DENY => ("environ_read_would_deny", "high"),
+        _ => ("environ_read", "high"),
+    };
+    let path = comm(&event.path);
+    let path = if path.is_empty() {
+        format!("/proc/{}/environ", event.target)
+    } else {
+        path
+    };
+    let record = audit::fields(json!({
+        "severity": severity,
+        "pid": event.tgid,
+        "tid": event.pid,
+        "uid": event.uid,
+        "comm": comm(&event.comm),
+        "target": event.target,
+        "path": path,
+        "self": event.tgid == event.target,
+        "source": if event.source == SOURCE_LSM { "lsm" } else { "tracepoint" },
+    }));
+    (kind, record)
+}
+
+/// Emits an audit line for every environ event until the map is closed.
+pub async fn read_environ_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
+    read_events(
+        ring,
+        guard_common::environ::MAP_ENVIRON_EVENTS,
+        |event: &EnvironEvent| {
+            if event.tgid != event.target {
+                tracing::warn!(
+                    pid = event.tgid,
+                    target = event.target,
+                    "another process opened a guarded process's environ"
+                );
+            }
+            environ_record(event)
+        },
+    )
+    .await
 }
 
 /// Emits an audit line for every egress event until the map is closed.

@@ -2,9 +2,11 @@
 //! keeps their maps in step with the config, and streams their events.
 
 mod bind;
-mod cgroup;
+mod btf_offsets;
+pub mod cgroup;
 mod cgroup_programs;
 mod egress;
+mod environ;
 mod error;
 mod events;
 pub mod features;
@@ -18,15 +20,21 @@ use serde::Serialize;
 
 pub use bind::BindStats;
 pub use egress::EgressStats;
+pub use environ::EnvironStats;
 pub use error::KernelError;
 pub use features::Feature;
 pub use xdp::XdpStats;
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     config::Config,
     guarded::{self, GuardedCgroup},
+    guarded_pids,
     resolve::{self, Resolved},
 };
 
@@ -53,6 +61,7 @@ pub struct Counters {
     pub bind: BindStats,
     pub xdp: XdpStats,
     pub egress: EgressStats,
+    pub environ: EnvironStats,
 }
 
 pub struct Kernel {
@@ -67,6 +76,8 @@ pub struct Kernel {
     resolved: Resolved,
     /// Bind-rule owner cgroups as last resolved.
     bind_owners: bind::Owners,
+    /// The environ watch's state, when it is attached.
+    watch: Option<environ::Watch>,
 }
 
 impl Kernel {
@@ -141,6 +152,26 @@ impl Kernel {
                 "xdp: no interfaces configured ([xdp] interfaces); the SYN rate limit is off"
             );
         }
+        let watch = if config.watch.enabled && config.guarded.is_set() {
+            // A watch that cannot attach (no tracefs, say) leaves the other families running.
+            match start_watch(&mut ebpf, &pins, config, &mut features) {
+                Ok((attached, watch)) => {
+                    programs.extend(attached);
+                    let ring = take_ring(&mut ebpf, guard_common::environ::MAP_ENVIRON_EVENTS)?;
+                    tokio::spawn(report("environ events", events::read_environ_events(ring)));
+                    Some(watch)
+                }
+                Err(err) => {
+                    tracing::error!("the environ watch is off: {err}");
+                    None
+                }
+            }
+        } else {
+            if config.watch.enabled {
+                tracing::info!("watch: no [guarded] service configured; the environ watch is off");
+            }
+            None
+        };
         // Adopted programs log into their first daemon's log map; read that one too.
         if let Some(id) = programs.iter().find_map(|p| p.adopted_id) {
             match aya_log::EbpfLogger::init_from_id(id) {
@@ -177,6 +208,7 @@ impl Kernel {
             guarded,
             resolved: Resolved::new(),
             bind_owners,
+            watch,
         })
     }
 
@@ -188,12 +220,31 @@ impl Kernel {
         }
         bind::apply(&mut self.ebpf, &config.bind, &self.bind_owners)?;
         xdp::apply(&mut self.ebpf, &config.xdp)?;
+        self.refresh_watch(config)?;
         self.apply_egress(config)
+    }
+
+    /// Re-reads the guarded tasks and the allowed executables' processes into the environ maps.
+    fn refresh_watch(&mut self, config: &Config) -> Result<(), KernelError> {
+        let Some(watch) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        let (tasks, allowed) = watch_sets(config, watch.root.as_deref());
+        environ::apply(&mut self.ebpf, &config.watch, watch, tasks, allowed)
+    }
+
+    /// The guarded service's processes (tgids) as last written to the kernel.
+    pub fn guarded_pids(&self) -> BTreeSet<u32> {
+        self.watch
+            .as_ref()
+            .map(|w| w.tasks.values().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Re-reads the guarded service's cgroups and the bind-rule owners' cgroups; when they changed
     /// (a restart, a new worker cgroup), updates the maps. Returns whether the guarded set changed.
     pub fn refresh_guarded(&mut self, config: &Config) -> Result<bool, KernelError> {
+        self.refresh_watch(config)?;
         let Some(root) = self.cgroup_root.clone() else {
             return Ok(false);
         };
@@ -235,8 +286,80 @@ impl Kernel {
             bind: bind::stats(&self.ebpf)?,
             xdp: xdp::stats(&self.ebpf)?,
             egress: egress::stats(&self.ebpf)?,
+            environ: environ::stats(&self.ebpf)?,
         })
     }
+}
+
+/// Fills the environ maps, then attaches the LSM program where BPF LSM works, else the
+/// tracepoints. A refused LSM is folded into the `bpf-lsm` feature entry and detection goes on.
+fn start_watch(
+    ebpf: &mut Ebpf,
+    pins: &pins::PinDir,
+    config: &Config,
+    features: &mut [Feature],
+) -> Result<(Vec<AttachedProgram>, environ::Watch), KernelError> {
+    let mut watch = environ::Watch {
+        root: cgroup::cgroup2_root().ok(),
+        ..Default::default()
+    };
+    // The offsets serve both layers: the LSM program, and the tracepoints' dirfd resolution.
+    let offsets = btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux"));
+    let lsm = features.iter_mut().find(|f| f.name == "bpf-lsm");
+    let lsm_offsets = match (lsm, &offsets) {
+        (Some(lsm), Ok(offsets)) if lsm.available => Some(*offsets),
+        (Some(lsm), Err(reason)) if lsm.available => {
+            lsm.available = false;
+            lsm.detail = format!("{reason}; environ reads are detected, not denied");
+            tracing::warn!("bpf-lsm: {}", lsm.detail);
+            None
+        }
+        _ => None,
+    };
+    if let Err(reason) = &offsets {
+        tracing::warn!("{reason}; an environ open relative to a /proc/<pid> dirfd is not resolved");
+    }
+    let (tasks, allowed) = watch_sets(config, watch.root.as_deref());
+    if let Some(offsets) = lsm_offsets {
+        // The offsets and the task set are in the map before the program can run.
+        watch.offsets = offsets;
+        environ::apply(
+            ebpf,
+            &config.watch,
+            &mut watch,
+            tasks.clone(),
+            allowed.clone(),
+        )?;
+        match environ::attach_lsm(ebpf, pins, &config.watch) {
+            Ok(program) => return Ok((vec![program], watch)),
+            Err(err) => {
+                tracing::warn!(
+                    "environ LSM program refused ({err}); environ reads are detected, not denied"
+                );
+                if let Some(lsm) = features.iter_mut().find(|f| f.name == "bpf-lsm") {
+                    lsm.available = false;
+                    lsm.detail = format!("the environ LSM program was refused ({err}); environ reads are detected, not denied");
+                }
+            }
+        }
+    }
+    watch.offsets = offsets.unwrap_or_default();
+    environ::apply(ebpf, &config.watch, &mut watch, tasks, allowed)?;
+    Ok((environ::attach_tracepoints(ebpf, pins)?, watch))
+}
+
+/// The guarded service's tasks (task id → tgid), and the tgids allowed to read its environ: those
+/// running a configured executable, and proxyguard itself (its audits read the environ).
+fn watch_sets(
+    config: &Config,
+    root: Option<&Path>,
+) -> (std::collections::BTreeMap<u32, u32>, BTreeSet<u32>) {
+    let tasks = guarded_pids::tasks(&guarded_pids::tgids(&config.guarded, root));
+    let mut exes = config.watch.allow_exe.clone();
+    if let Ok(own) = std::env::current_exe() {
+        exes.push(own);
+    }
+    (tasks, guarded_pids::running(&exes))
 }
 
 /// The configured DNS resolvers, or the system's.

@@ -36,6 +36,11 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::egress::MAP_EGRESS_ALLOW_V6,
     guard_common::egress::MAP_EGRESS_EVENTS,
     guard_common::egress::MAP_EGRESS_STATS,
+    guard_common::environ::MAP_ENVIRON_CONFIG,
+    guard_common::environ::MAP_ENVIRON_GUARDED,
+    guard_common::environ::MAP_ENVIRON_ALLOWED,
+    guard_common::environ::MAP_ENVIRON_EVENTS,
+    guard_common::environ::MAP_ENVIRON_STATS,
 ];
 
 pub struct PinDir {

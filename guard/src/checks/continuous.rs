@@ -1,0 +1,230 @@
+//! The daemon's side of the audits: the full set every `[watch] audit_interval_secs`, and each
+//! new or changed file in the guarded process's temp directories as inotify reports it (checked,
+//! and in fix mode fixed, within a second). Findings become audit events, each reported once
+//! while it lasts, and a summary that `proxyguard status` shows.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::{tempfiles, Finding};
+use crate::{
+    audit,
+    config::{watch::TempFiles, Config},
+    guarded_pids,
+    kernel::cgroup,
+};
+
+/// What `proxyguard status` shows of the audits.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    /// Findings open at the last full audit, by check.
+    pub open: BTreeMap<&'static str, u64>,
+    /// Files set to 0600 since the daemon started.
+    pub fixed: u64,
+    pub audits: u64,
+}
+
+static SUMMARY: Mutex<Option<Summary>> = Mutex::new(None);
+
+pub fn summary() -> Summary {
+    SUMMARY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
+fn update(f: impl FnOnce(&mut Summary)) {
+    let mut guard = SUMMARY.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(Summary::default));
+}
+
+/// Runs until the config channel closes.
+pub async fn run(mut config: watch::Receiver<Config>) {
+    let (tx, mut files) = mpsc::unbounded_channel::<PathBuf>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(err) => {
+            tracing::warn!(
+                "inotify unavailable ({err}); temp files are checked only on the audit interval"
+            );
+            None
+        }
+    };
+    let root = cgroup::cgroup2_root().ok();
+    // Watched directory (`/proc/<pid>/root/...`) → that pid, its uid, and the directory as the
+    // service names it.
+    let mut watched: BTreeMap<PathBuf, (u32, u32, PathBuf)> = BTreeMap::new();
+    let mut pids = BTreeSet::new();
+    let mut reported = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_audit: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                last_audit = None;
+            }
+            Some(path) = files.recv() => {
+                let cfg = config.borrow().clone();
+                on_file(&cfg, &watched, &path, &mut reported);
+            }
+            _ = tick.tick() => {
+                let cfg = config.borrow().clone();
+                if !cfg.watch.enabled || !cfg.guarded.is_set() {
+                    continue;
+                }
+                let now = guarded_pids::tgids(&cfg.guarded, root.as_deref());
+                if now != pids || last_audit.is_none() {
+                    pids = now;
+                    if let Some(watcher) = watcher.as_mut() {
+                        rewatch(watcher, &cfg, &pids, &mut watched);
+                    }
+                }
+                let due = last_audit.is_none_or(|at| at.elapsed() >= Duration::from_secs(cfg.watch.audit_interval_secs));
+                if due && !pids.is_empty() {
+                    last_audit = Some(Instant::now());
+                    let fix = cfg.watch.temp_files == TempFiles::Fix;
+                    let audit_pids = pids.clone();
+                    let findings = tokio::task::spawn_blocking(move || super::run(&cfg, &audit_pids, fix))
+                        .await
+                        .unwrap_or_default();
+                    report_audit(&findings, &mut reported);
+                }
+            }
+        }
+    }
+}
+
+/// Watches each guarded process's temp directories, through its root (its PrivateTmp).
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    config: &Config,
+    pids: &BTreeSet<u32>,
+    watched: &mut BTreeMap<PathBuf, (u32, u32, PathBuf)>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let mut wanted = BTreeMap::new();
+    let mut inodes = BTreeSet::new();
+    for &pid in pids {
+        let Ok(process) = procfs::process::Process::new(pid as i32) else {
+            continue;
+        };
+        let (Ok(uid), Ok(environ)) = (process.uid(), process.environ()) else {
+            continue;
+        };
+        for dir in tempfiles::dirs(&environ, &config.watch.temp_dirs) {
+            // Through the process's root, so inotify lands on its PrivateTmp when it has one.
+            let seen = PathBuf::from(format!("/proc/{pid}/root"))
+                .join(dir.strip_prefix("/").unwrap_or(&dir));
+            // The same directory seen through several workers' roots is watched once.
+            let Ok(meta) = std::fs::metadata(&seen) else {
+                continue;
+            };
+            if meta.is_dir() && inodes.insert((meta.dev(), meta.ino())) {
+                wanted.insert(seen, (pid, uid, dir));
+            }
+        }
+    }
+    for dir in watched.keys().filter(|d| !wanted.contains_key(*d)) {
+        let _ = watcher.unwatch(dir);
+    }
+    for dir in wanted.keys().filter(|d| !watched.contains_key(*d)) {
+        if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), "cannot watch a temp directory: {err}");
+        }
+    }
+    *watched = wanted;
+}
+
+/// One new or changed file in a watched directory.
+fn on_file(
+    config: &Config,
+    watched: &BTreeMap<PathBuf, (u32, u32, PathBuf)>,
+    path: &std::path::Path,
+    reported: &mut BTreeSet<(String, u32, String)>,
+) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let Some((pid, uid, service_dir)) = watched.get(dir) else {
+        return;
+    };
+    let fix = config.watch.temp_files == TempFiles::Fix;
+    let Some(finding) = tempfiles::check_one(*pid, *uid, &service_dir.join(name), fix) else {
+        return;
+    };
+    emit(&finding, reported);
+}
+
+fn report_audit(findings: &[Finding], reported: &mut BTreeSet<(String, u32, String)>) {
+    let mut open: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for finding in findings {
+        if !finding.fixed {
+            *open.entry(finding.check).or_default() += 1;
+        }
+        emit(finding, reported);
+    }
+    // A finding that went away may be reported again if it comes back.
+    let now: BTreeSet<_> = findings
+        .iter()
+        .map(|f| (f.check.to_owned(), f.pid, f.subject.clone()))
+        .collect();
+    reported.retain(|key| now.contains(key));
+    update(|s| {
+        s.open = open;
+        s.audits += 1;
+    });
+}
+
+fn emit(finding: &Finding, reported: &mut BTreeSet<(String, u32, String)>) {
+    if finding.fixed {
+        update(|s| s.fixed += 1);
+        audit::emit(
+            "temp_file_fixed",
+            audit::fields(json!({
+                "severity": finding.severity.as_str(),
+                "pid": finding.pid,
+                "path": finding.subject,
+                "detail": finding.detail,
+            })),
+        );
+        return;
+    }
+    if !reported.insert((
+        finding.check.to_owned(),
+        finding.pid,
+        finding.subject.clone(),
+    )) {
+        return;
+    }
+    audit::emit(
+        "finding",
+        audit::fields(json!({
+            "severity": finding.severity.as_str(),
+            "check": finding.check,
+            "pid": finding.pid,
+            "subject": finding.subject,
+            "detail": finding.detail,
+        })),
+    );
+}

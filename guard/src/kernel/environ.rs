@@ -1,0 +1,205 @@
+//! The environ watch: attaches `lsm/file_open` where BPF LSM works (deny and report), else the
+//! `openat`/`openat2` tracepoints (report only), and keeps the guarded task set, the allowed
+//! executables' processes and the mode in the programs' maps.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use aya::{
+    maps::Array,
+    programs::{links::FdLink, Lsm, TracePoint},
+    Btf, Ebpf,
+};
+use guard_common::environ::{
+    EnvironConfig, KernelOffsets, MAP_ENVIRON_ALLOWED, MAP_ENVIRON_CONFIG, MAP_ENVIRON_GUARDED,
+    MAP_ENVIRON_STATS, PROG_ENVIRON_FILE_OPEN, PROG_ENVIRON_OPENAT, PROG_ENVIRON_OPENAT2,
+    STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS, STAT_SELF_READS,
+    STAT_WOULD_DENY,
+};
+use serde::Serialize;
+
+use super::{maps, pins::PinDir, AttachedProgram, KernelError};
+use crate::config::WatchSection;
+
+const TRACEPOINTS: [(&str, &str); 2] = [
+    (PROG_ENVIRON_OPENAT, "sys_enter_openat"),
+    (PROG_ENVIRON_OPENAT2, "sys_enter_openat2"),
+];
+
+/// What the watch last wrote to the maps, so a tick that changes nothing writes nothing.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The cgroup v2 mount, where the guarded cgroups are looked up.
+    pub root: Option<PathBuf>,
+    /// Kernel struct offsets from BTF; all zero where the kernel has no BTF (then the LSM program
+    /// is not attached, and a dirfd-relative open is not resolved).
+    pub offsets: KernelOffsets,
+    /// Task id → tgid of every thread of every guarded process.
+    pub tasks: BTreeMap<u32, u32>,
+    pub allowed: BTreeSet<u32>,
+}
+
+/// Attaches the LSM program, pinned, or adopts the pinned one.
+pub fn attach_lsm(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    config: &WatchSection,
+) -> Result<AttachedProgram, KernelError> {
+    let name = PROG_ENVIRON_FILE_OPEN;
+    let target = "file_open";
+    let adopted_id = pins.adopt(name, target);
+    let adopted = adopted_id.is_some();
+    if !adopted {
+        let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
+        let program: &mut Lsm = program(ebpf, name)?;
+        program
+            .load(target, &btf)
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        let id = program.attach().map_err(|source| KernelError::Attach {
+            name,
+            target: target.into(),
+            source,
+        })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| KernelError::TakeLink { name, source })?;
+        pins.pin(FdLink::from(link), name, target)?;
+    }
+    Ok(AttachedProgram {
+        name,
+        hook: "lsm/file_open",
+        target: target.into(),
+        mode: config.mode.as_str(),
+        adopted,
+        adopted_id,
+    })
+}
+
+/// Attaches the two `openat` tracepoints (detection only), pinned, or adopts pinned ones.
+pub fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+) -> Result<Vec<AttachedProgram>, KernelError> {
+    let mut attached = Vec::new();
+    for (name, event) in TRACEPOINTS {
+        let target = format!("syscalls/{event}");
+        let adopted_id = pins.adopt(name, &target);
+        let adopted = adopted_id.is_some();
+        if !adopted {
+            let program: &mut TracePoint = program(ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+            let id = program
+                .attach("syscalls", event)
+                .map_err(|source| KernelError::Attach {
+                    name,
+                    target: target.clone(),
+                    source,
+                })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| KernelError::TakeLink { name, source })?;
+            let link = FdLink::try_from(link)
+                .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
+            pins.pin(link, name, &target)?;
+        }
+        attached.push(AttachedProgram {
+            name,
+            hook: "tracepoint",
+            target,
+            mode: "detect",
+            adopted,
+            adopted_id,
+        });
+    }
+    Ok(attached)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(KernelError::Missing {
+            kind: "program",
+            name,
+        })
+}
+
+/// Writes the mode and offsets, then the task sets (only those that changed since `last`).
+pub fn apply(
+    ebpf: &mut Ebpf,
+    config: &WatchSection,
+    last: &mut Watch,
+    tasks: BTreeMap<u32, u32>,
+    allowed: BTreeSet<u32>,
+) -> Result<(), KernelError> {
+    let name = MAP_ENVIRON_CONFIG;
+    let mut array: Array<_, EnvironConfig> = maps::typed(ebpf, name)?;
+    array
+        .set(
+            0,
+            EnvironConfig {
+                mode: config.mode.kernel_value(),
+                daemon_tgid: std::process::id(),
+                offsets: last.offsets,
+            },
+            0,
+        )
+        .map_err(|source| KernelError::Map { name, source })?;
+    let tasks = if config.enabled {
+        tasks
+    } else {
+        BTreeMap::new()
+    };
+    if tasks != last.tasks {
+        let wanted: Vec<(u32, u32)> = tasks.iter().map(|(t, g)| (*t, *g)).collect();
+        maps::sync_hash(ebpf, MAP_ENVIRON_GUARDED, &wanted)?;
+        last.tasks = tasks;
+    }
+    if allowed != last.allowed {
+        let wanted: Vec<(u32, u32)> = allowed.iter().map(|t| (*t, 1)).collect();
+        maps::sync_hash(ebpf, MAP_ENVIRON_ALLOWED, &wanted)?;
+        last.allowed = allowed;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct EnvironStats {
+    /// Opens of a guarded environ by another process (denied, allowed or only seen).
+    pub other_reads: u64,
+    pub self_reads: u64,
+    pub denied: u64,
+    pub would_deny: u64,
+    pub allowed_exe: u64,
+    pub events_lost: u64,
+}
+
+pub fn stats(ebpf: &Ebpf) -> Result<EnvironStats, KernelError> {
+    let [other_reads, self_reads, denied, would_deny, allowed_exe, events_lost] =
+        maps::percpu_sums(
+            ebpf,
+            MAP_ENVIRON_STATS,
+            [
+                STAT_OTHER_READS,
+                STAT_SELF_READS,
+                STAT_DENIED,
+                STAT_WOULD_DENY,
+                STAT_ALLOWED_EXE,
+                STAT_EVENTS_LOST,
+            ],
+        )?;
+    Ok(EnvironStats {
+        other_reads,
+        self_reads,
+        denied,
+        would_deny,
+        allowed_exe,
+        events_lost,
+    })
+}

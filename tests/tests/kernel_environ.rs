@@ -1,0 +1,233 @@
+//! The environ watch, end to end: a guarded shell with a planted secret, and other processes
+//! opening its `/proc/<pid>/environ`. Natively (no BPF LSM here) every open is detected and
+//! reported once; in the VM the LSM program must also refuse it with EPERM.
+
+use std::{process::Command, time::Duration};
+
+use proxyguard_tests::{
+    feature_or_skip,
+    guarded::{eventually, GuardedProcess, CANARY},
+    in_vm, proxyguard_bin, require_root, Daemon,
+};
+use serde_json::Value;
+
+fn config(cgroup: &str) -> String {
+    format!(
+        "[guarded]\ncgroup = \"{cgroup}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n\
+         [watch]\nmode = \"enforce\"\n"
+    )
+}
+
+/// Waits until the daemon's status lists `pid` as guarded.
+fn wait_guarded(daemon: &Daemon, pid: u32) {
+    let listed = eventually(patience(), || {
+        let out = Command::new(proxyguard_bin())
+            .args(["status", "--json", "--config"])
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|s| s["guarded_pids"].as_array().cloned())
+            .is_some_and(|pids| pids.iter().any(|p| p == pid))
+    });
+    assert!(listed, "pid {pid} never became guarded");
+}
+
+fn patience() -> Duration {
+    if in_vm() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(10)
+    }
+}
+
+fn lsm_available(daemon: &Daemon) -> (bool, String) {
+    let lsm = daemon.ready["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "bpf-lsm")
+        .cloned()
+        .unwrap();
+    (
+        lsm["available"] == true,
+        lsm["detail"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn is_environ_event(e: &Value) -> bool {
+    e["kind"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("environ_"))
+}
+
+#[test]
+fn another_process_reading_the_environ_makes_exactly_one_event() {
+    require_root();
+    let guarded = GuardedProcess::start(
+        "environ",
+        "while [ ! -e go ]; do sleep 0.1; done; read -r x < /proc/self/environ; exec sleep 60",
+    );
+    let target = guarded.pid();
+    let mut daemon = Daemon::start(&config(&guarded.cgroup.relative));
+    let (lsm, detail) = lsm_available(&daemon);
+    let hooks: Vec<String> = daemon.ready["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["hook"].as_str().unwrap().to_owned())
+        .collect();
+    if lsm {
+        assert!(hooks.contains(&"lsm/file_open".to_owned()), "{hooks:?}");
+    } else {
+        assert!(detail.contains("detected, not denied"), "{detail}");
+        assert_eq!(
+            hooks.iter().filter(|h| *h == "tracepoint").count(),
+            2,
+            "{hooks:?}"
+        );
+    }
+    wait_guarded(&daemon, target);
+
+    // The process reading its own environ is its own, low-severity kind.
+    std::fs::write(guarded.path("go"), "").unwrap();
+    let own = daemon
+        .wait_for(|e| e["kind"] == "environ_self_read" && e["target"] == target)
+        .expect("an environ_self_read event");
+    assert_eq!(own["pid"], target, "{own}");
+    assert_eq!(own["self"], true, "{own}");
+
+    let cat = Command::new("cat")
+        .arg(format!("/proc/{target}/environ"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cat_pid = cat.id();
+    let out = cat.wait_with_output().unwrap();
+    if feature_or_skip("environ_read_denied", "BPF LSM", lsm, &detail) {
+        assert!(!out.status.success(), "the LSM must refuse the read");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    } else {
+        assert!(
+            out.status.success(),
+            "detection only: the read goes through"
+        );
+    }
+    let kind = if lsm {
+        "environ_read_denied"
+    } else {
+        "environ_read"
+    };
+    let event = daemon
+        .wait_for(|e| e["kind"] == kind && e["pid"] == cat_pid)
+        .unwrap_or_else(|| panic!("no {kind} event for cat ({cat_pid})"));
+    assert_eq!(event["target"], target, "{event}");
+    assert_eq!(event["comm"], "cat", "{event}");
+    assert_eq!(event["uid"], 0, "{event}");
+    assert_eq!(event["severity"], "high", "{event}");
+    assert_eq!(event["self"], false, "{event}");
+    assert_eq!(event["path"], format!("/proc/{target}/environ"), "{event}");
+
+    let later = daemon.drain(Duration::from_secs(1));
+    let more: Vec<&Value> = later
+        .iter()
+        .filter(|e| is_environ_event(e) && e["pid"] == cat_pid)
+        .collect();
+    assert!(more.is_empty(), "one open, one event: {more:?}");
+    for record in later.iter().chain([&event, &own]) {
+        assert!(!record.to_string().contains(CANARY), "{record}");
+    }
+    // The guarded process itself is unaffected.
+    let mut guarded = guarded;
+    assert!(guarded.alive());
+    let counters = daemon.stop()["counters"]["environ"].clone();
+    assert!(counters["other_reads"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(counters["self_reads"].as_u64().unwrap() >= 1, "{counters}");
+}
+
+#[test]
+fn a_dirfd_relative_open_is_caught() {
+    require_root();
+    let guarded = GuardedProcess::start("environ-dirfd", "exec sleep 60");
+    let target = guarded.pid();
+    let mut daemon = Daemon::start(&config(&guarded.cgroup.relative));
+    let (lsm, _) = lsm_available(&daemon);
+    wait_guarded(&daemon, target);
+
+    use nix::{fcntl::OFlag, sys::stat::Mode};
+    let dir = nix::fcntl::open(
+        format!("/proc/{target}").as_str(),
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY,
+        Mode::empty(),
+    )
+    .expect("open /proc/<pid>");
+    let opened = nix::fcntl::openat(Some(dir), "environ", OFlag::O_RDONLY, Mode::empty());
+    match opened {
+        Ok(fd) => {
+            assert!(!lsm, "the LSM must refuse the dirfd-relative open");
+            let _ = nix::unistd::close(fd);
+        }
+        Err(errno) => assert_eq!(errno, nix::errno::Errno::EPERM),
+    }
+    let _ = nix::unistd::close(dir);
+    let me = std::process::id();
+    let event = daemon
+        .wait_for(|e| {
+            e["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("environ_read"))
+                && e["pid"] == me
+        })
+        .expect("an event for the dirfd-relative open");
+    assert_eq!(event["target"], target, "{event}");
+}
+
+#[test]
+fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
+    require_root();
+    let guarded = GuardedProcess::start("watch-tmp", "exec sleep 60");
+    let config = format!(
+        "{}temp_dirs = [\"$TMPDIR\"]\ntemp_files = \"fix\"\n",
+        config(&guarded.cgroup.relative)
+    );
+    let mut daemon = Daemon::start(&config);
+    // The first full audit names the planted secret (by name only); the temp directories are
+    // watched by then.
+    let secret = daemon
+        .wait_for(|e| e["kind"] == "finding" && e["check"] == "secret_env")
+        .expect("a secret_env finding");
+    assert_eq!(secret["subject"], "OPENAI_API_KEY", "{secret}");
+    assert_eq!(secret["pid"], guarded.pid(), "{secret}");
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let file = guarded.path("litellm-config.yaml");
+    let started = std::time::Instant::now();
+    std::fs::write(&file, "model_list:\n  - api_key: sk-x\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fixed = eventually(patience(), || {
+        std::fs::metadata(&file).unwrap().mode() & 0o777 == 0o600
+    });
+    let took = started.elapsed();
+    assert!(fixed, "the new 0644 file was not fixed");
+    if !in_vm() {
+        assert!(took <= Duration::from_secs(1), "fixed only after {took:?}");
+    }
+    let event = daemon
+        .wait_for(|e| e["kind"] == "temp_file_fixed")
+        .expect("a temp_file_fixed event");
+    assert_eq!(event["path"], file.display().to_string(), "{event}");
+    for record in daemon
+        .drain(Duration::from_millis(500))
+        .iter()
+        .chain([&secret, &event])
+    {
+        assert!(!record.to_string().contains(CANARY), "{record}");
+    }
+}

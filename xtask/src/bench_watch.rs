@@ -1,0 +1,168 @@
+//! The environ watch's cost on every `openat`: an open/close loop timed without proxyguard's
+//! programs and with them attached and pinned (the daemon itself stopped, so its rescans do not
+//! compete for the CPU) (the `openat`/`openat2` tracepoints natively, the `lsm/file_open` program
+//! where BPF LSM works), interleaved in one run so both see the same machine. Target: under 3%.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Rounds per condition; the fastest round of each counts, which filters out a noisy neighbour.
+const ROUNDS: usize = 3;
+
+/// Runs the benchmark with the `proxyguard` binary at `proxyguard` and returns its JSON report:
+/// iterations, the best time per condition, the slowdown ratio, and what was attached.
+pub fn run(proxyguard: &Path, iterations: u64) -> Result<Value> {
+    let scratch = std::env::temp_dir().join(format!("pg-bench-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).context("create the benchmark's scratch directory")?;
+    let target = scratch.join("opened");
+    std::fs::write(&target, b"x")?;
+    let config = write_config(&scratch)?;
+
+    let result = (|| {
+        let (mut without, mut with, mut programs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            without.push(open_loop(&target, iterations)?);
+            // The daemon attaches and pins the programs, then goes away: what is timed is the
+            // programs on the open path, not the daemon's own rescans competing for the CPU.
+            let mut daemon = Daemon::start(proxyguard, &config)?;
+            daemon.stop();
+            programs = daemon.programs;
+            std::thread::sleep(Duration::from_millis(200));
+            with.push(open_loop(&target, iterations)?);
+            detach(proxyguard, &config)?;
+        }
+        if programs.is_empty() {
+            bail!("proxyguard attached no environ program");
+        }
+        Ok((without, with, programs))
+    })();
+    // Whatever happened, nothing stays attached.
+    let detached = detach(proxyguard, &config);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (without, with, programs) = result?;
+    detached?;
+
+    let best = |runs: &[Duration]| runs.iter().min().copied().unwrap_or_default();
+    let (base, watched) = (best(&without), best(&with));
+    let ratio = watched.as_secs_f64() / base.as_secs_f64();
+    Ok(json!({
+        "benchmark": "environ_watch_openat_overhead",
+        "iterations": iterations,
+        "rounds": ROUNDS,
+        "without_ns_per_open": base.as_nanos() as f64 / iterations as f64,
+        "with_ns_per_open": watched.as_nanos() as f64 / iterations as f64,
+        "ratio": ratio,
+        "slowdown_percent": (ratio - 1.0) * 100.0,
+        "target_percent": 3.0,
+        "within_target": ratio < 1.03,
+        "attached": programs,
+    }))
+}
+
+/// `run --detach-kernel`: unpins (and so detaches) the programs and removes the maps.
+fn detach(proxyguard: &Path, config: &Path) -> Result<()> {
+    let status = Command::new(proxyguard)
+        .args(["run", "--detach-kernel", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("run proxyguard run --detach-kernel")?;
+    if !status.success() {
+        bail!("proxyguard run --detach-kernel failed: {status}");
+    }
+    Ok(())
+}
+
+/// `iterations` open/close pairs of `path` (each open is an `openat` syscall).
+fn open_loop(path: &Path, iterations: u64) -> Result<Duration> {
+    let started = Instant::now();
+    for _ in 0..iterations {
+        drop(std::fs::File::open(path).context("open in the benchmark loop")?);
+    }
+    Ok(started.elapsed())
+}
+
+/// A config with only the environ watch on. The guarded executable does not run: every open is
+/// judged and none matches, which is the common case the overhead is about.
+fn write_config(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("proxyguard.toml");
+    let text = format!(
+        "[kernel]\npin_dir = \"/sys/fs/bpf/pg-bench-watch-{pid}\"\n\n\
+         [control]\nsocket = \"{sock}\"\n\n\
+         [guarded]\nexe = \"/nonexistent/pg-bench-guarded\"\n\n\
+         [bind]\nenabled = false\n\n[xdp]\nenabled = false\n\n[egress]\nenabled = false\n\n\
+         [watch]\nmode = \"monitor\"\ntemp_dirs = []\n",
+        pid = std::process::id(),
+        sock = dir.join("control.sock").display(),
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+struct Daemon {
+    child: Child,
+    /// Hooks of the environ programs it attached.
+    programs: Vec<String>,
+}
+
+impl Daemon {
+    fn start(proxyguard: &Path, config: &Path) -> Result<Daemon> {
+        let mut child = Command::new(proxyguard)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", proxyguard.display()))?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let (tx, rx) = mpsc::channel();
+        // Reads the `ready` record, then keeps draining so the daemon never blocks on stdout.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(record) = serde_json::from_str::<Value>(&line) {
+                    if record["kind"] == "ready" {
+                        let _ = tx.send(record);
+                    }
+                }
+            }
+        });
+        let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("proxyguard did not become ready within 60 s");
+        };
+        let programs = ready["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("environ_"))
+            })
+            .filter_map(|p| {
+                p["hook"]
+                    .as_str()
+                    .map(|h| format!("{h} {}", p["target"].as_str().unwrap_or("")))
+            })
+            .collect();
+        Ok(Daemon { child, programs })
+    }
+
+    /// SIGKILL: the links stay pinned (attached) until `run --detach-kernel`.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
