@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, run, test, vm-test and bench for proxyguard.
 #![forbid(unsafe_code)]
 
+mod bench_kernel;
 mod build;
 mod cmd;
 mod counts;
@@ -51,6 +52,13 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
+    /// Kernel benchmarks (as root): connection flood, SYN-flood cost and XDP program cost, in
+    /// the benchmark's own namespaces; the figures also go to target/bench/kernel.json.
+    BenchKernel {
+        /// Short phases (about a minute and a half instead of about five).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +83,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VmTest { kernel, timeout } => {
             let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
             summary.into_result()
+        }
+        Command::BenchKernel { quick } => {
+            let figures = bench_kernel::run(quick)?;
+            let path = build::target_dir().join("bench/kernel.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&figures)? + "\n")?;
+            println!("bench-kernel: figures written to {}", path.display());
+            Ok(())
         }
     }
 }
