@@ -45,7 +45,7 @@ impl Daemon {
             format!(
                 "[kernel]\npin_dir = \"{pin_dir}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n\
                  [xdp]\nmode = \"enforce\"\ninterfaces = [\"{}\"]\nports = [{port}]\n\
-                 rate_per_sec = {RATE_PER_SEC}\nburst = {BURST}\n\n[log]\nlevel = \"warn\"\n",
+                 rate_per_sec = {RATE_PER_SEC}\nburst = {BURST}\n\n[log]\nlevel = \"error\"\n",
                 netns::GUARD_IF
             ),
         )?;
@@ -164,7 +164,7 @@ impl Hashlimit {
             netns::command_in(netns::GUARD_NS, "iptables").args(["-L", "INPUT", "-v", "-x", "-n"]),
         )?;
         out.lines()
-            .find(|line| line.contains("pgbench"))
+            .find(|line| line.contains("DROP") && line.contains("limit: above"))
             .and_then(|line| line.split_whitespace().next()?.parse().ok())
             .context("the hashlimit rule is not listed")
     }

@@ -1,44 +1,58 @@
 //! Ctrl-C (SIGINT) and SIGTERM during a benchmark: instead of dying with namespaces, pins and
-//! children left behind, the run notices, stops at the next check, and its guards tear down.
+//! children left behind, the run notices, stops at its next check, and its guards tear down.
 //!
-//! The signals are blocked in the calling thread before any other thread starts (so every thread
-//! inherits the mask) and taken by one watcher thread with sigwait. Child processes start with
-//! an empty mask (std resets it), so they still react to Ctrl-C themselves.
+//! A watcher thread takes both signals through tokio's handlers (no unsafe code here, and no
+//! blocked signal mask for child processes to inherit: the daemon must still see SIGTERM).
+//! Children in the terminal's process group get Ctrl-C themselves and stop on their own.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
-use anyhow::{bail, Result};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use anyhow::{anyhow, bail, Result};
+use tokio::signal::unix::{signal, SignalKind};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static WATCHING: AtomicBool = AtomicBool::new(false);
 static FINISHED: AtomicBool = AtomicBool::new(false);
 
-fn set() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set
-}
-
-/// Starts watching (once per process). Call before spawning any thread.
+/// Starts watching (the watcher lives for the rest of the process).
 pub fn watch() -> Result<()> {
     FINISHED.store(false, Ordering::SeqCst);
     INTERRUPTED.store(false, Ordering::SeqCst);
     if WATCHING.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set()), None)?;
-    std::thread::spawn(|| loop {
-        if let Ok(signal) = set().wait() {
-            eprintln!("bench-kernel: {signal:?}: stopping and tearing down");
-            INTERRUPTED.store(true, Ordering::SeqCst);
-            if FINISHED.load(Ordering::SeqCst) {
-                // No benchmark is running to notice: behave like the default action.
-                std::process::exit(130);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+            Ok(runtime) => runtime,
+            Err(err) => return drop(ready_tx.send(Err(err))),
+        };
+        runtime.block_on(async move {
+            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(int), Ok(term)) => (int, term),
+                (Err(err), _) | (_, Err(err)) => return drop(ready_tx.send(Err(err))),
+            };
+            let _ = ready_tx.send(Ok(()));
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if FINISHED.load(Ordering::SeqCst) {
+                    // No benchmark is running to notice: end the process as the default would.
+                    std::process::exit(130);
+                }
+                eprintln!("bench-kernel: interrupted; stopping and tearing down");
+                INTERRUPTED.store(true, Ordering::SeqCst);
             }
-        }
+        });
     });
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow!("the signal watcher died"))??;
     Ok(())
 }
 
@@ -60,15 +74,14 @@ pub fn check() -> Result<()> {
 }
 
 /// Sleeps up to `duration`, waking early (with an error) when interrupted.
-pub fn sleep(duration: std::time::Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + duration;
-    while std::time::Instant::now() < deadline {
+pub fn sleep(duration: Duration) -> Result<()> {
+    let deadline = Instant::now() + duration;
+    loop {
         check()?;
-        std::thread::sleep(
-            deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .min(std::time::Duration::from_millis(100)),
-        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
-    check()
 }

@@ -13,6 +13,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
 use serde_json::{json, Value};
 
 use super::{netns, signals};
@@ -80,7 +84,8 @@ pub fn phase(target: &str, port: u16, duration: Duration) -> Result<Sample> {
             softirq_ticks: delta(SOFTIRQ),
         })
     })();
-    let _ = hping.kill();
+    // SIGTERM to `timeout`, which passes it on to hping3 (a SIGKILL would orphan hping3).
+    let _ = kill(Pid::from_raw(hping.id() as i32), Signal::SIGTERM);
     let status = hping.wait()?;
     let sample = measured?;
     if sample.packets == 0 {
