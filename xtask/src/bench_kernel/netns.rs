@@ -122,15 +122,6 @@ pub fn enter(ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Packets sent so far by `ifname` in `ns` (from `ip -s -j link`).
-pub fn tx_packets(ns: &str, ifname: &str) -> Result<u64> {
-    let out = cmd::output(Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "dev", ifname]))?;
-    let json: serde_json::Value = serde_json::from_str(&out).context("ip -j printed no JSON")?;
-    json[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .with_context(|| format!("no tx counter for {ifname} in {out}"))
-}
-
 /// The id of the XDP program attached to `ifname` in `ns`, if any.
 pub fn xdp_prog_id(ns: &str, ifname: &str) -> Result<Option<u32>> {
     let out = cmd::output(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", ifname]))?;

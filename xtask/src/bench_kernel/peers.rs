@@ -1,6 +1,6 @@
 //! The benchmark's peers, installed idempotently the way `setup` installs build dependencies:
-//! hping3 (the SYN flood) and iptables (the `hashlimit` comparison) from apt; python3 (the slow
-//! upstream) and nsenter (util-linux) must already be there.
+//! iptables (the `hashlimit` comparison) and iproute2 from apt; python3 (the slow upstream) and
+//! nsenter (util-linux) must already be there. The SYN flood is xtask's own raw sender.
 
 use std::process::Command;
 
@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cmd, setup};
 
-const APT_PACKAGES: &[&str] = &["hping3", "iptables", "iproute2"];
+const APT_PACKAGES: &[&str] = &["iptables", "iproute2"];
 
 pub fn install() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES

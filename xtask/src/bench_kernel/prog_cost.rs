@@ -145,8 +145,8 @@ pub fn measure(limiter_id: u32, baseline: &Baseline, port: u16, duration: Durati
     let _stats = enable_stats(Stats::RunTime).context("cannot enable BPF run stats")?;
     let mut per_packet = Vec::new();
     for (id, target) in [
-        (limiter_id, netns::GUARD_ADDR),
-        (baseline.id, netns::BASELINE_GUARD_ADDR),
+        (limiter_id, netns::GUARD_ADDR.parse()?),
+        (baseline.id, netns::BASELINE_GUARD_ADDR.parse()?),
     ] {
         signals::check()?;
         let before = run_stats(id)?;

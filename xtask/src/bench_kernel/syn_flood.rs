@@ -1,28 +1,24 @@
-//! SYN-flood cost: hping3 sends SYNs from the client namespace to the protected port, and the
-//! machine's softirq share (from /proc/stat) is read over the flood window. Sender and receiver
-//! share this host's CPUs, so the share is the whole machine's; what changes between phases is
-//! the receive path (dropped in XDP, dropped by iptables, or answered by the TCP stack).
+//! SYN-flood cost: a raw sender (see `syn_sender`) floods the protected port from one source at
+//! a fixed rate, and the machine's softirq share is read from /proc/stat over the flood window.
+//! Sender and receiver share this host's CPUs, so the share is the whole machine's; what changes
+//! between phases is only the receive path (dropped in XDP, dropped by iptables, or answered by
+//! the TCP stack with SYN-ACKs that the client side answers with RSTs).
 //!
-//! hping3 ignores `-c` under `--flood`, so it sends at a fixed minimum interval (`-i u…`), which
-//! honours `-c`; `timeout` bounds the time as well. The rate it reaches depends on the load, so it
-//! is measured (the client veth's tx counter) and the cost is also given per packet.
+//! /proc/stat here comes from tick sampling (no IRQ time accounting), so windows are long enough
+//! for a few thousand ticks, and the cost is also given per SYN actually sent.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
 use serde_json::{json, Value};
 
-use super::{netns, signals};
+use super::{signals, syn_sender::SynFlood};
 
-/// hping3's minimum gap between SYNs, in microseconds (a nominal 100k SYN/s).
-const INTERVAL_US: u64 = 10;
+/// The offered rate, SYN/s: the same in every phase, and within what one sender thread reaches
+/// on a busy 2-core machine even when every SYN is answered.
+pub const SYN_RATE: u64 = 50_000;
+/// The SYN flood comes from the client veth's primary address.
+const SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// /proc/stat counts in USER_HZ ticks, which is 100 on Linux.
 const NS_PER_TICK: f64 = 1e7;
 
@@ -39,7 +35,7 @@ impl Sample {
         self.packets as f64 / self.seconds
     }
 
-    /// CPU time in softirq per packet offered, in ns.
+    /// CPU time in softirq per SYN sent, in ns.
     pub fn softirq_ns_per_packet(&self) -> f64 {
         self.softirq_ticks * NS_PER_TICK / self.packets.max(1) as f64
     }
@@ -47,59 +43,39 @@ impl Sample {
     pub fn json(&self) -> Value {
         json!({
             "seconds": self.seconds,
-            "packets": self.packets,
-            "packets_per_sec": self.packets_per_sec(),
+            "syn_sent": self.packets,
+            "syn_per_sec": self.packets_per_sec(),
             "softirq_pct": self.softirq_pct,
             "busy_pct": self.busy_pct,
-            "softirq_ns_per_packet": self.softirq_ns_per_packet(),
+            "softirq_ticks": self.softirq_ticks,
+            "softirq_ns_per_syn": self.softirq_ns_per_packet(),
         })
     }
 }
 
 /// Floods `target:port` for `duration`; the measured window leaves out half a second at each end.
-pub fn phase(target: &str, port: u16, duration: Duration) -> Result<Sample> {
-    let count = duration.as_micros() as u64 / INTERVAL_US;
-    let mut hping = netns::command_in(netns::CLIENT_NS, "timeout")
-        .args(["-s", "INT", &format!("{}", duration.as_secs() + 1), "hping3", "-q", "-S"])
-        .args(["-p", &port.to_string(), "-i", &format!("u{INTERVAL_US}")])
-        .args(["-c", &count.to_string(), target])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start hping3")?;
-    let measured = (|| -> Result<Sample> {
-        signals::sleep(Duration::from_millis(500))?;
-        let (cpu0, tx0, t0) = (cpu_ticks()?, netns::tx_packets(netns::CLIENT_NS, client_if(target))?, Instant::now());
-        signals::sleep(duration.saturating_sub(Duration::from_secs(1)))?;
-        let (cpu1, tx1, t1) = (cpu_ticks()?, netns::tx_packets(netns::CLIENT_NS, client_if(target))?, Instant::now());
-        let total: u64 = cpu1.iter().zip(&cpu0).map(|(a, b)| a - b).sum();
-        let delta = |i: usize| (cpu1[i] - cpu0[i]) as f64;
-        let idle = delta(IDLE) + delta(IOWAIT);
-        Ok(Sample {
-            seconds: (t1 - t0).as_secs_f64(),
-            packets: tx1 - tx0,
-            softirq_pct: 100.0 * delta(SOFTIRQ) / total.max(1) as f64,
-            busy_pct: 100.0 * (total as f64 - idle) / total.max(1) as f64,
-            softirq_ticks: delta(SOFTIRQ),
-        })
-    })();
-    // SIGTERM to `timeout`, which passes it on to hping3 (a SIGKILL would orphan hping3).
-    let _ = kill(Pid::from_raw(hping.id() as i32), Signal::SIGTERM);
-    let status = hping.wait()?;
-    let sample = measured?;
+pub fn phase(target: Ipv4Addr, port: u16, duration: Duration) -> Result<Sample> {
+    let count = SYN_RATE * duration.as_secs();
+    let flood = SynFlood::start(SOURCE, target, port, SYN_RATE, count, duration)?;
+    signals::sleep(Duration::from_millis(500))?;
+    let (cpu0, sent0, t0) = (cpu_ticks()?, flood.sent(), std::time::Instant::now());
+    signals::sleep(duration.saturating_sub(Duration::from_secs(1)))?;
+    let (cpu1, sent1, t1) = (cpu_ticks()?, flood.sent(), std::time::Instant::now());
+    flood.stop()?;
+    let total: u64 = cpu1.iter().zip(&cpu0).map(|(a, b)| a - b).sum();
+    let delta = |i: usize| (cpu1[i] - cpu0[i]) as f64;
+    let idle = delta(IDLE) + delta(IOWAIT);
+    let sample = Sample {
+        seconds: (t1 - t0).as_secs_f64(),
+        packets: sent1 - sent0,
+        softirq_pct: 100.0 * delta(SOFTIRQ) / total.max(1) as f64,
+        busy_pct: 100.0 * (total as f64 - idle) / total.max(1) as f64,
+        softirq_ticks: delta(SOFTIRQ),
+    };
     if sample.packets == 0 {
-        bail!("hping3 sent nothing ({status})");
+        bail!("the SYN sender sent nothing");
     }
     Ok(sample)
-}
-
-fn client_if(target: &str) -> &'static str {
-    if target == netns::BASELINE_GUARD_ADDR {
-        "pgbc1"
-    } else {
-        netns::CLIENT_IF
-    }
 }
 
 const IDLE: usize = 3;
