@@ -148,13 +148,32 @@ pub struct Hashlimit {
 impl Hashlimit {
     pub fn add(port: u16) -> Result<Hashlimit> {
         let rule: Vec<String> = [
-            "INPUT", "-p", "tcp", "--syn", "--dport", &port.to_string(), "-m", "hashlimit",
-            "--hashlimit-mode", "srcip", "--hashlimit-above", &format!("{RATE_PER_SEC}/sec"),
-            "--hashlimit-burst", &BURST.to_string(), "--hashlimit-name", "pgbench", "-j", "DROP",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "hashlimit",
+            "--hashlimit-mode",
+            "srcip",
+            "--hashlimit-above",
+            &format!("{RATE_PER_SEC}/sec"),
+            "--hashlimit-burst",
+            &BURST.to_string(),
+            "--hashlimit-name",
+            "pgbench",
+            "-j",
+            "DROP",
         ]
         .map(String::from)
         .to_vec();
-        cmd::run(netns::command_in(netns::GUARD_NS, "iptables").arg("-A").args(&rule))?;
+        cmd::run(
+            netns::command_in(netns::GUARD_NS, "iptables")
+                .arg("-A")
+                .args(&rule),
+        )?;
         Ok(Hashlimit { rule })
     }
 

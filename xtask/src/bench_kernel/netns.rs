@@ -45,15 +45,27 @@ impl Topology {
         let guard = NetNs::new(GUARD_NS)?;
         for (pair, net) in [(0, "198.18.0"), (1, "198.18.1")] {
             let (c_if, g_if) = (format!("pgbc{pair}"), format!("pgbg{pair}"));
-            ip_in(CLIENT_NS, &["link", "add", &c_if, "type", "veth", "peer", "name", &g_if])?;
+            ip_in(
+                CLIENT_NS,
+                &["link", "add", &c_if, "type", "veth", "peer", "name", &g_if],
+            )?;
             ip_in(CLIENT_NS, &["link", "set", &g_if, "netns", GUARD_NS])?;
-            ip_in(CLIENT_NS, &["addr", "add", &format!("{net}.1/24"), "dev", &c_if])?;
-            ip_in(GUARD_NS, &["addr", "add", &format!("{net}.2/24"), "dev", &g_if])?;
+            ip_in(
+                CLIENT_NS,
+                &["addr", "add", &format!("{net}.1/24"), "dev", &c_if],
+            )?;
+            ip_in(
+                GUARD_NS,
+                &["addr", "add", &format!("{net}.2/24"), "dev", &g_if],
+            )?;
             ip_in(CLIENT_NS, &["link", "set", &c_if, "up"])?;
             ip_in(GUARD_NS, &["link", "set", &g_if, "up"])?;
         }
         for src in [FLOOD_SRC, LEGIT_SRC] {
-            ip_in(CLIENT_NS, &["addr", "add", &format!("{src}/24"), "dev", CLIENT_IF])?;
+            ip_in(
+                CLIENT_NS,
+                &["addr", "add", &format!("{src}/24"), "dev", CLIENT_IF],
+            )?;
         }
         for ns in [CLIENT_NS, GUARD_NS] {
             ip_in(ns, &["link", "set", "lo", "up"])?;
@@ -83,7 +95,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", self.name])
+            .status();
     }
 }
 
@@ -124,7 +138,8 @@ pub fn enter(ns: &str) -> Result<()> {
 
 /// The id of the XDP program attached to `ifname` in `ns`, if any.
 pub fn xdp_prog_id(ns: &str, ifname: &str) -> Result<Option<u32>> {
-    let out = cmd::output(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", ifname]))?;
+    let out =
+        cmd::output(Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", ifname]))?;
     let json: serde_json::Value = serde_json::from_str(&out).context("ip -j printed no JSON")?;
     Ok(json[0]["xdp"]["prog"]["id"].as_u64().map(|id| id as u32))
 }

@@ -31,7 +31,10 @@ pub fn install() -> Result<()> {
     }
     for (tool, why) in [
         ("python3", "the slow upstream"),
-        ("nsenter", "starting processes in the benchmark's namespaces (util-linux)"),
+        (
+            "nsenter",
+            "starting processes in the benchmark's namespaces (util-linux)",
+        ),
     ] {
         if !cmd::succeeds(Command::new(tool).arg("--version")) {
             bail!("{tool} is needed for {why}");

@@ -29,7 +29,11 @@ pub fn object_file(target_dir: &Path) -> Result<PathBuf> {
     let build = target_dir.join("release/build");
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
     for entry in std::fs::read_dir(&build)?.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with("proxyguard-") {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("proxyguard-")
+        {
             continue;
         }
         let candidate = entry.path().join("out/proxyguard");
@@ -68,7 +72,11 @@ impl Baseline {
                     .with_context(|| format!("no program {PROG_XDP_PASS} in the object"))?
                     .try_into()?;
                 program.load()?;
-                let mode = if native { XdpMode::Driver } else { XdpMode::Skb };
+                let mode = if native {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
                 program.attach(netns::BASELINE_GUARD_IF, mode)?;
                 Ok(ebpf)
             })();
@@ -118,8 +126,12 @@ fn run_stats(id: u32) -> Result<(u64, u64)> {
 }
 
 pub struct Cost {
+    /// `syn_rate_limit` on SYNs to the protected port from a source over its limit: the whole
+    /// judging path, ending in a drop.
     pub limiter_ns: f64,
     pub limiter_runs: u64,
+    /// `syn_rate_limit` on SYNs to an unprotected port: parsing and the port lookup only.
+    pub limiter_other_port_ns: f64,
     pub pass_ns: f64,
     pub pass_runs: u64,
 }
@@ -133,6 +145,7 @@ impl Cost {
         json!({
             "syn_rate_limit_ns_per_packet": self.limiter_ns,
             "syn_rate_limit_runs": self.limiter_runs,
+            "syn_rate_limit_unprotected_port_ns_per_packet": self.limiter_other_port_ns,
             "xdp_pass_ns_per_packet": self.pass_ns,
             "xdp_pass_runs": self.pass_runs,
             "ratio": self.ratio(),
@@ -140,13 +153,20 @@ impl Cost {
     }
 }
 
-/// Floods each interface in turn for `duration` with run stats on.
-pub fn measure(limiter_id: u32, baseline: &Baseline, port: u16, duration: Duration) -> Result<Cost> {
+/// Floods each interface in turn for `duration` with run stats on: the limiter with SYNs to the
+/// protected port and to the next (unprotected) one, then the pass-through baseline.
+pub fn measure(
+    limiter_id: u32,
+    baseline: &Baseline,
+    port: u16,
+    duration: Duration,
+) -> Result<Cost> {
     let _stats = enable_stats(Stats::RunTime).context("cannot enable BPF run stats")?;
     let mut per_packet = Vec::new();
-    for (id, target) in [
-        (limiter_id, netns::GUARD_ADDR.parse()?),
-        (baseline.id, netns::BASELINE_GUARD_ADDR.parse()?),
+    for (id, target, port) in [
+        (limiter_id, netns::GUARD_ADDR.parse()?, port),
+        (limiter_id, netns::GUARD_ADDR.parse()?, port + 1),
+        (baseline.id, netns::BASELINE_GUARD_ADDR.parse()?, port),
     ] {
         signals::check()?;
         let before = run_stats(id)?;
@@ -161,7 +181,8 @@ pub fn measure(limiter_id: u32, baseline: &Baseline, port: u16, duration: Durati
     Ok(Cost {
         limiter_ns: per_packet[0].0,
         limiter_runs: per_packet[0].1,
-        pass_ns: per_packet[1].0,
-        pass_runs: per_packet[1].1,
+        limiter_other_port_ns: per_packet[1].0,
+        pass_ns: per_packet[2].0,
+        pass_runs: per_packet[2].1,
     })
 }

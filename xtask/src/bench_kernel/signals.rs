@@ -26,12 +26,18 @@ pub fn watch() -> Result<()> {
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     std::thread::spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(err) => return drop(ready_tx.send(Err(err))),
         };
         runtime.block_on(async move {
-            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            let (mut int, mut term) = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
                 (Ok(int), Ok(term)) => (int, term),
                 (Err(err), _) | (_, Err(err)) => return drop(ready_tx.send(Err(err))),
             };

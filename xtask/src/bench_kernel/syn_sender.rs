@@ -70,7 +70,7 @@ impl SynFlood {
                     // A full queue drops a SYN; it still counts as offered.
                     let _ = socket.send_to(&segment, &to);
                     n += 1;
-                    if n % 256 == 0 {
+                    if n.is_multiple_of(256) {
                         counter.store(n, Ordering::Relaxed);
                     }
                 }
@@ -98,7 +98,9 @@ impl SynFlood {
     pub fn stop(mut self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            thread.join().map_err(|_| anyhow!("the SYN sender panicked"))??;
+            thread
+                .join()
+                .map_err(|_| anyhow!("the SYN sender panicked"))??;
         }
         Ok(self.sent())
     }

@@ -21,7 +21,8 @@ pub const DELAY: Duration = Duration::from_millis(30);
 const BACKLOG: u32 = 1024;
 
 const SERVER: &str = r#"
-import socket, sys, threading, time
+import signal, socket, sys, threading, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it quietly; xtask tears down the rest
 host, port, workers, delay, backlog = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
