@@ -55,7 +55,7 @@ enum Command {
     /// Kernel benchmarks (as root): connection flood, SYN-flood cost and XDP program cost, in
     /// the benchmark's own namespaces; the figures also go to target/bench/kernel.json.
     BenchKernel {
-        /// Short phases (about a minute and a half instead of about five).
+        /// Short phases: about two minutes instead of about four.
         #[arg(long)]
         quick: bool,
     },

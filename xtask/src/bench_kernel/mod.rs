@@ -39,14 +39,15 @@ impl Plan {
         if quick {
             Plan {
                 conn_phase: Duration::from_secs(10),
-                syn_phase: Duration::from_secs(5),
+                // /proc/stat is tick-sampled: shorter windows make the softirq share noisy.
+                syn_phase: Duration::from_secs(8),
                 cost_phase: Duration::from_secs(3),
                 settle: Duration::from_secs(2),
             }
         } else {
             Plan {
                 conn_phase: Duration::from_secs(30),
-                syn_phase: Duration::from_secs(15),
+                syn_phase: Duration::from_secs(20),
                 cost_phase: Duration::from_secs(8),
                 settle: Duration::from_secs(4),
             }
