@@ -261,12 +261,12 @@ fn print_table(
         syn_flood::SYN_RATE
     );
     println!(
-        "  {:<28} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10}",
-        "", "SYN/s", "softirq %", "busy %", "ns/SYN", "median", "before %"
+        "  {:<28} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>11}",
+        "", "SYN/s", "softirq %", "busy %", "ns/SYN", "median", "before %", "sender ns"
     );
     for (name, s) in syn {
         println!(
-            "  {:<28} {:>8.0} {:>9.1}% {:>7.1}% {:>10.0} {:>10.0} {:>9.1}%",
+            "  {:<28} {:>8.0} {:>9.1}% {:>7.1}% {:>8.0} {:>8.0} {:>8.1}% {:>11.0}",
             name,
             s.packets_per_sec(),
             s.softirq_pct,
@@ -274,11 +274,13 @@ fn print_table(
             s.softirq_ns_per_packet(),
             s.median_ns_per_syn(),
             s.background_softirq_pct,
+            s.sender_cpu_ns_per_syn,
         );
     }
     println!(
         "  (ns/SYN: softirq CPU per SYN over the window; median: of its 2 s slices; before %:\n   \
-         softirq share in the 2 s before the flood, from other tenants of the machine)"
+         softirq share in the 2 s before the flood, from other tenants of the machine;\n   \
+         sender ns: the sender thread's CPU per SYN, send path plus the softirq work run inline)"
     );
     println!();
     println!("program cost (BPF run stats, same SYN flood)");

@@ -44,6 +44,9 @@ pub struct Sample {
     pub background_softirq_pct: f64,
     /// Softirq ns per SYN in each slice of the window.
     pub slice_ns_per_syn: Vec<f64>,
+    /// CPU ns per SYN of the sender thread: sending plus the receive work run inline in its
+    /// context. Precise and untouched by other tenants, but it includes the send path.
+    pub sender_cpu_ns_per_syn: f64,
 }
 
 impl Sample {
@@ -79,6 +82,7 @@ impl Sample {
             "softirq_ns_per_syn_median_slice": self.median_ns_per_syn(),
             "softirq_ns_per_syn_slices": self.slice_ns_per_syn,
             "background_softirq_pct": self.background_softirq_pct,
+            "sender_thread_cpu_ns_per_syn": self.sender_cpu_ns_per_syn,
         })
     }
 }
@@ -94,11 +98,13 @@ pub fn phase(target: Ipv4Addr, port: u16, duration: Duration) -> Result<Sample> 
     signals::sleep(Duration::from_millis(500))?;
     let window = duration.saturating_sub(Duration::from_secs(1));
     let slices = ((window.as_secs_f64() / SLICE.as_secs_f64()).floor() as u32).max(1);
+    let sender0 = flood.cpu_ns()?;
     let mut marks = vec![(cpu_ticks()?, flood.sent(), Instant::now())];
     for _ in 0..slices {
         signals::sleep(window / slices)?;
         marks.push((cpu_ticks()?, flood.sent(), Instant::now()));
     }
+    let sender1 = flood.cpu_ns()?;
     flood.stop()?;
 
     let (first, last) = (&marks[0], &marks[marks.len() - 1]);
@@ -121,6 +127,7 @@ pub fn phase(target: Ipv4Addr, port: u16, duration: Duration) -> Result<Sample> 
         softirq_ticks: delta(SOFTIRQ),
         background_softirq_pct: background,
         slice_ns_per_syn,
+        sender_cpu_ns_per_syn: (sender1 - sender0) as f64 / (last.1 - first.1).max(1) as f64,
     };
     if sample.packets == 0 {
         bail!("the SYN sender sent nothing");

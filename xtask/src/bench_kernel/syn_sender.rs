@@ -21,6 +21,8 @@ use super::netns;
 
 /// A sender running in its own thread in the client namespace.
 pub struct SynFlood {
+    /// The sender thread's id, for its CPU time in /proc.
+    tid: String,
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -37,20 +39,23 @@ impl SynFlood {
     ) -> Result<SynFlood> {
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String>>();
         let (counter, flag) = (sent.clone(), stop.clone());
         let thread = std::thread::spawn(move || -> Result<()> {
-            let socket = (|| -> Result<Socket> {
+            let socket = (|| -> Result<(Socket, String)> {
                 netns::enter(netns::CLIENT_NS)?;
                 // A raw TCP socket: the kernel writes the IP header, we write the TCP header.
                 let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))
                     .context("cannot open a raw socket")?;
                 socket.bind(&SockAddr::from(SocketAddrV4::new(source, 0)))?;
-                Ok(socket)
+                // "PID/task/TID"
+                let me = std::fs::read_link("/proc/thread-self")?;
+                let tid = me.file_name().context("no thread id")?.to_string_lossy();
+                Ok((socket, tid.into_owned()))
             })();
             let socket = match socket {
-                Ok(socket) => {
-                    let _ = ready_tx.send(Ok(()));
+                Ok((socket, tid)) => {
+                    let _ = ready_tx.send(Ok(tid));
                     socket
                 }
                 Err(err) => {
@@ -79,10 +84,11 @@ impl SynFlood {
             }
             Ok(())
         });
-        ready_rx
+        let tid = ready_rx
             .recv()
             .map_err(|_| anyhow!("the SYN sender died"))??;
         Ok(SynFlood {
+            tid,
             sent,
             stop,
             thread: Some(thread),
@@ -92,6 +98,19 @@ impl SynFlood {
     /// SYNs sent so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the sender thread has used, in ns (precise, from the scheduler). With no IRQ time
+    /// accounting in this kernel it includes the softirq work run in the thread's context, which
+    /// on a veth is the receive path of the SYN it just sent, and of any answer to it.
+    pub fn cpu_ns(&self) -> Result<u64> {
+        let path = format!("/proc/self/task/{}/schedstat", self.tid);
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        Ok(stat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse()?)
     }
 
     /// Stops the sender; returns how many SYNs it sent.
