@@ -2,8 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
-// Wired into `cargo xtask bench` when that lands; until then only built and unit-tested.
-#[allow(dead_code)]
+mod bench_kernel;
 mod bench_watch;
 mod build;
 mod cmd;
@@ -52,10 +51,11 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
-    /// The L7 benchmark: wrk against nginx direct, through proxyguard, and through nginx with the
-    /// same limits; writes target/bench/results.json.
+    /// Every benchmark, each against a peer measured in the same run: L7 (wrk: direct, proxyguard,
+    /// nginx), kernel (connection flood, SYN-flood cost, XDP program cost), and the environ
+    /// watch's openat overhead. Writes target/bench/results.json. Needs root.
     Bench {
-        /// A short run (3 s per target) for a quick look.
+        /// A short run (about 2 minutes) for a quick look.
         #[arg(long)]
         quick: bool,
     },
@@ -67,6 +67,13 @@ enum Command {
         /// Give up (and fail) after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+    },
+    /// Kernel benchmarks (as root): connection flood, SYN-flood cost and XDP program cost, in
+    /// the benchmark's own namespaces; the figures also go to target/bench/kernel.json.
+    BenchKernel {
+        /// Short phases: about two minutes instead of about four.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -100,6 +107,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VmTest { kernel, timeout } => {
             let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
             summary.into_result()
+        }
+        Command::BenchKernel { quick } => {
+            let figures = bench_kernel::run(quick)?;
+            let path = build::target_dir().join("bench/kernel.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&figures)? + "\n")?;
+            println!("bench-kernel: figures written to {}", path.display());
+            Ok(())
         }
     }
 }

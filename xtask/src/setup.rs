@@ -75,7 +75,7 @@ fn nightly_with_rust_src() -> Result<()> {
     Ok(())
 }
 
-fn installed(package: &str) -> bool {
+pub fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${db:Status-Abbrev}", package])
         .output()

@@ -10,7 +10,7 @@ mod wrk;
 use std::{fs, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{build, cmd};
@@ -18,7 +18,70 @@ use crate::{build, cmd};
 /// A fixed client key for the run (the benchmark's config holds only its hash).
 const KEY: &str = "pgk_bench_0123456789abcdef0123456789abcdef0123456789abcdef01234567";
 
+/// Every benchmark in one run (L7, kernel, environ watch), each as ratios against the peers
+/// measured in the same run; the figures go to target/bench/results.json.
 pub fn run(quick: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let l7 = l7(quick)?;
+    println!("\n==> bench: kernel (connection flood, SYN-flood cost, XDP program cost)");
+    let kernel = crate::bench_kernel::run(quick)?;
+    println!("\n==> bench: environ watch (openat overhead)");
+    let binary = build::target_dir().join("release/proxyguard");
+    let watch = crate::bench_watch::run(&binary, if quick { 200_000 } else { 1_000_000 })?;
+    println!("{}", serde_json::to_string_pretty(&watch)?);
+    let results = json!({
+        "quick": quick,
+        "date": humantime_now(),
+        "machine": machine(),
+        "seconds": started.elapsed().as_secs(),
+        "l7": l7,
+        "kernel": kernel,
+        "watch": watch,
+    });
+    let out = build::target_dir().join("bench/results.json");
+    fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!(
+        "\nbench: all figures in {} ({} s)",
+        out.display(),
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+fn shell(script: &str) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", script]);
+    sh
+}
+
+fn humantime_now() -> String {
+    cmd::output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Cores, memory and kernel, so a figure is never read without its machine.
+fn machine() -> Value {
+    let text = |mut cmd: Command| {
+        cmd::output(&mut cmd)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    json!({
+        "cores": text(Command::new("nproc")),
+        "kernel": text({
+            let mut uname = Command::new("uname");
+            uname.arg("-r");
+            uname
+        }),
+        "memory": text(shell("free -h | awk '/Mem:/ {print $2}'")),
+        "cpu": text(shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")),
+    })
+}
+
+/// The L7 benchmark: wrk against nginx direct, through proxyguard (all checks on) and through
+/// nginx with the same limits; RSS at 1,000 connections.
+pub fn l7(quick: bool) -> Result<Value> {
     install_peers()?;
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "proxyguard"]))?;
     let binary = build::target_dir().join("release/proxyguard");
@@ -93,10 +156,7 @@ pub fn run(quick: bool) -> Result<()> {
         "throughput_ratio_proxyguard_to_nginx": ratio,
         "proxyguard_1000_connections": { "run": many.to_json(), "peak_rss_mib": rss },
     });
-    let out = dir.join("results.json");
-    fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    println!("wrote {}", out.display());
-    Ok(())
+    Ok(results)
 }
 
 /// POSTs a small chat completion with the key, as an SDK would.

@@ -1,0 +1,188 @@
+//! Program cost: ns per packet from the kernel's BPF run stats, for proxyguard's `syn_rate_limit`
+//! (attached by the daemon on pair 0) against the trivial `xdp_pass` from the same object
+//! (attached here on pair 1), both fed the same SYN flood, in the same attach mode.
+//!
+//! Run stats are on only while this module holds the `BPF_ENABLE_STATS` fd, so they do not
+//! weigh on the other measurements and nothing global is left changed.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    programs::{loaded_programs, Xdp, XdpMode},
+    sys::{enable_stats, Stats},
+    Ebpf,
+};
+use guard_common::xdp::PROG_XDP_PASS;
+use serde_json::{json, Value};
+
+use super::{netns, signals, syn_flood};
+
+/// The eBPF object that `guard/build.rs` embeds into proxyguard: the newest one under the
+/// release build's OUT_DIRs.
+pub fn object_file(target_dir: &Path) -> Result<PathBuf> {
+    let build = target_dir.join("release/build");
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(&build)?.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("proxyguard-")
+        {
+            continue;
+        }
+        let candidate = entry.path().join("out/proxyguard");
+        if let Ok(modified) = candidate.metadata().and_then(|m| m.modified()) {
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, candidate));
+            }
+        }
+    }
+    newest
+        .map(|(_, path)| path)
+        .with_context(|| format!("no eBPF object under {}/proxyguard-*/out", build.display()))
+}
+
+/// `xdp_pass` attached to the baseline interface in the guard namespace; detached on drop.
+pub struct Baseline {
+    pub id: u32,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Baseline {
+    pub fn attach(object: &Path, native: bool) -> Result<Baseline> {
+        let object = object.to_owned();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<u32>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        // The attach resolves the interface name in the calling thread's namespace, and the
+        // loaded object must stay alive while attached: one thread does both.
+        let thread = std::thread::spawn(move || {
+            let attached = (|| -> Result<Ebpf> {
+                netns::enter(netns::GUARD_NS)?;
+                let mut ebpf = Ebpf::load_file(&object)
+                    .with_context(|| format!("cannot load {}", object.display()))?;
+                let program: &mut Xdp = ebpf
+                    .program_mut(PROG_XDP_PASS)
+                    .with_context(|| format!("no program {PROG_XDP_PASS} in the object"))?
+                    .try_into()?;
+                program.load()?;
+                let mode = if native {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                program.attach(netns::BASELINE_GUARD_IF, mode)?;
+                Ok(ebpf)
+            })();
+            match attached {
+                Ok(ebpf) => {
+                    let id = netns::xdp_prog_id(netns::GUARD_NS, netns::BASELINE_GUARD_IF)
+                        .and_then(|id| id.context("xdp_pass is not attached"));
+                    let _ = ready_tx.send(id);
+                    let _ = stop_rx.recv();
+                    drop(ebpf);
+                }
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err));
+                }
+            }
+        });
+        let mut baseline = Baseline {
+            id: 0,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        baseline.id = ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the baseline thread died"))??;
+        Ok(baseline)
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// (run time in ns, run count) of program `id`.
+fn run_stats(id: u32) -> Result<(u64, u64)> {
+    for info in loaded_programs() {
+        let info = info?;
+        if info.id() == id {
+            return Ok((info.run_time().as_nanos() as u64, info.run_count()));
+        }
+    }
+    bail!("BPF program {id} is not loaded")
+}
+
+pub struct Cost {
+    /// `syn_rate_limit` on SYNs to the protected port from a source over its limit: the whole
+    /// judging path, ending in a drop.
+    pub limiter_ns: f64,
+    pub limiter_runs: u64,
+    /// `syn_rate_limit` on SYNs to an unprotected port: parsing and the port lookup only.
+    pub limiter_other_port_ns: f64,
+    pub pass_ns: f64,
+    pub pass_runs: u64,
+}
+
+impl Cost {
+    pub fn ratio(&self) -> f64 {
+        self.limiter_ns / self.pass_ns
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "syn_rate_limit_ns_per_packet": self.limiter_ns,
+            "syn_rate_limit_runs": self.limiter_runs,
+            "syn_rate_limit_unprotected_port_ns_per_packet": self.limiter_other_port_ns,
+            "xdp_pass_ns_per_packet": self.pass_ns,
+            "xdp_pass_runs": self.pass_runs,
+            "ratio": self.ratio(),
+        })
+    }
+}
+
+/// Floods each interface in turn for `duration` with run stats on: the limiter with SYNs to the
+/// protected port and to the next (unprotected) one, then the pass-through baseline.
+pub fn measure(
+    limiter_id: u32,
+    baseline: &Baseline,
+    port: u16,
+    duration: Duration,
+) -> Result<Cost> {
+    let _stats = enable_stats(Stats::RunTime).context("cannot enable BPF run stats")?;
+    let mut per_packet = Vec::new();
+    for (id, target, port) in [
+        (limiter_id, netns::GUARD_ADDR.parse()?, port),
+        (limiter_id, netns::GUARD_ADDR.parse()?, port + 1),
+        (baseline.id, netns::BASELINE_GUARD_ADDR.parse()?, port),
+    ] {
+        signals::check()?;
+        let before = run_stats(id)?;
+        syn_flood::phase(target, port, duration)?;
+        let after = run_stats(id)?;
+        let runs = after.1 - before.1;
+        if runs == 0 {
+            bail!("BPF program {id} never ran during its flood");
+        }
+        per_packet.push(((after.0 - before.0) as f64 / runs as f64, runs));
+    }
+    Ok(Cost {
+        limiter_ns: per_packet[0].0,
+        limiter_runs: per_packet[0].1,
+        limiter_other_port_ns: per_packet[1].0,
+        pass_ns: per_packet[2].0,
+        pass_runs: per_packet[2].1,
+    })
+}
