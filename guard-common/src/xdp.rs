@@ -53,7 +53,14 @@ pub struct XdpConfig {
     pub burst: u32,
     /// IPv6 sources are aggregated to this prefix length (a host usually owns a whole /64).
     pub v6_prefix_len: u32,
+    /// [`LIST_ALLOW`] and [`LIST_DENY`] when those lists have entries, so an empty list costs
+    /// no trie lookup per SYN.
+    pub lists: u32,
+    pub _pad: u32,
 }
+
+pub const LIST_ALLOW: u32 = 1;
+pub const LIST_DENY: u32 = 2;
 
 /// A rate-limited source: the address (IPv6 masked to the configured prefix).
 #[repr(C)]

@@ -17,9 +17,9 @@ use guard_common::{
     bind::{FAMILY_V4, FAMILY_V6},
     mode, verdict,
     xdp::{
-        reason, SourceKey, TokenBucket, XdpConfig, XdpEvent, MAX_XDP_CIDRS, MAX_XDP_PORTS,
-        MAX_XDP_SOURCES, STAT_COUNT, STAT_DROPPED_DENY, STAT_DROPPED_RATE, STAT_EVENTS_LOST,
-        STAT_PASSED, STAT_WOULD_DROP, TOKEN, XDP_EVENTS_BYTES,
+        reason, SourceKey, TokenBucket, XdpConfig, XdpEvent, LIST_ALLOW, LIST_DENY, MAX_XDP_CIDRS,
+        MAX_XDP_PORTS, MAX_XDP_SOURCES, STAT_COUNT, STAT_DROPPED_DENY, STAT_DROPPED_RATE,
+        STAT_EVENTS_LOST, STAT_PASSED, STAT_WOULD_DROP, TOKEN, XDP_EVENTS_BYTES,
     },
 };
 
@@ -88,7 +88,7 @@ fn judge(ctx: &XdpContext) -> Option<u32> {
 
     let now = now_ns();
     let capacity = u64::from(config.burst) * TOKEN;
-    if listed(&syn.source, &XDP_DENY_V4, &XDP_DENY_V6) {
+    if config.lists & LIST_DENY != 0 && listed(&syn.source, &XDP_DENY_V4, &XDP_DENY_V6) {
         if first_event_this_second(&syn.source, now, capacity) {
             return Some(violation(
                 ctx,
@@ -100,7 +100,7 @@ fn judge(ctx: &XdpContext) -> Option<u32> {
         }
         return Some(count_only(&config, STAT_DROPPED_DENY));
     }
-    if listed(&syn.source, &XDP_ALLOW_V4, &XDP_ALLOW_V6) {
+    if config.lists & LIST_ALLOW != 0 && listed(&syn.source, &XDP_ALLOW_V4, &XDP_ALLOW_V6) {
         bump(&XDP_STATS, STAT_PASSED);
         return Some(xdp_action::XDP_PASS);
     }

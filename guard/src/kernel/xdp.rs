@@ -9,9 +9,9 @@ use aya::{
     Ebpf,
 };
 use guard_common::xdp::{
-    XdpConfig, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6, MAP_XDP_CONFIG, MAP_XDP_DENY_V4,
-    MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, PROG_XDP_SYN_LIMIT, STAT_DROPPED_DENY,
-    STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_PASSED, STAT_WOULD_DROP,
+    XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6, MAP_XDP_CONFIG,
+    MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, PROG_XDP_SYN_LIMIT,
+    STAT_DROPPED_DENY, STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_PASSED, STAT_WOULD_DROP,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -131,6 +131,12 @@ pub fn apply(ebpf: &mut Ebpf, config: &XdpSection) -> Result<(), KernelError> {
         rate_per_sec: config.rate_per_sec,
         burst: config.burst,
         v6_prefix_len: u32::from(config.ipv6_prefix),
+        lists: (if config.allow.is_empty() {
+            0
+        } else {
+            LIST_ALLOW
+        }) | (if config.deny.is_empty() { 0 } else { LIST_DENY }),
+        _pad: 0,
     };
     let name = MAP_XDP_CONFIG;
     let mut array: Array<_, XdpConfig> = maps::typed(ebpf, name)?;
