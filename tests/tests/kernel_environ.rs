@@ -250,12 +250,15 @@ fn allowed_executables_pass_and_monitor_mode_only_reports() {
     let guarded = GuardedProcess::start("environ-allow", "exec sleep 60");
     let target = guarded.pid();
     let environ = format!("/proc/{target}/environ");
-    // `cat`'s real executable: coreutils natively, busybox in the VM.
-    let which = Command::new("sh")
-        .args(["-c", "command -v cat"])
-        .output()
-        .unwrap();
-    let cat_exe = std::fs::canonicalize(String::from_utf8_lossy(&which.stdout).trim()).unwrap();
+    // `cat`'s real executable: coreutils natively, busybox in the VM (where busybox sh's
+    // `command -v` names the applet, not a path, so PATH is searched here).
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let cat_exe = path
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join("cat"))
+        .find(|p| p.exists())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .expect("cat on PATH");
     let base = format!(
         "[guarded]\ncgroup = \"{}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n[watch]\n",
         guarded.cgroup.relative
