@@ -14,7 +14,8 @@ pub const PROG_ENVIRON_FILE_OPEN: &str = "environ_file_open";
 pub const MAP_ENVIRON_CONFIG: &str = "ENVIRON_CONFIG";
 /// Task id (every thread of every guarded process) → its tgid.
 pub const MAP_ENVIRON_GUARDED: &str = "ENVIRON_GUARDED";
-/// Tgids of processes running an allowed executable → 1.
+/// [`ExeId`] of each allowed executable → 1. The opener's executable is read from its
+/// `mm->exe_file` at the open, so a process started a microsecond ago is recognized too.
 pub const MAP_ENVIRON_ALLOWED: &str = "ENVIRON_ALLOWED";
 /// Ring buffer of [`EnvironEvent`].
 pub const MAP_ENVIRON_EVENTS: &str = "ENVIRON_EVENTS";
@@ -56,6 +57,24 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdt_fd: u32,
     pub fdt_max_fds: u32,
+    /// `task_struct.mm`, `mm_struct.exe_file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb` and
+    /// `super_block.s_dev`: the opener's executable, as an [`ExeId`].
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+}
+
+/// An executable file: inode number and the kernel's device number (`MKDEV(major, minor)`,
+/// major shifted by 20, unlike the user-space `st_dev` encoding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExeId {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -193,6 +212,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays without implicit padding.
     unsafe impl aya::Pod for super::EnvironConfig {}
     unsafe impl aya::Pod for super::EnvironEvent {}
+    unsafe impl aya::Pod for super::ExeId {}
 }
 
 #[cfg(test)]

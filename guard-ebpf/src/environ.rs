@@ -19,8 +19,7 @@
 //! - the legacy `open(2)` syscall and `io_uring` opens, which do not pass these tracepoints;
 //! - paths longer than 128 bytes are truncated, and match nothing;
 //! - a thread started, or a process joining the service, in the last 250 ms is not yet in
-//!   `ENVIRON_GUARDED` (user space rescans on that tick), nor is a process that just started an
-//!   allowed executable in `ENVIRON_ALLOWED`.
+//!   `ENVIRON_GUARDED` (user space rescans on that tick).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
@@ -30,10 +29,11 @@ use aya_ebpf::{
 };
 use guard_common::{
     environ::{
-        classify, EnvironConfig, EnvironEvent, KernelOffsets, PathKind, ENVIRON_EVENTS_BYTES,
-        MAX_ALLOWED, MAX_GUARDED_TASKS, PATH_LEN, PROC_SUPER_MAGIC, SOURCE_LSM, SOURCE_TRACEPOINT,
-        STAT_ALLOWED_EXE, STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS,
-        STAT_SELF_READS, STAT_WOULD_DENY, VERDICT_ALLOWED_EXE, VERDICT_SEEN, VERDICT_SELF,
+        classify, EnvironConfig, EnvironEvent, ExeId, KernelOffsets, PathKind,
+        ENVIRON_EVENTS_BYTES, MAX_ALLOWED, MAX_GUARDED_TASKS, PATH_LEN, PROC_SUPER_MAGIC,
+        SOURCE_LSM, SOURCE_TRACEPOINT, STAT_ALLOWED_EXE, STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST,
+        STAT_OTHER_READS, STAT_SELF_READS, STAT_WOULD_DENY, VERDICT_ALLOWED_EXE, VERDICT_SEEN,
+        VERDICT_SELF,
     },
     mode, verdict, COMM_LEN,
 };
@@ -54,7 +54,7 @@ static ENVIRON_CONFIG: Array<EnvironConfig> = Array::with_max_entries(1, 0);
 #[map]
 static ENVIRON_GUARDED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_GUARDED_TASKS, 0);
 #[map]
-static ENVIRON_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0);
+static ENVIRON_ALLOWED: HashMap<ExeId, u32> = HashMap::with_max_entries(MAX_ALLOWED, 0);
 #[map]
 static ENVIRON_EVENTS: RingBuf = RingBuf::with_byte_size(ENVIRON_EVENTS_BYTES, 0);
 #[map]
@@ -108,16 +108,17 @@ fn on_enter(ctx: &TracePointContext) {
     if tgid == config.daemon_tgid {
         return;
     }
-    let own = target == tgid;
-    bump(
-        &ENVIRON_STATS,
-        if own {
-            STAT_SELF_READS
-        } else {
-            STAT_OTHER_READS
-        },
-    );
-    let verdict = if own { VERDICT_SELF } else { VERDICT_SEEN };
+    let verdict = if target == tgid {
+        bump(&ENVIRON_STATS, STAT_SELF_READS);
+        VERDICT_SELF
+    } else if allowed_exe(&config.offsets) {
+        bump(&ENVIRON_STATS, STAT_OTHER_READS);
+        bump(&ENVIRON_STATS, STAT_ALLOWED_EXE);
+        VERDICT_ALLOWED_EXE
+    } else {
+        bump(&ENVIRON_STATS, STAT_OTHER_READS);
+        VERDICT_SEEN
+    };
     report(pid_tgid, target, verdict, SOURCE_TRACEPOINT, &path);
 }
 
@@ -181,8 +182,7 @@ fn judge_file(ctx: &LsmContext) -> Option<bool> {
         return Some(false);
     }
     bump(&ENVIRON_STATS, STAT_OTHER_READS);
-    // SAFETY: only the presence of the entry is used.
-    if unsafe { ENVIRON_ALLOWED.get(tgid) }.is_some() {
+    if allowed_exe(&offsets) {
         bump(&ENVIRON_STATS, STAT_ALLOWED_EXE);
         report(pid_tgid, target, VERDICT_ALLOWED_EXE, SOURCE_LSM, &empty);
         return Some(false);
@@ -196,6 +196,27 @@ fn judge_file(ctx: &LsmContext) -> Option<bool> {
     bump(&ENVIRON_STATS, stat);
     report(pid_tgid, target, outcome, SOURCE_LSM, &empty);
     Some(enforce)
+}
+
+/// Whether the current task runs an allowed executable (`current->mm->exe_file`'s inode).
+#[inline(always)]
+fn allowed_exe(offsets: &KernelOffsets) -> bool {
+    if offsets.task_mm == 0 {
+        return false;
+    }
+    let mm = kernel_ptr(current_task(), offsets.task_mm);
+    let exe = kernel_ptr(mm, offsets.mm_exe_file);
+    let inode = kernel_ptr(exe, offsets.file_inode);
+    if inode == 0 {
+        return false;
+    }
+    let id = ExeId {
+        ino: kernel_ptr(inode, offsets.inode_ino),
+        dev: kernel_u32(kernel_ptr(inode, offsets.inode_sb), offsets.sb_dev),
+        _pad: 0,
+    };
+    // SAFETY: only the presence of the entry is used.
+    unsafe { ENVIRON_ALLOWED.get(id) }.is_some()
 }
 
 /// Whether the dentry's name is exactly `want` (NUL included).

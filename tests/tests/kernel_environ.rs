@@ -231,3 +231,67 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
         assert!(!record.to_string().contains(CANARY), "{record}");
     }
 }
+
+/// `cat` run as a separate process, returning its pid and whether it could read the file.
+fn cat(path: &str) -> (u32, bool) {
+    let child = Command::new("cat")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap().status.success())
+}
+
+#[test]
+fn allowed_executables_pass_and_monitor_mode_only_reports() {
+    require_root();
+    let guarded = GuardedProcess::start("environ-allow", "exec sleep 60");
+    let target = guarded.pid();
+    let environ = format!("/proc/{target}/environ");
+    // `cat`'s real executable: coreutils natively, busybox in the VM (where busybox sh's
+    // `command -v` names the applet, not a path, so PATH is searched here).
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let cat_exe = path
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join("cat"))
+        .find(|p| p.exists())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .expect("cat on PATH");
+    let base = format!(
+        "[guarded]\ncgroup = \"{}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n[watch]\n",
+        guarded.cgroup.relative
+    );
+    let allowing = format!(
+        "{base}mode = \"enforce\"\nallow_exe = [\"{}\"]\n",
+        cat_exe.display()
+    );
+    let mut daemon = Daemon::start(&allowing);
+    let (lsm, _) = lsm_available(&daemon);
+    wait_guarded(&daemon, target);
+
+    // Allowed, even in enforce mode; reported as its own, low-severity kind.
+    let (pid, read) = cat(&environ);
+    assert!(read, "an allowed executable must read the environ");
+    let event = daemon
+        .wait_for(|e| e["kind"] == "environ_read_allowed" && e["pid"] == pid)
+        .expect("an environ_read_allowed event");
+    assert_eq!(event["severity"], "low", "{event}");
+    assert_eq!(event["target"], target, "{event}");
+
+    // Monitor mode: nothing is refused, every other read is reported.
+    let reloaded = daemon.reload_with(&format!("{base}mode = \"monitor\"\n"));
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    let (pid, read) = cat(&environ);
+    assert!(read, "monitor mode must not refuse");
+    let kind = if lsm {
+        "environ_read_would_deny"
+    } else {
+        "environ_read"
+    };
+    let event = daemon
+        .wait_for(|e| e["kind"] == kind && e["pid"] == pid)
+        .unwrap_or_else(|| panic!("no {kind} event"));
+    assert_eq!(event["severity"], "high", "{event}");
+}

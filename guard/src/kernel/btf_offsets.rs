@@ -22,6 +22,12 @@ pub fn environ_offsets(vmlinux: &Path) -> Result<KernelOffsets, String> {
         files_fdt: offset_of(&btf, "files_struct", &["fdt"])?,
         fdt_fd: offset_of(&btf, "fdtable", &["fd"])?,
         fdt_max_fds: offset_of(&btf, "fdtable", &["max_fds"])?,
+        task_mm: offset_of(&btf, "task_struct", &["mm"])?,
+        mm_exe_file: offset_of(&btf, "mm_struct", &["exe_file"])?,
+        file_inode: offset_of(&btf, "file", &["f_inode"])?,
+        inode_ino: offset_of(&btf, "inode", &["i_ino"])?,
+        inode_sb: offset_of(&btf, "inode", &["i_sb"])?,
+        sb_dev: offset_of(&btf, "super_block", &["s_dev"])?,
     })
 }
 

@@ -13,10 +13,10 @@ use aya::{
     Btf, Ebpf,
 };
 use guard_common::environ::{
-    EnvironConfig, KernelOffsets, MAP_ENVIRON_ALLOWED, MAP_ENVIRON_CONFIG, MAP_ENVIRON_GUARDED,
-    MAP_ENVIRON_STATS, PROG_ENVIRON_FILE_OPEN, PROG_ENVIRON_OPENAT, PROG_ENVIRON_OPENAT2,
-    STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS, STAT_SELF_READS,
-    STAT_WOULD_DENY,
+    EnvironConfig, ExeId, KernelOffsets, MAP_ENVIRON_ALLOWED, MAP_ENVIRON_CONFIG,
+    MAP_ENVIRON_GUARDED, MAP_ENVIRON_STATS, PROG_ENVIRON_FILE_OPEN, PROG_ENVIRON_OPENAT,
+    PROG_ENVIRON_OPENAT2, STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS,
+    STAT_SELF_READS, STAT_WOULD_DENY,
 };
 use serde::Serialize;
 
@@ -38,7 +38,7 @@ pub struct Watch {
     pub offsets: KernelOffsets,
     /// Task id → tgid of every thread of every guarded process.
     pub tasks: BTreeMap<u32, u32>,
-    pub allowed: BTreeSet<u32>,
+    pub allowed: BTreeSet<ExeId>,
 }
 
 /// Attaches the LSM program, pinned, or adopts the pinned one.
@@ -136,7 +136,7 @@ pub fn apply(
     config: &WatchSection,
     last: &mut Watch,
     tasks: BTreeMap<u32, u32>,
-    allowed: BTreeSet<u32>,
+    allowed: BTreeSet<ExeId>,
 ) -> Result<(), KernelError> {
     let name = MAP_ENVIRON_CONFIG;
     let mut array: Array<_, EnvironConfig> = maps::typed(ebpf, name)?;
@@ -162,7 +162,7 @@ pub fn apply(
         last.tasks = tasks;
     }
     if allowed != last.allowed {
-        let wanted: Vec<(u32, u32)> = allowed.iter().map(|t| (*t, 1)).collect();
+        let wanted: Vec<(ExeId, u32)> = allowed.iter().map(|t| (*t, 1)).collect();
         maps::sync_hash(ebpf, MAP_ENVIRON_ALLOWED, &wanted)?;
         last.allowed = allowed;
     }
@@ -202,4 +202,22 @@ pub fn stats(ebpf: &Ebpf) -> Result<EnvironStats, KernelError> {
         allowed_exe,
         events_lost,
     })
+}
+
+/// The kernel's identity of each executable in `paths` that exists: inode and `MKDEV` device.
+pub fn exe_ids(paths: &[PathBuf]) -> BTreeSet<ExeId> {
+    use std::os::unix::fs::MetadataExt;
+    paths
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| {
+            let dev = meta.dev();
+            let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+            ExeId {
+                ino: meta.ino(),
+                dev: ((major << 20) | minor) as u32,
+                _pad: 0,
+            }
+        })
+        .collect()
 }

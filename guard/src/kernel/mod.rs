@@ -224,7 +224,7 @@ impl Kernel {
         self.apply_egress(config)
     }
 
-    /// Re-reads the guarded tasks and the allowed executables' processes into the environ maps.
+    /// Re-reads the guarded tasks and the allowed executables' identities into the environ maps.
     fn refresh_watch(&mut self, config: &Config) -> Result<(), KernelError> {
         let Some(watch) = self.watch.as_mut() else {
             return Ok(());
@@ -348,18 +348,22 @@ fn start_watch(
     Ok((environ::attach_tracepoints(ebpf, pins)?, watch))
 }
 
-/// The guarded service's tasks (task id → tgid), and the tgids allowed to read its environ: those
-/// running a configured executable, and proxyguard itself (its audits read the environ).
+/// The guarded service's tasks (task id → tgid), and the executables allowed to read its environ:
+/// the configured ones, and proxyguard itself (its audits read the environ). A replaced binary
+/// (an upgrade) gets a new inode, picked up on the next tick.
 fn watch_sets(
     config: &Config,
     root: Option<&Path>,
-) -> (std::collections::BTreeMap<u32, u32>, BTreeSet<u32>) {
+) -> (
+    std::collections::BTreeMap<u32, u32>,
+    BTreeSet<guard_common::environ::ExeId>,
+) {
     let tasks = guarded_pids::tasks(&guarded_pids::tgids(&config.guarded, root));
     let mut exes = config.watch.allow_exe.clone();
     if let Ok(own) = std::env::current_exe() {
         exes.push(own);
     }
-    (tasks, guarded_pids::running(&exes))
+    (tasks, environ::exe_ids(&exes))
 }
 
 /// The configured DNS resolvers, or the system's.
