@@ -147,6 +147,31 @@ fn guarded_cgroup_reaches_only_allowed_targets() {
         }
     };
     assert!(covered, "the re-created cgroup was not covered");
+
+    // `egress allow` edits the file and the running daemon picks it up at once.
+    let out = std::process::Command::new(proxyguard_tests::proxyguard_bin())
+        .args([
+            "egress",
+            "allow",
+            &format!("127.0.0.1:{}", refused.port),
+            "--config",
+        ])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloaded"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    {
+        let _inside = cgroup.enter();
+        assert_eq!(
+            connect("127.0.0.1", refused.port),
+            Ok(()),
+            "a live `egress allow` did not take effect"
+        );
+    }
     assert!(daemon
         .wait_for(|e| e["kind"] == "guarded_cgroups")
         .is_some());

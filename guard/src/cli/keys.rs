@@ -11,10 +11,8 @@ use clap::Subcommand;
 use serde_json::json;
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
 
-use crate::{
-    config::{self, Config},
-    proxy::layers::auth::hash_hex,
-};
+use super::edit;
+use crate::{config::Config, proxy::layers::auth::hash_hex};
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -79,12 +77,19 @@ fn add(
     keys.as_array_of_tables_mut()
         .context("`proxy.keys` in the config is not an array of tables ([[proxy.keys]])")?
         .push(entry);
-    write(path, &doc)?;
+    let reload = write(path, &doc)?;
     if json {
-        println!("{}", json!({ "name": name, "key": key }));
+        println!(
+            "{}",
+            json!({ "name": name, "key": key, "reload": edit::reload_json(&reload) })
+        );
     } else {
         println!("{key}");
-        eprintln!("key \"{name}\" added to {}; reload the daemon (SIGHUP) to use it. It is shown only this once.", path.display());
+        eprintln!(
+            "key \"{name}\" added to {}; {}. It is shown only this once.",
+            path.display(),
+            edit::describe(&reload)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -128,20 +133,16 @@ fn revoke(path: &Path, json: bool, name: &str) -> anyhow::Result<ExitCode> {
     if keys.len() == before {
         bail!("no key named \"{name}\" in {}", path.display());
     }
-    write(path, &doc)?;
+    let reload = write(path, &doc)?;
     if json {
-        println!("{}", json!({ "revoked": name }));
+        println!(
+            "{}",
+            json!({ "revoked": name, "reload": edit::reload_json(&reload) })
+        );
     } else {
-        println!("key \"{name}\" revoked; reload the daemon (SIGHUP) to refuse it");
+        println!("key \"{name}\" revoked; {}", edit::describe(&reload));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn read(path: &Path) -> anyhow::Result<DocumentMut> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.parse::<DocumentMut>()
-        .with_context(|| format!("{} is not valid TOML", path.display()))
 }
 
 fn entries(doc: &DocumentMut) -> impl Iterator<Item = &Table> {
@@ -152,17 +153,20 @@ fn entries(doc: &DocumentMut) -> impl Iterator<Item = &Table> {
         .flat_map(|keys| keys.iter())
 }
 
-/// Validates the edited file as the daemon would, then replaces the old one atomically (0600).
-fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<()> {
-    let text = doc.to_string();
-    Config::parse(&text, path)?;
-    config::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+fn read(path: &Path) -> anyhow::Result<DocumentMut> {
+    edit::read(path)
+}
+
+/// Validates and writes the edited file, then asks a running daemon to reload.
+fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<edit::Reload> {
+    let config = edit::write(path, doc)?;
+    Ok(edit::reload_daemon(&config))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config;
 
     #[test]
     fn add_list_revoke_keep_comments_and_mode() {

@@ -5,6 +5,8 @@
 mod check;
 mod completions;
 mod config_cmd;
+mod edit;
+mod egress;
 mod events;
 mod keys;
 mod reload;
@@ -57,6 +59,9 @@ pub enum Command {
     /// Audit the guarded service (or --pid / --unit): secrets in its environment, endpoints, temp
     /// files, listeners. Exit 1 when there are findings.
     Check(check::CheckArgs),
+    /// Edit the guarded service's egress allow-list.
+    #[command(subcommand)]
+    Egress(egress::EgressCommand),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
 }
@@ -77,6 +82,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Systemd(command) => systemd_cmd::run(&config_path, command),
         Command::Keys(command) => keys::run(&config_path, json, command),
         Command::Check(args) => check::run(&config_path, json, args),
+        Command::Egress(command) => egress::run(&config_path, json, command),
         Command::Completions(args) => completions::run(args),
     }
 }

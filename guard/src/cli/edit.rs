@@ -1,0 +1,70 @@
+//! Editing the config for `keys` and `egress`: parse with toml_edit (comments and layout kept),
+//! validate the result exactly as the daemon would, replace the file atomically (0600), then
+//! ask a running daemon to reload. An edit that does not validate leaves the file untouched.
+
+use std::path::Path;
+
+use anyhow::Context;
+use toml_edit::DocumentMut;
+
+use crate::{
+    config::{self, Config},
+    control::{client, Command},
+};
+
+pub fn read(path: &Path) -> anyhow::Result<DocumentMut> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.parse::<DocumentMut>()
+        .with_context(|| format!("{} is not valid TOML", path.display()))
+}
+
+/// Validates the edited document, then replaces the old file atomically (0600). Returns the
+/// config now on disk.
+pub fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<Config> {
+    let text = doc.to_string();
+    let config = Config::parse(&text, path)?;
+    config::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(config)
+}
+
+/// What became of the reload request: applied, refused (with why), or no daemon to ask.
+pub enum Reload {
+    Applied,
+    Refused(String),
+    NoDaemon,
+}
+
+/// Asks the daemon behind `config`'s control socket to reload.
+pub fn reload_daemon(config: &Config) -> Reload {
+    match client::request(&config.control.socket, &Command::Reload) {
+        Ok(answer) if answer["ok"] == true => Reload::Applied,
+        Ok(answer) => Reload::Refused(
+            answer["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_owned(),
+        ),
+        Err(_) => Reload::NoDaemon,
+    }
+}
+
+/// One line for people about the reload.
+pub fn describe(reload: &Reload) -> String {
+    match reload {
+        Reload::Applied => "the running daemon reloaded it".into(),
+        Reload::Refused(why) => format!("the running daemon refused to reload: {why}"),
+        Reload::NoDaemon => {
+            "no daemon answered on the control socket; it takes effect at the next start".into()
+        }
+    }
+}
+
+pub fn reload_json(reload: &Reload) -> serde_json::Value {
+    match reload {
+        Reload::Applied => serde_json::json!("applied"),
+        Reload::Refused(why) => serde_json::json!({ "refused": why }),
+        Reload::NoDaemon => serde_json::json!("no daemon"),
+    }
+}
