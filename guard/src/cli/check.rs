@@ -1,6 +1,7 @@
 //! `proxyguard check`: a one-shot audit of the guarded service (or of any process by `--pid` or
 //! `--unit`): secrets in its environment (names only), endpoints off the egress allow-list, temp
-//! and open files others can read, and listeners off loopback. Exit 0 clean, 1 findings.
+//! and open files others can read, and listeners off loopback. Exit 0 clean, 1 findings. The bind
+//! and egress rules in force and the kernel features available are shown as context.
 
 use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
@@ -10,7 +11,7 @@ use crate::{
     checks::{self, Finding},
     config::{Config, ConfigError, GuardedSection},
     guarded_pids,
-    kernel::cgroup,
+    kernel::{self, cgroup},
 };
 
 #[derive(Debug, clap::Args)]
@@ -67,19 +68,100 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
         return Ok(ExitCode::from(2));
     }
     let findings = checks::run(&config, &pids, args.fix);
+    // Context, not findings: the rules in force and what this kernel offers.
+    let rules = rules(&config);
+    let features = kernel::probe_features();
     if json {
         println!(
             "{}",
-            json!({ "pids": pids, "findings": findings, "fixed": findings.iter().filter(|f| f.fixed).count() })
+            json!({
+                "pids": pids,
+                "findings": findings,
+                "fixed": findings.iter().filter(|f| f.fixed).count(),
+                "rules": rules,
+                "kernel_features": features,
+            })
         );
     } else {
         print!("{}", render(&pids, &findings));
+        print!("{}", render_context(&rules, &features));
     }
     Ok(if findings.iter().any(|f| !f.fixed) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The bind and egress rules of the config, as the kernel enforces them.
+fn rules(config: &Config) -> serde_json::Value {
+    let bind: Vec<_> = config
+        .bind
+        .rules
+        .iter()
+        .map(|r| json!({ "port": r.port, "allow": r.allow, "owner": r.owner }))
+        .collect();
+    json!({
+        "bind": { "enabled": config.bind.enabled, "mode": config.bind.mode.as_str(), "rules": bind },
+        "egress": {
+            "enabled": config.egress.enabled,
+            "mode": config.egress.mode.as_str(),
+            "allow": config.egress.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "dns": config.egress.dns,
+            "guard_port": config.egress.guard_port,
+        },
+    })
+}
+
+fn render_context(rules: &serde_json::Value, features: &[kernel::Feature]) -> String {
+    let mut out = String::from(
+        "
+rules:
+",
+    );
+    let bind = &rules["bind"];
+    for rule in bind["rules"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  bind   port {} only on {}{} ({})\n",
+            rule["port"],
+            rule["allow"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default(),
+            rule["owner"]
+                .as_str()
+                .map(|o| format!(", by {o}"))
+                .unwrap_or_default(),
+            bind["mode"].as_str().unwrap_or("?"),
+        ));
+    }
+    let egress = &rules["egress"];
+    let allow: Vec<&str> = egress["allow"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    out.push_str(&format!(
+        "  egress {} ({}), DNS and loopback:{} always\n",
+        if allow.is_empty() {
+            "nothing listed".to_owned()
+        } else {
+            allow.join(" ")
+        },
+        egress["mode"].as_str().unwrap_or("?"),
+        egress["guard_port"],
+    ));
+    out.push_str("\nkernel features:\n");
+    for f in features {
+        let mark = if f.available { "yes" } else { "no " };
+        out.push_str(&format!("  {mark} {:<10} {}\n", f.name, f.detail));
+    }
+    out
 }
 
 fn render(pids: &BTreeSet<u32>, findings: &[Finding]) -> String {

@@ -366,6 +366,24 @@ fn watch_sets(
     (tasks, environ::exe_ids(&exes))
 }
 
+/// The kernel features as `run` finds them, including whether an LSM program really loads; nothing
+/// is attached or pinned (for `proxyguard check`).
+pub fn probe_features() -> Vec<Feature> {
+    let mut found = features::detect();
+    raise_memlock_limit();
+    match Ebpf::load(OBJECT) {
+        Ok(mut ebpf) => features::record_lsm_probe(&mut found, probe::bpf_lsm(&mut ebpf)),
+        Err(err) => found.push(Feature {
+            name: "ebpf",
+            available: false,
+            detail: format!(
+                "cannot load the eBPF object ({err}); it needs root, or CAP_BPF with CAP_PERFMON"
+            ),
+        }),
+    }
+    found
+}
+
 /// The configured DNS resolvers, or the system's.
 fn dns_servers(config: &Config) -> Vec<IpAddr> {
     if config.egress.dns.is_empty() {
