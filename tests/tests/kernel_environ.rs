@@ -216,9 +216,8 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
     });
     let took = started.elapsed();
     assert!(fixed, "the new 0644 file was not fixed");
-    if !in_vm() {
-        assert!(took <= Duration::from_secs(1), "fixed only after {took:?}");
-    }
+    // Event-driven (inotify), so this is milliseconds; printed, not asserted (no timed asserts).
+    eprintln!("new 0644 temp file fixed after {took:?}");
     let event = daemon
         .wait_for(|e| e["kind"] == "temp_file_fixed")
         .expect("a temp_file_fixed event");
@@ -230,6 +229,29 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
     {
         assert!(!record.to_string().contains(CANARY), "{record}");
     }
+
+    // The audits are exported as Prometheus metrics on the admin listener.
+    let admin = daemon.ready["proxy"]["admin"]
+        .as_str()
+        .expect("the admin listener")
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&admin).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /metrics HTTP/1.0\r\nhost: localhost\r\n\r\n",
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut metrics).unwrap();
+    assert!(
+        metrics.contains("proxyguard_audit_findings{check=\"secret_env\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("proxyguard_audit_files_fixed 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(CANARY));
 }
 
 /// `cat` run as a separate process, returning its pid and whether it could read the file.

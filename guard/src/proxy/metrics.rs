@@ -24,6 +24,11 @@ pub struct KeyLabels {
     pub key: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -33,6 +38,10 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     pub in_flight: Gauge,
     pub connections: Gauge,
+    /// The guarded-process audits (threats 6, 7, 12), refreshed from their summary at each scrape.
+    findings: Family<CheckLabels, Gauge>,
+    files_fixed: Gauge,
+    audits: Gauge,
 }
 
 /// Seconds, from 1 ms to about 5 minutes: completions are slow, rejections are fast.
@@ -85,8 +94,29 @@ impl Metrics {
             "Open client connections",
             connections.clone(),
         );
+        let findings = Family::<CheckLabels, Gauge>::default();
+        let files_fixed = Gauge::default();
+        let audits = Gauge::default();
+        registry.register(
+            "audit_findings",
+            "Findings open at the last audit of the guarded service, by check",
+            findings.clone(),
+        );
+        registry.register(
+            "audit_files_fixed",
+            "Temp and open files of the guarded service set to 0600 since start",
+            files_fixed.clone(),
+        );
+        registry.register(
+            "audit_runs",
+            "Full audits of the guarded service since start",
+            audits.clone(),
+        );
         Metrics {
             registry,
+            findings,
+            files_fixed,
+            audits,
             requests,
             denials,
             key_requests,
@@ -99,6 +129,17 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        let summary = crate::checks::continuous::summary();
+        self.findings.clear();
+        for (check, open) in &summary.open {
+            self.findings
+                .get_or_create(&CheckLabels {
+                    check: (*check).to_owned(),
+                })
+                .set(*open as i64);
+        }
+        self.files_fixed.set(summary.fixed as i64);
+        self.audits.set(summary.audits as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
