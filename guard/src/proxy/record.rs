@@ -76,12 +76,17 @@ impl Record {
                 .inc();
         }
         if let Some(key) = &self.key {
+            let labels = KeyLabels {
+                key: key.to_string(),
+            };
+            metrics.key_requests.get_or_create(&labels).inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
             metrics
-                .key_requests
-                .get_or_create(&KeyLabels {
-                    key: key.to_string(),
-                })
-                .inc();
+                .key_last_used
+                .get_or_create(&labels)
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
         }
         metrics.latency.observe(total.as_secs_f64());
         if let Some(upstream) = self.upstream {
