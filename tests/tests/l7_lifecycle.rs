@@ -276,3 +276,62 @@ fn a_silent_upstream_gets_504_after_the_response_timeout() {
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
     assert_eq!(body["error"]["type"], "api_error", "{body}");
 }
+
+#[test]
+fn concurrent_requests_per_key_are_capped() {
+    let provider = Provider::start();
+    let mut guard = Guard::start(
+        provider.port,
+        MASTER,
+        &["alice", "bob"],
+        "[proxy.limits]\nmax_concurrent_per_key = 1\n",
+    );
+    let alice = guard.key("alice").to_owned();
+    let base = guard.base.clone();
+    let gate = provider.gate.to_str().unwrap().to_owned();
+    let held = std::thread::spawn(move || {
+        client_with_env(
+            "stream",
+            &base,
+            &alice,
+            Some(&gate),
+            &[("PG_TEST_HOLD_GATE", "1")],
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !http(&guard.admin, json!({"method": "GET", "path": "/metrics"}))["body"]
+        .as_str()
+        .unwrap()
+        .contains("proxyguard_in_flight_requests 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // alice's only slot is taken by the open stream; bob has his own.
+    let models =
+        |key: &str| json!({"method": "GET", "path": "/v1/models", "headers": {"x-api-key": key}});
+    let second = http(&guard.base, models(guard.key("alice")));
+    assert_eq!(second["status"], 429, "{second}");
+    assert!(
+        second["body"].as_str().unwrap().contains("concurrency_key"),
+        "{second}"
+    );
+    let bob = http(&guard.base, models(guard.key("bob")));
+    // The provider has no GET route: its 501 shows bob's request went through.
+    assert_eq!(bob["status"], 501, "{bob}");
+
+    fs::write(&provider.gate, "").unwrap();
+    assert_eq!(held.join().unwrap()["text"], "one two three four five");
+    // The slot comes back when the stream ends.
+    let record = guard
+        .daemon
+        .wait_for(|e| e["kind"] == "request" && e["key"] == "alice" && e["status"] == 200)
+        .expect("the stream's audit line");
+    assert_eq!(record["route"], "/v1/chat/completions");
+    let again = http(&guard.base, models(guard.key("alice")));
+    assert_eq!(again["status"], 501, "{again}");
+}
