@@ -33,7 +33,7 @@ fn slow_and_idle_connections_are_closed() {
         free_port(),
         MASTER,
         &["alice"],
-        "[proxy.timeouts]\nheader_read_secs = 1\n",
+        "[proxy.timeouts]\nheader_read_secs = 1\nbody_secs = 1\n",
     );
     let addr = guard.base.trim_start_matches("http://").to_owned();
 
@@ -56,6 +56,20 @@ fn slow_and_idle_connections_are_closed() {
         closed_by_peer(&mut idle),
         "an idle keep-alive connection is closed"
     );
+
+    // A body that stops arriving is answered 408 once body_secs have passed.
+    let mut slow_body = TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":",
+        guard.key("alice")
+    );
+    slow_body.write_all(head.as_bytes()).unwrap();
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut status = [0u8; 12];
+    slow_body.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 408");
 
     // Past every check, an upstream that is down is a 502 in OpenAI's error shape.
     let down = http(
