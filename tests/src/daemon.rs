@@ -22,6 +22,16 @@ fn patience() -> Duration {
     }
 }
 
+/// A config without a `[proxy]` section gets one on free loopback ports, so tests that are not
+/// about the L7 proxy never collide on its default ports (8080, 9464).
+fn free_proxy_ports(config: &str) -> String {
+    if config.contains("[proxy]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n")
+    }
+}
+
 pub struct Daemon {
     child: Child,
     events: Receiver<Value>,
@@ -46,7 +56,7 @@ impl Daemon {
     pub fn start_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(&config_path, free_proxy_ports(config)).expect("write config");
         let mut child = Command::new(crate::proxyguard_bin())
             .arg("run")
             .arg("--config")
@@ -141,7 +151,7 @@ impl Daemon {
 
     /// Rewrites the config, sends SIGHUP, and returns the `reloaded` or `reload_failed` record.
     pub fn reload_with(&mut self, config: &str) -> Value {
-        std::fs::write(&self.config_path, config).expect("rewrite config");
+        std::fs::write(&self.config_path, free_proxy_ports(config)).expect("rewrite config");
         self.signal(nix::sys::signal::Signal::SIGHUP);
         self.wait_for(|e| e["kind"] == "reloaded" || e["kind"] == "reload_failed")
             .expect("no reload outcome")
