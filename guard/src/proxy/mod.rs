@@ -57,7 +57,7 @@ impl Proxy {
     /// Reads every file the settings need, then binds both listeners. Nothing is bound when the
     /// settings are bad.
     pub async fn start(config: &ProxyConfig) -> Result<Proxy, ProxyError> {
-        let state = State::build(config)?;
+        let state = State::build(config, None)?;
         let tls = state.tls.is_some();
         if !config.listen.ip().is_loopback() && !tls {
             tracing::warn!(listen = %config.listen, "plaintext listener off loopback (allow_plaintext = true): keys and prompts cross the network unencrypted");
@@ -125,7 +125,10 @@ impl Proxy {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
         }
-        Ok(Staged(State::build(config)?))
+        Ok(Staged(State::build(
+            config,
+            Some(&self.shared.state.load()),
+        )?))
     }
 
     /// Swaps in staged settings at once; requests in flight finish on the old ones.
