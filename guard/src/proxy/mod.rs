@@ -6,6 +6,7 @@
 
 mod admin;
 mod alerts;
+mod audit_queue;
 mod error;
 mod forward;
 mod hop;
@@ -141,5 +142,7 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.front.await;
         let _ = self.admin_task.await;
+        // Every request's audit line is out before the daemon reports that it stops.
+        let _ = tokio::task::spawn_blocking(|| audit_queue::flush(Duration::from_secs(5))).await;
     }
 }

@@ -93,9 +93,7 @@ impl Record {
             metrics.upstream_latency.observe(upstream.as_secs_f64());
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        crate::audit::emit(
-            "request",
-            crate::audit::fields(json!({
+        super::audit_queue::request(crate::audit::fields(json!({
                 "client": self.client,
                 "key": self.key.as_deref(),
                 "method": self.method,
@@ -107,8 +105,7 @@ impl Record {
                 "bytes_out": bytes_out,
                 "upstream_ms": self.upstream.map(ms),
                 "total_ms": ms(total),
-            })),
-        );
+        })));
     }
 }
 
