@@ -16,8 +16,19 @@ import httpx
 import openai
 
 
+def tls_context(ca):
+    """Trusts CA; PG_TEST_TLS pins the version ("1.2" or "1.3") to show each one works."""
+    import ssl
+    context = ssl.create_default_context(cafile=ca)
+    version = os.environ.get("PG_TEST_TLS")
+    if version:
+        pinned = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[version]
+        context.minimum_version = context.maximum_version = pinned
+    return context
+
+
 def client(base, key, ca=None):
-    http_client = httpx.Client(verify=ca) if ca else None
+    http_client = httpx.Client(verify=tls_context(ca)) if ca else None
     return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60, http_client=http_client)
 
 
@@ -68,7 +79,7 @@ def main():
                 content = (data[i:i + 65536] for i in range(0, len(data), 65536))
             else:
                 content = body
-            with httpx.Client(verify=ca or True, timeout=60) as http:
+            with httpx.Client(verify=tls_context(ca) if ca else True, timeout=60) as http:
                 resp = http.request(spec.get("method", "POST"), base + spec["path"],
                                     headers=spec.get("headers", {}), content=content)
             result = {"ok": resp.status_code < 400, "status": resp.status_code, "body": resp.text,

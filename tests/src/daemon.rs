@@ -46,6 +46,16 @@ pub fn with_control_socket(config: &str, socket: &std::path::Path) -> String {
     format!("[control]\nsocket = \"{}\"\n\n{config}", socket.display())
 }
 
+/// A config without a `[proxy]` section gets one on free loopback ports, so tests that are not
+/// about the L7 proxy never collide on its default ports (8080, 9464).
+fn free_proxy_ports(config: &str) -> String {
+    if config.contains("[proxy]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n")
+    }
+}
+
 pub struct Daemon {
     child: Child,
     /// Removed on drop unless [`Daemon::keep_pins`] was called.
@@ -99,7 +109,7 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
         let socket = dir.path().join("control.sock");
-        let text = with_control_socket(&with_pin_dir(config, &pin_dir), &socket);
+        let text = with_control_socket(&with_pin_dir(&free_proxy_ports(config), &pin_dir), &socket);
         std::fs::write(&config_path, text).expect("write config");
         let mut command = Command::new(crate::proxyguard_bin());
         if let Some(netns) = netns {
@@ -202,7 +212,10 @@ impl Daemon {
     /// Rewrites the config, sends SIGHUP, and returns the `reloaded` or `reload_failed` record.
     pub fn reload_with(&mut self, config: &str) -> Value {
         let socket = self.dir.path().join("control.sock");
-        let text = with_control_socket(&with_pin_dir(config, &self.pin_dir), &socket);
+        let text = with_control_socket(
+            &with_pin_dir(&free_proxy_ports(config), &self.pin_dir),
+            &socket,
+        );
         std::fs::write(&self.config_path, text).expect("rewrite config");
         self.signal(nix::sys::signal::Signal::SIGHUP);
         self.wait_for(|e| e["kind"] == "reloaded" || e["kind"] == "reload_failed")

@@ -94,6 +94,13 @@ fn canary_secrets_appear_in_no_output() {
             .contains("proxyguard_key_requests_total{key=\"alice\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics["body"]
+            .as_str()
+            .unwrap()
+            .contains("proxyguard_key_last_used_timestamp_seconds{key=\"alice\"}"),
+        "{metrics}"
+    );
     outputs.push(format!("metrics: {}", metrics["body"]));
 
     let records = guard.daemon.drain(std::time::Duration::from_secs(2));

@@ -33,7 +33,7 @@ fn slow_and_idle_connections_are_closed() {
         free_port(),
         MASTER,
         &["alice"],
-        "[proxy.timeouts]\nheader_read_secs = 1\n",
+        "[proxy.timeouts]\nheader_read_secs = 1\nbody_secs = 1\n",
     );
     let addr = guard.base.trim_start_matches("http://").to_owned();
 
@@ -56,6 +56,20 @@ fn slow_and_idle_connections_are_closed() {
         closed_by_peer(&mut idle),
         "an idle keep-alive connection is closed"
     );
+
+    // A body that stops arriving is answered 408 once body_secs have passed.
+    let mut slow_body = TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":",
+        guard.key("alice")
+    );
+    slow_body.write_all(head.as_bytes()).unwrap();
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut status = [0u8; 12];
+    slow_body.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 408");
 
     // Past every check, an upstream that is down is a 502 in OpenAI's error shape.
     let down = http(
@@ -275,4 +289,63 @@ fn a_silent_upstream_gets_504_after_the_response_timeout() {
     let body: serde_json::Value = serde_json::from_str(got["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
     assert_eq!(body["error"]["type"], "api_error", "{body}");
+}
+
+#[test]
+fn concurrent_requests_per_key_are_capped() {
+    let provider = Provider::start();
+    let mut guard = Guard::start(
+        provider.port,
+        MASTER,
+        &["alice", "bob"],
+        "[proxy.limits]\nmax_concurrent_per_key = 1\n",
+    );
+    let alice = guard.key("alice").to_owned();
+    let base = guard.base.clone();
+    let gate = provider.gate.to_str().unwrap().to_owned();
+    let held = std::thread::spawn(move || {
+        client_with_env(
+            "stream",
+            &base,
+            &alice,
+            Some(&gate),
+            &[("PG_TEST_HOLD_GATE", "1")],
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !http(&guard.admin, json!({"method": "GET", "path": "/metrics"}))["body"]
+        .as_str()
+        .unwrap()
+        .contains("proxyguard_in_flight_requests 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // alice's only slot is taken by the open stream; bob has his own.
+    let models =
+        |key: &str| json!({"method": "GET", "path": "/v1/models", "headers": {"x-api-key": key}});
+    let second = http(&guard.base, models(guard.key("alice")));
+    assert_eq!(second["status"], 429, "{second}");
+    assert!(
+        second["body"].as_str().unwrap().contains("concurrency_key"),
+        "{second}"
+    );
+    let bob = http(&guard.base, models(guard.key("bob")));
+    // The provider has no GET route: its 501 shows bob's request went through.
+    assert_eq!(bob["status"], 501, "{bob}");
+
+    fs::write(&provider.gate, "").unwrap();
+    assert_eq!(held.join().unwrap()["text"], "one two three four five");
+    // The slot comes back when the stream ends.
+    let record = guard
+        .daemon
+        .wait_for(|e| e["kind"] == "request" && e["key"] == "alice" && e["status"] == 200)
+        .expect("the stream's audit line");
+    assert_eq!(record["route"], "/v1/chat/completions");
+    let again = http(&guard.base, models(guard.key("alice")));
+    assert_eq!(again["status"], 501, "{again}");
 }

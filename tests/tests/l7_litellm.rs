@@ -274,6 +274,11 @@ fn over_rate_clients_get_429_with_retry_after() {
         records.iter().all(|r| r["kind"] != "rate_spike"),
         "{records:?}"
     );
+    // A reload (here of the same file) hands alice no fresh budget.
+    let config = std::fs::read_to_string(&guard.daemon.config_path).unwrap();
+    assert_eq!(guard.daemon.reload_with(&config)["kind"], "reloaded");
+    let after = client("rate", &guard.base, guard.key("alice"), Some("1"));
+    assert_eq!(after["counts"], json!({"429": 1}), "{after}");
 
     // Per client IP too, whatever the key.
     drop(guard);

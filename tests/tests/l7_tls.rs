@@ -56,6 +56,19 @@ fn https_with_certificate_reload() {
     };
 
     assert_eq!(with_ca(&first_ca)["ok"], true, "chat over TLS");
+    for version in ["1.2", "1.3"] {
+        let pinned = client_with_env(
+            "chat",
+            &https,
+            &alice,
+            None,
+            &[
+                ("PG_TEST_CA", first_ca.to_str().unwrap()),
+                ("PG_TEST_TLS", version),
+            ],
+        );
+        assert_eq!(pinned["ok"], true, "TLS {version}: {pinned}");
+    }
     let plain = client_with_env("chat", &guard.base, &alice, None, &[]);
     assert_eq!(plain["ok"], false, "plain HTTP to the TLS port: {plain}");
 

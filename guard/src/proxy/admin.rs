@@ -16,7 +16,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
-                Err(_) => continue,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             _ = stop.changed() => break,
         };

@@ -3,8 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use bytes::Bytes;
 use http::{
     header, request::Parts, uri::Scheme, HeaderName, HeaderValue, Request, Response, StatusCode,
@@ -16,6 +14,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{hop, layers::auth, reject::Reject, state::State};
 
@@ -122,6 +121,56 @@ pub async fn send(
         Ok((Ok(slot), Ok(mut response))) => {
             hop::strip(response.headers_mut());
             Ok((response, slot))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+
+    #[test]
+    fn rewrite_table() {
+        let state = State::build(&ProxyConfig::default(), None).unwrap();
+        let request = Request::post("http://guard.example/v1/chat/completions?x=1")
+            .header("host", "guard.example")
+            .header("authorization", "Bearer client-key")
+            .header("x-api-key", "client-key")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .header("connection", "close, x-hop")
+            .header("x-hop", "1")
+            .header("expect", "100-continue")
+            .header("content-length", "2")
+            .header("x-kept", "1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let client: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let out = rewrite(parts, Bytes::from_static(b"{}"), &state, client, true);
+        assert_eq!(out.uri(), "http://127.0.0.1:4000/v1/chat/completions?x=1");
+        let headers = out.headers();
+        let expected = [
+            ("host", Some("127.0.0.1:4000")),
+            ("x-forwarded-for", Some("10.1.2.3")),
+            ("x-forwarded-proto", Some("https")),
+            ("x-kept", Some("1")),
+            // No upstream key file in the default config: no Authorization at all.
+            ("authorization", None),
+            ("x-api-key", None),
+            ("forwarded", None),
+            ("connection", None),
+            ("x-hop", None),
+            ("expect", None),
+            ("content-length", None),
+        ];
+        for (name, value) in expected {
+            assert_eq!(
+                headers.get(name).map(|v| v.to_str().unwrap()),
+                value,
+                "{name}"
+            );
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub denials: Family<ReasonLabels, Counter>,
     pub key_requests: Family<KeyLabels, Counter>,
+    /// Unix time of each key's latest request: a key that should be idle and is not stands out.
+    pub key_last_used: Family<KeyLabels, Gauge>,
     pub latency: Histogram,
     pub upstream_latency: Histogram,
     pub in_flight: Gauge,
@@ -55,6 +57,12 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let denials = Family::<ReasonLabels, Counter>::default();
         let key_requests = Family::<KeyLabels, Counter>::default();
+        let key_last_used = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "key_last_used_timestamp_seconds",
+            "Unix time of the latest request per key name",
+            key_last_used.clone(),
+        );
         let latency = Histogram::new(buckets());
         let upstream_latency = Histogram::new(buckets());
         let in_flight = Gauge::default();
@@ -120,6 +128,7 @@ impl Metrics {
             requests,
             denials,
             key_requests,
+            key_last_used,
             latency,
             upstream_latency,
             in_flight,

@@ -6,6 +6,7 @@
 
 mod admin;
 mod alerts;
+mod audit_queue;
 mod error;
 mod forward;
 mod hop;
@@ -57,7 +58,7 @@ impl Proxy {
     /// Reads every file the settings need, then binds both listeners. Nothing is bound when the
     /// settings are bad.
     pub async fn start(config: &ProxyConfig) -> Result<Proxy, ProxyError> {
-        let state = State::build(config)?;
+        let state = State::build(config, None)?;
         let tls = state.tls.is_some();
         if !config.listen.ip().is_loopback() && !tls {
             tracing::warn!(listen = %config.listen, "plaintext listener off loopback (allow_plaintext = true): keys and prompts cross the network unencrypted");
@@ -125,7 +126,10 @@ impl Proxy {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
         }
-        Ok(Staged(State::build(config)?))
+        Ok(Staged(State::build(
+            config,
+            Some(&self.shared.state.load()),
+        )?))
     }
 
     /// Swaps in staged settings at once; requests in flight finish on the old ones.
@@ -138,5 +142,7 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.front.await;
         let _ = self.admin_task.await;
+        // Every request's audit line is out before the daemon reports that it stops.
+        let _ = tokio::task::spawn_blocking(|| audit_queue::flush(Duration::from_secs(5))).await;
     }
 }

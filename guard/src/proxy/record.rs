@@ -76,21 +76,24 @@ impl Record {
                 .inc();
         }
         if let Some(key) = &self.key {
+            let labels = KeyLabels {
+                key: key.to_string(),
+            };
+            metrics.key_requests.get_or_create(&labels).inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
             metrics
-                .key_requests
-                .get_or_create(&KeyLabels {
-                    key: key.to_string(),
-                })
-                .inc();
+                .key_last_used
+                .get_or_create(&labels)
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
         }
         metrics.latency.observe(total.as_secs_f64());
         if let Some(upstream) = self.upstream {
             metrics.upstream_latency.observe(upstream.as_secs_f64());
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        crate::audit::emit(
-            "request",
-            crate::audit::fields(json!({
+        super::audit_queue::request(crate::audit::fields(json!({
                 "client": self.client,
                 "key": self.key.as_deref(),
                 "method": self.method,
@@ -102,8 +105,7 @@ impl Record {
                 "bytes_out": bytes_out,
                 "upstream_ms": self.upstream.map(ms),
                 "total_ms": ms(total),
-            })),
-        );
+        })));
     }
 }
 

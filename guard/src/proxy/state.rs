@@ -50,7 +50,9 @@ pub struct State {
 }
 
 impl State {
-    pub fn build(config: &ProxyConfig) -> Result<State, ProxyError> {
+    /// `previous` (on reload) lends its rate limiters and concurrency counts where they apply
+    /// unchanged, so a reload resets no budget.
+    pub fn build(config: &ProxyConfig, previous: Option<&State>) -> Result<State, ProxyError> {
         let setting = |field: &str, message: String| ProxyError::Setting {
             field: field.into(),
             message,
@@ -95,10 +97,12 @@ impl State {
                     quota(rpm, rate.per_key_burst.min(rpm.max(1))),
                 )
             }),
+            previous.map(|p| &p.rate),
         );
         let concurrency = Concurrency::new(
             stored.iter().map(|key| key.name.clone()),
             config.limits.max_concurrent_per_key,
+            previous.map(|p| &p.concurrency),
         );
         let admin_keys = config
             .admin_routes
@@ -238,7 +242,7 @@ mod tests {
 
     #[test]
     fn default_config_builds() {
-        let state = State::build(&ProxyConfig::default()).unwrap();
+        let state = State::build(&ProxyConfig::default(), None).unwrap();
         assert_eq!(state.reserved.len(), 3);
         assert!(state.keys.keys().is_empty());
     }
@@ -256,7 +260,7 @@ mod tests {
             keys: vec![key("slow", Some(2)), key("default", None)],
             ..ProxyConfig::default()
         };
-        let state = State::build(&config).unwrap();
+        let state = State::build(&config, None).unwrap();
         // The burst never exceeds the key's own rpm; the default key keeps the default burst (60).
         let allowed = |name: &str| {
             (0..100)
@@ -274,7 +278,7 @@ mod tests {
             .limits
             .body_per_route
             .insert("embeddings".into(), 8 << 20);
-        let state = State::build(&config).unwrap();
+        let state = State::build(&config, None).unwrap();
         for (route, limit) in [
             ("embeddings", 8 << 20),
             ("chat/completions", 2 << 20),

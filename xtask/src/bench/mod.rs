@@ -112,6 +112,23 @@ pub fn l7(quick: bool) -> Result<Value> {
     let proxyguard = wrk::run(&url(guard_port), &script, connections, duration)?;
     let nginx = wrk::run(&url(nginx_port), &script, connections, duration)?;
 
+    // Added latency at half of proxyguard's peak: each connection waits between requests so the
+    // total rate is about half the peak (wrk's `delay()`), against direct and through proxyguard.
+    let half_rate = proxyguard.rps / 2.0;
+    let paced = work.join("paced.lua");
+    let delay_ms = (f64::from(connections) * 1000.0 / half_rate).max(1.0);
+    fs::write(
+        &paced,
+        format!(
+            "{}function delay()\n  return {delay_ms:.0}\nend\n",
+            lua_script()
+        ),
+    )?;
+    println!("bench: at about {half_rate:.0} req/s (half of proxyguard's peak)");
+    let direct_half = wrk::run(&url(upstream_port), &paced, connections, duration)?;
+    let proxyguard_half = wrk::run(&url(guard_port), &paced, connections, duration)?;
+    let added_p99_half = proxyguard_half.p99 - direct_half.p99;
+
     println!("bench: proxyguard at 1,000 connections");
     let many = wrk::run(&url(guard_port), &script, 1000, duration)?;
     let rss = peers::peak_rss_mib(guard.pid())?;
@@ -140,6 +157,10 @@ pub fn l7(quick: bool) -> Result<Value> {
     let ratio = proxyguard.rps / nginx.rps;
     println!();
     println!("proxyguard / nginx throughput: {ratio:.2} (target >= 1.0)");
+    println!(
+        "at half of proxyguard's peak ({:.0} vs {:.0} req/s measured): p99 direct {:.3} ms, proxyguard {:.3} ms, added {added_p99_half:.3} ms (target <= 1)",
+        direct_half.rps, proxyguard_half.rps, direct_half.p99, proxyguard_half.p99
+    );
     println!("proxyguard peak RSS after 1,000 connections: {rss:.1} MiB (target <= 64); {:.0} req/s, {} non-2xx", many.rps, many.non_2xx);
 
     let results = json!({
@@ -154,6 +175,12 @@ pub fn l7(quick: bool) -> Result<Value> {
             "nginx": { "p50_ms": nginx.p50 - direct.p50, "p99_ms": nginx.p99 - direct.p99 },
         },
         "throughput_ratio_proxyguard_to_nginx": ratio,
+        "half_peak": {
+            "target_rps": half_rate,
+            "direct": direct_half.to_json(),
+            "proxyguard": proxyguard_half.to_json(),
+            "added_p99_ms": added_p99_half,
+        },
         "proxyguard_1000_connections": { "run": many.to_json(), "peak_rss_mib": rss },
     });
     Ok(results)

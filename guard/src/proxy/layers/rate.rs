@@ -1,5 +1,8 @@
 //! Request rate limits (threat 9): per client IP and per key, requests per minute with a burst,
 //! answering 429 with `Retry-After`. GCRA via governor: constant memory per key, no timers.
+//!
+//! A reload keeps the state of every limiter whose quota did not change, so SIGHUP (a key added,
+//! say) never hands a flooding address or key a fresh budget.
 
 use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Arc};
 
@@ -12,8 +15,8 @@ use http::StatusCode;
 use crate::proxy::reject::Reject;
 
 pub struct RateLimits {
-    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    per_key: HashMap<Arc<str>, DefaultDirectRateLimiter>,
+    per_ip: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
+    per_key: HashMap<Arc<str>, (Quota, Arc<DefaultDirectRateLimiter>)>,
 }
 
 /// A quota of `rpm` per minute with `burst` at once; `None` when the limit is off (0).
@@ -24,23 +27,38 @@ pub fn quota(rpm: u32, burst: u32) -> Option<Quota> {
 }
 
 impl RateLimits {
-    /// `keys` pairs each key name with its own quota (or none).
+    /// `keys` pairs each key name with its own quota (or none). Limiters of `previous` with the
+    /// same name and quota carry over with their state.
     pub fn new(
         per_ip: Option<Quota>,
         keys: impl IntoIterator<Item = (Arc<str>, Option<Quota>)>,
+        previous: Option<&RateLimits>,
     ) -> RateLimits {
-        RateLimits {
-            per_ip: per_ip.map(RateLimiter::keyed),
-            per_key: keys
-                .into_iter()
-                .filter_map(|(name, quota)| Some((name, RateLimiter::direct(quota?))))
-                .collect(),
-        }
+        let kept_ip = previous
+            .and_then(|p| p.per_ip.as_ref())
+            .filter(|(quota, _)| Some(*quota) == per_ip);
+        let per_ip = match kept_ip {
+            Some((quota, limiter)) => Some((*quota, limiter.clone())),
+            None => per_ip.map(|quota| (quota, Arc::new(RateLimiter::keyed(quota)))),
+        };
+        let per_key = keys
+            .into_iter()
+            .filter_map(|(name, quota)| {
+                let quota = quota?;
+                let kept = previous
+                    .and_then(|p| p.per_key.get(&name))
+                    .filter(|(old, _)| *old == quota)
+                    .map(|(_, limiter)| limiter.clone());
+                let limiter = kept.unwrap_or_else(|| Arc::new(RateLimiter::direct(quota)));
+                Some((name, (quota, limiter)))
+            })
+            .collect();
+        RateLimits { per_ip, per_key }
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Reject> {
         match &self.per_ip {
-            Some(limiter) => limiter
+            Some((_, limiter)) => limiter
                 .check_key(&ip)
                 .map_err(|not_until| too_many("rate_ip", "this address", not_until)),
             None => Ok(()),
@@ -49,7 +67,7 @@ impl RateLimits {
 
     pub fn check_key(&self, name: &str) -> Result<(), Reject> {
         match self.per_key.get(name) {
-            Some(limiter) => limiter
+            Some((_, limiter)) => limiter
                 .check()
                 .map_err(|not_until| too_many("rate_key", "this key", not_until)),
             None => Ok(()),
@@ -58,7 +76,7 @@ impl RateLimits {
 
     /// Forgets idle addresses, so the per-IP table cannot grow without bound.
     pub fn prune(&self) {
-        if let Some(limiter) = &self.per_ip {
+        if let Some((_, limiter)) = &self.per_ip {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -88,7 +106,11 @@ mod tests {
 
     #[test]
     fn per_key_burst_then_429() {
-        let limits = RateLimits::new(None, [("a".into(), quota(60, 3)), ("free".into(), None)]);
+        let limits = RateLimits::new(
+            None,
+            [("a".into(), quota(60, 3)), ("free".into(), None)],
+            None,
+        );
         let results: Vec<bool> = (0..5).map(|_| limits.check_key("a").is_ok()).collect();
         assert_eq!(results, [true, true, true, false, false]);
         let reject = limits.check_key("a").unwrap_err();
@@ -103,7 +125,7 @@ mod tests {
 
     #[test]
     fn per_ip_is_per_address() {
-        let limits = RateLimits::new(quota(60, 2), []);
+        let limits = RateLimits::new(quota(60, 2), [], None);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let table = [
@@ -118,6 +140,38 @@ mod tests {
             assert_eq!(limits.check_ip(ip).is_ok(), ok, "{ip}");
         }
         assert_eq!(limits.check_ip(a).unwrap_err().reason, "rate_ip");
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_state_of_unchanged_limiters() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let old = RateLimits::new(
+            quota(60, 1),
+            [("a".into(), quota(60, 1)), ("b".into(), quota(60, 1))],
+            None,
+        );
+        assert!(
+            old.check_ip(ip).is_ok() && old.check_key("a").is_ok() && old.check_key("b").is_ok()
+        );
+        // Same per-IP quota and key a; key b's quota changed; key c is new.
+        let new = RateLimits::new(
+            quota(60, 1),
+            [
+                ("a".into(), quota(60, 1)),
+                ("b".into(), quota(120, 1)),
+                ("c".into(), quota(60, 1)),
+            ],
+            Some(&old),
+        );
+        let table = [
+            ("ip", new.check_ip(ip).is_ok(), false),
+            ("a", new.check_key("a").is_ok(), false),
+            ("b", new.check_key("b").is_ok(), true),
+            ("c", new.check_key("c").is_ok(), true),
+        ];
+        for (what, got, want) in table {
+            assert_eq!(got, want, "{what}");
+        }
     }
 
     #[test]
