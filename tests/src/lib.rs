@@ -8,6 +8,7 @@ pub mod guarded;
 pub mod l7;
 pub mod net;
 pub mod netns;
+pub mod upstream;
 
 use std::{io::Write, path::PathBuf};
 

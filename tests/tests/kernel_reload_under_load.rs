@@ -4,8 +4,8 @@
 //! The upstream is a small in-process HTTP server, so this also runs in the VM.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    io::BufReader,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc,
@@ -14,90 +14,12 @@ use std::{
 };
 
 use nix::errno::Errno;
-use proxyguard_tests::{l7::new_key, net, proxyguard_bin, require_root, Daemon};
-
-/// Answers every request with a fixed chat completion, keeping connections alive.
-fn upstream() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(stream));
-        }
-    });
-    port
-}
-
-fn serve(stream: TcpStream) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let reply = r#"{"id":"c1","object":"chat.completion","choices":[]}"#;
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            reply.len()
-        );
-        if writer
-            .write_all(head.as_bytes())
-            .and_then(|_| writer.write_all(reply.as_bytes()))
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// One request on `stream`; returns the status code.
-fn request(stream: &mut BufReader<TcpStream>, key: &str) -> std::io::Result<u16> {
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.get_mut().write_all(head.as_bytes())?;
-    let mut status_line = String::new();
-    stream.read_line(&mut status_line)?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut length = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stream.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body)?;
-    Ok(status)
-}
+use proxyguard_tests::{
+    l7::new_key,
+    net, proxyguard_bin, require_root,
+    upstream::{request, upstream},
+    Daemon,
+};
 
 fn config(upstream: u16, bind_port: u16, hash: &str, rpm: u32, burst: u32) -> String {
     format!(
