@@ -251,6 +251,15 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
         metrics.contains("proxyguard_audit_files_fixed 1"),
         "{metrics}"
     );
+    // And so are the kernel programs' counters (environ reads among them).
+    assert!(
+        metrics.contains("proxyguard_kernel_events{program=\"environ\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("proxyguard_kernel_events{program=\"bind\",counter=\"denied\"}"),
+        "{metrics}"
+    );
     assert!(!metrics.contains(CANARY));
 }
 

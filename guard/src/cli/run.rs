@@ -132,6 +132,9 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
             },
             _ = guarded_tick.tick() => {
                 if let Some(kernel) = kernel.as_mut() {
+                    if let Ok(counters) = kernel.counters() {
+                        crate::kernel::publish_counters(&counters);
+                    }
                     match kernel.refresh_guarded(&config) {
                         Ok(true) => {
                             let cgroups: Vec<_> = kernel.guarded.iter().map(|c| json!({ "path": c.path, "id": c.id })).collect();

@@ -64,6 +64,34 @@ pub struct Counters {
     pub environ: EnvironStats,
 }
 
+/// The counters as last read by the daemon's loop, for the metrics endpoint (which runs on the
+/// proxy's tasks and cannot reach the maps).
+static LAST_COUNTERS: std::sync::Mutex<Option<serde_json::Value>> = std::sync::Mutex::new(None);
+
+/// Records `counters` for [`last_counters`].
+pub fn publish_counters(counters: &Counters) {
+    if let Ok(value) = serde_json::to_value(counters) {
+        *LAST_COUNTERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+    }
+}
+
+/// Every counter as (family, name, value), from the last [`publish_counters`].
+pub fn last_counters() -> Vec<(String, String, u64)> {
+    let guard = LAST_COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(serde_json::Value::Object(families)) = guard.as_ref() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (family, counters) in families {
+        for (name, value) in counters.as_object().into_iter().flatten() {
+            if let Some(n) = value.as_u64() {
+                out.push((family.clone(), name.clone(), n));
+            }
+        }
+    }
+    out
+}
+
 pub struct Kernel {
     ebpf: Ebpf,
     pub programs: Vec<AttachedProgram>,

@@ -29,6 +29,12 @@ pub struct CheckLabels {
     pub check: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelLabels {
+    pub program: String,
+    pub counter: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -44,6 +50,8 @@ pub struct Metrics {
     findings: Family<CheckLabels, Gauge>,
     files_fixed: Gauge,
     audits: Gauge,
+    /// The kernel programs' counters (bind, xdp, egress, environ), as the daemon last read them.
+    kernel: Family<KernelLabels, Gauge>,
 }
 
 /// Seconds, from 1 ms to about 5 minutes: completions are slow, rejections are fast.
@@ -120,11 +128,18 @@ impl Metrics {
             "Full audits of the guarded service since start",
             audits.clone(),
         );
+        let kernel = Family::<KernelLabels, Gauge>::default();
+        registry.register(
+            "kernel_events",
+            "Counters of the kernel programs (summed over CPUs), by program family and counter",
+            kernel.clone(),
+        );
         Metrics {
             registry,
             findings,
             files_fixed,
             audits,
+            kernel,
             requests,
             denials,
             key_requests,
@@ -149,6 +164,11 @@ impl Metrics {
         }
         self.files_fixed.set(summary.fixed as i64);
         self.audits.set(summary.audits as i64);
+        for (program, counter, value) in crate::kernel::last_counters() {
+            self.kernel
+                .get_or_create(&KernelLabels { program, counter })
+                .set(value as i64);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
