@@ -75,7 +75,7 @@ fn nightly_with_rust_src() -> Result<()> {
     Ok(())
 }
 
-pub fn installed(package: &str) -> bool {
+fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${db:Status-Abbrev}", package])
         .output()
@@ -83,15 +83,17 @@ pub fn installed(package: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    apt_install("setup", APT_PACKAGES)
+}
+
+/// Installs whichever of `packages` (Debian package names) are missing, saying so as `who`; a
+/// failure names the command that would fix it. Setup and the benchmarks' peers share it.
+pub fn apt_install(who: &str, packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    println!("setup: installing Debian packages: {}", missing.join(" "));
+    println!("{who}: installing Debian packages: {}", missing.join(" "));
     let fix = format!("apt-get update && apt-get install -y {}", missing.join(" "));
     cmd::run(Command::new("apt-get").args(["update", "-qq"]))
         .with_context(|| format!("cannot update apt's lists; as root, run: {fix}"))?;

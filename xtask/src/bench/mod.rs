@@ -9,7 +9,7 @@ mod wrk;
 
 use std::{fs, process::Command, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -205,28 +205,5 @@ fn free_port() -> Result<u16> {
 
 /// nginx and wrk from apt, installed once.
 fn install_peers() -> Result<()> {
-    let missing: Vec<&str> = ["nginx", "wrk"]
-        .into_iter()
-        .filter(|tool| {
-            !cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("bench: installing {} with apt", missing.join(" "));
-    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| {
-        format!(
-            "cannot install {}; as root, run: apt-get install {}",
-            missing.join(" "),
-            missing.join(" ")
-        )
-    })
+    crate::setup::apt_install("bench", &["nginx", "wrk"])
 }

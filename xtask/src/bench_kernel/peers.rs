@@ -4,31 +4,14 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{cmd, setup};
 
 const APT_PACKAGES: &[&str] = &["iptables", "iproute2"];
 
 pub fn install() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !setup::installed(p))
-        .collect();
-    if !missing.is_empty() {
-        println!("bench-kernel: installing {}", missing.join(" "));
-        let fix = format!("apt-get update && apt-get install -y {}", missing.join(" "));
-        cmd::run(Command::new("apt-get").args(["update", "-qq"]))
-            .with_context(|| format!("cannot update apt's lists; as root, run: {fix}"))?;
-        cmd::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .with_context(|| format!("cannot install the benchmark's peers; as root, run: {fix}"))?;
-    }
+    setup::apt_install("bench-kernel", APT_PACKAGES)?;
     for (tool, why) in [
         ("python3", "the slow upstream"),
         (
