@@ -3,10 +3,7 @@
 use std::{fs::File, path::Path};
 
 use aya::{
-    programs::{
-        links::{CgroupAttachMode, FdLink},
-        CgroupSockAddr,
-    },
+    programs::{links::CgroupAttachMode, CgroupSockAddr},
     Ebpf,
 };
 
@@ -55,9 +52,7 @@ pub fn attach(
             let link = program
                 .take_link(link_id)
                 .map_err(|source| KernelError::TakeLink { name, source })?;
-            let link = FdLink::try_from(link)
-                .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
-            pins.pin(link, name, &target)?;
+            pins.pin_link(link, name, &target)?;
         }
         attached.push(AttachedProgram {
             name,

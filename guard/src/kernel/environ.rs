@@ -102,9 +102,7 @@ pub fn attach_tracepoints(
             let link = program
                 .take_link(id)
                 .map_err(|source| KernelError::TakeLink { name, source })?;
-            let link = FdLink::try_from(link)
-                .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
-            pins.pin(link, name, &target)?;
+            pins.pin_link(link, name, &target)?;
         }
         attached.push(AttachedProgram {
             name,

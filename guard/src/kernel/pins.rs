@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
 
 use super::KernelError;
 
@@ -86,6 +86,23 @@ impl PinDir {
                 None
             }
         }
+    }
+
+    /// Pins a program's freshly taken link (cgroup, XDP or tracepoint link) as an fd link.
+    pub fn pin_link<L>(
+        &self,
+        link: L,
+        program: &'static str,
+        target: &str,
+    ) -> Result<(), KernelError>
+    where
+        FdLink: TryFrom<L, Error = LinkError>,
+    {
+        let link = FdLink::try_from(link).map_err(|source| KernelError::LinkNotPinnable {
+            name: program,
+            source,
+        })?;
+        self.pin(link, program, target)
     }
 
     pub fn pin(

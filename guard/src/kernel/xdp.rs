@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use aya::{
     maps::Array,
-    programs::{links::FdLink, xdp::XdpMode, Xdp},
+    programs::{xdp::XdpMode, Xdp},
     Ebpf,
 };
 use guard_common::xdp::{
@@ -101,9 +101,7 @@ pub fn attach(
         let link = program
             .take_link(link_id)
             .map_err(|source| KernelError::TakeLink { name, source })?;
-        let link = FdLink::try_from(link)
-            .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
-        pins.pin(link, name, interface)?;
+        pins.pin_link(link, name, interface)?;
         attached.push(AttachedProgram {
             name,
             hook,
