@@ -247,10 +247,13 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
         metrics.contains("proxyguard_audit_findings{check=\"secret_env\"}"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("proxyguard_audit_files_fixed 1"),
-        "{metrics}"
-    );
+    // The test writes the file and then loosens it again, so inotify may fix it once or twice.
+    let fixed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("proxyguard_audit_files_fixed "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no files_fixed gauge: {metrics}"));
+    assert!(fixed >= 1, "{metrics}");
     // And so are the kernel programs' counters (environ reads among them).
     assert!(
         metrics.contains("proxyguard_kernel_events{program=\"environ\""),
