@@ -157,31 +157,61 @@ fn refused_requests_never_reach_litellm() {
         }
     }
 
-    // A smuggling attempt: Content-Length and chunked together, with a second request hidden in
-    // what Content-Length would call the body. hyper lets chunked win and closes the connection
-    // after answering, and proxyguard forwards only its own re-framed body: one 400, nothing else.
+    // Smuggling attempts hyper would serve (it lets chunked win, or folds identical lengths): each
+    // carries a valid chat body, so only the framing check stands between it and LiteLLM, and a
+    // second request hides behind it. One OpenAI-shaped 400, then the connection closes.
+    let valid = r#"{"model":"mock-gpt","messages":[{"role":"user","content":"hi"}]}"#;
+    let chunked = format!("{:x}\r\n{valid}\r\n0\r\n\r\n", valid.len());
     let hidden = "GET /key/generate HTTP/1.1\r\nHost: x\r\n\r\n";
-    let smuggle = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
-        5 + hidden.len()
-    );
-    let mut stream = TcpStream::connect(guard.base.trim_start_matches("http://")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(smuggle.as_bytes()).unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert_eq!(
-        answer.matches("HTTP/1.1 ").count(),
-        1,
-        "one response, then the connection closes: {answer}"
-    );
+    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\n");
+    let smuggles = [
+        (
+            "Content-Length, then Transfer-Encoding",
+            format!(
+                "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{hidden}",
+                chunked.len() + hidden.len()
+            ),
+        ),
+        (
+            "Transfer-Encoding, then Content-Length",
+            format!(
+                "transfer-encoding: chunked\r\ncontent-length: {}\r\n\r\n{chunked}{hidden}",
+                chunked.len()
+            ),
+        ),
+        (
+            "the same Content-Length twice",
+            format!(
+                "Content-Length: {0}\r\nContent-Length: {0}\r\n\r\n{valid}{hidden}",
+                valid.len()
+            ),
+        ),
+    ];
+    for (what, rest) in smuggles {
+        let mut stream = TcpStream::connect(guard.base.trim_start_matches("http://")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(format!("{head}{rest}").as_bytes())
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains(r#""code":"framing""#), "{what}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {answer}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{what}: one response, then the connection closes: {answer}"
+        );
+    }
 
     // What hyper's parser refuses by itself, before the pipeline runs (a bare 400).
     let body = r#"{"model":"mock-gpt","messages":[]}"#;
-    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\n");
     let framings = [
         (
             "differing Content-Lengths",

@@ -45,6 +45,7 @@ pub struct Peer {
 pub async fn handle(
     shared: Arc<Shared>,
     peer: Peer,
+    ambiguous_framing: bool,
     request: Request<Incoming>,
 ) -> Result<Response<Tracked>, Infallible> {
     // This request finishes on these settings even if a reload swaps in new ones meanwhile.
@@ -56,9 +57,16 @@ pub async fn handle(
         route = tracing::field::Empty,
         key = tracing::field::Empty
     );
-    let outcome = checked_forward(&shared, &state, peer, request, &mut record)
-        .instrument(span)
-        .await;
+    let outcome = checked_forward(
+        &shared,
+        &state,
+        peer,
+        ambiguous_framing,
+        request,
+        &mut record,
+    )
+    .instrument(span)
+    .await;
     let (response, permits) = match outcome {
         Ok((response, permits)) => {
             record.status = response.status().as_u16();
@@ -100,6 +108,7 @@ async fn checked_forward(
     shared: &Shared,
     state: &State,
     peer: Peer,
+    ambiguous_framing: bool,
     request: Request<Incoming>,
     record: &mut Record,
 ) -> Result<(Response<Incoming>, Vec<OwnedSemaphorePermit>), Reject> {
@@ -107,14 +116,13 @@ async fn checked_forward(
     let headers = &parts.headers;
 
     state.rate.check_ip(peer.addr.ip())?;
-    framing::check(headers)?;
+    framing::check(headers, ambiguous_framing)?;
     header_limits::check(headers, &state.header_limits)?;
     host::check(headers)?;
     reserved::check(headers, &state.reserved)?;
 
     let route = path::classify(parts.uri.path(), state.max_path_bytes)?;
     record.route = route.template.clone();
-    tracing::Span::current().record("route", record.route.as_str());
     tracing::Span::current().record("route", record.route.as_str());
     let admin = route.kind == RouteKind::Admin;
     if admin && state.admin_keys.is_empty() {
@@ -124,7 +132,6 @@ async fn checked_forward(
 
     let key = state.keys.authenticate(headers, SystemTime::now())?;
     record.key = Some(key.name.clone());
-    tracing::Span::current().record("key", &*key.name);
     tracing::Span::current().record("key", &*key.name);
     if admin && !state.admin_keys.contains(&key.name) {
         return Err(closed_route());

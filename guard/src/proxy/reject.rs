@@ -16,6 +16,8 @@ pub struct Reject {
     pub message: String,
     /// Seconds, for 429.
     pub retry_after: Option<u64>,
+    /// The connection must not carry another request after this answer.
+    pub close_connection: bool,
 }
 
 impl Reject {
@@ -25,6 +27,7 @@ impl Reject {
             reason,
             message: message.into(),
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -54,6 +57,9 @@ impl Reject {
         );
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close_connection {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -1,5 +1,6 @@
 //! The front listener: a global connection cap, optional TLS, and hyper's HTTP/1.1 server with a
-//! header-read deadline (slowloris). Each connection gets a span with the client address.
+//! header-read deadline (slowloris), behind the framing watch. Each connection gets a span with
+//! the client address.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,6 +16,7 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
+    framing_watch::FramingWatch,
     pipeline::{self, Peer},
     Shared,
 };
@@ -104,18 +106,22 @@ async fn connection(
                 return;
             };
             let peer = Peer { addr, tls: true };
-            let service =
-                service_fn(move |request| pipeline::handle(shared.clone(), peer, request));
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            let (io, framing) = FramingWatch::new(tls);
+            let service = service_fn(move |request| {
+                pipeline::handle(shared.clone(), peer, framing.take(), request)
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             if let Err(err) = watcher.watch(conn).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         }
         None => {
             let peer = Peer { addr, tls: false };
-            let service =
-                service_fn(move |request| pipeline::handle(shared.clone(), peer, request));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let (io, framing) = FramingWatch::new(stream);
+            let service = service_fn(move |request| {
+                pipeline::handle(shared.clone(), peer, framing.take(), request)
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             if let Err(err) = watcher.watch(conn).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }

@@ -6,19 +6,30 @@
 //! - a Transfer-Encoding that does not end in `chunked`: 400;
 //! - identical repeated Content-Length values: folded into one (RFC 9110 §8.6 allows that);
 //! - Content-Length with Transfer-Encoding: the Content-Length is dropped, chunked wins, and the
-//!   connection is closed after the response (RFC 9112 §6.3), so bytes hidden behind the chunked
-//!   body are never read as a second request.
+//!   connection is closed after the response (RFC 9112 §6.3).
 //!
-//! This layer refuses whatever of those still reaches it (if hyper's behaviour changes), and the
-//! proxy never forwards the client's framing: it re-frames the complete, buffered body with its own
-//! Content-Length.
+//! The last two are safe but not refused, and hyper removes the evidence; `framing_watch` sees
+//! them on the wire and hands this layer `ambiguous_on_wire`. This layer refuses those, and
+//! whatever of the others still reaches it (if hyper's behaviour changes). Every refusal here
+//! closes the connection: after an ambiguous length, nothing later on it can be trusted. The proxy
+//! never forwards the client's framing either: it re-frames the complete, buffered body with its
+//! own Content-Length.
 
 use http::{header, HeaderMap, StatusCode};
 
 use crate::proxy::reject::Reject;
 
-pub fn check(headers: &HeaderMap) -> Result<(), Reject> {
-    let bad = |message: &str| Reject::new(StatusCode::BAD_REQUEST, "framing", message);
+pub fn check(headers: &HeaderMap, ambiguous_on_wire: bool) -> Result<(), Reject> {
+    let bad = |message: &str| {
+        let mut reject = Reject::new(StatusCode::BAD_REQUEST, "framing", message);
+        reject.close_connection = true;
+        reject
+    };
+    if ambiguous_on_wire {
+        return Err(bad(
+            "Content-Length with Transfer-Encoding, or Content-Length more than once, is refused",
+        ));
+    }
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let encodings = headers.get_all(header::TRANSFER_ENCODING).iter().count();
     if lengths > 0 && encodings > 0 {
@@ -79,11 +90,22 @@ mod tests {
             for (name, value) in headers.iter() {
                 map.append(http::HeaderName::from_static(name), value.parse().unwrap());
             }
-            let got = check(&map);
+            let got = check(&map, false);
             assert_eq!(got.is_ok(), *ok, "{headers:?}: {got:?}");
             if let Err(reject) = got {
                 assert_eq!(reject.status, 400);
+                assert!(reject.close_connection);
             }
         }
+    }
+
+    #[test]
+    fn what_the_wire_saw_is_refused_whatever_hyper_left() {
+        let mut map = HeaderMap::new();
+        map.insert(http::header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        let reject = check(&map, true).unwrap_err();
+        assert_eq!(reject.status, 400);
+        assert_eq!(reject.reason, "framing");
+        assert!(reject.close_connection);
     }
 }
