@@ -36,7 +36,43 @@ pub fn subscribe() -> (Vec<String>, broadcast::Receiver<String>) {
 }
 
 /// Writes `record` as one line, with `ts` (RFC 3339, UTC) and `kind` first.
-pub fn emit(kind: &str, mut record: Map<String, Value>) {
+pub fn emit(kind: &str, record: Map<String, Value>) {
+    emit_all(kind, std::iter::once(record));
+}
+
+/// Writes several records of one kind with a single write: the request audit path under load.
+pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>>) {
+    let lines: Vec<String> = records
+        .into_iter()
+        .map(|record| render(kind, record))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    {
+        let feed = feed();
+        let mut recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for text in &lines {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(text.clone());
+            // No subscriber is not an error.
+            let _ = feed.live.send(text.clone());
+        }
+    }
+    let mut block = String::with_capacity(lines.iter().map(|line| line.len() + 1).sum());
+    for line in &lines {
+        block.push_str(line);
+        block.push('\n');
+    }
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not take the daemon down; the event is still counted in the maps.
+    let _ = out.write_all(block.as_bytes());
+    let _ = out.flush();
+}
+
+fn render(kind: &str, mut record: Map<String, Value>) -> String {
     let mut line = Map::new();
     line.insert(
         "ts".into(),
@@ -46,22 +82,7 @@ pub fn emit(kind: &str, mut record: Map<String, Value>) {
     );
     line.insert("kind".into(), kind.into());
     line.append(&mut record);
-    let text = Value::Object(line).to_string();
-    {
-        let feed = feed();
-        let mut recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
-        recent.push_back(text.clone());
-        // No subscriber is not an error.
-        let _ = feed.live.send(text.clone());
-    }
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not take the daemon down; the event is still counted in the maps.
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
+    Value::Object(line).to_string()
 }
 
 /// The fields of a `json!({...})` literal, ready for [`emit`].
