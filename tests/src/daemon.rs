@@ -199,6 +199,11 @@ impl Daemon {
         out
     }
 
+    /// The daemon's process id (for reading its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every line the daemon wrote to stderr (its diagnostic log) so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()

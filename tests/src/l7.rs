@@ -59,8 +59,13 @@ pub fn new_key() -> (String, String) {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .expect("urandom");
     let key = format!("pgk_{}", hex::encode(bytes));
-    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let hash = hash_hex(key.as_bytes());
     (key, hash)
+}
+
+/// Lower-case hex SHA-256, the form the config stores keys in.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A child process group, SIGTERMed then SIGKILLed on drop.

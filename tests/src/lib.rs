@@ -3,12 +3,15 @@
 //! skipped here with the reason, and must work in the VM).
 
 pub mod cgroup;
+pub mod corpus;
 pub mod daemon;
 pub mod guarded;
 pub mod l7;
 pub mod net;
 pub mod netns;
+pub mod recorder;
 pub mod upstream;
+pub mod wire;
 
 use std::{io::Write, path::PathBuf};
 

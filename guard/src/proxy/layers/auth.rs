@@ -90,9 +90,20 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .filter(|value| !value.is_empty())
 }
 
-/// Removes every header a client key may travel in.
+/// Removes every header a client key may travel in, `_` spellings (`x_api_key`) included: they
+/// are never read as keys here, but a server that folds `_` into `-` would read them so.
 pub fn strip(headers: &mut HeaderMap) {
-    for name in &KEY_HEADERS {
+    let disguised: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            KEY_HEADERS
+                .iter()
+                .any(|key| super::folds_to(name, key.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in KEY_HEADERS.iter().chain(&disguised) {
         headers.remove(name);
     }
 }
@@ -169,8 +180,19 @@ mod tests {
             map.insert(name.clone(), "secret".parse().unwrap());
         }
         map.insert(header::ACCEPT, "*/*".parse().unwrap());
+        map.insert(
+            HeaderName::from_static("x_api_key"),
+            "secret".parse().unwrap(),
+        );
+        map.insert(
+            HeaderName::from_static("api_key"),
+            "secret".parse().unwrap(),
+        );
+        map.insert(HeaderName::from_static("x_other"), "1".parse().unwrap());
         strip(&mut map);
-        assert_eq!(map.len(), 1);
+        let mut kept: Vec<&str> = map.keys().map(|name| name.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, ["accept", "x_other"]);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! whatever of the others still reaches it (if hyper's behaviour changes). Every refusal here
 //! closes the connection: after an ambiguous length, nothing later on it can be trusted. The proxy
 //! never forwards the client's framing either: it re-frames the complete, buffered body with its
-//! own Content-Length.
+//! own Content-Length. `Content_Length` and `Transfer_Encoding` are refused too: hyper treats them
+//! as ordinary headers and they would be forwarded, but a server that folds `_` into `-` reads
+//! them as framing, a second length beside the guard's own.
 
 use http::{header, HeaderMap, StatusCode};
 
@@ -32,6 +34,16 @@ pub fn check(headers: &HeaderMap, ambiguous_on_wire: bool) -> Result<(), Reject>
     }
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let encodings = headers.get_all(header::TRANSFER_ENCODING).iter().count();
+    let disguised = headers.keys().any(|name| {
+        name.as_str().contains('_')
+            && (super::folds_to(name, "content-length")
+                || super::folds_to(name, "transfer-encoding"))
+    });
+    if disguised {
+        return Err(bad(
+            "Content-Length or Transfer-Encoding spelled with '_' is refused",
+        ));
+    }
     if lengths > 0 && encodings > 0 {
         return Err(bad(
             "Content-Length and Transfer-Encoding together are refused",
@@ -76,6 +88,12 @@ mod tests {
             ),
             (&[("content-length", "10"), ("content-length", "10")], false),
             (&[("content-length", "+10")], false),
+            (&[("content_length", "10")], false),
+            (
+                &[("content-length", "2"), ("transfer_encoding", "chunked")],
+                false,
+            ),
+            (&[("content-length", "2"), ("x_content_length", "3")], true),
             (&[("transfer-encoding", "gzip, chunked")], false),
             (
                 &[

@@ -12,3 +12,29 @@ pub mod json;
 pub mod path;
 pub mod rate;
 pub mod reserved;
+
+/// Whether header `name` reads as `target` (lower-case, hyphenated) once `_` is taken for `-`, as
+/// CGI/WSGI-style servers take it: `x_rollout_id` and `Content_Length` are disguised spellings.
+pub fn folds_to(name: &http::HeaderName, target: &str) -> bool {
+    let name = name.as_str().as_bytes();
+    name.len() == target.len()
+        && name.iter().zip(target.as_bytes()).all(|(&a, &b)| {
+            let a = if a == b'_' { b'-' } else { a };
+            a == b
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderName;
+
+    #[test]
+    fn underscores_fold_into_hyphens() {
+        let name = |s: &str| HeaderName::from_bytes(s.as_bytes()).unwrap();
+        assert!(super::folds_to(&name("x_rollout_id"), "x-rollout-id"));
+        assert!(super::folds_to(&name("X-Rollout_Id"), "x-rollout-id"));
+        assert!(super::folds_to(&name("x-rollout-id"), "x-rollout-id"));
+        assert!(!super::folds_to(&name("x-rollout-ids"), "x-rollout-id"));
+        assert!(!super::folds_to(&name("xxrollout-id"), "x-rollout-id"));
+    }
+}
