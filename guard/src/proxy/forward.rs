@@ -16,7 +16,12 @@ use hyper_util::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{hop, layers::auth, reject::Reject, state::State};
+use super::{
+    hop,
+    layers::{self, auth},
+    reject::Reject,
+    state::State,
+};
 
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -63,6 +68,7 @@ pub fn rewrite(
     for name in FORWARDING {
         headers.remove(*name);
     }
+    strip_disguised(headers);
     // hyper frames the buffered body with its own Content-Length; the body is already complete,
     // so a client's `Expect: 100-continue` means nothing to the upstream.
     headers.remove(header::CONTENT_LENGTH);
@@ -83,6 +89,25 @@ pub fn rewrite(
     }
     parts.version = http::Version::HTTP_11;
     Request::from_parts(parts, Full::new(body))
+}
+
+/// `X_Forwarded_For`, `Transfer_Encoding` and the like: servers that take `_` for `-` would read
+/// them as the forwarding or hop-by-hop headers just removed.
+fn strip_disguised(headers: &mut http::HeaderMap) {
+    let disguised: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            FORWARDING
+                .iter()
+                .chain(hop::HOP_BY_HOP)
+                .any(|target| layers::folds_to(name, target))
+        })
+        .cloned()
+        .collect();
+    for name in disguised {
+        headers.remove(name);
+    }
 }
 
 /// Sends `request`; 504 when no response head arrives in time, 502 when the upstream cannot be
@@ -144,6 +169,10 @@ mod tests {
             .header("expect", "100-continue")
             .header("content-length", "2")
             .header("x-kept", "1")
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("X_Real_IP", "6.6.6.6")
+            .header("keep_alive", "1")
+            .header("x_kept_too", "1")
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
@@ -164,6 +193,10 @@ mod tests {
             ("x-hop", None),
             ("expect", None),
             ("content-length", None),
+            ("x_forwarded_for", None),
+            ("x_real_ip", None),
+            ("keep_alive", None),
+            ("x_kept_too", Some("1")),
         ];
         for (name, value) in expected {
             assert_eq!(

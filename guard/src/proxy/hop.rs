@@ -3,7 +3,7 @@
 
 use http::{header, HeaderMap, HeaderName};
 
-const HOP_BY_HOP: &[&str] = &[
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
