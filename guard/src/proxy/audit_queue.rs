@@ -1,4 +1,5 @@
-//! Request audit lines leave the async workers through a queue to one writer thread.
+//! Finished requests leave the async workers through a queue to one writer thread, which counts
+//! them in the metrics and writes their audit lines.
 //!
 //! Writing stdout from a request task blocks the runtime whenever the reader (journald, a file on
 //! a busy disk) is slow, which stalls every connection; the benchmark showed it as a long latency
@@ -17,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Map, Value};
+use super::record::Finished;
 
 /// Lines in flight before the request path waits for the writer.
 const DEPTH: usize = 65_536;
@@ -27,7 +28,7 @@ const GATHER: Duration = Duration::from_millis(5);
 const BATCH: usize = 4096;
 
 enum Item {
-    Line(Map<String, Value>),
+    Line(Finished),
     Flush(mpsc::Sender<()>),
 }
 
@@ -54,7 +55,7 @@ fn write_all(rx: Receiver<Item>) {
     while let Ok(first) = rx.recv() {
         for item in std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)) {
             match item {
-                Item::Line(fields) => lines.push(fields),
+                Item::Line(finished) => lines.push(finished.settle()),
                 // Answered after the write below, which covers every line queued before it.
                 Item::Flush(done) => flushes.push(done),
             }
@@ -67,9 +68,9 @@ fn write_all(rx: Receiver<Item>) {
     }
 }
 
-/// Queues one `request` audit record.
-pub fn request(fields: Map<String, Value>) {
-    let _ = queue().send(Item::Line(fields));
+/// Queues one finished request.
+pub fn request(finished: Finished) {
+    let _ = queue().send(Item::Line(finished));
 }
 
 /// Waits (up to `limit`) until every line queued before this call is written.
@@ -82,18 +83,32 @@ pub fn flush(limit: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::{net::Ipv4Addr, sync::Arc};
+
     use super::*;
+    use crate::proxy::{metrics::Metrics, record::Record};
 
     #[test]
-    fn flush_returns_once_the_queue_is_written() {
-        for i in 0..2 {
-            request(crate::audit::fields(serde_json::json!({ "n": i })));
+    fn a_flush_sees_every_request_finished_before_it_counted() {
+        let metrics = Arc::new(Metrics::new());
+        for _ in 0..3 {
+            let mut record = Record::start(
+                metrics.clone(),
+                Ipv4Addr::LOCALHOST.into(),
+                &http::Method::GET,
+            );
+            record.route = "/v1/models".into();
+            record.status = 200;
+            record.finish(5);
         }
-        let started = std::time::Instant::now();
-        flush(Duration::from_secs(5));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the writer answered the flush"
-        );
+        flush(Duration::from_secs(30));
+        let text = metrics.encode();
+        let counted = text
+            .lines()
+            .find(|line| {
+                line.starts_with("proxyguard_requests_total{") && line.contains("/v1/models")
+            })
+            .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
+        assert!(counted.ends_with(" 3"), "{counted}");
     }
 }

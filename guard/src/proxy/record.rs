@@ -55,10 +55,47 @@ impl Record {
         }
     }
 
-    fn finish(&self, bytes_out: u64) {
-        let total = self.started.elapsed();
+    /// The request path only stops the clock; labels, counters and the audit line are settled by
+    /// the audit writer thread, off the connection's worker.
+    pub(super) fn finish(&mut self, bytes_out: u64) {
+        self.metrics.in_flight.dec();
+        super::audit_queue::request(Finished {
+            total: self.started.elapsed(),
+            bytes_out,
+            metrics: self.metrics.clone(),
+            client: self.client,
+            method: std::mem::take(&mut self.method),
+            route: std::mem::take(&mut self.route),
+            key: self.key.take(),
+            status: self.status,
+            decision: self.decision,
+            reason: self.reason,
+            bytes_in: self.bytes_in,
+            upstream: self.upstream,
+        });
+    }
+}
+
+/// A finished request, on its way to the metrics and the audit line.
+pub struct Finished {
+    total: Duration,
+    bytes_out: u64,
+    metrics: Arc<Metrics>,
+    client: IpAddr,
+    method: String,
+    route: String,
+    key: Option<Arc<str>>,
+    status: u16,
+    decision: &'static str,
+    reason: &'static str,
+    bytes_in: u64,
+    upstream: Option<Duration>,
+}
+
+impl Finished {
+    /// Counts the request in the metrics and returns its audit fields.
+    pub fn settle(self) -> serde_json::Map<String, serde_json::Value> {
         let metrics = &self.metrics;
-        metrics.in_flight.dec();
         metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -88,12 +125,12 @@ impl Record {
                 .get_or_create(&labels)
                 .set(i64::try_from(now).unwrap_or(i64::MAX));
         }
-        metrics.latency.observe(total.as_secs_f64());
+        metrics.latency.observe(self.total.as_secs_f64());
         if let Some(upstream) = self.upstream {
             metrics.upstream_latency.observe(upstream.as_secs_f64());
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        super::audit_queue::request(crate::audit::fields(json!({
+        crate::audit::fields(json!({
                 "client": self.client,
                 "key": self.key.as_deref(),
                 "method": self.method,
@@ -102,10 +139,10 @@ impl Record {
                 "decision": self.decision,
                 "reason": self.reason,
                 "bytes_in": self.bytes_in,
-                "bytes_out": bytes_out,
+                "bytes_out": self.bytes_out,
                 "upstream_ms": self.upstream.map(ms),
-                "total_ms": ms(total),
-        })));
+                "total_ms": ms(self.total),
+        }))
     }
 }
 
@@ -159,6 +196,7 @@ impl Body for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.record.finish(self.bytes_out);
+        let bytes_out = self.bytes_out;
+        self.record.finish(bytes_out);
     }
 }
