@@ -10,7 +10,7 @@
 //! 5. Auth: the first check that needs a key. Everything after it is attributed to a key name.
 //! 6. Admin gate, per-key rate limit and concurrency: before the body, so a refused request
 //!    costs no body reading.
-//! 7. Body: size, then JSON and content rules, on the complete buffered body.
+//! 7. Body: none on GET, then size, then JSON and content rules, on the complete buffered body.
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
 
 use std::{
@@ -140,6 +140,7 @@ async fn checked_forward(
     let permit = state.concurrency.acquire(&key.name)?;
 
     let limit = state.body_limit(route.name);
+    body::check_bodyless(&parts.method, headers)?;
     body::check_declared(headers, limit)?;
     let bytes = body::read(request_body, limit, state.body_timeout).await?;
     record.bytes_in = bytes.len() as u64;

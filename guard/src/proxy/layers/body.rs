@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -19,6 +19,26 @@ fn too_large(limit: u64) -> Reject {
         "body_too_large",
         format!("the request body is larger than {limit} bytes"),
     )
+}
+
+/// A GET or HEAD with a body is refused: the routes that take GET define none, and servers
+/// disagree on whether such a body is part of the request, which is what desync attacks use.
+pub fn check_bodyless(method: &Method, headers: &HeaderMap) -> Result<(), Reject> {
+    if method != Method::GET && method != Method::HEAD {
+        return Ok(());
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|value| value.as_bytes() != b"0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if declared {
+        return Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            "body_not_allowed",
+            format!("a {method} request must not have a body"),
+        ));
+    }
+    Ok(())
 }
 
 /// 413 from the declared length alone. The framing layer has already refused malformed values.
@@ -65,6 +85,33 @@ mod tests {
     use futures_util::stream;
     use http_body_util::{Full, StreamBody};
     use hyper::body::Frame;
+
+    #[test]
+    fn bodyless_methods_table() {
+        let cases: &[(Method, Option<(&str, &str)>, bool)] = &[
+            (Method::GET, None, true),
+            (Method::GET, Some(("content-length", "0")), true),
+            (Method::GET, Some(("content-length", "2")), false),
+            (Method::GET, Some(("transfer-encoding", "chunked")), false),
+            (Method::HEAD, Some(("content-length", "1")), false),
+            (Method::POST, Some(("content-length", "2")), true),
+            (Method::POST, Some(("transfer-encoding", "chunked")), true),
+        ];
+        for (method, header, ok) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some((name, value)) = header {
+                headers.insert(*name, value.parse().unwrap());
+            }
+            let got = check_bodyless(method, &headers);
+            assert_eq!(got.is_ok(), *ok, "{method} {header:?}");
+            if let Err(reject) = got {
+                assert_eq!(
+                    (reject.status.as_u16(), reject.reason),
+                    (400, "body_not_allowed")
+                );
+            }
+        }
+    }
 
     #[test]
     fn declared_length_table() {
