@@ -1,0 +1,19 @@
+//! `proxyguard` as a library, so that the binary (`main.rs`) and other crates can drive the same
+//! code. Only the command line is public; every other module stays private to the crate, so dead
+//! code is still reported.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod checks;
+mod cli;
+mod config;
+mod control;
+mod guarded;
+mod guarded_pids;
+mod kernel;
+mod proxy;
+mod resolve;
+mod systemd;
+mod telemetry;
+
+pub use cli::{dispatch, exit_code_for, Cli};
