@@ -1,6 +1,6 @@
-//! `proxyguard` as a library, so that the binary (`main.rs`) and other crates can drive the same
-//! code. Only the command line is public; every other module stays private to the crate, so dead
-//! code is still reported.
+//! `proxyguard` as a library, so the binary (`main.rs`) and the fuzz targets (`fuzz/`) drive the
+//! same code. Only the command line and the fuzz entries are public; every other module stays
+//! private to the crate, so dead code is still reported.
 #![forbid(unsafe_code)]
 
 mod audit;
@@ -8,6 +8,7 @@ mod checks;
 mod cli;
 mod config;
 mod control;
+pub mod fuzz;
 mod guarded;
 mod guarded_pids;
 mod kernel;
