@@ -1,30 +1,17 @@
-//! `proxyguard`: a host-level guard for LLM proxies.
+//! `proxyguard`: a host-level guard for LLM proxies. The code lives in the library (`lib.rs`).
 #![forbid(unsafe_code)]
-
-mod audit;
-mod checks;
-mod cli;
-mod config;
-mod control;
-mod guarded;
-mod guarded_pids;
-mod kernel;
-mod proxy;
-mod resolve;
-mod systemd;
-mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cli::dispatch(cli) {
+    let cli = proxyguard::Cli::parse();
+    match proxyguard::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("proxyguard: {err:#}");
-            cli::exit_code_for(&err)
+            proxyguard::exit_code_for(&err)
         }
     }
 }

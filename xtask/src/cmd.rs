@@ -68,6 +68,14 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 /// Runs `cmd`, copying its stdout and stderr lines to ours and handing each to `scan`.
 /// Returns whether it exited 0.
 pub fn stream(cmd: &mut Command, mut scan: impl FnMut(&str)) -> Result<bool> {
+    stream_filtered(cmd, |line| {
+        scan(line);
+        true
+    })
+}
+
+/// As [`stream`], but copies only the lines for which `scan` returns true.
+pub fn stream_filtered(cmd: &mut Command, mut scan: impl FnMut(&str) -> bool) -> Result<bool> {
     let line = describe(cmd);
     eprintln!("+ {line}");
     let mut child = cmd
@@ -90,8 +98,9 @@ pub fn stream(cmd: &mut Command, mut scan: impl FnMut(&str)) -> Result<bool> {
         }
     });
     for text in rx {
-        println!("{text}");
-        scan(&text);
+        if scan(&text) {
+            println!("{text}");
+        }
     }
     let _ = out_thread.join();
     let _ = err_thread.join();

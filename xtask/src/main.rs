@@ -9,6 +9,7 @@ mod cmd;
 mod counts;
 mod deb;
 mod docs;
+mod fuzz;
 mod initramfs;
 mod run;
 mod setup;
@@ -45,11 +46,27 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then fmt, clippy, unit tests, native privileged tests and the VM tests.
+    /// Set up, then fmt, clippy, unit tests, native privileged tests and the VM tests (and with
+    /// --fuzz, a short run of every fuzz target).
     Test {
         /// Skip the VM stage (it is still required for CI; this is for quick local loops).
         #[arg(long)]
         no_vm: bool,
+        /// Also run every fuzz target (cargo-fuzz, nightly) after the other stages.
+        #[arg(long)]
+        fuzz: bool,
+        /// Seconds per fuzz target, with --fuzz.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        fuzz_secs: u64,
+    },
+    /// Only the fuzz stage: build the cargo-fuzz targets in fuzz/ and run each (or the named ones)
+    /// from its seeds; a crash fails and names the saved input.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        secs: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
     /// Every benchmark, each against a peer measured in the same run: L7 (wrk: direct, proxyguard,
     /// nginx), kernel (connection flood, SYN-flood cost, XDP program cost), and the environ
@@ -102,7 +119,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { args } => run::run(&args),
-        Command::Test { no_vm } => test::run(!no_vm),
+        Command::Test {
+            no_vm,
+            fuzz,
+            fuzz_secs,
+        } => test::run(test::Options {
+            vm: !no_vm,
+            fuzz_secs: fuzz.then_some(fuzz_secs),
+        }),
+        Command::Fuzz { secs, targets } => {
+            setup::run()?;
+            let summary = fuzz::run(secs, &targets)?;
+            if summary.counts.failed > 0 {
+                anyhow::bail!(summary.detail);
+            }
+            println!("fuzz: {}", summary.detail);
+            Ok(())
+        }
         Command::Bench { quick } => bench::run(quick),
         Command::VmTest { kernel, timeout } => {
             let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;

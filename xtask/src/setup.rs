@@ -75,6 +75,27 @@ fn nightly_with_rust_src() -> Result<()> {
     Ok(())
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` and `cargo xtask test --fuzz` only (the plain test run does
+/// not need it): a no-op when present, about two minutes to build once.
+pub fn cargo_fuzz() -> Result<()> {
+    if cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz 0.13 (about two minutes, once)");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        "^0.13",
+        "--locked",
+    ]))
+    .context("cannot install cargo-fuzz; it needs crates.io (or a mirror in cargo's config)")?;
+    if !cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        bail!("cargo-fuzz was installed but `cargo fuzz` does not run; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${db:Status-Abbrev}", package])

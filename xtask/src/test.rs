@@ -19,7 +19,15 @@ struct Stage {
     took: Duration,
 }
 
-pub fn run(with_vm: bool) -> Result<()> {
+/// Which optional stages run.
+pub struct Options {
+    /// The VM stage (CI runs it).
+    pub vm: bool,
+    /// The fuzz stage, with this many seconds per target.
+    pub fuzz_secs: Option<u64>,
+}
+
+pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     let mut stages = Vec::new();
     let mut total = Counts::default();
@@ -35,7 +43,15 @@ pub fn run(with_vm: bool) -> Result<()> {
         stages.push(build);
         if built {
             stages.push(timed("fmt", || {
-                cmd::run(cmd::cargo().args(["fmt", "--all", "--check"])).map(|()| "ok".to_owned())
+                cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+                // The fuzz targets are a workspace of their own.
+                cmd::run(cmd::cargo().args([
+                    "fmt",
+                    "--manifest-path",
+                    "fuzz/Cargo.toml",
+                    "--check",
+                ]))?;
+                Ok("ok".to_owned())
             }));
             stages.push(timed("clippy", clippy));
             stages.push(counted("unit", &mut total, unit_tests));
@@ -44,7 +60,7 @@ pub fn run(with_vm: bool) -> Result<()> {
                 let deb = crate::deb::run()?;
                 crate::deb::inspect(&deb)
             }));
-            if with_vm {
+            if options.vm {
                 stages.push(counted("vm", &mut total, vm_tests));
             } else {
                 stages.push(Stage {
@@ -53,6 +69,9 @@ pub fn run(with_vm: bool) -> Result<()> {
                     detail: "not run (--no-vm); CI runs it".into(),
                     took: Duration::ZERO,
                 });
+            }
+            if let Some(secs) = options.fuzz_secs {
+                stages.push(fuzz_stage(secs, &mut total));
             }
         }
     }
@@ -106,6 +125,21 @@ fn counted(name: &'static str, total: &mut Counts, f: impl FnOnce() -> Result<Co
             bail!(line);
         }
         Ok(line)
+    });
+    total.add(counts);
+    stage
+}
+
+/// Each fuzz target counts as one test: passed, or failed with the input that crashed it.
+fn fuzz_stage(secs: u64, total: &mut Counts) -> Stage {
+    let mut counts = Counts::default();
+    let stage = timed("fuzz", || {
+        let summary = crate::fuzz::run(secs, &[])?;
+        counts = summary.counts;
+        if counts.failed > 0 {
+            bail!(summary.detail);
+        }
+        Ok(summary.detail)
     });
     total.add(counts);
     stage

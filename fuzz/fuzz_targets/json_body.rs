@@ -1,0 +1,4 @@
+//! Fuzzes `proxyguard::fuzz::json_body` (see there for the input's layout and what is asserted).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxyguard::fuzz::json_body(data));

@@ -1,0 +1,210 @@
+//! One entry per fuzz target: each feeds arbitrary bytes to a parser of untrusted input and
+//! asserts what must hold for every input. A panic is a bug in the guard.
+//!
+//! The targets in `fuzz/` (cargo-fuzz, nightly) call these; the unit test below replays the
+//! checked-in seeds and past crashes (`fuzz/seeds/`) on stable, so they stay checked by
+//! `cargo test`. Inputs are split into lines so that seeds stay readable.
+
+use std::{path::Path, sync::OnceLock};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::RegexSet;
+
+use crate::{
+    config::{proxy::LimitsConfig, proxy::ALWAYS_RESERVED, Config, ConfigError},
+    proxy::layers::{
+        body, content::ContentRules, framing, header_limits, header_limits::HeaderLimits, host,
+        json, path, reserved,
+    },
+};
+
+/// A fuzz target's body: it returns for every input, or panics on a bug.
+pub type Entry = fn(&[u8]);
+
+/// The fuzz targets, by name: `fuzz/fuzz_targets/{name}.rs` and `fuzz/seeds/{name}/`.
+pub const TARGETS: &[(&str, Entry)] = &[
+    ("path", path),
+    ("headers", headers),
+    ("json_body", json_body),
+    ("config", config),
+];
+
+/// `METHOD\nPATH`: the route allow-list and the method check, on the path as the pipeline sees it
+/// (from a parsed request target) and on any string.
+pub fn path(data: &[u8]) {
+    let (method, raw) = split_line(data);
+    let method = Method::from_bytes(method).unwrap_or(Method::GET);
+    let max = LimitsConfig::default().max_path_bytes;
+    if let Ok(uri) = http::Uri::try_from(raw) {
+        classify(uri.path(), &method, max);
+    }
+    classify(&String::from_utf8_lossy(raw), &method, max);
+    classify(&String::from_utf8_lossy(raw), &method, 8);
+}
+
+fn classify(raw: &str, method: &Method, max: usize) {
+    match path::classify(raw, max) {
+        Ok(route) => {
+            // What the syntax check promises about every path it lets through.
+            assert!(raw.len() <= max && raw.starts_with('/'));
+            assert!(raw.bytes().all(|b| b.is_ascii_graphic()), "{raw:?}");
+            let lower = raw.to_ascii_lowercase();
+            assert!(!["%2f", "%2e", "%5c", "%00", "//"]
+                .iter()
+                .any(|bad| lower.contains(bad)));
+            assert!(!raw.split('/').any(|s| s == ".." || s == "."));
+            assert!(route.template.starts_with('/'));
+            if let Err(reject) = path::check_method(&route, method) {
+                assert_eq!(reject.status, 405);
+            }
+        }
+        Err(reject) => assert!(matches!(reject.status.as_u16(), 400 | 404), "{reject:?}"),
+    }
+}
+
+/// `name:value` lines: the head checks in pipeline order, under the default limits and under
+/// tight ones.
+pub fn headers(data: &[u8]) {
+    let mut map = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
+    }
+    let framed = framing::check(&map).err().map(|r| r.status);
+    assert!(framed.is_none_or(|s| s == 400));
+    let defaults = LimitsConfig::default();
+    for limits in [
+        HeaderLimits {
+            max_headers: defaults.max_headers,
+            max_value_bytes: defaults.max_header_value_bytes,
+            max_total_bytes: defaults.max_header_bytes,
+        },
+        HeaderLimits {
+            max_headers: 4,
+            max_value_bytes: 16,
+            max_total_bytes: 64,
+        },
+    ] {
+        let limited = header_limits::check(&map, &limits).err();
+        assert!(limited.is_none_or(|r| r.status == 431));
+    }
+    assert!(host::check(&map).err().is_none_or(|r| r.status == 400));
+    let forged = reserved::check(&map, reserved_names()).err();
+    assert!(forged.is_none_or(|r| r.status == 400));
+    if framed.is_none() {
+        let declared = body::check_declared(&map, defaults.max_body_bytes).err();
+        assert!(declared.is_none_or(|r| r.status == 413));
+    }
+}
+
+fn reserved_names() -> &'static [HeaderName] {
+    static NAMES: OnceLock<Vec<HeaderName>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        ALWAYS_RESERVED
+            .iter()
+            .chain(&["x-team"])
+            .map(|name| HeaderName::from_static(name))
+            .collect()
+    })
+}
+
+/// `CONTENT-TYPE\nBODY`: the JSON check at the default depth, then the content rules.
+pub fn json_body(data: &[u8]) {
+    let (content_type, body) = split_line(data);
+    let mut map = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_bytes(content_type) {
+        map.insert(http::header::CONTENT_TYPE, value);
+    }
+    let max_depth = LimitsConfig::default().max_json_depth;
+    match json::check(&map, &Bytes::copy_from_slice(body), max_depth) {
+        Ok(value) => {
+            assert!(value.is_object());
+            if let Err(reject) = content_rules().check(&value) {
+                assert_eq!(reject.status, 400);
+                assert_eq!(reject.reason, "content_rule");
+            }
+        }
+        Err(reject) => assert!(matches!(reject.status.as_u16(), 400 | 415), "{reject:?}"),
+    }
+}
+
+fn content_rules() -> &'static ContentRules {
+    static RULES: OnceLock<ContentRules> = OnceLock::new();
+    RULES.get_or_init(|| ContentRules {
+        max_messages: 8,
+        max_message_chars: 256,
+        deny: Some(RegexSet::new(["(?i)ignore (all )?previous", "rm -rf"]).expect("valid")),
+    })
+}
+
+/// Any UTF-8 text as the config file: parse, validate, and locate every error's line.
+pub fn config(data: &[u8]) {
+    let Ok(source) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::parse(source, Path::new("fuzz.toml")) {
+        Ok(_) => {}
+        Err(ConfigError::Invalid { errors, .. }) => {
+            assert!(!errors.is_empty());
+            let lines = source.lines().count().max(1);
+            for error in &errors {
+                assert!(
+                    error
+                        .line
+                        .is_none_or(|line| (1..=lines + 1).contains(&line)),
+                    "{error}"
+                );
+                assert!(!error.to_string().is_empty());
+            }
+        }
+        Err(other) => panic!("parsing text returned {other}"),
+    }
+}
+
+fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&[], data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every seed and every past crash, through the same entry as the fuzzer.
+    #[test]
+    fn seeds_replay() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+        for (name, entry) in TARGETS {
+            let dir = root.join(name);
+            let files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+                .map(|entry| entry.unwrap().path())
+                .collect();
+            assert!(files.len() >= 3, "{}: too few seeds", dir.display());
+            for file in files {
+                let data = std::fs::read(&file).unwrap();
+                let outcome = std::panic::catch_unwind(|| entry(&data));
+                assert!(outcome.is_ok(), "{} panics", file.display());
+            }
+        }
+    }
+
+    #[test]
+    fn splits_at_the_first_newline() {
+        assert_eq!(
+            split_line(b"GET\n/v1/models\n"),
+            (&b"GET"[..], &b"/v1/models\n"[..])
+        );
+        assert_eq!(split_line(b"/v1"), (&b""[..], &b"/v1"[..]));
+    }
+}

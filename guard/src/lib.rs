@@ -1,0 +1,20 @@
+//! `proxyguard` as a library, so the binary (`main.rs`) and the fuzz targets (`fuzz/`) drive the
+//! same code. Only the command line and the fuzz entries are public; every other module stays
+//! private to the crate, so dead code is still reported.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod checks;
+mod cli;
+mod config;
+mod control;
+pub mod fuzz;
+mod guarded;
+mod guarded_pids;
+mod kernel;
+mod proxy;
+mod resolve;
+mod systemd;
+mod telemetry;
+
+pub use cli::{dispatch, exit_code_for, Cli};
