@@ -78,7 +78,7 @@ pub fn headers(data: &[u8]) {
             map.append(name, value);
         }
     }
-    let framed = framing::check(&map).err().map(|r| r.status);
+    let framed = framing::check(&map, false).err().map(|r| r.status);
     assert!(framed.is_none_or(|s| s == 400));
     let defaults = LimitsConfig::default();
     for limits in [
@@ -99,6 +99,8 @@ pub fn headers(data: &[u8]) {
     assert!(host::check(&map).err().is_none_or(|r| r.status == 400));
     let forged = reserved::check(&map, reserved_names()).err();
     assert!(forged.is_none_or(|r| r.status == 400));
+    let bodyless = body::check_bodyless(&http::Method::GET, &map).err();
+    assert!(bodyless.is_none_or(|r| r.status == 400));
     if framed.is_none() {
         let declared = body::check_declared(&map, defaults.max_body_bytes).err();
         assert!(declared.is_none_or(|r| r.status == 413));

@@ -86,9 +86,12 @@ mod tests {
     use http_body_util::{Full, StreamBody};
     use hyper::body::Frame;
 
+    /// A method, one header (name, value) or none, and whether the request passes.
+    type BodylessCase = (Method, Option<(&'static str, &'static str)>, bool);
+
     #[test]
     fn bodyless_methods_table() {
-        let cases: &[(Method, Option<(&str, &str)>, bool)] = &[
+        let cases: &[BodylessCase] = &[
             (Method::GET, None, true),
             (Method::GET, Some(("content-length", "0")), true),
             (Method::GET, Some(("content-length", "2")), false),
