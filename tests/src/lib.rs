@@ -4,10 +4,12 @@
 
 pub mod cgroup;
 pub mod daemon;
+pub mod faulty_upstream;
 pub mod guarded;
 pub mod l7;
 pub mod net;
 pub mod netns;
+pub mod open_files;
 pub mod upstream;
 
 use std::{io::Write, path::PathBuf};
