@@ -5,10 +5,12 @@
 pub mod cgroup;
 pub mod corpus;
 pub mod daemon;
+pub mod faulty_upstream;
 pub mod guarded;
 pub mod l7;
 pub mod net;
 pub mod netns;
+pub mod open_files;
 pub mod recorder;
 pub mod upstream;
 pub mod wire;

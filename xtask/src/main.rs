@@ -69,10 +69,11 @@ enum Command {
         targets: Vec<String>,
     },
     /// Every benchmark, each against a peer measured in the same run: L7 (wrk: direct, proxyguard,
-    /// nginx), kernel (connection flood, SYN-flood cost, XDP program cost), and the environ
-    /// watch's openat overhead. Writes target/bench/results.json. Needs root.
+    /// nginx; a 10-minute soak with RSS and descriptors sampled), kernel (connection flood,
+    /// SYN-flood cost, XDP program cost), and the environ watch's openat overhead. Writes
+    /// target/bench/results.json. Needs root.
     Bench {
-        /// A short run (about 2 minutes) for a quick look.
+        /// A short run (about 3 minutes, a 60 s soak) for a quick look.
         #[arg(long)]
         quick: bool,
     },

@@ -8,7 +8,7 @@ use anyhow::Context;
 use toml_edit::DocumentMut;
 
 use crate::{
-    config::{self, Config},
+    config::{self, Config, ConfigError},
     control::{client, Command},
 };
 
@@ -24,8 +24,11 @@ pub fn read(path: &Path) -> anyhow::Result<DocumentMut> {
 pub fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<Config> {
     let text = doc.to_string();
     let config = Config::parse(&text, path)?;
-    config::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    // The same error as `config init`: it names the file, says the old one is kept, and the fix.
+    config::write_atomic(path, text.as_bytes()).map_err(|cause| ConfigError::Write {
+        path: path.to_owned(),
+        cause,
+    })?;
     Ok(config)
 }
 
@@ -66,5 +69,43 @@ pub fn reload_json(reload: &Reload) -> serde_json::Value {
         Reload::Applied => serde_json::json!("applied"),
         Reload::Refused(why) => serde_json::json!({ "refused": why }),
         Reload::NoDaemon => serde_json::json!("no daemon"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_the_file_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg.toml");
+        let before = "# kept\n[bind]\nenabled = false\n";
+        std::fs::write(&path, before).unwrap();
+        // A directory where the temp file goes: the write fails before the rename, as on a full
+        // disk (the real ENOSPC is tests/tests/cli_disk_full.rs, which needs root to mount).
+        let blocker = dir
+            .path()
+            .join(format!(".pg.toml.tmp-{}", std::process::id()));
+        std::fs::create_dir(&blocker).unwrap();
+        let mut doc = read(&path).unwrap();
+        doc["proxy"]["upstream"] = toml_edit::value("http://127.0.0.1:4001");
+
+        let err = write(&path, &doc).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<ConfigError>(),
+                Some(ConfigError::Write { .. })
+            ),
+            "{err:#}"
+        );
+        let text = format!("{err:#}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("the old file is left as it was"), "{text}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        assert!(
+            blocker.is_dir(),
+            "the cleanup removed what it did not create"
+        );
     }
 }

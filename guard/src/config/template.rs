@@ -55,9 +55,9 @@ pub fn write_initial(path: &Path, options: &InitOptions) -> Result<(), ConfigErr
             path: path.to_owned(),
         });
     }
-    write_atomic(path, render(options).as_bytes()).map_err(|source| ConfigError::Write {
+    write_atomic(path, render(options).as_bytes()).map_err(|cause| ConfigError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 

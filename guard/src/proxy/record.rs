@@ -177,10 +177,19 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes_out += data.len() as u64;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
             }
+            // The status has gone out already, so only the audit line can tell that the upstream
+            // broke the stream (and the client got a cut response).
+            Poll::Ready(Some(Err(_))) => {
+                self.record.decision = "error";
+                self.record.reason = "upstream_stream_broken";
+            }
+            _ => {}
         }
         polled
     }
@@ -198,5 +207,61 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         let bytes_out = self.bytes_out;
         self.record.finish(bytes_out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body that yields its frames in turn, errors included.
+    struct Scripted(VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    async fn finish_with(frames: Vec<Result<Frame<Bytes>, BoxError>>) -> String {
+        let metrics = Arc::new(Metrics::new());
+        let mut record = Record::start(metrics.clone(), [127, 0, 0, 1].into(), &http::Method::POST);
+        record.route = "/v1/chat/completions".into();
+        record.status = 200;
+        let mut tracked = Tracked::new(Scripted(frames.into()).boxed(), record, Vec::new());
+        while let Some(Ok(_)) = tracked.frame().await {}
+        drop(tracked);
+        metrics.encode()
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_upstream_breaks_is_recorded_as_an_error() {
+        let text = finish_with(vec![
+            Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))),
+            Err("connection reset".into()),
+        ])
+        .await;
+        assert!(text.contains(r#"status="200",decision="error""#), "{text}");
+        assert!(
+            text.contains(r#"proxyguard_denials_total{reason="upstream_stream_broken"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_is_allowed() {
+        let text = finish_with(vec![Ok(Frame::data(Bytes::from_static(b"{}")))]).await;
+        assert!(text.contains(r#"status="200",decision="allow""#), "{text}");
+        assert!(!text.contains("upstream_stream_broken"), "{text}");
     }
 }

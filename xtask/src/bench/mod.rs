@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: the L7 benchmark. wrk against a fast upstream (nginx returning a fixed
 //! chat completion), measured in one run three ways: direct; through proxyguard with every check
 //! on; and through nginx configured with the same limits. It reports throughput and the latency
-//! each guard adds over direct, and proxyguard's peak RSS at 1,000 connections. Ratios matter,
-//! not absolute timings: the machine is shared and wrk runs on the same cores.
+//! each guard adds over direct, proxyguard's peak RSS at 1,000 connections, and a soak at a
+//! steady rate with RSS and descriptors sampled (`soak.rs`). Ratios matter, not absolute
+//! timings: the machine is shared and wrk runs on the same cores.
 
 mod peers;
+mod soak;
 mod wrk;
 
 use std::{fs, process::Command, time::Duration};
@@ -133,6 +135,17 @@ pub fn l7(quick: bool) -> Result<Value> {
     let many = wrk::run(&url(guard_port), &script, 1000, duration)?;
     let rss = peers::peak_rss_mib(guard.pid())?;
 
+    // The soak runs on a fresh proxyguard, so the 1,000-connection burst is not in its memory.
+    let soak_for = Duration::from_secs(if quick { 60 } else { 600 });
+    let soak = soak::run(
+        &binary,
+        &work,
+        upstream_port,
+        &hash,
+        &lua_script(),
+        soak_for,
+    )?;
+
     let rows = [
         ("direct", direct),
         ("proxyguard", proxyguard),
@@ -154,6 +167,11 @@ pub fn l7(quick: bool) -> Result<Value> {
             run.non_2xx
         );
     }
+    // Paced, not at peak: its latency is not comparable with direct's, so nothing is added.
+    println!(
+        "{:<12} {:>10.0} {:>9.3} {:>9.3} {:>12} {:>12} {:>8}",
+        "soak", soak.run.rps, soak.run.p50, soak.run.p99, "-", "-", soak.run.non_2xx
+    );
     let ratio = proxyguard.rps / nginx.rps;
     println!();
     println!("proxyguard / nginx throughput: {ratio:.2} (target >= 1.0)");
@@ -162,6 +180,7 @@ pub fn l7(quick: bool) -> Result<Value> {
         direct_half.rps, proxyguard_half.rps, direct_half.p99, proxyguard_half.p99
     );
     println!("proxyguard peak RSS after 1,000 connections: {rss:.1} MiB (target <= 64); {:.0} req/s, {} non-2xx", many.rps, many.non_2xx);
+    println!("{} (target: flat)", soak.summary());
 
     let results = json!({
         "quick": quick,
@@ -182,6 +201,7 @@ pub fn l7(quick: bool) -> Result<Value> {
             "added_p99_ms": added_p99_half,
         },
         "proxyguard_1000_connections": { "run": many.to_json(), "peak_rss_mib": rss },
+        "soak": soak.to_json(),
     });
     Ok(results)
 }

@@ -108,8 +108,12 @@ pub fn proxyguard(
     upstream_port: u16,
     key_hash: &str,
 ) -> Result<(Process, u16)> {
+    // Its own control socket: the soak runs a second proxyguard beside the first, and neither
+    // may take the default path from a real daemon on this host.
     let config = format!(
-        r#"[bind]
+        r#"[control]
+socket = "{socket}"
+[bind]
 enabled = false
 [proxy]
 listen = "127.0.0.1:0"
@@ -132,7 +136,8 @@ deny_patterns = ["(?i)ignore (all )?previous instructions"]
 [[proxy.keys]]
 name = "bench"
 sha256 = "{key_hash}"
-"#
+"#,
+        socket = dir.join("control.sock").display()
     );
     let path = dir.join("proxyguard.toml");
     fs::write(&path, config)?;

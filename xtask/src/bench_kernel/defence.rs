@@ -40,12 +40,15 @@ impl Daemon {
         let pid = std::process::id();
         let pin_dir = format!("/sys/fs/bpf/pg-bench-{pid}");
         let config = std::env::temp_dir().join(format!("pg-bench-{pid}.toml"));
+        // A control socket of its own: the default path may belong to a real daemon on this host.
+        let socket = std::env::temp_dir().join(format!("pg-bench-{pid}.sock"));
         std::fs::write(
             &config,
             format!(
-                "[kernel]\npin_dir = \"{pin_dir}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n\
+                "[kernel]\npin_dir = \"{pin_dir}\"\n\n[control]\nsocket = \"{}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n\
                  [xdp]\nmode = \"enforce\"\ninterfaces = [\"{}\"]\nports = [{port}]\n\
                  rate_per_sec = {RATE_PER_SEC}\nburst = {BURST}\n\n[log]\nlevel = \"error\"\n",
+                socket.display(),
                 netns::GUARD_IF
             ),
         )?;
