@@ -1,7 +1,10 @@
 //! The daemon's side: accepts root-only connections and hands status and reload requests to the
 //! main loop, which owns the kernel state; streams audit records itself.
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+};
 
 use serde_json::{json, Value};
 use tokio::{
@@ -19,16 +22,23 @@ pub enum Request {
     Reload(oneshot::Sender<Result<(), String>>),
 }
 
-/// Binds `path` (directory 0700, socket 0600), refusing to steal it from a live daemon.
+/// Binds `path` (socket 0600), refusing to steal it from a live daemon. A directory it has to
+/// create is made 0700; one that exists is left as it is, because it may be shared (`/tmp`,
+/// `/run`): the socket's own mode and the peer-uid check are what keep others out.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let shown = path.display().to_string();
     let err = |source| ControlError::Bind {
         path: shown.clone(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err)?;
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -144,5 +154,35 @@ async fn stream_events(write: &mut tokio::net::unix::OwnedWriteHalf, follow: boo
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod socket_dir_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::bind;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn a_shared_directory_keeps_its_mode_and_a_new_one_is_private() {
+        let top = tempfile::tempdir().unwrap();
+        let shared = top.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let _listener = bind(&shared.join("control.sock")).unwrap();
+        assert_eq!(
+            mode(&shared),
+            0o1777,
+            "an existing directory is not ours to chmod"
+        );
+        assert_eq!(mode(&shared.join("control.sock")), 0o600);
+
+        let fresh = top.path().join("new/run");
+        let _listener = bind(&fresh.join("control.sock")).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
     }
 }

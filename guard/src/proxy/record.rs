@@ -241,6 +241,8 @@ mod tests {
         let mut tracked = Tracked::new(Scripted(frames.into()).boxed(), record, Vec::new());
         while let Some(Ok(_)) = tracked.frame().await {}
         drop(tracked);
+        // Metrics are settled by the audit writer thread.
+        crate::proxy::audit_queue::flush(Duration::from_secs(30));
         metrics.encode()
     }
 

@@ -41,7 +41,7 @@ impl Daemon {
         let pin_dir = format!("/sys/fs/bpf/pg-bench-{pid}");
         let config = std::env::temp_dir().join(format!("pg-bench-{pid}.toml"));
         // A control socket of its own: the default path may belong to a real daemon on this host.
-        let socket = std::env::temp_dir().join(format!("pg-bench-{pid}.sock"));
+        let socket = std::env::temp_dir().join(format!("pg-bench-{pid}/control.sock"));
         std::fs::write(
             &config,
             format!(
