@@ -209,11 +209,6 @@ impl Daemon {
         self.log.lock().expect("log lock").clone()
     }
 
-    /// The daemon's process id (for reading what it holds open in /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal proxyguard");
