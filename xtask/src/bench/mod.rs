@@ -95,7 +95,7 @@ pub fn l7(quick: bool) -> Result<Value> {
     let script = work.join("chat.lua");
     fs::write(&script, lua_script())?;
     let (upstream_port, nginx_port) = (free_port()?, free_port()?);
-    let _nginx = peers::nginx(&work.join("nginx"), upstream_port, nginx_port, KEY)?;
+    let nginx_process = peers::nginx(&work.join("nginx"), upstream_port, nginx_port, KEY)?;
     let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
     let (guard, guard_port) = peers::proxyguard(&binary, &work, upstream_port, &hash)?;
 
@@ -110,9 +110,26 @@ pub fn l7(quick: bool) -> Result<Value> {
         "bench: {} s per target, {connections} connections",
         duration.as_secs()
     );
-    let direct = wrk::run(&url(upstream_port), &script, connections, duration)?;
-    let proxyguard = wrk::run(&url(guard_port), &script, connections, duration)?;
-    let nginx = wrk::run(&url(nginx_port), &script, connections, duration)?;
+    // CPU per request as well as throughput: on a shared machine, CPU time is what other tenants
+    // disturb least. nginx is one process serving both the upstream and its guard, so its guard
+    // share is its CPU per request through the guard less its CPU per request direct.
+    let cpu = |pid: u32, run: &dyn Fn() -> Result<wrk::Run>| -> Result<(wrk::Run, f64)> {
+        let before = peers::cpu_seconds(pid)?;
+        let result = run()?;
+        let used = peers::cpu_seconds(pid)? - before;
+        Ok((result, used * 1e6 / result.requests.max(1) as f64))
+    };
+    let (direct, upstream_us) = cpu(nginx_process.pid(), &|| {
+        wrk::run(&url(upstream_port), &script, connections, duration)
+    })?;
+    let (proxyguard, proxyguard_us) = cpu(guard.pid(), &|| {
+        wrk::run(&url(guard_port), &script, connections, duration)
+    })?;
+    let (nginx, nginx_total_us) = cpu(nginx_process.pid(), &|| {
+        wrk::run(&url(nginx_port), &script, connections, duration)
+    })?;
+    let nginx_us = (nginx_total_us - upstream_us).max(f64::EPSILON);
+    let cpu_ratio = proxyguard_us / nginx_us;
 
     // Added latency at half of proxyguard's peak: each connection waits between requests so the
     // total rate is about half the peak (wrk's `delay()`), against direct and through proxyguard.
@@ -176,6 +193,9 @@ pub fn l7(quick: bool) -> Result<Value> {
     println!();
     println!("proxyguard / nginx throughput: {ratio:.2} (target >= 1.0)");
     println!(
+        "CPU per request, guard share: proxyguard {proxyguard_us:.1} us, nginx {nginx_us:.1} us (its {nginx_total_us:.1} less {upstream_us:.1} for the upstream); ratio {cpu_ratio:.2}"
+    );
+    println!(
         "at half of proxyguard's peak ({:.0} vs {:.0} req/s measured): p99 direct {:.3} ms, proxyguard {:.3} ms, added {added_p99_half:.3} ms (target <= 1)",
         direct_half.rps, proxyguard_half.rps, direct_half.p99, proxyguard_half.p99
     );
@@ -194,6 +214,13 @@ pub fn l7(quick: bool) -> Result<Value> {
             "nginx": { "p50_ms": nginx.p50 - direct.p50, "p99_ms": nginx.p99 - direct.p99 },
         },
         "throughput_ratio_proxyguard_to_nginx": ratio,
+        "cpu_us_per_request": {
+            "proxyguard": proxyguard_us,
+            "nginx_guard_share": nginx_us,
+            "nginx_total": nginx_total_us,
+            "upstream": upstream_us,
+            "ratio_proxyguard_to_nginx": cpu_ratio,
+        },
         "half_peak": {
             "target_rps": half_rate,
             "direct": direct_half.to_json(),

@@ -185,6 +185,27 @@ sha256 = "{key_hash}"
 }
 
 /// Peak resident memory of `pid` (VmHWM), in MiB.
+/// CPU seconds (user and system, all threads) that `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |at: usize| -> Result<f64> {
+        fields
+            .get(at)
+            .and_then(|n| n.parse::<f64>().ok())
+            .context("short /proc/PID/stat")
+    };
+    // utime and stime are fields 14 and 15 (11 and 12 after the name), in USER_HZ ticks, which
+    // the kernel ABI fixes at 100 per second on x86 and arm64.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 pub fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status

@@ -247,6 +247,7 @@ mod tests {
         Soak {
             run: wrk::Run {
                 rps: 1000.0,
+                requests: 60_000,
                 p50: 1.0,
                 p99: 2.0,
                 non_2xx: 0,

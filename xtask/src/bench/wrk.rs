@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Run {
     pub rps: f64,
+    /// Requests completed in the run.
+    pub requests: u64,
     /// Milliseconds.
     pub p50: f64,
     pub p99: f64,
@@ -46,12 +48,13 @@ pub fn run(url: &str, script: &Path, connections: u32, duration: Duration) -> Re
 }
 
 pub fn parse(report: &str) -> Option<Run> {
-    let mut rps = None;
+    let (mut rps, mut requests) = (None, None);
     let (mut p50, mut p99, mut non_2xx) = (None, None, 0);
     for line in report.lines().map(str::trim) {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("Requests/sec:"), Some(value)) => rps = value.parse().ok(),
+            (Some(count), Some("requests")) => requests = count.parse().ok(),
             (Some("50%"), Some(value)) => p50 = millis(value),
             (Some("99%"), Some(value)) => p99 = millis(value),
             (Some("Non-2xx"), _) => non_2xx = line.rsplit(' ').next()?.parse().ok()?,
@@ -60,6 +63,7 @@ pub fn parse(report: &str) -> Option<Run> {
     }
     Some(Run {
         rps: rps?,
+        requests: requests?,
         p50: p50?,
         p99: p99?,
         non_2xx,
@@ -104,6 +108,7 @@ Transfer/sec:      3.33MB
             run,
             Run {
                 rps: 20000.5,
+                requests: 60000,
                 p50: 0.85,
                 p99: 2.1,
                 non_2xx: 12
