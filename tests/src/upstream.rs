@@ -63,15 +63,21 @@ pub fn request(stream: &mut BufReader<TcpStream>, key: &str) -> std::io::Result<
         body.len()
     );
     stream.get_mut().write_all(head.as_bytes())?;
-    let mut status_line = String::new();
-    stream.read_line(&mut status_line)?;
-    let status = status_line
+    read_response(stream)
+}
+
+/// Reads one response with a Content-Length body off `stream`; returns its status code.
+pub fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
+    let mut line = String::new();
+    if stream.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut length = 0usize;
-    let mut line = String::new();
     loop {
         line.clear();
         if stream.read_line(&mut line)? == 0 {

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Write},
     net::TcpStream,
     process::Command,
     sync::{
@@ -19,6 +19,7 @@ use proxyguard_tests::{
     l7::{new_key, Guard},
     proxyguard_bin,
     recorder::Recorder,
+    upstream::read_response,
     wire,
 };
 
@@ -323,34 +324,6 @@ fn good_request(
             attempt(conn)
         }
     }
-}
-
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut length = 0;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(status)
 }
 
 /// Resident memory of `pid`, from /proc.
