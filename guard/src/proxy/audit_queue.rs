@@ -28,7 +28,9 @@ const GATHER: Duration = Duration::from_millis(5);
 const BATCH: usize = 4096;
 
 enum Item {
-    Line(Finished),
+    /// Boxed: the channel allocates and touches every one of its `DEPTH` slots up front, so a
+    /// slot the size of a whole record would cost megabytes of resident memory when idle.
+    Line(Box<Finished>),
     Flush(mpsc::Sender<()>),
 }
 
@@ -70,7 +72,7 @@ fn write_all(rx: Receiver<Item>) {
 
 /// Queues one finished request.
 pub fn request(finished: Finished) {
-    let _ = queue().send(Item::Line(finished));
+    let _ = queue().send(Item::Line(Box::new(finished)));
 }
 
 /// Waits (up to `limit`) until every line queued before this call is written.
