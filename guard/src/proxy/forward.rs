@@ -94,18 +94,8 @@ pub fn rewrite(
 /// `X_Forwarded_For`, `Transfer_Encoding` and the like: servers that take `_` for `-` would read
 /// them as the forwarding or hop-by-hop headers just removed.
 fn strip_disguised(headers: &mut http::HeaderMap) {
-    let disguised: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .filter(|name| {
-            FORWARDING
-                .iter()
-                .chain(hop::HOP_BY_HOP)
-                .any(|target| layers::folds_to(name, target))
-        })
-        .cloned()
-        .collect();
-    for name in disguised {
+    let targets = FORWARDING.iter().chain(hop::HOP_BY_HOP).copied();
+    for name in layers::disguised_as(headers, targets) {
         headers.remove(name);
     }
 }

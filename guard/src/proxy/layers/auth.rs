@@ -93,16 +93,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 /// Removes every header a client key may travel in, `_` spellings (`x_api_key`) included: they
 /// are never read as keys here, but a server that folds `_` into `-` would read them so.
 pub fn strip(headers: &mut HeaderMap) {
-    let disguised: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .filter(|name| {
-            KEY_HEADERS
-                .iter()
-                .any(|key| super::folds_to(name, key.as_str()))
-        })
-        .cloned()
-        .collect();
+    let disguised = super::disguised_as(headers, KEY_HEADERS.iter().map(HeaderName::as_str));
     for name in KEY_HEADERS.iter().chain(&disguised) {
         headers.remove(name);
     }

@@ -24,6 +24,20 @@ pub fn folds_to(name: &http::HeaderName, target: &str) -> bool {
         })
 }
 
+/// The headers of `headers` spelled with `_` that fold to one of `targets`: the disguised copies
+/// to remove along with the real ones.
+pub fn disguised_as<'a>(
+    headers: &http::HeaderMap,
+    targets: impl Iterator<Item = &'a str> + Clone,
+) -> Vec<http::HeaderName> {
+    headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| targets.clone().any(|target| folds_to(name, target)))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderName;
