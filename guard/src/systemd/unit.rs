@@ -37,8 +37,9 @@ AmbientCapabilities=
 NoNewPrivileges=yes
 
 # Filesystem: read-only everywhere except bpffs (pins) and its own directories.
+# ProtectSystem=strict leaves the API filesystems (/proc, /sys) writable; they are made read-only
+# below, path by path, with bpffs carved out of /sys.
 ProtectSystem=strict
-ReadWritePaths=/sys/fs/bpf
 ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
@@ -56,8 +57,14 @@ ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectClock=yes
 ProtectHostname=yes
-# /proc/sys and most of /sys stay read-only; the guard only reads them.
-ProtectKernelTunables=yes
+# /proc/sys and /sys are read-only, except bpffs, where the pins live. ProtectKernelTunables=yes
+# would do the same, but systemd then mounts /sys/fs/bpf read-only too and drops a
+# ReadWritePaths=/sys/fs/bpf as a duplicate (systemd 252), so no pin could be written. The
+# paths it covers are listed here instead ("-": skipped where the kernel has no such file), and
+# systemd mounts the deeper, writable bpffs on top.
+ProtectKernelTunables=no
+ReadOnlyPaths=/sys /proc/sys -/proc/sysrq-trigger -/proc/latency_stats -/proc/acpi -/proc/timer_stats -/proc/fs -/proc/irq
+ReadWritePaths=/sys/fs/bpf
 # The guard opens cgroup directories to attach programs; it never writes them.
 ProtectControlGroups=yes
 LockPersonality=yes
@@ -70,9 +77,13 @@ RestrictNamespaces=yes
 # AF_NETLINK: XDP attach and interface lookups.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
-# bpf(2) for the kernel half; perf_event_open(2) to attach tracepoints.
-SystemCallFilter=@system-service bpf perf_event_open
+# Later SystemCallFilter= lines edit the earlier ones in order: the deny line takes bpf(2) back
+# out (it is in @privileged) and perf_event_open(2) (in @debug). So the two calls the kernel half
+# needs, bpf(2) for programs and maps and perf_event_open(2) to attach tracepoints, are allowed
+# again on the last line, after the denials.
+SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources @mount @swap @reboot @raw-io @module @debug @obsolete @cpu-emulation @clock
+SystemCallFilter=bpf perf_event_open
 SystemCallErrorNumber=EPERM
 
 # Logs go to journald; set [log] format = "json" for structured records.
@@ -105,5 +116,35 @@ mod tests {
         assert!(unit.contains(
             "ExecStart=/usr/bin/proxyguard run --config /etc/proxyguard/proxyguard.toml"
         ));
+    }
+
+    /// What a real systemd 252 showed: the deny line must not come after the calls it would take
+    /// back, and bpffs must stay writable (ProtectKernelTunables=yes would make it read-only).
+    #[test]
+    fn bpf_survives_the_sandbox() {
+        let unit = render("/usr/bin/proxyguard", "/etc/proxyguard/proxyguard.toml");
+        let filters: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+            .collect();
+        let last_deny = filters.iter().rposition(|f| f.starts_with('~')).unwrap();
+        for call in ["bpf", "perf_event_open"] {
+            let allowed_at = filters
+                .iter()
+                .rposition(|f| !f.starts_with('~') && f.split_whitespace().any(|w| w == call))
+                .unwrap_or_else(|| panic!("{call} is never allowed"));
+            assert!(
+                allowed_at > last_deny,
+                "{call} is taken back by a later deny line"
+            );
+        }
+        assert!(unit.contains("\nProtectKernelTunables=no\n"));
+        assert!(unit.contains("\nReadWritePaths=/sys/fs/bpf\n"));
+        let read_only = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ReadOnlyPaths="))
+            .unwrap();
+        assert!(read_only.split_whitespace().any(|p| p == "/sys"));
+        assert!(read_only.split_whitespace().any(|p| p == "/proc/sys"));
     }
 }
