@@ -11,10 +11,14 @@ pub enum KernelError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot load the embedded eBPF object: {source} (proxyguard needs root, or CAP_BPF with CAP_PERFMON and CAP_NET_ADMIN; use --no-kernel to run without)")]
+    #[error(
+        "cannot load the embedded eBPF object: {source} ({hint}; use --no-kernel to run without)"
+    )]
     LoadObject {
         #[source]
         source: aya::EbpfError,
+        /// What can refuse bpf(2) on this process: see [`load_refused_hint`].
+        hint: String,
     },
     #[error("the eBPF object has no {kind} named `{name}`; the binary was built from mismatched sources")]
     Missing {
@@ -73,4 +77,47 @@ pub enum KernelError {
         #[source]
         source: aya::BtfError,
     },
+}
+
+/// Why bpf(2) may be refused here. EPERM comes from missing capabilities or from a seccomp filter
+/// (systemd's `SystemCallFilter=`), and the two look the same to the caller, so the hint names
+/// both, and says whether this process runs under a filter (`Seccomp: 2` in /proc/self/status).
+pub fn load_refused_hint() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    seccomp_hint(&status)
+}
+
+fn seccomp_hint(proc_status: &str) -> String {
+    let filtered = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .is_some_and(|mode| mode.trim() == "2");
+    let caps = "proxyguard needs root, or CAP_BPF with CAP_PERFMON and CAP_NET_ADMIN";
+    if filtered {
+        format!("{caps}; this process also runs under a seccomp filter, which gives the same EPERM if it leaves out bpf(2) or perf_event_open(2): with systemd, allow them on a SystemCallFilter= line after the deny lines, as `proxyguard systemd unit` does")
+    } else {
+        format!("{caps}; a seccomp filter that leaves out bpf(2) gives the same EPERM")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_names_seccomp_and_capabilities() {
+        let filtered = seccomp_hint("Name:\tproxyguard\nSeccomp:\t2\nSeccomp_filters:\t1\n");
+        assert!(filtered.contains("CAP_BPF"), "{filtered}");
+        assert!(
+            filtered.contains("runs under a seccomp filter"),
+            "{filtered}"
+        );
+        assert!(filtered.contains("SystemCallFilter="), "{filtered}");
+        let plain = seccomp_hint("Seccomp:\t0\n");
+        assert!(
+            plain.contains("CAP_BPF") && plain.contains("seccomp"),
+            "{plain}"
+        );
+        assert!(!plain.contains("runs under"), "{plain}");
+    }
 }

@@ -122,7 +122,10 @@ impl Kernel {
         }
         let mut ebpf = loader
             .load(OBJECT)
-            .map_err(|source| KernelError::LoadObject { source })?;
+            .map_err(|source| KernelError::LoadObject {
+                source,
+                hint: error::load_refused_hint(),
+            })?;
         features::record_lsm_probe(&mut features, probe::bpf_lsm(&mut ebpf));
         for feature in features.iter().filter(|f| !f.available) {
             tracing::warn!(
@@ -405,7 +408,8 @@ pub fn probe_features() -> Vec<Feature> {
             name: "ebpf",
             available: false,
             detail: format!(
-                "cannot load the eBPF object ({err}); it needs root, or CAP_BPF with CAP_PERFMON"
+                "cannot load the eBPF object ({err}); {}",
+                error::load_refused_hint()
             ),
         }),
     }
