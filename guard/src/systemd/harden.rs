@@ -74,8 +74,12 @@ RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 IPAddressAllow={allow}
 # Threat 7: provider keys come from a root-owned credential file, not the environment
 # (where any same-user process can read them through /proc/<pid>/environ). The service reads
-# $CREDENTIALS_DIRECTORY/provider-keys; move the *_API_KEY variables there.
+# $CREDENTIALS_DIRECTORY/provider-keys; move the *_API_KEY variables there:
+#   install -D -m 0600 /dev/stdin {credential} <<< "OPENAI_API_KEY=..."
 LoadCredential=provider-keys:{credential}
+# Until that file exists the credential is empty, so the service still starts as it is (systemd
+# takes SetCredential= as the default when LoadCredential= finds no file).
+SetCredential=provider-keys:
 "#,
         allow = allow.join(" "),
     )
@@ -107,6 +111,11 @@ mod tests {
             "{dropin}"
         );
         assert!(dropin.contains("LoadCredential=provider-keys:/etc/proxyguard/credentials/litellm"));
+        // A missing credential file must not stop the guarded service (status=243/CREDENTIALS).
+        assert!(
+            dropin.contains("\nSetCredential=provider-keys:\n"),
+            "{dropin}"
+        );
         for line in [
             "PrivateTmp=yes",
             "IPAddressDeny=any",
