@@ -154,3 +154,30 @@ const POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /ru
 /// Stops the service on removal. Pinned kernel state stays until `proxyguard run --detach-kernel`,
 /// so removing the package never silently drops enforcement.
 const PRERM: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then\n    systemctl stop proxyguard.service || true\nfi\n";
+
+/// TEMPORARY until the stamped build lands: the same package under a higher version.
+pub fn upgrade_package(first: &Path) -> Result<PathBuf> {
+    let work = build::target_dir().join("deb/upgrade");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let tree = work.join("tree");
+    cmd::run(Command::new("dpkg-deb").arg("-R").arg(first).arg(&tree))?;
+    let control = tree.join("DEBIAN/control");
+    let text = fs::read_to_string(&control)?;
+    let version = env!("CARGO_PKG_VERSION");
+    fs::write(
+        &control,
+        text.replace(
+            &format!("Version: {version}\n"),
+            &format!("Version: {version}+upgrade\n"),
+        ),
+    )?;
+    let deb = work.join(format!("proxyguard_{version}+upgrade_amd64.deb"));
+    cmd::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&tree)
+            .arg(&deb),
+    )?;
+    Ok(deb)
+}

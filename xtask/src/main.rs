@@ -13,6 +13,7 @@ mod fuzz;
 mod initramfs;
 mod run;
 mod setup;
+mod system_vm;
 mod test;
 mod vm;
 
@@ -86,6 +87,14 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
+    /// Boot Debian 12 with systemd as PID 1 under QEMU and run the operator's journey there: the
+    /// .deb with apt, the unit under systemd, reload, crash and watchdog restarts, the exposure
+    /// score online, a hardened guarded service, an upgrade with a bind loop, and purge.
+    SystemVm {
+        /// Give up (and fail) after this many seconds.
+        #[arg(long, default_value_t = 1500)]
+        timeout: u64,
+    },
     /// Kernel benchmarks (as root): connection flood, SYN-flood cost and XDP program cost, in
     /// the benchmark's own namespaces; the figures also go to target/bench/kernel.json.
     BenchKernel {
@@ -140,6 +149,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { quick } => bench::run(quick),
         Command::VmTest { kernel, timeout } => {
             let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
+            summary.into_result()
+        }
+        Command::SystemVm { timeout } => {
+            setup::run()?;
+            let packages = system_vm::packages()?;
+            let summary = system_vm::run(&packages, std::time::Duration::from_secs(timeout))?;
             summary.into_result()
         }
         Command::BenchKernel { quick } => {

@@ -62,13 +62,16 @@ pub fn run(options: Options) -> Result<()> {
             }));
             if options.vm {
                 stages.push(counted("vm", &mut total, vm_tests));
+                stages.push(counted("system", &mut total, system_vm_journey));
             } else {
-                stages.push(Stage {
-                    name: "vm",
-                    ok: false,
-                    detail: "not run (--no-vm); CI runs it".into(),
-                    took: Duration::ZERO,
-                });
+                for name in ["vm", "system"] {
+                    stages.push(Stage {
+                        name,
+                        ok: false,
+                        detail: "not run (--no-vm); CI runs it".into(),
+                        took: Duration::ZERO,
+                    });
+                }
             }
             if let Some(secs) = options.fuzz_secs {
                 stages.push(fuzz_stage(secs, &mut total));
@@ -213,6 +216,16 @@ fn vm_tests() -> Result<Counts> {
         bail!("failed binaries: {}", summary.failed_binaries.join(", "));
     }
     Ok(counts)
+}
+
+/// The operator's journey on Debian 12 with systemd as PID 1; each step counts as one test.
+fn system_vm_journey() -> Result<Counts> {
+    let packages = crate::system_vm::packages()?;
+    let summary = crate::system_vm::run(&packages, Duration::from_secs(1500))?;
+    if let Some(problem) = &summary.problem {
+        bail!("{problem}");
+    }
+    Ok(summary.counts)
 }
 
 fn nix_is_root() -> bool {
