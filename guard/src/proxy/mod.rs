@@ -19,6 +19,7 @@ mod reject;
 mod server;
 mod state;
 mod tls;
+mod upstream_slots;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -39,6 +40,9 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     /// Outlives reloads, so a reload does not re-arm every alert.
     alerts: alerts::SpikeAlerts,
+    /// Outlives reloads and is resized by them, so streams running across a reload still count
+    /// against the cap (a fresh set per reload would let each reload add a full cap's worth).
+    upstream_slots: upstream_slots::UpstreamSlots,
 }
 
 /// Settings built and checked, not yet in force.
@@ -86,6 +90,9 @@ impl Proxy {
             client: forward::client(),
             metrics: Arc::new(Metrics::new()),
             alerts: alerts::SpikeAlerts::default(),
+            upstream_slots: upstream_slots::UpstreamSlots::new(
+                config.limits.max_upstream_connections,
+            ),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
@@ -135,6 +142,9 @@ impl Proxy {
 
     /// Swaps in staged settings at once; requests in flight finish on the old ones.
     pub fn commit(&self, staged: Staged) {
+        self.shared
+            .upstream_slots
+            .resize(staged.0.max_upstream_connections);
         self.shared.state.store(Arc::new(staged.0));
     }
 

@@ -45,8 +45,8 @@ pub struct State {
     pub header_read: Duration,
     pub body_timeout: Duration,
     pub upstream_timeout: Duration,
-    /// One permit per request in flight upstream, held until its response body ends.
-    pub upstream_slots: Arc<tokio::sync::Semaphore>,
+    /// The cap on requests in flight upstream; the slots themselves outlive reloads (`Shared`).
+    pub max_upstream_connections: usize,
 }
 
 impl State {
@@ -163,9 +163,7 @@ impl State {
             header_read: Duration::from_secs(timeouts.header_read_secs),
             body_timeout: Duration::from_secs(timeouts.body_secs),
             upstream_timeout: Duration::from_secs(timeouts.upstream_response_secs),
-            upstream_slots: Arc::new(tokio::sync::Semaphore::new(
-                limits_config.max_upstream_connections,
-            )),
+            max_upstream_connections: limits_config.max_upstream_connections,
         })
     }
 }
