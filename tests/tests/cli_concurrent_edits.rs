@@ -67,7 +67,10 @@ fn concurrent_keys_and_egress_edits_all_land() {
     let text = std::fs::read_to_string(&config).unwrap();
     for round in 0..ROUNDS {
         for name in [format!("a{round}"), format!("b{round}")] {
-            assert!(names.contains(&name.as_str()), "key {name} was lost: {names:?}");
+            assert!(
+                names.contains(&name.as_str()),
+                "key {name} was lost: {names:?}"
+            );
         }
         let target = format!("198.18.{round}.0/24:443");
         assert!(text.contains(&target), "target {target} was lost:\n{text}");

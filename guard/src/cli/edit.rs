@@ -38,9 +38,8 @@ pub fn lock(path: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
                 lock_path.display()
             )
         })?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
-        anyhow::anyhow!("cannot lock {}: {errno}", lock_path.display())
-    })
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| anyhow::anyhow!("cannot lock {}: {errno}", lock_path.display()))
 }
 
 fn lock_path(path: &Path) -> PathBuf {

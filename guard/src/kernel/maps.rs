@@ -76,7 +76,10 @@ pub fn apply(ebpf: &mut Ebpf, plan: &[Box<dyn Step>]) -> Result<(), KernelError>
         let mut failed = Vec::new();
         for old in undo.iter().rev() {
             if let Err(err) = old.write(ebpf) {
-                tracing::error!(map = old.map(), "cannot restore the map's old content: {err}");
+                tracing::error!(
+                    map = old.map(),
+                    "cannot restore the map's old content: {err}"
+                );
                 failed.push(old.map());
             }
         }

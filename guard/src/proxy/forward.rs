@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn rewrite_table() {
-        let state = State::build(&ProxyConfig::default(), None).unwrap();
+        let state = State::for_tests(&ProxyConfig::default());
         let request = Request::post("http://guard.example/v1/chat/completions?x=1")
             .header("host", "guard.example")
             .header("authorization", "Bearer client-key")

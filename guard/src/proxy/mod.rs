@@ -18,7 +18,7 @@ mod record;
 mod reject;
 mod server;
 mod state;
-mod tls;
+pub(crate) mod tls;
 mod upstream_slots;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -28,6 +28,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use error::ProxyError;
 use metrics::Metrics;
+pub use state::Settings;
 use state::State;
 
 use crate::config::ProxyConfig;
@@ -60,10 +61,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Reads every file the settings need, then binds both listeners. Nothing is bound when the
-    /// settings are bad.
-    pub async fn start(config: &ProxyConfig) -> Result<Proxy, ProxyError> {
-        let state = State::build(config, None)?;
+    /// Binds both listeners and serves `settings`, which the config compiler built (files read).
+    pub async fn start(config: &ProxyConfig, settings: Settings) -> Result<Proxy, ProxyError> {
+        let state = State::build(config, settings, None);
         let tls = state.tls.is_some();
         if !config.listen.ip().is_loopback() && !tls {
             tracing::warn!(listen = %config.listen, "plaintext listener off loopback (allow_plaintext = true): keys and prompts cross the network unencrypted");
@@ -128,16 +128,17 @@ impl Proxy {
         })
     }
 
-    /// Builds new settings from `config` (keys, upstream key file, TLS files, limits) without
-    /// applying them, so a reload can fail before anything changes.
-    pub fn prepare(&self, config: &ProxyConfig) -> Result<Staged, ProxyError> {
+    /// The state `config` and its compiled `settings` make, not yet in force, so a reload can
+    /// still fail (in the kernel half) before anything changes.
+    pub fn prepare(&self, config: &ProxyConfig, settings: Settings) -> Staged {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
         }
-        Ok(Staged(State::build(
+        Staged(State::build(
             config,
+            settings,
             Some(&self.shared.state.load()),
-        )?))
+        ))
     }
 
     /// Swaps in staged settings at once; requests in flight finish on the old ones.

@@ -173,11 +173,7 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    pub fn new(
-        inner: BoxBody<Bytes, BoxError>,
-        record: Record,
-        held: Held,
-    ) -> Tracked {
+    pub fn new(inner: BoxBody<Bytes, BoxError>, record: Record, held: Held) -> Tracked {
         Tracked {
             inner,
             record,
@@ -257,7 +253,7 @@ mod tests {
         let mut record = Record::start(metrics.clone(), [127, 0, 0, 1].into(), &http::Method::POST);
         record.route = "/v1/chat/completions".into();
         record.status = 200;
-        let mut tracked = Tracked::new(Scripted(frames.into()).boxed(), record, Vec::new());
+        let mut tracked = Tracked::new(Scripted(frames.into()).boxed(), record, Held::default());
         while let Some(Ok(_)) = tracked.frame().await {}
         drop(tracked);
         // Metrics are settled by the audit writer thread.
