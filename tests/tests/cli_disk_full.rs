@@ -104,7 +104,11 @@ fn assert_refused(out: &Output, what: &str, config: &Path, before: &[u8]) {
         .into_iter()
         .filter(|name| name != ".proxyguard.toml.lock")
         .collect();
-    assert_eq!(left, ["filler", "proxyguard.toml"], "{what} left a file behind");
+    assert_eq!(
+        left,
+        ["filler", "proxyguard.toml"],
+        "{what} left a file behind"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! mode) is frozen, so the kernel itself refuses that write, and a reload that changes every
 //! family (and adds a proxy key) fails in its last step. Every kernel map then holds exactly what
 //! it held before, the proxy still refuses the new key, and the old bind rule is enforced.
-//! A reload that leaves the frozen map's content as it is then applies in full.
+//! A reload that leaves the frozen map's content as it is then applies in full. Before all that,
+//! a reload with a list longer than its map holds is refused before any map is touched.
 
 use std::{
     io::BufReader,
@@ -111,6 +112,29 @@ fn a_reload_refused_in_its_last_step_changes_nothing() {
             maps.keys()
         );
     }
+
+    // A list longer than its map holds (XDP_PORTS holds 64) is refused before any map is touched.
+    let too_many: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+    let oversized = config(
+        &cgroup.relative,
+        upstream,
+        bind_port,
+        &changed,
+        &[("old", &old_hash)],
+    )
+    .replace(
+        &format!("ports = [{bind_port}]"),
+        &format!("ports = [{}]", too_many.join(", ")),
+    );
+    let refused = daemon.reload_with(&oversized);
+    assert_eq!(refused["kind"], "reload_failed", "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("xdp.ports") && error.contains("at most 64"),
+        "{error}"
+    );
+    assert_eq!(bpf_map::dump_rule_maps(&daemon.pin_dir), maps);
+
     bpf_map::freeze(&daemon.pin_dir.join("maps/EGRESS_CONFIG")).expect("freeze EGRESS_CONFIG");
 
     let both = [("old", old_hash.as_str()), ("new", new_hash.as_str())];
