@@ -145,11 +145,12 @@ pub fn apply(
     } else {
         BTreeMap::new()
     };
-    let mut steps = plan(config, last.offsets, &tasks, &allowed).into_iter();
-    let mut wanted = vec![steps.next().expect("the config step")];
-    let (guarded, exes) = (steps.next(), steps.next());
-    wanted.extend(guarded.filter(|_| tasks != last.tasks));
-    wanted.extend(exes.filter(|_| allowed != last.allowed));
+    let mut wanted = plan(config, last.offsets, &tasks, &allowed);
+    wanted.retain(|step| match step.map() {
+        MAP_ENVIRON_GUARDED => tasks != last.tasks,
+        MAP_ENVIRON_ALLOWED => allowed != last.allowed,
+        _ => true,
+    });
     maps::apply(ebpf, &wanted)?;
     last.tasks = tasks;
     last.allowed = allowed;
