@@ -321,9 +321,15 @@ impl Kernel {
     }
 
     /// Takes a new set of resolved host names into the egress allow-list.
+    /// A set the maps refuse (too many addresses, say) is dropped: the previous one stays, so
+    /// later reloads are not refused for it.
     pub fn set_resolved(&mut self, resolved: Resolved, config: &Config) -> Result<(), KernelError> {
-        self.resolved = resolved;
-        self.apply_egress(config)
+        let previous = std::mem::replace(&mut self.resolved, resolved);
+        let outcome = self.apply_egress(config);
+        if outcome.is_err() {
+            self.resolved = previous;
+        }
+        outcome
     }
 
     fn egress_attached(&self) -> bool {
