@@ -34,14 +34,26 @@ pub fn check(config: &Config) -> Vec<(&'static str, String)> {
             (
                 step.field(),
                 format!(
-                    "{} entries for kernel map {}, which holds at most {}; shorten the list (merge addresses into wider prefixes)",
+                    "{} entries for kernel map {}, which holds at most {}; {}",
                     step.entries(),
                     step.map(),
-                    step.capacity()
+                    step.capacity(),
+                    advice(step.field())
                 ),
             )
         })
         .collect()
+}
+
+/// What to do about a list that does not fit, by the field it comes from.
+pub fn advice(field: &str) -> &'static str {
+    match field {
+        "xdp.ports" => "protect fewer ports",
+        "bind.rules" => "use fewer rules or merge their addresses into wider prefixes",
+        "guarded" => "the guarded service has more cgroups or tasks than the map can track",
+        "watch.allow_exe" => "allow fewer executables",
+        _ => "shorten the list (merge addresses into wider prefixes)",
+    }
 }
 
 #[cfg(test)]

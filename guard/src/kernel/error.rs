@@ -73,7 +73,10 @@ pub enum KernelError {
         #[source]
         source: aya::BtfError,
     },
-    #[error("`{field}` needs {entries} entries in map `{map}`, which holds at most {capacity}; shorten the list (merge addresses into wider prefixes)")]
+    #[error(
+        "`{field}` needs {entries} entries in map `{map}`, which holds at most {capacity}; {}",
+        super::capacity::advice(field)
+    )]
     Capacity {
         map: &'static str,
         field: &'static str,
