@@ -6,6 +6,7 @@
 
 pub mod bind;
 pub mod compile;
+mod compile_keys;
 mod compile_proxy;
 pub mod control;
 pub mod egress;
