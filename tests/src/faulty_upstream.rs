@@ -27,6 +27,8 @@ pub struct FaultyUpstream {
     pub port: u16,
     /// Releases granted to `reset-mid-stream` connections and not yet used.
     releases: Arc<(Mutex<u32>, Condvar)>,
+    /// `reset-mid-stream` responses open now, and the most ever open at once.
+    streams: Arc<Mutex<(u32, u32)>>,
 }
 
 impl FaultyUpstream {
@@ -34,14 +36,29 @@ impl FaultyUpstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the upstream");
         let port = listener.local_addr().expect("local addr").port();
         let releases = Arc::new((Mutex::new(0), Condvar::new()));
-        let gate = releases.clone();
+        let streams = Arc::new(Mutex::new((0, 0)));
+        let (gate, open) = (releases.clone(), streams.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let gate = gate.clone();
-                std::thread::spawn(move || serve(stream, &gate));
+                let (gate, open) = (gate.clone(), open.clone());
+                std::thread::spawn(move || serve(stream, &gate, &open));
             }
         });
-        FaultyUpstream { port, releases }
+        FaultyUpstream {
+            port,
+            releases,
+            streams,
+        }
+    }
+
+    /// `reset-mid-stream` responses open now (head sent, not yet reset).
+    pub fn open_streams(&self) -> u32 {
+        self.streams.lock().expect("streams lock").0
+    }
+
+    /// The most `reset-mid-stream` responses that were ever open at once.
+    pub fn most_open_streams(&self) -> u32 {
+        self.streams.lock().expect("streams lock").1
     }
 
     /// Lets `n` held `reset-mid-stream` connections reset.
@@ -52,7 +69,7 @@ impl FaultyUpstream {
     }
 }
 
-fn serve(stream: TcpStream, releases: &(Mutex<u32>, Condvar)) {
+fn serve(stream: TcpStream, releases: &(Mutex<u32>, Condvar), streams: &Mutex<(u32, u32)>) {
     // One descriptor only (no try_clone): the reset must happen on the last close.
     let mut reader = BufReader::new(&stream);
     while let Some(model) = read_request(&mut reader) {
@@ -65,15 +82,20 @@ fn serve(stream: TcpStream, releases: &(Mutex<u32>, Condvar)) {
             }
             "reset-before-head" => return reset(stream),
             "reset-mid-stream" => {
+                {
+                    let mut open = streams.lock().expect("streams lock");
+                    open.0 += 1;
+                    open.1 = open.1.max(open.0);
+                }
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
                 let mut out = head.to_owned();
                 for chunk in CHUNKS {
                     out.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
                 }
-                if (&stream).write_all(out.as_bytes()).is_err() {
-                    return;
+                if (&stream).write_all(out.as_bytes()).is_ok() {
+                    wait_for_release(releases);
                 }
-                wait_for_release(releases);
+                streams.lock().expect("streams lock").0 -= 1;
                 return reset(stream);
             }
             _ => {

@@ -98,8 +98,14 @@ fn assert_refused(out: &Output, what: &str, config: &Path, before: &[u8]) {
         before,
         "{what} changed the config"
     );
+    // The edit lock (`.proxyguard.toml.lock`, empty) stays by design: removing it would let two
+    // editors lock two different files.
+    let left: Vec<String> = names(config.parent().unwrap())
+        .into_iter()
+        .filter(|name| name != ".proxyguard.toml.lock")
+        .collect();
     assert_eq!(
-        names(config.parent().unwrap()),
+        left,
         ["filler", "proxyguard.toml"],
         "{what} left a file behind"
     );
@@ -172,5 +178,8 @@ fn a_full_disk_leaves_the_config_intact_and_says_why() {
     assert!(text.contains("name = \"ci\""), "{text}");
     assert!(!text.contains("name = \"existing\""), "{text}");
     assert!(text.contains("api.example.com:443"), "{text}");
-    assert_eq!(names(tmpfs.path()), ["proxyguard.toml"]);
+    assert_eq!(
+        names(tmpfs.path()),
+        [".proxyguard.toml.lock", "proxyguard.toml"]
+    );
 }

@@ -8,7 +8,7 @@ use std::{
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::config::{self, Config, InitOptions};
+use crate::config::{self, InitOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -62,7 +62,7 @@ pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Re
             }
         }
         ConfigCommand::Check => {
-            Config::load(config_path)?;
+            config::compile::load(config_path)?;
             if json {
                 println!("{}", json!({ "valid": true, "path": config_path }));
             } else {

@@ -1,8 +1,15 @@
 //! Editing the config for `keys` and `egress`: parse with toml_edit (comments and layout kept),
 //! validate the result exactly as the daemon would, replace the file atomically (0600), then
 //! ask a running daemon to reload. An edit that does not validate leaves the file untouched.
+//!
+//! Each edit holds [`lock`] from its read to its write, so two edits at once (two `keys add`)
+//! run one after the other and neither loses the other's change.
 
-use std::path::Path;
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use toml_edit::DocumentMut;
@@ -11,6 +18,37 @@ use crate::{
     config::{self, Config, ConfigError},
     control::{client, Command},
 };
+
+/// The edit lock of `path`, held until the returned guard drops.
+///
+/// It is a sibling file (`.NAME.lock`, mode 0600), not the config itself: the config is replaced
+/// by a rename, and a lock on the replaced file would not exclude an editor that opens the new one.
+pub fn lock(path: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
+    let lock_path = lock_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .with_context(|| {
+            format!(
+                "cannot open the edit lock {} (run as the config's owner)",
+                lock_path.display()
+            )
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| anyhow::anyhow!("cannot lock {}: {errno}", lock_path.display()))
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.lock"))
+}
 
 pub fn read(path: &Path) -> anyhow::Result<DocumentMut> {
     let text =

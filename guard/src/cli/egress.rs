@@ -38,6 +38,7 @@ fn change(path: &Path, json: bool, text: &str, allow: bool) -> anyhow::Result<Ex
             message,
         }],
     })?;
+    let edit_lock = edit::lock(path)?;
     let mut doc = edit::read(path)?;
     let egress = doc.entry("egress").or_insert(toml_edit::table());
     let Some(egress) = egress.as_table_like_mut() else {
@@ -74,6 +75,7 @@ fn change(path: &Path, json: bool, text: &str, allow: bool) -> anyhow::Result<Ex
         *egress.get_mut("allow").expect("just set") = value(Array::new());
     }
     let config = edit::write(path, &doc)?;
+    drop(edit_lock);
     let reload = edit::reload_daemon(&config);
     let verb = if allow { "allowed" } else { "removed" };
     if json {

@@ -48,6 +48,7 @@ fn add(
     expires: Option<humantime::Duration>,
     rpm: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
+    let edit_lock = edit::lock(path)?;
     let mut doc = read(path)?;
     if entries(&doc).any(|table| table.get("name").and_then(Item::as_str) == Some(name)) {
         bail!("a key named \"{name}\" exists; revoke it first or pick another name");
@@ -77,7 +78,7 @@ fn add(
     keys.as_array_of_tables_mut()
         .context("`proxy.keys` in the config is not an array of tables ([[proxy.keys]])")?
         .push(entry);
-    let reload = write(path, &doc)?;
+    let reload = write(path, &doc, edit_lock)?;
     if json {
         println!(
             "{}",
@@ -120,6 +121,7 @@ fn list(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn revoke(path: &Path, json: bool, name: &str) -> anyhow::Result<ExitCode> {
+    let edit_lock = edit::lock(path)?;
     let mut doc = read(path)?;
     let keys = doc
         .get_mut("proxy")
@@ -133,7 +135,7 @@ fn revoke(path: &Path, json: bool, name: &str) -> anyhow::Result<ExitCode> {
     if keys.len() == before {
         bail!("no key named \"{name}\" in {}", path.display());
     }
-    let reload = write(path, &doc)?;
+    let reload = write(path, &doc, edit_lock)?;
     if json {
         println!(
             "{}",
@@ -157,9 +159,15 @@ fn read(path: &Path) -> anyhow::Result<DocumentMut> {
     edit::read(path)
 }
 
-/// Validates and writes the edited file, then asks a running daemon to reload.
-fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<edit::Reload> {
+/// Validates and writes the edited file, then (with the edit lock released, so other editors need
+/// not wait for the daemon) asks a running daemon to reload.
+fn write(
+    path: &Path,
+    doc: &DocumentMut,
+    edit_lock: nix::fcntl::Flock<std::fs::File>,
+) -> anyhow::Result<edit::Reload> {
     let config = edit::write(path, doc)?;
+    drop(edit_lock);
     Ok(edit::reload_daemon(&config))
 }
 

@@ -15,7 +15,11 @@ use tokio::{
 
 use crate::{
     audit, checks,
-    config::{egress::EgressTarget, Config},
+    config::{
+        compile::{self, Compiled},
+        egress::EgressTarget,
+        Config,
+    },
     control,
     kernel::{pins, Kernel},
     proxy::Proxy,
@@ -35,21 +39,26 @@ pub struct RunArgs {
 
 pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Bad config exits before anything is attached or bound.
-    let config = Config::load(config_path)?;
+    let compiled = compile::load(config_path)?;
+    let config = &compiled.config;
     telemetry::init(&config.log);
     if args.detach_kernel {
-        return detach(&config);
+        return detach(config);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.proxy.worker_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config_path, config, args))?;
+    runtime.block_on(serve(config_path, compiled, args))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Result<()> {
+async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow::Result<()> {
+    let Compiled {
+        config,
+        proxy: settings,
+    } = compiled;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -66,10 +75,9 @@ async fn serve(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Res
         None => (json!([]), json!([])),
     };
     // Bound before `ready`, so a client that waits for `ready` can connect at once.
-    let proxy = if config.proxy.enabled {
-        Some(Proxy::start(&config.proxy).await?)
-    } else {
-        None
+    let proxy = match settings {
+        Some(settings) => Some(Proxy::start(&config.proxy, settings).await?),
+        None => None,
     };
     let proxy_fields = proxy
         .as_ref()
@@ -259,22 +267,27 @@ fn host_targets(config: &Config) -> (Vec<(String, u16)>, Duration) {
     (hosts, Duration::from_secs(config.egress.min_refresh_secs))
 }
 
-/// Validates the new config first; an invalid one is refused and the old one keeps running.
+/// Compiles the new config first (every check, every file it names read); an invalid one is
+/// refused and the old one keeps running. Then the kernel maps are written, all or nothing, and
+/// only when they are in place does the proxy switch to its new settings. So a failure at any
+/// step leaves the old config in force, kernel and proxy alike.
 /// Returns the config now in force, or why the reload was refused.
-/// The proxy's new settings (key file and TLS files included) are built before anything is
-/// applied, so a bad file refuses the whole reload.
 fn reload(
     config_path: &Path,
     kernel: Option<&mut Kernel>,
     proxy: Option<&Proxy>,
 ) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
-    let outcome = Config::load(config_path)
+    let outcome = compile::load(config_path)
         .map_err(anyhow::Error::from)
-        .and_then(|config| {
-            let staged = match proxy {
-                Some(proxy) => Some(proxy.prepare(&config.proxy)?),
-                None => None,
+        .and_then(|Compiled { config, proxy: settings }| {
+            let staged = match (proxy, settings) {
+                (Some(proxy), Some(settings)) => Some(proxy.prepare(&config.proxy, settings)),
+                (Some(_), None) => {
+                    tracing::warn!("proxy.enabled = false applies at the next restart; the proxy keeps its settings");
+                    None
+                }
+                (None, _) => None,
             };
             if let Some(kernel) = kernel {
                 kernel.apply(&config)?;

@@ -1,9 +1,13 @@
 //! The configuration file: serde structs with secure defaults, loaded and validated in one step.
 //!
-//! `Config::load` either returns a config that passed every check, or every problem found, each
-//! with its field path and line. Nothing is attached or bound before that succeeds.
+//! `Config::load` either returns a config that passed every check of the compiler (`compile`), or
+//! every problem found, each with its field path and line. Nothing is attached or bound before
+//! that succeeds.
 
 pub mod bind;
+pub mod compile;
+mod compile_keys;
+mod compile_proxy;
 pub mod control;
 pub mod egress;
 mod error;
@@ -11,7 +15,6 @@ pub mod guarded;
 pub mod kernel;
 mod locate;
 pub mod proxy;
-mod proxy_check;
 mod template;
 mod validate;
 pub mod watch;
@@ -99,39 +102,14 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads, parses and validates `path`.
+    /// Reads, parses and compiles `path` (see [`compile`]), keeping only the config.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&source, path)
+        compile::load(path).map(|compiled| compiled.config)
     }
 
-    /// Parses and validates `source`, naming `path` in errors.
+    /// Parses and compiles `source`, naming `path` in errors.
     pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(source).map_err(|err| {
-            let line = err.span().map(|span| locate::line_of(source, span.start));
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                errors: vec![FieldError {
-                    field: String::new(),
-                    line,
-                    message: err.message().to_owned(),
-                }],
-            }
-        })?;
-        let mut errors = validate::validate(&config);
-        if errors.is_empty() {
-            return Ok(config);
-        }
-        for error in &mut errors {
-            error.line = locate::line_of_field(source, &error.field);
-        }
-        Err(ConfigError::Invalid {
-            path: path.to_owned(),
-            errors,
-        })
+        compile::parse(source, path).map(|compiled| compiled.config)
     }
 }
 

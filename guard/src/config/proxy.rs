@@ -1,8 +1,8 @@
 //! `[proxy]`: the authenticating L7 proxy in front of the LLM proxy (threats 1-5, 8-10, 14, 15).
 //!
 //! Every default is the secure one: loopback listeners, TLS required off loopback, admin routes of
-//! the guarded proxy closed, limits on everything a client controls. `proxy_check.rs` holds the
-//! semantic checks serde cannot express, including the ones that read files.
+//! the guarded proxy closed, limits on everything a client controls. `compile_proxy.rs` runs the
+//! checks serde cannot express (the ones that read files too) while building the proxy's settings.
 
 use std::{net::SocketAddr, path::PathBuf};
 

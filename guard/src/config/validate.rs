@@ -1,4 +1,6 @@
-//! Semantic checks that serde cannot express. Returns every problem, each with its field path.
+//! Semantic checks of the sections that serde cannot express. Returns every problem, each with its
+//! field path. `[proxy]` is checked as it is built (`compile_proxy`), and map capacities by the
+//! kernel half (`kernel::capacity`); `compile` runs all three.
 
 use super::{Config, FieldError};
 
@@ -20,7 +22,6 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
             ),
         });
     }
-    super::proxy_check::validate(&config.proxy, &mut errors);
     errors
 }
 

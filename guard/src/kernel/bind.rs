@@ -13,13 +13,19 @@ use std::{
 use aya::Ebpf;
 use guard_common::bind::{
     BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS, MAP_BIND_STATS,
-    PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    MAX_BIND_ADDRS, MAX_BIND_PORTS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED,
+    STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{cgroup_programs, maps, pins::PinDir, AttachedProgram, KernelError};
+use super::{
+    cgroup_programs,
+    maps::{self, HashStep, TrieStep},
+    pins::PinDir,
+    AttachedProgram, KernelError,
+};
 use crate::config::BindConfig;
 
 /// Loads both programs and attaches them at `cgroup_root`.
@@ -76,9 +82,14 @@ fn own_cgroup() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Makes the rule maps equal to `config`. With `enabled = false` every port is left unguarded,
-/// while the programs stay attached so re-enabling needs no attach.
+/// Makes the rule maps equal to `config`, all or nothing.
 pub fn apply(ebpf: &mut Ebpf, config: &BindConfig, owners: &Owners) -> Result<(), KernelError> {
+    maps::apply(ebpf, &plan(config, owners))
+}
+
+/// What the rule maps should hold for `config`. With `enabled = false` every port is left
+/// unguarded, while the programs stay attached so re-enabling needs no attach.
+pub fn plan(config: &BindConfig, owners: &Owners) -> maps::Plan {
     let rule = |port: u16| {
         let (owner_cgroup, owner_level) = owners.get(&port).copied().unwrap_or((0, 0));
         BindPortRule {
@@ -115,11 +126,18 @@ pub fn apply(ebpf: &mut Ebpf, config: &BindConfig, owners: &Owners) -> Result<()
             };
         }
     }
+    let ports: Vec<(u16, BindPortRule)> = rules
+        .iter()
+        .map(|r| (r.port, rule(r.port)))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
     // Allow entries first, so a newly guarded port never exists without its allowed addresses.
-    maps::sync_trie(ebpf, MAP_BIND_ALLOW_V4, &v4)?;
-    maps::sync_trie(ebpf, MAP_BIND_ALLOW_V6, &v6)?;
-    let ports: Vec<(u16, BindPortRule)> = rules.iter().map(|r| (r.port, rule(r.port))).collect();
-    maps::sync_hash(ebpf, MAP_BIND_PORTS, &ports)
+    vec![
+        TrieStep::ones(MAP_BIND_ALLOW_V4, "bind.rules", MAX_BIND_ADDRS, v4),
+        TrieStep::ones(MAP_BIND_ALLOW_V6, "bind.rules", MAX_BIND_ADDRS, v6),
+        HashStep::boxed(MAP_BIND_PORTS, "bind.rules", MAX_BIND_PORTS, ports),
+    ]
 }
 
 /// Counters summed over CPUs.

@@ -2,22 +2,28 @@
 //! their maps equal to the config, the resolved host names and the guarded cgroups.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
-use aya::{maps::Array, Ebpf};
+use aya::Ebpf;
 use guard_common::egress::{
     EgressConfig, MAP_EGRESS_ALLOW_V4, MAP_EGRESS_ALLOW_V6, MAP_EGRESS_CGROUPS, MAP_EGRESS_CONFIG,
-    MAP_EGRESS_STATS, PROG_EGRESS_CONNECT_V4, PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4,
-    PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    MAP_EGRESS_STATS, MAX_EGRESS_CGROUPS, MAX_EGRESS_TARGETS, PROG_EGRESS_CONNECT_V4,
+    PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED,
+    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{cgroup_programs, maps, pins::PinDir, AttachedProgram, KernelError};
+use super::{
+    cgroup_programs,
+    maps::{self, HashStep, SlotStep, TrieStep},
+    pins::PinDir,
+    AttachedProgram, KernelError,
+};
 use crate::{
     config::{egress::EgressTarget, EgressSection},
     guarded::GuardedCgroup,
@@ -78,14 +84,23 @@ pub fn targets(
     out
 }
 
-/// Makes the maps equal to the plan. Allowed targets go in before the cgroups and the mode, so
-/// newly guarded tasks never meet an empty list.
+/// Makes the maps equal to the plan, all or nothing.
 pub fn apply(
     ebpf: &mut Ebpf,
     config: &EgressSection,
     targets: &HashSet<(IpNet, u16)>,
     cgroups: &[GuardedCgroup],
 ) -> Result<(), KernelError> {
+    maps::apply(ebpf, &plan(config, targets, cgroups))
+}
+
+/// What the maps should hold. Allowed targets go in before the cgroups and the mode, so newly
+/// guarded tasks never meet an empty list.
+pub fn plan(
+    config: &EgressSection,
+    targets: &HashSet<(IpNet, u16)>,
+    cgroups: &[GuardedCgroup],
+) -> maps::Plan {
     let mut v4 = HashSet::new();
     let mut v6 = HashSet::new();
     for (net, port) in targets {
@@ -107,32 +122,30 @@ pub fn apply(
             )),
         };
     }
-    maps::sync_trie(ebpf, MAP_EGRESS_ALLOW_V4, &v4)?;
-    maps::sync_trie(ebpf, MAP_EGRESS_ALLOW_V6, &v6)?;
-
     let guarded: Vec<(u64, u32)> = if config.enabled {
-        cgroups.iter().map(|c| (c.id, 1)).collect()
+        let ids: BTreeSet<u64> = cgroups.iter().map(|c| c.id).collect();
+        ids.into_iter().map(|id| (id, 1)).collect()
     } else {
         Vec::new()
     };
-    maps::sync_hash(ebpf, MAP_EGRESS_CGROUPS, &guarded)?;
     let max_level = if config.enabled {
         cgroups.iter().map(|c| c.level).max().unwrap_or(0)
     } else {
         0
     };
-    let name = MAP_EGRESS_CONFIG;
-    let mut array: Array<_, EgressConfig> = maps::typed(ebpf, name)?;
-    array
-        .set(
-            0,
+    vec![
+        TrieStep::ones(MAP_EGRESS_ALLOW_V4, "egress.allow", MAX_EGRESS_TARGETS, v4),
+        TrieStep::ones(MAP_EGRESS_ALLOW_V6, "egress.allow", MAX_EGRESS_TARGETS, v6),
+        HashStep::boxed(MAP_EGRESS_CGROUPS, "guarded", MAX_EGRESS_CGROUPS, guarded),
+        SlotStep::boxed(
+            MAP_EGRESS_CONFIG,
+            "egress.mode",
             EgressConfig {
                 mode: config.mode.kernel_value(),
                 max_level,
             },
-            0,
-        )
-        .map_err(|source| KernelError::Map { name, source })
+        ),
+    ]
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]

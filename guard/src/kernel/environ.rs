@@ -8,19 +8,22 @@ use std::{
 };
 
 use aya::{
-    maps::Array,
     programs::{links::FdLink, Lsm, TracePoint},
     Btf, Ebpf,
 };
 use guard_common::environ::{
     EnvironConfig, ExeId, KernelOffsets, MAP_ENVIRON_ALLOWED, MAP_ENVIRON_CONFIG,
-    MAP_ENVIRON_GUARDED, MAP_ENVIRON_STATS, PROG_ENVIRON_FILE_OPEN, PROG_ENVIRON_OPENAT,
-    PROG_ENVIRON_OPENAT2, STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS,
-    STAT_SELF_READS, STAT_WOULD_DENY,
+    MAP_ENVIRON_GUARDED, MAP_ENVIRON_STATS, MAX_ALLOWED, MAX_GUARDED_TASKS, PROG_ENVIRON_FILE_OPEN,
+    PROG_ENVIRON_OPENAT, PROG_ENVIRON_OPENAT2, STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST,
+    STAT_OTHER_READS, STAT_SELF_READS, STAT_WOULD_DENY,
 };
 use serde::Serialize;
 
-use super::{maps, pins::PinDir, AttachedProgram, KernelError};
+use super::{
+    maps::{self, HashStep, SlotStep},
+    pins::PinDir,
+    AttachedProgram, KernelError,
+};
 use crate::config::WatchSection;
 
 const TRACEPOINTS: [(&str, &str); 2] = [
@@ -128,7 +131,8 @@ where
         })
 }
 
-/// Writes the mode and offsets, then the task sets (only those that changed since `last`).
+/// Writes the mode and offsets, then the task sets (only those that changed since `last`), all
+/// or nothing; `last` follows only when the write succeeded.
 pub fn apply(
     ebpf: &mut Ebpf,
     config: &WatchSection,
@@ -136,35 +140,51 @@ pub fn apply(
     tasks: BTreeMap<u32, u32>,
     allowed: BTreeSet<ExeId>,
 ) -> Result<(), KernelError> {
-    let name = MAP_ENVIRON_CONFIG;
-    let mut array: Array<_, EnvironConfig> = maps::typed(ebpf, name)?;
-    array
-        .set(
-            0,
-            EnvironConfig {
-                mode: config.mode.kernel_value(),
-                daemon_tgid: std::process::id(),
-                offsets: last.offsets,
-            },
-            0,
-        )
-        .map_err(|source| KernelError::Map { name, source })?;
     let tasks = if config.enabled {
         tasks
     } else {
         BTreeMap::new()
     };
-    if tasks != last.tasks {
-        let wanted: Vec<(u32, u32)> = tasks.iter().map(|(t, g)| (*t, *g)).collect();
-        maps::sync_hash(ebpf, MAP_ENVIRON_GUARDED, &wanted)?;
-        last.tasks = tasks;
-    }
-    if allowed != last.allowed {
-        let wanted: Vec<(ExeId, u32)> = allowed.iter().map(|t| (*t, 1)).collect();
-        maps::sync_hash(ebpf, MAP_ENVIRON_ALLOWED, &wanted)?;
-        last.allowed = allowed;
-    }
+    let mut wanted = plan(config, last.offsets, &tasks, &allowed);
+    wanted.retain(|step| match step.map() {
+        MAP_ENVIRON_GUARDED => tasks != last.tasks,
+        MAP_ENVIRON_ALLOWED => allowed != last.allowed,
+        _ => true,
+    });
+    maps::apply(ebpf, &wanted)?;
+    last.tasks = tasks;
+    last.allowed = allowed;
     Ok(())
+}
+
+/// What the environ maps should hold: the mode and offsets, the guarded tasks (task id → tgid),
+/// and the executables allowed to read their environ.
+pub fn plan(
+    config: &WatchSection,
+    offsets: KernelOffsets,
+    tasks: &BTreeMap<u32, u32>,
+    allowed: &BTreeSet<ExeId>,
+) -> maps::Plan {
+    let settings = EnvironConfig {
+        mode: config.mode.kernel_value(),
+        daemon_tgid: std::process::id(),
+        offsets,
+    };
+    vec![
+        SlotStep::boxed(MAP_ENVIRON_CONFIG, "watch.mode", settings),
+        HashStep::boxed(
+            MAP_ENVIRON_GUARDED,
+            "guarded",
+            MAX_GUARDED_TASKS,
+            tasks.iter().map(|(t, g)| (*t, *g)).collect(),
+        ),
+        HashStep::boxed(
+            MAP_ENVIRON_ALLOWED,
+            "watch.allow_exe",
+            MAX_ALLOWED,
+            allowed.iter().map(|exe| (*exe, 1u32)).collect(),
+        ),
+    ]
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]

@@ -77,6 +77,21 @@ pub enum KernelError {
         #[source]
         source: aya::BtfError,
     },
+    #[error(
+        "`{field}` needs {entries} entries in map `{map}`, which holds at most {capacity}; {}",
+        super::capacity::advice(field)
+    )]
+    Capacity {
+        map: &'static str,
+        field: &'static str,
+        entries: usize,
+        capacity: usize,
+    },
+    #[error("{cause}; and putting back the old content of {maps:?} failed too, so those maps may hold a mix of old and new rules: restart the daemon")]
+    RollbackFailed {
+        cause: Box<KernelError>,
+        maps: Vec<&'static str>,
+    },
 }
 
 /// Why bpf(2) may be refused here. EPERM comes from missing capabilities or from a seccomp filter

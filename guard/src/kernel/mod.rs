@@ -3,6 +3,7 @@
 
 mod bind;
 mod btf_offsets;
+pub mod capacity;
 pub mod cgroup;
 mod cgroup_programs;
 mod egress;
@@ -243,16 +244,44 @@ impl Kernel {
         })
     }
 
-    /// Brings the maps in line with a new config without detaching anything. Attachments
-    /// themselves (which interfaces, which hooks) change only with a restart.
+    /// Brings the maps in line with a new config without detaching anything, all or nothing:
+    /// every family's maps are planned, checked against their capacities, and written in one
+    /// order (bind, xdp, watch, egress); when the kernel refuses a write, every map written so
+    /// far gets its old content back and the error is returned, so the old config stays in force.
+    /// Attachments themselves (which interfaces, which hooks) change only with a restart.
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
-        if let Some(root) = &self.cgroup_root {
-            self.bind_owners = bind::owners(&config.bind, root);
+        let owners = match &self.cgroup_root {
+            Some(root) => bind::owners(&config.bind, root),
+            None => self.bind_owners.clone(),
+        };
+        let mut plan = bind::plan(&config.bind, &owners);
+        plan.extend(xdp::plan(&config.xdp));
+        let watched = self.watch.as_ref().map(|watch| {
+            let (tasks, allowed) = watch_sets(config, watch.root.as_deref());
+            let tasks = if config.watch.enabled {
+                tasks
+            } else {
+                Default::default()
+            };
+            plan.extend(environ::plan(
+                &config.watch,
+                watch.offsets,
+                &tasks,
+                &allowed,
+            ));
+            (tasks, allowed)
+        });
+        if self.egress_attached() {
+            let targets = egress::targets(&config.egress, &self.resolved, &dns_servers(config));
+            plan.extend(egress::plan(&config.egress, &targets, &self.guarded));
         }
-        bind::apply(&mut self.ebpf, &config.bind, &self.bind_owners)?;
-        xdp::apply(&mut self.ebpf, &config.xdp)?;
-        self.refresh_watch(config)?;
-        self.apply_egress(config)
+        maps::apply(&mut self.ebpf, &plan)?;
+        self.bind_owners = owners;
+        if let (Some(watch), Some((tasks, allowed))) = (self.watch.as_mut(), watched) {
+            watch.tasks = tasks;
+            watch.allowed = allowed;
+        }
+        Ok(())
     }
 
     /// Re-reads the guarded tasks and the allowed executables' identities into the environ maps.
@@ -295,17 +324,25 @@ impl Kernel {
     }
 
     /// Takes a new set of resolved host names into the egress allow-list.
+    /// A set the maps refuse (too many addresses, say) is dropped: the previous one stays, so
+    /// later reloads are not refused for it.
     pub fn set_resolved(&mut self, resolved: Resolved, config: &Config) -> Result<(), KernelError> {
-        self.resolved = resolved;
-        self.apply_egress(config)
+        let previous = std::mem::replace(&mut self.resolved, resolved);
+        let outcome = self.apply_egress(config);
+        if outcome.is_err() {
+            self.resolved = previous;
+        }
+        outcome
+    }
+
+    fn egress_attached(&self) -> bool {
+        self.programs
+            .iter()
+            .any(|p| p.hook.starts_with("cgroup/connect"))
     }
 
     fn apply_egress(&mut self, config: &Config) -> Result<(), KernelError> {
-        if !self
-            .programs
-            .iter()
-            .any(|p| p.hook.starts_with("cgroup/connect"))
-        {
+        if !self.egress_attached() {
             return Ok(());
         }
         let targets = egress::targets(&config.egress, &self.resolved, &dns_servers(config));

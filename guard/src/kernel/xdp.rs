@@ -1,22 +1,26 @@
 //! The XDP connection rate limit: attaches `syn_rate_limit` to the configured interfaces (native
 //! where the driver allows, generic otherwise) and keeps its maps equal to the config.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use aya::{
-    maps::Array,
     programs::{xdp::XdpMode, Xdp},
     Ebpf,
 };
 use guard_common::xdp::{
     XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6, MAP_XDP_CONFIG,
-    MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, PROG_XDP_SYN_LIMIT,
-    STAT_DROPPED_DENY, STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_PASSED, STAT_WOULD_DROP,
+    MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, MAX_XDP_CIDRS, MAX_XDP_PORTS,
+    PROG_XDP_SYN_LIMIT, STAT_DROPPED_DENY, STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_PASSED,
+    STAT_WOULD_DROP,
 };
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{maps, pins::PinDir, AttachedProgram, KernelError};
+use super::{
+    maps::{self, HashStep, SlotStep, TrieStep},
+    pins::PinDir,
+    AttachedProgram, KernelError,
+};
 use crate::config::xdp::{AttachMode, XdpSection};
 
 /// Attaches the program to every configured interface through a pinned link (native where the
@@ -114,16 +118,16 @@ pub fn attach(
     Ok((attached, modes))
 }
 
-/// Makes the XDP maps equal to `config`. Lists go in before the tunables, and a disabled section
-/// protects no port.
+/// Makes the XDP maps equal to `config`, all or nothing.
 pub fn apply(ebpf: &mut Ebpf, config: &XdpSection) -> Result<(), KernelError> {
+    maps::apply(ebpf, &plan(config))
+}
+
+/// What the XDP maps should hold for `config`. Lists go in before the tunables, and a disabled
+/// section protects no port.
+pub fn plan(config: &XdpSection) -> maps::Plan {
     let (allow_v4, allow_v6) = split(&config.allow);
     let (deny_v4, deny_v6) = split(&config.deny);
-    maps::sync_trie(ebpf, MAP_XDP_ALLOW_V4, &allow_v4)?;
-    maps::sync_trie(ebpf, MAP_XDP_ALLOW_V6, &allow_v6)?;
-    maps::sync_trie(ebpf, MAP_XDP_DENY_V4, &deny_v4)?;
-    maps::sync_trie(ebpf, MAP_XDP_DENY_V6, &deny_v6)?;
-
     let tunables = XdpConfig {
         mode: config.mode.kernel_value(),
         rate_per_sec: config.rate_per_sec,
@@ -136,18 +140,20 @@ pub fn apply(ebpf: &mut Ebpf, config: &XdpSection) -> Result<(), KernelError> {
         }) | (if config.deny.is_empty() { 0 } else { LIST_DENY }),
         _pad: 0,
     };
-    let name = MAP_XDP_CONFIG;
-    let mut array: Array<_, XdpConfig> = maps::typed(ebpf, name)?;
-    array
-        .set(0, tunables, 0)
-        .map_err(|source| KernelError::Map { name, source })?;
-
     let ports: Vec<(u16, u32)> = if config.enabled {
-        config.ports.iter().map(|p| (*p, 1)).collect()
+        let distinct: BTreeSet<u16> = config.ports.iter().copied().collect();
+        distinct.into_iter().map(|p| (p, 1)).collect()
     } else {
         Vec::new()
     };
-    maps::sync_hash(ebpf, MAP_XDP_PORTS, &ports)
+    vec![
+        TrieStep::ones(MAP_XDP_ALLOW_V4, "xdp.allow", MAX_XDP_CIDRS, allow_v4),
+        TrieStep::ones(MAP_XDP_ALLOW_V6, "xdp.allow", MAX_XDP_CIDRS, allow_v6),
+        TrieStep::ones(MAP_XDP_DENY_V4, "xdp.deny", MAX_XDP_CIDRS, deny_v4),
+        TrieStep::ones(MAP_XDP_DENY_V6, "xdp.deny", MAX_XDP_CIDRS, deny_v6),
+        SlotStep::boxed(MAP_XDP_CONFIG, "xdp", tunables),
+        HashStep::boxed(MAP_XDP_PORTS, "xdp.ports", MAX_XDP_PORTS, ports),
+    ]
 }
 
 /// LPM entries: (prefix length, network address).

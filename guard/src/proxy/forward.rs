@@ -1,7 +1,7 @@
 //! Forwarding to the upstream: the request rewritten for it, sent on a pooled keep-alive client,
 //! and its response passed back as a stream (never buffered), with failures mapped to 502/504.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -14,13 +14,13 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
     hop,
     layers::{self, auth},
     reject::Reject,
     state::State,
+    upstream_slots::{Slot, UpstreamSlots},
 };
 
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
@@ -105,12 +105,12 @@ fn strip_disguised(headers: &mut http::HeaderMap) {
 /// Waiting for an upstream slot counts against the same timeout.
 pub async fn send(
     client: &UpstreamClient,
-    slots: &Arc<Semaphore>,
+    slots: &UpstreamSlots,
     request: Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<(Response<Incoming>, OwnedSemaphorePermit), Reject> {
+) -> Result<(Response<Incoming>, Slot), Reject> {
     let attempt = async {
-        let slot = slots.clone().acquire_owned().await;
+        let slot = slots.acquire().await;
         let response = client.request(request).await;
         (slot, response)
     };
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn rewrite_table() {
-        let state = State::build(&ProxyConfig::default(), None).unwrap();
+        let state = State::for_tests(&ProxyConfig::default());
         let request = Request::post("http://guard.example/v1/chat/completions?x=1")
             .header("host", "guard.example")
             .header("authorization", "Bearer client-key")

@@ -18,7 +18,8 @@ mod record;
 mod reject;
 mod server;
 mod state;
-mod tls;
+pub(crate) mod tls;
+mod upstream_slots;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,6 +28,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use error::ProxyError;
 use metrics::Metrics;
+pub use state::Settings;
 use state::State;
 
 use crate::config::ProxyConfig;
@@ -39,6 +41,9 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     /// Outlives reloads, so a reload does not re-arm every alert.
     alerts: alerts::SpikeAlerts,
+    /// Outlives reloads and is resized by them, so streams running across a reload still count
+    /// against the cap (a fresh set per reload would let each reload add a full cap's worth).
+    upstream_slots: upstream_slots::UpstreamSlots,
 }
 
 /// Settings built and checked, not yet in force.
@@ -56,10 +61,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Reads every file the settings need, then binds both listeners. Nothing is bound when the
-    /// settings are bad.
-    pub async fn start(config: &ProxyConfig) -> Result<Proxy, ProxyError> {
-        let state = State::build(config, None)?;
+    /// Binds both listeners and serves `settings`, which the config compiler built (files read).
+    pub async fn start(config: &ProxyConfig, settings: Settings) -> Result<Proxy, ProxyError> {
+        let state = State::build(config, settings, None);
         let tls = state.tls.is_some();
         if !config.listen.ip().is_loopback() && !tls {
             tracing::warn!(listen = %config.listen, "plaintext listener off loopback (allow_plaintext = true): keys and prompts cross the network unencrypted");
@@ -86,6 +90,9 @@ impl Proxy {
             client: forward::client(),
             metrics: Arc::new(Metrics::new()),
             alerts: alerts::SpikeAlerts::default(),
+            upstream_slots: upstream_slots::UpstreamSlots::new(
+                config.limits.max_upstream_connections,
+            ),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
@@ -121,20 +128,24 @@ impl Proxy {
         })
     }
 
-    /// Builds new settings from `config` (keys, upstream key file, TLS files, limits) without
-    /// applying them, so a reload can fail before anything changes.
-    pub fn prepare(&self, config: &ProxyConfig) -> Result<Staged, ProxyError> {
+    /// The state `config` and its compiled `settings` make, not yet in force, so a reload can
+    /// still fail (in the kernel half) before anything changes.
+    pub fn prepare(&self, config: &ProxyConfig, settings: Settings) -> Staged {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
         }
-        Ok(Staged(State::build(
+        Staged(State::build(
             config,
+            settings,
             Some(&self.shared.state.load()),
-        )?))
+        ))
     }
 
     /// Swaps in staged settings at once; requests in flight finish on the old ones.
     pub fn commit(&self, staged: Staged) {
+        self.shared
+            .upstream_slots
+            .resize(staged.0.max_upstream_connections);
         self.shared.state.store(Arc::new(staged.0));
     }
 

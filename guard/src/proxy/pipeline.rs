@@ -23,13 +23,12 @@ use std::{
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::{
     forward,
     layers::{body, framing, header_limits, host, json, path, path::RouteKind, reserved},
-    record::{BoxError, Record, Tracked},
+    record::{BoxError, Held, Record, Tracked},
     reject::Reject,
     state::State,
     Shared,
@@ -93,7 +92,7 @@ pub async fn handle(
                 reject
                     .to_response()
                     .map(|body| body.map_err(|never| match never {}).boxed()),
-                Vec::new(),
+                Held::default(),
             )
         }
     };
@@ -111,7 +110,7 @@ async fn checked_forward(
     ambiguous_framing: bool,
     request: Request<Incoming>,
     record: &mut Record,
-) -> Result<(Response<Incoming>, Vec<OwnedSemaphorePermit>), Reject> {
+) -> Result<(Response<Incoming>, Held), Reject> {
     let (parts, request_body) = request.into_parts();
     let headers = &parts.headers;
 
@@ -153,14 +152,14 @@ async fn checked_forward(
     let started = Instant::now();
     let response = forward::send(
         &shared.client,
-        &state.upstream_slots,
+        &shared.upstream_slots,
         upstream_request,
         state.upstream_timeout,
     )
     .await;
     record.upstream = Some(started.elapsed());
     let (response, slot) = response?;
-    Ok((response, permit.into_iter().chain([slot]).collect()))
+    Ok((response, Held::new(permit, slot)))
 }
 
 fn closed_route() -> Reject {

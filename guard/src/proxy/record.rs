@@ -18,6 +18,8 @@ use http_body_util::combinators::BoxBody;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::upstream_slots::Slot;
+
 use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -146,24 +148,37 @@ impl Finished {
     }
 }
 
+/// What a response holds until its body ends: the key's concurrency permit and the upstream slot.
+/// Nothing is read from them: dropping them is what returns the permits.
+#[derive(Default)]
+pub struct Held {
+    _key: Option<OwnedSemaphorePermit>,
+    _upstream: Option<Slot>,
+}
+
+impl Held {
+    pub fn new(key: Option<OwnedSemaphorePermit>, upstream: Slot) -> Held {
+        Held {
+            _key: key,
+            _upstream: Some(upstream),
+        }
+    }
+}
+
 pub struct Tracked {
     inner: BoxBody<Bytes, BoxError>,
     record: Record,
     bytes_out: u64,
-    _permits: Vec<OwnedSemaphorePermit>,
+    _held: Held,
 }
 
 impl Tracked {
-    pub fn new(
-        inner: BoxBody<Bytes, BoxError>,
-        record: Record,
-        permits: Vec<OwnedSemaphorePermit>,
-    ) -> Tracked {
+    pub fn new(inner: BoxBody<Bytes, BoxError>, record: Record, held: Held) -> Tracked {
         Tracked {
             inner,
             record,
             bytes_out: 0,
-            _permits: permits,
+            _held: held,
         }
     }
 }
@@ -238,7 +253,7 @@ mod tests {
         let mut record = Record::start(metrics.clone(), [127, 0, 0, 1].into(), &http::Method::POST);
         record.route = "/v1/chat/completions".into();
         record.status = 200;
-        let mut tracked = Tracked::new(Scripted(frames.into()).boxed(), record, Vec::new());
+        let mut tracked = Tracked::new(Scripted(frames.into()).boxed(), record, Held::default());
         while let Some(Ok(_)) = tracked.frame().await {}
         drop(tracked);
         // Metrics are settled by the audit writer thread.

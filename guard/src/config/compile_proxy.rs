@@ -1,46 +1,117 @@
-//! Checks of `[proxy]` that serde cannot express: addresses, URLs, limits, regexes, key entries,
-//! and the files it names (the upstream key file must be owner-only and owned by this user).
+//! `[proxy]` compiled: every check serde cannot express (addresses, URLs, limits, regexes, and
+//! the files it names; keys in `compile_keys`), done while building the typed settings the proxy
+//! runs on.
+//! A value is parsed once, here; the proxy never parses config text again.
 
-use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
+use http::{uri::Authority, HeaderName};
+use regex::RegexSet;
+
+use super::{
+    proxy::{ProxyConfig, ALWAYS_RESERVED},
+    FieldError,
 };
+use crate::proxy::Settings;
 
-use super::{proxy::ProxyConfig, FieldError};
-
-/// Appends every problem of `[proxy]` to `errors`, each with its field path.
-pub fn validate(config: &ProxyConfig, errors: &mut Vec<FieldError>) {
-    check(config, &mut |field, message| {
+/// The settings of an enabled `[proxy]`, or `None` when it is off or has problems; every problem
+/// is appended to `errors` with its field path.
+pub fn compile(config: &ProxyConfig, errors: &mut Vec<FieldError>) -> Option<Settings> {
+    let before = errors.len();
+    let settings = build(config, &mut |field, message| {
         errors.push(FieldError {
             field,
             line: None,
             message,
         })
     });
+    settings.filter(|_| errors.len() == before && config.enabled)
 }
 
-/// Appends every problem in `config` to `push(field, message)`.
-fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
+/// Builds the settings, reporting every problem to `push(field, message)`. `None` when a
+/// problem leaves a value unbuildable; more problems may have been reported either way.
+fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<Settings> {
     if !config.enabled {
-        return;
+        return None;
     }
-    match config.upstream.parse::<http::Uri>() {
+    let upstream = upstream(&config.upstream, push);
+    // Each part is built (and its problems reported) before any missing one ends the build.
+    let upstream_auth = match &config.upstream_key_file {
+        Some(path) => {
+            super::compile_keys::read_secret_key(path, "proxy.upstream_key_file", push).map(Some)
+        }
+        None => Some(None),
+    };
+    check_listeners_and_limits(config, push);
+    let tls = match &config.tls {
+        Some(tls) => tls_acceptor(tls, push).map(Some),
+        None => Some(None),
+    };
+    let reserved = reserved(config, push);
+    let deny = deny_patterns(config, push);
+    let keys = super::compile_keys::keys(config, push);
+    Some(Settings {
+        upstream: upstream?,
+        upstream_auth: upstream_auth?,
+        keys: keys?,
+        reserved: reserved?,
+        deny: deny?,
+        tls: tls?,
+    })
+}
+
+/// The TLS acceptor from the certificate and key files, read and checked now.
+fn tls_acceptor(
+    tls: &super::proxy::TlsConfig,
+    push: &mut dyn FnMut(String, String),
+) -> Option<tokio_rustls::TlsAcceptor> {
+    let mut readable = true;
+    for (field, path) in [("proxy.tls.cert", &tls.cert), ("proxy.tls.key", &tls.key)] {
+        if !path.is_file() {
+            push(
+                field.into(),
+                format!("{} is not a readable file", path.display()),
+            );
+            readable = false;
+        }
+    }
+    if !readable {
+        return None;
+    }
+    match crate::proxy::tls::acceptor(tls) {
+        Ok(acceptor) => Some(acceptor),
+        Err(err) => {
+            let field = match &err {
+                crate::proxy::ProxyError::Tls { path, .. } if path == &tls.key => "proxy.tls.key",
+                _ => "proxy.tls.cert",
+            };
+            push(field.into(), err.to_string());
+            None
+        }
+    }
+}
+
+fn upstream(text: &str, push: &mut dyn FnMut(String, String)) -> Option<Authority> {
+    match text.parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
             if uri.path() != "/" && !uri.path().is_empty() {
                 push(
                     "proxy.upstream".into(),
                     "give only scheme, host and port, like \"http://127.0.0.1:4000\"".into(),
                 );
+                return None;
             }
+            uri.authority().cloned()
         }
-        _ => push(
-            "proxy.upstream".into(),
-            "must be an http:// URL with a host and port, like \"http://127.0.0.1:4000\" (the guarded proxy listens on loopback, so TLS to it adds nothing)".into(),
-        ),
+        _ => {
+            push(
+                "proxy.upstream".into(),
+                "must be an http:// URL with a host and port, like \"http://127.0.0.1:4000\" (the guarded proxy listens on loopback, so TLS to it adds nothing)".into(),
+            );
+            None
+        }
     }
-    if let Some(path) = &config.upstream_key_file {
-        check_secret_file(path, "proxy.upstream_key_file", push);
-    }
+}
+
+fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
     if !config.admin_listen.ip().is_loopback() {
         push(
             "proxy.admin_listen".into(),
@@ -52,16 +123,6 @@ fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
             "proxy.listen".into(),
             "a non-loopback listener needs [proxy.tls] (or allow_plaintext = true, which sends keys and prompts in the clear)".into(),
         );
-    }
-    if let Some(tls) = &config.tls {
-        for (field, path) in [("proxy.tls.cert", &tls.cert), ("proxy.tls.key", &tls.key)] {
-            if !path.is_file() {
-                push(
-                    field.into(),
-                    format!("{} is not a readable file", path.display()),
-                );
-            }
-        }
     }
     if config.worker_threads == 0 {
         push("proxy.worker_threads".into(), "must be at least 1".into());
@@ -106,119 +167,96 @@ fn check(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
             );
         }
     }
+}
+
+/// The always-reserved names, then the configured ones (lower-cased).
+fn reserved(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<Vec<HeaderName>> {
+    let mut names: Vec<HeaderName> = ALWAYS_RESERVED
+        .iter()
+        .map(|name| HeaderName::from_static(name))
+        .collect();
+    let mut ok = true;
     for (i, name) in config.headers.reserved.iter().enumerate() {
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            push(
-                format!("proxy.headers.reserved[{i}]"),
-                "not a valid header name".into(),
-            );
+        match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            Ok(name) => names.push(name),
+            Err(_) => {
+                push(
+                    format!("proxy.headers.reserved[{i}]"),
+                    "not a valid header name".into(),
+                );
+                ok = false;
+            }
         }
     }
-    for (i, pattern) in config.content.deny_patterns.iter().enumerate() {
+    ok.then_some(names)
+}
+
+/// `Some(None)` when there are no patterns.
+fn deny_patterns(
+    config: &ProxyConfig,
+    push: &mut dyn FnMut(String, String),
+) -> Option<Option<RegexSet>> {
+    let patterns = &config.content.deny_patterns;
+    let mut ok = true;
+    for (i, pattern) in patterns.iter().enumerate() {
         if let Err(err) = regex::Regex::new(pattern) {
             push(
                 format!("proxy.content.deny_patterns[{i}]"),
                 format!("not a valid regular expression: {err}"),
             );
+            ok = false;
         }
     }
-    check_keys(config, push);
-}
-
-fn check_keys(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
-    let mut names = std::collections::HashSet::new();
-    for (i, key) in config.keys.iter().enumerate() {
-        if key.name.is_empty()
-            || !key
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            push(
-                format!("proxy.keys[{i}].name"),
-                "use letters, digits, '-', '_' and '.' only (the name goes into logs and metric labels)".into(),
-            );
-        }
-        if !names.insert(key.name.as_str()) {
-            push(
-                format!("proxy.keys[{i}].name"),
-                format!("\"{}\" is used by more than one key", key.name),
-            );
-        }
-        let valid_hash = key.sha256.len() == 64
-            && key
-                .sha256
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
-        if !valid_hash {
-            push(
-                format!("proxy.keys[{i}].sha256"),
-                "must be 64 lower-case hex digits; `proxyguard keys add` writes it".into(),
-            );
-        }
-        for (field, value) in [("created", &key.created), ("expires", &key.expires)] {
-            if let Some(value) = value {
-                if humantime::parse_rfc3339_weak(value).is_err() {
-                    push(
-                        format!("proxy.keys[{i}].{field}"),
-                        "must be an RFC 3339 time, like \"2027-01-31T00:00:00Z\"".into(),
-                    );
-                }
-            }
-        }
-        if key.rpm == Some(0) {
-            push(
-                format!("proxy.keys[{i}].rpm"),
-                "must be at least 1 (revoke the key to stop it)".into(),
-            );
-        }
+    if !ok {
+        return None;
     }
-    for (i, name) in config.admin_routes.keys.iter().enumerate() {
-        if !config.keys.iter().any(|key| &key.name == name) {
-            push(
-                format!("proxy.admin_routes.keys[{i}]"),
-                format!("no key named \"{name}\" in [[proxy.keys]]"),
-            );
-        }
+    if patterns.is_empty() {
+        return Some(None);
     }
-}
-
-/// A secret file must exist and be readable by its owner only.
-fn check_secret_file(path: &Path, field: &str, push: &mut dyn FnMut(String, String)) {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => push(
-            field.into(),
-            format!(
-                "{} is owned by uid {}, not by the user proxyguard runs as; a secret file must be theirs (chown it)",
-                path.display(),
-                meta.uid()
-            ),
-        ),
-        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => push(
-            field.into(),
-            format!(
-                "{} is readable by group or others; run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ),
-        ),
-        Ok(_) => {}
-        Err(err) => push(
-            field.into(),
-            format!("cannot read {}: {err}", path.display()),
-        ),
+    match RegexSet::new(patterns) {
+        Ok(set) => Some(Some(set)),
+        Err(err) => {
+            // Each compiles alone; together they can still pass the size limit.
+            push(
+                "proxy.content.deny_patterns".into(),
+                format!("the patterns together are too large ({err}); use fewer or simpler ones"),
+            );
+            None
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
-    use crate::config::proxy::KeyEntry;
 
     fn fields(config: &ProxyConfig) -> Vec<String> {
         let mut out = Vec::new();
-        check(config, &mut |field, _| out.push(field));
+        build(config, &mut |field, _| out.push(field));
         out
+    }
+
+    #[test]
+    fn a_good_section_compiles_and_a_bad_one_does_not() {
+        let mut errors = Vec::new();
+        let settings = compile(&ProxyConfig::default(), &mut errors).expect("default compiles");
+        assert!(errors.is_empty());
+        assert_eq!(settings.reserved.len(), 3);
+        let bad = ProxyConfig {
+            upstream: "ftp://x".into(),
+            ..ProxyConfig::default()
+        };
+        assert!(compile(&bad, &mut errors).is_none());
+        assert_eq!(errors.len(), 1);
+        let off = ProxyConfig {
+            enabled: false,
+            upstream: "ftp://x".into(),
+            ..ProxyConfig::default()
+        };
+        assert!(compile(&off, &mut errors).is_none());
+        assert_eq!(errors.len(), 1, "an off section is not checked");
     }
 
     #[test]
@@ -277,44 +315,6 @@ mod tests {
         assert!(fields(&config).is_empty());
         config.allow_plaintext = false;
         assert_eq!(fields(&config), ["proxy.listen"]);
-    }
-
-    #[test]
-    fn keys_are_checked() {
-        let good = KeyEntry {
-            name: "ci".into(),
-            sha256: "a".repeat(64),
-            created: None,
-            expires: Some("2030-01-01T00:00:00Z".into()),
-            rpm: Some(10),
-        };
-        let config = ProxyConfig {
-            keys: vec![
-                good.clone(),
-                KeyEntry {
-                    name: "ci".into(),
-                    ..good.clone()
-                },
-                KeyEntry {
-                    name: "bad name".into(),
-                    sha256: "XYZ".into(),
-                    expires: Some("soon".into()),
-                    rpm: Some(0),
-                    ..good
-                },
-            ],
-            ..ProxyConfig::default()
-        };
-        assert_eq!(
-            fields(&config),
-            [
-                "proxy.keys[1].name",
-                "proxy.keys[2].name",
-                "proxy.keys[2].sha256",
-                "proxy.keys[2].expires",
-                "proxy.keys[2].rpm"
-            ]
-        );
     }
 
     #[test]

@@ -1,0 +1,122 @@
+//! The one config compiler. `compile` turns a parsed file into everything the daemon runs on, or
+//! into every problem found, each with its field path (and, from `parse`, its line):
+//!
+//! - the section checks (`validate`), for bind, xdp, egress, watch, guarded, kernel, control, log;
+//! - `[proxy]` built into typed settings, with the upstream key file and TLS files read
+//!   (`compile_proxy`);
+//! - every list the kernel maps take, checked against the maps' capacities (`kernel::capacity`).
+//!
+//! `proxyguard config check`, the daemon's start, every reload and every edit (`keys`,
+//! `egress`) go through here, so what one accepts the others accept.
+
+use std::path::Path;
+
+use super::{compile_proxy, locate, validate, Config, ConfigError, FieldError};
+use crate::proxy::Settings;
+
+/// A config that passed every check, with what was built from it.
+pub struct Compiled {
+    pub config: Config,
+    /// `None` when `[proxy]` is off.
+    pub proxy: Option<Settings>,
+}
+
+/// Reads, parses and compiles `path`.
+pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&source, path)
+}
+
+/// Parses and compiles `source`, naming `path` and the lines in errors.
+pub fn parse(source: &str, path: &Path) -> Result<Compiled, ConfigError> {
+    let config: Config = toml::from_str(source).map_err(|err| {
+        let line = err.span().map(|span| locate::line_of(source, span.start));
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            errors: vec![FieldError {
+                field: String::new(),
+                line,
+                message: err.message().to_owned(),
+            }],
+        }
+    })?;
+    compile(config).map_err(|mut errors| {
+        for error in &mut errors {
+            error.line = locate::line_of_field(source, &error.field);
+        }
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            errors,
+        }
+    })
+}
+
+/// Every check, and everything built, in one pass.
+pub fn compile(config: Config) -> Result<Compiled, Vec<FieldError>> {
+    let mut errors = validate::validate(&config);
+    let proxy = compile_proxy::compile(&config.proxy, &mut errors);
+    for (field, message) in crate::kernel::capacity::check(&config) {
+        errors.push(FieldError {
+            field: field.into(),
+            line: None,
+            message,
+        });
+    }
+    if errors.is_empty() {
+        Ok(Compiled { config, proxy })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The settings `config` compiles to; panics on a bad one (unit tests only).
+#[cfg(test)]
+pub fn compile_proxy_for_tests(config: &super::ProxyConfig) -> Settings {
+    let mut errors = Vec::new();
+    compile_proxy::compile(config, &mut errors)
+        .unwrap_or_else(|| panic!("the test's [proxy] does not compile: {errors:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_of_every_part_comes_back_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("upstream.key");
+        std::fs::write(&key, "").unwrap();
+        let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+        let source = format!(
+            "[xdp]\nports = [{}]\n\n[log]\nlevel = \"info\"\n\n[proxy]\nupstream = \"ftp://x\"\nupstream_key_file = \"{}\"\n\n[proxy.content]\ndeny_patterns = [\"(\"]\n",
+            ports.join(", "),
+            key.display()
+        );
+        let Err(ConfigError::Invalid { errors, .. }) = parse(&source, Path::new("pg.toml")) else {
+            panic!("a bad config compiled");
+        };
+        let got: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("proxy.upstream", Some(8)),
+                ("proxy.upstream_key_file", Some(9)),
+                ("proxy.content.deny_patterns[0]", Some(12)),
+                ("xdp.ports", Some(2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_config_compiles_with_proxy_settings() {
+        let compiled = compile(Config::default()).unwrap();
+        assert!(compiled.proxy.is_some());
+        let mut off = Config::default();
+        off.proxy.enabled = false;
+        assert!(compile(off).unwrap().proxy.is_none());
+    }
+}

@@ -1,0 +1,218 @@
+//! Keys, compiled: the client keys of `[[proxy.keys]]` (names, hashes, times, limits) and the
+//! upstream key file (owner, mode, one key on one line), as the proxy uses them.
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+};
+
+use http::HeaderValue;
+
+use super::proxy::ProxyConfig;
+use crate::proxy::layers::auth::StoredKey;
+
+pub(super) fn keys(
+    config: &ProxyConfig,
+    push: &mut dyn FnMut(String, String),
+) -> Option<Vec<StoredKey>> {
+    let mut names = std::collections::HashSet::new();
+    let mut stored = Vec::new();
+    let mut ok = true;
+    for (i, key) in config.keys.iter().enumerate() {
+        let mut fail = |field: &str, message: String| {
+            push(format!("proxy.keys[{i}].{field}"), message);
+            ok = false;
+        };
+        if key.name.is_empty()
+            || !key
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            fail(
+                "name",
+                "use letters, digits, '-', '_' and '.' only (the name goes into logs and metric labels)".into(),
+            );
+        }
+        if !names.insert(key.name.as_str()) {
+            fail(
+                "name",
+                format!("\"{}\" is used by more than one key", key.name),
+            );
+        }
+        let mut hash = [0u8; 32];
+        let lower_hex = key
+            .sha256
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        if !lower_hex || hex::decode_to_slice(&key.sha256, &mut hash).is_err() {
+            fail(
+                "sha256",
+                "must be 64 lower-case hex digits; `proxyguard keys add` writes it".into(),
+            );
+        }
+        let mut times = [None, None];
+        for (slot, (field, value)) in times
+            .iter_mut()
+            .zip([("created", &key.created), ("expires", &key.expires)])
+        {
+            if let Some(value) = value {
+                match humantime::parse_rfc3339_weak(value) {
+                    Ok(time) => *slot = Some(time),
+                    Err(_) => fail(
+                        field,
+                        "must be an RFC 3339 time, like \"2027-01-31T00:00:00Z\"".into(),
+                    ),
+                }
+            }
+        }
+        if key.rpm == Some(0) {
+            fail(
+                "rpm",
+                "must be at least 1 (revoke the key to stop it)".into(),
+            );
+        }
+        stored.push(StoredKey {
+            name: key.name.as_str().into(),
+            hash,
+            expires: times[1],
+            rpm: key.rpm,
+        });
+    }
+    for (i, name) in config.admin_routes.keys.iter().enumerate() {
+        if !config.keys.iter().any(|key| &key.name == name) {
+            push(
+                format!("proxy.admin_routes.keys[{i}]"),
+                format!("no key named \"{name}\" in [[proxy.keys]]"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(stored)
+}
+
+/// A secret file must exist, be this user's and readable by its owner only, and hold one key
+/// on one line; it becomes `Bearer <key>`, marked sensitive so hyper never logs it.
+pub(super) fn read_secret_key(
+    path: &Path,
+    field: &str,
+    push: &mut dyn FnMut(String, String),
+) -> Option<HeaderValue> {
+    let mut fail = |message: String| {
+        push(field.into(), message);
+        None
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(err) => return fail(format!("cannot read {}: {err}", path.display())),
+    };
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return fail(format!(
+            "{} is owned by uid {}, not by the user proxyguard runs as; a secret file must be theirs (chown it)",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return fail(format!(
+            "{} is readable by group or others; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => return fail(format!("cannot read {}: {err}", path.display())),
+    };
+    let key = text.trim();
+    let value = (!key.is_empty() && !key.contains(char::is_whitespace))
+        .then(|| HeaderValue::from_str(&format!("Bearer {key}")).ok())
+        .flatten();
+    match value {
+        Some(mut value) => {
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => fail(format!(
+            "{} is empty or not a single-line key; write the upstream's key alone on one line",
+            path.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::proxy::KeyEntry;
+
+    fn fields(config: &ProxyConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        keys(config, &mut |field, _| out.push(field));
+        out
+    }
+
+    #[test]
+    fn upstream_key_file_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("sk-master\n", 0o600, true),
+            ("  sk-master  ", 0o400, true),
+            ("", 0o600, false),
+            ("two words", 0o600, false),
+            ("sk-master", 0o644, false),
+        ];
+        for (i, (text, mode, ok)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("key{i}"));
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let mut problems = Vec::new();
+            let got = read_secret_key(&path, "proxy.upstream_key_file", &mut |field, _| {
+                problems.push(field)
+            });
+            assert_eq!(got.is_some(), ok, "{text:?} {mode:o}");
+            assert_eq!(problems.is_empty(), ok, "{text:?} {mode:o}");
+            if let Some(value) = got {
+                assert_eq!(value, "Bearer sk-master");
+                assert!(value.is_sensitive());
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let good = KeyEntry {
+            name: "ci".into(),
+            sha256: "a".repeat(64),
+            created: None,
+            expires: Some("2030-01-01T00:00:00Z".into()),
+            rpm: Some(10),
+        };
+        let config = ProxyConfig {
+            keys: vec![
+                good.clone(),
+                KeyEntry {
+                    name: "ci".into(),
+                    ..good.clone()
+                },
+                KeyEntry {
+                    name: "bad name".into(),
+                    sha256: "XYZ".into(),
+                    expires: Some("soon".into()),
+                    rpm: Some(0),
+                    ..good
+                },
+            ],
+            ..ProxyConfig::default()
+        };
+        assert_eq!(
+            fields(&config),
+            [
+                "proxy.keys[1].name",
+                "proxy.keys[2].name",
+                "proxy.keys[2].sha256",
+                "proxy.keys[2].expires",
+                "proxy.keys[2].rpm"
+            ]
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! The kernel maps' capacities against a config, before any map is touched: the lists of a
+//! config as each family would plan them (with nothing resolved or discovered yet), checked
+//! against the maps' `max_entries` from guard-common (which the eBPF map definitions use too).
+//! `config check` and every reload run it through the config compiler; a reload checks its
+//! full plan (resolved names and found cgroups included) again before writing.
+
+use std::collections::BTreeSet;
+
+use super::{bind, egress, environ, xdp};
+use crate::{config::Config, resolve::Resolved};
+
+/// Each list that does not fit its map: (field path, message).
+pub fn check(config: &Config) -> Vec<(&'static str, String)> {
+    let mut plan = bind::plan(&config.bind, &bind::Owners::new());
+    plan.extend(xdp::plan(&config.xdp));
+    let targets = egress::targets(&config.egress, &Resolved::new(), &config.egress.dns);
+    plan.extend(egress::plan(&config.egress, &targets, &[]));
+    let mut exes = config.watch.allow_exe.clone();
+    if let Ok(own) = std::env::current_exe() {
+        exes.push(own);
+    }
+    plan.extend(environ::plan(
+        &config.watch,
+        Default::default(),
+        &Default::default(),
+        &environ::exe_ids(&exes),
+    ));
+    let mut seen = BTreeSet::new();
+    plan.iter()
+        .filter(|step| step.entries() > step.capacity())
+        // bind.rules fills three maps; one message per field and map is enough.
+        .filter(|step| seen.insert((step.field(), step.map())))
+        .map(|step| {
+            (
+                step.field(),
+                format!(
+                    "{} entries for kernel map {}, which holds at most {}; {}",
+                    step.entries(),
+                    step.map(),
+                    step.capacity(),
+                    advice(step.field())
+                ),
+            )
+        })
+        .collect()
+}
+
+/// What to do about a list that does not fit, by the field it comes from.
+pub fn advice(field: &str) -> &'static str {
+    match field {
+        "xdp.ports" => "protect fewer ports",
+        "bind.rules" => "use fewer rules or merge their addresses into wider prefixes",
+        "guarded" => "the guarded service has more cgroups or tasks than the map can track",
+        "watch.allow_exe" => "allow fewer executables",
+        _ => "shorten the list (merge addresses into wider prefixes)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_past_a_map_capacity_are_named_by_field() {
+        let mut config = Config::default();
+        assert!(check(&config).is_empty());
+        // One more /32 than the XDP allow trie holds, and more ports than the port map holds.
+        let cidrs = guard_common::xdp::MAX_XDP_CIDRS + 1;
+        config.xdp.allow = (0..cidrs)
+            .map(|i| ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)).into())
+            .collect();
+        config.xdp.ports = (1..=guard_common::xdp::MAX_XDP_PORTS as u16 + 1).collect();
+        let fields: Vec<_> = check(&config).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["xdp.allow", "xdp.ports"]);
+        // A list exactly at capacity fits.
+        config.xdp.allow.pop();
+        config.xdp.ports.pop();
+        assert!(check(&config).is_empty());
+    }
+}
