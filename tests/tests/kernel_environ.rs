@@ -301,20 +301,27 @@ fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o7777
 }
 
-/// Waits for a record matching each of `preds` (in any order), returning them in that order.
-fn wait_all(daemon: &mut Daemon, preds: &[&dyn Fn(&Value) -> bool]) -> Vec<Value> {
-    let mut found: Vec<Option<Value>> = vec![None; preds.len()];
-    while found.iter().any(Option::is_none) {
+/// Whether `e` is a temp-file finding about `name` (a path ending in `/name`).
+fn finding_about(e: &Value, name: &str) -> bool {
+    e["kind"] == "finding"
+        && e["check"] == "temp_file"
+        && e["subject"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(&format!("/{name}")))
+}
+
+/// Waits for a temp-file finding about each of `names` (in any order).
+fn wait_findings(daemon: &mut Daemon, names: &[&str]) -> Vec<Value> {
+    let mut left: Vec<&str> = names.to_vec();
+    let mut found = Vec::new();
+    while !left.is_empty() {
         let event = daemon
-            .wait_for(|e| preds.iter().zip(&found).any(|(p, f)| f.is_none() && p(e)))
-            .unwrap_or_else(|| panic!("not every expected record came: {found:?}"));
-        for (pred, slot) in preds.iter().zip(found.iter_mut()) {
-            if slot.is_none() && pred(&event) {
-                *slot = Some(event.clone());
-            }
-        }
+            .wait_for(|e| left.iter().any(|n| finding_about(e, n)))
+            .unwrap_or_else(|| panic!("no finding came for {left:?}"));
+        left.retain(|n| !finding_about(&event, n));
+        found.push(event);
     }
-    found.into_iter().flatten().collect()
+    found
 }
 
 /// The daemon in fix mode over a shared temp dir: the file the service holds open and the file
@@ -360,21 +367,7 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
     );
 
     // The first audit reports every unrelated file, and changes none.
-    let about = |name: &'static str| {
-        move |e: &Value| {
-            e["kind"] == "finding"
-                && e["check"] == "temp_file"
-                && e["subject"]
-                    .as_str()
-                    .is_some_and(|s| s.ends_with(&format!("/{name}")))
-        }
-    };
-    let preds: Vec<Box<dyn Fn(&Value) -> bool>> = UNRELATED
-        .iter()
-        .map(|n| Box::new(about(n)) as Box<dyn Fn(&Value) -> bool>)
-        .collect();
-    let refs: Vec<&dyn Fn(&Value) -> bool> = preds.iter().map(|p| p.as_ref()).collect();
-    for finding in wait_all(&mut daemon, &refs) {
+    for finding in wait_findings(&mut daemon, UNRELATED) {
         assert!(
             finding["detail"]
                 .as_str()
@@ -403,7 +396,7 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
     std::fs::write(&late, "x\n").unwrap();
     std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o644)).unwrap();
     let late_finding = daemon
-        .wait_for(about("late-tool.log"))
+        .wait_for(|e| finding_about(e, "late-tool.log"))
         .expect("a finding for the late file");
     assert_eq!(late_finding["severity"], "low", "{late_finding}");
     // Two more full audits pass (one a second) with everything in place.
