@@ -189,12 +189,14 @@ fn symlinks_and_other_users_files_are_never_chmodded() {
     );
 }
 
-/// The stand-in service for the shared-temp-dir tests: it holds `held.yaml` open (made by
-/// someone else) and creates `made.yaml` (then closes it), both 0644, in `SHARED`.
+/// The stand-in service for the shared-temp-dir tests: it holds `held.yaml` open for writing and
+/// `read.yaml` for reading only (both made by someone else), and creates `made.yaml` (then closes
+/// it), all 0644, in `SHARED`.
 const SHARED_SERVICE: &str = r#"
 import os, time
 shared = os.environ["SHARED"]
-held = open(os.path.join(shared, "held.yaml"))
+held = open(os.path.join(shared, "held.yaml"), "a")
+reading = open(os.path.join(shared, "read.yaml"))
 with open(os.path.join(shared, "made.yaml"), "w") as f:
     f.write("api_key: x\n")
 os.chmod(os.path.join(shared, "made.yaml"), 0o644)
@@ -205,8 +207,9 @@ time.sleep(120)
 "#;
 
 /// Files of the same owner as the service, made by someone else (this test), at depths 1, 2 and
-/// 3 of the shared dir, a chroot's `etc/passwd` among them.
+/// 3 of the shared dir, a chroot's `etc/passwd` among them, and one the service only reads.
 const UNRELATED: &[&str] = &[
+    "read.yaml",
     "other-tool.log",
     "tool/state.json",
     "tool/cache/blob.bin",
@@ -255,7 +258,7 @@ fn fix_changes_only_the_services_own_files_in_a_shared_temp_dir() {
     let _ = child.wait();
     let (out, json) = result.expect("the Python service did not start");
 
-    // Held open: provably the service's, and fixed.
+    // Held open for writing: provably the service's, and fixed.
     let held = finding(&json, "temp_file", "/held.yaml").expect("held.yaml");
     assert_eq!(held["fixed"], true, "{held}");
     assert_eq!(held["ownership"]["proof"], "held_open", "{held}");

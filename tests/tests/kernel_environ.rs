@@ -240,7 +240,7 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
     // held open by it.
     let detail = event["detail"].as_str().unwrap();
     assert!(
-        detail.contains("created by pid") || detail.contains("held open by pid"),
+        detail.contains("created by pid") || detail.contains("held open for writing by pid"),
         "{event}"
     );
     for record in daemon
@@ -339,11 +339,12 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
         std::fs::write(&path, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    // It opens held.yaml (made by the test) and keeps it open in `sleep`; it creates made.yaml.
+    // It opens held.yaml (made by the test) for appending and keeps it open in `sleep`; it
+    // creates made.yaml.
     let guarded = GuardedProcess::start(
         "watch-shared",
         &format!(
-            "while [ ! -e go ]; do sleep 0.1; done; exec 3<'{dir}/held.yaml'; \
+            "while [ ! -e go ]; do sleep 0.1; done; exec 3>>'{dir}/held.yaml'; \
              printf 'api_key: x\\n' > '{dir}/made.yaml'; chmod 644 '{dir}/made.yaml'; exec sleep 60"
         ),
     );

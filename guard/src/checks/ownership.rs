@@ -1,9 +1,12 @@
 //! Whose file is it: the evidence fix mode needs before it changes a file. Owner alone is not
 //! evidence, since many services run as root, and so do the tools whose files share /tmp with
-//! them. A file is the guarded service's when one of its processes holds it open, when it lies
-//! in the service's private temp dir (its systemd PrivateTmp, or a mount only its mount namespace
-//! has), or when the kernel saw one of its tasks create it (the daemon only). Anything else is
-//! [`Ownership::Unproven`]: reported at most, never changed.
+//! them. A file is the guarded service's when one of its processes holds it open for writing,
+//! when it lies in the service's private temp dir (its systemd PrivateTmp, or a mount only its
+//! mount namespace has), or when the kernel saw one of its tasks create it (the daemon only).
+//! Anything else is [`Ownership::Unproven`]: reported at most, never changed.
+//!
+//! Held open counts only for writing: a root service reading `/etc/passwd`, or a file another tool
+//! left in /tmp, does not make that file its own; writing its log or its temp file does.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -20,7 +23,7 @@ use super::created;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "proof", rename_all = "snake_case")]
 pub enum Ownership {
-    /// Process `pid` of the service holds it open.
+    /// Process `pid` of the service holds it open for writing.
     HeldOpen { pid: u32 },
     /// It is in the private temp dir of process `pid` of the service.
     PrivateTmp { pid: u32 },
@@ -38,7 +41,7 @@ impl Ownership {
     /// Why it counts as the service's (for a finding's detail).
     pub fn describe(self) -> String {
         match self {
-            Ownership::HeldOpen { pid } => format!("held open by pid {pid}"),
+            Ownership::HeldOpen { pid } => format!("held open for writing by pid {pid}"),
             Ownership::PrivateTmp { pid } => format!("in the private temp dir of pid {pid}"),
             Ownership::CreatedByService { pid } => format!("created by pid {pid}"),
             Ownership::Unproven => "not proven to be the service's".into(),
@@ -67,7 +70,8 @@ struct Mount {
 /// What is known of the service's processes, gathered once per audit.
 #[derive(Debug)]
 pub struct Evidence {
-    /// `(dev, ino)` of every regular file a process of the service holds open → that process.
+    /// `(dev, ino)` of every regular file a process of the service holds open for writing → that
+    /// process.
     held: HashMap<(u64, u64), u32>,
     /// Per process: its mounts, deepest mount point first.
     mounts: HashMap<u32, Vec<Mount>>,
@@ -127,14 +131,19 @@ impl Evidence {
     }
 
     fn in_private_tmp(&self, pid: u32, path: &Path) -> bool {
-        // Seen from outside (the same mount namespace): the unit's own systemd-private dir.
+        // Seen from outside (the same mount namespace): the unit's own systemd-private dir. Only
+        // systemd's: root's and closed to others, so no one else can have made it with that name.
         if let Some(unit) = self.units.get(&pid) {
-            if path.components().any(|c| {
-                c.as_os_str()
+            let mut prefix = PathBuf::from("/");
+            for component in path.components().skip(1) {
+                prefix.push(component);
+                let named = component
+                    .as_os_str()
                     .to_str()
-                    .is_some_and(|name| is_private_dir_of(name, unit))
-            }) {
-                return true;
+                    .is_some_and(|name| is_private_dir_of(name, unit));
+                if named && systemds_dir(&inside_root(pid, &prefix)) {
+                    return true;
+                }
             }
         }
         // Seen from inside: the deepest mount over the path decides.
@@ -145,17 +154,47 @@ impl Evidence {
     }
 }
 
-/// `(dev, ino)` of the regular files process `pid` holds open.
+/// `path` (as process `pid` names it) through its root.
+fn inside_root(pid: u32, path: &Path) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// A directory (not a link to one) of root, with no access for group or others, as systemd makes
+/// its `systemd-private-*` dirs.
+fn systemds_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_dir() && m.uid() == 0 && m.mode() & 0o077 == 0)
+}
+
+/// `(dev, ino)` of the regular files process `pid` holds open for writing.
 fn held_open(pid: u32) -> Vec<(u64, u64)> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
     fds.flatten()
+        .filter(|fd| {
+            fd.file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .is_some_and(|n| open_for_writing(pid, n))
+        })
         // Through the fd itself: a deleted or renamed file is still the one held.
         .filter_map(|fd| std::fs::metadata(fd.path()).ok())
         .filter(|meta| meta.file_type().is_file())
         .map(|meta| (meta.dev(), meta.ino()))
         .collect()
+}
+
+/// Whether process `pid` has `fd` open for writing (the access mode in its fdinfo `flags:`).
+pub fn open_for_writing(pid: u32, fd: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32)
 }
 
 /// The systemd unit of process `pid`, from its cgroup path (`.../litellm.service`).
@@ -282,13 +321,16 @@ mod tests {
         assert_eq!(unit_in_cgroup("0::/user.slice/session-1.scope\n"), None);
     }
 
-    /// This test process: the file it holds open is proven, a file it merely owns is not, and
-    /// without a history nothing is "created by" it.
+    /// This test process: the file it holds open for writing is proven; one it only reads, or
+    /// merely owns, is not; and without a history nothing is "created by" it.
     #[test]
-    fn an_open_file_is_proven_and_an_owned_one_is_not() {
+    fn a_file_open_for_writing_is_proven_and_a_read_or_owned_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let held_path = dir.path().join("held");
         let held = std::fs::File::create(&held_path).unwrap();
+        let read_path = dir.path().join("read");
+        std::fs::write(&read_path, "").unwrap();
+        let read = std::fs::File::open(&read_path).unwrap();
         let owned = dir.path().join("owned");
         std::fs::write(&owned, "").unwrap();
         let me = std::process::id();
@@ -298,8 +340,41 @@ mod tests {
             evidence.of(me, &held_path, &meta(&held_path)),
             Ownership::HeldOpen { pid: me }
         );
+        assert_eq!(
+            evidence.of(me, &read_path, &meta(&read_path)),
+            Ownership::Unproven
+        );
         assert_eq!(evidence.of(me, &owned, &meta(&owned)), Ownership::Unproven);
-        drop(held);
+        drop((held, read));
+    }
+
+    /// A directory named like the unit's systemd-private dir proves nothing unless it is
+    /// systemd's: root's, closed to others.
+    #[test]
+    fn a_lookalike_private_dir_proves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "systemd-private-0123456789abcdef0123456789abcdef-litellm.service-Xy";
+        let private = dir.path().join(name);
+        std::fs::create_dir(&private).unwrap();
+        let file = private.join("f");
+        std::fs::write(&file, "").unwrap();
+        let me = std::process::id();
+        let mut evidence = Evidence::gather(&BTreeSet::from([me]), History::None);
+        evidence.units.insert(me, "litellm.service".into());
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(evidence.of(me, &file, &meta), Ownership::Unproven);
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let systemds = nix::unistd::geteuid().is_root();
+        assert_eq!(
+            evidence.of(me, &file, &meta),
+            if systemds {
+                Ownership::PrivateTmp { pid: me }
+            } else {
+                Ownership::Unproven
+            }
+        );
     }
 
     /// In the daemon, a file the kernel reported as created is proven; a later file on the same

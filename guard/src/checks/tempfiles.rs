@@ -93,7 +93,10 @@ pub fn check(
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{}", fd.fd)) else {
                 continue;
             };
-            let held = Some(Ownership::HeldOpen { pid });
+            // Held for writing: the service's own (its log, its temp file), whatever the walk
+            // would say. Held only for reading, the other proofs still count.
+            let held = super::ownership::open_for_writing(pid, fd.fd)
+                .then_some(Ownership::HeldOpen { pid });
             if let Some(finding) = judge(&scope, &path, &meta, "open_file", held, seen) {
                 out.push(finding);
             }
@@ -220,7 +223,7 @@ fn judge(
     let mut fixed = false;
     if !ownership.proven() {
         detail.push_str(&format!(
-            "; reported, not changed: not proven to be the service's (not held open by it, not in \
+            "; reported, not changed: not proven to be the service's (not held open for writing by it, not in \
              its private temp dir, {})",
             match scope.evidence.history() {
                 History::Kernel if super::created::active() => "not recorded as created by it",

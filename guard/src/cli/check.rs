@@ -17,8 +17,9 @@ use crate::{
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Repair what can be repaired safely: temp and open files proven to be the service's (it
-    /// holds them open, or they are in its private temp dir) get mode 0600, never through a
-    /// symlink, never a file of another user. Other files of the same owner are reported only.
+    /// holds them open for writing, or they are in its private temp dir) get mode 0600, never
+    /// through a symlink, never a file of another user. Other files of the same owner are
+    /// reported only.
     #[arg(long)]
     pub fix: bool,
     /// Audit this process instead of the configured service (no config file needed).
@@ -207,7 +208,7 @@ fn render(pids: &BTreeSet<u32>, findings: &[Finding]) -> String {
     ));
     if findings.iter().any(|f| f.ownership.is_some()) {
         out.push_str(&format!(
-            "files are changed only when proven the service's (held open, or in its private temp dir); {CREATED_NOTE}\n"
+            "files are changed only when proven the service's (held open for writing, or in its private temp dir); {CREATED_NOTE}\n"
         ));
     }
     out
