@@ -423,6 +423,17 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
     assert_eq!(mode(&held), 0o600);
     if recorded {
         assert_eq!(mode(&made), 0o600);
+        // The record is bounded and counted: its counters are metrics.
+        let out = Command::new(proxyguard_bin())
+            .args(["status", "--json", "--config"])
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let record = &status["counters"]["created_files"];
+        assert!(record["recorded"].as_u64() >= Some(1), "{status}");
+        assert!(record["tracked"].as_u64() >= Some(1), "{status}");
+        assert_eq!(record["evicted"], 0, "{status}");
     }
 }
 

@@ -84,12 +84,7 @@ impl Evidence {
     /// Reads the open files, mounts and units of `pids` (every process of the service).
     pub fn gather(pids: &BTreeSet<u32>, history: History) -> Evidence {
         let ours = own_mounts();
-        let mut evidence = Evidence {
-            held: HashMap::new(),
-            mounts: HashMap::new(),
-            units: HashMap::new(),
-            history,
-        };
+        let mut evidence = Evidence::empty(history);
         for &pid in pids {
             evidence
                 .held
@@ -102,6 +97,16 @@ impl Evidence {
                 .insert(pid, mounts_of(pid, &ours, evidence.units.get(&pid)));
         }
         evidence
+    }
+
+    /// No evidence gathered (the kernel's record, when `history` has it, still counts).
+    pub fn empty(history: History) -> Evidence {
+        Evidence {
+            held: HashMap::new(),
+            mounts: HashMap::new(),
+            units: HashMap::new(),
+            history,
+        }
     }
 
     pub fn history(&self) -> History {
@@ -119,12 +124,8 @@ impl Evidence {
             return Ownership::PrivateTmp { pid };
         }
         if self.history == History::Kernel {
-            if let Some(record) = created::lookup(key.0, key.1) {
-                // A file born after the report is another file on a reused inode number.
-                let same = meta.created().map_or(true, |born| born <= record.seen);
-                if same {
-                    return Ownership::CreatedByService { pid: record.tgid };
-                }
+            if let Some(created) = created_by_service(meta) {
+                return created;
             }
         }
         Ownership::Unproven
@@ -152,6 +153,15 @@ impl Evidence {
             .and_then(|mounts| mounts.iter().find(|m| path.starts_with(&m.point)))
             .is_some_and(|m| m.private)
     }
+}
+
+/// The daemon's record as proof, alone: cheap, so a new file is judged by it before the rest of
+/// the evidence is gathered.
+pub fn created_by_service(meta: &Metadata) -> Option<Ownership> {
+    let record = created::lookup(meta.dev(), meta.ino())?;
+    // A file born after the report is another file on a reused inode number.
+    let same = meta.created().map_or(true, |born| born <= record.seen);
+    same.then_some(Ownership::CreatedByService { pid: record.tgid })
 }
 
 /// `path` (as process `pid` names it) through its root.

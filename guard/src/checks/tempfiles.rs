@@ -169,7 +169,16 @@ pub fn check_one(
     if !loose(&meta, uid) {
         return None;
     }
-    let evidence = Evidence::gather(pids, history);
+    // The kernel's record first: a service making files fast then costs no /proc walk per file.
+    let created = match history {
+        History::Kernel => super::ownership::created_by_service(&meta),
+        History::None => None,
+    };
+    let evidence = if created.is_some() {
+        Evidence::empty(history)
+    } else {
+        Evidence::gather(pids, history)
+    };
     let scope = Scope {
         pid,
         uid,
@@ -177,7 +186,14 @@ pub fn check_one(
         fix,
         evidence: &evidence,
     };
-    judge(&scope, path, &meta, "temp_file", None, &mut BTreeSet::new())
+    judge(
+        &scope,
+        path,
+        &meta,
+        "temp_file",
+        created,
+        &mut BTreeSet::new(),
+    )
 }
 
 /// A regular file of `uid` that others may read or write.
