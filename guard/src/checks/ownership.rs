@@ -6,7 +6,8 @@
 //! Anything else is [`Ownership::Unproven`]: reported at most, never changed.
 //!
 //! Held open counts only for writing: a root service reading `/etc/passwd`, or a file another tool
-//! left in /tmp, does not make that file its own; writing its log or its temp file does.
+//! left in /tmp, does not make that file its own; writing its log or its temp file does. Nor do
+//! fds 0 to 2: stdin, stdout and stderr are what its launcher handed it (a shared log, say).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -186,7 +187,7 @@ fn held_open(pid: u32) -> Vec<(u64, u64)> {
             fd.file_name()
                 .to_str()
                 .and_then(|n| n.parse().ok())
-                .is_some_and(|n| open_for_writing(pid, n))
+                .is_some_and(|n| held_as_its_own(pid, n))
         })
         // Through the fd itself: a deleted or renamed file is still the one held.
         .filter_map(|fd| std::fs::metadata(fd.path()).ok())
@@ -195,8 +196,12 @@ fn held_open(pid: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Whether process `pid` has `fd` open for writing (the access mode in its fdinfo `flags:`).
-pub fn open_for_writing(pid: u32, fd: i32) -> bool {
+/// Whether process `pid`'s `fd` proves the file its own: open for writing (the access mode in its
+/// fdinfo `flags:`), and not one of the stdio fds its launcher set up.
+pub fn held_as_its_own(pid: u32, fd: i32) -> bool {
+    if fd <= 2 {
+        return false;
+    }
     std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
         .ok()
         .and_then(|text| {
@@ -355,6 +360,8 @@ mod tests {
             Ownership::Unproven
         );
         assert_eq!(evidence.of(me, &owned, &meta(&owned)), Ownership::Unproven);
+        // Whatever the test harness made of stdout, it is not this process's file.
+        assert!(!held_as_its_own(me, 1));
         drop((held, read));
     }
 

@@ -95,7 +95,7 @@ pub fn check(
             };
             // Held for writing: the service's own (its log, its temp file), whatever the walk
             // would say. Held only for reading, the other proofs still count.
-            let held = super::ownership::open_for_writing(pid, fd.fd)
+            let held = super::ownership::held_as_its_own(pid, fd.fd)
                 .then_some(Ownership::HeldOpen { pid });
             if let Some(finding) = judge(&scope, &path, &meta, "open_file", held, seen) {
                 out.push(finding);
