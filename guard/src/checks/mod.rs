@@ -8,6 +8,7 @@ pub mod created;
 pub mod endpoints;
 pub mod listeners;
 pub mod ownership;
+mod private_tmp;
 pub mod secrets;
 pub mod tempfiles;
 

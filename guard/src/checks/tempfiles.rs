@@ -2,7 +2,7 @@
 //! `TMPDIR`, /tmp and /var/tmp (seen through `/proc/<pid>/root`, so a systemd PrivateTmp is what
 //! is walked), and the files it holds open.
 //!
-//! Fixing touches only what the service owns, by evidence (`ownership`): a file it holds open,
+//! Fixing touches only what the service owns, by evidence (`ownership`): a file it writes to,
 //! one in its private temp dir, or (the daemon) one the kernel saw it create. Another file of
 //! the same owner in a shared temp dir is reported, never changed.
 //!
