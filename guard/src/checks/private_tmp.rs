@@ -1,8 +1,8 @@
 //! The guarded service's private temp dirs, where everything is its own: a mount systemd made
 //! for the unit's PrivateTmp (its root is the unit's `systemd-private-*-UNIT-*` dir), that dir
 //! seen from outside (when it is systemd's: root's and closed to others), or, for a service in
-//! another mount namespace, a filesystem mounted nowhere in ours (no one here reaches it but
-//! through `/proc/<pid>/root`).
+//! another mount namespace, a filesystem mounted nowhere in ours or init's (no one here reaches
+//! it but through `/proc/<pid>/root`).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -111,20 +111,28 @@ fn is_private_dir_of(name: &str, unit: &str) -> bool {
 }
 
 /// Our own mount namespace, and the devices mounted in it.
+/// The mount namespaces of this process and of init, and every device mounted in either. Both,
+/// because the daemon may run in a namespace of its own (its unit's PrivateTmp, ProtectHome):
+/// a filesystem the host has mounted is shared, whatever the daemon's view lacks.
 struct OwnMounts {
-    namespace: Option<u64>,
+    namespaces: BTreeSet<u64>,
     devices: BTreeSet<String>,
 }
 
 fn own_mounts() -> OwnMounts {
-    let devices = procfs::process::Process::myself()
-        .and_then(|me| me.mountinfo())
-        .map(|mounts| mounts.into_iter().map(|m| m.majmin).collect())
-        .unwrap_or_default();
-    OwnMounts {
-        namespace: namespace_of("self"),
-        devices,
+    let mut out = OwnMounts {
+        namespaces: BTreeSet::new(),
+        devices: BTreeSet::new(),
+    };
+    for pid in ["self", "1"] {
+        out.namespaces.extend(namespace_of(pid));
+        let path = format!("/proc/{pid}/mountinfo");
+        if let Ok(mounts) = procfs::FromRead::from_file(path) {
+            let mounts: procfs::process::MountInfos = mounts;
+            out.devices.extend(mounts.into_iter().map(|m| m.majmin));
+        }
     }
+    out
 }
 
 fn namespace_of(pid: &str) -> Option<u64> {
@@ -135,14 +143,14 @@ fn namespace_of(pid: &str) -> Option<u64> {
 
 /// Process `pid`'s mounts, deepest first. A mount is private when systemd made it for the
 /// unit's PrivateTmp (its root is the unit's `systemd-private-*` dir), or when the process is in
-/// another mount namespace and the filesystem is mounted nowhere in ours (no one here reaches it
-/// but through `/proc/<pid>/root`).
+/// another mount namespace and the filesystem is mounted nowhere in ours or init's (no one there
+/// reaches it but through `/proc/<pid>/root`).
 fn mounts_of(pid: u32, ours: &OwnMounts, unit: Option<&String>) -> Vec<Mount> {
     let Ok(infos) = procfs::process::Process::new(pid as i32).and_then(|p| p.mountinfo()) else {
         return Vec::new();
     };
     let other_namespace =
-        namespace_of(&pid.to_string()).is_some_and(|ns| Some(ns) != ours.namespace);
+        namespace_of(&pid.to_string()).is_some_and(|ns| !ours.namespaces.contains(&ns));
     let mut mounts: Vec<Mount> = infos
         .into_iter()
         .map(|info| {
