@@ -341,6 +341,106 @@ fn fix_changes_files_in_the_services_private_temp_dir() {
     assert_eq!(after, 0o600);
 }
 
+/// A systemd-like service cgroup (`…/fix.service`) holding spawned processes, all killed and
+/// the cgroup removed on drop.
+struct ServiceCgroup {
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+    _parent: proxyguard_tests::cgroup::TestCgroup,
+}
+
+impl ServiceCgroup {
+    fn new() -> ServiceCgroup {
+        let parent = proxyguard_tests::cgroup::TestCgroup::create("peers");
+        let dir = parent.path.join("fix.service");
+        std::fs::create_dir(&dir).expect("create the service cgroup");
+        ServiceCgroup {
+            children: Vec::new(),
+            dir,
+            _parent: parent,
+        }
+    }
+
+    fn spawn(&mut self, command: &mut Command) -> u32 {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for ServiceCgroup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let procs = self.dir.join("cgroup.procs");
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&procs).map_or(true, |t| t.trim().is_empty())
+        });
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `--pid` names one process of a service; a file another process of the same service (a
+/// worker) writes is the service's too, and is fixed; the rest of the shared dir is not.
+#[test]
+fn a_file_a_worker_of_the_same_service_writes_is_the_services() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("a_file_a_worker_of_the_same_service_writes_is_the_services: skipped, needs root (cgroups)");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    plant(shared.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut service = ServiceCgroup::new();
+    let master = service.spawn(Command::new("sleep").arg("120"));
+    let worker = r#"
+import os, time
+held = open(os.path.join(os.environ["SHARED"], "held.yaml"), "a")
+open(os.path.join(os.environ["TMPDIR"], "ready"), "w").close()
+time.sleep(120)
+"#;
+    service.spawn(
+        Command::new("python3")
+            .args(["-c", worker])
+            .env("SHARED", shared.path())
+            .env("TMPDIR", tmp.path()),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || tmp
+            .path()
+            .join("ready")
+            .exists()),
+        "the worker did not start"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxyguard.toml");
+    std::fs::write(
+        &config,
+        format!("[watch]\ntemp_dirs = [\"{}\"]\n", shared.path().display()),
+    )
+    .unwrap();
+    let (_, json) = check(&config, master, &["--fix"]);
+    let held = finding(&json, "temp_file", "/held.yaml").expect("held.yaml");
+    assert_eq!(held["fixed"], true, "{held}");
+    assert_eq!(held["ownership"]["proof"], "held_open", "{held}");
+    assert_ne!(
+        held["ownership"]["pid"], master,
+        "the worker holds it: {held}"
+    );
+    assert_eq!(mode(&shared.path().join("held.yaml")), 0o600);
+    for name in UNRELATED {
+        assert_eq!(mode(&shared.path().join(name)), 0o644, "{name} was changed");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();

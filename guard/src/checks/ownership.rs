@@ -18,7 +18,11 @@ use std::{
 
 use serde::Serialize;
 
-use super::{created, private_tmp::PrivateTmp};
+use super::{
+    created,
+    private_tmp::{self, PrivateTmp},
+};
+use crate::{config::GuardedSection, guarded_pids, kernel::cgroup};
 
 /// The proof that a file is the service's, or its absence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,10 +76,12 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// Reads the open files, mounts and units of `pids` (every process of the service).
+    /// Reads the open files, mounts and units of `pids` (the service's processes). Open files
+    /// count for every process of their systemd services too: a file a worker writes is the
+    /// service's, whichever process the audit was pointed at.
     pub fn gather(pids: &BTreeSet<u32>, history: History) -> Evidence {
         let mut evidence = Evidence::empty(history);
-        for &pid in pids {
+        for pid in with_unit_peers(pids) {
             evidence
                 .held
                 .extend(held_open(pid).into_iter().map(|key| (key, pid)));
@@ -114,6 +120,26 @@ impl Evidence {
         }
         Ownership::Unproven
     }
+}
+
+/// `pids` and every process of the systemd services they belong to (sub-cgroups included).
+fn with_unit_peers(pids: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let mut all = pids.clone();
+    let root = cgroup::cgroup2_root().ok();
+    let mut units = BTreeSet::new();
+    for &pid in pids {
+        if let Some((_, cgroup)) = private_tmp::unit_cgroup(pid) {
+            units.insert(cgroup);
+        }
+    }
+    for cgroup in units {
+        let section = GuardedSection {
+            cgroup: Some(cgroup),
+            ..Default::default()
+        };
+        all.extend(guarded_pids::tgids(&section, root.as_deref()));
+    }
+    all
 }
 
 /// The daemon's record as proof, alone: cheap, so a new file is judged by it before the rest of

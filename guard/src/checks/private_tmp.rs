@@ -78,19 +78,29 @@ fn systemds_dir(path: &Path) -> bool {
 
 /// The systemd unit of process `pid`, from its cgroup path (`.../litellm.service`).
 fn unit_of(pid: u32) -> Option<String> {
+    unit_cgroup(pid).map(|(unit, _)| unit)
+}
+
+/// Process `pid`'s systemd service and that service's cgroup (relative to the cgroup root).
+pub fn unit_cgroup(pid: u32) -> Option<(String, String)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     unit_in_cgroup(&text)
 }
 
-fn unit_in_cgroup(text: &str) -> Option<String> {
+/// The innermost `.service` in a `/proc/<pid>/cgroup` text, and its cgroup path. A user manager
+/// (`user@UID.service`) is not a service of its own: its processes are the user's.
+fn unit_in_cgroup(text: &str) -> Option<(String, String)> {
     let line = text
         .lines()
         .find(|l| l.starts_with("0::"))
         .or_else(|| text.lines().find(|l| l.contains(":name=systemd:")))?;
     let path = line.splitn(3, ':').nth(2)?;
-    path.rsplit('/')
-        .find(|c| c.ends_with(".service"))
-        .map(str::to_owned)
+    let parts: Vec<&str> = path.split('/').collect();
+    let at = parts.iter().rposition(|c| c.ends_with(".service"))?;
+    if parts[at].starts_with("user@") {
+        return None;
+    }
+    Some((parts[at].to_owned(), parts[..=at].join("/")))
 }
 
 /// Whether `name` is a directory systemd made for `unit`'s PrivateTmp:
@@ -196,16 +206,32 @@ mod tests {
 
     #[test]
     fn reads_the_unit_from_the_cgroup_path() {
+        let unit = |text: &str| unit_in_cgroup(text);
         assert_eq!(
-            unit_in_cgroup("0::/system.slice/litellm.service\n").as_deref(),
-            Some("litellm.service")
+            unit("0::/system.slice/litellm.service\n"),
+            Some((
+                "litellm.service".into(),
+                "/system.slice/litellm.service".into()
+            ))
         );
         assert_eq!(
-            unit_in_cgroup("1:name=systemd:/system.slice/a.service/worker\n0::/\n").as_deref(),
+            unit("0::/system.slice/litellm.service/worker-2\n"),
+            Some((
+                "litellm.service".into(),
+                "/system.slice/litellm.service".into()
+            ))
+        );
+        assert_eq!(
+            unit("1:name=systemd:/system.slice/a.service/worker\n0::/\n"),
             None,
             "the unified line wins, and names no unit"
         );
-        assert_eq!(unit_in_cgroup("0::/user.slice/session-1.scope\n"), None);
+        assert_eq!(unit("0::/user.slice/session-1.scope\n"), None);
+        assert_eq!(
+            unit("0::/user.slice/user-0.slice/user@0.service/init.scope\n"),
+            None,
+            "a user manager is not a service"
+        );
     }
 
     /// A directory named like the unit's systemd-private dir proves nothing unless it is
