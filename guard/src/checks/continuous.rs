@@ -99,7 +99,10 @@ pub async fn run(mut config: watch::Receiver<Config>) {
                 let cfg = config.borrow().clone();
                 if let Some(finding) = on_file(&cfg, &watched, &path, &pids) {
                     if awaits_proof(&cfg, &finding) && pending.len() < MAX_PENDING {
-                        pending.push((Instant::now() + RETRY_AFTER, path));
+                        // Create, write and chmod arrive as several events: one retry each file.
+                        if !pending.iter().any(|(_, p)| *p == path) {
+                            pending.push((Instant::now() + RETRY_AFTER, path));
+                        }
                     } else {
                         emit(&finding, &mut reported);
                     }
