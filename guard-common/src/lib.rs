@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod bind;
+pub mod created;
 pub mod egress;
 pub mod environ;
 pub mod xdp;

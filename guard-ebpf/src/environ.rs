@@ -72,9 +72,9 @@ pub fn environ_openat2(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The guarded tgid that task id `task` belongs to.
+/// The guarded tgid that task id `task` belongs to (the created-files programs ask too).
 #[inline(always)]
-fn guarded_tgid(task: u32) -> Option<u32> {
+pub fn guarded_tgid(task: u32) -> Option<u32> {
     // SAFETY: the value is copied out at once.
     unsafe { ENVIRON_GUARDED.get(task) }.copied()
 }

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod bind;
+mod created;
 mod egress;
 mod environ;
 mod kmem;

@@ -1,5 +1,7 @@
 //! `proxyguard check` against a real guarded process: a small Python HTTP server on 0.0.0.0 with
-//! `OPENAI_API_KEY` planted, which writes a 0644 YAML file with an `api_key:` line into its TMPDIR.
+//! `OPENAI_API_KEY` planted, which writes a 0644 YAML file with an `api_key:` line into its TMPDIR
+//! and keeps it open (so `--fix` may change it: it is provably the service's). And a shared temp
+//! dir, standing in for /tmp, where other files of the same owner must keep their mode.
 //! Not a `kernel_` test: it loads nothing into the kernel, and the VM has no Python.
 
 use std::{
@@ -18,8 +20,9 @@ use serde_json::Value;
 const SERVER: &str = r#"
 import http.server, os, sys
 path = os.path.join(os.environ["TMPDIR"], "model_config.yaml")
-with open(path, "w") as f:
-    f.write("model_list:\n  - api_key: os.environ/OPENAI_API_KEY\n")
+config = open(path, "w")
+config.write("model_list:\n  - api_key: os.environ/OPENAI_API_KEY\n")
+config.flush()
 os.chmod(path, 0o644)
 server = http.server.HTTPServer(("0.0.0.0", 0), http.server.SimpleHTTPRequestHandler)
 open(os.path.join(os.environ["TMPDIR"], "port.txt.partial"), "w").write(str(server.server_port))
@@ -184,6 +187,258 @@ fn symlinks_and_other_users_files_are_never_chmodded() {
             & 0o777,
         0o600
     );
+}
+
+/// The stand-in service for the shared-temp-dir tests: it holds `held.yaml` open for writing and
+/// `read.yaml` for reading only (both made by someone else), and creates `made.yaml` (then closes
+/// it), all 0644, in `SHARED`.
+const SHARED_SERVICE: &str = r#"
+import os, time
+shared = os.environ["SHARED"]
+held = open(os.path.join(shared, "held.yaml"), "a")
+reading = open(os.path.join(shared, "read.yaml"))
+with open(os.path.join(shared, "made.yaml"), "w") as f:
+    f.write("api_key: x\n")
+os.chmod(os.path.join(shared, "made.yaml"), 0o644)
+ready = os.path.join(os.environ["TMPDIR"], "ready")
+open(ready + ".partial", "w").close()
+os.rename(ready + ".partial", ready)
+time.sleep(120)
+"#;
+
+/// Files of the same owner as the service, made by someone else (this test), at depths 1, 2 and
+/// 3 of the shared dir, a chroot's `etc/passwd` among them, and one the service only reads.
+const UNRELATED: &[&str] = &[
+    "read.yaml",
+    "other-tool.log",
+    "tool/state.json",
+    "tool/cache/blob.bin",
+    "chroot/etc/passwd",
+];
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+fn plant(shared: &Path) {
+    for name in UNRELATED.iter().copied().chain(["held.yaml"]) {
+        let path = shared.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+#[test]
+fn fix_changes_only_the_services_own_files_in_a_shared_temp_dir() {
+    let shared = tempfile::tempdir().unwrap();
+    plant(shared.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new("python3")
+        .args(["-c", SHARED_SERVICE])
+        .env("SHARED", shared.path())
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let ready = eventually(Duration::from_secs(20), || {
+        tmp.path().join("ready").exists()
+    });
+    let pid = child.id();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxyguard.toml");
+    std::fs::write(
+        &config,
+        format!("[watch]\ntemp_dirs = [\"{}\"]\n", shared.path().display()),
+    )
+    .unwrap();
+    let result = ready.then(|| check(&config, pid, &["--fix"]));
+    let _ = child.kill();
+    let _ = child.wait();
+    let (out, json) = result.expect("the Python service did not start");
+
+    // Held open for writing: provably the service's, and fixed.
+    let held = finding(&json, "temp_file", "/held.yaml").expect("held.yaml");
+    assert_eq!(held["fixed"], true, "{held}");
+    assert_eq!(held["ownership"]["proof"], "held_open", "{held}");
+    assert_eq!(mode(&shared.path().join("held.yaml")), 0o600);
+    // Created by the service, but a one-shot check has no record of that: reported only.
+    let made = finding(&json, "temp_file", "/made.yaml").expect("made.yaml");
+    assert_eq!(made["fixed"], false, "{made}");
+    assert_eq!(made["ownership"]["proof"], "unproven", "{made}");
+    assert_eq!(mode(&shared.path().join("made.yaml")), 0o644);
+    assert_eq!(json["ownership_evidence"]["created_by_service"], false);
+    // Everything else of the same owner keeps its exact mode, and is a report-only finding.
+    for name in UNRELATED {
+        assert_eq!(mode(&shared.path().join(name)), 0o644, "{name} was changed");
+        let f = finding(&json, "temp_file", &format!("/{name}"))
+            .unwrap_or_else(|| panic!("{name}: {json}"));
+        assert_eq!(f["fixed"], false, "{f}");
+        assert_eq!(f["ownership"]["proof"], "unproven", "{f}");
+        assert!(
+            f["detail"]
+                .as_str()
+                .unwrap()
+                .contains("reported, not changed: not proven to be the service's"),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "unfixed findings remain: {json}"
+    );
+}
+
+/// A service in its own mount namespace with its own tmpfs over the temp dir (what systemd's
+/// PrivateTmp amounts to): what it leaves there is its own, held open or not.
+#[test]
+fn fix_changes_files_in_the_services_private_temp_dir() {
+    if !nix::unistd::geteuid().is_root()
+        || Command::new("unshare").arg("--version").output().is_err()
+    {
+        eprintln!("fix_changes_files_in_the_services_private_temp_dir: skipped, needs root and unshare(1)");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // unshare(1) makes the new namespace's mounts private, so the tmpfs is not seen here.
+    let script = r#"mount -t tmpfs tmpfs "$SHARED" && printf 'x
+' > "$SHARED/private.log" && chmod 644 "$SHARED/private.log" && : > "$TMPDIR/ready" && exec sleep 120"#;
+    let mut child = Command::new("unshare")
+        .args(["--mount", "sh", "-c", script])
+        .env("SHARED", shared.path())
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    let ready = eventually(Duration::from_secs(20), || {
+        tmp.path().join("ready").exists()
+    });
+    let pid = child.id();
+    let inside = Path::new(&format!("/proc/{pid}/root"))
+        .join(shared.path().join("private.log").strip_prefix("/").unwrap());
+    assert!(
+        !shared.path().join("private.log").exists(),
+        "the tmpfs leaked into our namespace"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxyguard.toml");
+    std::fs::write(
+        &config,
+        format!("[watch]\ntemp_dirs = [\"{}\"]\n", shared.path().display()),
+    )
+    .unwrap();
+    let result = ready.then(|| (check(&config, pid, &["--fix"]), mode(&inside)));
+    let _ = child.kill();
+    let _ = child.wait();
+    let ((_, json), after) = result.expect("the namespaced service did not start");
+    let f = finding(&json, "temp_file", "/private.log").expect("private.log");
+    assert_eq!(f["ownership"]["proof"], "private_tmp", "{f}");
+    assert_eq!(f["fixed"], true, "{f}");
+    assert_eq!(after, 0o600);
+}
+
+/// A systemd-like service cgroup (`…/fix.service`) holding spawned processes, all killed and
+/// the cgroup removed on drop.
+struct ServiceCgroup {
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+    _parent: proxyguard_tests::cgroup::TestCgroup,
+}
+
+impl ServiceCgroup {
+    fn new() -> ServiceCgroup {
+        let parent = proxyguard_tests::cgroup::TestCgroup::create("peers");
+        let dir = parent.path.join("fix.service");
+        std::fs::create_dir(&dir).expect("create the service cgroup");
+        ServiceCgroup {
+            children: Vec::new(),
+            dir,
+            _parent: parent,
+        }
+    }
+
+    fn spawn(&mut self, command: &mut Command) -> u32 {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for ServiceCgroup {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let procs = self.dir.join("cgroup.procs");
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(&procs).map_or(true, |t| t.trim().is_empty())
+        });
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `--pid` names one process of a service; a file another process of the same service (a
+/// worker) writes is the service's too, and is fixed; the rest of the shared dir is not.
+#[test]
+fn a_file_a_worker_of_the_same_service_writes_is_the_services() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("a_file_a_worker_of_the_same_service_writes_is_the_services: skipped, needs root (cgroups)");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    plant(shared.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut service = ServiceCgroup::new();
+    let master = service.spawn(Command::new("sleep").arg("120"));
+    let worker = r#"
+import os, time
+held = open(os.path.join(os.environ["SHARED"], "held.yaml"), "a")
+open(os.path.join(os.environ["TMPDIR"], "ready"), "w").close()
+time.sleep(120)
+"#;
+    service.spawn(
+        Command::new("python3")
+            .args(["-c", worker])
+            .env("SHARED", shared.path())
+            .env("TMPDIR", tmp.path()),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || tmp
+            .path()
+            .join("ready")
+            .exists()),
+        "the worker did not start"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxyguard.toml");
+    std::fs::write(
+        &config,
+        format!("[watch]\ntemp_dirs = [\"{}\"]\n", shared.path().display()),
+    )
+    .unwrap();
+    let (_, json) = check(&config, master, &["--fix"]);
+    let held = finding(&json, "temp_file", "/held.yaml").expect("held.yaml");
+    assert_eq!(held["fixed"], true, "{held}");
+    assert_eq!(held["ownership"]["proof"], "held_open", "{held}");
+    assert_ne!(
+        held["ownership"]["pid"], master,
+        "the worker holds it: {held}"
+    );
+    assert_eq!(mode(&shared.path().join("held.yaml")), 0o600);
+    for name in UNRELATED {
+        assert_eq!(mode(&shared.path().join(name)), 0o644, "{name} was changed");
+    }
 }
 
 #[test]

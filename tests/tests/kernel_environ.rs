@@ -82,11 +82,19 @@ fn another_process_reading_the_environ_makes_exactly_one_event() {
         assert!(hooks.contains(&"lsm/file_open".to_owned()), "{hooks:?}");
     } else {
         assert!(detail.contains("detected, not denied"), "{detail}");
-        assert_eq!(
-            hooks.iter().filter(|h| *h == "tracepoint").count(),
-            2,
-            "{hooks:?}"
-        );
+        // The environ pair; the created-files record adds its own pair on the exits.
+        let environ_tracepoints = daemon.ready["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["hook"] == "tracepoint"
+                    && p["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("environ_"))
+            })
+            .count();
+        assert_eq!(environ_tracepoints, 2, "{hooks:?}");
     }
     wait_guarded(&daemon, target);
 
@@ -192,7 +200,14 @@ fn a_dirfd_relative_open_is_caught() {
 #[test]
 fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
     require_root();
-    let guarded = GuardedProcess::start("watch-tmp", "exec sleep 60");
+    // The service itself makes the file (so the kernel's created-files record proves it its own);
+    // a file someone else puts in its temp dir is not fixed (see the shared-dir test below).
+    let guarded = GuardedProcess::start(
+        "watch-tmp",
+        "while [ ! -e go ]; do sleep 0.1; done; \
+         printf 'model_list:\\n  - api_key: sk-x\\n' > litellm-config.yaml; \
+         chmod 644 litellm-config.yaml; exec sleep 60",
+    );
     let config = format!(
         "{}temp_dirs = [\"$TMPDIR\"]\ntemp_files = \"fix\"\n",
         config(&guarded.cgroup.relative)
@@ -206,13 +221,12 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
     assert_eq!(secret["subject"], "OPENAI_API_KEY", "{secret}");
     assert_eq!(secret["pid"], guarded.pid(), "{secret}");
 
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let file = guarded.path("litellm-config.yaml");
     let started = std::time::Instant::now();
-    std::fs::write(&file, "model_list:\n  - api_key: sk-x\n").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(guarded.path("go"), "").unwrap();
     let fixed = eventually(patience(), || {
-        std::fs::metadata(&file).unwrap().mode() & 0o777 == 0o600
+        std::fs::metadata(&file).is_ok_and(|m| m.mode() & 0o777 == 0o600)
     });
     let took = started.elapsed();
     assert!(fixed, "the new 0644 file was not fixed");
@@ -222,6 +236,13 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
         .wait_for(|e| e["kind"] == "temp_file_fixed")
         .expect("a temp_file_fixed event");
     assert_eq!(event["path"], file.display().to_string(), "{event}");
+    // Proven the service's: created by it, or (caught while the shell's redirect is still open)
+    // held open by it.
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("created by pid") || detail.contains("held open for writing by pid"),
+        "{event}"
+    );
     for record in daemon
         .drain(Duration::from_millis(500))
         .iter()
@@ -247,7 +268,7 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
         metrics.contains("proxyguard_audit_findings{check=\"secret_env\"}"),
         "{metrics}"
     );
-    // The test writes the file and then loosens it again, so inotify may fix it once or twice.
+    // The service writes the file and then loosens it again, so inotify may fix it once or twice.
     let fixed: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("proxyguard_audit_files_fixed "))
@@ -264,6 +285,156 @@ fn the_daemon_audits_continuously_and_fixes_a_new_temp_file_within_a_second() {
         "{metrics}"
     );
     assert!(!metrics.contains(CANARY));
+}
+
+/// Files of the guarded service's owner (root) that it did not make, at depths 1, 2 and 3 of a
+/// shared temp dir, a chroot's `etc/passwd` among them.
+const UNRELATED: &[&str] = &[
+    "other-tool.log",
+    "tool/state.json",
+    "tool/cache/blob.bin",
+    "chroot/etc/passwd",
+];
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Whether `e` is a temp-file finding about `name` (a path ending in `/name`).
+fn finding_about(e: &Value, name: &str) -> bool {
+    e["kind"] == "finding"
+        && e["check"] == "temp_file"
+        && e["subject"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(&format!("/{name}")))
+}
+
+/// Waits for a temp-file finding about each of `names` (in any order).
+fn wait_findings(daemon: &mut Daemon, names: &[&str]) -> Vec<Value> {
+    let mut left: Vec<&str> = names.to_vec();
+    let mut found = Vec::new();
+    while !left.is_empty() {
+        let event = daemon
+            .wait_for(|e| left.iter().any(|n| finding_about(e, n)))
+            .unwrap_or_else(|| panic!("no finding came for {left:?}"));
+        left.retain(|n| !finding_about(&event, n));
+        found.push(event);
+    }
+    found
+}
+
+/// The daemon in fix mode over a shared temp dir: the file the service holds open and the file
+/// it creates become 0600; every other file of the same owner, there before or made later by
+/// someone else, keeps its exact mode and is a report-only finding.
+#[test]
+fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path().display().to_string();
+    for name in UNRELATED.iter().copied().chain(["held.yaml"]) {
+        let path = shared.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // It opens held.yaml (made by the test) for appending and keeps it open in `sleep`; it
+    // creates made.yaml.
+    let guarded = GuardedProcess::start(
+        "watch-shared",
+        &format!(
+            "while [ ! -e go ]; do sleep 0.1; done; exec 3>>'{dir}/held.yaml'; \
+             printf 'api_key: x\\n' > '{dir}/made.yaml'; chmod 644 '{dir}/made.yaml'; exec sleep 60"
+        ),
+    );
+    let config = format!(
+        "{}temp_dirs = [\"{dir}\"]\ntemp_files = \"fix\"\naudit_interval_secs = 1\n",
+        config(&guarded.cgroup.relative)
+    );
+    let mut daemon = Daemon::start(&config);
+    let created = daemon.ready["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "created-files")
+        .cloned()
+        .expect("a created-files feature entry");
+    let recorded = feature_or_skip(
+        "the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir",
+        "created-files",
+        created["available"] == true,
+        created["detail"].as_str().unwrap_or_default(),
+    );
+
+    // The first audit reports every unrelated file, and changes none.
+    for finding in wait_findings(&mut daemon, UNRELATED) {
+        assert!(
+            finding["detail"]
+                .as_str()
+                .unwrap()
+                .contains("reported, not changed: not proven to be the service's"),
+            "{finding}"
+        );
+    }
+
+    std::fs::write(guarded.path("go"), "").unwrap();
+    let held = shared.path().join("held.yaml");
+    let made = shared.path().join("made.yaml");
+    assert!(
+        eventually(patience(), || mode(&held) == 0o600),
+        "the held-open file was not fixed"
+    );
+    if recorded {
+        assert!(
+            eventually(patience(), || made.exists() && mode(&made) == 0o600),
+            "the file the service created was not fixed"
+        );
+    }
+    // A new file of the same owner, made by someone else after the service started: inotify
+    // sees it at once, and fix mode still leaves it alone.
+    let late = shared.path().join("late-tool.log");
+    std::fs::write(&late, "x\n").unwrap();
+    std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let late_finding = daemon
+        .wait_for(|e| finding_about(e, "late-tool.log"))
+        .expect("a finding for the late file");
+    assert_eq!(late_finding["severity"], "low", "{late_finding}");
+    // Two more full audits pass (one a second) with everything in place.
+    let audits = |daemon: &Daemon| {
+        let out = Command::new(proxyguard_bin())
+            .args(["status", "--json", "--config"])
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|s| s.pointer("/checks/audits").and_then(Value::as_u64))
+    };
+    let before = audits(&daemon).expect("status shows the audits");
+    assert!(
+        eventually(patience(), || audits(&daemon)
+            .is_some_and(|n| n >= before + 2)),
+        "the audits stopped"
+    );
+    for name in UNRELATED.iter().copied().chain(["late-tool.log"]) {
+        assert_eq!(mode(&shared.path().join(name)), 0o644, "{name} was changed");
+    }
+    assert_eq!(mode(&held), 0o600);
+    if recorded {
+        assert_eq!(mode(&made), 0o600);
+        // The record is bounded and counted: its counters are metrics.
+        let out = Command::new(proxyguard_bin())
+            .args(["status", "--json", "--config"])
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let record = &status["counters"]["created_files"];
+        assert!(record["recorded"].as_u64() >= Some(1), "{status}");
+        assert!(record["tracked"].as_u64() >= Some(1), "{status}");
+        assert_eq!(record["evicted"], 0, "{status}");
+    }
 }
 
 /// `cat` run as a separate process, returning its pid and whether it could read the file.

@@ -2,6 +2,10 @@
 //! new or changed file in the guarded process's temp directories as inotify reports it (checked,
 //! and in fix mode fixed, within a second). Findings become audit events, each reported once
 //! while it lasts, and a summary that `proxyguard status` shows.
+//!
+//! Fix mode changes only files proven to be the service's (`ownership`): here the kernel's
+//! record of the files its tasks created counts too. A new file not proven yet is looked at once
+//! more after [`RETRY_AFTER`], as the kernel's report of its creation may trail inotify's.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use super::{tempfiles, Finding};
+use super::{created, ownership::History, ownership::Ownership, tempfiles, Finding};
 use crate::{
     audit,
     config::{watch::TempFiles, Config},
@@ -34,6 +38,12 @@ pub struct Summary {
 }
 
 static SUMMARY: Mutex<Option<Summary>> = Mutex::new(None);
+
+/// How long an unproven new file waits for the kernel's report of its creation.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// New files waiting for that at most; past it, a file is reported at once (the next full
+/// audit judges it again).
+const MAX_PENDING: usize = 1024;
 
 pub fn summary() -> Summary {
     SUMMARY
@@ -74,6 +84,7 @@ pub async fn run(mut config: watch::Receiver<Config>) {
     let mut watched: BTreeMap<PathBuf, (u32, u32, PathBuf)> = BTreeMap::new();
     let mut pids = BTreeSet::new();
     let mut reported = BTreeSet::new();
+    let mut pending: Vec<(Instant, PathBuf)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_audit: Option<Instant> = None;
     loop {
@@ -86,10 +97,27 @@ pub async fn run(mut config: watch::Receiver<Config>) {
             }
             Some(path) = files.recv() => {
                 let cfg = config.borrow().clone();
-                on_file(&cfg, &watched, &path, &mut reported);
+                if let Some(finding) = on_file(&cfg, &watched, &path, &pids) {
+                    if awaits_proof(&cfg, &finding) && pending.len() < MAX_PENDING {
+                        // Create, write and chmod arrive as several events: one retry each file.
+                        if !pending.iter().any(|(_, p)| *p == path) {
+                            pending.push((Instant::now() + RETRY_AFTER, path));
+                        }
+                    } else {
+                        emit(&finding, &mut reported);
+                    }
+                }
             }
             _ = tick.tick() => {
                 let cfg = config.borrow().clone();
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(at, _)| *at <= now);
+                pending = later;
+                for (_, path) in due {
+                    if let Some(finding) = on_file(&cfg, &watched, &path, &pids) {
+                        emit(&finding, &mut reported);
+                    }
+                }
                 if !cfg.watch.enabled || !cfg.guarded.is_set() {
                     continue;
                 }
@@ -105,7 +133,7 @@ pub async fn run(mut config: watch::Receiver<Config>) {
                     last_audit = Some(Instant::now());
                     let fix = cfg.watch.temp_files == TempFiles::Fix;
                     let audit_pids = pids.clone();
-                    let findings = tokio::task::spawn_blocking(move || super::run(&cfg, &audit_pids, fix))
+                    let findings = tokio::task::spawn_blocking(move || super::run(&cfg, &audit_pids, fix, History::Kernel))
                         .await
                         .unwrap_or_default();
                     report_audit(&findings, &mut reported);
@@ -156,24 +184,32 @@ fn rewatch(
     *watched = wanted;
 }
 
-/// One new or changed file in a watched directory.
+/// One new or changed file in a watched directory, judged against every process of the
+/// service (`pids`).
 fn on_file(
     config: &Config,
     watched: &BTreeMap<PathBuf, (u32, u32, PathBuf)>,
     path: &std::path::Path,
-    reported: &mut BTreeSet<(String, u32, String)>,
-) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let Some((pid, uid, service_dir)) = watched.get(dir) else {
-        return;
-    };
+    pids: &BTreeSet<u32>,
+) -> Option<Finding> {
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    let (pid, uid, service_dir) = watched.get(dir)?;
     let fix = config.watch.temp_files == TempFiles::Fix;
-    let Some(finding) = tempfiles::check_one(*pid, *uid, &service_dir.join(name), fix) else {
-        return;
-    };
-    emit(&finding, reported);
+    tempfiles::check_one(
+        *pid,
+        *uid,
+        &service_dir.join(name),
+        fix,
+        pids,
+        History::Kernel,
+    )
+}
+
+/// Whether a new file's finding should wait for the kernel's report of its creation.
+fn awaits_proof(config: &Config, finding: &Finding) -> bool {
+    config.watch.temp_files == TempFiles::Fix
+        && finding.ownership == Some(Ownership::Unproven)
+        && created::active()
 }
 
 fn report_audit(findings: &[Finding], reported: &mut BTreeSet<(String, u32, String)>) {

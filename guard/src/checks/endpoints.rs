@@ -40,6 +40,7 @@ pub fn check(
                 subject: name,
                 detail: "not a URL proxyguard can parse; check it by hand".into(),
                 fixed: false,
+                ownership: None,
             });
             continue;
         };
@@ -57,6 +58,7 @@ pub fn check(
             ),
             subject: name,
             fixed: false,
+            ownership: None,
         });
     }
     out

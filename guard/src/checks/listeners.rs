@@ -49,6 +49,7 @@ pub fn check(process: &Process, guard_port: u16) -> Vec<Finding> {
                      entry for this port enforces that)"
                 .into(),
             fixed: false,
+            ownership: None,
         });
     }
     out

@@ -4,8 +4,11 @@
 //! a variable's value or a file's contents.
 
 pub mod continuous;
+pub mod created;
 pub mod endpoints;
 pub mod listeners;
+pub mod ownership;
+mod private_tmp;
 pub mod secrets;
 pub mod tempfiles;
 
@@ -47,12 +50,23 @@ pub struct Finding {
     pub detail: String,
     /// `--fix` (or the daemon in fix mode) repaired it.
     pub fixed: bool,
+    /// For a file: the proof that it is the service's, or `unproven` (reported, never changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<ownership::Ownership>,
 }
 
-/// Runs every audit over `pids`. With `fix`, temp and open files get mode 0600 where that is safe.
-pub fn run(config: &Config, pids: &BTreeSet<u32>, fix: bool) -> Vec<Finding> {
+/// Runs every audit over `pids` (every process of the service). With `fix`, temp and open files
+/// proven to be the service's get mode 0600 where that is safe; `history` says whether files it
+/// created count as proven (the daemon) or cannot be known (a one-shot check).
+pub fn run(
+    config: &Config,
+    pids: &BTreeSet<u32>,
+    fix: bool,
+    history: ownership::History,
+) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut seen_files = BTreeSet::new();
+    let evidence = ownership::Evidence::gather(pids, history);
     for &pid in pids {
         let Ok(process) = procfs::process::Process::new(pid as i32) else {
             continue;
@@ -67,6 +81,7 @@ pub fn run(config: &Config, pids: &BTreeSet<u32>, fix: bool) -> Vec<Finding> {
                     subject: format!("/proc/{pid}/environ"),
                     detail: format!("cannot read its environment ({err}); secrets and endpoints are not checked"),
                     fixed: false,
+                    ownership: None,
                 });
                 HashMap::<OsString, OsString>::new()
             }
@@ -78,6 +93,7 @@ pub fn run(config: &Config, pids: &BTreeSet<u32>, fix: bool) -> Vec<Finding> {
             &environ,
             &config.watch.temp_dirs,
             fix,
+            &evidence,
             &mut seen_files,
         ));
         findings.extend(listeners::check(&process, config.egress.guard_port));

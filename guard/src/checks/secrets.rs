@@ -26,6 +26,7 @@ pub fn check(pid: u32, environ: &HashMap<OsString, OsString>, patterns: &[String
                     .into(),
             subject: name,
             fixed: false,
+            ownership: None,
         })
         .collect()
 }

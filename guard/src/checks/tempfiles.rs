@@ -2,6 +2,10 @@
 //! `TMPDIR`, /tmp and /var/tmp (seen through `/proc/<pid>/root`, so a systemd PrivateTmp is what
 //! is walked), and the files it holds open.
 //!
+//! Fixing touches only what the service owns, by evidence (`ownership`): a file it writes to,
+//! one in its private temp dir, or (the daemon) one the kernel saw it create. Another file of
+//! the same owner in a shared temp dir is reported, never changed.
+//!
 //! Fixing is race-safe: the file is opened with `O_NOFOLLOW`, checked again on the open fd (a
 //! regular file, the service's uid, the same inode that was walked), and only then `fchmod`ed.
 //! Symlinks are never followed and files of other uids are never touched.
@@ -17,7 +21,10 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
-use super::{Finding, Severity};
+use super::{
+    ownership::{Evidence, History, Ownership},
+    Finding, Severity,
+};
 
 const MAX_DEPTH: u32 = 3;
 const MAX_ENTRIES: usize = 5000;
@@ -42,6 +49,7 @@ struct Scope<'a> {
     uid: u32,
     root: &'a Path,
     fix: bool,
+    evidence: &'a Evidence,
 }
 
 pub fn check(
@@ -49,6 +57,7 @@ pub fn check(
     environ: &HashMap<OsString, OsString>,
     temp_dirs: &[String],
     fix: bool,
+    evidence: &Evidence,
     seen: &mut BTreeSet<(u64, u64)>,
 ) -> Vec<Finding> {
     let pid = process.pid as u32;
@@ -61,6 +70,7 @@ pub fn check(
         uid,
         root: &root,
         fix,
+        evidence,
     };
     let mut out = Vec::new();
     for dir in dirs(environ, temp_dirs) {
@@ -83,7 +93,11 @@ pub fn check(
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{}", fd.fd)) else {
                 continue;
             };
-            if let Some(finding) = judge(&scope, &path, &meta, "open_file", seen) {
+            // Held for writing: the service's own (its log, its temp file), whatever the walk
+            // would say. Held only for reading, the other proofs still count.
+            let held = super::ownership::held_as_its_own(pid, fd.fd)
+                .then_some(Ownership::HeldOpen { pid });
+            if let Some(finding) = judge(&scope, &path, &meta, "open_file", held, seen) {
                 out.push(finding);
             }
         }
@@ -133,23 +147,58 @@ fn walk(
         };
         if meta.file_type().is_dir() && depth > 0 {
             walk(scope, &path, depth - 1, budget, seen, out);
-        } else if let Some(finding) = judge(scope, &path, &meta, "temp_file", seen) {
+        } else if let Some(finding) = judge(scope, &path, &meta, "temp_file", None, seen) {
             out.push(finding);
         }
     }
 }
 
-/// Checks one new file under the service's temp directories (the daemon's inotify path).
-pub fn check_one(pid: u32, uid: u32, path: &Path, fix: bool) -> Option<Finding> {
+/// Checks one new file under the service's temp directories (the daemon's inotify path). The
+/// evidence of ownership is gathered from `pids` (every process of the service) only for a file
+/// that would be a finding at all.
+pub fn check_one(
+    pid: u32,
+    uid: u32,
+    path: &Path,
+    fix: bool,
+    pids: &BTreeSet<u32>,
+    history: History,
+) -> Option<Finding> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let meta = std::fs::symlink_metadata(inside(&root, path)).ok()?;
+    if !loose(&meta, uid) {
+        return None;
+    }
+    // The kernel's record first: a service making files fast then costs no /proc walk per file.
+    let created = match history {
+        History::Kernel => super::ownership::created_by_service(&meta),
+        History::None => None,
+    };
+    let evidence = if created.is_some() {
+        Evidence::empty(history)
+    } else {
+        Evidence::gather(pids, history)
+    };
     let scope = Scope {
         pid,
         uid,
         root: &root,
         fix,
+        evidence: &evidence,
     };
-    let meta = std::fs::symlink_metadata(inside(&root, path)).ok()?;
-    judge(&scope, path, &meta, "temp_file", &mut BTreeSet::new())
+    judge(
+        &scope,
+        path,
+        &meta,
+        "temp_file",
+        created,
+        &mut BTreeSet::new(),
+    )
+}
+
+/// A regular file of `uid` that others may read or write.
+fn loose(meta: &std::fs::Metadata, uid: u32) -> bool {
+    meta.file_type().is_file() && meta.uid() == uid && meta.mode() & 0o077 != 0
 }
 
 /// `path` (as the service sees it) below `root`.
@@ -162,9 +211,10 @@ fn judge(
     path: &Path,
     meta: &std::fs::Metadata,
     check: &'static str,
+    ownership: Option<Ownership>,
     seen: &mut BTreeSet<(u64, u64)>,
 ) -> Option<Finding> {
-    if !meta.file_type().is_file() || meta.uid() != scope.uid || meta.mode() & 0o077 == 0 {
+    if !loose(meta, scope.uid) {
         return None;
     }
     if !seen.insert((meta.dev(), meta.ino())) {
@@ -177,6 +227,7 @@ fn judge(
         .and_then(|e| e.to_str())
         .is_some_and(|e| CONFIG_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         || key_like(&real);
+    let ownership = ownership.unwrap_or_else(|| scope.evidence.of(scope.pid, path, meta));
     let mut detail = format!(
         "mode {mode:04o}: readable or writable by other users; it should be 0600{}",
         if high {
@@ -186,28 +237,47 @@ fn judge(
         }
     );
     let mut fixed = false;
-    if scope.fix {
+    if !ownership.proven() {
+        detail.push_str(&format!(
+            "; reported, not changed: not proven to be the service's (not held open for writing by it, not in \
+             its private temp dir, {})",
+            match scope.evidence.history() {
+                History::Kernel if super::created::active() => "not recorded as created by it",
+                History::Kernel => "and the created-files record is off on this kernel",
+                History::None => "and a one-shot check has no record of the files it created",
+            }
+        ));
+    } else if scope.fix {
         match fix_file(&real, scope.uid, meta.dev(), meta.ino()) {
             Ok(()) => {
                 fixed = true;
-                detail = format!("mode was {mode:04o}; set to 0600");
+                detail = format!(
+                    "mode was {mode:04o}; set to 0600 ({})",
+                    ownership.describe()
+                );
             }
-            Err(why) => detail.push_str(&format!("; not fixed: {why}")),
+            Err(why) => detail.push_str(&format!("; {}; not fixed: {why}", ownership.describe())),
         }
     } else {
-        detail.push_str("; `proxyguard check --fix` sets it");
+        detail.push_str(&format!(
+            "; {}; `proxyguard check --fix` sets it",
+            ownership.describe()
+        ));
     }
+    // A file only of the same owner may well be another tool's: one step less severe.
+    let severity = match (high, ownership.proven()) {
+        (true, true) => Severity::High,
+        (true, false) | (false, true) => Severity::Medium,
+        (false, false) => Severity::Low,
+    };
     Some(Finding {
         check,
-        severity: if high {
-            Severity::High
-        } else {
-            Severity::Medium
-        },
+        severity,
         pid: scope.pid,
         subject: path.display().to_string(),
         detail,
         fixed,
+        ownership: Some(ownership),
     })
 }
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, path::Path, process::ExitCode};
 use serde_json::json;
 
 use crate::{
-    checks::{self, Finding},
+    checks::{self, ownership::History, Finding},
     config::{Config, ConfigError, GuardedSection},
     guarded_pids,
     kernel::{self, cgroup},
@@ -16,8 +16,10 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Repair what can be repaired safely: temp and open files of the service get mode 0600
-    /// (never through a symlink, never a file of another user).
+    /// Repair what can be repaired safely: temp and open files proven to be the service's (it
+    /// holds them open for writing, or they are in its private temp dir) get mode 0600, never
+    /// through a symlink, never a file of another user. Other files of the same owner are
+    /// reported only.
     #[arg(long)]
     pub fix: bool,
     /// Audit this process instead of the configured service (no config file needed).
@@ -67,7 +69,9 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
         eprintln!("proxyguard: the service has no running processes; nothing to check");
         return Ok(ExitCode::from(2));
     }
-    let findings = checks::run(&config, &pids, args.fix);
+    // A one-shot has no record of the files the service created: only open files and private
+    // temp dirs prove a file its own.
+    let findings = checks::run(&config, &pids, args.fix, History::None);
     // Context, not findings: the rules in force and what this kernel offers.
     let rules = rules(&config);
     let features = kernel::probe_features();
@@ -78,6 +82,12 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
                 "pids": pids,
                 "findings": findings,
                 "fixed": findings.iter().filter(|f| f.fixed).count(),
+                "ownership_evidence": {
+                    "held_open": true,
+                    "private_tmp": true,
+                    "created_by_service": false,
+                    "note": CREATED_NOTE,
+                },
                 "rules": rules,
                 "kernel_features": features,
             })
@@ -92,6 +102,10 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
         ExitCode::SUCCESS
     })
 }
+
+/// Why `created_by_service` is never evidence here.
+const CREATED_NOTE: &str = "a one-shot check has no record of the files the service created; \
+     only the daemon's fix mode ([watch] temp_files = \"fix\") proves ownership that way";
 
 /// The bind and egress rules of the config, as the kernel enforces them.
 fn rules(config: &Config) -> serde_json::Value {
@@ -192,5 +206,10 @@ fn render(pids: &BTreeSet<u32>, findings: &[Finding]) -> String {
         findings.len(),
         findings.len() - open
     ));
+    if findings.iter().any(|f| f.ownership.is_some()) {
+        out.push_str(&format!(
+            "files are changed only when proven the service's (held open for writing, or in its private temp dir); {CREATED_NOTE}\n"
+        ));
+    }
     out
 }

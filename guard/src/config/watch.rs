@@ -22,7 +22,7 @@ pub struct WatchSection {
     /// root, so a systemd PrivateTmp is what is walked). `$TMPDIR` is its own TMPDIR.
     pub temp_dirs: Vec<String>,
     /// What to do with a temp file of the service that others may read: report it, or fix it
-    /// (mode 0600).
+    /// (mode 0600). Fix changes only files proven the service's (`checks::ownership`).
     pub temp_files: TempFiles,
     /// Seconds between full audits (environment, temp files, open files, listeners). New temp
     /// files are checked as they appear, whatever this says.

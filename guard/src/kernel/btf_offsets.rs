@@ -31,6 +31,13 @@ pub fn environ_offsets(vmlinux: &Path) -> Result<KernelOffsets, String> {
     })
 }
 
+/// `file.f_mode`, where the created-files programs find `FMODE_CREATED`.
+pub fn file_mode_offset(vmlinux: &Path) -> Result<u32, String> {
+    let btf = Btf::from_file(vmlinux)
+        .map_err(|err| format!("cannot read kernel BTF {}: {err}", vmlinux.display()))?;
+    offset_of(&btf, "file", &["f_mode"])
+}
+
 /// The byte offset of `path` (a chain of member names) inside `struct name`. Anonymous unions
 /// and structs on the way are searched through, as C lets a member be named across them.
 fn offset_of(btf: &Btf, name: &str, path: &[&str]) -> Result<u32, String> {
@@ -111,5 +118,7 @@ mod tests {
         );
         assert!(offsets.dentry_name > offsets.dentry_parent, "{offsets:?}");
         assert!(offsets.sb_magic > 0, "{offsets:?}");
+        let mode = file_mode_offset(vmlinux).expect("file.f_mode");
+        assert!(mode < 512 && mode != offsets.file_inode, "{mode}");
     }
 }

@@ -85,8 +85,17 @@ pub fn attach_tracepoints(
     ebpf: &mut Ebpf,
     pins: &PinDir,
 ) -> Result<Vec<AttachedProgram>, KernelError> {
+    attach_tracepoint_list(ebpf, pins, &TRACEPOINTS)
+}
+
+/// Attaches each `(program, syscalls event)` pair (detection only), pinned, or adopts pinned ones.
+pub fn attach_tracepoint_list(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    list: &[(&'static str, &str)],
+) -> Result<Vec<AttachedProgram>, KernelError> {
     let mut attached = Vec::new();
-    for (name, event) in TRACEPOINTS {
+    for &(name, event) in list {
         let target = format!("syscalls/{event}");
         let adopted_id = pins.adopt(name, &target);
         let adopted = adopted_id.is_some();

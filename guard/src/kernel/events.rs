@@ -196,11 +196,35 @@ pub async fn read_xdp_events(ring: RingBuf<MapData>) -> Result<(), KernelError> 
     .await
 }
 
+/// Feeds every created-files report into the daemon's record (no audit line: a creation by the
+/// service is not an event, only evidence for the fix mode).
+pub async fn read_created_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
+    read_records(
+        ring,
+        guard_common::created::MAP_CREATED_EVENTS,
+        super::created::on_event,
+    )
+    .await
+}
+
 /// Reads records of type `T` from `ring` until it closes, turning each into an audit line.
 async fn read_events<T: aya::Pod>(
     ring: RingBuf<MapData>,
     name: &'static str,
     record: impl Fn(&T) -> (&'static str, Map<String, Value>),
+) -> Result<(), KernelError> {
+    read_records(ring, name, |event: &T| {
+        let (kind, fields) = record(event);
+        audit::emit(kind, fields);
+    })
+    .await
+}
+
+/// Reads records of type `T` from `ring` until it closes, handing each to `handle`.
+async fn read_records<T: aya::Pod>(
+    ring: RingBuf<MapData>,
+    name: &'static str,
+    handle: impl Fn(&T),
 ) -> Result<(), KernelError> {
     let mut fd = register(ring).map_err(|source| KernelError::Reader { name, source })?;
     loop {
@@ -211,10 +235,7 @@ async fn read_events<T: aya::Pod>(
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             match guard_common::read_record::<T>(&item) {
-                Some(event) => {
-                    let (kind, fields) = record(&event);
-                    audit::emit(kind, fields);
-                }
+                Some(event) => handle(&event),
                 None => tracing::warn!(len = item.len(), "short record in {name}; dropped"),
             }
         }

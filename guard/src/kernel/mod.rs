@@ -6,6 +6,7 @@ mod btf_offsets;
 pub mod capacity;
 pub mod cgroup;
 mod cgroup_programs;
+mod created;
 mod egress;
 mod environ;
 mod error;
@@ -20,6 +21,7 @@ use aya::{maps::RingBuf, Ebpf, EbpfLoader};
 use serde::Serialize;
 
 pub use bind::BindStats;
+pub use created::CreatedStats;
 pub use egress::EgressStats;
 pub use environ::EnvironStats;
 pub use error::KernelError;
@@ -63,6 +65,7 @@ pub struct Counters {
     pub xdp: XdpStats,
     pub egress: EgressStats,
     pub environ: EnvironStats,
+    pub created_files: CreatedStats,
 }
 
 /// The counters as last read by the daemon's loop, for the metrics endpoint (which runs on the
@@ -188,9 +191,19 @@ impl Kernel {
             // A watch that cannot attach (no tracefs, say) leaves the other families running.
             match start_watch(&mut ebpf, &pins, config, &mut features) {
                 Ok((attached, watch)) => {
-                    programs.extend(attached);
+                    programs.extend(attached.iter().cloned());
                     let ring = take_ring(&mut ebpf, guard_common::environ::MAP_ENVIRON_EVENTS)?;
                     tokio::spawn(report("environ events", events::read_environ_events(ring)));
+                    if attached
+                        .iter()
+                        .any(|p| p.name == guard_common::created::PROG_CREATED_OPENAT)
+                    {
+                        let ring = take_ring(&mut ebpf, guard_common::created::MAP_CREATED_EVENTS)?;
+                        tokio::spawn(report(
+                            "created-files events",
+                            events::read_created_events(ring),
+                        ));
+                    }
                     Some(watch)
                 }
                 Err(err) => {
@@ -355,24 +368,39 @@ impl Kernel {
             xdp: xdp::stats(&self.ebpf)?,
             egress: egress::stats(&self.ebpf)?,
             environ: environ::stats(&self.ebpf)?,
+            created_files: created::stats(&self.ebpf)?,
         })
     }
 }
 
-/// Fills the environ maps, then attaches the LSM program where BPF LSM works, else the
-/// tracepoints. A refused LSM is folded into the `bpf-lsm` feature entry and detection goes on.
+/// The environ watch, then the created-files record, which reads the watch's guarded task set.
 fn start_watch(
     ebpf: &mut Ebpf,
     pins: &pins::PinDir,
     config: &Config,
+    features: &mut Vec<Feature>,
+) -> Result<(Vec<AttachedProgram>, environ::Watch), KernelError> {
+    // The offsets serve every layer: the LSM program, the tracepoints' dirfd resolution, and the
+    // created-files programs' fd-table reads.
+    let offsets = btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux"));
+    let (mut programs, watch) = start_environ(ebpf, pins, config, features, offsets.clone())?;
+    programs.extend(created::start(ebpf, pins, offsets, features));
+    Ok((programs, watch))
+}
+
+/// Fills the environ maps, then attaches the LSM program where BPF LSM works, else the
+/// tracepoints. A refused LSM is folded into the `bpf-lsm` feature entry and detection goes on.
+fn start_environ(
+    ebpf: &mut Ebpf,
+    pins: &pins::PinDir,
+    config: &Config,
     features: &mut [Feature],
+    offsets: Result<guard_common::environ::KernelOffsets, String>,
 ) -> Result<(Vec<AttachedProgram>, environ::Watch), KernelError> {
     let mut watch = environ::Watch {
         root: cgroup::cgroup2_root().ok(),
         ..Default::default()
     };
-    // The offsets serve both layers: the LSM program, and the tracepoints' dirfd resolution.
-    let offsets = btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux"));
     let lsm = features.iter_mut().find(|f| f.name == "bpf-lsm");
     let lsm_offsets = match (lsm, &offsets) {
         (Some(lsm), Ok(offsets)) if lsm.available => Some(*offsets),

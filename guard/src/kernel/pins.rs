@@ -41,6 +41,9 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::environ::MAP_ENVIRON_ALLOWED,
     guard_common::environ::MAP_ENVIRON_EVENTS,
     guard_common::environ::MAP_ENVIRON_STATS,
+    guard_common::created::MAP_CREATED_CONFIG,
+    guard_common::created::MAP_CREATED_EVENTS,
+    guard_common::created::MAP_CREATED_STATS,
 ];
 
 pub struct PinDir {

@@ -1,0 +1,60 @@
+//! Files the guarded service created: on the way out of `openat`/`openat2`, a guarded task's new
+//! fd is looked up in its fd table, and when the open created the file (`FMODE_CREATED` in the
+//! file's `f_mode`) its inode and device are sent to user space. The daemon's fix mode takes
+//! that as proof that the file is the service's own (owner alone is not: many services run as
+//! root, and so do the tools whose files share /tmp with them).
+
+use crate::environ::KernelOffsets;
+
+pub const PROG_CREATED_OPENAT: &str = "created_openat";
+pub const PROG_CREATED_OPENAT2: &str = "created_openat2";
+
+/// `Array` of one [`CreatedConfig`].
+pub const MAP_CREATED_CONFIG: &str = "CREATED_CONFIG";
+/// Ring buffer of [`CreatedEvent`].
+pub const MAP_CREATED_EVENTS: &str = "CREATED_EVENTS";
+/// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
+pub const MAP_CREATED_STATS: &str = "CREATED_STATS";
+
+pub const CREATED_EVENTS_BYTES: u32 = 64 * 1024;
+
+/// Files created by guarded tasks and sent to user space.
+pub const STAT_RECORDED: u32 = 0;
+/// Creations the ring buffer had no room for (user space fell behind).
+pub const STAT_EVENTS_LOST: u32 = 1;
+pub const STAT_COUNT: u32 = 2;
+
+/// `FMODE_CREATED` in `include/linux/fs.h`: bit 20 both before and after the fmode bits were
+/// reordered (6.9). It travels in the config, so a kernel that moves it again needs no rebuild.
+pub const FMODE_CREATED: u32 = 1 << 20;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreatedConfig {
+    /// The fd-table and inode offsets, as for the environ watch.
+    pub offsets: KernelOffsets,
+    /// `file.f_mode`; 0 turns the recording off.
+    pub file_mode: u32,
+    /// The `FMODE_CREATED` bit.
+    pub fmode_created: u32,
+}
+
+/// One file created by a guarded task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CreatedEvent {
+    pub tgid: u32,
+    pub pid: u32,
+    pub ino: u64,
+    /// The kernel's `MKDEV(major, minor)` (major shifted by 20), as in [`crate::environ::ExeId`].
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    #![allow(unsafe_code)]
+    // SAFETY: `#[repr(C)]` integers with explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for super::CreatedConfig {}
+    unsafe impl aya::Pod for super::CreatedEvent {}
+}
