@@ -29,6 +29,9 @@ pub enum ConfigCommand {
         /// A root-only file with the upstream's own key (proxy.upstream_key_file).
         #[arg(long, value_name = "FILE")]
         upstream_key_file: Option<PathBuf>,
+        /// The systemd unit of the LLM proxy to guard, like litellm.service (guarded.unit).
+        #[arg(long, value_name = "UNIT")]
+        guarded_unit: Option<String>,
     },
     /// Validate the config. Each error names its field path and line.
     Check,
@@ -42,6 +45,7 @@ pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Re
             listen,
             upstream,
             upstream_key_file,
+            guarded_unit,
         } => {
             let path = path.unwrap_or_else(|| config_path.to_owned());
             let options = InitOptions {
@@ -49,6 +53,7 @@ pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Re
                 listen,
                 upstream,
                 upstream_key_file,
+                guarded_unit,
             };
             config::write_initial(&path, &options)?;
             if json {

@@ -21,6 +21,8 @@ pub struct InitOptions {
     pub listen: Option<std::net::SocketAddr>,
     pub upstream: Option<String>,
     pub upstream_key_file: Option<std::path::PathBuf>,
+    /// `guarded.unit`, when given.
+    pub guarded_unit: Option<String>,
 }
 
 /// The template with the options filled in, comments kept.
@@ -30,10 +32,17 @@ fn render(options: &InitOptions) -> String {
         &options.upstream,
         &options.upstream_key_file,
     );
-    if listen.is_none() && upstream.is_none() && key_file.is_none() {
+    if listen.is_none()
+        && upstream.is_none()
+        && key_file.is_none()
+        && options.guarded_unit.is_none()
+    {
         return TEMPLATE.to_owned();
     }
     let mut doc: toml_edit::DocumentMut = TEMPLATE.parse().expect("the template is valid TOML");
+    if let Some(unit) = &options.guarded_unit {
+        doc["guarded"]["unit"] = toml_edit::value(unit.as_str());
+    }
     let proxy = &mut doc["proxy"];
     if let Some(listen) = listen {
         proxy["listen"] = toml_edit::value(listen.to_string());
@@ -146,6 +155,7 @@ mod tests {
             listen: Some("127.0.0.1:8443".parse().unwrap()),
             upstream: Some("http://127.0.0.1:4001".into()),
             upstream_key_file: Some("/etc/proxyguard/upstream.key".into()),
+            guarded_unit: Some("litellm.service".into()),
             ..InitOptions::default()
         };
         let text = render(&options);
@@ -157,6 +167,7 @@ mod tests {
         assert_eq!(config.proxy.listen, options.listen.unwrap());
         assert_eq!(config.proxy.upstream, "http://127.0.0.1:4001");
         assert_eq!(config.proxy.upstream_key_file, options.upstream_key_file);
+        assert_eq!(config.guarded.unit.as_deref(), Some("litellm.service"));
     }
 
     #[test]
