@@ -119,6 +119,8 @@ bad_reload_keeps_the_old_config() {
     local pid
     pid=$(main_pid)
     cp "$CONFIG" /root/good.toml
+    # Whatever happens below, the next steps start from the good file.
+    trap 'cp /root/good.toml "$CONFIG"; systemctl is-active -q proxyguard || systemctl restart proxyguard' EXIT
     # The crafted log level that once panicked tracing-subscriber's parser (issue 19).
     python3 - "$CONFIG" <<'PY'
 import re, sys
@@ -140,7 +142,7 @@ PY
     expect_eperm 4001
     cp /root/good.toml "$CONFIG"
     systemctl reload proxyguard
-    echo "refused, pid $pid still serving the old config"
+    echo "refused by config check, systemctl reload and SIGHUP; pid $pid still serving the old config"
 }
 
 kill_9_restarts_and_adopts() {
