@@ -25,13 +25,13 @@ pub enum KernelError {
         kind: &'static str,
         name: &'static str,
     },
-    #[error("cannot load program `{name}`: {source}")]
+    #[error("cannot load program `{name}`: {}", chain(source))]
     LoadProgram {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot attach program `{name}` to {target}: {source}")]
+    #[error("cannot attach program `{name}` to {target}: {}", chain(source))]
     Attach {
         name: &'static str,
         target: String,
@@ -92,6 +92,22 @@ pub enum KernelError {
         cause: Box<KernelError>,
         maps: Vec<&'static str>,
     },
+}
+
+/// An error with its sources, `outer: inner: errno`: aya's program errors keep the system call's
+/// errno (the part an operator needs, EACCES against EPERM, say) one level down.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
 }
 
 /// Why bpf(2) may be refused here. EPERM comes from missing capabilities or from a seccomp filter

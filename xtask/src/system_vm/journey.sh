@@ -93,7 +93,9 @@ status_shows_programs() {
     local lsm
     lsm=$(status_get 'sum(1 for p in s["programs"] if "lsm" in p["hook"].lower())')
     [ "$lsm" -ge 1 ] || die "no LSM program attached; unavailable: $(status_get 's["unavailable"]')"
-    echo "attached: $names"
+    local unavailable
+    unavailable=$(status_get '"; ".join(f["name"] + ": " + f["detail"] for f in s["unavailable"]) or "none"')
+    echo "attached: $names; unavailable: $unavailable; kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid)"
 }
 
 bind_rule_denies() {
