@@ -73,4 +73,19 @@ pub enum KernelError {
         #[source]
         source: aya::BtfError,
     },
+    #[error("cannot read the maps of the embedded eBPF object: {source}")]
+    Object {
+        #[source]
+        source: super::manifest::ManifestError,
+    },
+    #[error("cannot swap the program of the pinned link {}: {source}", path.display())]
+    Replace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot update the pinned state at {}: {source} (the old programs stay in force; is bpffs mounted and writable?)", path.display())]
+    PinState {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
