@@ -14,9 +14,7 @@ use std::{
     path::Path,
 };
 
-/// `enum bpf_cmd` values from the kernel's uapi `linux/bpf.h`.
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 30;
+use aya_obj::generated::bpf_cmd::{self, BPF_LINK_UPDATE, BPF_OBJ_GET};
 
 /// The `BPF_OBJ_GET` member of `union bpf_attr`.
 #[repr(C)]
@@ -64,13 +62,13 @@ pub fn replace_program(pin: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
     bpf(BPF_LINK_UPDATE, &mut update).map(drop)
 }
 
-fn bpf<A: Attr>(cmd: libc::c_long, attr: &mut A) -> io::Result<i32> {
+fn bpf<A: Attr>(cmd: bpf_cmd, attr: &mut A) -> io::Result<i32> {
     // SAFETY: `attr` is a live, zero-padded `repr(C)` prefix of `union bpf_attr` for `cmd`, and
     // the size passed is its own; any pointer in it (a path) outlives the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             attr as *mut A,
             std::mem::size_of::<A>() as libc::c_uint,
         )
