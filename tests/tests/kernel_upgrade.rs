@@ -50,45 +50,74 @@ impl Drop for Pins {
     }
 }
 
-/// Tries `bind(0.0.0.0:port)` every 2 ms until stopped; counts refusals and successes.
-struct BindLoop {
+/// Tries an operation every 2 ms until stopped; counts refusals (EPERM) and successes.
+struct Attempts {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(u64, u64, Vec<Errno>)>>,
+    thread: Option<JoinHandle<Tally>>,
 }
 
-impl BindLoop {
-    fn start(port: u16) -> BindLoop {
+#[derive(Debug, Default)]
+struct Tally {
+    refused: u64,
+    succeeded: u64,
+    other: Vec<Errno>,
+}
+
+impl Attempts {
+    fn start(attempt: impl Fn() -> Result<(), Errno> + Send + 'static) -> Attempts {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (mut refused, mut succeeded, mut other) = (0, 0, Vec::new());
+            let mut tally = Tally::default();
             while !flag.load(Ordering::Relaxed) {
-                match net::try_bind(wildcard(port)) {
-                    Err(Errno::EPERM) => refused += 1,
-                    Ok(()) => succeeded += 1,
-                    Err(errno) => other.push(errno),
+                match attempt() {
+                    Err(Errno::EPERM) => tally.refused += 1,
+                    Ok(()) => tally.succeeded += 1,
+                    Err(errno) => tally.other.push(errno),
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
-            (refused, succeeded, other)
+            tally
         });
-        BindLoop {
+        Attempts {
             stop,
             thread: Some(thread),
         }
     }
 
-    /// Stops the loop: (refused, succeeded, other errors).
-    fn finish(mut self) -> (u64, u64, Vec<Errno>) {
+    /// A loop of forbidden binds to `0.0.0.0:port`.
+    fn bind(port: u16) -> Attempts {
+        Attempts::start(move || net::try_bind(wildcard(port)))
+    }
+
+    /// A loop of opens of `pid`'s environ, from this (not allowed) process.
+    fn read_environ(pid: u32) -> Attempts {
+        let path = format!("/proc/{pid}/environ");
+        Attempts::start(move || {
+            std::fs::File::open(&path)
+                .map(drop)
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })
+    }
+
+    fn finish(mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
 }
 
-impl Drop for BindLoop {
+impl Drop for Attempts {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+fn lsm_available(ready: &Value) -> bool {
+    ready["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "bpf-lsm" && f["available"] == true)
 }
 
 /// (program, target) → program id, from a `ready` record.
@@ -162,17 +191,29 @@ fn another_objects_programs_are_replaced_while_a_forbidden_bind_never_succeeds()
     older["object"] = Value::from("0".repeat(64));
     write_manifest(&pin_dir, &older);
 
-    let attempts = BindLoop::start(port);
+    let binds = Attempts::bind(port);
+    let reads = Attempts::read_environ(guarded.pid());
     let mut second = Daemon::start_full(&config, &[], None, pin_dir.clone());
     // Some more tries once the new daemon is up.
     std::thread::sleep(Duration::from_millis(100));
-    let (refused, succeeded, other) = attempts.finish();
+    let (binds, reads) = (binds.finish(), reads.finish());
     assert_eq!(
-        succeeded, 0,
-        "the forbidden bind succeeded {succeeded} times during the upgrade"
+        binds.succeeded, 0,
+        "the forbidden bind succeeded during the upgrade: {binds:?}"
     );
-    assert!(other.is_empty(), "unexpected bind errors: {other:?}");
-    assert!(refused > 0, "the loop never ran");
+    assert!(binds.other.is_empty(), "unexpected bind errors: {binds:?}");
+    assert!(binds.refused > 0, "the loop never ran");
+    let refused = binds.refused;
+    // Where BPF LSM works (the VM), the environ stays closed to other processes throughout too;
+    // here it is only watched, and the reads succeed.
+    if lsm_available(&second.ready) {
+        assert_eq!(
+            (reads.succeeded, reads.other.len()),
+            (0, 0),
+            "an environ read got through during the upgrade: {reads:?}"
+        );
+        assert!(reads.refused > 0);
+    }
 
     let programs = second.ready["programs"].as_array().unwrap().clone();
     assert!(
@@ -258,12 +299,16 @@ fn a_pinned_map_of_another_layout_is_recreated_not_adopted() {
     )
     .expect("pin a map of another layout");
 
-    let attempts = BindLoop::start(port);
+    let binds = Attempts::bind(port);
     let mut second = Daemon::start_full(&config, &[], None, pin_dir.clone());
     std::thread::sleep(Duration::from_millis(50));
-    let (refused, succeeded, _) = attempts.finish();
-    assert_eq!(succeeded, 0, "the forbidden bind succeeded during the swap");
-    assert!(refused > 0);
+    let binds = binds.finish();
+    assert_eq!(
+        binds.succeeded, 0,
+        "the forbidden bind succeeded during the swap: {binds:?}"
+    );
+    assert!(binds.refused > 0);
+    let refused = binds.refused;
     let programs = second.ready["programs"].as_array().unwrap().clone();
     assert!(
         programs.iter().all(|p| p["replaced"] == true),
