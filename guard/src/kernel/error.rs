@@ -83,7 +83,7 @@ pub enum KernelError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot update the pinned state at {}: {source} (the old programs stay in force; is bpffs mounted and writable?)", path.display())]
+    #[error("cannot update the pinned state at {}: {source} (is bpffs mounted and writable? The next start replaces the pinned programs again)", path.display())]
     PinState {
         path: PathBuf,
         source: std::io::Error,
