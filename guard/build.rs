@@ -13,5 +13,8 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../guard-common/src")
     );
+    // A stamp makes a differing object from the same sources (for the upgrade test); the kernel
+    // crate reads it with option_env!, so its build inherits it from here.
+    println!("cargo:rerun-if-env-changed=PROXYGUARD_OBJECT_STAMP");
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

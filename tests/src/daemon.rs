@@ -248,9 +248,9 @@ impl Daemon {
 }
 
 /// Removes a pin directory the way `run --detach-kernel` does: links first (which detaches the
-/// programs), then maps.
+/// programs), then staged pins and maps, then the manifest.
 pub fn remove_pins(pin_dir: &std::path::Path) {
-    for sub in ["links", "maps"] {
+    for sub in ["links", "staging", "maps"] {
         if let Ok(entries) = std::fs::read_dir(pin_dir.join(sub)) {
             for entry in entries.flatten() {
                 let _ = std::fs::remove_file(entry.path());
@@ -258,6 +258,7 @@ pub fn remove_pins(pin_dir: &std::path::Path) {
         }
         let _ = std::fs::remove_dir(pin_dir.join(sub));
     }
+    let _ = std::fs::remove_file(pin_dir.join("manifest"));
     let _ = std::fs::remove_dir(pin_dir);
 }
 

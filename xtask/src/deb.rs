@@ -25,12 +25,48 @@ pub const INSTALLED: &[&str] = &[
 
 /// Builds the release binary and the package; returns the .deb's path.
 pub fn run() -> Result<PathBuf> {
+    run_with(None)
+}
+
+/// As [`run`]; with a `stamp`, the kernel object carries it (`PROXYGUARD_OBJECT_STAMP`), so it
+/// differs from an unstamped build's, and the package is version `X+STAMP`, which dpkg takes for
+/// an upgrade of `X`: the VM's upgrade test installs it over the plain package. A stamped build
+/// has a target dir of its own (`target/stamped`), so the main build is not invalidated.
+pub fn run_with(stamp: Option<&str>) -> Result<PathBuf> {
+    if let Some(stamp) = stamp {
+        if stamp.is_empty() || !stamp.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+            bail!("a stamp is letters, digits and dots (it goes into a Debian version): {stamp:?}");
+        }
+    }
+    let target = match stamp {
+        Some(_) => build::target_dir().join("stamped"),
+        None => build::target_dir(),
+    };
+    // A first stamped build starts from a copy of the main release build, so only the crates the
+    // stamp touches are rebuilt, not every dependency.
+    let main_release = build::target_dir().join("release");
+    if stamp.is_some() && !target.join("release").exists() && main_release.is_dir() {
+        fs::create_dir_all(&target)?;
+        cmd::run(Command::new("cp").arg("-a").arg(&main_release).arg(&target))?;
+    }
     // The binary alone: release-building the test crates would only cost time.
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "proxyguard"]))?;
-    let binary = build::target_dir().join("release/proxyguard");
-    let root = build::target_dir().join("deb/root");
+    let mut cargo = cmd::cargo();
+    cargo
+        .args(["build", "--release", "-p", "proxyguard", "--target-dir"])
+        .arg(&target);
+    match stamp {
+        Some(stamp) => cargo.env("PROXYGUARD_OBJECT_STAMP", stamp),
+        None => cargo.env_remove("PROXYGUARD_OBJECT_STAMP"),
+    };
+    cmd::run(&mut cargo)?;
+    let binary = target.join("release/proxyguard");
+    let version = match stamp {
+        Some(stamp) => format!("{}+{stamp}", env!("CARGO_PKG_VERSION")),
+        None => env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let root = build::target_dir().join(format!("deb/root-{version}"));
     let _ = fs::remove_dir_all(&root);
-    let version = env!("CARGO_PKG_VERSION");
+    let version = version.as_str();
 
     install(&binary, &root.join("usr/bin/proxyguard"), 0o755)?;
     write(
@@ -76,6 +112,7 @@ pub fn run() -> Result<PathBuf> {
     )?;
     write(&debian.join("postinst"), POSTINST, 0o755)?;
     write(&debian.join("prerm"), PRERM, 0o755)?;
+    write(&debian.join("postrm"), POSTRM, 0o755)?;
 
     let deb = build::target_dir().join(format!("deb/proxyguard_{version}_amd64.deb"));
     cmd::run(
@@ -149,35 +186,92 @@ fn control(version: &str) -> String {
     )
 }
 
-const POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n    systemctl daemon-reload || true\nfi\n";
+/// On configure: reload the units, drop a purge stash left by an earlier removal, and on an
+/// upgrade (`$2` is the version configured before) restart the running service on the new
+/// binary. The new daemon replaces the pinned programs in place, so enforcement never lapses; a
+/// stopped service stays stopped (`try-restart`), and a first install starts nothing
+/// (`systemctl enable --now proxyguard` is the operator's call).
+const POSTINST: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    rm -rf /var/lib/proxyguard/purge
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+        if [ -n "$2" ]; then
+            systemctl try-restart proxyguard.service || true
+        fi
+    fi
+fi
+"#;
 
-/// Stops the service on removal. Pinned kernel state stays until `proxyguard run --detach-kernel`,
-/// so removing the package never silently drops enforcement.
-const PRERM: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then\n    systemctl stop proxyguard.service || true\nfi\n";
+/// Stops the service on removal, never on upgrade (`$1` is `upgrade` then: the daemon keeps
+/// running until postinst restarts it on the new binary). Pinned kernel state stays after a
+/// removal, so removing the package never silently drops enforcement; the binary and the config
+/// are kept aside in `/var/lib/proxyguard/purge` for a later purge.
+const PRERM: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = remove ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl stop proxyguard.service || true
+    fi
+    mkdir -p -m 0700 /var/lib/proxyguard/purge
+    cp /usr/bin/proxyguard /var/lib/proxyguard/purge/proxyguard
+    if [ -f /etc/proxyguard/proxyguard.toml ]; then
+        cp -p /etc/proxyguard/proxyguard.toml /var/lib/proxyguard/purge/proxyguard.toml
+    fi
+fi
+"#;
 
-/// TEMPORARY until the stamped build lands: the same package under a higher version.
-pub fn upgrade_package(first: &Path) -> Result<PathBuf> {
-    let work = build::target_dir().join("deb/upgrade");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-    let tree = work.join("tree");
-    cmd::run(Command::new("dpkg-deb").arg("-R").arg(first).arg(&tree))?;
-    let control = tree.join("DEBIAN/control");
-    let text = fs::read_to_string(&control)?;
-    let version = env!("CARGO_PKG_VERSION");
-    fs::write(
-        &control,
-        text.replace(
-            &format!("Version: {version}\n"),
-            &format!("Version: {version}+upgrade\n"),
-        ),
-    )?;
-    let deb = work.join(format!("proxyguard_{version}+upgrade_amd64.deb"));
-    cmd::run(
-        Command::new("dpkg-deb")
-            .args(["--root-owner-group", "-Zxz", "--build"])
-            .arg(&tree)
-            .arg(&deb),
-    )?;
-    Ok(deb)
+/// On purge: `proxyguard run --detach-kernel` with the config the daemon ran on (from the stash:
+/// dpkg has removed the binary and the conffile by now), which detaches the kernel programs and
+/// removes their pins; then the stash and the unit's enablement go.
+const POSTRM: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = purge ]; then
+    stash=/var/lib/proxyguard/purge
+    if [ -x "$stash/proxyguard" ]; then
+        config="$stash/proxyguard.toml"
+        [ -f "$config" ] || config=/etc/proxyguard/proxyguard.toml
+        "$stash/proxyguard" run --detach-kernel --config "$config" >/dev/null ||
+            echo "proxyguard: the kernel programs were not detached; remove the pin directory (default /sys/fs/bpf/proxyguard) by hand" >&2
+    fi
+    rm -rf "$stash"
+    rmdir /var/lib/proxyguard 2>/dev/null || true
+    rm -f /etc/systemd/system/multi-user.target.wants/proxyguard.service
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+    fi
+fi
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintainer_scripts_are_valid_sh() {
+        for (name, script) in [("postinst", POSTINST), ("prerm", PRERM), ("postrm", POSTRM)] {
+            let out = Command::new("sh")
+                .args(["-n", "-c", script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn an_upgrade_restarts_and_only_a_purge_detaches() {
+        // prerm stops the service for `remove` alone; `upgrade` leaves it running.
+        assert!(PRERM.contains("if [ \"$1\" = remove ]; then"));
+        assert_eq!(PRERM.matches("systemctl stop").count(), 1);
+        // postinst restarts a running service when there was an earlier version.
+        assert!(POSTINST.contains("if [ -n \"$2\" ]; then\n            systemctl try-restart"));
+        assert!(!POSTINST.contains("detach-kernel") && !PRERM.contains("detach-kernel"));
+        assert!(POSTRM.contains("if [ \"$1\" = purge ]; then"));
+        assert!(POSTRM.contains("run --detach-kernel --config \"$config\""));
+    }
 }

@@ -40,7 +40,12 @@ enum Command {
     /// Regenerate docs/configuration.md from the config template (a unit test checks it).
     Docs,
     /// Build the release binary and a .deb of it (binary, unit, default config, completions).
-    Deb,
+    Deb {
+        /// Stamp the kernel object (so it differs from an unstamped build's) and version the
+        /// package X+STAMP, an upgrade of X: for the upgrade test. Builds in target/stamped.
+        #[arg(long, value_name = "STAMP")]
+        stamp: Option<String>,
+    },
     /// Set up and build, then run `proxyguard run` on the embedded default config.
     Run {
         /// Extra arguments for `proxyguard run`, after `--`.
@@ -122,9 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build::workspace(release)
         }
         Command::Docs => docs::run(),
-        Command::Deb => {
+        Command::Deb { stamp } => {
             setup::run()?;
-            let deb = deb::run()?;
+            let deb = deb::run_with(stamp.as_deref())?;
             println!("deb: {}", deb::inspect(&deb)?);
             Ok(())
         }

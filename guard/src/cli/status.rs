@@ -36,6 +36,8 @@ fn render(status: &Value) -> String {
     for p in programs {
         let adopted = if p["adopted"] == true {
             "  (adopted from pins)"
+        } else if p["replaced"] == true {
+            "  (replaced the pinned program of another build)"
         } else {
             ""
         };

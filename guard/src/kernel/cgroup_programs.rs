@@ -1,16 +1,21 @@
 //! Loading and attaching cgroup `sock_addr` programs at the cgroup v2 root.
 
-use std::{fs::File, path::Path};
+use std::{fs::File, os::fd::AsFd, path::Path};
 
 use aya::{
     programs::{links::CgroupAttachMode, CgroupSockAddr},
     Ebpf,
 };
 
-use super::{pins::PinDir, AttachedProgram, KernelError};
+use super::{
+    link_update,
+    pins::{PinDir, Pinned},
+    AttachedProgram, KernelError,
+};
 
-/// Attaches each `(program, hook)` to `root` through a pinned BPF link, or adopts the link an
-/// earlier daemon pinned.
+/// Attaches each `(program, hook)` to `root` through a pinned BPF link, adopts the link an
+/// earlier daemon of the same object pinned, or swaps this object's program into the link
+/// another object's daemon pinned (`BPF_LINK_UPDATE`: the hook is never empty).
 ///
 /// A link attachment always coexists with other programs on the same hook (systemd's socket-bind
 /// and IP filters among them), and the kernel insists on flags 0 for it: that is aya's `Single`.
@@ -29,19 +34,40 @@ pub fn attach(
     let mut attached = Vec::new();
     for (name, hook) in programs {
         let name = *name;
-        let adopted_id = pins.adopt(name, &target);
-        let adopted = adopted_id.is_some();
-        if !adopted {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(KernelError::Missing {
-                    kind: "program",
-                    name,
-                })?;
-            program
-                .load()
+        let pinned = pins.pinned(name, &target);
+        if let Pinned::Adopt { program_id } = pinned {
+            attached.push(AttachedProgram {
+                name,
+                hook,
+                target: target.clone(),
+                mode,
+                adopted: true,
+                replaced: false,
+                program_id: Some(program_id),
+            });
+            continue;
+        }
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(KernelError::Missing {
+            kind: "program",
+            name,
+        })?;
+        program
+            .load()
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        let replaced = matches!(pinned, Pinned::Replace { .. });
+        if replaced {
+            // The link stays where it is, with its place among other programs on the hook; only
+            // its program changes, in one step.
+            let fd = program
+                .fd()
                 .map_err(|source| KernelError::LoadProgram { name, source })?;
+            let path = pins.link_path(name, &target);
+            link_update::replace_program(&path, fd.as_fd())
+                .map_err(|source| KernelError::Replace { path, source })?;
+        } else {
             let link_id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Attach {
@@ -59,8 +85,9 @@ pub fn attach(
             hook,
             target: target.clone(),
             mode,
-            adopted,
-            adopted_id,
+            adopted: false,
+            replaced,
+            program_id: program.info().ok().map(|i| i.id()),
         });
     }
     Ok(attached)

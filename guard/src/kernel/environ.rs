@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::{
     maps::{self, HashStep, SlotStep},
-    pins::PinDir,
+    pins::{PinDir, Pinned},
     AttachedProgram, KernelError,
 };
 use crate::config::WatchSection;
@@ -44,7 +44,9 @@ pub struct Watch {
     pub allowed: BTreeSet<ExeId>,
 }
 
-/// Attaches the LSM program, pinned, or adopts the pinned one.
+/// Attaches the LSM program, pinned, or adopts the pinned one. Another object's pinned program
+/// is replaced by attaching the new one first and then unpinning the old (tracing links cannot
+/// swap their program), so some opens in between meet both.
 pub fn attach_lsm(
     ebpf: &mut Ebpf,
     pins: &PinDir,
@@ -52,35 +54,50 @@ pub fn attach_lsm(
 ) -> Result<AttachedProgram, KernelError> {
     let name = PROG_ENVIRON_FILE_OPEN;
     let target = "file_open";
-    let adopted_id = pins.adopt(name, target);
-    let adopted = adopted_id.is_some();
-    if !adopted {
-        let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
-        let program: &mut Lsm = program(ebpf, name)?;
-        program
-            .load(target, &btf)
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
-        let id = program.attach().map_err(|source| KernelError::Attach {
-            name,
-            target: target.into(),
-            source,
-        })?;
-        let link = program
-            .take_link(id)
-            .map_err(|source| KernelError::TakeLink { name, source })?;
-        pins.pin(FdLink::from(link), name, target)?;
-    }
-    Ok(AttachedProgram {
+    let pinned = pins.pinned(name, target);
+    let mut out = AttachedProgram {
         name,
         hook: "lsm/file_open",
         target: target.into(),
         mode: config.mode.as_str(),
-        adopted,
-        adopted_id,
-    })
+        adopted: false,
+        replaced: matches!(pinned, Pinned::Replace { .. }),
+        program_id: None,
+    };
+    if let Pinned::Adopt { program_id } = pinned {
+        out.adopted = true;
+        out.program_id = Some(program_id);
+        return Ok(out);
+    }
+    let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
+    let program: &mut Lsm = program(ebpf, name)?;
+    program
+        .load(target, &btf)
+        .map_err(|source| KernelError::LoadProgram { name, source })?;
+    let id = program.attach().map_err(|source| KernelError::Attach {
+        name,
+        target: target.into(),
+        source,
+    })?;
+    let link = FdLink::from(
+        program
+            .take_link(id)
+            .map_err(|source| KernelError::TakeLink { name, source })?,
+    );
+    if out.replaced {
+        pins.pin_over(link, name, target)?;
+    } else {
+        pins.pin(link, name, target)?;
+    }
+    // Only now may the old link go (the pin no longer holds it).
+    drop(pinned);
+    out.program_id = program.info().ok().map(|i| i.id());
+    Ok(out)
 }
 
 /// Attaches the two `openat` tracepoints (detection only), pinned, or adopts pinned ones.
+/// Another object's are replaced as the LSM program is: the new one attached, then the old one
+/// unpinned (a perf link cannot swap its program).
 pub fn attach_tracepoints(
     ebpf: &mut Ebpf,
     pins: &PinDir,
@@ -97,33 +114,46 @@ pub fn attach_tracepoint_list(
     let mut attached = Vec::new();
     for &(name, event) in list {
         let target = format!("syscalls/{event}");
-        let adopted_id = pins.adopt(name, &target);
-        let adopted = adopted_id.is_some();
-        if !adopted {
-            let program: &mut TracePoint = program(ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| KernelError::LoadProgram { name, source })?;
-            let id = program
-                .attach("syscalls", event)
-                .map_err(|source| KernelError::Attach {
-                    name,
-                    target: target.clone(),
-                    source,
-                })?;
-            let link = program
-                .take_link(id)
-                .map_err(|source| KernelError::TakeLink { name, source })?;
-            pins.pin_link(link, name, &target)?;
-        }
-        attached.push(AttachedProgram {
+        let pinned = pins.pinned(name, &target);
+        let mut out = AttachedProgram {
             name,
             hook: "tracepoint",
-            target,
+            target: target.clone(),
             mode: "detect",
-            adopted,
-            adopted_id,
-        });
+            adopted: false,
+            replaced: matches!(pinned, Pinned::Replace { .. }),
+            program_id: None,
+        };
+        if let Pinned::Adopt { program_id } = pinned {
+            out.adopted = true;
+            out.program_id = Some(program_id);
+            attached.push(out);
+            continue;
+        }
+        let program: &mut TracePoint = program(ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        let id = program
+            .attach("syscalls", event)
+            .map_err(|source| KernelError::Attach {
+                name,
+                target: target.clone(),
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| KernelError::TakeLink { name, source })?;
+        if out.replaced {
+            let link = FdLink::try_from(link)
+                .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
+            pins.pin_over(link, name, &target)?;
+        } else {
+            pins.pin_link(link, name, &target)?;
+        }
+        drop(pinned);
+        out.program_id = program.info().ok().map(|i| i.id());
+        attached.push(out);
     }
     Ok(attached)
 }

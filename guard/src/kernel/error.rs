@@ -92,6 +92,21 @@ pub enum KernelError {
         cause: Box<KernelError>,
         maps: Vec<&'static str>,
     },
+    #[error("cannot read the maps of the embedded eBPF object: {source}")]
+    Object {
+        #[source]
+        source: super::manifest::ManifestError,
+    },
+    #[error("cannot swap the program of the pinned link {}: {source}", path.display())]
+    Replace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot update the pinned state at {}: {source} (is bpffs mounted and writable? The next start replaces the pinned programs again)", path.display())]
+    PinState {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An error with its sources, `outer: inner: errno`: aya's program errors keep the system call's

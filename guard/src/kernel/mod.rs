@@ -12,7 +12,10 @@ mod environ;
 mod error;
 mod events;
 pub mod features;
+mod link_update;
+mod manifest;
 mod maps;
+mod pin_state;
 pub mod pins;
 mod probe;
 mod xdp;
@@ -51,11 +54,12 @@ pub struct AttachedProgram {
     pub hook: &'static str,
     pub target: String,
     pub mode: &'static str,
-    /// Pinned by an earlier daemon and adopted, not attached by this one.
+    /// Pinned by an earlier daemon of the same object and adopted, not attached by this one.
     pub adopted: bool,
-    /// The adopted program's id.
-    #[serde(skip)]
-    pub adopted_id: Option<u32>,
+    /// Pinned by a daemon of another object (an upgrade): its link now runs this object's program.
+    pub replaced: bool,
+    /// The kernel's id of the program in force.
+    pub program_id: Option<u32>,
 }
 
 /// Every program family's counters, summed over CPUs.
@@ -119,10 +123,12 @@ impl Kernel {
         let mut features = features::detect();
         raise_memlock_limit();
 
-        let pins = pins::PinDir::prepare(&config.kernel.pin_dir)?;
+        let ours = manifest::Manifest::of_object(OBJECT, pins::PINNED_MAPS)
+            .map_err(|source| KernelError::Object { source })?;
+        let pins = pins::PinDir::prepare(&config.kernel.pin_dir, &ours)?;
         let mut loader = EbpfLoader::new();
         for name in pins::PINNED_MAPS {
-            loader.map_pin_path(name, pins.map_path(name));
+            loader.map_pin_path(name, pins.map_pin(name));
         }
         let mut ebpf = loader
             .load(OBJECT)
@@ -218,7 +224,11 @@ impl Kernel {
             None
         };
         // Adopted programs log into their first daemon's log map; read that one too.
-        if let Some(id) = programs.iter().find_map(|p| p.adopted_id) {
+        if let Some(id) = programs
+            .iter()
+            .filter(|p| p.adopted)
+            .find_map(|p| p.program_id)
+        {
             match aya_log::EbpfLogger::init_from_id(id) {
                 Ok(logger) => {
                     tokio::spawn(report(
@@ -235,9 +245,13 @@ impl Kernel {
             .map(|p| pins::link_name(p.name, &p.target))
             .collect();
         pins.drop_links_except(&wanted);
+        // Every program is in place: recreated maps take their pins, and the manifest names
+        // this object.
+        pins.commit(&ours)?;
         for program in &programs {
             tracing::info!(
                 adopted = program.adopted,
+                replaced = program.replaced,
                 program = program.name,
                 hook = program.hook,
                 target = %program.target,

@@ -1,9 +1,11 @@
 //! Pinned kernel state under the pin directory (`[kernel] pin_dir`).
 //!
 //! Maps are pinned so rules, buckets and counters outlive the daemon; links are pinned so
-//! enforcement stays on while no daemon runs (a crash, an upgrade, `kill -9`). A new daemon
-//! adopts the pinned links instead of attaching a second copy, which would also double every
-//! count. `proxyguard run --detach-kernel` removes it all on purpose.
+//! enforcement stays on while no daemon runs (a crash, an upgrade, `kill -9`). A new daemon on the
+//! same object adopts the pinned links instead of attaching a second copy, which would also double
+//! every count. A daemon on another object (an upgrade) replaces their programs without a gap
+//! (see `pin_state.rs` for how it tells). `proxyguard run --detach-kernel` removes it all on
+//! purpose.
 
 use std::{
     collections::HashSet,
@@ -47,21 +49,43 @@ pub const PINNED_MAPS: &[&str] = &[
 ];
 
 pub struct PinDir {
-    root: PathBuf,
+    pub(super) root: PathBuf,
+    /// The pinned programs came from another object, or use maps this daemon recreates: they are
+    /// replaced, not adopted.
+    pub(super) replacing: bool,
+    /// What becomes of each pinned map (decided in `pin_state.rs`).
+    pub(super) maps: std::collections::BTreeMap<&'static str, super::pin_state::MapPin>,
+}
+
+/// What is pinned for one program on one target.
+pub enum Pinned {
+    /// Nothing: attach afresh.
+    Absent,
+    /// Pinned from this very object: adopt it as it is.
+    Adopt { program_id: u32 },
+    /// Pinned from another object: swap its program for this object's, with no gap. The daemon
+    /// holds `link` until the swap is done.
+    Replace { link: FdLink },
 }
 
 impl PinDir {
-    /// Creates `root/maps` and `root/links` on bpffs.
-    pub fn prepare(root: &Path) -> Result<PinDir, KernelError> {
-        for sub in ["maps", "links"] {
-            std::fs::create_dir_all(root.join(sub)).map_err(|source| KernelError::PinDir {
-                path: root.to_owned(),
-                source,
-            })?;
+    /// Creates `root/maps`, `root/links` and an empty `root/staging` on bpffs.
+    pub(super) fn create_dirs(root: &Path) -> Result<(), KernelError> {
+        let err = |source| KernelError::PinDir {
+            path: root.to_owned(),
+            source,
+        };
+        for sub in ["maps", "links", STAGING] {
+            std::fs::create_dir_all(root.join(sub)).map_err(err)?;
         }
-        Ok(PinDir {
-            root: root.to_owned(),
-        })
+        // Left over from a start that failed half-way; what it pinned there was never committed.
+        for entry in std::fs::read_dir(root.join(STAGING))
+            .map_err(err)?
+            .flatten()
+        {
+            std::fs::remove_file(entry.path()).map_err(err)?;
+        }
+        Ok(())
     }
 
     pub fn map_path(&self, name: &str) -> PathBuf {
@@ -69,24 +93,25 @@ impl PinDir {
     }
 
     /// `links/<program>@<target>`, with `/` in the target spelled `_`.
-    fn link_path(&self, program: &str, target: &str) -> PathBuf {
+    pub fn link_path(&self, program: &str, target: &str) -> PathBuf {
         self.root.join("links").join(link_name(program, target))
     }
 
-    /// The id of the program an earlier daemon pinned for `program` on `target`, if any. The pin
-    /// itself stays: it keeps the program attached.
-    pub fn adopt(&self, program: &str, target: &str) -> Option<u32> {
+    /// What an earlier daemon pinned for `program` on `target`. The pin itself stays: it keeps
+    /// the program attached.
+    pub fn pinned(&self, program: &str, target: &str) -> Pinned {
         let path = self.link_path(program, target);
         if !path.exists() {
-            return None;
+            return Pinned::Absent;
         }
-        let adopted = PinnedLink::from_pin(&path).and_then(|link| FdLink::from(link).info());
-        match adopted {
-            Ok(info) => Some(info.program_id()),
+        let link = PinnedLink::from_pin(&path).map(FdLink::from);
+        match link.and_then(|link| link.info().map(|info| (link, info.program_id()))) {
+            Ok((_, program_id)) if !self.replacing => Pinned::Adopt { program_id },
+            Ok((link, _)) => Pinned::Replace { link },
             Err(err) => {
                 tracing::warn!(path = %path.display(), "unusable pinned link, attaching afresh: {err}");
                 let _ = std::fs::remove_file(&path);
-                None
+                Pinned::Absent
             }
         }
     }
@@ -123,6 +148,33 @@ impl PinDir {
             })
     }
 
+    /// Pins `link` in place of the link pinned for `program` on `target`: under another name
+    /// first, then renamed over the old pin, which detaches the old program once `link` is
+    /// attached. For hooks whose links cannot swap their program (tracepoints, LSM).
+    pub fn pin_over(
+        &self,
+        link: FdLink,
+        program: &'static str,
+        target: &str,
+    ) -> Result<(), KernelError> {
+        let staged = self
+            .root
+            .join(STAGING)
+            .join(format!("link@{}", link_name(program, target)));
+        let _pinned = link.pin(&staged).map_err(|source| KernelError::Pin {
+            name: program,
+            source,
+        })?;
+        std::fs::rename(&staged, self.link_path(program, target)).map_err(|source| {
+            // Unpinning the new link detaches it; the old one stays in force.
+            let _ = std::fs::remove_file(&staged);
+            KernelError::PinState {
+                path: staged.clone(),
+                source,
+            }
+        })
+    }
+
     /// Unpins (and so detaches) every pinned link that is not in `wanted` (program@target names):
     /// a hook the config no longer asks for.
     pub fn drop_links_except(&self, wanted: &HashSet<String>) {
@@ -142,15 +194,18 @@ impl PinDir {
     }
 }
 
+/// Where new pins wait until the programs that use them are in place.
+pub(super) const STAGING: &str = "staging";
+
 pub fn link_name(program: &str, target: &str) -> String {
     format!("{program}@{}", target.trim_matches('/').replace('/', "_"))
 }
 
-/// Removes every pin under `root`: links first (which detaches the programs), then maps.
-/// Returns what was removed.
+/// Removes every pin under `root`: links first (which detaches the programs), then maps, then
+/// the manifest. Returns what was removed.
 pub fn remove_all(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for sub in ["links", "maps"] {
+    for sub in ["links", STAGING, "maps"] {
         let dir = root.join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -160,6 +215,11 @@ pub fn remove_all(root: &Path) -> std::io::Result<Vec<PathBuf>> {
             removed.push(entry.path());
         }
         std::fs::remove_dir(&dir)?;
+    }
+    let manifest = root.join(super::pin_state::MANIFEST);
+    if manifest.symlink_metadata().is_ok() {
+        std::fs::remove_file(&manifest)?;
+        removed.push(manifest);
     }
     if root.exists() {
         std::fs::remove_dir(root)?;

@@ -4,7 +4,10 @@
 use std::collections::{BTreeSet, HashSet};
 
 use aya::{
-    programs::{xdp::XdpMode, Xdp},
+    programs::{
+        xdp::{XdpLink, XdpMode},
+        Xdp,
+    },
     Ebpf,
 };
 use guard_common::xdp::{
@@ -18,13 +21,14 @@ use serde::Serialize;
 
 use super::{
     maps::{self, HashStep, SlotStep, TrieStep},
-    pins::PinDir,
+    pins::{PinDir, Pinned},
     AttachedProgram, KernelError,
 };
 use crate::config::xdp::{AttachMode, XdpSection};
 
 /// Attaches the program to every configured interface through a pinned link (native where the
-/// driver allows), or adopts the link an earlier daemon pinned there.
+/// driver allows), adopts the link an earlier daemon of the same object pinned there, or swaps
+/// this object's program into another object's pinned link.
 ///
 /// Also returns one line per interface saying which mode is in use and, for generic mode, why
 /// native was not.
@@ -38,7 +42,8 @@ pub fn attach(
     let mut modes = Vec::new();
     let mut loaded = false;
     for interface in &config.interfaces {
-        if let Some(adopted_id) = pins.adopt(name, interface) {
+        let pinned = pins.pinned(name, interface);
+        if let Pinned::Adopt { program_id } = pinned {
             modes.push(format!("{interface}: adopted from pins"));
             attached.push(AttachedProgram {
                 name,
@@ -46,7 +51,8 @@ pub fn attach(
                 target: interface.clone(),
                 mode: config.mode.as_str(),
                 adopted: true,
-                adopted_id: Some(adopted_id),
+                replaced: false,
+                program_id: Some(program_id),
             });
             continue;
         }
@@ -62,6 +68,33 @@ pub fn attach(
                 .load()
                 .map_err(|source| KernelError::LoadProgram { name, source })?;
             loaded = true;
+        }
+        if let Pinned::Replace { link, .. } = pinned {
+            // One XDP program per interface: the pinned link keeps its place (and its native or
+            // generic mode) and gets the new program in one step.
+            let err = |source| KernelError::Attach {
+                name,
+                target: interface.clone(),
+                source,
+            };
+            let link = XdpLink::try_from(link).map_err(|e| KernelError::Replace {
+                path: pins.link_path(name, interface),
+                source: std::io::Error::other(e),
+            })?;
+            let id = program.attach_to_link(link).map_err(err)?;
+            // The pin holds the link; this handle is not needed.
+            drop(program.take_link(id));
+            modes.push(format!("{interface}: replaced in place"));
+            attached.push(AttachedProgram {
+                name,
+                hook: "xdp (replaced)",
+                target: interface.clone(),
+                mode: config.mode.as_str(),
+                adopted: false,
+                replaced: true,
+                program_id: program.info().ok().map(|i| i.id()),
+            });
+            continue;
         }
         let attempts: &[(XdpMode, &'static str)] = match config.attach {
             AttachMode::Auto => &[
@@ -112,7 +145,8 @@ pub fn attach(
             target: interface.clone(),
             mode: config.mode.as_str(),
             adopted: false,
-            adopted_id: None,
+            replaced: false,
+            program_id: program.info().ok().map(|i| i.id()),
         });
     }
     Ok((attached, modes))

@@ -77,9 +77,10 @@ IPAddressAllow={allow}
 # $CREDENTIALS_DIRECTORY/provider-keys; move the *_API_KEY variables there:
 #   install -D -m 0600 /dev/stdin {credential} <<< "OPENAI_API_KEY=..."
 LoadCredential=provider-keys:{credential}
-# Until that file exists the credential is empty, so the service still starts as it is (systemd
-# takes SetCredential= as the default when LoadCredential= finds no file).
-SetCredential=provider-keys:
+# Until that file exists the credential holds only a comment line, so the service still starts as
+# it is (systemd takes SetCredential= as the default when LoadCredential= finds no file; an empty
+# value is a syntax error to systemd 252).
+SetCredential=provider-keys:# no provider keys yet: write them to {credential}
 "#,
         allow = allow.join(" "),
     )
@@ -113,7 +114,9 @@ mod tests {
         assert!(dropin.contains("LoadCredential=provider-keys:/etc/proxyguard/credentials/litellm"));
         // A missing credential file must not stop the guarded service (status=243/CREDENTIALS).
         assert!(
-            dropin.contains("\nSetCredential=provider-keys:\n"),
+            dropin.contains(
+                "\nSetCredential=provider-keys:# no provider keys yet: write them to /etc/proxyguard/credentials/litellm\n"
+            ),
             "{dropin}"
         );
         for line in [

@@ -72,7 +72,9 @@ impl Summary {
 /// The package as `cargo xtask deb` builds it, and an upgrade to it.
 pub fn packages() -> Result<Packages> {
     let first = crate::deb::run()?;
-    let upgrade = crate::deb::upgrade_package(&first)?;
+    // The same sources with a stamp in the kernel object: an upgrade that must replace the
+    // pinned programs, as a release with changed programs would.
+    let upgrade = crate::deb::run_with(Some("upgrade"))?;
     Ok(Packages { first, upgrade })
 }
 
