@@ -31,7 +31,11 @@ pub enum KernelError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot attach program `{name}` to {target}: {}", chain(source))]
+    #[error(
+        "cannot attach program `{name}` to {target}: {}{}",
+        chain(source),
+        perf_paranoid_hint(source)
+    )]
     Attach {
         name: &'static str,
         target: String,
@@ -125,6 +129,26 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Debian's kernels carry a patch that makes `kernel.perf_event_paranoid = 3` (their default)
+/// refuse perf_event_open(2) to everyone without CAP_SYS_ADMIN, CAP_PERFMON or not, with EACCES.
+/// Tracepoint programs attach through a perf event, so under the shipped unit (no CAP_SYS_ADMIN)
+/// they fail there; say so, and what lifts it.
+fn perf_paranoid_hint(err: &dyn std::error::Error) -> String {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok());
+    paranoid_hint(&chain(err), paranoid)
+}
+
+fn paranoid_hint(chained: &str, paranoid: Option<i32>) -> String {
+    match paranoid {
+        Some(level) if level >= 3 && chained.contains("(os error 13)") => format!(
+            " (kernel.perf_event_paranoid is {level}: this kernel then refuses perf events to processes without CAP_SYS_ADMIN, which the shipped unit does not grant; `sysctl kernel.perf_event_paranoid=2` lets proxyguard attach tracepoints with CAP_PERFMON)"
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Why bpf(2) may be refused here. EPERM comes from missing capabilities or from a seccomp filter
 /// (systemd's `SystemCallFilter=`), and the two look the same to the caller, so the hint names
 /// both, and says whether this process runs under a filter (`Seccomp: 2` in /proc/self/status).
@@ -149,6 +173,18 @@ fn seccomp_hint(proc_status: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eacces_under_paranoid_3_names_the_sysctl() {
+        let refused = "`perf_event_open_trace_point` failed: Permission denied (os error 13)";
+        assert!(paranoid_hint(refused, Some(3)).contains("kernel.perf_event_paranoid=2"));
+        assert_eq!(paranoid_hint(refused, Some(2)), "");
+        assert_eq!(
+            paranoid_hint("Operation not permitted (os error 1)", Some(3)),
+            ""
+        );
+        assert_eq!(paranoid_hint(refused, None), "");
+    }
 
     #[test]
     fn the_hint_names_seccomp_and_capabilities() {
