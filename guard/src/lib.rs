@@ -7,6 +7,7 @@ mod audit;
 mod checks;
 mod cli;
 mod config;
+mod contain;
 mod control;
 pub mod fuzz;
 mod guarded;

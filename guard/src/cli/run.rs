@@ -35,7 +35,7 @@ pub struct RunArgs {
 
 pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Bad config exits before anything is attached or bound.
-    let config = Config::load(config_path)?;
+    let config = Config::load_contained(config_path)?;
     telemetry::init(&config.log);
     if args.detach_kernel {
         return detach(&config);
@@ -269,21 +269,25 @@ fn reload(
     proxy: Option<&Proxy>,
 ) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
-    let outcome = Config::load(config_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|config| {
-            let staged = match proxy {
-                Some(proxy) => Some(proxy.prepare(&config.proxy)?),
-                None => None,
-            };
-            if let Some(kernel) = kernel {
-                kernel.apply(&config)?;
-            }
-            if let (Some(proxy), Some(staged)) = (proxy, staged) {
-                proxy.commit(staged);
-            }
-            Ok(config)
-        });
+    // A parser that panics on the new file refuses the reload; it must not end the daemon.
+    let outcome = crate::contain::contain(|| {
+        Config::load(config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                let staged = match proxy {
+                    Some(proxy) => Some(proxy.prepare(&config.proxy)?),
+                    None => None,
+                };
+                if let Some(kernel) = kernel {
+                    kernel.apply(&config)?;
+                }
+                if let (Some(proxy), Some(staged)) = (proxy, staged) {
+                    proxy.commit(staged);
+                }
+                Ok(config)
+            })
+    })
+    .unwrap_or_else(|panicked| Err(anyhow::Error::from(panicked).context("the new config")));
     let result = match outcome {
         Ok(config) => {
             tracing::info!("config reloaded");

@@ -4,12 +4,16 @@
 //! with its field path and line. Nothing is attached or bound before that succeeds.
 
 pub mod bind;
+mod bounds;
 pub mod control;
 pub mod egress;
 mod error;
 pub mod guarded;
+#[cfg(test)]
+mod hostile;
 pub mod kernel;
 mod locate;
+pub mod log_level;
 pub mod proxy;
 mod proxy_check;
 mod template;
@@ -78,7 +82,8 @@ impl Mode {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
-    /// A tracing filter, such as `info` or `proxyguard=debug`.
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`), or levels per module such as
+    /// `info,proxyguard=debug` (see `log_level.rs`).
     pub level: String,
 }
 
@@ -101,11 +106,37 @@ pub enum LogFormat {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
+        let source = String::from_utf8(bytes).map_err(|err| {
+            let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+            let valid = std::str::from_utf8(valid).unwrap_or_default();
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                errors: vec![FieldError {
+                    field: String::new(),
+                    line: Some(locate::line_of(valid, valid.len())),
+                    message: format!(
+                        "byte {} is not UTF-8 text; save the file as UTF-8",
+                        valid.len() + 1
+                    ),
+                }],
+            }
+        })?;
         Self::parse(&source, path)
+    }
+
+    /// `load`, with a panic in any parser returned as [`ConfigError::Panicked`]: what the CLI and
+    /// the daemon call. (The fuzz targets call `parse`, so that a panic stays a finding.)
+    pub fn load_contained(path: &Path) -> Result<Config, ConfigError> {
+        crate::contain::contain(|| Self::load(path)).unwrap_or_else(|panicked| {
+            Err(ConfigError::Panicked {
+                path: path.to_owned(),
+                panicked,
+            })
+        })
     }
 
     /// Parses and validates `source`, naming `path` in errors.
