@@ -75,12 +75,21 @@ fn targets() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// `cargo fuzz` on nightly, as aya-build runs the kernel build: without the outer cargo's
-/// compiler settings.
-fn cargo_fuzz() -> Command {
+/// The fuzz build's own target dir (instrumented, nightly): kept between runs, so a warm
+/// machine rebuilds only what changed, and apart from the main build, whose flags differ.
+fn fuzz_target_dir() -> PathBuf {
+    crate::build::target_dir().join("fuzz")
+}
+
+/// `cargo fuzz SUBCOMMAND` on nightly, as aya-build runs the kernel build: without the outer
+/// cargo's compiler settings, with the cached cargo-fuzz, into the fuzz target dir.
+fn cargo_fuzz(subcommand: &str) -> Command {
     let mut command = Command::new("rustup");
     command
-        .args(["run", "nightly", "cargo", "fuzz"])
+        .args(["run", "nightly", "cargo", "fuzz", subcommand])
+        .args(["--sanitizer", SANITIZER, "--target-dir"])
+        .arg(fuzz_target_dir())
+        .env("PATH", setup::cargo_fuzz_path())
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .current_dir(cmd::workspace_root());
@@ -113,7 +122,7 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
         .filter(|name| only.is_empty() || only.contains(name))
         .collect();
     let started = Instant::now();
-    cmd::run(cargo_fuzz().args(["build", "--sanitizer", SANITIZER]))?;
+    cmd::run(&mut cargo_fuzz("build"))?;
     println!("fuzz: built in {:.0}s", started.elapsed().as_secs_f64());
 
     let mut counts = Counts::default();
@@ -123,9 +132,9 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
         let corpus = fuzz_dir().join("corpus").join(name);
         fs::create_dir_all(&corpus)?;
         let mut run = Run::default();
-        let mut command = cargo_fuzz();
+        let mut command = cargo_fuzz("run");
         command
-            .args(["run", "--sanitizer", SANITIZER, name])
+            .arg(name)
             .arg(&corpus)
             .arg(fuzz_dir().join("seeds").join(name))
             .arg("--")
@@ -141,8 +150,9 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
             }
             (Some(path), _) => {
                 counts.failed += 1;
-                failures.push(format!("{name} crashed on {path}"));
-                format!("CRASH, input saved to {path}")
+                let input = preview(&cmd::workspace_root().join(path));
+                failures.push(format!("{name} crashed on {path}: {input}"));
+                format!("CRASH, input saved to {path}: {input}")
             }
             (None, false) => {
                 counts.failed += 1;
@@ -165,6 +175,27 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
         failures.join("; ")
     };
     Ok(Summary { counts, detail })
+}
+
+/// The crashing input as an escaped string (the first 512 bytes), for the CI log.
+fn preview(path: &std::path::Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let shown: String = bytes
+                .iter()
+                .take(512)
+                .flat_map(|b| b.escape_ascii())
+                .map(char::from)
+                .collect();
+            let more = if bytes.len() > 512 {
+                format!(" ... ({} bytes)", bytes.len())
+            } else {
+                String::new()
+            };
+            format!("\"{shown}\"{more}")
+        }
+        Err(err) => format!("(cannot read it: {err})"),
+    }
 }
 
 #[cfg(test)]
@@ -192,5 +223,14 @@ mod tests {
                 artifact: Some("fuzz/artifacts/path/crash-ab12".into()),
             }
         );
+    }
+
+    #[test]
+    fn a_crash_input_is_shown_escaped() {
+        let dir = std::env::temp_dir().join(format!("xtask-preview-{}", std::process::id()));
+        fs::write(&dir, "[log]\nlevel = \"\tב[\"\n").unwrap();
+        let shown = preview(&dir);
+        fs::remove_file(&dir).unwrap();
+        assert_eq!(shown, r#""[log]\nlevel = \"\t\xd7\x91[\"\n""#);
     }
 }
