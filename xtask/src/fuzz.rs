@@ -41,7 +41,9 @@ impl Run {
         if status {
             line.contains("DONE") || line.contains("INITED")
         } else {
-            !line.contains("# Uses:") && !line.starts_with("###### ")
+            !line.contains("# Uses:")
+                && !line.starts_with("###### ")
+                && !line.trim_start().starts_with("NEW_FUNC")
         }
     }
 }
@@ -161,7 +163,7 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
             }
         };
         lines.push(format!(
-            "fuzz: {name:<10} {:>10} runs {:>7}/s  cov {:>5}  ft {:>6}  {result}",
+            "fuzz: {name:<13} {:>10} runs {:>7}/s  cov {:>5}  ft {:>6}  {result}",
             run.execs, run.execs_per_sec, run.cov, run.features
         ));
     }
@@ -208,6 +210,7 @@ mod tests {
         assert!(run.scan("INFO: Seed: 123"));
         assert!(!run.scan("#1024\tNEW    cov: 80 ft: 200 corp: 9/1Kb lim: 4 exec/s: 0 rss: 40Mb"));
         assert!(!run.scan("\"%5c\" # Uses: 1406"));
+        assert!(!run.scan("\tNEW_FUNC[1/3]: 0x55cca71e08d1"));
         assert!(run
             .scan("#88211\tDONE   cov: 95 ft: 310 corp: 40/2Kb lim: 4096 exec/s: 1470 rss: 52Mb"));
         run.scan("stat::number_of_executed_units: 88211");
