@@ -62,7 +62,7 @@ pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Re
             }
         }
         ConfigCommand::Check => {
-            Config::load_contained(config_path)?;
+            Config::load(config_path)?;
             if json {
                 println!("{}", json!({ "valid": true, "path": config_path }));
             } else {

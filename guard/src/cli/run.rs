@@ -35,7 +35,7 @@ pub struct RunArgs {
 
 pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Bad config exits before anything is attached or bound.
-    let config = Config::load_contained(config_path)?;
+    let config = Config::load(config_path)?;
     telemetry::init(&config.log);
     if args.detach_kernel {
         return detach(&config);
@@ -269,7 +269,8 @@ fn reload(
     proxy: Option<&Proxy>,
 ) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
-    // A parser that panics on the new file refuses the reload; it must not end the daemon.
+    // A panic anywhere here (a parser on the new file, staging, the kernel apply) refuses the
+    // reload like an error: it must not end the daemon.
     let outcome = crate::contain::contain(|| {
         Config::load(config_path)
             .map_err(anyhow::Error::from)

@@ -104,8 +104,19 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads, parses and validates `path`.
+    /// Reads, parses and validates `path`. A panic in any parser is returned as
+    /// [`ConfigError::Panicked`], so no command and no reload dies on a file. (The fuzz targets
+    /// call `parse`, where a panic stays a finding.)
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        crate::contain::contain(|| Self::read_and_parse(path)).unwrap_or_else(|panicked| {
+            Err(ConfigError::Panicked {
+                path: path.to_owned(),
+                panicked,
+            })
+        })
+    }
+
+    fn read_and_parse(path: &Path) -> Result<Config, ConfigError> {
         let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -126,17 +137,6 @@ impl Config {
             }
         })?;
         Self::parse(&source, path)
-    }
-
-    /// `load`, with a panic in any parser returned as [`ConfigError::Panicked`]: what the CLI and
-    /// the daemon call. (The fuzz targets call `parse`, so that a panic stays a finding.)
-    pub fn load_contained(path: &Path) -> Result<Config, ConfigError> {
-        crate::contain::contain(|| Self::load(path)).unwrap_or_else(|panicked| {
-            Err(ConfigError::Panicked {
-                path: path.to_owned(),
-                panicked,
-            })
-        })
     }
 
     /// Parses and validates `source`, naming `path` in errors.
