@@ -1,10 +1,12 @@
 //! Issue #19: a log level that crashed tracing-subscriber's filter parser (`"\tב["`) killed
 //! `config check` (exit 101) and a running daemon on SIGHUP. Now the file is refused, naming
-//! `log.level` and its line, and the daemon keeps serving with the config it had.
+//! `log.level` and its line, and the daemon keeps serving with the config it had. The same text
+//! in `RUST_LOG` is ignored with a warning.
 
 use std::{io::BufReader, net::TcpStream, path::Path, process::Command};
 
 use proxyguard_tests::{
+    daemon::Daemon,
     l7::{new_key, Guard},
     proxyguard_bin,
     upstream::{request, upstream},
@@ -92,4 +94,24 @@ fn the_daemon_refuses_to_start_on_it_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 5: log.level"), "{stderr}");
+}
+
+#[test]
+fn the_same_text_in_rust_log_is_ignored_with_a_warning() {
+    let daemon = Daemon::start_with_env(
+        "[proxy]\nenabled = false\n",
+        &["--no-kernel"],
+        &[("RUST_LOG", "\tב[")],
+    );
+    assert_eq!(daemon.ready["kind"], "ready");
+    // stderr is read by its own thread: give it a bounded moment to catch up with stdout.
+    let warned = |log: &str| log.contains("RUST_LOG is ignored: directive 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = daemon.log_lines().join("\n");
+    while !warned(&log) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = daemon.log_lines().join("\n");
+    }
+    assert!(warned(&log), "{log}");
+    daemon.stop();
 }
