@@ -13,9 +13,12 @@ use regex::RegexSet;
 
 use crate::{
     config::{proxy::LimitsConfig, proxy::ALWAYS_RESERVED, Config, ConfigError},
-    proxy::layers::{
-        body, content::ContentRules, framing, header_limits, header_limits::HeaderLimits, host,
-        json, path, reserved,
+    proxy::{
+        framing_watch::HeadScanner,
+        layers::{
+            body, content::ContentRules, framing, header_limits, header_limits::HeaderLimits, host,
+            json, path, reserved,
+        },
     },
 };
 
@@ -28,6 +31,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("headers", headers),
     ("json_body", json_body),
     ("config", config),
+    ("framing_watch", framing_watch),
 ];
 
 /// `METHOD\nPATH`: the route allow-list and the method check, on the path as the pipeline sees it
@@ -171,6 +175,53 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// Raw connection bytes: the framing watch fed them whole, in two reads split where the first
+/// byte says, and one byte at a time, must give one answer, and the answer worked out over whole
+/// lines below.
+pub fn framing_watch(data: &[u8]) {
+    let whole = HeadScanner::default().feed(data);
+    let at = data.first().map_or(0, |&b| data.len() * b as usize / 256);
+    let mut scanner = HeadScanner::default();
+    let split = scanner.feed(&data[..at]) | scanner.feed(&data[at..]);
+    let mut scanner = HeadScanner::default();
+    let bytewise = data.iter().fold(false, |seen, b| {
+        seen | scanner.feed(std::slice::from_ref(b))
+    });
+    let expected = framing_by_lines(data);
+    assert_eq!(
+        (whole, split, bytewise),
+        (expected, expected, expected),
+        "split at {at}"
+    );
+}
+
+/// A block (the lines before one holding nothing but CRs) is ambiguous with Content-Length
+/// twice, or with both Content-Length and Transfer-Encoding. A line's name is what comes before
+/// its first `:`, CRs dropped, in any case; bytes after the last newline end no line.
+fn framing_by_lines(wire: &[u8]) -> bool {
+    let mut lines: Vec<&[u8]> = wire.split(|&b| b == b'\n').collect();
+    lines.pop();
+    let (mut lengths, mut encodings, mut ambiguous) = (0usize, 0usize, false);
+    for line in lines {
+        if line.iter().all(|&b| b == b'\r') {
+            ambiguous |= lengths > 1 || (lengths > 0 && encodings > 0);
+            (lengths, encodings) = (0, 0);
+        } else if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name: Vec<u8> = line[..colon]
+                .iter()
+                .filter(|&&b| b != b'\r')
+                .map(u8::to_ascii_lowercase)
+                .collect();
+            match name.as_slice() {
+                b"content-length" => lengths += 1,
+                b"transfer-encoding" => encodings += 1,
+                _ => {}
+            }
+        }
+    }
+    ambiguous
+}
+
 fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
     match data.iter().position(|&b| b == b'\n') {
         Some(at) => (&data[..at], &data[at + 1..]),
@@ -199,6 +250,20 @@ mod tests {
                 assert!(outcome.is_ok(), "{} panics", file.display());
             }
         }
+    }
+
+    #[test]
+    fn the_framing_model_agrees_on_the_unit_cases() {
+        let smuggle = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(framing_by_lines(smuggle));
+        assert!(
+            !framing_by_lines(&smuggle[..smuggle.len() - 1]),
+            "no blank line yet"
+        );
+        assert!(!framing_by_lines(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 2\r\nContent-Length: 2\r\n\r\n"
+        ));
+        framing_watch(smuggle);
     }
 
     #[test]

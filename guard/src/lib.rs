@@ -8,6 +8,7 @@ mod audit;
 mod checks;
 mod cli;
 mod config;
+mod contain;
 mod control;
 pub mod fuzz;
 mod guarded;

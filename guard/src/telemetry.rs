@@ -3,12 +3,24 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{log_level, LogConfig, LogFormat};
 
 pub fn init(config: &LogConfig) {
-    // `RUST_LOG` wins, so an operator can turn up one module without editing the config.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // `RUST_LOG` wins, so an operator can turn up one module without editing the config. It
+    // passes the same check as `log.level` first: the filter parser panics on some text.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|text| !text.is_empty())
+        .and_then(|text| {
+            log_level::normalise(&text)
+                .map_err(|why| eprintln!("proxyguard: RUST_LOG is ignored: {why}"))
+                .ok()
+        });
+    // `Config::load` checked `log.level`; "info" is only a fallback for a config built in code.
+    let level = from_env
+        .or_else(|| log_level::normalise(&config.level).ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::new(level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

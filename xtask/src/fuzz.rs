@@ -41,7 +41,9 @@ impl Run {
         if status {
             line.contains("DONE") || line.contains("INITED")
         } else {
-            !line.contains("# Uses:") && !line.starts_with("###### ")
+            !line.contains("# Uses:")
+                && !line.starts_with("###### ")
+                && !line.trim_start().starts_with("NEW_FUNC")
         }
     }
 }
@@ -75,12 +77,21 @@ fn targets() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// `cargo fuzz` on nightly, as aya-build runs the kernel build: without the outer cargo's
-/// compiler settings.
-fn cargo_fuzz() -> Command {
+/// The fuzz build's own target dir (instrumented, nightly): kept between runs, so a warm
+/// machine rebuilds only what changed, and apart from the main build, whose flags differ.
+fn fuzz_target_dir() -> PathBuf {
+    crate::build::target_dir().join("fuzz")
+}
+
+/// `cargo fuzz SUBCOMMAND` on nightly, as aya-build runs the kernel build: without the outer
+/// cargo's compiler settings, with the cached cargo-fuzz, into the fuzz target dir.
+fn cargo_fuzz(subcommand: &str) -> Command {
     let mut command = Command::new("rustup");
     command
-        .args(["run", "nightly", "cargo", "fuzz"])
+        .args(["run", "nightly", "cargo", "fuzz", subcommand])
+        .args(["--sanitizer", SANITIZER, "--target-dir"])
+        .arg(fuzz_target_dir())
+        .env("PATH", setup::cargo_fuzz_path())
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .current_dir(cmd::workspace_root());
@@ -113,7 +124,7 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
         .filter(|name| only.is_empty() || only.contains(name))
         .collect();
     let started = Instant::now();
-    cmd::run(cargo_fuzz().args(["build", "--sanitizer", SANITIZER]))?;
+    cmd::run(&mut cargo_fuzz("build"))?;
     println!("fuzz: built in {:.0}s", started.elapsed().as_secs_f64());
 
     let mut counts = Counts::default();
@@ -123,9 +134,9 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
         let corpus = fuzz_dir().join("corpus").join(name);
         fs::create_dir_all(&corpus)?;
         let mut run = Run::default();
-        let mut command = cargo_fuzz();
+        let mut command = cargo_fuzz("run");
         command
-            .args(["run", "--sanitizer", SANITIZER, name])
+            .arg(name)
             .arg(&corpus)
             .arg(fuzz_dir().join("seeds").join(name))
             .arg("--")
@@ -141,8 +152,9 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
             }
             (Some(path), _) => {
                 counts.failed += 1;
-                failures.push(format!("{name} crashed on {path}"));
-                format!("CRASH, input saved to {path}")
+                let input = preview(&cmd::workspace_root().join(path));
+                failures.push(format!("{name} crashed on {path}: {input}"));
+                format!("CRASH, input saved to {path}: {input}")
             }
             (None, false) => {
                 counts.failed += 1;
@@ -151,7 +163,7 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
             }
         };
         lines.push(format!(
-            "fuzz: {name:<10} {:>10} runs {:>7}/s  cov {:>5}  ft {:>6}  {result}",
+            "fuzz: {name:<13} {:>10} runs {:>7}/s  cov {:>5}  ft {:>6}  {result}",
             run.execs, run.execs_per_sec, run.cov, run.features
         ));
     }
@@ -167,6 +179,27 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
     Ok(Summary { counts, detail })
 }
 
+/// The crashing input as an escaped string (the first 512 bytes), for the CI log.
+fn preview(path: &std::path::Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let shown: String = bytes
+                .iter()
+                .take(512)
+                .flat_map(|b| b.escape_ascii())
+                .map(char::from)
+                .collect();
+            let more = if bytes.len() > 512 {
+                format!(" ... ({} bytes)", bytes.len())
+            } else {
+                String::new()
+            };
+            format!("\"{shown}\"{more}")
+        }
+        Err(err) => format!("(cannot read it: {err})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +210,7 @@ mod tests {
         assert!(run.scan("INFO: Seed: 123"));
         assert!(!run.scan("#1024\tNEW    cov: 80 ft: 200 corp: 9/1Kb lim: 4 exec/s: 0 rss: 40Mb"));
         assert!(!run.scan("\"%5c\" # Uses: 1406"));
+        assert!(!run.scan("\tNEW_FUNC[1/3]: 0x55cca71e08d1"));
         assert!(run
             .scan("#88211\tDONE   cov: 95 ft: 310 corp: 40/2Kb lim: 4096 exec/s: 1470 rss: 52Mb"));
         run.scan("stat::number_of_executed_units: 88211");
@@ -192,5 +226,14 @@ mod tests {
                 artifact: Some("fuzz/artifacts/path/crash-ab12".into()),
             }
         );
+    }
+
+    #[test]
+    fn a_crash_input_is_shown_escaped() {
+        let dir = std::env::temp_dir().join(format!("xtask-preview-{}", std::process::id()));
+        fs::write(&dir, "[log]\nlevel = \"\tב[\"\n").unwrap();
+        let shown = preview(&dir);
+        fs::remove_file(&dir).unwrap();
+        assert_eq!(shown, r#""[log]\nlevel = \"\t\xd7\x91[\"\n""#);
     }
 }

@@ -52,17 +52,20 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then fmt, clippy, unit tests, native privileged tests and the VM tests (and with
-    /// --fuzz, a short run of every fuzz target).
+    /// Set up, then fmt, clippy, unit tests, native privileged tests, the VM tests, and a short
+    /// run of every fuzz target (cargo-fuzz, nightly).
     Test {
         /// Skip the VM stage (it is still required for CI; this is for quick local loops).
         #[arg(long)]
         no_vm: bool,
-        /// Also run every fuzz target (cargo-fuzz, nightly) after the other stages.
+        /// Skip the fuzz stage (it is still required for CI; this is for quick local loops).
         #[arg(long)]
+        no_fuzz: bool,
+        /// The fuzz stage always runs now; accepted so older command lines still work.
+        #[arg(long, hide = true, conflicts_with = "no_fuzz")]
         fuzz: bool,
-        /// Seconds per fuzz target, with --fuzz.
-        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        /// Seconds per fuzz target.
+        #[arg(long, value_name = "SECS", default_value_t = 20)]
         fuzz_secs: u64,
     },
     /// Only the fuzz stage: build the cargo-fuzz targets in fuzz/ and run each (or the named ones)
@@ -136,11 +139,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { args } => run::run(&args),
         Command::Test {
             no_vm,
-            fuzz,
+            no_fuzz,
+            fuzz: _,
             fuzz_secs,
         } => test::run(test::Options {
             vm: !no_vm,
-            fuzz_secs: fuzz.then_some(fuzz_secs),
+            fuzz: !no_fuzz,
+            fuzz_secs,
         }),
         Command::Fuzz { secs, targets } => {
             setup::run()?;

@@ -37,6 +37,7 @@ pub fn run() -> Result<()> {
     apt_packages()?;
     bpf_linker()?;
     python_venv()?;
+    cargo_fuzz()?;
     let kernel = vm_kernel()?;
     println!("setup: ok (VM kernel {})", kernel.version);
     Ok(())
@@ -75,23 +76,58 @@ fn nightly_with_rust_src() -> Result<()> {
     Ok(())
 }
 
-/// cargo-fuzz, for `cargo xtask fuzz` and `cargo xtask test --fuzz` only (the plain test run does
-/// not need it): a no-op when present, about two minutes to build once.
+/// The cargo-fuzz release the fuzz stage runs.
+const CARGO_FUZZ_VERSION: &str = "0.13";
+
+/// Where cargo-fuzz is installed: the cache, so a warm machine never builds it again, and apart
+/// from ~/.cargo/bin, so the version is ours.
+pub fn cargo_fuzz_root() -> PathBuf {
+    cache_dir().join("cargo-fuzz")
+}
+
+/// `PATH` with cargo-fuzz's directory first, for `cargo fuzz` to find it.
+pub fn cargo_fuzz_path() -> std::ffi::OsString {
+    let bin = cargo_fuzz_root().join("bin");
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&rest))).unwrap_or(rest)
+}
+
+/// cargo-fuzz 0.13 for the fuzz stage: a no-op (one `--version`) when the cached one is there,
+/// about two minutes to build once on a fresh machine.
 pub fn cargo_fuzz() -> Result<()> {
-    if cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+    let version = || {
+        Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .env("PATH", cargo_fuzz_path())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}.");
+    if version().starts_with(&wanted) {
         return Ok(());
     }
-    println!("setup: installing cargo-fuzz 0.13 (about two minutes, once)");
-    cmd::run(Command::new("cargo").args([
-        "install",
-        "cargo-fuzz",
-        "--version",
-        "^0.13",
-        "--locked",
-    ]))
+    let root = cargo_fuzz_root();
+    println!(
+        "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about two minutes, once)",
+        root.display()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--version"])
+            .arg(format!("^{CARGO_FUZZ_VERSION}"))
+            .arg("--root")
+            .arg(&root),
+    )
     .context("cannot install cargo-fuzz; it needs crates.io (or a mirror in cargo's config)")?;
-    if !cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
-        bail!("cargo-fuzz was installed but `cargo fuzz` does not run; add ~/.cargo/bin to PATH");
+    let found = version();
+    if !found.starts_with(&wanted) {
+        bail!(
+            "cargo-fuzz was installed into {} but `cargo fuzz --version` says {found:?}",
+            root.display()
+        );
     }
     Ok(())
 }

@@ -278,25 +278,30 @@ fn reload(
     proxy: Option<&Proxy>,
 ) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
-    let outcome = compile::load(config_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|Compiled { config, proxy: settings }| {
-            let staged = match (proxy, settings) {
-                (Some(proxy), Some(settings)) => Some(proxy.prepare(&config.proxy, settings)),
-                (Some(_), None) => {
-                    tracing::warn!("proxy.enabled = false applies at the next restart; the proxy keeps its settings");
-                    None
+    // A panic anywhere here (a parser on the new file, staging, the kernel apply) refuses the
+    // reload like an error: it must not end the daemon.
+    let outcome = crate::contain::contain(|| {
+        compile::load(config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|Compiled { config, proxy: settings }| {
+                let staged = match (proxy, settings) {
+                    (Some(proxy), Some(settings)) => Some(proxy.prepare(&config.proxy, settings)),
+                    (Some(_), None) => {
+                        tracing::warn!("proxy.enabled = false applies at the next restart; the proxy keeps its settings");
+                        None
+                    }
+                    (None, _) => None,
+                };
+                if let Some(kernel) = kernel {
+                    kernel.apply(&config)?;
                 }
-                (None, _) => None,
-            };
-            if let Some(kernel) = kernel {
-                kernel.apply(&config)?;
-            }
-            if let (Some(proxy), Some(staged)) = (proxy, staged) {
-                proxy.commit(staged);
-            }
-            Ok(config)
-        });
+                if let (Some(proxy), Some(staged)) = (proxy, staged) {
+                    proxy.commit(staged);
+                }
+                Ok(config)
+            })
+    })
+    .unwrap_or_else(|panicked| Err(anyhow::Error::from(panicked).context("the new config")));
     let result = match outcome {
         Ok(config) => {
             tracing::info!("config reloaded");

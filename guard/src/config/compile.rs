@@ -22,10 +22,37 @@ pub struct Compiled {
 }
 
 /// Reads, parses and compiles `path`.
+///
+/// A panic in any parser is returned as [`ConfigError::Panicked`], so no command and no reload
+/// dies on a file. (The fuzz targets call `parse`, where a panic stays a finding.)
 pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    crate::contain::contain(|| read_and_parse(path)).unwrap_or_else(|panicked| {
+        Err(ConfigError::Panicked {
+            path: path.to_owned(),
+            panicked,
+        })
+    })
+}
+
+fn read_and_parse(path: &Path) -> Result<Compiled, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    })?;
+    let source = String::from_utf8(bytes).map_err(|err| {
+        let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            errors: vec![FieldError {
+                field: String::new(),
+                line: Some(locate::line_of(valid, valid.len())),
+                message: format!(
+                    "byte {} is not UTF-8 text; save the file as UTF-8",
+                    valid.len() + 1
+                ),
+            }],
+        }
     })?;
     parse(&source, path)
 }

@@ -91,7 +91,15 @@ fn tls_acceptor(
 
 fn upstream(text: &str, push: &mut dyn FnMut(String, String)) -> Option<Authority> {
     match text.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+        // A port that is written must be one: the client would drop it and dial port 80.
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some_and(|authority| {
+                    !authority.host().is_empty()
+                        && (authority.port().is_some()
+                            || authority.as_str().ends_with(authority.host()))
+                }) =>
+        {
             if uri.path() != "/" && !uri.path().is_empty() {
                 push(
                     "proxy.upstream".into(),

@@ -94,6 +94,9 @@ impl FromStr for EgressTarget {
             && head.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
+                    // The resolver refuses such labels; say so here, not at every lookup.
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
                     && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             });
         if !valid_host {

@@ -25,6 +25,12 @@ pub enum ConfigError {
     },
     #[error("{} already exists; pass --force to overwrite it", path.display())]
     Exists { path: PathBuf },
+    /// A parser crashed on the file; the checks before it did not foresee the input.
+    #[error("cannot read config {}: {panicked}", path.display())]
+    Panicked {
+        path: PathBuf,
+        panicked: crate::contain::Panicked,
+    },
 }
 
 /// What a failed write leaves and what to do about it. Writes are atomic (temp file, fsync,

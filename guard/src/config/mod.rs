@@ -5,6 +5,7 @@
 //! that succeeds.
 
 pub mod bind;
+mod bounds;
 pub mod compile;
 mod compile_keys;
 mod compile_proxy;
@@ -12,8 +13,11 @@ pub mod control;
 pub mod egress;
 mod error;
 pub mod guarded;
+#[cfg(test)]
+mod hostile;
 pub mod kernel;
 mod locate;
+pub mod log_level;
 pub mod proxy;
 mod template;
 mod validate;
@@ -81,7 +85,8 @@ impl Mode {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
-    /// A tracing filter, such as `info` or `proxyguard=debug`.
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`), or levels per module such as
+    /// `info,proxyguard=debug` (see `log_level.rs`).
     pub level: String,
 }
 

@@ -13,15 +13,15 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     super::egress::validate(&config.egress, &mut errors);
     super::watch::validate(&config.watch, &mut errors);
     super::control::validate(&config.control, &mut errors);
-    if let Err(err) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
+    // Checked by our own grammar: tracing-subscriber's parser panics on some hostile text.
+    if let Err(message) = super::log_level::normalise(&config.log.level) {
         errors.push(FieldError {
             field: "log.level".into(),
             line: None,
-            message: format!(
-                "not a valid log filter ({err}); use one of error, warn, info, debug, trace"
-            ),
+            message,
         });
     }
+    super::bounds::validate(config, &mut errors);
     errors
 }
 
@@ -33,6 +33,18 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         assert!(validate(&Config::default()).is_empty());
+    }
+
+    #[test]
+    fn a_log_level_that_crashes_the_filter_parser_is_a_config_error() {
+        let source = "[log]\nformat = \"text\"\nlevel = \"\\tב[\"\n";
+        let err = Config::parse(source, std::path::Path::new("/etc/pg.toml")).unwrap_err();
+        let crate::config::ConfigError::Invalid { errors, .. } = err else {
+            panic!("not a field error: {err}");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "log.level");
+        assert_eq!(errors[0].line, Some(3));
     }
 
     #[test]

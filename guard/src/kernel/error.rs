@@ -11,14 +11,14 @@ pub enum KernelError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The hint (what can refuse bpf(2) on this process) is read when the error is shown.
     #[error(
-        "cannot load the embedded eBPF object: {source} ({hint}; use --no-kernel to run without)"
+        "cannot load the embedded eBPF object: {source} ({}; use --no-kernel to run without)",
+        load_refused_hint()
     )]
     LoadObject {
         #[source]
         source: aya::EbpfError,
-        /// What can refuse bpf(2) on this process: see [`load_refused_hint`].
-        hint: String,
     },
     #[error("the eBPF object has no {kind} named `{name}`; the binary was built from mismatched sources")]
     Missing {

@@ -132,10 +132,7 @@ impl Kernel {
         }
         let mut ebpf = loader
             .load(OBJECT)
-            .map_err(|source| KernelError::LoadObject {
-                source,
-                hint: error::load_refused_hint(),
-            })?;
+            .map_err(|source| KernelError::LoadObject { source })?;
         features::record_lsm_probe(&mut features, probe::bpf_lsm(&mut ebpf));
         for feature in features.iter().filter(|f| !f.available) {
             tracing::warn!(

@@ -46,9 +46,10 @@ const TRANSFER_ENCODING: &[u8] = b"transfer-encoding";
 /// Longer than either name: a longer field name cannot be one of them.
 const NAME_CAP: usize = TRANSFER_ENCODING.len() + 1;
 
-/// The scanning state; survives reads split anywhere, even inside a name.
+/// The scanning state; survives reads split anywhere, even inside a name. Crate-visible for
+/// the `framing_watch` fuzz target.
 #[derive(Debug, Default)]
-struct HeadScanner {
+pub(crate) struct HeadScanner {
     name: [u8; NAME_CAP],
     name_len: usize,
     /// The current line can no longer be a field line of interest: skip to its end.
@@ -61,7 +62,7 @@ struct HeadScanner {
 
 impl HeadScanner {
     /// Returns true when a block that ended in `bytes` had ambiguous framing.
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> bool {
         let mut ambiguous = false;
         while !bytes.is_empty() {
             if self.skipping {

@@ -9,7 +9,7 @@ mod alerts;
 mod audit_queue;
 mod error;
 mod forward;
-mod framing_watch;
+pub(crate) mod framing_watch;
 mod hop;
 pub mod layers;
 mod metrics;
