@@ -277,6 +277,10 @@ upgrade_without_a_gap() {
 purge_detaches() {
     cd "$W"
     bash -ex "$P/readme/remove.sh"
+    # The guarded service still listens on 127.0.0.1:4000 (a bind there would be EADDRINUSE), so
+    # the rule's lifting shows on 4001, which the reload step ruled and nothing listens on.
+    [ "$(bind_result 4001)" = bound ] || die "0.0.0.0:4001 still refused after purge: $(bind_result 4001)"
+    systemctl stop litellm.service
     [ "$(bind_result 4000)" = bound ] || die "0.0.0.0:4000 still refused after purge: $(bind_result 4000)"
     [ ! -e /sys/fs/bpf/proxyguard ] || die "pins left behind: $(ls /sys/fs/bpf/proxyguard)"
     echo "purged: rules detached, no pins left"
