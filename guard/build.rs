@@ -86,9 +86,13 @@ fn main() -> anyhow::Result<()> {
     }
     cargo.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // The outer build's compiler (stable, or a wrapper) must not leak into the nightly build.
-    cargo.env_remove("RUSTC").env_remove("RUSTC_WORKSPACE_WRAPPER");
+    cargo
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
 
-    announce(&format!("building the kernel programs ({PACKAGE}, {target})…"));
+    announce(&format!(
+        "building the kernel programs ({PACKAGE}, {target})…"
+    ));
     let output = cargo
         .output()
         .with_context(|| format!("cannot start {cargo:?}"))?;
