@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
 
     announce(&format!(
-        "building the kernel programs ({PACKAGE}, {target})…"
+        "the kernel programs ({PACKAGE} for {target}, on {TOOLCHAIN})…"
     ));
     let output = cargo
         .output()
