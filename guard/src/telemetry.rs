@@ -30,7 +30,12 @@ pub fn init(config: &LogConfig) {
     let journal = stderr == Stream::Journal;
     let result = match (config.format, journal) {
         (LogFormat::Text, false) => builder.try_init(),
-        (LogFormat::Text, true) => builder.without_time().map_event_format(Prefixed).try_init(),
+        // The priority prefix says the level; journald shows it (`journalctl -p`, colours).
+        (LogFormat::Text, true) => builder
+            .without_time()
+            .with_level(false)
+            .map_event_format(Prefixed)
+            .try_init(),
         (LogFormat::Json, false) => builder.json().try_init(),
         (LogFormat::Json, true) => builder
             .json()
