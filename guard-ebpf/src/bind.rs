@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::SockAddrContext,
 };
-use aya_log_ebpf::warn;
+use aya_log_ebpf::debug;
 use guard_common::{
     bind::{
         BindEvent, BindPortRule, BIND_EVENTS_BYTES, FAMILY_V4, FAMILY_V6, MAX_BIND_ADDRS,
@@ -157,13 +157,15 @@ fn violation(
     if BIND_EVENTS.output::<BindEvent>(&event, 0).is_err() {
         bump(&BIND_STATS, STAT_EVENTS_LOST);
     }
+    // The event above is the record operators see; this is a trace for `RUST_LOG=debug` only,
+    // so a denial is not printed twice.
     if enforce {
-        warn!(
+        debug!(
             ctx,
             "bind denied: port {} family {} pid {}", port, family, event.tgid
         );
     } else {
-        warn!(
+        debug!(
             ctx,
             "bind would be denied (monitor): port {} family {} pid {}", port, family, event.tgid
         );

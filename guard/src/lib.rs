@@ -1,6 +1,7 @@
 //! `proxyguard` as a library, so the binary (`main.rs`) and the fuzz targets (`fuzz/`) drive the
-//! same code. Only the command line and the fuzz entries are public; every other module stays
-//! private to the crate, so dead code is still reported.
+//! same code. Only the command line (and its reference page, for `examples/cli_reference.rs`) and
+//! the fuzz entries are public; every other module stays private to the crate, so dead code is
+//! still reported.
 // `deny`, not `forbid`: one module (kernel/link_update.rs, a raw bpf(2) call aya lacks) allows it.
 #![deny(unsafe_code)]
 
@@ -19,4 +20,4 @@ mod resolve;
 mod systemd;
 mod telemetry;
 
-pub use cli::{dispatch, exit_code_for, Cli};
+pub use cli::{cli_reference, dispatch, exit_code_for, Cli};

@@ -46,6 +46,15 @@ pub fn with_control_socket(config: &str, socket: &std::path::Path) -> String {
     format!("[control]\nsocket = \"{}\"\n\n{config}", socket.display())
 }
 
+/// `config` with `[log] format = "json"` (unless it has its own `[log]`): the harness reads the
+/// daemon's stdout as JSON records, which the default text format does not print.
+pub fn with_json_log(config: &str) -> String {
+    if config.contains("[log]") {
+        return config.to_owned();
+    }
+    format!("{config}\n[log]\nformat = \"json\"\n")
+}
+
 /// A config without a `[proxy]` section gets one on free loopback ports, so tests that are not
 /// about the L7 proxy never collide on its default ports (8080, 9464).
 fn free_proxy_ports(config: &str) -> String {
@@ -109,7 +118,10 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("proxyguard.toml");
         let socket = dir.path().join("control.sock");
-        let text = with_control_socket(&with_pin_dir(&free_proxy_ports(config), &pin_dir), &socket);
+        let text = with_control_socket(
+            &with_pin_dir(&with_json_log(&free_proxy_ports(config)), &pin_dir),
+            &socket,
+        );
         std::fs::write(&config_path, text).expect("write config");
         let mut command = Command::new(crate::proxyguard_bin());
         if let Some(netns) = netns {
@@ -218,7 +230,7 @@ impl Daemon {
     pub fn reload_with(&mut self, config: &str) -> Value {
         let socket = self.dir.path().join("control.sock");
         let text = with_control_socket(
-            &with_pin_dir(&free_proxy_ports(config), &self.pin_dir),
+            &with_pin_dir(&with_json_log(&free_proxy_ports(config)), &self.pin_dir),
             &socket,
         );
         std::fs::write(&self.config_path, text).expect("rewrite config");

@@ -8,7 +8,10 @@ use std::{
 };
 
 use nix::errno::Errno;
-use proxyguard_tests::{daemon::with_pin_dir, net, proxyguard_bin, require_root, Daemon};
+use proxyguard_tests::{
+    daemon::{with_json_log, with_pin_dir},
+    net, proxyguard_bin, require_root, Daemon,
+};
 
 fn config(port: u16) -> String {
     format!("[[bind.rules]]\nport = {port}\nallow = [\"127.0.0.1/32\"]\n")
@@ -63,7 +66,11 @@ fn enforcement_survives_kill_and_is_adopted_then_detached() {
     assert_eq!(net::try_bind(wildcard(port)), Err(Errno::EPERM));
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("proxyguard.toml");
-    std::fs::write(&config_path, with_pin_dir(&config(port), &pin_dir)).unwrap();
+    std::fs::write(
+        &config_path,
+        with_pin_dir(&with_json_log(&config(port)), &pin_dir),
+    )
+    .unwrap();
     let out = Command::new(proxyguard_bin())
         .args(["run", "--detach-kernel", "--config"])
         .arg(&config_path)

@@ -100,7 +100,7 @@ fn write_config(dir: &Path) -> Result<PathBuf> {
          [control]\nsocket = \"{sock}\"\n\n\
          [guarded]\nexe = \"/nonexistent/pg-bench-guarded\"\n\n\
          [bind]\nenabled = false\n\n[xdp]\nenabled = false\n\n[egress]\nenabled = false\n\n\
-         [watch]\nmode = \"monitor\"\ntemp_dirs = []\n",
+         [watch]\nmode = \"monitor\"\ntemp_dirs = []\n\n[log]\nformat = \"json\"\n",
         pid = std::process::id(),
         sock = dir.join("control.sock").display(),
     );

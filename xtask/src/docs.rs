@@ -1,6 +1,7 @@
 //! `cargo xtask docs`: writes docs/configuration.md from the config template that `config init`
-//! writes. The template is tested to equal the config struct's defaults, and a unit test in
-//! `guard` checks this page holds the template verbatim, so the reference cannot drift.
+//! writes, and docs/cli.md (every subcommand's help) from the clap definitions. The template is
+//! tested to equal the config struct's defaults, and unit tests in `guard` check that both pages
+//! are current, so the references cannot drift.
 
 use anyhow::Result;
 
@@ -38,5 +39,17 @@ pub fn run() -> Result<()> {
     let page = format!("{HEADER}{template}```\n");
     std::fs::write(root.join("docs/configuration.md"), page)?;
     println!("docs: wrote docs/configuration.md");
+
+    // The page comes from the guard's own clap definitions, printed by an example of its crate.
+    let reference = cmd::output(cmd::cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "proxyguard",
+        "--example",
+        "cli_reference",
+    ]))?;
+    std::fs::write(root.join("docs/cli.md"), reference)?;
+    println!("docs: wrote docs/cli.md");
     Ok(())
 }

@@ -37,7 +37,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Regenerate docs/configuration.md from the config template (a unit test checks it).
+    /// Regenerate docs/configuration.md from the config template and docs/cli.md from the CLI (unit
+    /// tests check both).
     Docs,
     /// Build the release binary and a .deb of it (binary, unit, default config, completions).
     Deb {

@@ -9,6 +9,7 @@ mod edit;
 mod egress;
 mod events;
 mod keys;
+mod reference;
 mod reload;
 mod run;
 mod status;
@@ -19,6 +20,8 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::config::ConfigError;
+
+pub use reference::markdown as cli_reference;
 
 #[derive(Debug, Parser)]
 #[command(

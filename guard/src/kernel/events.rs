@@ -1,5 +1,5 @@
-//! Reads the kernel's ring buffers and turns each record into an audit line; forwards aya-log
-//! output from the programs to the log.
+//! Reads the kernel's ring buffers and turns each record into an audit line (its only line: the
+//! event is not logged a second time); forwards aya-log output from the programs to the log.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -136,64 +136,24 @@ pub async fn read_environ_events(ring: RingBuf<MapData>) -> Result<(), KernelErr
     read_events(
         ring,
         guard_common::environ::MAP_ENVIRON_EVENTS,
-        |event: &EnvironEvent| {
-            if event.tgid != event.target {
-                tracing::warn!(
-                    pid = event.tgid,
-                    target = event.target,
-                    "another process opened a guarded process's environ"
-                );
-            }
-            environ_record(event)
-        },
+        environ_record,
     )
     .await
 }
 
 /// Emits an audit line for every egress event until the map is closed.
 pub async fn read_egress_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(
-        ring,
-        guard_common::egress::MAP_EGRESS_EVENTS,
-        |event: &EgressEvent| {
-            tracing::warn!(
-                port = event.port,
-                pid = event.tgid,
-                "egress outside the allow-list"
-            );
-            egress_record(event)
-        },
-    )
-    .await
+    read_events(ring, guard_common::egress::MAP_EGRESS_EVENTS, egress_record).await
 }
 
 /// Emits an audit line for every bind event until the map is closed.
 pub async fn read_bind_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(
-        ring,
-        guard_common::bind::MAP_BIND_EVENTS,
-        |event: &BindEvent| {
-            tracing::warn!(port = event.port, pid = event.tgid, "bind rule violation");
-            bind_record(event)
-        },
-    )
-    .await
+    read_events(ring, guard_common::bind::MAP_BIND_EVENTS, bind_record).await
 }
 
 /// Emits an audit line for every XDP drop event (at most one per source per second).
 pub async fn read_xdp_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(
-        ring,
-        guard_common::xdp::MAP_XDP_EVENTS,
-        |event: &XdpEvent| {
-            tracing::warn!(
-                port = event.port,
-                "SYN over its source's rate, or from a denied source"
-            );
-            xdp_record(event)
-        },
-    )
-    .await
+    read_events(ring, guard_common::xdp::MAP_XDP_EVENTS, xdp_record).await
 }
 
 /// Feeds every created-files report into the daemon's record (no audit line: a creation by the

@@ -46,7 +46,6 @@ impl SpikeAlerts {
             _ => format!("ip:{client}"),
         };
         if self.should_alert(&subject, Instant::now()) {
-            tracing::warn!(reason, key, client = %client, "rate limit reached");
             crate::audit::emit(
                 "rate_spike",
                 crate::audit::fields(json!({ "reason": reason, "key": key, "client": client })),

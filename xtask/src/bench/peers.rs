@@ -113,6 +113,9 @@ pub fn proxyguard(
     let config = format!(
         r#"[control]
 socket = "{socket}"
+# The audit stream as a log collector takes it: the benchmark reads `ready` from it.
+[log]
+format = "json"
 [bind]
 enabled = false
 [proxy]

@@ -47,7 +47,7 @@ impl Daemon {
             format!(
                 "[kernel]\npin_dir = \"{pin_dir}\"\n\n[control]\nsocket = \"{}\"\n\n[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n\
                  [xdp]\nmode = \"enforce\"\ninterfaces = [\"{}\"]\nports = [{port}]\n\
-                 rate_per_sec = {RATE_PER_SEC}\nburst = {BURST}\n\n[log]\nlevel = \"error\"\n",
+                 rate_per_sec = {RATE_PER_SEC}\nburst = {BURST}\n\n[log]\nformat = \"json\"\nlevel = \"error\"\n",
                 socket.display(),
                 netns::GUARD_IF
             ),

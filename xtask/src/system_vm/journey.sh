@@ -104,6 +104,18 @@ bind_rule_denies() {
     echo "0.0.0.0:4000 gives EPERM, 127.0.0.1:4000 binds"
 }
 
+# One denial is one journal entry: a warning (so `journalctl -p warning` finds it) whose message
+# is the record alone, with no timestamp of its own (journald stamps it).
+denial_is_one_warning() {
+    local cursor entries
+    cursor=$(journalctl -u proxyguard -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+    expect_eperm 4000
+    wait_for "the denial as a journal warning" 30 sh -c "journalctl -u proxyguard --after-cursor='$cursor' -p warning -o cat --no-pager | grep -q '^bind_denied severity=high '"
+    entries=$(journalctl -u proxyguard --after-cursor="$cursor" -o cat --no-pager | grep -c 'bind_denied\|bind denied') || true
+    [ "$entries" -eq 1 ] || die "$entries journal entries for one denial"
+    echo "$(journalctl -u proxyguard --after-cursor="$cursor" -p warning -o cat --no-pager | grep -m1 '^bind_denied ' | cut -c1-60)..."
+}
+
 reload_applies_an_edit() {
     local pid
     pid=$(main_pid)
@@ -290,6 +302,7 @@ echo "PGSYS journey on $(uname -r), $(systemctl --version | head -n 1)"
 step install install_first
 step status status_shows_programs
 step bind-eperm bind_rule_denies
+step journal-warning denial_is_one_warning
 step reload reload_applies_an_edit
 step bad-reload bad_reload_keeps_the_old_config
 step kill-9 kill_9_restarts_and_adopts
