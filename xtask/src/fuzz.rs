@@ -77,10 +77,11 @@ fn targets() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The fuzz build's own target dir (instrumented, nightly): kept between runs, so a warm
-/// machine rebuilds only what changed, and apart from the main build, whose flags differ.
+/// The fuzz build's own target dir (instrumented, nightly), in the cache and not in the work
+/// tree: a fresh clone on a machine that has built the targets once (CI's case) rebuilds only the
+/// workspace's own crates, not every dependency with coverage instrumentation (about 16 minutes).
 fn fuzz_target_dir() -> PathBuf {
-    crate::build::target_dir().join("fuzz")
+    crate::setup::cache_dir().join("fuzz-target")
 }
 
 /// `cargo fuzz SUBCOMMAND` on nightly, as aya-build runs the kernel build: without the outer
