@@ -51,6 +51,9 @@ bind_result() {
     python3 - "$1" <<'PY'
 import errno, socket, sys
 s = socket.socket()
+# Connections the guard had open to the upstream leave TIME_WAIT sockets on its port; without
+# SO_REUSEADDR they would make a free port look taken (EADDRINUSE) after the upstream stops.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("0.0.0.0", int(sys.argv[1])))
     print("bound")
