@@ -38,6 +38,9 @@ const JOURNEY: &str = include_str!("journey.sh");
 const UPSTREAM: &str = include_str!("upstream.py");
 const BIND_LOOP: &str = include_str!("bind_loop.py");
 
+/// How long the guest may take to power off after its last result line.
+const POWEROFF_GRACE: Duration = Duration::from_secs(120);
+
 const KERNEL_ARGS: &str = "root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=0 \
      lsm=lockdown,capability,landlock,yama,apparmor,bpf";
 
@@ -235,7 +238,7 @@ fn boot(image: &image::Image, payload: &Path, timeout: Duration) -> Result<Summa
     });
 
     let mut summary = Summary::default();
-    let deadline = started + timeout;
+    let mut deadline = started + timeout;
     let mut ended = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -247,6 +250,8 @@ fn boot(image: &image::Image, payload: &Path, timeout: Duration) -> Result<Summa
                 if let Some(at) = line.find(END_SENTINEL) {
                     summary.boot_to_result = started.elapsed();
                     ended = true;
+                    // The guest powers itself off next; a guest that does not is ended below.
+                    deadline = deadline.min(Instant::now() + POWEROFF_GRACE);
                     let reported = parse_end(&line[at..]);
                     if reported != Some((summary.counts.passed, summary.counts.failed)) {
                         summary.problem = Some(format!(
@@ -268,6 +273,7 @@ fn boot(image: &image::Image, payload: &Path, timeout: Duration) -> Result<Summa
                     break;
                 }
             }
+            Err(RecvTimeoutError::Timeout) if ended => break,
             Err(RecvTimeoutError::Timeout) => {
                 summary.problem = Some(format!("timed out after {}s", timeout.as_secs()));
                 break;
@@ -275,9 +281,8 @@ fn boot(image: &image::Image, payload: &Path, timeout: Duration) -> Result<Summa
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    if summary.problem.is_some() {
-        let _ = child.kill();
-    }
+    // Ends QEMU if it is still up: after a problem, or a guest that did not power off in time.
+    let _ = child.kill();
     let _ = child.wait();
     if summary.problem.is_none() && !ended {
         summary.problem = Some("the guest stopped before the end sentinel".into());
