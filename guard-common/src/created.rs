@@ -1,6 +1,7 @@
-//! Files the guarded service created: on the way out of `openat`/`openat2`, a guarded task's new
-//! fd is looked up in its fd table, and when the open created the file (`FMODE_CREATED` in the
-//! file's `f_mode`) its inode and device are sent to user space. The daemon's fix mode takes
+//! Files the guarded service created: in `lsm/file_open` where BPF LSM works (the file being
+//! opened), else on the way out of `openat`/`openat2` (a guarded task's new fd looked up in its
+//! fd table); when the open created the file (`FMODE_CREATED` in the file's `f_mode`) its inode
+//! and device are sent to user space. The daemon's fix mode takes
 //! that as proof that the file is the service's own (owner alone is not: many services run as
 //! root, and so do the tools whose files share /tmp with them).
 
@@ -8,6 +9,8 @@ use crate::environ::KernelOffsets;
 
 pub const PROG_CREATED_OPENAT: &str = "created_openat";
 pub const PROG_CREATED_OPENAT2: &str = "created_openat2";
+/// The LSM program, attached instead of the two tracepoints where BPF LSM works.
+pub const PROG_CREATED_FILE_OPEN: &str = "created_file_open";
 
 /// `Array` of one [`CreatedConfig`].
 pub const MAP_CREATED_CONFIG: &str = "CREATED_CONFIG";

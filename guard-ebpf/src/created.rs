@@ -1,17 +1,20 @@
-//! Files the guarded service created (see `guard_common::created`): tracepoints on the exit of
-//! `openat` and `openat2`. For a guarded task whose open succeeded, the new fd's `struct file` is
-//! read from its fd table; when `FMODE_CREATED` is set, the open made the file, and its inode
-//! and device go to user space. Opens of existing files, even with `O_CREAT`, send nothing.
+//! Files the guarded service created (see `guard_common::created`). Where BPF LSM works,
+//! `lsm/file_open` judges the `struct file` being opened; elsewhere tracepoints on the exit of
+//! `openat` and `openat2` read the new fd's `struct file` from the task's fd table (a tracepoint
+//! needs a perf event, which `perf_event_paranoid` 3 refuses without CAP_SYS_ADMIN; an LSM link
+//! does not). User space attaches one family or the other, never both. Either way, for a guarded
+//! task, when `FMODE_CREATED` is set the open made the file, and its inode and device go to user
+//! space. Opens of existing files, even with `O_CREAT`, send nothing.
 //!
-//! Not seen: the legacy `open(2)` and `creat(2)` syscalls, `io_uring` opens, `mknod`, files made
-//! by a rename or a link, and tasks that joined the service in the last 250 ms (user space
-//! refreshes the guarded set on that tick).
+//! Not seen: `mknod`, files made by a rename or a link, and tasks that joined the service in the
+//! last 250 ms (user space refreshes the guarded set on that tick). The tracepoints also miss the
+//! legacy `open(2)` and `creat(2)` syscalls and `io_uring` opens, which the LSM hook sees.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, tracepoint},
+    macros::{lsm, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{LsmContext, TracePointContext},
 };
 use guard_common::created::{
     CreatedConfig, CreatedEvent, CREATED_EVENTS_BYTES, STAT_COUNT, STAT_EVENTS_LOST, STAT_RECORDED,
@@ -19,7 +22,7 @@ use guard_common::created::{
 
 use crate::{
     environ::guarded_tgid,
-    kmem::{current_task, kernel_ptr, kernel_u32, tp_long},
+    kmem::{current_task, kernel_ptr, kernel_u32, lsm_arg0, tp_long},
     stats::bump,
 };
 
@@ -43,6 +46,24 @@ pub fn created_openat(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn created_openat2(ctx: TracePointContext) -> u32 {
     on_exit(&ctx);
+    0
+}
+
+/// Never refuses an open: it only records. The file's `f_mode` already carries `FMODE_CREATED`
+/// here (`lookup_open` sets it before `do_open` reaches `security_file_open`).
+#[lsm(hook = "file_open")]
+pub fn created_file_open(ctx: LsmContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(tgid) = guarded_tgid(pid_tgid as u32) else {
+        return 0;
+    };
+    let Some(config) = CREATED_CONFIG.get(0) else {
+        return 0;
+    };
+    if config.file_mode == 0 {
+        return 0;
+    }
+    report_if_created(config, lsm_arg0(&ctx), tgid, pid_tgid);
     0
 }
 
@@ -74,6 +95,13 @@ fn on_exit(ctx: &TracePointContext) {
     }
     let fds = kernel_ptr(fdt, offsets.fdt_fd);
     let file = kernel_ptr(fds, (fd as u32).wrapping_mul(8));
+    report_if_created(config, file, tgid, pid_tgid);
+}
+
+/// Sends `file`'s inode and device when its open created it.
+#[inline(always)]
+fn report_if_created(config: &CreatedConfig, file: u64, tgid: u32, pid_tgid: u64) {
+    let offsets = &config.offsets;
     if kernel_u32(file, config.file_mode) & config.fmode_created == 0 {
         return;
     }

@@ -366,6 +366,17 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
         created["available"] == true,
         created["detail"].as_str().unwrap_or_default(),
     );
+    // Where BPF LSM is active the record needs no perf event (Debian refuses those to the
+    // shipped unit): the LSM hook keeps it, and the tracepoints only where LSM is not.
+    let (lsm, _) = lsm_available(&daemon);
+    let mechanism = if lsm { "lsm/file_open" } else { "tracepoints" };
+    if recorded {
+        let detail = created["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.ends_with(&format!("recorded by {mechanism}")),
+            "{created}"
+        );
+    }
 
     // The first audit reports every unrelated file, and changes none.
     for finding in wait_findings(&mut daemon, UNRELATED) {
@@ -430,6 +441,24 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
             .output()
             .unwrap();
         let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["created_files"], mechanism, "{status}");
+        let hooks: Vec<&str> = status["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("created_"))
+            })
+            .filter_map(|p| p["hook"].as_str())
+            .collect();
+        let want: &[&str] = if lsm {
+            &["lsm/file_open"]
+        } else {
+            &["tracepoint", "tracepoint"]
+        };
+        assert_eq!(hooks, want, "{status}");
         let record = &status["counters"]["created_files"];
         assert!(record["recorded"].as_u64() >= Some(1), "{status}");
         assert!(record["tracked"].as_u64() >= Some(1), "{status}");

@@ -248,6 +248,7 @@ fn status(
         "unavailable": unavailable,
         "guarded": guarded,
         "guarded_pids": guarded_pids,
+        "created_files": kernel.and_then(Kernel::created_files),
         "checks": checks::continuous::summary(),
         "counters": counters,
     })

@@ -77,6 +77,9 @@ fn render(status: &Value) -> String {
         let pids: Vec<String> = pids.iter().map(Value::to_string).collect();
         out.push_str(&format!("\nguarded processes: {}\n", pids.join(", ")));
     }
+    if let Some(mechanism) = status["created_files"].as_str() {
+        out.push_str(&format!("\ncreated-files record: {mechanism}\n"));
+    }
     if let Some(checks) = status["checks"].as_object().filter(|c| c["audits"] != 0) {
         let open: Vec<String> = checks["open"]
             .as_object()
@@ -104,4 +107,17 @@ fn render(status: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_created_files_mechanism_is_shown_when_the_record_is_on() {
+        let on = serde_json::json!({ "created_files": "lsm/file_open" });
+        assert!(render(&on).contains("\ncreated-files record: lsm/file_open\n"));
+        let off = serde_json::json!({ "created_files": null });
+        assert!(!render(&off).contains("created-files record"));
+    }
 }

@@ -52,14 +52,24 @@ pub fn attach_lsm(
     pins: &PinDir,
     config: &WatchSection,
 ) -> Result<AttachedProgram, KernelError> {
-    let name = PROG_ENVIRON_FILE_OPEN;
+    attach_file_open(ebpf, pins, PROG_ENVIRON_FILE_OPEN, config.mode.as_str())
+}
+
+/// Attaches the `lsm/file_open` program `name` (the environ watch's, or the created-files
+/// record's), pinned, or adopts or replaces the pinned one as [`attach_lsm`] says.
+pub fn attach_file_open(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    name: &'static str,
+    mode: &'static str,
+) -> Result<AttachedProgram, KernelError> {
     let target = "file_open";
     let pinned = pins.pinned(name, target);
     let mut out = AttachedProgram {
         name,
         hook: "lsm/file_open",
         target: target.into(),
-        mode: config.mode.as_str(),
+        mode,
         adopted: false,
         replaced: matches!(pinned, Pinned::Replace { .. }),
         program_id: None,

@@ -197,10 +197,7 @@ impl Kernel {
                     programs.extend(attached.iter().cloned());
                     let ring = take_ring(&mut ebpf, guard_common::environ::MAP_ENVIRON_EVENTS)?;
                     tokio::spawn(report("environ events", events::read_environ_events(ring)));
-                    if attached
-                        .iter()
-                        .any(|p| p.name == guard_common::created::PROG_CREATED_OPENAT)
-                    {
+                    if created::Mechanism::of(&attached).is_some() {
                         let ring = take_ring(&mut ebpf, guard_common::created::MAP_CREATED_EVENTS)?;
                         tokio::spawn(report(
                             "created-files events",
@@ -317,6 +314,12 @@ impl Kernel {
         environ::apply(&mut self.ebpf, &config.watch, watch, tasks, allowed)
     }
 
+    /// How the created-files record is kept (`lsm/file_open` or `tracepoints`), or `None` when
+    /// it is off.
+    pub fn created_files(&self) -> Option<&'static str> {
+        created::Mechanism::of(&self.programs).map(created::Mechanism::as_str)
+    }
+
     /// The guarded service's processes (tgids) as last written to the kernel.
     pub fn guarded_pids(&self) -> BTreeSet<u32> {
         self.watch
@@ -395,7 +398,9 @@ fn start_watch(
     // created-files programs' fd-table reads.
     let offsets = btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux"));
     let (mut programs, watch) = start_environ(ebpf, pins, config, features, offsets.clone())?;
-    programs.extend(created::start(ebpf, pins, offsets, features));
+    // After the environ watch, which turns `bpf-lsm` off when its own LSM program is refused.
+    let lsm_active = features.iter().any(|f| f.name == "bpf-lsm" && f.available);
+    programs.extend(created::start(ebpf, pins, offsets, lsm_active, features));
     Ok((programs, watch))
 }
 
