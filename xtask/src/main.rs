@@ -11,6 +11,7 @@ mod deb;
 mod docs;
 mod fuzz;
 mod initramfs;
+mod qemu;
 mod run;
 mod setup;
 mod system_vm;

@@ -2,20 +2,18 @@
 //! the privileged tests, streams the serial console, and judges the run.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
-    sync::mpsc::{self, RecvTimeoutError},
+    sync::mpsc::RecvTimeoutError,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{
     build,
     counts::Counts,
     initramfs::{self, BIN_MARK, END_SENTINEL},
-    setup,
+    qemu, setup,
 };
 
 /// LSM order as Debian's, plus `bpf`, so BPF LSM programs load in the guest.
@@ -83,28 +81,14 @@ fn boot(
     timeout: Duration,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", KERNEL_ARGS])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start qemu-system-x86_64; run `cargo xtask setup` (it installs qemu-system-x86)")?;
-
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().expect("piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = qemu::spawn(
+        qemu::command()
+            .arg("-kernel")
+            .arg(vmlinuz)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", KERNEL_ARGS]),
+    )?;
 
     let mut summary = Summary {
         counts: Counts::default(),

@@ -14,17 +14,16 @@ mod image;
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc::{self, RecvTimeoutError},
+    process::Command,
+    sync::mpsc::RecvTimeoutError,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build, cmd, counts::Counts};
+use crate::{build, cmd, counts::Counts, qemu};
 
 /// A passed step: `PGSYS ok NAME: detail`; a failed one: `PGSYS FAIL NAME: detail`.
 const RESULT_MARK: &str = "PGSYS ";
@@ -202,40 +201,25 @@ fn journey_steps() -> usize {
 
 fn boot(image: &image::Image, payload: &Path, timeout: Duration) -> Result<Summary> {
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
-        .args(["-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&image.vmlinuz)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .arg("-drive")
-        // The cached image is never written: the guest's writes go to a temporary overlay.
-        .arg(format!(
-            "file={},format=raw,if=virtio,snapshot=on",
-            image.disk.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,readonly=on",
-            payload.display()
-        ))
-        .args(["-append", KERNEL_ARGS])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start qemu-system-x86_64; run `cargo xtask setup`")?;
-
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().expect("piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = qemu::spawn(
+        qemu::command()
+            .arg("-kernel")
+            .arg(&image.vmlinuz)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .arg("-drive")
+            // The cached image is never written: the guest's writes go to a temporary overlay.
+            .arg(format!(
+                "file={},format=raw,if=virtio,snapshot=on",
+                image.disk.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                payload.display()
+            ))
+            .args(["-append", KERNEL_ARGS]),
+    )?;
 
     let mut summary = Summary::default();
     let mut deadline = started + timeout;
