@@ -252,7 +252,7 @@ impl Daemon {
     }
 
     /// The next audit record matching `pred`, skipping others, within the patience bound.
-    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub fn wait_for(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Option<Value> {
         self.check_readers();
         let deadline = Instant::now() + patience();
         loop {
@@ -273,19 +273,27 @@ impl Daemon {
         }
     }
 
-    /// Every record that arrives within `window` (for asserting that nothing else happened).
-    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
-        self.check_readers();
-        let deadline = Instant::now() + window;
-        let mut out = Vec::new();
-        while let Ok(event) = self
-            .events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            out.push(event);
-        }
-        self.check_readers();
-        out
+    /// Every record before the first one matching `marker`, and that one (last). This is how a
+    /// test shows that something did NOT happen: it causes a marker after the thing that must not
+    /// appear (a record from the same ordered source), and once the marker arrives everything
+    /// before it has been seen. Waiting a fixed time instead proves nothing on a slow machine.
+    pub fn records_until(&mut self, marker: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        let found = self.wait_for(|e| {
+            if marker(e) {
+                return true;
+            }
+            seen.push(e.clone());
+            false
+        });
+        let Some(found) = found else {
+            panic!(
+                "the marker record never came within {:?}; before it: {seen:?}",
+                patience()
+            );
+        };
+        seen.push(found);
+        seen
     }
 
     /// The daemon's process id (for reading its /proc entries).
@@ -324,10 +332,15 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM and returns its `stopping` record.
-    pub fn stop(mut self) -> Value {
+    pub fn stop(self) -> Value {
+        self.stop_records().pop().expect("the stopping record")
+    }
+
+    /// Stops the daemon with SIGTERM and returns every record it printed from here on, its
+    /// `stopping` record last (the daemon's final word: nothing comes after it).
+    pub fn stop_records(mut self) -> Vec<Value> {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        self.wait_for(|e| e["kind"] == "stopping")
-            .expect("no stopping record")
+        self.records_until(|e| e["kind"] == "stopping")
     }
 
     /// Leaves the pinned state in place when this daemon is dropped (the caller cleans it up).
