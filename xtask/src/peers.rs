@@ -212,6 +212,8 @@ pub fn latest() -> Result<()> {
     )?;
     let have = installed(&dir);
     let moved = unmet(&want, &have);
+    // The L7 tests run the proxyguard binary next to them.
+    crate::build::workspace(false)?;
     let mut scanner = Scanner::default();
     let mut test = cmd::cargo();
     test.args(["test", "-p", "proxyguard-tests"]);
