@@ -1,4 +1,9 @@
 //! A `proxyguard run` child process with its own config, stopped (SIGTERM, then SIGKILL) on drop.
+//!
+//! Two reader threads follow the daemon's stdout (JSON audit records) and stderr (its log). A
+//! reader that fails (a line that is not JSON, a read error, a panic) records why in
+//! [`ReaderFault`]; every accessor and `Drop` then fail the owning test with that line, since a
+//! panic inside the thread alone would only stop the events and fail nothing.
 
 use std::{
     io::{BufRead, BufReader},
@@ -8,6 +13,7 @@ use std::{
         mpsc::{self, Receiver},
         Arc, Mutex,
     },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -65,6 +71,68 @@ fn free_proxy_ports(config: &str) -> String {
     }
 }
 
+/// The first failure of either reader thread, shared with the test that owns the daemon.
+#[derive(Clone, Default)]
+struct ReaderFault(Arc<Mutex<Option<String>>>);
+
+impl ReaderFault {
+    /// Keeps the first failure: later ones are usually consequences of it.
+    fn record(&self, what: String) {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert(what);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Runs `body` on its own thread; a panic in it is recorded as a failure, not lost.
+    fn spawn(
+        &self,
+        reader: &'static str,
+        body: impl FnOnce(&ReaderFault) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let fault = self.clone();
+        std::thread::spawn(move || {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&fault)));
+            if let Err(panic) = caught {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                fault.record(format!("the {reader} reader panicked: {message}"));
+            }
+        })
+    }
+}
+
+/// Reads `source` line by line into `each`; a read error (e.g. a line that is not UTF-8) is a
+/// failure of the reader, not a silent end of the stream.
+fn read_lines(
+    source: impl std::io::Read,
+    reader: &str,
+    fault: &ReaderFault,
+    mut each: impl FnMut(String) -> Result<bool, String>,
+) {
+    for line in BufReader::new(source).lines() {
+        match line {
+            Ok(line) => match each(line) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(why) => return fault.record(why),
+            },
+            Err(err) => return fault.record(format!("reading the daemon's {reader}: {err}")),
+        }
+    }
+}
+
 pub struct Daemon {
     child: Child,
     /// Removed on drop unless [`Daemon::keep_pins`] was called.
@@ -76,6 +144,8 @@ pub struct Daemon {
     /// The `ready` record: attached programs and kernel features.
     pub ready: Value,
     log: Arc<Mutex<Vec<String>>>,
+    fault: ReaderFault,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -141,28 +211,27 @@ impl Daemon {
             .spawn()
             .expect("start proxyguard");
         // Through eprintln!, so libtest shows the daemon's log only for a failing test.
+        let fault = ReaderFault::default();
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let stderr_reader = fault.spawn("stderr", move |fault| {
+            read_lines(stderr, "stderr", fault, |line| {
                 eprintln!("[proxyguard] {line}");
                 kept.lock().expect("log lock").push(line);
-            }
+                Ok(true)
+            })
         });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(value) => {
-                        if tx.send(value).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => panic!("proxyguard printed a non-JSON line on stdout: {line}"),
-                }
-            }
+        let stdout_reader = fault.spawn("stdout", move |fault| {
+            read_lines(stdout, "stdout", fault, |line| {
+                let value = serde_json::from_str::<Value>(&line).map_err(|err| {
+                    format!("proxyguard printed a non-JSON line on stdout ({err}): {line}")
+                })?;
+                // The receiver is gone once the test dropped the daemon: stop reading.
+                Ok(tx.send(value).is_ok())
+            })
         });
         let mut daemon = Daemon {
             child,
@@ -173,6 +242,8 @@ impl Daemon {
             config_path,
             ready: Value::Null,
             log,
+            fault,
+            readers: vec![stderr_reader, stdout_reader],
         };
         daemon.ready = daemon
             .wait_for(|e| e["kind"] == "ready")
@@ -181,7 +252,8 @@ impl Daemon {
     }
 
     /// The next audit record matching `pred`, skipping others, within the patience bound.
-    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub fn wait_for(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Option<Value> {
+        self.check_readers();
         let deadline = Instant::now() + patience();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -189,6 +261,9 @@ impl Daemon {
                 Ok(event) if pred(&event) => return Some(event),
                 Ok(_) => continue,
                 Err(_) => {
+                    // The stdout reader may have stopped on a bad line: that, not a timeout,
+                    // is the failure to report.
+                    self.check_readers();
                     if let Ok(Some(status)) = self.child.try_wait() {
                         panic!("proxyguard exited early: {status}");
                     }
@@ -198,30 +273,47 @@ impl Daemon {
         }
     }
 
-    /// Every record that arrives within `window` (for asserting that nothing else happened).
-    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + window;
-        let mut out = Vec::new();
-        while let Ok(event) = self
-            .events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            out.push(event);
-        }
-        out
+    /// Every record before the first one matching `marker`, and that one (last). This is how a
+    /// test shows that something did NOT happen: it causes a marker after the thing that must not
+    /// appear (a record from the same ordered source), and once the marker arrives everything
+    /// before it has been seen. Waiting a fixed time instead proves nothing on a slow machine.
+    pub fn records_until(&mut self, marker: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        let found = self.wait_for(|e| {
+            if marker(e) {
+                return true;
+            }
+            seen.push(e.clone());
+            false
+        });
+        let Some(found) = found else {
+            panic!(
+                "the marker record never came within {:?}; before it: {seen:?}",
+                patience()
+            );
+        };
+        seen.push(found);
+        seen
     }
 
     /// The daemon's process id (for reading its /proc entries).
     pub fn pid(&self) -> u32 {
+        self.check_readers();
         self.child.id()
     }
 
     /// Every line the daemon wrote to stderr (its diagnostic log) so far.
     pub fn log_lines(&self) -> Vec<String> {
+        self.check_readers();
         self.log.lock().expect("log lock").clone()
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        self.check_readers();
+        self.send_signal(signal);
+    }
+
+    fn send_signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal proxyguard");
     }
@@ -240,10 +332,15 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM and returns its `stopping` record.
-    pub fn stop(mut self) -> Value {
+    pub fn stop(self) -> Value {
+        self.stop_records().pop().expect("the stopping record")
+    }
+
+    /// Stops the daemon with SIGTERM and returns every record it printed from here on, its
+    /// `stopping` record last (the daemon's final word: nothing comes after it).
+    pub fn stop_records(mut self) -> Vec<Value> {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        self.wait_for(|e| e["kind"] == "stopping")
-            .expect("no stopping record")
+        self.records_until(|e| e["kind"] == "stopping")
     }
 
     /// Leaves the pinned state in place when this daemon is dropped (the caller cleans it up).
@@ -280,13 +377,31 @@ impl Drop for Daemon {
         if self.remove_pins {
             remove_pins(&self.pin_dir);
         }
+        // The daemon is gone, so its pipes reach end of file: let the readers see its last lines
+        // (bounded, in case a child of the daemon still holds a pipe open).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !self.readers.iter().all(|r| r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A test that never looked at the events again still fails on a broken reader; one
+        // already failing keeps its own message (a second panic would abort the process).
+        if !std::thread::panicking() {
+            self.check_readers();
+        }
     }
 }
 
 impl Daemon {
+    /// Fails the test if a reader thread failed, with the offending line.
+    fn check_readers(&self) {
+        if let Some(fault) = self.fault.get() {
+            panic!("the test harness lost the daemon's output: {fault}");
+        }
+    }
+
     fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            self.signal(nix::sys::signal::Signal::SIGTERM);
+            self.send_signal(nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -297,5 +412,67 @@ impl Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(fault: &ReaderFault, reader: JoinHandle<()>) -> Option<String> {
+        reader
+            .join()
+            .expect("the reader thread itself never unwinds");
+        fault.get()
+    }
+
+    #[test]
+    fn a_non_json_line_is_recorded_with_the_line() {
+        let fault = ReaderFault::default();
+        let (tx, rx) = mpsc::channel();
+        let reader = fault.spawn("stdout", move |fault| {
+            read_lines(
+                &b"{\"kind\":\"ready\"}\nINFO ready\n{}\n"[..],
+                "stdout",
+                fault,
+                |l| {
+                    let value =
+                        serde_json::from_str::<Value>(&l).map_err(|_| format!("bad: {l}"))?;
+                    Ok(tx.send(value).is_ok())
+                },
+            )
+        });
+        assert_eq!(settled(&fault, reader).as_deref(), Some("bad: INFO ready"));
+        // The record before the bad line arrived; nothing after it did.
+        assert_eq!(rx.try_iter().count(), 1);
+    }
+
+    #[test]
+    fn a_panic_in_a_reader_is_recorded_not_lost() {
+        let fault = ReaderFault::default();
+        let reader = fault.spawn("stderr", |_| panic!("boom on line 3"));
+        let got = settled(&fault, reader).expect("recorded");
+        assert!(
+            got.contains("stderr reader panicked: boom on line 3"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_a_read_failure() {
+        let fault = ReaderFault::default();
+        let reader = fault.spawn("stderr", |fault| {
+            read_lines(&b"ok\n\xff\xfe\n"[..], "stderr", fault, |_| Ok(true))
+        });
+        let got = settled(&fault, reader).expect("recorded");
+        assert!(got.starts_with("reading the daemon's stderr:"), "{got}");
+    }
+
+    #[test]
+    fn the_first_failure_is_kept() {
+        let fault = ReaderFault::default();
+        fault.record("first".into());
+        fault.record("second".into());
+        assert_eq!(fault.get().as_deref(), Some("first"));
     }
 }

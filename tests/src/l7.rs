@@ -303,6 +303,23 @@ impl Guard {
         config
     }
 
+    /// Every audit record up to a sentinel request's (which is left off): one `DELETE /sentinel`
+    /// (refused as an unknown route before any upstream), made after everything the test did. Request records leave the proxy
+    /// through one queue in order, and alerts are written before their request's answer, so
+    /// once the sentinel's record arrives, every record of an earlier request has been seen.
+    pub fn records_until_sentinel(&mut self) -> Vec<Value> {
+        let answer = http(
+            &self.base,
+            serde_json::json!({"method": "DELETE", "path": "/sentinel"}),
+        );
+        assert_eq!(answer["status"], 404, "the sentinel request: {answer}");
+        let mut records = self
+            .daemon
+            .records_until(|e| e["kind"] == "request" && e["method"] == "DELETE");
+        records.pop();
+        records
+    }
+
     pub fn key(&self, name: &str) -> &str {
         &self
             .keys

@@ -57,6 +57,10 @@ pub fn require_root() {
 
 /// Whether a test that needs `feature` can go on. Where the feature is missing it prints why and
 /// returns false natively; inside the VM, where every feature must be present, it fails the test.
+///
+/// A skip prints a marker line, `SKIPPED: <test>: <why>; covered by <where>`, which `cargo xtask
+/// test` counts as skipped instead of passed (xtask/src/counts.rs). `<test>` is libtest's name for
+/// the running test (its thread's name), so the counter can match the marker to the outcome.
 pub fn feature_or_skip(test: &str, feature: &str, available: bool, why: &str) -> bool {
     if available {
         return true;
@@ -65,10 +69,37 @@ pub fn feature_or_skip(test: &str, feature: &str, available: bool, why: &str) ->
         !in_vm(),
         "{test}: {feature} must be available in the VM, but: {why}"
     );
-    // Written past libtest's output capture, so the skip is visible even though the test passes.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED here: {test} needs {feature}, which this host refuses ({why}); the VM run covers it"
+    let current = std::thread::current();
+    let name = current.name().unwrap_or(test);
+    // Written to stdout past libtest's output capture, on a line of its own (libtest has printed
+    // `test NAME ... ` and waits for the outcome): the marker then always comes before the
+    // test's outcome and its binary's summary on the same stream.
+    let _ = write!(
+        std::io::stdout(),
+        "\n{}",
+        skip_marker(
+            name,
+            &format!("needs {feature}, which this host refuses ({why})")
+        )
     );
+    let _ = std::io::stdout().flush();
     false
+}
+
+/// The skip marker line xtask's counter reads (its prefix is `xtask::counts::SKIP_MARK`).
+fn skip_marker(name: &str, why: &str) -> String {
+    // The counter splits the name off at the first ": "; a reason on one line keeps the marker one.
+    let why = why.replace('\n', " ");
+    format!("SKIPPED: {name}: {why}; covered by the VM stage (cargo xtask vm-test)\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_skip_marker_names_the_test_why_and_where() {
+        assert_eq!(
+            super::skip_marker("kernel::lsm", "needs BPF LSM (not in\nlsm=)"),
+            "SKIPPED: kernel::lsm: needs BPF LSM (not in lsm=); covered by the VM stage (cargo xtask vm-test)\n"
+        );
+    }
 }

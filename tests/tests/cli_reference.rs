@@ -68,3 +68,21 @@ fn the_readme_links_the_command_reference() {
         "README.md does not link docs/cli.md"
     );
 }
+
+/// The rule the before-stop hook applies (shared/hooks/before-stop, step 2b): every top-level
+/// subcommand of `proxyguard --help` appears in README.md as `proxyguard <name>`, since operators
+/// look there first. Here it fails the test run, instead of only printing at the end of a session.
+#[test]
+fn every_subcommand_in_help_is_shown_in_the_readme() {
+    let readme = repo_file("README.md");
+    let top = subcommands(&[]);
+    assert!(top.len() >= 10, "{top:?}");
+    let missing: Vec<&String> = top
+        .iter()
+        .filter(|name| !readme.contains(&format!("proxyguard {name}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md never shows these subcommands: {missing:?}"
+    );
+}

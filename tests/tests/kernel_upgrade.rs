@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -53,6 +53,8 @@ impl Drop for Pins {
 /// Tries an operation every 2 ms until stopped; counts refusals (EPERM) and successes.
 struct Attempts {
     stop: Arc<AtomicBool>,
+    /// Attempts made so far, so a test can wait for more of them (a count, not a pause).
+    made: Arc<AtomicU64>,
     thread: Option<JoinHandle<Tally>>,
 }
 
@@ -66,7 +68,8 @@ struct Tally {
 impl Attempts {
     fn start(attempt: impl Fn() -> Result<(), Errno> + Send + 'static) -> Attempts {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let made = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), made.clone());
         let thread = std::thread::spawn(move || {
             let mut tally = Tally::default();
             while !flag.load(Ordering::Relaxed) {
@@ -75,13 +78,25 @@ impl Attempts {
                     Ok(()) => tally.succeeded += 1,
                     Err(errno) => tally.other.push(errno),
                 }
+                count.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
             }
             tally
         });
         Attempts {
             stop,
+            made,
             thread: Some(thread),
+        }
+    }
+
+    /// Returns once `n` more attempts than now have been made (bounded by the test's patience).
+    fn more(&self, n: u64) {
+        let target = self.made.load(Ordering::Relaxed) + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.made.load(Ordering::Relaxed) < target {
+            assert!(std::time::Instant::now() < deadline, "the attempts stalled");
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -194,8 +209,9 @@ fn another_objects_programs_are_replaced_while_a_forbidden_bind_never_succeeds()
     let binds = Attempts::bind(port);
     let reads = Attempts::read_environ(guarded.pid());
     let mut second = Daemon::start_full(&config, &[], None, pin_dir.clone());
-    // Some more tries once the new daemon is up.
-    std::thread::sleep(Duration::from_millis(100));
+    // Some more tries once the new daemon is up: counted, so a slow machine makes them too.
+    binds.more(20);
+    reads.more(20);
     let (binds, reads) = (binds.finish(), reads.finish());
     assert_eq!(
         binds.succeeded, 0,
@@ -301,7 +317,7 @@ fn a_pinned_map_of_another_layout_is_recreated_not_adopted() {
 
     let binds = Attempts::bind(port);
     let mut second = Daemon::start_full(&config, &[], None, pin_dir.clone());
-    std::thread::sleep(Duration::from_millis(50));
+    binds.more(20);
     let binds = binds.finish();
     assert_eq!(
         binds.succeeded, 0,

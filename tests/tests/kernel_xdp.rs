@@ -121,9 +121,13 @@ fn connects(
 fn config(interface: &str, port: u16, mode: &str) -> String {
     format!(
         "[bind]\nenabled = false\n\n[xdp]\nmode = \"{mode}\"\ninterfaces = [\"{interface}\"]\nports = [{port}]\n\
-         rate_per_sec = {RATE}\nburst = {BURST}\nipv6_prefix = 64\nallow = [\"198.18.0.3/32\"]\ndeny = [\"198.18.0.4/32\"]\n"
+         rate_per_sec = {RATE}\nburst = {BURST}\nipv6_prefix = 64\nallow = [\"198.18.0.3/32\"]\ndeny = [\"198.18.0.4/32\", \"{SENTINEL}/32\"]\n"
     )
 }
+
+/// A deny-listed source used only as the last client: its drop event comes after every other
+/// (one ring, in order), so once it arrives every earlier event has been seen.
+const SENTINEL: &str = "198.18.0.9";
 
 /// Rate events for one source, at most one per second.
 fn events_for(events: &[Value], kind: &str, source: &str) -> usize {
@@ -142,6 +146,7 @@ fn syn_rate_limit_over_veth() {
             "198.18.0.3/24",
             "198.18.0.4/24",
             "198.18.0.6/24",
+            "198.18.0.9/24",
             "2001:db8::5/64",
         ],
     );
@@ -206,7 +211,10 @@ fn syn_rate_limit_over_veth() {
         "IPv6 over-rate SYNs were not dropped"
     );
 
-    let mut events = daemon.drain(Duration::from_millis(500));
+    assert_eq!(connects(&topo.client, SENTINEL, v4, 1, Duration::ZERO), 0);
+    let mut events =
+        daemon.records_until(|e| e["kind"] == "syn_dropped" && e["source"] == SENTINEL);
+    events.pop();
     let counters = daemon.stop()["counters"]["xdp"].clone();
     events.retain(|e| e["kind"] == "syn_dropped");
 
@@ -218,7 +226,8 @@ fn syn_rate_limit_over_veth() {
         "{counters}"
     );
     assert_eq!(counters["dropped_rate"], rate_failures, "{counters}");
-    assert_eq!(counters["dropped_deny"], 3, "{counters}");
+    // Three from 198.18.0.4 and the sentinel's one.
+    assert_eq!(counters["dropped_deny"], 4, "{counters}");
     assert_eq!(counters["would_drop"], 0, "{counters}");
 
     // Drop events: present, with the reason, and at most one per source per second.

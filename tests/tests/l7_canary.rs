@@ -103,7 +103,7 @@ fn canary_secrets_appear_in_no_output() {
     );
     outputs.push(format!("metrics: {}", metrics["body"]));
 
-    let records = guard.daemon.drain(std::time::Duration::from_secs(2));
+    let records = guard.records_until_sentinel();
     assert!(
         records.iter().filter(|r| r["kind"] == "request").count() >= 11,
         "{records:?}"

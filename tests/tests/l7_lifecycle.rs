@@ -17,6 +17,47 @@ use serde_json::json;
 
 const MASTER: &str = "sk-litellm-master-life";
 
+/// Connections waiting to be accepted on the listening sockets of `port`: the `rx_queue` of a
+/// TCP socket in LISTEN (state 0A) in /proc/net/tcp{,6} is its accept backlog.
+fn accept_queue(port: u16) -> u64 {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|row| {
+                    let fields: Vec<&str> = row.split_whitespace().collect();
+                    let (local, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+                    if !local.ends_with(&suffix) || *state != "0A" {
+                        return None;
+                    }
+                    u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Reads one response with a `content-length` body off a keep-alive connection; its status.
+fn read_response(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
 /// Reads until the peer closes; true if it closed (rather than the read timing out).
 fn closed_by_peer(stream: &mut TcpStream) -> bool {
     stream
@@ -241,24 +282,30 @@ fn the_connection_cap_queues_the_next_connection() {
     assert_eq!(health["status"], 200, "{health}");
     let addr = guard.base.trim_start_matches("http://").to_owned();
     let request = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
 
     let mut first = TcpStream::connect(&addr).unwrap();
     first.write_all(request).unwrap();
     let mut head = [0u8; 12];
-    first.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 404");
+    assert_eq!(read_response(&mut first), 404);
 
-    // The second connection waits in the accept queue while the first holds the only slot...
+    // The second connection waits in the accept queue while the first holds the only slot: the
+    // kernel holds it there, unaccepted (so unanswered)...
     let mut second = TcpStream::connect(&addr).unwrap();
     second.write_all(request).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let waited = second.read(&mut head);
-    assert!(
-        waited.is_err(),
-        "no answer while the cap is reached: {waited:?}"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while accept_queue(port) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second connection never showed in the accept queue"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...and the sentinel, a request on the first connection made after that, is answered while
+    // the second is still queued: the daemon is serving, and not taking the second.
+    first.write_all(request).unwrap();
+    assert_eq!(read_response(&mut first), 404);
+    assert_eq!(accept_queue(port), 1, "the second connection was accepted");
     // ...and is served once the first closes.
     drop(first);
     second

@@ -11,6 +11,7 @@ mod deb;
 mod docs;
 mod fuzz;
 mod initramfs;
+mod peers;
 mod qemu;
 mod run;
 mod setup;
@@ -47,6 +48,13 @@ enum Command {
         /// package X+STAMP, an upgrade of X: for the upgrade test. Builds in target/stamped.
         #[arg(long, value_name = "STAMP")]
         stamp: Option<String>,
+    },
+    /// The L7 tests' Python peers (LiteLLM, openai): make the tests' venv hold exactly the pins of
+    /// tests/py/requirements.txt (what setup does), or with --latest run the L7 tests against
+    /// today's releases in a venv of their own and report what differs from the pins.
+    Peers {
+        #[arg(long)]
+        latest: bool,
     },
     /// Set up and build, then run `proxyguard run` on the embedded default config.
     Run {
@@ -139,6 +147,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { args } => run::run(&args),
+        Command::Peers { latest: false } => peers::ensure_pinned(),
+        Command::Peers { latest: true } => {
+            setup::run()?;
+            peers::latest()
+        }
         Command::Test {
             no_vm,
             no_fuzz,

@@ -36,7 +36,7 @@ pub fn run() -> Result<()> {
     nightly_with_rust_src()?;
     apt_packages()?;
     bpf_linker()?;
-    python_venv()?;
+    crate::peers::ensure_pinned()?;
     cargo_fuzz()?;
     let kernel = vm_kernel()?;
     println!("setup: ok (VM kernel {})", kernel.version);
@@ -185,65 +185,9 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// The venv of the L7 tests' real peers: LiteLLM's proxy and the official `openai` SDK.
+/// The venv of the L7 tests' real peers (pinned in tests/py/requirements.txt; see peers.rs).
 pub fn venv_dir() -> PathBuf {
-    cache_dir().join("venv")
-}
-
-/// Python packages the L7 end-to-end tests run (`tests/tests/l7_*.rs`).
-const PIP_PACKAGES: &[&str] = &["litellm[proxy]", "openai"];
-
-/// Creates the venv once and installs the peers into it; a no-op (one import) when present.
-fn python_venv() -> Result<()> {
-    let dir = venv_dir();
-    let python = dir.join("bin/python");
-    let ready = || {
-        dir.join("bin/litellm").is_file()
-            && cmd::succeeds(
-                Command::new(&python)
-                    .args(["-c", "import litellm.proxy, openai"])
-                    // Offline: LiteLLM otherwise fetches its model price map on import.
-                    .env("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
-            )
-    };
-    if ready() {
-        return Ok(());
-    }
-    if !python.is_file() {
-        println!(
-            "setup: creating the Python venv for the L7 tests at {}",
-            dir.display()
-        );
-        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&dir)).with_context(|| {
-            format!(
-                "cannot create a venv at {}; it needs python3 (3.9 or newer) with venv (`apt-get install python3-venv`)",
-                dir.display()
-            )
-        })?;
-    }
-    println!(
-        "setup: pip install {} (a few minutes, once)",
-        PIP_PACKAGES.join(" ")
-    );
-    cmd::run(
-        Command::new(dir.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(PIP_PACKAGES),
-    )
-    .with_context(|| {
-        format!(
-            "cannot install {} into {}; it needs PyPI (or a mirror in pip's config)",
-            PIP_PACKAGES.join(" "),
-            dir.display()
-        )
-    })?;
-    if !ready() {
-        bail!(
-            "{} was installed but `import litellm.proxy, openai` still fails",
-            dir.display()
-        );
-    }
-    Ok(())
+    crate::peers::venv_dir()
 }
 
 /// The cache for downloads that must not live in the source tree.
@@ -283,18 +227,22 @@ impl VmKernel {
     }
 }
 
-/// The cached VM kernel, downloading Debian's current `linux-image-amd64` target when absent.
+/// The Debian kernel the VM tests boot, pinned so a new Debian point release cannot change the
+/// kernel under the tests without a commit. Last moved: 2026-12-01 (the ABI `linux-image-amd64`
+/// depended on then; package version 6.1.192-3). Debian drops an old ABI's package from its index
+/// some time after the next one: when the download fails, move the pin to what
+/// `apt-cache depends linux-image-amd64` names and run the VM stage before committing it.
+pub const VM_KERNEL_VERSION: &str = "6.1.0-57-amd64";
+
+/// The cached VM kernel of [`VM_KERNEL_VERSION`], downloading its package when absent.
 pub fn vm_kernel() -> Result<VmKernel> {
     let root = cache_dir().join("vm");
     let current = root.join("current");
-    if let Ok(version) = fs::read_to_string(&current) {
-        let version = version.trim();
-        let kernel = VmKernel::at(&root.join(version), version);
-        if kernel.complete() {
-            return Ok(kernel);
-        }
+    let kernel = VmKernel::at(&root.join(VM_KERNEL_VERSION), VM_KERNEL_VERSION);
+    if kernel.complete() {
+        return Ok(kernel);
     }
-    let package = kernel_package()?;
+    let package = format!("linux-image-{VM_KERNEL_VERSION}");
     println!(
         "setup: downloading {package} for the VM into {}",
         root.display()
@@ -329,6 +277,9 @@ pub fn vm_kernel() -> Result<VmKernel> {
         .to_string_lossy()
         .trim_start_matches("vmlinuz-")
         .to_owned();
+    if version != VM_KERNEL_VERSION {
+        bail!("{package} holds vmlinuz-{version}, not the pinned {VM_KERNEL_VERSION}");
+    }
     let dest = root.join(&version);
     fs::create_dir_all(dest.join("modules"))?;
     fs::copy(&vmlinuz, dest.join("vmlinuz"))?;
@@ -348,28 +299,6 @@ pub fn vm_kernel() -> Result<VmKernel> {
         );
     }
     Ok(kernel)
-}
-
-/// The versioned image package that Debian's `linux-image-amd64` currently depends on.
-fn kernel_package() -> Result<String> {
-    let find = || -> Option<String> {
-        let out = Command::new("apt-cache")
-            .args(["depends", "linux-image-amd64"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|line| {
-                let name = line.trim().strip_prefix("Depends: ")?;
-                name.starts_with("linux-image-")
-                    .then(|| name.trim().to_owned())
-            })
-    };
-    if let Some(package) = find() {
-        return Ok(package);
-    }
-    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    find().context("apt-cache knows no linux-image-amd64; run `apt-get update` as root")
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {

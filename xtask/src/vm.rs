@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     build,
-    counts::Counts,
+    counts::{Counts, Scanner},
     initramfs::{self, BIN_MARK, END_SENTINEL},
     qemu, setup,
 };
@@ -99,13 +99,14 @@ fn boot(
     };
     let deadline = started + timeout;
     let mut ended = false;
+    let mut scanner = Scanner::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r');
                 println!("{line}");
-                summary.counts.scan(line);
+                scanner.scan(line);
                 if let Some(rest) = line.strip_prefix(BIN_MARK) {
                     summary.binaries_run += 1;
                     if !rest.trim_end().ends_with("rc=0") {
@@ -131,6 +132,7 @@ fn boot(
         let _ = child.kill();
     }
     let _ = child.wait();
+    summary.counts = scanner.counts();
     if summary.problem.is_none() && !ended {
         summary.problem = Some("the guest stopped before the end sentinel".into());
     }
@@ -157,7 +159,7 @@ fn print_summary(summary: &Summary) {
         summary.counts.ignored
     );
     println!(
-        "vm-test: {} passed, {} failed",
-        summary.counts.passed, summary.counts.failed
+        "vm-test: {} passed, {} failed, {} skipped",
+        summary.counts.passed, summary.counts.failed, summary.counts.skipped
     );
 }
