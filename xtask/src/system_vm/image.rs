@@ -20,8 +20,8 @@ use crate::{cmd, setup};
 const SUITE: &str = "bookworm";
 
 /// What the operator's host has: systemd as PID 1, and the tools the journey uses (python3 for
-/// the guarded service and the bind loop, curl as the client). The kernel package brings its own
-/// initrd, which carries the virtio drivers the boot disk needs.
+/// the guarded service and the bind loop, curl as the client). The kernel package (the pinned one,
+/// see [`packages`]) brings its own initrd, which carries the virtio drivers the boot disk needs.
 const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -33,9 +33,16 @@ const PACKAGES: &[&str] = &[
     "procps",
     "kmod",
     "ca-certificates",
-    "linux-image-amd64",
     "initramfs-tools",
 ];
+
+/// [`PACKAGES`] plus the kernel: the same pinned version the busybox VM boots
+/// ([`setup::VM_KERNEL_VERSION`]), so both VM stages move together, by a deliberate commit.
+fn packages() -> Vec<String> {
+    let mut all: Vec<String> = PACKAGES.iter().map(|p| (*p).to_owned()).collect();
+    all.push(format!("linux-image-{}", setup::VM_KERNEL_VERSION));
+    all
+}
 
 /// The unit that runs the journey from the payload disk once the system is up, on the serial
 /// console, and powers the guest off when it ends, whatever its result.
@@ -103,7 +110,7 @@ fn customize_script() -> String {
 fn key() -> String {
     let mut hash = Sha256::new();
     hash.update(SUITE);
-    for package in PACKAGES {
+    for package in packages() {
         hash.update([0]);
         hash.update(package);
     }
@@ -135,7 +142,7 @@ pub fn cached() -> Result<Image> {
     let mut mmdebstrap = Command::new("mmdebstrap");
     mmdebstrap
         .args(["--variant=important", "--quiet"])
-        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!("--include={}", packages().join(",")))
         .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
         .arg(SUITE)
         .arg(&rootfs);
@@ -163,6 +170,14 @@ pub fn cached() -> Result<Image> {
     fs::remove_dir_all(&work)?;
     if !image.complete() {
         bail!("the system VM image at {} is incomplete", dir.display());
+    }
+    // Images of other keys are what this one replaces (about 1 GiB each): they go.
+    if let Some(parent) = dir.parent() {
+        for entry in fs::read_dir(parent)?.flatten() {
+            if entry.path() != dir && entry.path().is_dir() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
     }
     Ok(image)
 }
