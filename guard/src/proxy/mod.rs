@@ -20,6 +20,7 @@ mod server;
 mod state;
 pub(crate) mod tls;
 mod upstream_slots;
+pub mod upstream_surface;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
