@@ -46,6 +46,10 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         None => Some(None),
     };
     let reserved = reserved(config, push);
+    let custom_key_header = match &config.upstream_custom_key_header {
+        Some(name) => header_name(name, "proxy.upstream_custom_key_header", push).map(Some),
+        None => Some(None),
+    };
     let deny = deny_patterns(config, push);
     let keys = super::compile_keys::keys(config, push);
     Some(Settings {
@@ -53,6 +57,7 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         upstream_auth: upstream_auth?,
         keys: keys?,
         reserved: reserved?,
+        custom_key_header: custom_key_header?,
         deny: deny?,
         tls: tls?,
     })
@@ -177,6 +182,24 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
     }
 }
 
+/// `name` as a lower-case header name, or a problem at `field`.
+fn header_name(
+    name: &str,
+    field: &str,
+    push: &mut dyn FnMut(String, String),
+) -> Option<HeaderName> {
+    let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok();
+    if parsed.is_none() {
+        push(
+            field.into(),
+            format!(
+                "`{name}` is not a valid header name (letters, digits and `-`, like \"x-my-key\")"
+            ),
+        );
+    }
+    parsed
+}
+
 /// The always-reserved names, then the configured ones (lower-cased).
 fn reserved(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<Vec<HeaderName>> {
     let mut names: Vec<HeaderName> = ALWAYS_RESERVED
@@ -295,6 +318,9 @@ mod tests {
             }),
             ("proxy.headers.reserved[0]", |c| {
                 c.headers.reserved = vec!["bad header".into()]
+            }),
+            ("proxy.upstream_custom_key_header", |c| {
+                c.upstream_custom_key_header = Some("bad header".into())
             }),
             ("proxy.content.deny_patterns[0]", |c| {
                 c.content.deny_patterns = vec!["(".into()]

@@ -20,6 +20,9 @@ pub struct ProxyConfig {
     /// A root-only file (mode 0600 or stricter) holding the upstream's own key, sent as
     /// `Authorization: Bearer`. Re-read on reload.
     pub upstream_key_file: Option<PathBuf>,
+    /// The name of LiteLLM's custom key header (its `general_settings.litellm_key_header_name`),
+    /// when it has one: removed from client requests like every other credential header.
+    pub upstream_custom_key_header: Option<String>,
     /// Metrics (`/metrics`) and readiness (`/healthz`). Must be loopback.
     pub admin_listen: SocketAddr,
     /// Threads of the daemon's async runtime (the proxy and the kernel event readers). Read at
@@ -47,6 +50,7 @@ impl Default for ProxyConfig {
             // LiteLLM's default port.
             upstream: "http://127.0.0.1:4000".into(),
             upstream_key_file: None,
+            upstream_custom_key_header: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             // Two: the guarded LLM proxy, not this one, is the slow hop; leave it the other cores.
             worker_threads: 2,

@@ -64,7 +64,7 @@ pub fn rewrite(
     parts.uri = uri.build().unwrap_or_default();
     let headers = &mut parts.headers;
     hop::strip(headers);
-    auth::strip(headers);
+    auth::strip(headers, state.custom_key_header.as_ref());
     for name in FORWARDING {
         headers.remove(*name);
     }
@@ -152,6 +152,11 @@ mod tests {
             .header("host", "guard.example")
             .header("authorization", "Bearer client-key")
             .header("x-api-key", "client-key")
+            .header("x-litellm-api-key", "sk-forged")
+            .header("x-goog-api-key", "sk-forged")
+            .header("ocp-apim-subscription-key", "sk-forged")
+            .header("api-key", "sk-forged")
+            .header("x_litellm_api_key", "sk-forged")
             .header("x-forwarded-for", "6.6.6.6")
             .header("forwarded", "for=6.6.6.6")
             .header("connection", "close, x-hop")
@@ -178,6 +183,11 @@ mod tests {
             // No upstream key file in the default config: no Authorization at all.
             ("authorization", None),
             ("x-api-key", None),
+            ("x-litellm-api-key", None),
+            ("x-goog-api-key", None),
+            ("ocp-apim-subscription-key", None),
+            ("api-key", None),
+            ("x_litellm_api_key", None),
             ("forwarded", None),
             ("connection", None),
             ("x-hop", None),

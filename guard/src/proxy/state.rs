@@ -28,6 +28,8 @@ pub struct State {
     pub concurrency: Concurrency,
     pub header_limits: HeaderLimits,
     pub reserved: Vec<HeaderName>,
+    /// LiteLLM's custom key header, removed like the other credential headers.
+    pub custom_key_header: Option<HeaderName>,
     pub content: ContentRules,
     pub tls: Option<TlsAcceptor>,
     max_body_bytes: u64,
@@ -51,6 +53,8 @@ pub struct Settings {
     pub keys: Vec<StoredKey>,
     /// The always-reserved names first.
     pub reserved: Vec<HeaderName>,
+    /// `proxy.upstream_custom_key_header`, lower-cased.
+    pub custom_key_header: Option<HeaderName>,
     pub deny: Option<RegexSet>,
     pub tls: Option<TlsAcceptor>,
 }
@@ -99,6 +103,7 @@ impl State {
                 max_total_bytes: limits_config.max_header_bytes,
             },
             reserved: settings.reserved,
+            custom_key_header: settings.custom_key_header,
             content: ContentRules {
                 max_messages: content.max_messages,
                 max_message_chars: content.max_message_chars,

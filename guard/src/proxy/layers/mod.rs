@@ -9,6 +9,7 @@ pub mod framing;
 pub mod header_limits;
 pub mod host;
 pub mod json;
+pub mod key_leak;
 pub mod path;
 pub mod rate;
 pub mod reserved;
