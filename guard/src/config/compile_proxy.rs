@@ -50,6 +50,11 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         Some(name) => header_name(name, "proxy.upstream_custom_key_header", push).map(Some),
         None => Some(None),
     };
+    let upstream_allow = upstream_allow(
+        config,
+        custom_key_header.as_ref().and_then(Option::as_ref),
+        push,
+    );
     let deny = deny_patterns(config, push);
     let keys = super::compile_keys::keys(config, push);
     Some(Settings {
@@ -58,6 +63,7 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         keys: keys?,
         reserved: reserved?,
         custom_key_header: custom_key_header?,
+        upstream_allow: upstream_allow?,
         deny: deny?,
         tls: tls?,
     })
@@ -200,6 +206,31 @@ fn header_name(
     parsed
 }
 
+/// `proxy.headers.upstream_allow`: header names, none of them a credential.
+fn upstream_allow(
+    config: &ProxyConfig,
+    custom: Option<&HeaderName>,
+    push: &mut dyn FnMut(String, String),
+) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    let mut ok = true;
+    for (i, name) in config.headers.upstream_allow.iter().enumerate() {
+        let field = format!("proxy.headers.upstream_allow[{i}]");
+        match header_name(name, &field, push) {
+            Some(parsed) if crate::proxy::layers::auth::is_credential(&parsed, custom) => {
+                push(
+                    field,
+                    format!("`{name}` carries a credential and is always removed; take it out of the list"),
+                );
+                ok = false;
+            }
+            Some(parsed) => names.push(parsed),
+            None => ok = false,
+        }
+    }
+    ok.then_some(names)
+}
+
 /// The always-reserved names, then the configured ones (lower-cased).
 fn reserved(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<Vec<HeaderName>> {
     let mut names: Vec<HeaderName> = ALWAYS_RESERVED
@@ -321,6 +352,12 @@ mod tests {
             }),
             ("proxy.upstream_custom_key_header", |c| {
                 c.upstream_custom_key_header = Some("bad header".into())
+            }),
+            ("proxy.headers.upstream_allow[0]", |c| {
+                c.headers.upstream_allow = vec!["x-litellm-api-key".into()]
+            }),
+            ("proxy.headers.upstream_allow[1]", |c| {
+                c.headers.upstream_allow = vec!["x-litellm-tags".into(), "bad header".into()]
             }),
             ("proxy.content.deny_patterns[0]", |c| {
                 c.content.deny_patterns = vec!["(".into()]

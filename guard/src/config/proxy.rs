@@ -170,6 +170,9 @@ pub struct HeadersConfig {
     /// Refused in addition to `x-rollout-id`, `x-attempt-id` and `x-sequence-id`, which are
     /// always refused (the upstream attributes requests by them).
     pub reserved: Vec<String>,
+    /// LiteLLM control headers (`x-litellm-*` and the others it acts on) let through to the
+    /// upstream for every key; all others are removed. Credential headers cannot be named.
+    pub upstream_allow: Vec<String>,
 }
 
 /// Optional content rules over request messages (threat 10). 0 or empty turns a rule off.

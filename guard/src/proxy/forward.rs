@@ -17,10 +17,11 @@ use hyper_util::{
 
 use super::{
     hop,
-    layers::{self, auth},
+    layers::{self, auth, upstream_controls},
     reject::Reject,
     state::State,
     upstream_slots::{Slot, UpstreamSlots},
+    upstream_surface,
 };
 
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
@@ -35,17 +36,8 @@ pub fn client() -> UpstreamClient {
         .build(connector)
 }
 
-/// Headers about the client connection that only proxyguard may set.
-const FORWARDING: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-];
-
-/// The request as the upstream gets it: its URI, no hop-by-hop or client key headers, our
-/// forwarding headers, the upstream's own key, and the complete, validated body.
+/// The request as the upstream gets it: its URI, no hop-by-hop, credential, LiteLLM control or
+/// client-address headers, our forwarding headers, the upstream's own key, and the complete, validated body.
 pub fn rewrite(
     mut parts: Parts,
     body: Bytes,
@@ -65,10 +57,8 @@ pub fn rewrite(
     let headers = &mut parts.headers;
     hop::strip(headers);
     auth::strip(headers, state.custom_key_header.as_ref());
-    for name in FORWARDING {
-        headers.remove(*name);
-    }
-    strip_disguised(headers);
+    upstream_controls::strip(headers, &state.upstream_allow);
+    strip_client_ip_and_disguised_hops(headers);
     // hyper frames the buffered body with its own Content-Length; the body is already complete,
     // so a client's `Expect: 100-continue` means nothing to the upstream.
     headers.remove(header::CONTENT_LENGTH);
@@ -91,11 +81,28 @@ pub fn rewrite(
     Request::from_parts(parts, Full::new(body))
 }
 
-/// `X_Forwarded_For`, `Transfer_Encoding` and the like: servers that take `_` for `-` would read
-/// them as the forwarding or hop-by-hop headers just removed.
-fn strip_disguised(headers: &mut http::HeaderMap) {
-    let targets = FORWARDING.iter().chain(hop::HOP_BY_HOP).copied();
-    for name in layers::disguised_as(headers, targets) {
+/// Every header that claims the client's address (`upstream_surface::CLIENT_IP_HEADERS`, all of
+/// `x-forwarded-*`), and `X_Forwarded_For`, `Transfer_Encoding` and the like: servers that take
+/// `_` for `-` would read them as the forwarding or hop-by-hop headers just removed. Only the
+/// guard's own `x-forwarded-for` and `x-forwarded-proto` go up.
+fn strip_client_ip_and_disguised_hops(headers: &mut http::HeaderMap) {
+    let mut found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            if name.contains('_') {
+                upstream_surface::is_client_ip_header(&name.replace('_', "-"))
+            } else {
+                upstream_surface::is_client_ip_header(name)
+            }
+        })
+        .cloned()
+        .collect();
+    found.extend(layers::disguised_as(
+        headers,
+        hop::HOP_BY_HOP.iter().copied(),
+    ));
+    for name in found {
         headers.remove(name);
     }
 }
@@ -168,6 +175,13 @@ mod tests {
             .header("X_Real_IP", "6.6.6.6")
             .header("keep_alive", "1")
             .header("x_kept_too", "1")
+            .header("true-client-ip", "6.6.6.6")
+            .header("cf-connecting-ip", "6.6.6.6")
+            .header("x-forwarded-port", "1")
+            .header("x_client_ip", "6.6.6.6")
+            .header("x-litellm-timeout", "1")
+            .header("x-litellm-spend-logs-metadata", "{}")
+            .header("openai-organization", "org-x")
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
@@ -197,6 +211,13 @@ mod tests {
             ("x_real_ip", None),
             ("keep_alive", None),
             ("x_kept_too", Some("1")),
+            ("true-client-ip", None),
+            ("cf-connecting-ip", None),
+            ("x-forwarded-port", None),
+            ("x_client_ip", None),
+            ("x-litellm-timeout", None),
+            ("x-litellm-spend-logs-metadata", None),
+            ("openai-organization", None),
         ];
         for (name, value) in expected {
             assert_eq!(

@@ -30,6 +30,8 @@ pub struct State {
     pub reserved: Vec<HeaderName>,
     /// LiteLLM's custom key header, removed like the other credential headers.
     pub custom_key_header: Option<HeaderName>,
+    /// Control headers let through (`proxy.headers.upstream_allow`).
+    pub upstream_allow: Vec<HeaderName>,
     pub content: ContentRules,
     pub tls: Option<TlsAcceptor>,
     max_body_bytes: u64,
@@ -55,6 +57,7 @@ pub struct Settings {
     pub reserved: Vec<HeaderName>,
     /// `proxy.upstream_custom_key_header`, lower-cased.
     pub custom_key_header: Option<HeaderName>,
+    pub upstream_allow: Vec<HeaderName>,
     pub deny: Option<RegexSet>,
     pub tls: Option<TlsAcceptor>,
 }
@@ -104,6 +107,7 @@ impl State {
             },
             reserved: settings.reserved,
             custom_key_header: settings.custom_key_header,
+            upstream_allow: settings.upstream_allow,
             content: ContentRules {
                 max_messages: content.max_messages,
                 max_message_chars: content.max_message_chars,

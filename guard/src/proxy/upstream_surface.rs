@@ -207,8 +207,7 @@ pub mod body {
 
 /// Prefixes of LiteLLM's control families: every header under them is removed from requests
 /// unless `proxy.headers.upstream_allow` names it.
-pub const CONTROL_HEADER_PREFIXES: &[&str] =
-    &["x-litellm-", "litellm-", "x-mcp-", "typesafe-danger-zone-"];
+pub const CONTROL_HEADER_PREFIXES: &[&str] = &["x-litellm-", "litellm-", "x-mcp-"];
 
 /// Every named control header (all groups but credentials, which are always removed).
 pub fn control_headers() -> impl Iterator<Item = &'static str> + Clone {
@@ -226,6 +225,7 @@ pub fn is_control_header(name: &str) -> bool {
     control_headers().any(|known| known == name)
         || CONTROL_HEADER_PREFIXES
             .iter()
+            .chain(OUTBOUND_HEADER_PREFIXES)
             .any(|prefix| name.starts_with(prefix))
 }
 
