@@ -55,6 +55,14 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         custom_key_header.as_ref().and_then(Option::as_ref),
         push,
     );
+    for (i, entry) in config.headers.response_allow.iter().enumerate() {
+        if !crate::proxy::ResponseAllow::entry_is_valid(entry) {
+            push(
+                format!("proxy.headers.response_allow[{i}]"),
+                format!("`{entry}` is not a header name or a `prefix*` pattern (like \"x-ratelimit-*\")"),
+            );
+        }
+    }
     let deny = deny_patterns(config, push);
     let keys = super::compile_keys::keys(config, push);
     Some(Settings {
@@ -358,6 +366,9 @@ mod tests {
             }),
             ("proxy.headers.upstream_allow[1]", |c| {
                 c.headers.upstream_allow = vec!["x-litellm-tags".into(), "bad header".into()]
+            }),
+            ("proxy.headers.response_allow[0]", |c| {
+                c.headers.response_allow = vec!["*".into()]
             }),
             ("proxy.content.deny_patterns[0]", |c| {
                 c.content.deny_patterns = vec!["(".into()]

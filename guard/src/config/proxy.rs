@@ -164,7 +164,7 @@ impl Default for TimeoutsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeadersConfig {
     /// Refused in addition to `x-rollout-id`, `x-attempt-id` and `x-sequence-id`, which are
@@ -173,6 +173,22 @@ pub struct HeadersConfig {
     /// LiteLLM control headers (`x-litellm-*` and the others it acts on) let through to the
     /// upstream for every key; all others are removed. Credential headers cannot be named.
     pub upstream_allow: Vec<String>,
+    /// Response headers passed back to clients (`prefix*` matches a prefix); all others are
+    /// dropped. Replaces the default list.
+    pub response_allow: Vec<String>,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            reserved: Vec::new(),
+            upstream_allow: Vec::new(),
+            response_allow: crate::proxy::upstream_surface::RESPONSE_ALLOW_DEFAULT
+                .iter()
+                .map(|entry| entry.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// Optional content rules over request messages (threat 10). 0 or empty turns a rule off.

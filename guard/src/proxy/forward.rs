@@ -19,6 +19,7 @@ use super::{
     hop,
     layers::{self, auth, upstream_controls},
     reject::Reject,
+    response_headers::ResponseAllow,
     state::State,
     upstream_slots::{Slot, UpstreamSlots},
     upstream_surface,
@@ -108,13 +109,14 @@ fn strip_client_ip_and_disguised_hops(headers: &mut http::HeaderMap) {
 }
 
 /// Sends `request`; 504 when no response head arrives in time, 502 when the upstream cannot be
-/// reached or breaks the protocol.
+/// reached or breaks the protocol. The response keeps only the headers `allow` lets back.
 /// Waiting for an upstream slot counts against the same timeout.
 pub async fn send(
     client: &UpstreamClient,
     slots: &UpstreamSlots,
     request: Request<Full<Bytes>>,
     timeout: Duration,
+    allow: &ResponseAllow,
 ) -> Result<(Response<Incoming>, Slot), Reject> {
     let attempt = async {
         let slot = slots.acquire().await;
@@ -142,6 +144,7 @@ pub async fn send(
         )),
         Ok((Ok(slot), Ok(mut response))) => {
             hop::strip(response.headers_mut());
+            allow.filter(response.headers_mut());
             Ok((response, slot))
         }
     }

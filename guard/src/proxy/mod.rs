@@ -16,6 +16,7 @@ mod metrics;
 mod pipeline;
 mod record;
 mod reject;
+mod response_headers;
 mod server;
 mod state;
 pub(crate) mod tls;
@@ -29,6 +30,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use error::ProxyError;
 use metrics::Metrics;
+pub use response_headers::ResponseAllow;
 pub use state::Settings;
 use state::State;
 

@@ -13,6 +13,7 @@
 //! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
 //!    and the complete buffered body); then JSON and content rules.
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
+//!    The response comes back with only the headers `proxy.headers.response_allow` lets through.
 
 use std::{
     convert::Infallible,
@@ -167,6 +168,7 @@ async fn checked_forward(
         &shared.upstream_slots,
         upstream_request,
         state.upstream_timeout,
+        &state.response_allow,
     )
     .await;
     record.upstream = Some(started.elapsed());

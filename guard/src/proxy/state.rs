@@ -16,6 +16,7 @@ use super::layers::{
     header_limits::HeaderLimits,
     rate::{quota, RateLimits},
 };
+use super::response_headers::ResponseAllow;
 use crate::config::proxy::ProxyConfig;
 
 pub struct State {
@@ -32,6 +33,8 @@ pub struct State {
     pub custom_key_header: Option<HeaderName>,
     /// Control headers let through (`proxy.headers.upstream_allow`).
     pub upstream_allow: Vec<HeaderName>,
+    /// Response headers let back to clients (`proxy.headers.response_allow`).
+    pub response_allow: ResponseAllow,
     pub content: ContentRules,
     pub tls: Option<TlsAcceptor>,
     max_body_bytes: u64,
@@ -108,6 +111,9 @@ impl State {
             reserved: settings.reserved,
             custom_key_header: settings.custom_key_header,
             upstream_allow: settings.upstream_allow,
+            response_allow: ResponseAllow::new(
+                config.headers.response_allow.iter().map(String::as_str),
+            ),
             content: ContentRules {
                 max_messages: content.max_messages,
                 max_message_chars: content.max_message_chars,
