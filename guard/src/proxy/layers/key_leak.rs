@@ -71,10 +71,18 @@ mod tests {
 
     const KEY: &str = "pgk_0123abcd";
 
+    /// (headers, query, body, where the key is reported, if refused).
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+        &'static str,
+        Option<&'static str>,
+    );
+
     #[test]
     fn table() {
         let custom = HeaderName::from_static("x-my-key");
-        let cases: &[(&[(&str, &str)], Option<&str>, &str, Option<&str>)] = &[
+        let cases: &[Case] = &[
             (
                 &[("authorization", "Bearer pgk_0123abcd")],
                 None,
