@@ -10,7 +10,11 @@ use std::{
     time::Duration,
 };
 
-use proxyguard_tests::{l7::Guard, recorder::Recorder, upstream::read_response};
+use proxyguard_tests::{
+    l7::{new_key, Guard},
+    recorder::Recorder,
+    upstream::read_response,
+};
 
 const UPSTREAM_KEY: &str = "sk-upstream-master-headers";
 
@@ -132,10 +136,16 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
 #[test]
 fn credential_control_and_address_headers_never_reach_the_upstream() {
     let recorder = Recorder::start();
-    let extra = "upstream_custom_key_header = \"X-My-LiteLLM-Key\"\n\
-                 [proxy.rate]\nper_key_rpm = 0\nper_ip_rpm = 0\n\
-                 [proxy.headers]\nupstream_allow = [\"x-litellm-tags\"]\n";
-    let guard = Guard::start(recorder.port, UPSTREAM_KEY, &["good"], extra);
+    // `prioritised` may send one more control header than everyone else.
+    let (prioritised, prioritised_hash) = new_key();
+    let extra = format!(
+        "upstream_custom_key_header = \"X-My-LiteLLM-Key\"\n\
+         [proxy.rate]\nper_key_rpm = 0\nper_ip_rpm = 0\n\
+         [proxy.headers]\nupstream_allow = [\"x-litellm-tags\"]\n\
+         [[proxy.keys]]\nname = \"prioritised\"\nsha256 = \"{prioritised_hash}\"\n\
+         upstream_allow = [\"x-litellm-priority\"]\n"
+    );
+    let guard = Guard::start(recorder.port, UPSTREAM_KEY, &["good"], &extra);
     let key = guard.key("good").to_owned();
     let addr = guard.base.trim_start_matches("http://").to_owned();
 
@@ -193,9 +203,27 @@ fn credential_control_and_address_headers_never_reach_the_upstream() {
             allowed.map(|r| r.header("x-litellm-tags"))
         ));
     }
+    // A control header one key may send arrives from it, and from no other key.
+    for (case, client, expected) in [
+        ("per-key-allowed", prioritised.as_str(), Some("1")),
+        ("per-key-other", key.as_str(), None),
+    ] {
+        let status = send(&addr, client, case, "x-litellm-priority: 1\r\n");
+        let seen = recorder.seen();
+        let got = seen
+            .iter()
+            .find(|r| r.header("x-case") == Some(case))
+            .and_then(|r| r.header("x-litellm-priority"));
+        if status != 200 || got != expected {
+            problems.push(format!(
+                "{case}: status {status}, x-litellm-priority {got:?}"
+            ));
+        }
+    }
+    let seen = recorder.seen();
     eprintln!(
         "{} served cases, {} requests at the upstream",
-        CASES.len() + 1,
+        CASES.len() + 3,
         seen.len()
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -64,7 +64,11 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         }
     }
     let deny = deny_patterns(config, push);
-    let keys = super::compile_keys::keys(config, push);
+    let keys = super::compile_keys::keys(
+        config,
+        custom_key_header.as_ref().and_then(Option::as_ref),
+        push,
+    );
     Some(Settings {
         upstream: upstream?,
         upstream_auth: upstream_auth?,
@@ -214,16 +218,31 @@ fn header_name(
     parsed
 }
 
-/// `proxy.headers.upstream_allow`: header names, none of them a credential.
+/// `proxy.headers.upstream_allow`.
 fn upstream_allow(
     config: &ProxyConfig,
     custom: Option<&HeaderName>,
     push: &mut dyn FnMut(String, String),
 ) -> Option<Vec<HeaderName>> {
+    allow_list(
+        &config.headers.upstream_allow,
+        "proxy.headers.upstream_allow",
+        custom,
+        push,
+    )
+}
+
+/// A list of control headers to let through (at `field`): header names, none a credential.
+pub(super) fn allow_list(
+    list: &[String],
+    field: &str,
+    custom: Option<&HeaderName>,
+    push: &mut dyn FnMut(String, String),
+) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     let mut ok = true;
-    for (i, name) in config.headers.upstream_allow.iter().enumerate() {
-        let field = format!("proxy.headers.upstream_allow[{i}]");
+    for (i, name) in list.iter().enumerate() {
+        let field = format!("{field}[{i}]");
         match header_name(name, &field, push) {
             Some(parsed) if crate::proxy::layers::auth::is_credential(&parsed, custom) => {
                 push(
@@ -369,6 +388,16 @@ mod tests {
             }),
             ("proxy.headers.response_allow[0]", |c| {
                 c.headers.response_allow = vec!["*".into()]
+            }),
+            ("proxy.keys[0].upstream_allow[0]", |c| {
+                c.keys = vec![crate::config::proxy::KeyEntry {
+                    name: "k".into(),
+                    sha256: "a".repeat(64),
+                    created: None,
+                    expires: None,
+                    rpm: None,
+                    upstream_allow: vec!["authorization".into()],
+                }]
             }),
             ("proxy.content.deny_patterns[0]", |c| {
                 c.content.deny_patterns = vec!["(".into()]

@@ -171,7 +171,8 @@ pub struct HeadersConfig {
     /// always refused (the upstream attributes requests by them).
     pub reserved: Vec<String>,
     /// LiteLLM control headers (`x-litellm-*` and the others it acts on) let through to the
-    /// upstream for every key; all others are removed. Credential headers cannot be named.
+    /// upstream for every key (a key's own `upstream_allow` adds more); all others are removed.
+    /// Credential headers cannot be named.
     pub upstream_allow: Vec<String>,
     /// Response headers passed back to clients (`prefix*` matches a prefix); all others are
     /// dropped. Replaces the default list.
@@ -223,6 +224,10 @@ pub struct KeyEntry {
     pub expires: Option<String>,
     /// Overrides `rate.per_key_rpm` for this key.
     pub rpm: Option<u32>,
+    /// LiteLLM control headers this key may send upstream, on top of
+    /// `proxy.headers.upstream_allow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_allow: Vec<String>,
 }
 
 /// Reserved header names that no config can un-reserve.

@@ -43,6 +43,7 @@ pub fn rewrite(
     mut parts: Parts,
     body: Bytes,
     state: &State,
+    key_allow: &[HeaderName],
     client: SocketAddr,
     tls: bool,
 ) -> Request<Full<Bytes>> {
@@ -58,7 +59,7 @@ pub fn rewrite(
     let headers = &mut parts.headers;
     hop::strip(headers);
     auth::strip(headers, state.custom_key_header.as_ref());
-    upstream_controls::strip(headers, &state.upstream_allow);
+    upstream_controls::strip(headers, &state.upstream_allow, key_allow);
     strip_client_ip_and_disguised_hops(headers);
     // hyper frames the buffered body with its own Content-Length; the body is already complete,
     // so a client's `Expect: 100-continue` means nothing to the upstream.
@@ -189,7 +190,7 @@ mod tests {
             .unwrap();
         let (parts, ()) = request.into_parts();
         let client: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        let out = rewrite(parts, Bytes::from_static(b"{}"), &state, client, true);
+        let out = rewrite(parts, Bytes::from_static(b"{}"), &state, &[], client, true);
         assert_eq!(out.uri(), "http://127.0.0.1:4000/v1/chat/completions?x=1");
         let headers = out.headers();
         let expected = [

@@ -161,7 +161,14 @@ async fn checked_forward(
         state.content.check(&value)?;
     }
 
-    let upstream_request = forward::rewrite(parts, bytes, state, peer.addr, peer.tls);
+    let upstream_request = forward::rewrite(
+        parts,
+        bytes,
+        state,
+        &key.upstream_allow,
+        peer.addr,
+        peer.tls,
+    );
     let started = Instant::now();
     let response = forward::send(
         &shared.client,

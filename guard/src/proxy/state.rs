@@ -168,6 +168,7 @@ mod tests {
             created: None,
             expires: None,
             rpm,
+            upstream_allow: Vec::new(),
         };
         let config = ProxyConfig {
             keys: vec![key("slow", Some(2)), key("default", None)],

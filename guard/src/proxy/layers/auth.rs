@@ -29,6 +29,8 @@ pub struct StoredKey {
     pub hash: [u8; 32],
     pub expires: Option<SystemTime>,
     pub rpm: Option<u32>,
+    /// Control headers this key may send upstream (`proxy.keys[].upstream_allow`).
+    pub upstream_allow: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -139,6 +141,7 @@ mod tests {
             hash: Sha256::digest(secret.as_bytes()).into(),
             expires,
             rpm: None,
+            upstream_allow: Vec::new(),
         };
         KeyStore::new(vec![
             key("alice", "sk-alice", None),

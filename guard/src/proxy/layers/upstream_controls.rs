@@ -2,7 +2,7 @@
 //! `typesafe-danger-zone-*` families and the other headers it acts on (`openai-organization`,
 //! `anthropic-beta`, `traceparent`, `baggage`, sessions and agents; `upstream_surface` lists
 //! them by effect) are removed from requests, `_` spellings included, unless
-//! `proxy.headers.upstream_allow` names them. Removed rather than refused: SDKs and agent
+//! `proxy.headers.upstream_allow` (every key) or the key's own `upstream_allow` names them. Removed rather than refused: SDKs and agent
 //! frameworks send some of them unasked, and without them the request means the same to the model.
 
 use http::{HeaderMap, HeaderName};
@@ -19,12 +19,12 @@ pub fn is_control(name: &HeaderName) -> bool {
     }
 }
 
-/// Removes every control header `allow` does not name (an allowed name passes only as spelled
-/// there, never in a `_` spelling).
-pub fn strip(headers: &mut HeaderMap, allow: &[HeaderName]) {
+/// Removes every control header that neither the global `allow` nor the key's own `key_allow`
+/// names (an allowed name passes only as spelled there, never in a `_` spelling).
+pub fn strip(headers: &mut HeaderMap, allow: &[HeaderName], key_allow: &[HeaderName]) {
     let found: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_control(name) && !allow.contains(name))
+        .filter(|name| is_control(name) && !allow.contains(name) && !key_allow.contains(name))
         .cloned()
         .collect();
     for name in found {
@@ -39,6 +39,7 @@ mod tests {
     #[test]
     fn table() {
         let allow = [HeaderName::from_static("x-litellm-tags")];
+        let key_allow = [HeaderName::from_static("x-litellm-priority")];
         let cases = [
             ("x-litellm-timeout", false),
             ("x-litellm-num-retries", false),
@@ -52,7 +53,8 @@ mod tests {
             ("traceparent", false),
             ("x-session-id", false),
             ("x_litellm_timeout", false),
-            ("X-LiteLLM-Priority", false),
+            ("x-litellm-priority", true),
+            ("X-LiteLLM-Num-Retries", false),
             // Named in the allow-list: through, but only as spelled there.
             ("x-litellm-tags", true),
             ("x_litellm_tags", false),
@@ -67,7 +69,7 @@ mod tests {
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 "1".parse().unwrap(),
             );
-            strip(&mut headers, &allow);
+            strip(&mut headers, &allow, &key_allow);
             assert_eq!(!headers.is_empty(), kept, "{name}");
         }
     }
