@@ -199,7 +199,9 @@ pub mod body {
         "pillar_flagged",
     ];
 
-    /// Query parameters LiteLLM reads a key from: `key` on the Google generate-content routes.
+    /// Query parameters LiteLLM reads a key from: `key` on the Google generate-content routes,
+    /// which `layers::path`'s route allow-list does not open (and the client's own key in any
+    /// query is refused by `layers::key_leak`).
     pub const CREDENTIAL_QUERY: &[&str] = &["key"];
 }
 
