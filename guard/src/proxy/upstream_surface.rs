@@ -28,7 +28,8 @@ pub const LITELLM_VERSION: &str = "1.108.7";
 /// order `get_api_key` tries them: `x-litellm-api-key` wins over `Authorization`, so a client copy
 /// of it would replace the injected master key. Plus `x-mcp-auth`, the MCP servers' credential.
 /// The operator's `general_settings.litellm_key_header_name` comes on top, from
-/// `proxy.upstream_custom_key_header`.
+/// `proxy.upstream_custom_key_header`. Cookies (`token`, SSO state) authenticate only LiteLLM's UI,
+/// SSO and MCP management routes, which `layers::path` keeps closed.
 pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-litellm-api-key",
     "authorization",
