@@ -5,6 +5,7 @@ usage: client.py ACTION BASE_URL KEY [ARG]
   chat            one chat completion on model mock-gpt
   stream GATE     a streaming completion on model slow; creates GATE on the first chunk
   models          the model list
+  chat_headers    one chat completion on mock-gpt, with the response headers the SDK got
   rate N          N model-list calls in a row; counts statuses
   http SPEC       one raw request; SPEC is JSON {method, path, headers, body, body_size, chunked, ca}
 """
@@ -57,6 +58,12 @@ def main():
                 if chunk.choices and chunk.choices[0].delta.content:
                     chunks.append(chunk.choices[0].delta.content)
             result = {"ok": True, "chunks": len(chunks), "text": "".join(chunks)}
+        elif action == "chat_headers":
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="mock-gpt", messages=[{"role": "user", "content": "hi"}])
+            out = raw.parse()
+            result = {"ok": True, "content": out.choices[0].message.content,
+                      "headers": dict(raw.headers)}
         elif action == "models":
             result = {"ok": True, "ids": [m.id for m in sdk.models.list().data]}
         elif action == "rate":

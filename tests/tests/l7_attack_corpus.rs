@@ -35,6 +35,7 @@ const CATEGORIES: &[(&str, usize)] = &[
     ("host", 10),
     ("body", 20),
     ("auth", 20),
+    ("upstream", 8),
     ("slowloris", 8),
     ("http10", 6),
     ("pipelining", 8),

@@ -13,6 +13,7 @@ use crate::proxy::layers::auth::StoredKey;
 
 pub(super) fn keys(
     config: &ProxyConfig,
+    custom: Option<&http::HeaderName>,
     push: &mut dyn FnMut(String, String),
 ) -> Option<Vec<StoredKey>> {
     let mut names = std::collections::HashSet::new();
@@ -72,11 +73,19 @@ pub(super) fn keys(
                 "must be at least 1 (revoke the key to stop it)".into(),
             );
         }
+        let upstream_allow = super::compile_proxy::allow_list(
+            &key.upstream_allow,
+            &format!("proxy.keys[{i}].upstream_allow"),
+            custom,
+            push,
+        )
+        .unwrap_or_default();
         stored.push(StoredKey {
             name: key.name.as_str().into(),
             hash,
             expires: times[1],
             rpm: key.rpm,
+            upstream_allow,
         });
     }
     for (i, name) in config.admin_routes.keys.iter().enumerate() {
@@ -147,7 +156,7 @@ mod tests {
 
     fn fields(config: &ProxyConfig) -> Vec<String> {
         let mut out = Vec::new();
-        keys(config, &mut |field, _| out.push(field));
+        keys(config, None, &mut |field, _| out.push(field));
         out
     }
 
@@ -186,6 +195,7 @@ mod tests {
             created: None,
             expires: Some("2030-01-01T00:00:00Z".into()),
             rpm: Some(10),
+            upstream_allow: Vec::new(),
         };
         let config = ProxyConfig {
             keys: vec![

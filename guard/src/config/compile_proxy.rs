@@ -46,13 +46,36 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         None => Some(None),
     };
     let reserved = reserved(config, push);
+    let custom_key_header = match &config.upstream_custom_key_header {
+        Some(name) => header_name(name, "proxy.upstream_custom_key_header", push).map(Some),
+        None => Some(None),
+    };
+    let upstream_allow = upstream_allow(
+        config,
+        custom_key_header.as_ref().and_then(Option::as_ref),
+        push,
+    );
+    for (i, entry) in config.headers.response_allow.iter().enumerate() {
+        if !crate::proxy::ResponseAllow::entry_is_valid(entry) {
+            push(
+                format!("proxy.headers.response_allow[{i}]"),
+                format!("`{entry}` is not a header name or a `prefix*` pattern (like \"x-ratelimit-*\")"),
+            );
+        }
+    }
     let deny = deny_patterns(config, push);
-    let keys = super::compile_keys::keys(config, push);
+    let keys = super::compile_keys::keys(
+        config,
+        custom_key_header.as_ref().and_then(Option::as_ref),
+        push,
+    );
     Some(Settings {
         upstream: upstream?,
         upstream_auth: upstream_auth?,
         keys: keys?,
         reserved: reserved?,
+        custom_key_header: custom_key_header?,
+        upstream_allow: upstream_allow?,
         deny: deny?,
         tls: tls?,
     })
@@ -177,6 +200,64 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
     }
 }
 
+/// `name` as a lower-case header name, or a problem at `field`.
+fn header_name(
+    name: &str,
+    field: &str,
+    push: &mut dyn FnMut(String, String),
+) -> Option<HeaderName> {
+    let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok();
+    if parsed.is_none() {
+        push(
+            field.into(),
+            format!(
+                "`{name}` is not a valid header name (letters, digits and `-`, like \"x-my-key\")"
+            ),
+        );
+    }
+    parsed
+}
+
+/// `proxy.headers.upstream_allow`.
+fn upstream_allow(
+    config: &ProxyConfig,
+    custom: Option<&HeaderName>,
+    push: &mut dyn FnMut(String, String),
+) -> Option<Vec<HeaderName>> {
+    allow_list(
+        &config.headers.upstream_allow,
+        "proxy.headers.upstream_allow",
+        custom,
+        push,
+    )
+}
+
+/// A list of control headers to let through (at `field`): header names, none a credential.
+pub(super) fn allow_list(
+    list: &[String],
+    field: &str,
+    custom: Option<&HeaderName>,
+    push: &mut dyn FnMut(String, String),
+) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    let mut ok = true;
+    for (i, name) in list.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        match header_name(name, &field, push) {
+            Some(parsed) if crate::proxy::layers::auth::is_credential(&parsed, custom) => {
+                push(
+                    field,
+                    format!("`{name}` carries a credential and is always removed; take it out of the list"),
+                );
+                ok = false;
+            }
+            Some(parsed) => names.push(parsed),
+            None => ok = false,
+        }
+    }
+    ok.then_some(names)
+}
+
 /// The always-reserved names, then the configured ones (lower-cased).
 fn reserved(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<Vec<HeaderName>> {
     let mut names: Vec<HeaderName> = ALWAYS_RESERVED
@@ -295,6 +376,28 @@ mod tests {
             }),
             ("proxy.headers.reserved[0]", |c| {
                 c.headers.reserved = vec!["bad header".into()]
+            }),
+            ("proxy.upstream_custom_key_header", |c| {
+                c.upstream_custom_key_header = Some("bad header".into())
+            }),
+            ("proxy.headers.upstream_allow[0]", |c| {
+                c.headers.upstream_allow = vec!["x-litellm-api-key".into()]
+            }),
+            ("proxy.headers.upstream_allow[1]", |c| {
+                c.headers.upstream_allow = vec!["x-litellm-tags".into(), "bad header".into()]
+            }),
+            ("proxy.headers.response_allow[0]", |c| {
+                c.headers.response_allow = vec!["*".into()]
+            }),
+            ("proxy.keys[0].upstream_allow[0]", |c| {
+                c.keys = vec![crate::config::proxy::KeyEntry {
+                    name: "k".into(),
+                    sha256: "a".repeat(64),
+                    created: None,
+                    expires: None,
+                    rpm: None,
+                    upstream_allow: vec!["authorization".into()],
+                }]
             }),
             ("proxy.content.deny_patterns[0]", |c| {
                 c.content.deny_patterns = vec!["(".into()]

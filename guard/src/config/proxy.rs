@@ -20,6 +20,9 @@ pub struct ProxyConfig {
     /// A root-only file (mode 0600 or stricter) holding the upstream's own key, sent as
     /// `Authorization: Bearer`. Re-read on reload.
     pub upstream_key_file: Option<PathBuf>,
+    /// The name of LiteLLM's custom key header (its `general_settings.litellm_key_header_name`),
+    /// when it has one: removed from client requests like every other credential header.
+    pub upstream_custom_key_header: Option<String>,
     /// Metrics (`/metrics`) and readiness (`/healthz`). Must be loopback.
     pub admin_listen: SocketAddr,
     /// Threads of the daemon's async runtime (the proxy and the kernel event readers). Read at
@@ -47,6 +50,7 @@ impl Default for ProxyConfig {
             // LiteLLM's default port.
             upstream: "http://127.0.0.1:4000".into(),
             upstream_key_file: None,
+            upstream_custom_key_header: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             // Two: the guarded LLM proxy, not this one, is the slow hop; leave it the other cores.
             worker_threads: 2,
@@ -160,12 +164,32 @@ impl Default for TimeoutsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeadersConfig {
     /// Refused in addition to `x-rollout-id`, `x-attempt-id` and `x-sequence-id`, which are
     /// always refused (the upstream attributes requests by them).
     pub reserved: Vec<String>,
+    /// LiteLLM control headers (`x-litellm-*` and the others it acts on) let through to the
+    /// upstream for every key (a key's own `upstream_allow` adds more); all others are removed.
+    /// Credential headers cannot be named.
+    pub upstream_allow: Vec<String>,
+    /// Response headers passed back to clients (`prefix*` matches a prefix); all others are
+    /// dropped. Replaces the default list.
+    pub response_allow: Vec<String>,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            reserved: Vec::new(),
+            upstream_allow: Vec::new(),
+            response_allow: crate::proxy::upstream_surface::RESPONSE_ALLOW_DEFAULT
+                .iter()
+                .map(|entry| entry.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// Optional content rules over request messages (threat 10). 0 or empty turns a rule off.
@@ -200,6 +224,10 @@ pub struct KeyEntry {
     pub expires: Option<String>,
     /// Overrides `rate.per_key_rpm` for this key.
     pub rpm: Option<u32>,
+    /// LiteLLM control headers this key may send upstream, on top of
+    /// `proxy.headers.upstream_allow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_allow: Vec<String>,
 }
 
 /// Reserved header names that no config can un-reserve.

@@ -17,10 +17,12 @@ use hyper_util::{
 
 use super::{
     hop,
-    layers::{self, auth},
+    layers::{self, auth, upstream_controls},
     reject::Reject,
+    response_headers::ResponseAllow,
     state::State,
     upstream_slots::{Slot, UpstreamSlots},
+    upstream_surface,
 };
 
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
@@ -35,21 +37,13 @@ pub fn client() -> UpstreamClient {
         .build(connector)
 }
 
-/// Headers about the client connection that only proxyguard may set.
-const FORWARDING: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-];
-
-/// The request as the upstream gets it: its URI, no hop-by-hop or client key headers, our
-/// forwarding headers, the upstream's own key, and the complete, validated body.
+/// The request as the upstream gets it: its URI, no hop-by-hop, credential, LiteLLM control or
+/// client-address headers, our forwarding headers, the upstream's own key, and the complete, validated body.
 pub fn rewrite(
     mut parts: Parts,
     body: Bytes,
     state: &State,
+    key_allow: &[HeaderName],
     client: SocketAddr,
     tls: bool,
 ) -> Request<Full<Bytes>> {
@@ -64,11 +58,9 @@ pub fn rewrite(
     parts.uri = uri.build().unwrap_or_default();
     let headers = &mut parts.headers;
     hop::strip(headers);
-    auth::strip(headers);
-    for name in FORWARDING {
-        headers.remove(*name);
-    }
-    strip_disguised(headers);
+    auth::strip(headers, state.custom_key_header.as_ref());
+    upstream_controls::strip(headers, &state.upstream_allow, key_allow);
+    strip_client_ip_and_disguised_hops(headers);
     // hyper frames the buffered body with its own Content-Length; the body is already complete,
     // so a client's `Expect: 100-continue` means nothing to the upstream.
     headers.remove(header::CONTENT_LENGTH);
@@ -91,23 +83,41 @@ pub fn rewrite(
     Request::from_parts(parts, Full::new(body))
 }
 
-/// `X_Forwarded_For`, `Transfer_Encoding` and the like: servers that take `_` for `-` would read
-/// them as the forwarding or hop-by-hop headers just removed.
-fn strip_disguised(headers: &mut http::HeaderMap) {
-    let targets = FORWARDING.iter().chain(hop::HOP_BY_HOP).copied();
-    for name in layers::disguised_as(headers, targets) {
+/// Every header that claims the client's address (`upstream_surface::CLIENT_IP_HEADERS`, all of
+/// `x-forwarded-*`), and `X_Forwarded_For`, `Transfer_Encoding` and the like: servers that take
+/// `_` for `-` would read them as the forwarding or hop-by-hop headers just removed. Only the
+/// guard's own `x-forwarded-for` and `x-forwarded-proto` go up.
+fn strip_client_ip_and_disguised_hops(headers: &mut http::HeaderMap) {
+    let mut found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            if name.contains('_') {
+                upstream_surface::is_client_ip_header(&name.replace('_', "-"))
+            } else {
+                upstream_surface::is_client_ip_header(name)
+            }
+        })
+        .cloned()
+        .collect();
+    found.extend(layers::disguised_as(
+        headers,
+        hop::HOP_BY_HOP.iter().copied(),
+    ));
+    for name in found {
         headers.remove(name);
     }
 }
 
 /// Sends `request`; 504 when no response head arrives in time, 502 when the upstream cannot be
-/// reached or breaks the protocol.
+/// reached or breaks the protocol. The response keeps only the headers `allow` lets back.
 /// Waiting for an upstream slot counts against the same timeout.
 pub async fn send(
     client: &UpstreamClient,
     slots: &UpstreamSlots,
     request: Request<Full<Bytes>>,
     timeout: Duration,
+    allow: &ResponseAllow,
 ) -> Result<(Response<Incoming>, Slot), Reject> {
     let attempt = async {
         let slot = slots.acquire().await;
@@ -135,6 +145,7 @@ pub async fn send(
         )),
         Ok((Ok(slot), Ok(mut response))) => {
             hop::strip(response.headers_mut());
+            allow.filter(response.headers_mut());
             Ok((response, slot))
         }
     }
@@ -152,6 +163,11 @@ mod tests {
             .header("host", "guard.example")
             .header("authorization", "Bearer client-key")
             .header("x-api-key", "client-key")
+            .header("x-litellm-api-key", "sk-forged")
+            .header("x-goog-api-key", "sk-forged")
+            .header("ocp-apim-subscription-key", "sk-forged")
+            .header("api-key", "sk-forged")
+            .header("x_litellm_api_key", "sk-forged")
             .header("x-forwarded-for", "6.6.6.6")
             .header("forwarded", "for=6.6.6.6")
             .header("connection", "close, x-hop")
@@ -163,11 +179,18 @@ mod tests {
             .header("X_Real_IP", "6.6.6.6")
             .header("keep_alive", "1")
             .header("x_kept_too", "1")
+            .header("true-client-ip", "6.6.6.6")
+            .header("cf-connecting-ip", "6.6.6.6")
+            .header("x-forwarded-port", "1")
+            .header("x_client_ip", "6.6.6.6")
+            .header("x-litellm-timeout", "1")
+            .header("x-litellm-spend-logs-metadata", "{}")
+            .header("openai-organization", "org-x")
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
         let client: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        let out = rewrite(parts, Bytes::from_static(b"{}"), &state, client, true);
+        let out = rewrite(parts, Bytes::from_static(b"{}"), &state, &[], client, true);
         assert_eq!(out.uri(), "http://127.0.0.1:4000/v1/chat/completions?x=1");
         let headers = out.headers();
         let expected = [
@@ -178,6 +201,11 @@ mod tests {
             // No upstream key file in the default config: no Authorization at all.
             ("authorization", None),
             ("x-api-key", None),
+            ("x-litellm-api-key", None),
+            ("x-goog-api-key", None),
+            ("ocp-apim-subscription-key", None),
+            ("api-key", None),
+            ("x_litellm_api_key", None),
             ("forwarded", None),
             ("connection", None),
             ("x-hop", None),
@@ -187,6 +215,13 @@ mod tests {
             ("x_real_ip", None),
             ("keep_alive", None),
             ("x_kept_too", Some("1")),
+            ("true-client-ip", None),
+            ("cf-connecting-ip", None),
+            ("x-forwarded-port", None),
+            ("x_client_ip", None),
+            ("x-litellm-timeout", None),
+            ("x-litellm-spend-logs-metadata", None),
+            ("openai-organization", None),
         ];
         for (name, value) in expected {
             assert_eq!(

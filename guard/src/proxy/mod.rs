@@ -16,10 +16,12 @@ mod metrics;
 mod pipeline;
 mod record;
 mod reject;
+mod response_headers;
 mod server;
 mod state;
 pub(crate) mod tls;
 mod upstream_slots;
+pub mod upstream_surface;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -28,6 +30,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use error::ProxyError;
 use metrics::Metrics;
+pub use response_headers::ResponseAllow;
 pub use state::Settings;
 use state::State;
 

@@ -10,8 +10,10 @@
 //! 5. Auth: the first check that needs a key. Everything after it is attributed to a key name.
 //! 6. Admin gate, per-key rate limit and concurrency: before the body, so a refused request
 //!    costs no body reading.
-//! 7. Body: none on GET, then size, then JSON and content rules, on the complete buffered body.
+//! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
+//!    and the complete buffered body); then JSON and content rules.
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
+//!    The response comes back with only the headers `proxy.headers.response_allow` lets through.
 
 use std::{
     convert::Infallible,
@@ -27,7 +29,9 @@ use tracing::Instrument;
 
 use super::{
     forward,
-    layers::{body, framing, header_limits, host, json, path, path::RouteKind, reserved},
+    layers::{
+        auth, body, framing, header_limits, host, json, key_leak, path, path::RouteKind, reserved,
+    },
     record::{BoxError, Held, Record, Tracked},
     reject::Reject,
     state::State,
@@ -143,18 +147,35 @@ async fn checked_forward(
     body::check_declared(headers, limit)?;
     let bytes = body::read(request_body, limit, state.body_timeout).await?;
     record.bytes_in = bytes.len() as u64;
+    if let Some(presented) = auth::presented_key(headers) {
+        key_leak::check(
+            headers,
+            parts.uri.query(),
+            &bytes,
+            presented,
+            state.custom_key_header.as_ref(),
+        )?;
+    }
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;
         state.content.check(&value)?;
     }
 
-    let upstream_request = forward::rewrite(parts, bytes, state, peer.addr, peer.tls);
+    let upstream_request = forward::rewrite(
+        parts,
+        bytes,
+        state,
+        &key.upstream_allow,
+        peer.addr,
+        peer.tls,
+    );
     let started = Instant::now();
     let response = forward::send(
         &shared.client,
         &shared.upstream_slots,
         upstream_request,
         state.upstream_timeout,
+        &state.response_allow,
     )
     .await;
     record.upstream = Some(started.elapsed());

@@ -16,6 +16,7 @@ use super::layers::{
     header_limits::HeaderLimits,
     rate::{quota, RateLimits},
 };
+use super::response_headers::ResponseAllow;
 use crate::config::proxy::ProxyConfig;
 
 pub struct State {
@@ -28,6 +29,12 @@ pub struct State {
     pub concurrency: Concurrency,
     pub header_limits: HeaderLimits,
     pub reserved: Vec<HeaderName>,
+    /// LiteLLM's custom key header, removed like the other credential headers.
+    pub custom_key_header: Option<HeaderName>,
+    /// Control headers let through (`proxy.headers.upstream_allow`).
+    pub upstream_allow: Vec<HeaderName>,
+    /// Response headers let back to clients (`proxy.headers.response_allow`).
+    pub response_allow: ResponseAllow,
     pub content: ContentRules,
     pub tls: Option<TlsAcceptor>,
     max_body_bytes: u64,
@@ -51,6 +58,9 @@ pub struct Settings {
     pub keys: Vec<StoredKey>,
     /// The always-reserved names first.
     pub reserved: Vec<HeaderName>,
+    /// `proxy.upstream_custom_key_header`, lower-cased.
+    pub custom_key_header: Option<HeaderName>,
+    pub upstream_allow: Vec<HeaderName>,
     pub deny: Option<RegexSet>,
     pub tls: Option<TlsAcceptor>,
 }
@@ -99,6 +109,11 @@ impl State {
                 max_total_bytes: limits_config.max_header_bytes,
             },
             reserved: settings.reserved,
+            custom_key_header: settings.custom_key_header,
+            upstream_allow: settings.upstream_allow,
+            response_allow: ResponseAllow::new(
+                config.headers.response_allow.iter().map(String::as_str),
+            ),
             content: ContentRules {
                 max_messages: content.max_messages,
                 max_message_chars: content.max_message_chars,
@@ -153,6 +168,7 @@ mod tests {
             created: None,
             expires: None,
             rpm,
+            upstream_allow: Vec::new(),
         };
         let config = ProxyConfig {
             keys: vec![key("slow", Some(2)), key("default", None)],

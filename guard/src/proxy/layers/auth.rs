@@ -1,5 +1,7 @@
 //! Client authentication (threat 1): the key from `Authorization: Bearer`, `x-api-key` or
-//! `api-key`, checked against stored SHA-256 hashes in constant time.
+//! `api-key`, checked against stored SHA-256 hashes in constant time; and the removal of every
+//! header the upstream would read a credential from (`upstream_surface::CREDENTIAL_HEADERS` and the
+//! configured custom key header), so only the injected upstream key identifies the caller there.
 //!
 //! Why a fast, unsalted hash is enough: the keys are 256-bit random strings that `keys add`
 //! generates, not passwords. Salting and slow hashing defend against guessing low-entropy secrets
@@ -12,7 +14,7 @@ use http::{header, HeaderMap, HeaderName, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::proxy::reject::Reject;
+use crate::proxy::{reject::Reject, upstream_surface::CREDENTIAL_HEADERS};
 
 /// Headers a client key may come in; all are removed before forwarding.
 pub const KEY_HEADERS: [HeaderName; 3] = [
@@ -27,6 +29,8 @@ pub struct StoredKey {
     pub hash: [u8; 32],
     pub expires: Option<SystemTime>,
     pub rpm: Option<u32>,
+    /// Control headers this key may send upstream (`proxy.keys[].upstream_allow`).
+    pub upstream_allow: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -77,7 +81,7 @@ impl KeyStore {
 
 /// The first key-bearing header, as bytes. A present but malformed `Authorization` counts as
 /// no key: it is never compared.
-fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.as_bytes();
         let (scheme, rest) = value.split_at(value.len().min(7));
@@ -90,11 +94,30 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .filter(|value| !value.is_empty())
 }
 
-/// Removes every header a client key may travel in, `_` spellings (`x_api_key`) included: they
-/// are never read as keys here, but a server that folds `_` into `-` would read them so.
-pub fn strip(headers: &mut HeaderMap) {
-    let disguised = super::disguised_as(headers, KEY_HEADERS.iter().map(HeaderName::as_str));
-    for name in KEY_HEADERS.iter().chain(&disguised) {
+/// Whether `name` is removed before forwarding as a credential: one the upstream reads a key
+/// from, the configured custom key header, or a `_` spelling of either (`x_api_key`), which a
+/// server that folds `_` into `-` would read so.
+pub fn is_credential(name: &HeaderName, custom: Option<&HeaderName>) -> bool {
+    let targets = CREDENTIAL_HEADERS
+        .iter()
+        .copied()
+        .chain(custom.map(HeaderName::as_str));
+    let mut targets = targets;
+    if name.as_str().contains('_') {
+        targets.any(|target| super::folds_to(name, target))
+    } else {
+        targets.any(|target| name.as_str() == target)
+    }
+}
+
+/// Removes every credential header (see [`is_credential`]).
+pub fn strip(headers: &mut HeaderMap, custom: Option<&HeaderName>) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_credential(name, custom))
+        .cloned()
+        .collect();
+    for name in found {
         headers.remove(name);
     }
 }
@@ -118,6 +141,7 @@ mod tests {
             hash: Sha256::digest(secret.as_bytes()).into(),
             expires,
             rpm: None,
+            upstream_allow: Vec::new(),
         };
         KeyStore::new(vec![
             key("alice", "sk-alice", None),
@@ -167,8 +191,23 @@ mod tests {
     #[test]
     fn strip_removes_every_key_header() {
         let mut map = HeaderMap::new();
-        for name in &KEY_HEADERS {
-            map.insert(name.clone(), "secret".parse().unwrap());
+        for name in KEY_HEADERS.iter().cloned().chain(
+            CREDENTIAL_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name)),
+        ) {
+            map.insert(name, "secret".parse().unwrap());
+        }
+        for name in [
+            "x-my-key",
+            "x_my_key",
+            "x_litellm_api_key",
+            "X-Goog-Api-Key",
+        ] {
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "secret".parse().unwrap(),
+            );
         }
         map.insert(header::ACCEPT, "*/*".parse().unwrap());
         map.insert(
@@ -180,7 +219,7 @@ mod tests {
             "secret".parse().unwrap(),
         );
         map.insert(HeaderName::from_static("x_other"), "1".parse().unwrap());
-        strip(&mut map);
+        strip(&mut map, Some(&HeaderName::from_static("x-my-key")));
         let mut kept: Vec<&str> = map.keys().map(|name| name.as_str()).collect();
         kept.sort();
         assert_eq!(kept, ["accept", "x_other"]);

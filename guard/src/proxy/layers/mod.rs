@@ -9,9 +9,11 @@ pub mod framing;
 pub mod header_limits;
 pub mod host;
 pub mod json;
+pub mod key_leak;
 pub mod path;
 pub mod rate;
 pub mod reserved;
+pub mod upstream_controls;
 
 /// Whether header `name` reads as `target` (lower-case, hyphenated) once `_` is taken for `-`, as
 /// CGI/WSGI-style servers take it: `x_rollout_id` and `Content_Length` are disguised spellings.
