@@ -261,6 +261,9 @@ upgrade_without_a_gap() {
     local before_version before_pid
     before_version=$(dpkg-query -W -f='${Version}' proxyguard)
     before_pid=$(main_pid)
+    local before_manifest before_ids
+    before_manifest=$(readlink /sys/fs/bpf/proxyguard/manifest)
+    before_ids=$(status_get '" ".join(str(p["program_id"]) for p in s["programs"] if p.get("program_id"))')
     rm -f /root/bind-stop
     python3 "$P/bind_loop.py" 4000 /root/bind-stop >/root/bind-loop.out &
     local loop=$!
@@ -286,7 +289,17 @@ upgrade_without_a_gap() {
     [ "$(main_pid)" != "$before_pid" ] || die "the service was not restarted onto the new binary"
     expect_eperm 4000
     expect_eperm 4001
-    echo "$before_version -> $after_version, $attempts forbidden binds tried during it, none bound"
+    # The new daemon runs the new object's programs: the manifest names another object, and every
+    # program was replaced (a new id), none adopted from the old object.
+    [ "$(readlink /sys/fs/bpf/proxyguard/manifest)" != "$before_manifest" ] || die "the pin manifest still names the old object"
+    local not_replaced
+    not_replaced=$(status_get '" ".join(p["name"] for p in s["programs"] if not p.get("replaced"))')
+    [ -z "$not_replaced" ] || die "not replaced by the new object: $not_replaced"
+    local id
+    for id in $(status_get '" ".join(str(p["program_id"]) for p in s["programs"] if p.get("program_id"))'); do
+        case " $before_ids " in *" $id "*) die "program id $id survived the upgrade" ;; esac
+    done
+    echo "$before_version -> $after_version, every program replaced with a new id, $attempts forbidden binds tried during it, none bound"
 }
 
 purge_detaches() {
