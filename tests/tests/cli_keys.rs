@@ -76,3 +76,79 @@ fn add_authenticates_at_once_and_revoke_refuses_without_a_restart() {
     );
     assert_eq!(call(key), 401, "a revoked key is refused without a restart");
 }
+
+#[test]
+fn revoking_an_admin_key_closes_its_admin_routes_and_leaves_no_name_behind() {
+    use std::io::Write;
+
+    let upstream = upstream::upstream();
+    let config = format!(
+        "[bind]\nenabled = false\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:{upstream}\"\n"
+    );
+    let daemon = Daemon::start_with_args(&config, &["--no-kernel"]);
+    let listen = daemon.ready["proxy"]["listen"].as_str().unwrap().to_owned();
+    let admin_call = |key: &str| {
+        let mut conn = BufReader::new(TcpStream::connect(&listen).unwrap());
+        let head = format!(
+            "GET /key/info HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\n\r\n"
+        );
+        conn.get_mut().write_all(head.as_bytes()).unwrap();
+        upstream::read_response(&mut conn).unwrap()
+    };
+
+    let out = cli(&daemon, &["keys", "add", "ops"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // A second admin key keeps the admin routes open after the revoke, so the refusal seen
+    // below is the revoked key's own (401), not the closed-route 404.
+    let out = cli(&daemon, &["keys", "add", "ops2"]);
+    assert!(out.status.success());
+    let other = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Name them an admin key the way an operator would, then reload.
+    let text = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let text = format!(
+        "{text}\n[proxy.admin_routes]\n# who may manage LiteLLM\nkeys = [\"ops\", \"ops2\"]\n"
+    );
+    std::fs::write(&daemon.config_path, text).unwrap();
+    let out = cli(&daemon, &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        admin_call(&key),
+        200,
+        "the admin key reaches an admin route"
+    );
+
+    let out = cli(&daemon, &["keys", "revoke", "ops"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloaded"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = std::fs::read_to_string(&daemon.config_path).unwrap();
+    assert!(
+        !after.contains("\"ops\""),
+        "neither [[proxy.keys]] nor proxy.admin_routes.keys names it:\n{after}"
+    );
+    assert!(
+        after.contains("# who may manage LiteLLM"),
+        "comments are kept"
+    );
+    assert!(after.contains("keys = [\"ops2\"]"), "{after}");
+    assert_eq!(admin_call(&key), 401, "a revoked admin key is refused");
+    assert_eq!(admin_call(&other), 200, "the other admin key still works");
+    let mut conn = BufReader::new(TcpStream::connect(&listen).unwrap());
+    assert_eq!(upstream::request(&mut conn, &key).unwrap(), 401);
+}

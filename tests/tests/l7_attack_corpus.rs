@@ -31,6 +31,7 @@ const CATEGORIES: &[(&str, usize)] = &[
     ("smuggling", 20),
     ("protocol", 10),
     ("path", 20),
+    ("query", 15),
     ("headers", 15),
     ("host", 10),
     ("body", 20),

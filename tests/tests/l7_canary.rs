@@ -34,11 +34,12 @@ fn canary_secrets_appear_in_no_output() {
             json!({"path": "/v1/chat/completions", "headers": {"authorization": auth, "content-type": "application/json", "x-canary": canary}, "body": chat(&canary)}),
             200,
         ),
+        // Refused, each for a different reason.
+        // A query parameter /v1/models does not take: the refusal names `tag`, never its value.
         (
             json!({"method": "GET", "path": format!("/v1/models?tag={canary}"), "headers": {"x-api-key": key, "cookie": canary}}),
-            200,
+            400,
         ),
-        // Refused, each for a different reason.
         (
             json!({"path": "/v1/chat/completions", "headers": {"authorization": format!("Bearer {canary}")}, "body": chat("hi")}),
             401,

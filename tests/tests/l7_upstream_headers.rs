@@ -244,3 +244,47 @@ fn send(addr: &str, key: &str, case: &str, extra: &str) -> u16 {
     stream.write_all(request.as_bytes()).expect("write");
     read_response(&mut BufReader::new(stream)).unwrap_or(0)
 }
+
+/// A query parameter the route takes (Anthropic's `beta` on /v1/messages) arrives as sent; one it
+/// does not take is refused with 400 `query` and never reaches the upstream. The refused kinds
+/// are in the attack corpus, category `query`.
+#[test]
+fn only_a_routes_own_query_parameters_reach_the_upstream() {
+    let recorder = Recorder::start();
+    let guard = Guard::start(recorder.port, UPSTREAM_KEY, &["good"], "");
+    let key = guard.key("good").to_owned();
+    let addr = guard.base.trim_start_matches("http://").to_owned();
+    let call = |case: &str, target: &str| {
+        let body = r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+             x-case: {case}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(&addr).expect("connect to the guard");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.write_all(request.as_bytes()).expect("write");
+        read_response(&mut BufReader::new(stream)).unwrap_or(0)
+    };
+
+    assert_eq!(call("beta", "/v1/messages?beta=true"), 200);
+    assert_eq!(
+        call("model", "/v1/chat/completions?model=openai/gpt-4o"),
+        400
+    );
+    // A served marker after the refused one: had the refused request been forwarded, the
+    // upstream would have recorded it first.
+    assert_eq!(call("marker", "/v1/messages"), 200);
+    let seen = recorder.seen();
+    let path_of = |case: &str| {
+        seen.iter()
+            .find(|r| r.header("x-case") == Some(case))
+            .map(|r| r.path.clone())
+    };
+    assert_eq!(path_of("beta").as_deref(), Some("/v1/messages?beta=true"));
+    assert_eq!(path_of("marker").as_deref(), Some("/v1/messages"));
+    assert_eq!(path_of("model"), None, "{seen:?}");
+}

@@ -29,7 +29,7 @@ pub enum KeysCommand {
     },
     /// List keys by name with their created and expiry times. Never shows a key.
     List,
-    /// Remove a key by name.
+    /// Remove a key by name (from `proxy.admin_routes.keys` too, in the same edit).
     Revoke { name: String },
 }
 
@@ -135,6 +135,29 @@ fn revoke(path: &Path, json: bool, name: &str) -> anyhow::Result<ExitCode> {
     if keys.len() == before {
         bail!("no key named \"{name}\" in {}", path.display());
     }
+    // An admin key is named in `proxy.admin_routes.keys` too; a name there without its key does
+    // not validate, so both go in the same edit.
+    let admin_keys = doc
+        .get_mut("proxy")
+        .and_then(|proxy| proxy.get_mut("admin_routes"))
+        .and_then(|admin| admin.get_mut("keys"))
+        .and_then(Item::as_array_mut);
+    if let Some(admin_keys) = admin_keys {
+        loop {
+            let at = admin_keys
+                .iter()
+                .position(|entry| entry.as_str() == Some(name));
+            let Some(at) = at else { break };
+            let removed = admin_keys.remove(at);
+            // The next entry takes the removed one's leading space: `["a", "b"]` minus "a" is
+            // `["b"]`, not `[ "b"]`.
+            if let Some(next) = admin_keys.get_mut(at) {
+                if let Some(prefix) = removed.decor().prefix().cloned() {
+                    next.decor_mut().set_prefix(prefix);
+                }
+            }
+        }
+    }
     let reload = write(path, &doc, edit_lock)?;
     if json {
         println!(
@@ -213,5 +236,32 @@ mod tests {
             .map(|k| k.name)
             .collect();
         assert_eq!(names, ["dev"]);
+    }
+
+    #[test]
+    fn revoking_an_admin_key_removes_it_from_admin_routes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg.toml");
+        config::write_initial(&path, &config::InitOptions::default()).unwrap();
+        add(&path, true, "ops", None, None).unwrap();
+        add(&path, true, "ops2", None, None).unwrap();
+        let mut doc = read(&path).unwrap();
+        let mut admins = toml_edit::Array::new();
+        admins.push("ops");
+        admins.push("ops2");
+        doc["proxy"]["admin_routes"]["keys"] = value(admins);
+        edit::write(&path, &doc).unwrap();
+
+        revoke(&path, true, "ops").unwrap();
+        let loaded = Config::load(&path).unwrap();
+        let names: Vec<_> = loaded.proxy.keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["ops2"]);
+        assert_eq!(loaded.proxy.admin_routes.keys, ["ops2"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"ops\""), "{text}");
+        assert!(
+            text.contains("# The authenticating L7 proxy"),
+            "comments are kept"
+        );
     }
 }

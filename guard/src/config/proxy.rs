@@ -87,6 +87,8 @@ pub struct LimitsConfig {
     pub max_header_value_bytes: usize,
     pub max_header_bytes: usize,
     pub max_path_bytes: usize,
+    /// Query strings longer than this get 400 `query`.
+    pub max_query_bytes: usize,
     pub max_json_depth: usize,
     pub max_connections: usize,
     pub max_concurrent_per_key: usize,
@@ -105,6 +107,8 @@ impl Default for LimitsConfig {
             max_header_value_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             max_path_bytes: 2048,
+            // The inference routes take one short parameter at most; admin queries stay short too.
+            max_query_bytes: 1024,
             // Real requests nest a handful of levels; deep nesting only costs parsers.
             max_json_depth: 32,
             max_connections: 1024,

@@ -156,6 +156,7 @@ async fn checked_forward(
             state.custom_key_header.as_ref(),
         )?;
     }
+    super::layers::query::check(&route, parts.uri.query(), state.max_query_bytes)?;
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;
         state.content.check(&value)?;

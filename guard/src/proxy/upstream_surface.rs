@@ -1,9 +1,9 @@
 //! What the upstream (a LiteLLM proxy) acts on, beyond the OpenAI request: the request headers,
 //! query parameters and body fields that change who LiteLLM thinks the caller is, what it logs,
 //! where it routes and connects, and which guardrails run; and the response headers it writes.
-//! The request layers (`layers::auth`, `layers::upstream_controls`, `forward`) and the response
-//! filter (`response_headers`) take their lists from here, so the guard's idea of its upstream
-//! lives in one place.
+//! The request layers (`layers::auth`, `layers::upstream_controls`, `layers::query`, `forward`)
+//! and the response filter (`response_headers`) take their lists from here, so the guard's idea
+//! of its upstream lives in one place.
 //!
 //! Read from LiteLLM **1.108.7** (`pip show litellm` in the test venv), in
 //! `types/proxy/auth/special_headers.py` (`SpecialHeaders`), `proxy/auth/user_api_key_auth.py`
@@ -206,6 +206,39 @@ pub mod body {
     pub const CREDENTIAL_QUERY: &[&str] = &["key"];
 }
 
+// ---- Query parameters, per route ---------------------------------------------------------------
+
+/// The query parameters each inference route of `layers::path::API_ROUTES` takes; any other gets
+/// 400 (`layers::query`). Most take none: the OpenAI API defines no query parameter on these POST
+/// routes or on `GET /models`, and what LiteLLM reads there is control, not request:
+/// `?model=` on chat/completions, completions and embeddings (the handlers' `model` argument, fed
+/// to `resolve_inference_model` next to the body's `model`), `?custom_llm_provider=`
+/// (`get_custom_llm_provider_from_request_query`), `/models`' `team_id`, `scope`,
+/// `include_metadata`, `return_wildcard_routes`, `*_model_access_groups`, `fallback_type`,
+/// `healthy_only` (`model_list`), and every parameter at all, which `user_api_key_auth` copies
+/// into the request data its auth and routing checks read (`populate_request_with_path_params`).
+/// The one kept is Anthropic's `beta` on `/v1/messages`: its SDK's beta namespace (Claude Code)
+/// sends `?beta=true`, which LiteLLM's `anthropic_response` does not act on.
+/// Admin routes are not listed: LiteLLM's management API takes many parameters, and only keys
+/// named in `proxy.admin_routes.keys` reach it (their queries still get the byte checks).
+pub const QUERY_PARAMS: &[(&str, &[&str])] = &[
+    ("chat/completions", &[]),
+    ("completions", &[]),
+    ("embeddings", &[]),
+    ("models", &[]),
+    ("responses", &[]),
+    ("moderations", &[]),
+    ("messages", &["beta"]),
+];
+
+/// The query parameters inference route `route` takes (none for a route not listed).
+pub fn query_params(route: &str) -> &'static [&'static str] {
+    QUERY_PARAMS
+        .iter()
+        .find(|(name, _)| *name == route)
+        .map_or(&[], |(_, params)| params)
+}
+
 // ---- The whole control family -------------------------------------------------------------------
 
 /// Prefixes of LiteLLM's control families: every header under them is removed from requests
@@ -393,6 +426,21 @@ mod tests {
                 "note: the lists were read from LiteLLM {LITELLM_VERSION}; installed: {metadata:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_inference_route_has_its_query_list() {
+        let routes: Vec<&str> = crate::proxy::layers::path::API_ROUTES
+            .iter()
+            .map(|(route, _, _)| *route)
+            .collect();
+        let listed: Vec<&str> = QUERY_PARAMS.iter().map(|(route, _)| *route).collect();
+        assert_eq!(
+            routes, listed,
+            "QUERY_PARAMS and API_ROUTES name the same routes"
+        );
+        assert_eq!(query_params("messages"), ["beta"]);
+        assert!(query_params("models").is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod host;
 pub mod json;
 pub mod key_leak;
 pub mod path;
+pub mod query;
 pub mod rate;
 pub mod reserved;
 pub mod upstream_controls;
