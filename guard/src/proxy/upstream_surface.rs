@@ -15,8 +15,9 @@
 //! headers). The test at the bottom re-reads the installed source and fails when it names a
 //! credential header that [`CREDENTIAL_HEADERS`] lacks.
 //!
-//! Header names are lower-case. Body fields are listed for the record and for the body checks of
-//! issue 12; the guard does not act on them yet (see docs/threats.md).
+//! Header names are lower-case. `layers::body_fields` refuses the body fields of
+//! [`body::is_refused`] and caps [`body`]'s cost fields; the other body lists are for the record
+//! (see docs/threats.md).
 
 /// The LiteLLM release these lists were read from.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -96,8 +97,9 @@ pub const GUARDRAIL_HEADERS: &[&str] = &["x-mcp-servers", "x-mcp-access-groups"]
 
 // ---- Body fields and query parameters, by effect ------------------------------------------------
 
-/// For the record and for the body and query checks of issue 12, which are not built yet: the
-/// guard does not act on these (docs/threats.md says so).
+/// `layers::body_fields` refuses the credential, outbound, logging, deployment and billing fields
+/// (top level and inside [`body::NESTED_CONTAINERS`]) and caps the cost fields. The identity,
+/// routing and guardrail lists are for the record: the guard does not act on them.
 #[allow(dead_code)]
 pub mod body {
     /// Body fields that carry or select credentials for the outbound call.
@@ -185,6 +187,63 @@ pub mod body {
         "deployment_url",
         "nvcf_function_id",
         "use_ssl",
+        // From `completion()`'s kwargs (main.py): a provider, deployment, organization, client
+        // or header set chosen per request.
+        "custom_llm_provider",
+        "deployment_id",
+        "organization",
+        "azure_ad_token_provider",
+        "headers",
+        "provider_specific_header",
+        "gigachat_auth_url",
+        "gigachat_access_token",
+        "ssl_verify",
+        "use_litellm_proxy",
+        "client",
+    ];
+
+    /// Per-request deployment and router configs (`completion(model_list=...)`, router settings).
+    pub const DEPLOYMENT_BODY_FIELDS: &[&str] = &["model_list", "router_settings", "model_info"];
+
+    /// Per-request prices (`completion()`'s kwargs): they rewrite what spend tracking bills.
+    pub const BILLING_BODY_FIELDS: &[&str] = &[
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "input_cost_per_second",
+        "output_cost_per_second",
+        "cost_per_second",
+    ];
+
+    /// Dicts LiteLLM reads the same fields from (`_NESTED_METADATA_KEYS`, `_NESTED_CONFIG_KEYS`).
+    pub const NESTED_CONTAINERS: &[&str] = &[
+        "metadata",
+        "litellm_metadata",
+        "extra_body",
+        "litellm_embedding_config",
+    ];
+
+    /// Whether a body field (top level or nested) is refused: it redirects the outbound call,
+    /// swaps its credentials, redirects logging or rewrites billing.
+    pub fn is_refused(name: &str) -> bool {
+        [
+            CREDENTIAL_BODY_FIELDS,
+            OUTBOUND_BODY_FIELDS,
+            LOGGING_BODY_FIELDS,
+            DEPLOYMENT_BODY_FIELDS,
+            BILLING_BODY_FIELDS,
+        ]
+        .iter()
+        .any(|list| list.contains(&name))
+    }
+
+    /// Cost fields, by the cap (`proxy.body.caps`) that bounds them.
+    pub const N_FIELDS: &[&str] = &["n"];
+    pub const TOKEN_FIELDS: &[&str] = &["max_tokens", "max_completion_tokens", "max_output_tokens"];
+    pub const RETRY_FIELDS: &[&str] = &["num_retries", "max_retries"];
+    pub const FALLBACK_FIELDS: &[&str] = &[
+        "fallbacks",
+        "context_window_fallbacks",
+        "content_policy_fallbacks",
     ];
 
     /// Body (and `metadata`) fields that turn guardrails off or forge their verdicts
