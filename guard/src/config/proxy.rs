@@ -233,7 +233,7 @@ impl Default for BodyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Caps {
-    /// `n`: completions per request.
+    /// `n` (completions per request) and `best_of` (completions generated, on `/completions`).
     pub n: u64,
     /// `max_tokens`, `max_completion_tokens`, `max_output_tokens`.
     pub max_tokens: u64,

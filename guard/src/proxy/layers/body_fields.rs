@@ -216,6 +216,7 @@ mod tests {
             (json!({"n": 50}), &caps, Some(("n", "n = 4"))),
             (json!({"n": "50"}), &caps, Some(("n", "n = 4"))),
             (json!({"n": 50}), &generous, None),
+            (json!({"best_of": 20}), &caps, Some(("best_of", "n = 4"))),
             (
                 json!({"max_tokens": 100000}),
                 &caps,
