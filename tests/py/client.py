@@ -58,6 +58,10 @@ def main():
                 if chunk.choices and chunk.choices[0].delta.content:
                     chunks.append(chunk.choices[0].delta.content)
             result = {"ok": True, "chunks": len(chunks), "text": "".join(chunks)}
+        elif action == "chat_n":
+            out = sdk.chat.completions.create(
+                model="mock-gpt", n=int(arg), messages=[{"role": "user", "content": "hi"}])
+            result = {"ok": True, "choices": len(out.choices)}
         elif action == "chat_headers":
             raw = sdk.chat.completions.with_raw_response.create(
                 model="mock-gpt", messages=[{"role": "user", "content": "hi"}])

@@ -40,6 +40,7 @@ const CATEGORIES: &[(&str, usize)] = &[
     ("slowloris", 8),
     ("http10", 6),
     ("pipelining", 8),
+    ("control", 20),
 ];
 
 /// Short timeouts so slow entries end quickly; rate limits off (this is not a flood test).

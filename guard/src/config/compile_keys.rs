@@ -73,6 +73,18 @@ pub(super) fn keys(
                 "must be at least 1 (revoke the key to stop it)".into(),
             );
         }
+        let mut caps = config.body.caps;
+        for (name, value) in &key.caps {
+            if !caps.set(name, *value) {
+                fail(
+                    &format!("caps.{name}"),
+                    format!(
+                        "no such cap; use one of {}",
+                        crate::config::proxy::Caps::NAMES.join(", ")
+                    ),
+                );
+            }
+        }
         let upstream_allow = super::compile_proxy::allow_list(
             &key.upstream_allow,
             &format!("proxy.keys[{i}].upstream_allow"),
@@ -86,6 +98,7 @@ pub(super) fn keys(
             expires: times[1],
             rpm: key.rpm,
             upstream_allow,
+            caps,
         });
     }
     for (i, name) in config.admin_routes.keys.iter().enumerate() {
@@ -196,6 +209,7 @@ mod tests {
             expires: Some("2030-01-01T00:00:00Z".into()),
             rpm: Some(10),
             upstream_allow: Vec::new(),
+            caps: Default::default(),
         };
         let config = ProxyConfig {
             keys: vec![
@@ -209,6 +223,7 @@ mod tests {
                     sha256: "XYZ".into(),
                     expires: Some("soon".into()),
                     rpm: Some(0),
+                    caps: [("n".to_string(), 8), ("tokens".to_string(), 1)].into(),
                     ..good
                 },
             ],
@@ -221,8 +236,37 @@ mod tests {
                 "proxy.keys[2].name",
                 "proxy.keys[2].sha256",
                 "proxy.keys[2].expires",
-                "proxy.keys[2].rpm"
+                "proxy.keys[2].rpm",
+                "proxy.keys[2].caps.tokens"
             ]
         );
+    }
+
+    #[test]
+    fn a_key_caps_override_the_defaults_by_name() {
+        let key = |name: &str, caps: &[(&str, u64)]| KeyEntry {
+            name: name.into(),
+            sha256: "a".repeat(64),
+            created: None,
+            expires: None,
+            rpm: None,
+            upstream_allow: Vec::new(),
+            caps: caps.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        let mut config = ProxyConfig {
+            keys: vec![
+                key("wide", &[("n", 64), ("max_tokens", 0)]),
+                key("plain", &[]),
+            ],
+            ..ProxyConfig::default()
+        };
+        config.body.caps.n = 2;
+        let stored = keys(&config, None, &mut |field, message| {
+            panic!("{field}: {message}")
+        })
+        .unwrap();
+        assert_eq!((stored[0].caps.n, stored[0].caps.max_tokens), (64, 0));
+        assert_eq!(stored[0].caps.retries, config.body.caps.retries);
+        assert_eq!(stored[1].caps, config.body.caps);
     }
 }

@@ -398,6 +398,7 @@ mod tests {
                     expires: None,
                     rpm: None,
                     upstream_allow: vec!["authorization".into()],
+                    caps: Default::default(),
                 }]
             }),
             ("proxy.content.deny_patterns[0]", |c| {

@@ -37,6 +37,7 @@ pub struct ProxyConfig {
     pub timeouts: TimeoutsConfig,
     pub headers: HeadersConfig,
     pub content: ContentConfig,
+    pub body: BodyConfig,
     pub admin_routes: AdminRoutesConfig,
     /// Client keys, by name. Only SHA-256 hashes are stored.
     pub keys: Vec<KeyEntry>,
@@ -61,6 +62,7 @@ impl Default for ProxyConfig {
             timeouts: TimeoutsConfig::default(),
             headers: HeadersConfig::default(),
             content: ContentConfig::default(),
+            body: BodyConfig::default(),
             admin_routes: AdminRoutesConfig::default(),
             // No keys: every request is refused until one is added. Fail closed.
             keys: Vec::new(),
@@ -206,6 +208,78 @@ pub struct ContentConfig {
     pub deny_patterns: Vec<String>,
 }
 
+/// What a request body may ask of the upstream beyond the model call (issue 12): control fields
+/// that redirect the call or swap its credentials are always refused; cost multipliers are capped;
+/// media URLs are checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BodyConfig {
+    /// Media URLs in message parts (`image_url`, `file_url`, `audio_url`, ...): `https` to a
+    /// public address only. Off refuses every one.
+    pub allow_media_urls: bool,
+    /// `data:` URLs (inline media, no outbound fetch).
+    pub allow_data_urls: bool,
+    /// The default caps; a key's `caps` overrides them by name.
+    pub caps: Caps,
+}
+
+impl Default for BodyConfig {
+    fn default() -> Self {
+        Self {
+            allow_media_urls: true,
+            allow_data_urls: true,
+            caps: Caps::default(),
+        }
+    }
+}
+
+/// Caps on the body fields that multiply a request's cost. 0 turns a cap off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Caps {
+    /// `n` (completions per request) and `best_of` (completions generated, on `/completions`).
+    pub n: u64,
+    /// `max_tokens`, `max_completion_tokens`, `max_output_tokens`.
+    pub max_tokens: u64,
+    /// Models in a comma-separated `model` list (LiteLLM calls each one).
+    pub models: u64,
+    /// `num_retries`, `max_retries`.
+    pub retries: u64,
+    /// Entries of `fallbacks`, `context_window_fallbacks`, `content_policy_fallbacks`.
+    pub fallbacks: u64,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            n: 4,
+            max_tokens: 32768,
+            models: 1,
+            retries: 2,
+            fallbacks: 2,
+        }
+    }
+}
+
+impl Caps {
+    pub const NAMES: &'static [&'static str] =
+        &["n", "max_tokens", "models", "retries", "fallbacks"];
+
+    /// Sets the cap `name`; false when there is no such cap.
+    pub fn set(&mut self, name: &str, value: u64) -> bool {
+        let slot = match name {
+            "n" => &mut self.n,
+            "max_tokens" => &mut self.max_tokens,
+            "models" => &mut self.models,
+            "retries" => &mut self.retries,
+            "fallbacks" => &mut self.fallbacks,
+            _ => return false,
+        };
+        *slot = value;
+        true
+    }
+}
+
 /// The guarded proxy's own admin routes (`/key/*`, `/user/*`, `/team/*`, `/model/*`, `/config/*`,
 /// the UI). Closed unless opened to named keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -232,6 +306,9 @@ pub struct KeyEntry {
     /// `proxy.headers.upstream_allow`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream_allow: Vec<String>,
+    /// Overrides of `proxy.body.caps` for this key, by name (`caps = { n = 8 }`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub caps: std::collections::BTreeMap<String, u64>,
 }
 
 /// Reserved header names that no config can un-reserve.

@@ -11,7 +11,8 @@
 //! 6. Admin gate, per-key rate limit and concurrency: before the body, so a refused request
 //!    costs no body reading.
 //! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
-//!    and the complete buffered body); then JSON and content rules.
+//!    and the complete buffered body); then JSON and content rules; then what the body asks of
+//!    the upstream: control fields refused, cost fields capped (per key), media URLs checked.
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
 //!    The response comes back with only the headers `proxy.headers.response_allow` lets through.
 
@@ -30,7 +31,8 @@ use tracing::Instrument;
 use super::{
     forward,
     layers::{
-        auth, body, framing, header_limits, host, json, key_leak, path, path::RouteKind, reserved,
+        auth, body, body_fields, framing, header_limits, host, json, key_leak, path,
+        path::RouteKind, reserved,
     },
     record::{BoxError, Held, Record, Tracked},
     reject::Reject,
@@ -160,6 +162,9 @@ async fn checked_forward(
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;
         state.content.check(&value)?;
+        body_fields::check(&value)?;
+        body_fields::check_caps(&value, &key.caps)?;
+        state.media.check(&value)?;
     }
 
     let upstream_request = forward::rewrite(

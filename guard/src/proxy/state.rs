@@ -14,6 +14,7 @@ use super::layers::{
     concurrency::Concurrency,
     content::ContentRules,
     header_limits::HeaderLimits,
+    media::MediaPolicy,
     rate::{quota, RateLimits},
 };
 use super::response_headers::ResponseAllow;
@@ -36,6 +37,8 @@ pub struct State {
     /// Response headers let back to clients (`proxy.headers.response_allow`).
     pub response_allow: ResponseAllow,
     pub content: ContentRules,
+    /// Media URLs in messages (`proxy.body`).
+    pub media: MediaPolicy,
     pub tls: Option<TlsAcceptor>,
     max_body_bytes: u64,
     body_per_route: std::collections::BTreeMap<String, u64>,
@@ -120,6 +123,10 @@ impl State {
                 max_message_chars: content.max_message_chars,
                 deny: settings.deny,
             },
+            media: MediaPolicy {
+                allow_urls: config.body.allow_media_urls,
+                allow_data: config.body.allow_data_urls,
+            },
             tls: settings.tls,
             max_body_bytes: limits_config.max_body_bytes,
             body_per_route: limits_config.body_per_route.clone(),
@@ -171,6 +178,7 @@ mod tests {
             expires: None,
             rpm,
             upstream_allow: Vec::new(),
+            caps: Default::default(),
         };
         let config = ProxyConfig {
             keys: vec![key("slow", Some(2)), key("default", None)],

@@ -15,8 +15,9 @@
 //! headers). The test at the bottom re-reads the installed source and fails when it names a
 //! credential header that [`CREDENTIAL_HEADERS`] lacks.
 //!
-//! Header names are lower-case. Body fields are listed for the record and for the body checks of
-//! issue 12; the guard does not act on them yet (see docs/threats.md).
+//! Header names are lower-case. `layers::body_fields` refuses the body fields of
+//! [`body::is_refused`] and caps [`body`]'s cost fields; the other body lists are for the record
+//! (see docs/threats.md).
 
 /// The LiteLLM release these lists were read from.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -96,8 +97,9 @@ pub const GUARDRAIL_HEADERS: &[&str] = &["x-mcp-servers", "x-mcp-access-groups"]
 
 // ---- Body fields and query parameters, by effect ------------------------------------------------
 
-/// For the record and for the body and query checks of issue 12, which are not built yet: the
-/// guard does not act on these (docs/threats.md says so).
+/// `layers::body_fields` refuses the credential, outbound, logging, deployment and billing fields
+/// (top level and inside [`body::NESTED_CONTAINERS`]) and caps the cost fields. The identity,
+/// routing and guardrail lists are for the record: the guard does not act on them.
 #[allow(dead_code)]
 pub mod body {
     /// Body fields that carry or select credentials for the outbound call.
@@ -150,6 +152,38 @@ pub mod body {
         "langsmith_api_key",
         "langsmith_base_url",
         "posthog_api_url",
+        // `_build_banned_observability_params()` (auth_utils.py): hosts, keys and projects of
+        // the logging integrations.
+        "arize_api_key",
+        "arize_space_id",
+        "arize_space_key",
+        "arize_error_sampling_rate",
+        "arize_success_sampling_rate",
+        "braintrust_api_key",
+        "braintrust_host",
+        "braintrust_project",
+        "dd_agent_host",
+        "dd_agent_port",
+        "dd_api_key",
+        "dd_site",
+        "gcs_bucket_name",
+        "gcs_path_service_account",
+        "humanloop_api_key",
+        "langfuse_environment",
+        "langfuse_secret",
+        "langsmith_project",
+        "langsmith_tenant_id",
+        "lunary_public_key",
+        "newrelic_api_key",
+        "newrelic_region",
+        "posthog_api_key",
+        "posthog_host",
+        "signoz_ingestion_endpoint",
+        "signoz_ingestion_key",
+        "slack_webhook_url",
+        "user_api_key_auth_metadata",
+        "wandb_api_key",
+        "weave_project_id",
     ];
 
     /// Body fields that pick deployments, retry, fall back, or mock the call.
@@ -185,6 +219,66 @@ pub mod body {
         "deployment_url",
         "nvcf_function_id",
         "use_ssl",
+        "anthropic-workspace-id",
+        "bedrock_tags",
+        "agentcore_runtime_session_id",
+        "s3_endpoint_url",
+        "rust",
+        "fireworks_forward_user_id",
+        // From `completion()`'s kwargs (main.py): a provider, deployment, organization, client
+        // or header set chosen per request.
+        "custom_llm_provider",
+        "deployment_id",
+        "organization",
+        "azure_ad_token_provider",
+        "headers",
+        "provider_specific_header",
+        "gigachat_auth_url",
+        "gigachat_access_token",
+        "ssl_verify",
+        "use_litellm_proxy",
+        "client",
+    ];
+
+    /// Per-request deployment and router configs (`completion(model_list=...)`, router settings).
+    pub const DEPLOYMENT_BODY_FIELDS: &[&str] = &["model_list", "router_settings", "model_info"];
+
+    /// Per-request prices (`CustomPricingLiteLLMParams`, some 200 fields): they rewrite what
+    /// spend tracking bills. Every name containing [`PRICE_MARKERS`] is one, plus these.
+    pub const BILLING_BODY_FIELDS: &[&str] = &["tiered_pricing", "output_vector_size"];
+    pub const PRICE_MARKERS: &[&str] = &["cost_per_", "_token_cost", "uplift_multiplier"];
+
+    /// Dicts LiteLLM reads the same fields from (`_NESTED_METADATA_KEYS`, `_NESTED_CONFIG_KEYS`).
+    pub const NESTED_CONTAINERS: &[&str] = &[
+        "metadata",
+        "litellm_metadata",
+        "extra_body",
+        "litellm_embedding_config",
+    ];
+
+    /// Whether a body field (top level or nested) is refused: it redirects the outbound call,
+    /// swaps its credentials, redirects logging or rewrites billing.
+    pub fn is_refused(name: &str) -> bool {
+        [
+            CREDENTIAL_BODY_FIELDS,
+            OUTBOUND_BODY_FIELDS,
+            LOGGING_BODY_FIELDS,
+            DEPLOYMENT_BODY_FIELDS,
+            BILLING_BODY_FIELDS,
+        ]
+        .iter()
+        .any(|list| list.contains(&name))
+            || PRICE_MARKERS.iter().any(|marker| name.contains(marker))
+    }
+
+    /// Cost fields, by the cap (`proxy.body.caps`) that bounds them.
+    pub const N_FIELDS: &[&str] = &["n", "best_of"];
+    pub const TOKEN_FIELDS: &[&str] = &["max_tokens", "max_completion_tokens", "max_output_tokens"];
+    pub const RETRY_FIELDS: &[&str] = &["num_retries", "max_retries"];
+    pub const FALLBACK_FIELDS: &[&str] = &[
+        "fallbacks",
+        "context_window_fallbacks",
+        "content_policy_fallbacks",
     ];
 
     /// Body (and `metadata`) fields that turn guardrails off or forge their verdicts
@@ -426,6 +520,55 @@ mod tests {
                 "note: the lists were read from LiteLLM {LITELLM_VERSION}; installed: {metadata:?}"
             );
         }
+    }
+
+    /// LiteLLM's own list of banned body fields (`_BANNED_REQUEST_BODY_PARAMS`, evaluated by the
+    /// venv's Python): every one must be refused by the guard too.
+    #[test]
+    fn every_body_field_litellm_bans_is_refused() {
+        let dir = match litellm_dir() {
+            Ok(dir) => dir,
+            Err(why) => {
+                if std::env::var_os("PROXYGUARD_VENV").is_some() || std::env::var_os("CI").is_some()
+                {
+                    panic!("the LiteLLM source to check against is missing: {why}");
+                }
+                eprintln!("SKIPPED: {why} (set PROXYGUARD_VENV; CI fails here)");
+                return;
+            }
+        };
+        // site-packages/litellm -> lib/pythonX/site-packages -> venv
+        let venv = dir.ancestors().nth(4).expect("venv above site-packages");
+        let output = std::process::Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "from litellm.proxy.auth import auth_utils as a\nprint('\\n'.join(a._BANNED_REQUEST_BODY_PARAMS))",
+            ])
+            .output()
+            .expect("run the venv's python");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let banned: Vec<&str> = stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert!(
+            banned.contains(&"api_base"),
+            "LiteLLM printed no list: {stdout}"
+        );
+        let missing: Vec<&&str> = banned
+            .iter()
+            .filter(|name| !body::is_refused(name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "LiteLLM bans body fields upstream_surface::body does not refuse: {missing:?}"
+        );
     }
 
     #[test]

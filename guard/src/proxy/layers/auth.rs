@@ -31,6 +31,8 @@ pub struct StoredKey {
     pub rpm: Option<u32>,
     /// Control headers this key may send upstream (`proxy.keys[].upstream_allow`).
     pub upstream_allow: Vec<HeaderName>,
+    /// `proxy.body.caps` with this key's overrides (`proxy.keys[].caps`).
+    pub caps: crate::config::proxy::Caps,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -142,6 +144,7 @@ mod tests {
             expires,
             rpm: None,
             upstream_allow: Vec::new(),
+            caps: Default::default(),
         };
         KeyStore::new(vec![
             key("alice", "sk-alice", None),

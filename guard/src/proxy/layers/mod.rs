@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod body_fields;
 pub mod concurrency;
 pub mod content;
 pub mod framing;
@@ -10,6 +11,7 @@ pub mod header_limits;
 pub mod host;
 pub mod json;
 pub mod key_leak;
+pub mod media;
 pub mod path;
 pub mod query;
 pub mod rate;
