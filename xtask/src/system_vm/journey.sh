@@ -231,7 +231,8 @@ UNIT
     [ "$(prop litellm ActiveState)" = active ] || die "litellm.service is $(prop litellm ActiveState) under the drop-in"
     [ -n "$(systemctl show -p DropInPaths --value litellm | grep proxyguard.conf)" ] || die "the drop-in is not loaded"
     local key body
-    key=$(proxyguard keys add vm-journey)
+    # The README's own key step (step 3 of "Five minutes with proxyguard").
+    key=$(proxyguard keys add ci --expires 90d)
     wait_for "the upstream to listen" 30 sh -c 'python3 -c "import socket; socket.create_connection((\"127.0.0.1\", 4000), 1)" 2>/dev/null'
     body=$(curl -fsS -H "Authorization: Bearer $key" http://127.0.0.1:8080/v1/models)
     local want
