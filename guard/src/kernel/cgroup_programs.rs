@@ -36,24 +36,16 @@ pub fn attach(
         let name = *name;
         let pinned = pins.pinned(name, &target);
         if let Pinned::Adopt { program_id } = pinned {
-            attached.push(AttachedProgram {
+            attached.push(AttachedProgram::adopted(
                 name,
                 hook,
-                target: target.clone(),
+                target.clone(),
                 mode,
-                adopted: true,
-                replaced: false,
-                program_id: Some(program_id),
-            });
+                program_id,
+            ));
             continue;
         }
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-            kind: "program",
-            name,
-        })?;
+        let program: &mut CgroupSockAddr = super::program(ebpf, name)?;
         program
             .load()
             .map_err(|source| KernelError::LoadProgram { name, source })?;

@@ -80,7 +80,7 @@ pub fn attach_file_open(
         return Ok(out);
     }
     let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
-    let program: &mut Lsm = program(ebpf, name)?;
+    let program: &mut Lsm = super::program(ebpf, name)?;
     program
         .load(target, &btf)
         .map_err(|source| KernelError::LoadProgram { name, source })?;
@@ -140,7 +140,7 @@ pub fn attach_tracepoint_list(
             attached.push(out);
             continue;
         }
-        let program: &mut TracePoint = program(ebpf, name)?;
+        let program: &mut TracePoint = super::program(ebpf, name)?;
         program
             .load()
             .map_err(|source| KernelError::LoadProgram { name, source })?;
@@ -166,18 +166,6 @@ pub fn attach_tracepoint_list(
         attached.push(out);
     }
     Ok(attached)
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
-{
-    ebpf.program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(KernelError::Missing {
-            kind: "program",
-            name,
-        })
 }
 
 /// Writes the mode and offsets, then the task sets (only those that changed since `last`), all

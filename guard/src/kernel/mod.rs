@@ -62,6 +62,27 @@ pub struct AttachedProgram {
     pub program_id: Option<u32>,
 }
 
+impl AttachedProgram {
+    /// A program an earlier daemon of the same object pinned, taken over as it is.
+    fn adopted(
+        name: &'static str,
+        hook: &'static str,
+        target: String,
+        mode: &'static str,
+        program_id: u32,
+    ) -> AttachedProgram {
+        AttachedProgram {
+            name,
+            hook,
+            target,
+            mode,
+            adopted: true,
+            replaced: false,
+            program_id: Some(program_id),
+        }
+    }
+}
+
 /// Every program family's counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Counters {
@@ -531,4 +552,18 @@ fn raise_memlock_limit() {
     if let Err(errno) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
         tracing::debug!("cannot raise RLIMIT_MEMLOCK ({errno}); fine on kernels >= 5.11");
     }
+}
+
+/// The object's program `name` as its type `T`, or the error that the binary was built from
+/// mismatched sources. Every family looks its programs up through this.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(KernelError::Missing {
+            kind: "program",
+            name,
+        })
 }

@@ -45,24 +45,16 @@ pub fn attach(
         let pinned = pins.pinned(name, interface);
         if let Pinned::Adopt { program_id } = pinned {
             modes.push(format!("{interface}: adopted from pins"));
-            attached.push(AttachedProgram {
+            attached.push(AttachedProgram::adopted(
                 name,
-                hook: "xdp (adopted)",
-                target: interface.clone(),
-                mode: config.mode.as_str(),
-                adopted: true,
-                replaced: false,
-                program_id: Some(program_id),
-            });
+                "xdp (adopted)",
+                interface.clone(),
+                config.mode.as_str(),
+                program_id,
+            ));
             continue;
         }
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name,
-            })?;
+        let program: &mut Xdp = super::program(ebpf, name)?;
         if !loaded {
             program
                 .load()
