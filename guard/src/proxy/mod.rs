@@ -18,6 +18,7 @@ mod record;
 mod reject;
 mod response_headers;
 mod server;
+pub mod shapes;
 mod state;
 pub(crate) mod tls;
 mod upstream_slots;

@@ -9,7 +9,7 @@
 
 use http::{Method, StatusCode};
 
-use crate::proxy::reject::Reject;
+use crate::proxy::{reject::Reject, shapes::Shape};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -18,6 +18,17 @@ pub struct Route {
     /// The path with ids replaced, for logs and metric labels: `/rollout/{id}/attempt/{id}/v1/models`.
     pub template: String,
     pub kind: RouteKind,
+    /// The body shape the route takes (`Shape::None` for GET and admin routes).
+    pub shape: Shape,
+    /// The rollout and attempt the path names, on attributed routes.
+    pub rollout: Option<RolloutRef>,
+}
+
+/// A rollout (and attempt) named by the path: what rollout-scoped keys are matched against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRef {
+    pub rollout: String,
+    pub attempt: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +76,7 @@ pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
     let not_found = || Reject::new(StatusCode::NOT_FOUND, "unknown_route", "no such route");
     let mut rest = path.strip_prefix('/').ok_or_else(not_found)?;
     let mut template = String::new();
+    let mut rollout = None;
 
     let segments: Vec<&str> = rest.splitn(5, '/').collect();
     if segments.len() == 5 && segments[0] == "rollout" && segments[2] == "attempt" {
@@ -76,6 +88,10 @@ pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
             ));
         }
         template.push_str("/rollout/{id}/attempt/{id}");
+        rollout = Some(RolloutRef {
+            rollout: segments[1].to_owned(),
+            attempt: segments[3].to_owned(),
+        });
         rest = segments[4];
     }
     let versioned = match rest.strip_prefix("v1/") {
@@ -96,6 +112,8 @@ pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
             name: route,
             template,
             kind: RouteKind::Api(method),
+            shape: Shape::of_route(route),
+            rollout,
         });
     }
     let first = rest.split('/').next().unwrap_or_default();
@@ -104,6 +122,8 @@ pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
             name: "admin",
             template: format!("/{first}/*"),
             kind: RouteKind::Admin,
+            shape: Shape::None,
+            rollout: None,
         });
     }
     Err(not_found())
