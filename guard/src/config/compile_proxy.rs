@@ -168,12 +168,40 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
         ("max_query_bytes", limits.max_query_bytes),
         ("max_json_depth", limits.max_json_depth),
         ("max_connections", limits.max_connections),
+        (
+            "max_connections_per_source",
+            limits.max_connections_per_source,
+        ),
+        (
+            "max_pending_heads_per_source",
+            limits.max_pending_heads_per_source,
+        ),
         ("max_concurrent_per_key", limits.max_concurrent_per_key),
         ("max_upstream_connections", limits.max_upstream_connections),
     ] {
         if value == 0 {
             push(format!("proxy.limits.{field}"), "must be at least 1".into());
         }
+    }
+    // The caps nest: pending heads are open connections, and one source's connections count
+    // against the global cap. A larger inner cap would be silently dead.
+    if limits.max_connections_per_source > limits.max_connections {
+        push(
+            "proxy.limits.max_connections_per_source".into(),
+            format!(
+                "is above max_connections ({}); lower it to at most that",
+                limits.max_connections
+            ),
+        );
+    }
+    if limits.max_pending_heads_per_source > limits.max_connections_per_source {
+        push(
+            "proxy.limits.max_pending_heads_per_source".into(),
+            format!(
+                "is above max_connections_per_source ({}); lower it to at most that",
+                limits.max_connections_per_source
+            ),
+        );
     }
     for (route, bytes) in &limits.body_per_route {
         let field = format!("proxy.limits.body_per_route.{route}");
@@ -191,6 +219,7 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
         ("header_read_secs", timeouts.header_read_secs),
         ("body_secs", timeouts.body_secs),
         ("upstream_response_secs", timeouts.upstream_response_secs),
+        ("write_stall_secs", timeouts.write_stall_secs),
     ] {
         if value == 0 {
             push(
@@ -372,6 +401,18 @@ mod tests {
                 c.limits.max_body_bytes = 0
             }),
             ("proxy.timeouts.body_secs", |c| c.timeouts.body_secs = 0),
+            ("proxy.timeouts.write_stall_secs", |c| {
+                c.timeouts.write_stall_secs = 0
+            }),
+            ("proxy.limits.max_pending_heads_per_source", |c| {
+                c.limits.max_pending_heads_per_source = 0
+            }),
+            ("proxy.limits.max_connections_per_source", |c| {
+                c.limits.max_connections_per_source = 2048
+            }),
+            ("proxy.limits.max_pending_heads_per_source", |c| {
+                c.limits.max_pending_heads_per_source = 300
+            }),
             ("proxy.limits.body_per_route.key/generate", |c| {
                 c.limits.body_per_route.insert("key/generate".into(), 10);
             }),

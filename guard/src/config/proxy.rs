@@ -93,6 +93,12 @@ pub struct LimitsConfig {
     pub max_query_bytes: usize,
     pub max_json_depth: usize,
     pub max_connections: usize,
+    /// Open connections from one source: an IPv4 address, or an IPv6 /64 (one host's usual
+    /// allocation, so rotating addresses inside it buys nothing). More are refused at once.
+    pub max_connections_per_source: usize,
+    /// Connections from one source whose first request head has not yet arrived (slowloris).
+    /// More are refused at once.
+    pub max_pending_heads_per_source: usize,
     pub max_concurrent_per_key: usize,
     /// Requests in flight to the upstream at once (and so its connections); more wait their turn.
     pub max_upstream_connections: usize,
@@ -114,6 +120,12 @@ impl Default for LimitsConfig {
             // Real requests nest a handful of levels; deep nesting only costs parsers.
             max_json_depth: 32,
             max_connections: 1024,
+            // A quarter of the global cap: one source cannot fill it, and a busy local client
+            // (a trainer's parallel rollouts, an app server's pool) still fits.
+            max_connections_per_source: 256,
+            // Half the source's cap: a legitimate burst of new connections is pending only for
+            // the moment before its heads are parsed; only stalled heads pile up.
+            max_pending_heads_per_source: 128,
             max_concurrent_per_key: 64,
             // Caps the pool: the guarded proxy is protected from floods of parallel requests, and
             // memory stays bounded when many clients connect at once.
@@ -157,6 +169,10 @@ pub struct TimeoutsConfig {
     pub upstream_response_secs: u64,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_secs: u64,
+    /// A response whose client accepts no byte for this long is cut (the client stopped
+    /// reading), releasing its key's concurrency permit and its upstream slot. Progress resets
+    /// it, so a slow but steady reader is never cut.
+    pub write_stall_secs: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -166,6 +182,8 @@ impl Default for TimeoutsConfig {
             body_secs: 30,
             upstream_response_secs: 600,
             drain_secs: 30,
+            // nginx's send_timeout default.
+            write_stall_secs: 60,
         }
     }
 }

@@ -18,7 +18,7 @@ use http_body_util::combinators::BoxBody;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::upstream_slots::Slot;
+use super::{upstream_slots::Slot, write_stall::StallFlag};
 
 use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels};
 
@@ -52,6 +52,31 @@ impl Record {
             status: 0,
             decision: "allow",
             reason: "forwarded",
+            bytes_in: 0,
+            upstream: None,
+        }
+    }
+
+    /// The record of a request hyper refused before the pipeline saw it (a malformed or
+    /// over-long head): hyper has answered `status` itself. Nothing of the request is kept, not
+    /// even its method, since the head did not parse.
+    pub fn unparsed(
+        metrics: Arc<Metrics>,
+        client: IpAddr,
+        status: u16,
+        reason: &'static str,
+    ) -> Record {
+        metrics.in_flight.inc();
+        Record {
+            started: Instant::now(),
+            metrics,
+            client,
+            method: "-".into(),
+            route: "-".into(),
+            key: None,
+            status,
+            decision: "deny",
+            reason,
             bytes_in: 0,
             upstream: None,
         }
@@ -169,6 +194,9 @@ pub struct Tracked {
     inner: BoxBody<Bytes, BoxError>,
     record: Record,
     bytes_out: u64,
+    /// The connection's write-stall flag: raised when the client stopped reading and the
+    /// connection was cut, which is then what the record says.
+    stall: Option<Arc<StallFlag>>,
     _held: Held,
 }
 
@@ -178,8 +206,14 @@ impl Tracked {
             inner,
             record,
             bytes_out: 0,
+            stall: None,
             _held: held,
         }
+    }
+
+    /// Records `client_stalled` if `flag` is raised when the body is dropped.
+    pub fn watch_stall(&mut self, flag: Arc<StallFlag>) {
+        self.stall = Some(flag);
     }
 }
 
@@ -221,6 +255,10 @@ impl Body for Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         let bytes_out = self.bytes_out;
+        if self.stall.as_ref().is_some_and(|flag| flag.stalled()) {
+            self.record.decision = "error";
+            self.record.reason = "client_stalled";
+        }
         self.record.finish(bytes_out);
     }
 }

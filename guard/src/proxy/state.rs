@@ -18,6 +18,7 @@ use super::layers::{
     rate::{quota, RateLimits},
 };
 use super::response_headers::ResponseAllow;
+use super::sources::SourceCaps;
 use crate::config::proxy::ProxyConfig;
 
 pub struct State {
@@ -50,6 +51,10 @@ pub struct State {
     pub upstream_timeout: Duration,
     /// The cap on requests in flight upstream; the slots themselves outlive reloads (`Shared`).
     pub max_upstream_connections: usize,
+    /// Per-source connection caps; the counts themselves outlive reloads (`Shared`).
+    pub source_caps: SourceCaps,
+    /// A response write that makes no progress for this long cuts the connection.
+    pub write_stall: Duration,
 }
 
 /// What the config compiler (`config::compile`) built from `[proxy]`: every value parsed and
@@ -137,6 +142,11 @@ impl State {
             body_timeout: Duration::from_secs(timeouts.body_secs),
             upstream_timeout: Duration::from_secs(timeouts.upstream_response_secs),
             max_upstream_connections: limits_config.max_upstream_connections,
+            source_caps: SourceCaps {
+                open: limits_config.max_connections_per_source,
+                pending: limits_config.max_pending_heads_per_source,
+            },
+            write_stall: Duration::from_secs(timeouts.write_stall_secs),
         }
     }
 
