@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::{
     framing_watch::FramingWatch,
-    metrics::Metrics,
+    metrics::{Metrics, ReasonLabels},
     pipeline::{self, Peer},
     record::Record,
     sources::{Admitted, Refusal},
@@ -155,7 +155,14 @@ async fn connection(
                 .max(16 * 1024),
         );
     // Under TLS, so the clock sees the socket itself refuse bytes.
-    let (stream, stall) = WriteStall::new(stream, state.write_stall);
+    let stalls = shared
+        .metrics
+        .connections_closed
+        .get_or_create(&ReasonLabels {
+            reason: "client_stalled".into(),
+        })
+        .clone();
+    let (stream, stall) = WriteStall::new(stream, state.write_stall, stalls);
     let admitted = Arc::new(admitted);
     let served = match &state.tls {
         Some(acceptor) => {
@@ -209,13 +216,12 @@ where
         .await
 }
 
-/// Accounts for a connection hyper ended with `err`: a stalled reader is counted (its request's
-/// record says `client_stalled` already), and a head hyper refused gets its own audit record.
-/// Nothing of the request's bytes is logged, only the kind of failure.
+/// Accounts for a connection hyper ended with `err`. A stalled reader was counted when the
+/// limit fired, and its request's record says `client_stalled`; a head hyper refused gets its
+/// own audit record here. Nothing of the request's bytes is logged, only the kind of failure.
 fn ended_with(shared: &Shared, addr: SocketAddr, err: &hyper::Error, stalled: bool) {
     let metrics = &shared.metrics;
     if stalled {
-        Metrics::count(&metrics.connections_closed, "client_stalled");
         tracing::debug!("client stopped reading; connection cut");
         return;
     }

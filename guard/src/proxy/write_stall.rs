@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Sleep,
@@ -41,16 +42,20 @@ pub struct WriteStall<T> {
     /// Armed at the first refused write, disarmed by progress.
     deadline: Option<Pin<Box<Sleep>>>,
     flag: Arc<StallFlag>,
+    /// Counted when the limit fires, before the cut response's record is written, so a reader
+    /// of that record finds the count already there.
+    stalls: Counter,
 }
 
 impl<T> WriteStall<T> {
-    pub fn new(inner: T, limit: Duration) -> (WriteStall<T>, Arc<StallFlag>) {
+    pub fn new(inner: T, limit: Duration, stalls: Counter) -> (WriteStall<T>, Arc<StallFlag>) {
         let flag = Arc::new(StallFlag::default());
         let wrapped = WriteStall {
             inner,
             limit,
             deadline: None,
             flag: flag.clone(),
+            stalls,
         };
         (wrapped, flag)
     }
@@ -72,7 +77,9 @@ impl<T> WriteStall<T> {
         // Registers the waker, so the task is polled again when the limit passes.
         ready!(deadline.as_mut().poll(cx));
         self.deadline = None;
-        self.flag.0.store(true, Ordering::Release);
+        if !self.flag.0.swap(true, Ordering::AcqRel) {
+            self.stalls.inc();
+        }
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "client accepted no response bytes within the write stall limit",
@@ -134,7 +141,8 @@ mod tests {
     async fn a_reader_that_stops_is_cut_and_a_steady_one_is_not() {
         // A 64-byte pipe: the writer blocks as soon as the reader falls behind.
         let (near, mut far) = tokio::io::duplex(64);
-        let (mut writer, flag) = WriteStall::new(near, Duration::from_secs(2));
+        let stalls = Counter::default();
+        let (mut writer, flag) = WriteStall::new(near, Duration::from_secs(2), stalls.clone());
         let chunk = [7u8; 64];
         // Steady: the reader takes a chunk every 50 ms, far under the limit, while the writer
         // keeps the pipe full.
@@ -152,10 +160,12 @@ mod tests {
         }
         let _far = reader.await.unwrap();
         assert!(!flag.stalled());
+        assert_eq!(stalls.get(), 0);
         // Now nobody reads: the pipe fills and the next write fails after the limit.
         writer.write_all(&chunk).await.unwrap();
         let err = writer.write_all(&chunk).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(flag.stalled());
+        assert_eq!(stalls.get(), 1);
     }
 }
