@@ -183,26 +183,6 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
             push(format!("proxy.limits.{field}"), "must be at least 1".into());
         }
     }
-    // The caps nest: pending heads are open connections, and one source's connections count
-    // against the global cap. A larger inner cap would be silently dead.
-    if limits.max_connections_per_source > limits.max_connections {
-        push(
-            "proxy.limits.max_connections_per_source".into(),
-            format!(
-                "is above max_connections ({}); lower it to at most that",
-                limits.max_connections
-            ),
-        );
-    }
-    if limits.max_pending_heads_per_source > limits.max_connections_per_source {
-        push(
-            "proxy.limits.max_pending_heads_per_source".into(),
-            format!(
-                "is above max_connections_per_source ({}); lower it to at most that",
-                limits.max_connections_per_source
-            ),
-        );
-    }
     for (route, bytes) in &limits.body_per_route {
         let field = format!("proxy.limits.body_per_route.{route}");
         if !crate::proxy::layers::path::API_ROUTES
@@ -406,12 +386,6 @@ mod tests {
             }),
             ("proxy.limits.max_pending_heads_per_source", |c| {
                 c.limits.max_pending_heads_per_source = 0
-            }),
-            ("proxy.limits.max_connections_per_source", |c| {
-                c.limits.max_connections_per_source = 2048
-            }),
-            ("proxy.limits.max_pending_heads_per_source", |c| {
-                c.limits.max_pending_heads_per_source = 300
             }),
             ("proxy.limits.body_per_route.key/generate", |c| {
                 c.limits.body_per_route.insert("key/generate".into(), 10);

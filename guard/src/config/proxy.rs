@@ -95,9 +95,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Open connections from one source: an IPv4 address, or an IPv6 /64 (one host's usual
     /// allocation, so rotating addresses inside it buys nothing). More are refused at once.
+    /// Keep it below `max_connections`, or one source can take every slot.
     pub max_connections_per_source: usize,
     /// Connections from one source whose first request head has not yet arrived (slowloris).
-    /// More are refused at once.
+    /// More are refused at once. Above `max_connections_per_source` it has no effect.
     pub max_pending_heads_per_source: usize,
     pub max_concurrent_per_key: usize,
     /// Requests in flight to the upstream at once (and so its connections); more wait their turn.
