@@ -2,7 +2,9 @@
 //! client goes away), so bytes out and total latency are real even for streams.
 //!
 //! `Tracked` wraps every response body. It passes frames through untouched and unbuffered, counts
-//! them, holds the key's concurrency permit and the upstream slot until the stream ends, and finishes the record on drop.
+//! them, holds the key's concurrency permit and the upstream slot until the stream ends (or the
+//! connection is cut because the client stopped reading: `client_stalled`), and finishes the
+//! record on drop.
 
 use std::{
     net::IpAddr,
