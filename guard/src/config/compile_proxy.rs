@@ -69,10 +69,21 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         custom_key_header.as_ref().and_then(Option::as_ref),
         push,
     );
+    let rollout_keys = match &config.rollout_tokens.key_file {
+        Some(path) => match crate::proxy::rollout_token::SigningKeys::read(path) {
+            Ok(keys) => Some(Some(keys)),
+            Err(err) => {
+                push("proxy.rollout_tokens.key_file".into(), err.to_string());
+                None
+            }
+        },
+        None => Some(None),
+    };
     Some(Settings {
         upstream: upstream?,
         upstream_auth: upstream_auth?,
         keys: keys?,
+        rollout_keys: rollout_keys?,
         reserved: reserved?,
         custom_key_header: custom_key_header?,
         upstream_allow: upstream_allow?,
