@@ -455,4 +455,24 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(fields(&config).is_empty());
     }
+
+    #[test]
+    fn the_rollout_token_key_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollout-tokens.key");
+        let mut config = ProxyConfig::default();
+        config.rollout_tokens.key_file = Some(path.clone());
+        // Missing, group-readable, malformed: each names the field; good compiles.
+        let field = ["proxy.rollout_tokens.key_file"];
+        assert_eq!(fields(&config), field);
+        std::fs::write(&path, format!("k1 {}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(fields(&config), field);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut errors = Vec::new();
+        let settings = compile(&config, &mut errors).expect("a good key file compiles");
+        assert_eq!(settings.rollout_keys.unwrap().current_id(), "k1");
+        std::fs::write(&path, "k1 not-hex\n").unwrap();
+        assert_eq!(fields(&config), field);
+    }
 }
