@@ -287,3 +287,88 @@ fn metrics(admin: &str) -> String {
     stream.read_to_string(&mut text).expect("read metrics");
     text
 }
+
+/// Rotation as docs/rollout-tokens.md describes it: a new key put first signs new tokens while the
+/// old one still verifies; a key file the daemon cannot use is refused on reload as a whole (both
+/// keys stay in force); removing the old line retires its tokens (401). No key and no token
+/// appears in the daemon's log or audit records.
+#[test]
+fn rotation_keeps_the_previous_key_for_its_grace_and_a_bad_key_file_changes_nothing() {
+    use nix::sys::signal::Signal;
+
+    const NEW_LINE: &str = "t2 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+    let recorder = Recorder::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("rollout-tokens.key");
+    let write_keys = |text: &str, mode: u32| {
+        fs::write(&key_file, text).expect("key file");
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    write_keys(SIGNING_LINE, 0o600);
+    let extra = format!(
+        "[proxy.rollout_tokens]\nkey_file = \"{}\"\n",
+        key_file.display()
+    );
+    let mut guard = Guard::start(recorder.port, UPSTREAM_KEY, &[], &extra);
+    let addr = guard.base.trim_start_matches("http://").to_owned();
+    let config = guard.daemon.config_path.clone();
+    let reload = |guard: &mut Guard| {
+        guard.daemon.signal(Signal::SIGHUP);
+        guard
+            .daemon
+            .wait_for(|e| e["kind"] == "reloaded" || e["kind"] == "reload_failed")
+            .expect("a reload outcome")["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let status = |token: &str, case: &str| send(&addr, token, case, &path("ro-1", "a")).0;
+
+    let old = mint(&config, &["--rollout", "ro-1"]);
+    write_keys(&format!("{NEW_LINE}{SIGNING_LINE}"), 0o600);
+    assert_eq!(reload(&mut guard), "reloaded");
+    let new = mint(&config, &["--rollout", "ro-1"]);
+    assert_ne!(old, new);
+    assert_eq!(
+        (status(&old, "grace-old"), status(&new, "grace-new")),
+        (200, 200)
+    );
+
+    write_keys(NEW_LINE, 0o644);
+    assert_eq!(
+        reload(&mut guard),
+        "reload_failed",
+        "a readable key file is refused"
+    );
+    assert_eq!(
+        (status(&old, "refused-old"), status(&new, "refused-new")),
+        (200, 200),
+        "a refused reload keeps both keys"
+    );
+
+    write_keys(NEW_LINE, 0o600);
+    assert_eq!(reload(&mut guard), "reloaded");
+    assert_eq!(
+        (status(&old, "retired-old"), status(&new, "retired-new")),
+        (401, 200)
+    );
+
+    let records: Vec<String> = guard
+        .records_until_sentinel()
+        .iter()
+        .map(|record| record.to_string())
+        .collect();
+    let output = format!(
+        "{}\n{}",
+        guard.daemon.log_lines().join("\n"),
+        records.join("\n")
+    );
+    for line in [SIGNING_LINE, NEW_LINE] {
+        let key = line.split_whitespace().nth(1).expect("a key");
+        assert!(
+            !output.contains(key),
+            "a signing key in the daemon's output"
+        );
+    }
+    assert!(!output.contains("pgr1."), "a token in the daemon's output");
+}
