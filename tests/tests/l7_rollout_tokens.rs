@@ -268,6 +268,18 @@ fn tokens_are_held_to_their_rollout_and_its_own_limits() {
             problems.push(format!("no served audit record for key {name}: {keys:?}"));
         }
     }
+    let spikes: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "rate_spike")
+        .collect();
+    if !spikes
+        .iter()
+        .any(|r| r["key"] == "rollout:ro-run" && r["reason"] == "rate_rollout")
+    {
+        problems.push(format!(
+            "no rate_spike names the runaway rollout: {spikes:?}"
+        ));
+    }
     let metrics = metrics(&guard.admin);
     if !metrics.contains(r#"key="rollout:*""#) || metrics.contains(r#"key="rollout:ro-a""#) {
         problems.push("metrics must label every token `rollout:*`".into());
