@@ -47,26 +47,13 @@ pub struct StoredKey {
     pub caps: crate::config::proxy::Caps,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KeyStore {
     keys: Vec<StoredKey>,
     /// The rollout-token signing keys (`proxy.rollout_tokens.key_file`), when tokens are on.
     tokens: Option<SigningKeys>,
     /// What a rollout token authenticates as.
     token_key: StoredKey,
-}
-
-impl Default for StoredKey {
-    fn default() -> StoredKey {
-        StoredKey {
-            name: ROLLOUT_KEY_NAME.into(),
-            hash: [0; 32],
-            expires: None,
-            rpm: None,
-            upstream_allow: Vec::new(),
-            caps: Default::default(),
-        }
-    }
 }
 
 /// Who a request authenticated as: a stored key, or a rollout token and what it grants.
@@ -89,8 +76,14 @@ impl KeyStore {
             keys,
             tokens,
             token_key: StoredKey {
+                name: ROLLOUT_KEY_NAME.into(),
+                // Never compared: a token is verified by its signature, not looked up.
+                hash: [0; 32],
+                // A token carries its own expiry.
+                expires: None,
+                rpm: None,
+                upstream_allow: Vec::new(),
                 caps,
-                ..StoredKey::default()
             },
         }
     }
