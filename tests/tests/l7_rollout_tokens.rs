@@ -384,3 +384,75 @@ fn rotation_keeps_the_previous_key_for_its_grace_and_a_bad_key_file_changes_noth
     }
     assert!(!output.contains("pgr1."), "a token in the daemon's output");
 }
+
+/// Each rollout has its own requests-in-flight budget: with `concurrency = 1`, a request of
+/// rollout A that holds its permit (its head sent with `Expect: 100-continue`; the guard's
+/// `100 Continue` says it has passed the limits and waits for the body) makes A's next request
+/// 429 `concurrency_rollout`, while rollout B is served; once A's request ends, A is served again.
+#[test]
+fn a_rollout_in_flight_holds_its_own_concurrency_only() {
+    use std::io::{BufRead, BufReader};
+
+    let recorder = Recorder::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("rollout-tokens.key");
+    fs::write(&key_file, SIGNING_LINE).expect("key file");
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let extra = format!(
+        "[proxy.rollout_tokens]\nkey_file = \"{}\"\nconcurrency = 1\n",
+        key_file.display()
+    );
+    let mut guard = Guard::start(recorder.port, UPSTREAM_KEY, &[], &extra);
+    let addr = guard.base.trim_start_matches("http://").to_owned();
+    let config = guard.daemon.config_path.clone();
+    let token_a = mint(&config, &["--rollout", "ro-a"]);
+    let token_b = mint(&config, &["--rollout", "ro-b"]);
+
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut held = TcpStream::connect(&addr).expect("connect");
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        held,
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token_a}\r\nx-case: held\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        path("ro-a", "a"),
+        body.len()
+    )
+    .expect("write the head");
+    let mut reader = BufReader::new(held.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read 100 Continue");
+    assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+    reader
+        .read_line(&mut line)
+        .expect("the blank line after it");
+
+    let (status, text) = send(&addr, &token_a, "a-while-held", &path("ro-a", "a"));
+    assert!(
+        status == 429 && text.contains("concurrency_rollout"),
+        "{status} {text}"
+    );
+    assert_eq!(
+        send(&addr, &token_b, "b-while-held", &path("ro-b", "a")).0,
+        200
+    );
+
+    held.write_all(body.as_bytes()).expect("write the body");
+    let mut answer = String::new();
+    reader
+        .read_line(&mut answer)
+        .expect("the held request's answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    drop((reader, held));
+    // The held request's permit goes back when its response ends, which its audit record marks:
+    // wait for that record (the sentinel comes after it) before A's next request.
+    let records = guard.records_until_sentinel();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "request" && r["key"] == "rollout:ro-a" && r["status"] == 200),
+        "the held request's record: {records:?}"
+    );
+    assert_eq!(send(&addr, &token_a, "a-after", &path("ro-a", "a")).0, 200);
+}
