@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("json_body", json_body),
     ("config", config),
     ("framing_watch", framing_watch),
+    ("rollout_token", rollout_token),
 ];
 
 /// `METHOD\nPATH`: the route allow-list and the method check, on the path as the pipeline sees it
@@ -195,6 +196,33 @@ pub fn framing_watch(data: &[u8]) {
     );
 }
 
+/// The fuzz target's signing key and clock: seeds signed with it at this time verify, so the
+/// fuzzer starts from tokens that reach past the MAC.
+pub const ROLLOUT_TOKEN_KEY: &str =
+    "f1 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub const ROLLOUT_TOKEN_NOW: u64 = 1_800_000_000;
+
+/// A presented credential, as the token verifier sees it: it returns a verdict for every input,
+/// and what it accepts is a bounded, well-formed token whose ids are path ids and whose expiry is
+/// current and within the bound.
+pub fn rollout_token(data: &[u8]) {
+    use crate::proxy::rollout_token::{
+        valid_id, SigningKeys, CLOCK_SKEW, MAX_TOKEN_BYTES, MAX_TTL, PREFIX,
+    };
+    static KEYS: OnceLock<SigningKeys> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        SigningKeys::parse(ROLLOUT_TOKEN_KEY, Path::new("fuzz")).expect("the fuzz key parses")
+    });
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ROLLOUT_TOKEN_NOW);
+    if let Ok(claims) = keys.verify(data, now) {
+        assert!(data.len() <= MAX_TOKEN_BYTES && data.starts_with(PREFIX.as_bytes()));
+        assert!(valid_id(&claims.rollout));
+        assert!(claims.attempt.as_deref().is_none_or(valid_id));
+        assert!(claims.expires > ROLLOUT_TOKEN_NOW);
+        assert!(claims.expires <= ROLLOUT_TOKEN_NOW + (MAX_TTL + CLOCK_SKEW).as_secs());
+    }
+}
+
 /// A block (the lines before one holding nothing but CRs) is ambiguous with Content-Length
 /// twice, or with both Content-Length and Transfer-Encoding. A line's name is what comes before
 /// its first `:`, CRs dropped, in any case; bytes after the last newline end no line.
@@ -249,6 +277,23 @@ mod tests {
                 let outcome = std::panic::catch_unwind(|| entry(&data));
                 assert!(outcome.is_ok(), "{} panics", file.display());
             }
+        }
+    }
+
+    /// The token seeds named `valid*` get past the MAC, so the fuzzer starts from accepted tokens.
+    #[test]
+    fn the_valid_rollout_token_seeds_verify() {
+        use crate::proxy::rollout_token::SigningKeys;
+        let keys = SigningKeys::parse(ROLLOUT_TOKEN_KEY, Path::new("fuzz")).unwrap();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ROLLOUT_TOKEN_NOW);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/rollout_token");
+        for name in ["valid", "valid_attempt", "expired", "unknown_kid"] {
+            let token = std::fs::read(dir.join(name)).unwrap();
+            assert_eq!(
+                keys.verify(&token, now).is_ok(),
+                name.starts_with("valid"),
+                "{name}"
+            );
         }
     }
 

@@ -69,10 +69,21 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         custom_key_header.as_ref().and_then(Option::as_ref),
         push,
     );
+    let rollout_keys = match &config.rollout_tokens.key_file {
+        Some(path) => match crate::proxy::rollout_token::SigningKeys::read(path) {
+            Ok(keys) => Some(Some(keys)),
+            Err(err) => {
+                push("proxy.rollout_tokens.key_file".into(), err.to_string());
+                None
+            }
+        },
+        None => Some(None),
+    };
     Some(Settings {
         upstream: upstream?,
         upstream_auth: upstream_auth?,
         keys: keys?,
+        rollout_keys: rollout_keys?,
         reserved: reserved?,
         custom_key_header: custom_key_header?,
         upstream_allow: upstream_allow?,
@@ -458,5 +469,25 @@ mod tests {
         assert_eq!(fields(&config), ["proxy.upstream_key_file"]);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(fields(&config).is_empty());
+    }
+
+    #[test]
+    fn the_rollout_token_key_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollout-tokens.key");
+        let mut config = ProxyConfig::default();
+        config.rollout_tokens.key_file = Some(path.clone());
+        // Missing, group-readable, malformed: each names the field; good compiles.
+        let field = ["proxy.rollout_tokens.key_file"];
+        assert_eq!(fields(&config), field);
+        std::fs::write(&path, format!("k1 {}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(fields(&config), field);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut errors = Vec::new();
+        let settings = compile(&config, &mut errors).expect("a good key file compiles");
+        assert_eq!(settings.rollout_keys.unwrap().current_id(), "k1");
+        std::fs::write(&path, "k1 not-hex\n").unwrap();
+        assert_eq!(fields(&config), field);
     }
 }

@@ -39,6 +39,7 @@ pub struct ProxyConfig {
     pub content: ContentConfig,
     pub body: BodyConfig,
     pub admin_routes: AdminRoutesConfig,
+    pub rollout_tokens: RolloutTokensConfig,
     /// Client keys, by name. Only SHA-256 hashes are stored.
     pub keys: Vec<KeyEntry>,
 }
@@ -64,6 +65,7 @@ impl Default for ProxyConfig {
             content: ContentConfig::default(),
             body: BodyConfig::default(),
             admin_routes: AdminRoutesConfig::default(),
+            rollout_tokens: RolloutTokensConfig::default(),
             // No keys: every request is refused until one is added. Fail closed.
             keys: Vec::new(),
         }
@@ -306,6 +308,34 @@ impl Caps {
 pub struct AdminRoutesConfig {
     /// Names of keys (from `[[proxy.keys]]`) that may use the admin routes.
     pub keys: Vec<String>,
+}
+
+/// Rollout-scoped tokens (docs/rollout-tokens.md): signed, stateless credentials bound to one
+/// rollout (and optionally one attempt), each rollout with its own limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutTokensConfig {
+    /// The signing-key file (mode 0600, `KEY_ID HEX_KEY` per line; the first signs). Unset: tokens
+    /// are refused. `keys mint` creates it and sets this on first use.
+    pub key_file: Option<PathBuf>,
+    /// Requests per minute per rollout; 0 turns it off.
+    pub rpm: u32,
+    pub burst: u32,
+    /// Requests in flight per rollout; 0 turns it off.
+    pub concurrency: usize,
+}
+
+impl Default for RolloutTokensConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            // The per-key rate, per rollout; 32 in flight leaves one agent's loop room for
+            // parallel tool calls while a runaway rollout cannot take the upstream's workers.
+            rpm: 600,
+            burst: 60,
+            concurrency: 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ mod pipeline;
 mod record;
 mod reject;
 mod response_headers;
+pub mod rollout_token;
 mod server;
 pub mod shapes;
 mod sources;
@@ -121,7 +122,11 @@ impl Proxy {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => pruned.state.load().rate.prune(),
+                    _ = tick.tick() => {
+                        let state = pruned.state.load();
+                        state.rate.prune();
+                        state.rollouts.prune();
+                    }
                     _ = prune_stop.changed() => break,
                 }
             }

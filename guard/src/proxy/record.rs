@@ -142,6 +142,13 @@ impl Finished {
                 .inc();
         }
         if let Some(key) = &self.key {
+            // Every rollout token counts under one label (the audit line names its rollout):
+            // a training run's rollout ids would make the label set unbounded.
+            let key = if key.starts_with("rollout:") {
+                crate::proxy::layers::auth::ROLLOUT_KEY_NAME
+            } else {
+                &**key
+            };
             let labels = KeyLabels {
                 key: key.to_string(),
             };

@@ -16,8 +16,10 @@ use super::layers::{
     header_limits::HeaderLimits,
     media::MediaPolicy,
     rate::{quota, RateLimits},
+    rollout::RolloutLimits,
 };
 use super::response_headers::ResponseAllow;
+use super::rollout_token::SigningKeys;
 use super::sources::SourceCaps;
 use crate::config::proxy::ProxyConfig;
 
@@ -29,6 +31,8 @@ pub struct State {
     pub admin_keys: HashSet<Arc<str>>,
     pub rate: RateLimits,
     pub concurrency: Concurrency,
+    /// Each rollout's own budget, for requests with a rollout token.
+    pub rollouts: RolloutLimits,
     pub header_limits: HeaderLimits,
     pub reserved: Vec<HeaderName>,
     /// LiteLLM's custom key header, removed like the other credential headers.
@@ -65,6 +69,8 @@ pub struct Settings {
     /// `Bearer <key>` from the upstream key file, marked sensitive.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: Vec<StoredKey>,
+    /// `proxy.rollout_tokens.key_file`, read and parsed; none when tokens are off.
+    pub rollout_keys: Option<SigningKeys>,
     /// The always-reserved names first.
     pub reserved: Vec<HeaderName>,
     /// `proxy.upstream_custom_key_header`, lower-cased.
@@ -105,13 +111,20 @@ impl State {
         let content = &config.content;
         let limits_config = &config.limits;
         let timeouts = &config.timeouts;
+        let tokens = &config.rollout_tokens;
         State {
             upstream: settings.upstream,
             upstream_auth: settings.upstream_auth,
-            keys: KeyStore::new(stored),
+            keys: KeyStore::new(stored, settings.rollout_keys, config.body.caps),
             admin_keys,
             rate: limits,
             concurrency,
+            rollouts: RolloutLimits::new(
+                tokens.rpm,
+                tokens.burst,
+                tokens.concurrency,
+                previous.map(|p| &p.rollouts),
+            ),
             header_limits: HeaderLimits {
                 max_headers: limits_config.max_headers,
                 max_value_bytes: limits_config.max_header_value_bytes,
