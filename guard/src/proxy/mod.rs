@@ -17,6 +17,7 @@ mod pipeline;
 mod record;
 mod reject;
 mod response_headers;
+pub mod routes;
 mod server;
 pub mod shapes;
 mod state;

@@ -18,10 +18,13 @@ use super::layers::{
     rate::{quota, RateLimits},
 };
 use super::response_headers::ResponseAllow;
+use super::routes::RouteTable;
 use crate::config::proxy::ProxyConfig;
 
 pub struct State {
     pub upstream: Authority,
+    /// The active route table: the profile's routes and `[[proxy.routes]]`.
+    pub routes: Arc<RouteTable>,
     /// `Bearer <key>`, marked sensitive so hyper never logs it.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: KeyStore,
@@ -57,6 +60,7 @@ pub struct State {
 #[derive(Clone)]
 pub struct Settings {
     pub upstream: Authority,
+    pub routes: Arc<RouteTable>,
     /// `Bearer <key>` from the upstream key file, marked sensitive.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: Vec<StoredKey>,
@@ -102,6 +106,7 @@ impl State {
         let timeouts = &config.timeouts;
         State {
             upstream: settings.upstream,
+            routes: settings.routes,
             upstream_auth: settings.upstream_auth,
             keys: KeyStore::new(stored),
             admin_keys,
