@@ -282,3 +282,44 @@ fn a_parallel_rollout_load_gets_no_429_on_the_agent_lightning_defaults() {
         .count();
     assert_eq!(limited, 0);
 }
+
+/// The route table is rebuilt on reload: switching `upstream_kind` opens 1.0's routes at once,
+/// and a reload whose route does not compile is refused with the old table kept.
+#[test]
+fn a_reload_swaps_the_route_table() {
+    let recorder = Recorder::start();
+    let mut guard = Guard::start(recorder.port, UPSTREAM_KEY, &["trainer"], "");
+    let key = guard.key("trainer").to_owned();
+    let addr = guard.base.trim_start_matches("http://").to_owned();
+    let chat = "/proxy/rollout/r1/attempt/a1/mode/train/openai/v1/chat/completions";
+    assert_eq!(
+        send(&addr, &key, "POST", chat, CHAT),
+        404,
+        "litellm has no 1.0 routes"
+    );
+
+    let agl = Guard::config(
+        recorder.port,
+        &guard.key_file,
+        &guard.keys,
+        "upstream_kind = \"agent-lightning\"\n",
+    );
+    assert_eq!(guard.daemon.reload_with(&agl)["kind"], "reloaded");
+    assert_eq!(send(&addr, &key, "POST", chat, CHAT), 200);
+
+    let broken = Guard::config(
+        recorder.port,
+        &guard.key_file,
+        &guard.keys,
+        "[[proxy.routes]]\nname = \"x\"\npath = \"/v1/{x:uuid}\"\nmethods = [\"POST\"]\nshape = \"chat\"\n",
+    );
+    let refused = guard.daemon.reload_with(&broken);
+    assert_eq!(refused["kind"], "reload_failed", "{refused}");
+    assert_eq!(
+        send(&addr, &key, "POST", chat, CHAT),
+        200,
+        "the old table stays"
+    );
+    let paths: Vec<String> = recorder.seen().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, [chat, chat]);
+}
