@@ -12,13 +12,17 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::RegexSet;
 
 use crate::{
-    config::{proxy::LimitsConfig, proxy::ALWAYS_RESERVED, Config, ConfigError},
+    config::{
+        proxy::{LimitsConfig, UpstreamKind, ALWAYS_RESERVED},
+        Config, ConfigError,
+    },
     proxy::{
         framing_watch::HeadScanner,
         layers::{
             body, content::ContentRules, framing, header_limits, header_limits::HeaderLimits, host,
             json, path, reserved,
         },
+        routes::RouteTable,
     },
 };
 
@@ -35,21 +39,34 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("rollout_token", rollout_token),
 ];
 
-/// `METHOD\nPATH`: the route allow-list and the method check, on the path as the pipeline sees it
-/// (from a parsed request target) and on any string.
+/// `METHOD\nPATH`: the raw-path checks, every profile's route table (Azure routes on) and the
+/// method check, on the path as the pipeline sees it (from a parsed request target) and on any
+/// string.
 pub fn path(data: &[u8]) {
     let (method, raw) = split_line(data);
     let method = Method::from_bytes(method).unwrap_or(Method::GET);
     let max = LimitsConfig::default().max_path_bytes;
-    if let Ok(uri) = http::Uri::try_from(raw) {
-        classify(uri.path(), &method, max);
+    for table in route_tables() {
+        if let Ok(uri) = http::Uri::try_from(raw) {
+            classify(table, uri.path(), &method, max);
+        }
+        classify(table, &String::from_utf8_lossy(raw), &method, max);
+        classify(table, &String::from_utf8_lossy(raw), &method, 8);
     }
-    classify(&String::from_utf8_lossy(raw), &method, max);
-    classify(&String::from_utf8_lossy(raw), &method, 8);
 }
 
-fn classify(raw: &str, method: &Method, max: usize) {
-    match path::classify(raw, max) {
+fn route_tables() -> &'static [RouteTable] {
+    static TABLES: OnceLock<Vec<RouteTable>> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        UpstreamKind::ALL
+            .iter()
+            .map(|kind| RouteTable::builtin(*kind, true))
+            .collect()
+    })
+}
+
+fn classify(table: &RouteTable, raw: &str, method: &Method, max: usize) {
+    match path::classify_in(table, raw, max) {
         Ok(route) => {
             // What the syntax check promises about every path it lets through.
             assert!(raw.len() <= max && raw.starts_with('/'));
@@ -60,6 +77,12 @@ fn classify(raw: &str, method: &Method, max: usize) {
                 .any(|bad| lower.contains(bad)));
             assert!(!raw.split('/').any(|s| s == ".." || s == "."));
             assert!(route.template.starts_with('/'));
+            // The label is the template's, never the path's own ids.
+            assert_eq!(route.template, route.spec.label);
+            if let Some(rollout) = &route.rollout {
+                assert!(raw.split('/').any(|s| s == rollout.rollout));
+                assert!(raw.split('/').any(|s| s == rollout.attempt));
+            }
             if let Err(reject) = path::check_method(&route, method) {
                 assert_eq!(reject.status, 405);
             }

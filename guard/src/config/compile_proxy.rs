@@ -40,7 +40,13 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         }
         None => Some(None),
     };
-    check_listeners_and_limits(config, push);
+    let routes = crate::proxy::routes::RouteTable::compile(
+        config.upstream_kind,
+        config.azure_routes,
+        &config.routes,
+        push,
+    );
+    check_listeners_and_limits(config, routes.as_ref(), push);
     let tls = match &config.tls {
         Some(tls) => tls_acceptor(tls, push).map(Some),
         None => Some(None),
@@ -81,6 +87,7 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
     };
     Some(Settings {
         upstream: upstream?,
+        routes: std::sync::Arc::new(routes?),
         upstream_auth: upstream_auth?,
         keys: keys?,
         rollout_keys: rollout_keys?,
@@ -153,7 +160,13 @@ fn upstream(text: &str, push: &mut dyn FnMut(String, String)) -> Option<Authorit
     }
 }
 
-fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
+/// `routes` is the active route table, when it compiled: `limits.body_per_route` keys are its
+/// route names.
+fn check_listeners_and_limits(
+    config: &ProxyConfig,
+    routes: Option<&crate::proxy::routes::RouteTable>,
+    push: &mut dyn FnMut(String, String),
+) {
     if !config.admin_listen.ip().is_loopback() {
         push(
             "proxy.admin_listen".into(),
@@ -196,11 +209,21 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
     }
     for (route, bytes) in &limits.body_per_route {
         let field = format!("proxy.limits.body_per_route.{route}");
-        if !crate::proxy::layers::path::API_ROUTES
-            .iter()
-            .any(|(name, _, _)| name == route)
-        {
-            push(field, "not a route name; use one of chat/completions, completions, embeddings, models, responses, moderations, messages".into());
+        let names: Vec<&str> = routes
+            .map(|table| table.names())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| *name != "admin")
+            .collect();
+        if routes.is_some() && !names.contains(&route.as_str()) {
+            push(
+                field,
+                format!(
+                    "not a route name of the {} profile's table and proxy.routes; use one of {}",
+                    config.upstream_kind.name(),
+                    names.join(", ")
+                ),
+            );
         } else if *bytes == 0 {
             push(field, "must be at least 1".into());
         }
@@ -436,12 +459,59 @@ mod tests {
             ("proxy.admin_routes.keys[0]", |c| {
                 c.admin_routes.keys = vec!["ghost".into()]
             }),
+            // A route of another profile's table is not a name here.
+            ("proxy.limits.body_per_route.events", |c| {
+                c.limits.body_per_route.insert("events".into(), 10);
+            }),
+            ("proxy.routes[0].shape", |c| {
+                c.routes = vec![route_entry("/v1/rerank", "xml")]
+            }),
+            ("proxy.routes[0].path", |c| {
+                c.routes = vec![route_entry("/v1/embeddings", "embeddings")]
+            }),
         ];
         for (field, edit) in cases {
             let mut config = ProxyConfig::default();
             edit(&mut config);
             assert_eq!(fields(&config), [field.to_string()], "case {field}");
         }
+    }
+
+    fn route_entry(path: &str, shape: &str) -> crate::config::proxy::RouteEntry {
+        crate::config::proxy::RouteEntry {
+            name: "rerank".into(),
+            path: path.into(),
+            methods: vec!["POST".into()],
+            shape: shape.into(),
+            query: Vec::new(),
+            rollout: None,
+            attempt: None,
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn body_limits_name_routes_of_the_active_table() {
+        let mut config = ProxyConfig {
+            upstream_kind: crate::config::proxy::UpstreamKind::AgentLightning,
+            ..ProxyConfig::default()
+        };
+        config
+            .limits
+            .body_per_route
+            .insert("events".into(), 1 << 20);
+        assert!(fields(&config).is_empty());
+        config.upstream_kind = crate::config::proxy::UpstreamKind::Litellm;
+        config.routes = vec![route_entry("/v1/rerank", "embeddings")];
+        config.limits.body_per_route.clear();
+        config
+            .limits
+            .body_per_route
+            .insert("rerank".into(), 1 << 20);
+        assert!(fields(&config).is_empty());
+        // A bad route is reported once, not again as an unknown body limit name.
+        config.routes[0].shape = "xml".into();
+        assert_eq!(fields(&config), ["proxy.routes[0].shape"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod hostile;
 pub mod kernel;
 mod locate;
 pub mod log_level;
+pub mod profile;
 pub mod proxy;
 mod template;
 mod validate;

@@ -15,6 +15,14 @@ pub struct ProxyConfig {
     pub enabled: bool,
     /// The front address clients use. Port 0 picks a free port (reported in the `ready` record).
     pub listen: SocketAddr,
+    /// What the upstream is: it picks the route table, the upstream surface and the defaults of
+    /// the limits a training load needs (`config::profile`).
+    pub upstream_kind: UpstreamKind,
+    /// Azure OpenAI-style routes (`/openai/deployments/{name}/chat/completions?api-version=...`)
+    /// on top of the profile's table. Off by default.
+    pub azure_routes: bool,
+    /// Routes added to the profile's table (`[[proxy.routes]]`).
+    pub routes: Vec<RouteEntry>,
     /// The guarded LLM proxy, `http://host:port`. It should itself listen on loopback only.
     pub upstream: String,
     /// A root-only file (mode 0600 or stricter) holding the upstream's own key, sent as
@@ -51,6 +59,9 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             // LiteLLM's default port.
             upstream: "http://127.0.0.1:4000".into(),
+            upstream_kind: UpstreamKind::Litellm,
+            azure_routes: false,
+            routes: Vec::new(),
             upstream_key_file: None,
             upstream_custom_key_header: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -69,6 +80,74 @@ impl Default for ProxyConfig {
             // No keys: every request is refused until one is added. Fail closed.
             keys: Vec::new(),
         }
+    }
+}
+
+/// The kind of upstream (`proxy.upstream_kind`, `config init --upstream-kind`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamKind {
+    /// A LiteLLM proxy: OpenAI routes with or without `/v1`, `/v1/messages`, each optionally under
+    /// `/rollout/{id}/attempt/{id}`, and LiteLLM's admin API.
+    #[default]
+    Litellm,
+    /// agent-lightning: 0.3's LiteLLM-based proxy (the litellm table) and 1.0's server (its
+    /// `/proxy/rollout/...` and `/api/rollouts/.../events` routes, its trainer API as admin routes).
+    AgentLightning,
+    /// A plain OpenAI-compatible server: the OpenAI routes only.
+    Openai,
+}
+
+impl UpstreamKind {
+    pub const ALL: &'static [UpstreamKind] = &[
+        UpstreamKind::Litellm,
+        UpstreamKind::AgentLightning,
+        UpstreamKind::Openai,
+    ];
+
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::Litellm => "litellm",
+            UpstreamKind::AgentLightning => "agent-lightning",
+            UpstreamKind::Openai => "openai",
+        }
+    }
+}
+
+/// One `[[proxy.routes]]` entry: a route added to the profile's table. `proxy::routes` checks and
+/// compiles it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// The route's name: metrics group by its template, `limits.body_per_route` keys by this.
+    pub name: String,
+    /// The path template: literal segments and typed ones, `{rid:id}` (`[A-Za-z0-9_-]{1,128}`),
+    /// `{model:name}` (the same and `.`), `{mode:train|val}` (one of the words), and a last `*`
+    /// for any further segments.
+    pub path: String,
+    /// Methods it takes (`GET`, `POST`, ...; `*` for any).
+    pub methods: Vec<String>,
+    /// The body shape of its POST bodies (`chat`, `completions`, `embeddings`, `responses`,
+    /// `anthropic-messages`, `moderations`, `agent-events`, `none`).
+    #[serde(default = "RouteEntry::no_shape")]
+    pub shape: String,
+    /// The query parameter names it takes; none by default.
+    #[serde(default)]
+    pub query: Vec<String>,
+    /// The `id` segments that name the rollout and its attempt: the route is attributed to them.
+    pub rollout: Option<String>,
+    pub attempt: Option<String>,
+    /// An upstream management route: closed unless `admin_routes.keys` names the caller.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+impl RouteEntry {
+    fn no_shape() -> String {
+        "none".into()
     }
 }
 
@@ -109,6 +188,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let profile = super::profile::defaults(UpstreamKind::Litellm);
         Self {
             // 2 MiB holds long chat histories; the unguarded proxy reads any size into memory.
             max_body_bytes: 2 * 1024 * 1024,
@@ -129,10 +209,9 @@ impl Default for LimitsConfig {
             // Half the source's cap: a legitimate burst of new connections is pending only for
             // the moment before its heads are parsed; only stalled heads pile up.
             max_pending_heads_per_source: 128,
-            max_concurrent_per_key: 64,
-            // Caps the pool: the guarded proxy is protected from floods of parallel requests, and
-            // memory stays bounded when many clients connect at once.
-            max_upstream_connections: 256,
+            // These two depend on the profile (`config::profile`).
+            max_concurrent_per_key: profile.max_concurrent_per_key,
+            max_upstream_connections: profile.max_upstream_connections,
         }
     }
 }
@@ -148,13 +227,14 @@ pub struct RateConfig {
 }
 
 impl Default for RateConfig {
+    /// The litellm profile's; `config::profile` has every profile's.
     fn default() -> Self {
+        let profile = super::profile::defaults(UpstreamKind::Litellm);
         Self {
-            per_key_rpm: 600,
-            per_key_burst: 60,
-            // Higher than per key: several clients may share an address (NAT, one host).
-            per_ip_rpm: 1200,
-            per_ip_burst: 120,
+            per_key_rpm: profile.per_key_rpm,
+            per_key_burst: profile.per_key_burst,
+            per_ip_rpm: profile.per_ip_rpm,
+            per_ip_burst: profile.per_ip_burst,
         }
     }
 }

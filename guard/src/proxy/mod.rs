@@ -18,6 +18,7 @@ mod record;
 mod reject;
 mod response_headers;
 pub mod rollout_token;
+pub mod routes;
 mod server;
 pub mod shapes;
 mod sources;

@@ -127,8 +127,9 @@ async fn checked_forward(
     host::check(headers)?;
     reserved::check(headers, &state.reserved)?;
 
-    let route = path::classify(parts.uri.path(), state.max_path_bytes)?;
-    record.route = route.template.clone();
+    let route = path::classify_in(&state.routes, parts.uri.path(), state.max_path_bytes)?;
+    record.route = route.template.to_string();
+    record.rollout = route.rollout.clone();
     tracing::Span::current().record("route", record.route.as_str());
     let admin = route.kind == RouteKind::Admin;
     if admin && state.admin_keys.is_empty() {
@@ -155,7 +156,7 @@ async fn checked_forward(
         }
     };
 
-    let limit = state.body_limit(route.name);
+    let limit = state.body_limit(&route.name);
     body::check_bodyless(&parts.method, headers)?;
     body::check_declared(headers, limit)?;
     let bytes = body::read(request_body, limit, state.body_timeout).await?;

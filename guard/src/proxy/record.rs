@@ -20,7 +20,7 @@ use http_body_util::combinators::BoxBody;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{upstream_slots::Slot, write_stall::StallFlag};
+use super::{layers::path::RolloutRef, upstream_slots::Slot, write_stall::StallFlag};
 
 use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels};
 
@@ -33,6 +33,8 @@ pub struct Record {
     pub method: String,
     /// The route template, or `-` when the path was refused before it was recognised.
     pub route: String,
+    /// The rollout and attempt an attributed route names.
+    pub rollout: Option<RolloutRef>,
     pub key: Option<Arc<str>>,
     pub status: u16,
     pub decision: &'static str,
@@ -50,6 +52,7 @@ impl Record {
             client,
             method: method.as_str().to_owned(),
             route: "-".into(),
+            rollout: None,
             key: None,
             status: 0,
             decision: "allow",
@@ -75,6 +78,7 @@ impl Record {
             client,
             method: "-".into(),
             route: "-".into(),
+            rollout: None,
             key: None,
             status,
             decision: "deny",
@@ -95,6 +99,7 @@ impl Record {
             client: self.client,
             method: std::mem::take(&mut self.method),
             route: std::mem::take(&mut self.route),
+            rollout: self.rollout.take(),
             key: self.key.take(),
             status: self.status,
             decision: self.decision,
@@ -113,6 +118,7 @@ pub struct Finished {
     client: IpAddr,
     method: String,
     route: String,
+    rollout: Option<RolloutRef>,
     key: Option<Arc<str>>,
     status: u16,
     decision: &'static str,
@@ -166,7 +172,7 @@ impl Finished {
             metrics.upstream_latency.observe(upstream.as_secs_f64());
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        crate::audit::fields(json!({
+        let mut fields = crate::audit::fields(json!({
                 "client": self.client,
                 "key": self.key.as_deref(),
                 "method": self.method,
@@ -178,7 +184,13 @@ impl Finished {
                 "bytes_out": self.bytes_out,
                 "upstream_ms": self.upstream.map(ms),
                 "total_ms": ms(self.total),
-        }))
+        }));
+        // Ids the route's typed segments checked ([A-Za-z0-9_-]{1,128}): safe to log as they are.
+        if let Some(rollout) = self.rollout {
+            fields.insert("rollout".into(), rollout.rollout.into());
+            fields.insert("attempt".into(), rollout.attempt.into());
+        }
+        fields
     }
 }
 

@@ -20,11 +20,14 @@ use super::layers::{
 };
 use super::response_headers::ResponseAllow;
 use super::rollout_token::SigningKeys;
+use super::routes::RouteTable;
 use super::sources::SourceCaps;
 use crate::config::proxy::ProxyConfig;
 
 pub struct State {
     pub upstream: Authority,
+    /// The active route table: the profile's routes and `[[proxy.routes]]`.
+    pub routes: Arc<RouteTable>,
     /// `Bearer <key>`, marked sensitive so hyper never logs it.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: KeyStore,
@@ -66,6 +69,7 @@ pub struct State {
 #[derive(Clone)]
 pub struct Settings {
     pub upstream: Authority,
+    pub routes: Arc<RouteTable>,
     /// `Bearer <key>` from the upstream key file, marked sensitive.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: Vec<StoredKey>,
@@ -114,6 +118,7 @@ impl State {
         let tokens = &config.rollout_tokens;
         State {
             upstream: settings.upstream,
+            routes: settings.routes,
             upstream_auth: settings.upstream_auth,
             keys: KeyStore::new(stored, settings.rollout_keys, config.body.caps),
             admin_keys,
