@@ -1,0 +1,198 @@
+//! The upstream guard, end to end: the daemon guards a real upstream's port, this test process
+//! joins a cgroup of its own (outside the daemon's) and its connects to that port, by every local
+//! way in, get EPERM and an event, while a request through the guard is still served. Monitor
+//! mode lets them through and says so. The rule outlives the daemon, and a daemon restarted in a
+//! new cgroup (as systemd restarts a unit) connects again while its old cgroup no longer may.
+
+use std::{
+    io::BufReader,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use proxyguard_tests::{
+    cgroup::TestCgroup, daemon::test_pin_dir, l7::new_key, require_root, upstream::request,
+    upstream::upstream, Daemon,
+};
+
+const EPERM: i32 = libc::EPERM;
+
+fn config(upstream: u16, mode: &str, hash: &str) -> String {
+    format!(
+        "[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n[watch]\nenabled = false\n\n\
+         [upstream_guard]\nmode = \"{mode}\"\n\n\
+         [proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream = \"http://127.0.0.1:{upstream}\"\n\n\
+         [[proxy.keys]]\nname = \"agent\"\nsha256 = \"{hash}\"\n"
+    )
+}
+
+fn connect(addr: SocketAddr) -> Result<(), i32> {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn addr(text: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(text.parse().unwrap(), port)
+}
+
+/// A chat request through the guard: its status.
+fn through_guard(daemon: &Daemon, key: &str) -> u16 {
+    let listen: SocketAddr = daemon.ready["proxy"]["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut conn = BufReader::new(TcpStream::connect(listen).unwrap());
+    request(&mut conn, key).unwrap()
+}
+
+/// Every local way to the upstream's port: loopback v4 and v6, another 127/8 address, the
+/// unspecified address, and a v4-mapped address on an IPv6 socket.
+fn ways_in(port: u16) -> Vec<SocketAddr> {
+    [
+        "127.0.0.1",
+        "::1",
+        "127.0.0.2",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+    ]
+    .iter()
+    .map(|ip| addr(ip, port))
+    .collect()
+}
+
+#[test]
+fn only_proxyguard_reaches_the_upstream() {
+    require_root();
+    let port = upstream();
+    // An IPv6 listener on the same port, so a refused ::1 connect is the rule's doing.
+    let _v6 = TcpListener::bind((Ipv6Addr::LOCALHOST, port)).unwrap();
+    let other = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let (key, hash) = new_key();
+    let outside = TestCgroup::create("upstream-outside");
+    let pin_dir = test_pin_dir();
+    let mut daemon =
+        Daemon::start_full(&config(port, "enforce", &hash), &[], None, pin_dir.clone());
+    let programs: Vec<(&str, &str)> = daemon.ready["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["hook"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        programs,
+        [
+            ("upstream_connect_v4", "cgroup/connect4"),
+            ("upstream_connect_v6", "cgroup/connect6")
+        ]
+    );
+
+    {
+        let _inside = outside.enter();
+        for to in ways_in(port) {
+            assert_eq!(
+                connect(to),
+                Err(EPERM),
+                "{to} from outside proxyguard's cgroup"
+            );
+        }
+        assert_eq!(
+            connect(addr("127.0.0.1", other_port)),
+            Ok(()),
+            "another port is not the rule's business"
+        );
+        // The client is outside too; proxyguard's own connect upstream is allowed.
+        assert_eq!(
+            through_guard(&daemon, &key),
+            200,
+            "served through the guard"
+        );
+    }
+    let event = daemon
+        .wait_for(|e| e["kind"] == "upstream_connect_denied")
+        .expect("an upstream_connect_denied event");
+    assert_eq!(event["pid"], std::process::id());
+    assert_eq!(event["port"], port);
+    assert_eq!(event["addr"], "127.0.0.1");
+    assert_eq!(event["family"], "ipv4");
+    assert_eq!(event["mode"], "enforce");
+    assert_eq!(event["severity"], "high");
+    let v6 = daemon
+        .wait_for(|e| e["kind"] == "upstream_connect_denied" && e["addr"] == "::1")
+        .expect("the ::1 denial");
+    assert_eq!(v6["family"], "ipv6");
+
+    // The daemon is gone (a crash): the pinned rule keeps refusing everyone else.
+    daemon.kill_hard();
+    {
+        let _inside = outside.enter();
+        assert_eq!(
+            connect(addr("127.0.0.1", port)),
+            Err(EPERM),
+            "lapsed with the daemon"
+        );
+    }
+
+    // Restarted in a new cgroup, as systemd restarts a unit: the new daemon writes its own
+    // cgroup id, adopts the pinned programs and reaches the upstream; the cgroup the old daemon
+    // ran in (this test's own) no longer may.
+    let restarted = TestCgroup::create("upstream-restarted");
+    let mut second = {
+        let _inside = restarted.enter();
+        Daemon::start_full(&config(port, "enforce", &hash), &[], None, pin_dir)
+    };
+    let programs = second.ready["programs"].as_array().unwrap().clone();
+    assert!(
+        programs.iter().all(|p| p["adopted"] == true),
+        "{programs:?}"
+    );
+    assert_eq!(
+        through_guard(&second, &key),
+        200,
+        "the restarted guard is served"
+    );
+    assert_eq!(
+        connect(addr("127.0.0.1", port)),
+        Err(EPERM),
+        "the old daemon's cgroup kept its allowance"
+    );
+    assert!(second
+        .wait_for(|e| e["kind"] == "upstream_connect_denied")
+        .is_some());
+    let counters = second.stop()["counters"]["upstream_guard"].clone();
+    // Five ways in, the crash check and the old cgroup's connect; two requests allowed (and
+    // counted across the crash, in the pinned counters).
+    assert_eq!(counters["denied"], 7, "{counters}");
+    assert!(counters["allowed"].as_u64().unwrap() >= 2, "{counters}");
+    assert_eq!(counters["would_deny"], 0, "{counters}");
+}
+
+#[test]
+fn monitor_mode_lets_connects_through_and_reports_them() {
+    require_root();
+    let port = upstream();
+    let (key, hash) = new_key();
+    let outside = TestCgroup::create("upstream-monitor");
+    let mut daemon = Daemon::start(&config(port, "monitor", &hash));
+    {
+        let _inside = outside.enter();
+        assert_eq!(
+            connect(addr("127.0.0.1", port)),
+            Ok(()),
+            "monitor refuses nothing"
+        );
+        assert_eq!(through_guard(&daemon, &key), 200);
+    }
+    let event = daemon
+        .wait_for(|e| e["kind"] == "upstream_connect_would_deny")
+        .expect("an upstream_connect_would_deny event");
+    assert_eq!(event["pid"], std::process::id());
+    assert_eq!(event["port"], port);
+    assert_eq!(event["mode"], "monitor");
+    let counters = daemon.stop()["counters"]["upstream_guard"].clone();
+    assert_eq!(counters["would_deny"], 1, "{counters}");
+    assert_eq!(counters["denied"], 0, "{counters}");
+}
