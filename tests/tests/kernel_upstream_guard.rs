@@ -11,8 +11,8 @@ use std::{
 };
 
 use proxyguard_tests::{
-    cgroup::TestCgroup, daemon::test_pin_dir, l7::new_key, require_root, upstream::request,
-    upstream::upstream, Daemon,
+    cgroup::TestCgroup, daemon::test_pin_dir, l7::new_key, proxyguard_bin, require_root,
+    upstream::request, upstream::upstream, Daemon,
 };
 
 const EPERM: i32 = libc::EPERM;
@@ -185,6 +185,47 @@ fn monitor_mode_lets_connects_through_and_reports_them() {
             "monitor refuses nothing"
         );
         assert_eq!(through_guard(&daemon, &key), 200);
+        // `check` names a process holding a connection to the upstream from outside, and not
+        // proxyguard's own connections.
+        let held = TcpStream::connect(addr("127.0.0.1", port)).unwrap();
+        let out = std::process::Command::new(proxyguard_bin())
+            .args([
+                "check",
+                "--json",
+                "--pid",
+                &daemon.pid().to_string(),
+                "--config",
+            ])
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let clients: Vec<&serde_json::Value> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "upstream_client")
+            .collect();
+        let local = held.local_addr().unwrap();
+        assert_eq!(clients.len(), 1, "{clients:?}");
+        assert_eq!(clients[0]["pid"], std::process::id());
+        assert_eq!(
+            clients[0]["subject"],
+            format!("{local} -> 127.0.0.1:{port}")
+        );
+        assert!(
+            clients[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&outside.relative),
+            "{clients:?}"
+        );
     }
     let event = daemon
         .wait_for(|e| e["kind"] == "upstream_connect_would_deny")
@@ -193,6 +234,6 @@ fn monitor_mode_lets_connects_through_and_reports_them() {
     assert_eq!(event["port"], port);
     assert_eq!(event["mode"], "monitor");
     let counters = daemon.stop()["counters"]["upstream_guard"].clone();
-    assert_eq!(counters["would_deny"], 1, "{counters}");
+    assert_eq!(counters["would_deny"], 2, "{counters}");
     assert_eq!(counters["denied"], 0, "{counters}");
 }

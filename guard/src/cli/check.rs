@@ -1,6 +1,7 @@
 //! `proxyguard check`: a one-shot audit of the guarded service (or of any process by `--pid` or
 //! `--unit`): secrets in its environment (names only), endpoints off the egress allow-list, temp
-//! and open files others can read, and listeners off loopback. Exit 0 clean, 1 findings. The bind
+//! and open files others can read, and listeners off loopback; and, host-wide, local processes
+//! connected to the upstream from outside proxyguard's cgroup. Exit 0 clean, 1 findings. The bind
 //! and egress rules in force and the kernel features available are shown as context.
 
 use std::{collections::BTreeSet, path::Path, process::ExitCode};
@@ -71,7 +72,10 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
     }
     // A one-shot has no record of the files the service created: only open files and private
     // temp dirs prove a file its own.
-    let findings = checks::run(&config, &pids, args.fix, History::None);
+    let mut findings = checks::run(&config, &pids, args.fix, History::None);
+    // Host-wide: whoever talks to the upstream without going through proxyguard.
+    findings.extend(checks::upstream_clients::check(&config));
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.pid.cmp(&b.pid)));
     // Context, not findings: the rules in force and what this kernel offers.
     let rules = rules(&config);
     let features = kernel::probe_features();

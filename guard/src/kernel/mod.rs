@@ -30,7 +30,7 @@ pub use egress::EgressStats;
 pub use environ::EnvironStats;
 pub use error::KernelError;
 pub use features::Feature;
-pub use upstream::{upstream_host_port, UpstreamStats};
+pub use upstream::{destinations as upstream_destinations, UpstreamStats};
 pub use xdp::XdpStats;
 
 use std::{

@@ -56,6 +56,13 @@ pub fn target(config: &Config) -> Option<(u16, Vec<IpNet>)> {
     if !config.upstream_guard.enabled || !config.proxy.enabled {
         return None;
     }
+    destinations(config)
+}
+
+/// The upstream's port and the addresses a local connect reaches it by, whether or not the rule
+/// is on (`proxyguard check` reports connections to them either way). `None` when the upstream
+/// is not on this host.
+pub fn destinations(config: &Config) -> Option<(u16, Vec<IpNet>)> {
     let (host, port) = upstream_host_port(&config.proxy.upstream)?;
     let ip = match host.parse::<IpAddr>() {
         Ok(ip) => ip,
@@ -82,7 +89,7 @@ pub fn target(config: &Config) -> Option<(u16, Vec<IpNet>)> {
 
 /// Host and port of `proxy.upstream` (an `http://` URL; port 80 when left out), the brackets of
 /// an IPv6 literal removed.
-pub fn upstream_host_port(upstream: &str) -> Option<(String, u16)> {
+fn upstream_host_port(upstream: &str) -> Option<(String, u16)> {
     let uri = upstream.parse::<http::Uri>().ok()?;
     let authority = uri.authority()?;
     let host = authority
