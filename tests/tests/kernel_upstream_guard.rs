@@ -1,7 +1,7 @@
 //! The upstream guard, end to end: the daemon guards a real upstream's port, this test process
 //! joins a cgroup of its own (outside the daemon's) and its connects to that port, by every local
 //! way in, get EPERM and an event, while a request through the guard is still served. Monitor
-//! mode lets them through and says so. The rule outlives the daemon, and a daemon restarted in a
+//! mode lets them through and says so; a reload switches the mode and the allowed cgroups. The rule outlives the daemon, and a daemon restarted in a
 //! new cgroup (as systemd restarts a unit) connects again while its old cgroup no longer may.
 
 use std::{
@@ -18,9 +18,19 @@ use proxyguard_tests::{
 const EPERM: i32 = libc::EPERM;
 
 fn config(upstream: u16, mode: &str, hash: &str) -> String {
+    config_allowing(upstream, mode, "", hash)
+}
+
+/// With `allow_cgroups = [allow]` when `allow` is not empty.
+fn config_allowing(upstream: u16, mode: &str, allow: &str, hash: &str) -> String {
+    let allow = if allow.is_empty() {
+        String::new()
+    } else {
+        format!("allow_cgroups = [\"{allow}\"]\n")
+    };
     format!(
         "[bind]\nenabled = false\n\n[egress]\nenabled = false\n\n[watch]\nenabled = false\n\n\
-         [upstream_guard]\nmode = \"{mode}\"\n\n\
+         [upstream_guard]\nmode = \"{mode}\"\n{allow}\n\
          [proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          upstream = \"http://127.0.0.1:{upstream}\"\n\n\
          [[proxy.keys]]\nname = \"agent\"\nsha256 = \"{hash}\"\n"
@@ -233,7 +243,29 @@ fn monitor_mode_lets_connects_through_and_reports_them() {
     assert_eq!(event["pid"], std::process::id());
     assert_eq!(event["port"], port);
     assert_eq!(event["mode"], "monitor");
+
+    // A reload to enforce takes effect at once; one that allows the cgroup lets it in again.
+    let reloaded = daemon.reload_with(&config(port, "enforce", &hash));
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    {
+        let _inside = outside.enter();
+        assert_eq!(
+            connect(addr("127.0.0.1", port)),
+            Err(EPERM),
+            "enforced after reload"
+        );
+    }
+    let reloaded = daemon.reload_with(&config_allowing(port, "enforce", &outside.relative, &hash));
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    {
+        let _inside = outside.enter();
+        assert_eq!(
+            connect(addr("127.0.0.1", port)),
+            Ok(()),
+            "an allowed cgroup"
+        );
+    }
     let counters = daemon.stop()["counters"]["upstream_guard"].clone();
     assert_eq!(counters["would_deny"], 2, "{counters}");
-    assert_eq!(counters["denied"], 0, "{counters}");
+    assert_eq!(counters["denied"], 1, "{counters}");
 }
