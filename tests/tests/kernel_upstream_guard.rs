@@ -1,7 +1,8 @@
 //! The upstream guard, end to end: the daemon guards a real upstream's port, this test process
 //! joins a cgroup of its own (outside the daemon's) and its connects to that port, by every local
 //! way in, get EPERM and an event, while a request through the guard is still served. Monitor
-//! mode lets them through and says so; a reload switches the mode and the allowed cgroups. The rule outlives the daemon, and a daemon restarted in a
+//! mode lets them through and says so; a reload switches the mode and the allowed cgroups; an
+//! upgrade swaps the programs inside their pinned links. The rule outlives the daemon, and a daemon restarted in a
 //! new cgroup (as systemd restarts a unit) connects again while its old cgroup no longer may.
 
 use std::{
@@ -268,4 +269,61 @@ fn monitor_mode_lets_connects_through_and_reports_them() {
     let counters = daemon.stop()["counters"]["upstream_guard"].clone();
     assert_eq!(counters["would_deny"], 2, "{counters}");
     assert_eq!(counters["denied"], 1, "{counters}");
+}
+
+/// Rewrites the pin manifest as another build would have left it (another object hash).
+fn pretend_another_object(pin_dir: &std::path::Path) {
+    let text = std::fs::read_link(pin_dir.join("manifest")).expect("a manifest symlink");
+    let mut manifest: serde_json::Value = serde_json::from_str(&text.to_string_lossy()).unwrap();
+    manifest["object"] = serde_json::Value::from("0".repeat(64));
+    let staged = pin_dir.join("staging").join("manifest-by-test");
+    std::os::unix::fs::symlink(manifest.to_string(), &staged).unwrap();
+    std::fs::rename(&staged, pin_dir.join("manifest")).unwrap();
+}
+
+#[test]
+fn an_upgrade_swaps_the_programs_in_their_pinned_links() {
+    require_root();
+    let port = upstream();
+    let (key, hash) = new_key();
+    // The daemons run in a cgroup of their own, so this test's process is outside throughout.
+    let service = TestCgroup::create("upstream-upgrade");
+    let pin_dir = test_pin_dir();
+    let start = |pin_dir: &std::path::Path| {
+        let _inside = service.enter();
+        Daemon::start_full(
+            &config(port, "enforce", &hash),
+            &[],
+            None,
+            pin_dir.to_owned(),
+        )
+    };
+    let mut first = start(&pin_dir);
+    let ids: Vec<u64> = first.ready["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["program_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(connect(addr("127.0.0.1", port)), Err(EPERM));
+    first.keep_pins();
+    first.stop();
+    pretend_another_object(&pin_dir);
+
+    let second = start(&pin_dir);
+    for program in second.ready["programs"].as_array().unwrap() {
+        assert_eq!(program["replaced"], true, "{program}");
+        assert!(
+            !ids.contains(&program["program_id"].as_u64().unwrap()),
+            "{program}"
+        );
+    }
+    assert_eq!(
+        connect(addr("127.0.0.1", port)),
+        Err(EPERM),
+        "refused after the swap"
+    );
+    assert_eq!(through_guard(&second, &key), 200, "served after the swap");
+    let counters = second.stop()["counters"]["upstream_guard"].clone();
+    assert_eq!(counters["denied"], 2, "{counters}");
 }
