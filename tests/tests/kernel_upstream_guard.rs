@@ -1,9 +1,10 @@
 //! The upstream guard, end to end: the daemon guards a real upstream's port, this test process
 //! joins a cgroup of its own (outside the daemon's) and its connects to that port, by every local
-//! way in, get EPERM and an event, while a request through the guard is still served. Monitor
-//! mode lets them through and says so; a reload switches the mode and the allowed cgroups; an
-//! upgrade swaps the programs inside their pinned links. The rule outlives the daemon, and a daemon restarted in a
-//! new cgroup (as systemd restarts a unit) connects again while its old cgroup no longer may.
+//! way in, get EPERM and an event, while a request through the guard is still served. The rule
+//! outlives the daemon, and a daemon restarted in a new cgroup (as systemd restarts a unit)
+//! connects again while its old cgroup no longer may. Monitor mode lets connects through and says
+//! so; a reload switches the mode and the allowed cgroups; an upgrade swaps the programs inside
+//! their pinned links.
 
 use std::{
     io::BufReader,
