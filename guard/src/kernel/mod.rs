@@ -314,8 +314,9 @@ impl Kernel {
 
     /// Brings the maps in line with a new config without detaching anything, all or nothing:
     /// every family's maps are planned, checked against their capacities, and written in one
-    /// order (bind, xdp, watch, egress, upstream guard); when the kernel refuses a write, every map written so
-    /// far gets its old content back and the error is returned, so the old config stays in force.
+    /// order (bind, xdp, watch, egress, upstream guard); when the kernel refuses a write, every
+    /// map written so far gets its old content back and the error is returned, so the old config
+    /// stays in force.
     /// Attachments themselves (which interfaces, which hooks) change only with a restart.
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
         let owners = match &self.cgroup_root {
