@@ -49,6 +49,39 @@ fn addr(text: &str, port: u16) -> SocketAddr {
     SocketAddr::new(text.parse().unwrap(), port)
 }
 
+/// TCP Fast Open: data and connect in one `sendto(MSG_FASTOPEN)` on an unconnected socket, which
+/// never calls connect(2). The errno, or 0 when the send went out.
+fn fast_open(port: u16) -> i32 {
+    // SAFETY: plain socket calls on a socket this function owns and closes; `sa` outlives them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let errno = if sent < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        };
+        libc::close(fd);
+        errno
+    }
+}
+
 /// A chat request through the guard: its status.
 fn through_guard(daemon: &Daemon, key: &str) -> u16 {
     let listen: SocketAddr = daemon.ready["proxy"]["listen"]
@@ -111,6 +144,7 @@ fn only_proxyguard_reaches_the_upstream() {
                 "{to} from outside proxyguard's cgroup"
             );
         }
+        assert_eq!(fast_open(port), EPERM, "TCP Fast Open, no connect(2) call");
         assert_eq!(
             connect(addr("127.0.0.1", other_port)),
             Ok(()),
@@ -175,9 +209,9 @@ fn only_proxyguard_reaches_the_upstream() {
         .wait_for(|e| e["kind"] == "upstream_connect_denied")
         .is_some());
     let counters = second.stop()["counters"]["upstream_guard"].clone();
-    // Five ways in, the crash check and the old cgroup's connect; two requests allowed (and
-    // counted across the crash, in the pinned counters).
-    assert_eq!(counters["denied"], 7, "{counters}");
+    // Five ways in, Fast Open, the crash check and the old cgroup's connect; two requests
+    // allowed (and counted across the crash, in the pinned counters).
+    assert_eq!(counters["denied"], 8, "{counters}");
     assert!(counters["allowed"].as_u64().unwrap() >= 2, "{counters}");
     assert_eq!(counters["would_deny"], 0, "{counters}");
 }
