@@ -272,6 +272,13 @@ fn monitor_mode_lets_connects_through_and_reports_them() {
                 .contains(&outside.relative),
             "{clients:?}"
         );
+        assert!(
+            clients[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the kernel's list"),
+            "judged by the pinned map: {clients:?}"
+        );
     }
     let event = daemon
         .wait_for(|e| e["kind"] == "upstream_connect_would_deny")

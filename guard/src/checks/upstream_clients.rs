@@ -1,13 +1,16 @@
 //! Local processes connected to the upstream from outside proxyguard (threat 21): TCP sockets in
 //! /proc/net/tcp{,6} whose remote end is the upstream's port on this host, mapped to the
 //! processes holding them (by inode, through /proc/<pid>/fd) and to their cgroups. A connection
-//! from a cgroup other than a running proxyguard daemon's (or an `[upstream_guard] allow_cgroups`
-//! subtree) walks around the guard. The kernel rule refuses new connects like it; this finds the
+//! from a cgroup the upstream guard does not allow walks around the guard. The allowed cgroups
+//! are the kernel's own list (the pinned map, by cgroup id) when a daemon has written one; else
+//! those of running `proxyguard run` processes and the `[upstream_guard] allow_cgroups` subtrees. The kernel rule refuses new connects like it; this finds the
 //! ones made before the rule was attached, or let through in monitor mode.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
 };
 
 use ipnet::IpNet;
@@ -100,6 +103,72 @@ pub fn allowed(path: &str, daemons: &BTreeSet<String>, allow: &[String]) -> bool
         })
 }
 
+/// By the kernel's own list (the pinned `UPSTREAM_CGROUPS`): whether a process whose cgroup has
+/// id `own`, below the cgroups `ancestors`, may connect. As the program judges it: its own cgroup
+/// listed, or an ancestor listed with its subtree.
+pub fn allowed_by_ids(own: u64, ancestors: &[u64], listed: &BTreeMap<u64, u32>) -> bool {
+    listed.contains_key(&own)
+        || ancestors
+            .iter()
+            .any(|id| listed.get(id) == Some(&guard_common::upstream::CGROUP_SUBTREE))
+}
+
+/// Who may hold a connection to the upstream: the kernel's list when a daemon has pinned one,
+/// else running daemons' cgroups and `allow_cgroups` by path.
+enum Judge {
+    Kernel {
+        root: PathBuf,
+        listed: BTreeMap<u64, u32>,
+    },
+    Paths {
+        daemons: BTreeSet<String>,
+    },
+}
+
+impl Judge {
+    fn of(config: &Config) -> Judge {
+        let root = crate::kernel::cgroup::cgroup2_root().ok();
+        let listed = crate::kernel::upstream_pinned_allowed(&config.kernel.pin_dir)
+            .filter(|listed| !listed.is_empty());
+        match (root, listed) {
+            (Some(root), Some(listed)) => Judge::Kernel { root, listed },
+            _ => Judge::Paths {
+                daemons: daemon_cgroups(),
+            },
+        }
+    }
+
+    /// Where the allowed cgroups came from, for the finding's detail.
+    fn source(&self) -> &'static str {
+        match self {
+            Judge::Kernel { .. } => "the kernel's list, pinned by the daemon",
+            Judge::Paths { .. } => "running proxyguard daemons' and allow_cgroups",
+        }
+    }
+
+    fn allows(&self, cgroup: &str, config: &Config) -> bool {
+        match self {
+            Judge::Kernel { root, listed } => {
+                let id = |dir: &Path| std::fs::metadata(dir).ok().map(|m| m.ino());
+                let dir = root.join(cgroup.trim_start_matches('/'));
+                let Some(own) = id(&dir) else {
+                    return false;
+                };
+                let ancestors: Vec<u64> = dir
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|a| a.starts_with(root) && *a != root.as_path())
+                    .filter_map(id)
+                    .collect();
+                allowed_by_ids(own, &ancestors, listed)
+            }
+            Judge::Paths { daemons } => {
+                allowed(cgroup, daemons, &config.upstream_guard.allow_cgroups)
+            }
+        }
+    }
+}
+
 /// Every process holding a connection to the upstream from outside proxyguard, as findings.
 pub fn check(config: &Config) -> Vec<Finding> {
     let Some((port, nets)) = crate::kernel::upstream_destinations(config) else {
@@ -116,14 +185,14 @@ pub fn check(config: &Config) -> Vec<Finding> {
         return Vec::new();
     }
     let holders = socket_holders(&clients.iter().map(|c| c.inode).collect());
-    let daemons = daemon_cgroups();
+    let judge = Judge::of(config);
     let mut out = Vec::new();
     for client in &clients {
         for &pid in holders.get(&client.inode).into_iter().flatten() {
             let Some(cgroup) = cgroup_of(pid) else {
                 continue;
             };
-            if allowed(&cgroup, &daemons, &config.upstream_guard.allow_cgroups) {
+            if judge.allows(&cgroup, config) {
                 continue;
             }
             out.push(Finding {
@@ -132,9 +201,11 @@ pub fn check(config: &Config) -> Vec<Finding> {
                 pid,
                 subject: format!("{} -> {}", client.local, client.remote),
                 detail: format!(
-                    "connected to the upstream directly from cgroup {cgroup}, outside proxyguard's, \
-                     so none of the guard's checks apply to it; point it at proxyguard's port and \
-                     restart it ([upstream_guard] refuses such connects from then on, in enforce mode)"
+                    "connected to the upstream directly from cgroup {cgroup}, outside the cgroups \
+                     allowed ({}), so none of the guard's checks apply to it; point it at \
+                     proxyguard's port and restart it ([upstream_guard] refuses such connects from \
+                     then on, in enforce mode)",
+                    judge.source()
                 ),
                 fixed: false,
                 ownership: None,
@@ -252,6 +323,22 @@ mod tests {
         // Not the listener (1001), not the upstream's accepted end (1003), not TIME_WAIT
         // (inode 0), not another host (1004), not another port (1005); the v4-mapped one counts.
         assert_eq!(inodes, [1002, 2001, 2002]);
+    }
+
+    #[test]
+    fn the_kernels_list_allows_its_cgroups_exactly_and_subtrees_below() {
+        use guard_common::upstream::{CGROUP_EXACT, CGROUP_SUBTREE};
+        let listed = BTreeMap::from([(10, CGROUP_EXACT), (20, CGROUP_SUBTREE)]);
+        assert!(allowed_by_ids(10, &[1], &listed), "the daemon's own cgroup");
+        assert!(
+            !allowed_by_ids(11, &[10], &listed),
+            "below the daemon's: not allowed"
+        );
+        assert!(
+            allowed_by_ids(21, &[20, 2], &listed),
+            "below a subtree entry"
+        );
+        assert!(!allowed_by_ids(30, &[3], &listed));
     }
 
     #[test]

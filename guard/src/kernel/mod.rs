@@ -30,7 +30,9 @@ pub use egress::EgressStats;
 pub use environ::EnvironStats;
 pub use error::KernelError;
 pub use features::Feature;
-pub use upstream::{destinations as upstream_destinations, UpstreamStats};
+pub use upstream::{
+    destinations as upstream_destinations, pinned_allowed as upstream_pinned_allowed, UpstreamStats,
+};
 pub use xdp::XdpStats;
 
 use std::{

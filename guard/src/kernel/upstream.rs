@@ -151,6 +151,16 @@ fn own_cgroup_id(root: &Path) -> Option<u64> {
     Some(meta.ino())
 }
 
+/// The allowed cgroups as the map pinned under `pin_dir` holds them (what the kernel enforces),
+/// or `None` when nothing is pinned there or the map cannot be read (not root, say).
+pub fn pinned_allowed(pin_dir: &Path) -> Option<BTreeMap<u64, u32>> {
+    let data =
+        aya::maps::MapData::from_pin(pin_dir.join("maps").join(MAP_UPSTREAM_CGROUPS)).ok()?;
+    let map = aya::maps::Map::from_map_data(data).ok()?;
+    let cgroups: aya::maps::HashMap<_, u64, u32> = aya::maps::HashMap::try_from(map).ok()?;
+    cgroups.iter().collect::<Result<_, _>>().ok()
+}
+
 /// Makes the maps equal to the plan, all or nothing.
 pub fn apply(ebpf: &mut Ebpf, config: &Config, allowed: &Allowed) -> Result<(), KernelError> {
     maps::apply(ebpf, &plan(config, allowed))
