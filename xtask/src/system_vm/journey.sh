@@ -276,6 +276,8 @@ assert b['credential'] == 'present', 'credential: ' + b['credential']
 # upstream's port is refused (and reported), while a request through the guard is still served.
 upstream_guard_refuses_others() {
     local cursor got key
+    # The previous step restarted the upstream last.
+    wait_for "the upstream to listen" 30 listening 4000
     cursor=$(journalctl -u proxyguard -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
     got=$(python3 - <<'PY'
 import errno, socket
