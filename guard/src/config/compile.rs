@@ -1,7 +1,8 @@
 //! The one config compiler. `compile` turns a parsed file into everything the daemon runs on, or
 //! into every problem found, each with its field path (and, from `parse`, its line):
 //!
-//! - the section checks (`validate`), for bind, xdp, egress, watch, guarded, kernel, control, log;
+//! - the section checks (`validate`), for bind, xdp, egress, upstream_guard, watch, guarded,
+//!   kernel, control, log;
 //! - `[proxy]` built into typed settings, with the upstream key file and TLS files read
 //!   (`compile_proxy`);
 //! - every list the kernel maps take, checked against the maps' capacities (`kernel::capacity`).
