@@ -11,8 +11,10 @@
 //! 6. Admin gate, per-key rate limit and concurrency: before the body, so a refused request
 //!    costs no body reading.
 //! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
-//!    and the complete buffered body); then JSON and content rules; then what the body asks of
-//!    the upstream: control fields refused, cost fields capped (per key), media URLs checked.
+//!    and the complete buffered body); then JSON; then the route's shape (`shapes::read`: a body
+//!    that is not the shape is refused, and the parser yields every text the model reads); then
+//!    the content rules on those texts; then what the body asks of the upstream: control fields
+//!    refused, cost fields and batch sizes capped (per key), media URLs checked.
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
 //!    The response comes back with only the headers `proxy.headers.response_allow` lets through.
 
@@ -36,6 +38,7 @@ use super::{
     },
     record::{BoxError, Held, Record, Tracked},
     reject::Reject,
+    shapes,
     state::State,
     Shared,
 };
@@ -161,9 +164,11 @@ async fn checked_forward(
     super::layers::query::check(&route, parts.uri.query(), state.max_query_bytes)?;
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;
-        state.content.check(&value)?;
+        let reading =
+            shapes::read(route.shape, &value).map_err(|bad| bad.into_reject(route.shape))?;
+        state.content.check(&reading)?;
         body_fields::check(&value)?;
-        body_fields::check_caps(&value, &key.caps)?;
+        body_fields::check_caps(&value, route.shape, &key.caps)?;
         state.media.check(&value)?;
     }
 
