@@ -255,7 +255,9 @@ mod tests {
                     {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}], "refusal": "still no",
                      "reasoning_content": "thought", "function_call": {"name": "old", "arguments": "{}"}},
                     {"role": "function", "name": "old", "content": "legacy result"},
-                    {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "u"}, "caption": "odd part"}]}
+                    {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "u"}, "caption": "odd part"}]},
+                    {"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc text"}},
+                                                 {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}}]}
                 ],
                 "tools": [{"type": "function", "function": {"name": "ls", "description": "List files",
                     "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "dir"}}}}}],
@@ -271,6 +273,7 @@ mod tests {
                     "Message messages[6]: nostill nothoughtold{}",
                     "Message messages[7]: legacy result",
                     "Message messages[8]: odd part",
+                    "Message messages[9]: doc text",
                     "Tool tools[0]: description List files name ls parameters properties path description dir type string type object ",
                     "Tool functions[0]: legacy old ",
                     "Tool response_format: json_schema name r schema type object type json_schema ",

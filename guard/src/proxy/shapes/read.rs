@@ -318,7 +318,6 @@ const NOT_TEXT: &[&str] = &[
     "input_audio",
     "url",
     "data",
-    "source",
 ];
 
 /// Every string value under `value` but those under [`NOT_TEXT`] keys: the text of a content
@@ -331,12 +330,21 @@ pub fn strings<'a>(value: &'a Value, reading: &mut Reading<'a>) {
             // Reversed onto the stack so parts come out in order: arrays as sent, an
             // object's fields by name (serde_json's map is sorted).
             Value::Array(items) => stack.extend(items.iter().rev()),
-            Value::Object(map) => stack.extend(
-                map.iter()
-                    .rev()
-                    .filter(|(key, _)| !NOT_TEXT.contains(&key.as_str()))
-                    .map(|(_, v)| v),
-            ),
+            Value::Object(map) => {
+                // A text source (`{"type": "text", "data": "..."}`, Anthropic's document form,
+                // which LiteLLM takes in chat content too): its `data` is text, not media.
+                if map.get("type").and_then(Value::as_str) == Some("text") {
+                    if let Some(data @ Value::String(_)) = map.get("data") {
+                        stack.push(data);
+                    }
+                }
+                stack.extend(
+                    map.iter()
+                        .rev()
+                        .filter(|(key, _)| !NOT_TEXT.contains(&key.as_str()))
+                        .map(|(_, v)| v),
+                )
+            }
             _ => {}
         }
     }
@@ -344,6 +352,11 @@ pub fn strings<'a>(value: &'a Value, reading: &mut Reading<'a>) {
 
 /// [`strings`] over an object's fields.
 pub fn fields<'a>(object: &'a Map<String, Value>, reading: &mut Reading<'a>) {
+    if object.get("type").and_then(Value::as_str) == Some("text") {
+        if let Some(Value::String(data)) = object.get("data") {
+            reading.part(data.as_str());
+        }
+    }
     for (key, value) in object {
         if !NOT_TEXT.contains(&key.as_str()) {
             strings(value, reading);
