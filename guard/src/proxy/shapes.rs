@@ -9,9 +9,11 @@ use std::{fmt, str::FromStr};
 
 mod anthropic;
 mod chat;
+mod check;
 mod inputs;
 mod read;
 mod responses;
+mod text;
 
 pub use inputs::batch_len;
 pub use read::{read, Kind, Reading};

@@ -6,9 +6,10 @@
 
 use serde_json::{Map, Value};
 
-use super::read::{
-    fields, json_text, kind_of, objects, opt_str, required, schema, tools, typed, BadShape, Kind,
-    Loc, Reading, Ty,
+use super::{
+    check::{kind_of, objects, opt_str, required, typed, Ty},
+    read::{BadShape, Kind, Loc, Reading},
+    text::{fields, json_text, schema, tools},
 };
 
 const FIELDS: &[(&str, Ty)] = &[

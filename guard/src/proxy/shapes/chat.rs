@@ -5,9 +5,10 @@
 
 use serde_json::{Map, Value};
 
-use super::read::{
-    fields, kind_of, objects, opt_str, required, schema, strings, tools, typed, BadShape, Kind,
-    Loc, Reading, Ty,
+use super::{
+    check::{kind_of, objects, opt_str, required, typed, Ty},
+    read::{BadShape, Kind, Loc, Reading},
+    text::{fields, schema, strings, tools},
 };
 
 /// The known top-level fields and their types.

@@ -5,7 +5,10 @@
 
 use serde_json::{Map, Value};
 
-use super::read::{kind_of, objects, opt_str, required, typed, BadShape, Kind, Loc, Reading, Ty};
+use super::{
+    check::{kind_of, objects, opt_str, required, typed, Ty},
+    read::{BadShape, Kind, Loc, Reading},
+};
 
 const COMPLETIONS: &[(&str, Ty)] = &[
     ("model", Ty::Str),

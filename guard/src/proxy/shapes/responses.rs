@@ -8,8 +8,10 @@
 
 use serde_json::{Map, Value};
 
-use super::read::{
-    fields, kind_of, objects, opt_str, schema, tools, typed, BadShape, Kind, Loc, Reading, Ty,
+use super::{
+    check::{kind_of, objects, opt_str, typed, Ty},
+    read::{BadShape, Kind, Loc, Reading},
+    text::{fields, schema, tools},
 };
 
 const FIELDS: &[(&str, Ty)] = &[
