@@ -404,6 +404,13 @@ pub mod body {
         "pillar_session_id_response",
     ];
 
+    /// A tool whose `server_url` starts with this (`tools[].type = "mcp"`, on chat, Responses
+    /// and `/v1/messages`) makes LiteLLM list and run the tools of its own MCP servers for the
+    /// caller (`responses/mcp/tool_precheck.py` `LITELLM_PROXY_MCP_SERVER_URL`,
+    /// `litellm_proxy_mcp_handler.py`): behind the guard every caller holds the master key, so
+    /// that would be every server. The body's twin of the `x-mcp-servers` header; refused.
+    pub const MCP_GATEWAY_URL_PREFIX: &str = "litellm_proxy";
+
     /// Query parameters LiteLLM reads a key from: `key` on the Google generate-content routes,
     /// which `layers::path`'s route allow-list does not open (and the client's own key in any
     /// query is refused by `layers::key_leak`).

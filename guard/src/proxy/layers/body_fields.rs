@@ -38,6 +38,29 @@ pub fn check(value: &Value) -> Result<(), Reject> {
             }
         }
     }
+    for (i, tool) in top
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let url = tool
+            .get("server_url")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if url
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with(body::MCP_GATEWAY_URL_PREFIX)
+        {
+            return Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "body_field",
+                format!("body field tools[{i}].server_url is not accepted: it opens the upstream's own MCP servers"),
+            ));
+        }
+    }
     if let Some(model) = top.get("model").and_then(Value::as_str) {
         if model.split(',').any(names_a_destination) {
             return Err(Reject::new(
@@ -224,6 +247,18 @@ mod tests {
                 Some("model"),
             ),
             (json!({"model": "openai/gpt-4o"}), None),
+            (
+                json!({"tools": [{"type": "function", "name": "f"}, {"type": "mcp", "server_label": "s", "server_url": "litellm_proxy/mcp/github"}]}),
+                Some("tools[1].server_url"),
+            ),
+            (
+                json!({"tools": [{"type": "mcp", "server_label": "s", "server_url": "LiteLLM_Proxy"}]}),
+                Some("tools[0].server_url"),
+            ),
+            (
+                json!({"tools": [{"type": "mcp", "server_label": "s", "server_url": "https://mcp.example/sse"}]}),
+                None,
+            ),
         ];
         for (body, want) in cases {
             match (code(check(&body)), want) {
