@@ -23,6 +23,7 @@ use crate::{
             json, path, reserved,
         },
         routes::RouteTable,
+        shapes::{self, Shape},
     },
 };
 
@@ -146,7 +147,8 @@ fn reserved_names() -> &'static [HeaderName] {
     })
 }
 
-/// `CONTENT-TYPE\nBODY`: the JSON check at the default depth, then the content rules.
+/// `CONTENT-TYPE\nBODY`: the JSON check at the default depth, then every shape's parser, then
+/// the content rules on what each parser read.
 pub fn json_body(data: &[u8]) {
     let (content_type, body) = split_line(data);
     let mut map = HeaderMap::new();
@@ -157,9 +159,19 @@ pub fn json_body(data: &[u8]) {
     match json::check(&map, &Bytes::copy_from_slice(body), max_depth) {
         Ok(value) => {
             assert!(value.is_object());
-            if let Err(reject) = content_rules().check(&value) {
-                assert_eq!(reject.status, 400);
-                assert_eq!(reject.reason, "content_rule");
+            for shape in Shape::ALL {
+                match shapes::read(*shape, &value) {
+                    Ok(reading) => {
+                        if let Err(reject) = content_rules().check(&reading) {
+                            assert_eq!(reject.status, 400);
+                            assert_eq!(reject.reason, "content_rule");
+                        }
+                    }
+                    Err(bad) => {
+                        let reject = bad.into_reject(*shape);
+                        assert_eq!((reject.status.as_u16(), reject.reason), (400, "bad_shape"));
+                    }
+                }
             }
         }
         Err(reject) => assert!(matches!(reject.status.as_u16(), 400 | 415), "{reject:?}"),

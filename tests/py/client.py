@@ -6,6 +6,12 @@ usage: client.py ACTION BASE_URL KEY [ARG]
   stream GATE     a streaming completion on model slow; creates GATE on the first chunk
   models          the model list
   chat_headers    one chat completion on mock-gpt, with the response headers the SDK got
+  tools           a chat tool round trip on mock-gpt: tools, the assistant's tool call, its result
+  responses [T]   Responses on mock-gpt: a string input with instructions, then input items (a
+                  function call and its output) with a tool; T, if given, is the tool's output
+  embeddings      embeddings of two strings on mock-gpt (encoding_format float: the mock's vector
+                  is not base64)
+  completions     one legacy completion on mock-gpt
   rate N          N model-list calls in a row; counts statuses
   http SPEC       one raw request; SPEC is JSON {method, path, headers, body, body_size, chunked, ca}
 """
@@ -68,6 +74,31 @@ def main():
             out = raw.parse()
             result = {"ok": True, "content": out.choices[0].message.content,
                       "headers": dict(raw.headers)}
+        elif action == "tools":
+            tool = {"type": "function", "function": {"name": "ls", "description": "List a directory",
+                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}
+            out = sdk.chat.completions.create(model="mock-gpt", tools=[tool], tool_choice="auto", messages=[
+                {"role": "system", "content": "You list files."},
+                {"role": "user", "content": [{"type": "text", "text": "what is in "}, {"type": "text", "text": "/etc?"}]},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "ls", "arguments": "{\"path\": \"/etc\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "hosts passwd"}])
+            result = {"ok": True, "content": out.choices[0].message.content}
+        elif action == "responses":
+            first = sdk.responses.create(model="mock-gpt", input="hi", instructions="Be brief.")
+            tool = {"type": "function", "name": "ls", "description": "List a directory",
+                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}
+            second = sdk.responses.create(model="mock-gpt", tools=[tool], input=[
+                {"role": "user", "content": [{"type": "input_text", "text": "list /etc"}]},
+                {"type": "function_call", "call_id": "c1", "name": "ls", "arguments": "{\"path\": \"/etc\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": arg or "hosts passwd"}])
+            result = {"ok": True, "first": first.output_text, "second": second.output_text}
+        elif action == "embeddings":
+            out = sdk.embeddings.create(model="mock-gpt", input=["one", "two"], encoding_format="float")
+            result = {"ok": True, "data": len(out.data)}
+        elif action == "completions":
+            out = sdk.completions.create(model="mock-gpt", prompt="Say hi")
+            result = {"ok": True, "text": out.choices[0].text}
         elif action == "models":
             result = {"ok": True, "ids": [m.id for m in sdk.models.list().data]}
         elif action == "rate":

@@ -348,6 +348,9 @@ pub struct Caps {
     pub retries: u64,
     /// Entries of `fallbacks`, `context_window_fallbacks`, `content_policy_fallbacks`.
     pub fallbacks: u64,
+    /// Inputs in one embeddings or moderations request (`input` array items; one string or one
+    /// array of token ids is one input).
+    pub inputs: u64,
 }
 
 impl Default for Caps {
@@ -358,13 +361,21 @@ impl Default for Caps {
             models: 1,
             retries: 2,
             fallbacks: 2,
+            // OpenAI's own limit for one embeddings request.
+            inputs: 2048,
         }
     }
 }
 
 impl Caps {
-    pub const NAMES: &'static [&'static str] =
-        &["n", "max_tokens", "models", "retries", "fallbacks"];
+    pub const NAMES: &'static [&'static str] = &[
+        "n",
+        "max_tokens",
+        "models",
+        "retries",
+        "fallbacks",
+        "inputs",
+    ];
 
     /// Sets the cap `name`; false when there is no such cap.
     pub fn set(&mut self, name: &str, value: u64) -> bool {
@@ -374,6 +385,7 @@ impl Caps {
             "models" => &mut self.models,
             "retries" => &mut self.retries,
             "fallbacks" => &mut self.fallbacks,
+            "inputs" => &mut self.inputs,
             _ => return false,
         };
         *slot = value;

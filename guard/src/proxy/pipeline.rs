@@ -12,8 +12,11 @@
 //! 6. Admin gate, per-key (or, for a token, per-rollout) rate limit and concurrency: before the
 //!    body, so a refused request costs no body reading.
 //! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
-//!    and the complete buffered body); then JSON and content rules; then what the body asks of
-//!    the upstream: control fields refused, cost fields capped (per key), media URLs checked.
+//!    and the complete buffered body); then JSON; then the route's shape (`shapes::read`: a body
+//!    that is not the shape is refused, and the parser yields every text the model reads); then
+//!    the content rules on those texts; then what the body asks of the upstream: control fields
+//!    refused, cost fields and batch sizes capped (per key), media URLs checked (on routes whose
+//!    body goes to a model; agent-lightning's events go to its store).
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
 //!    The response comes back with only the headers `proxy.headers.response_allow` lets through.
 
@@ -37,6 +40,7 @@ use super::{
     },
     record::{BoxError, Held, Record, Tracked},
     reject::Reject,
+    shapes,
     state::State,
     Shared,
 };
@@ -173,10 +177,16 @@ async fn checked_forward(
     super::layers::query::check(&route, parts.uri.query(), state.max_query_bytes)?;
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;
-        state.content.check(&value)?;
-        body_fields::check(&value)?;
-        body_fields::check_caps(&value, &key.caps)?;
-        state.media.check(&value)?;
+        let reading =
+            shapes::read(route.shape, &value).map_err(|bad| bad.into_reject(route.shape))?;
+        state.content.check(&reading)?;
+        // Events go to agent-lightning's store, not to a model: LiteLLM's control fields mean
+        // nothing there, and an event's own fields (`tags`, `timeout`) are its data.
+        if route.shape.asks_a_model() {
+            body_fields::check(&value)?;
+            body_fields::check_caps(&value, route.shape, &key.caps)?;
+            state.media.check(&value)?;
+        }
     }
 
     let upstream_request = forward::rewrite(

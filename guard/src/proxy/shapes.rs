@@ -2,10 +2,21 @@
 //! A route names its shape; the body is parsed as that shape before anything is forwarded, and
 //! the content rules read the texts the shape says the model will read.
 //!
-//! This file holds the names only, the contract between the route table and the parsers; the
-//! parsers live beside it.
+//! This file holds the names, the contract between the route table and the parsers; the parsers
+//! live beside it (`shapes/`, one file per family), with what they share in `shapes/read.rs`.
 
 use std::{fmt, str::FromStr};
+
+mod anthropic;
+mod chat;
+mod check;
+mod inputs;
+mod read;
+mod responses;
+mod text;
+
+pub use inputs::batch_len;
+pub use read::{read, Kind, Reading};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Shape {
@@ -38,6 +49,12 @@ impl Shape {
         Shape::AgentEvents,
         Shape::None,
     ];
+
+    /// Whether the body is a request to a model, so the upstream's control fields, cost caps and
+    /// media rules apply to it.
+    pub fn asks_a_model(self) -> bool {
+        !matches!(self, Shape::AgentEvents | Shape::None)
+    }
 
     /// The name config and docs use.
     pub fn name(self) -> &'static str {

@@ -16,7 +16,8 @@
 //! credential header that [`CREDENTIAL_HEADERS`] lacks.
 //!
 //! Header names are lower-case. `layers::body_fields` refuses the body fields of
-//! [`body::is_refused`] and caps [`body`]'s cost fields; the other body lists are for the record
+//! [`body::is_refused`] and caps [`body`]'s cost fields; the identity and routing lists name
+//! what LiteLLM reads there, refused or capped or, for the providers' own fields, passed
 //! (see docs/threats.md).
 
 /// The LiteLLM release these lists were read from.
@@ -97,9 +98,9 @@ pub const GUARDRAIL_HEADERS: &[&str] = &["x-mcp-servers", "x-mcp-access-groups"]
 
 // ---- Body fields and query parameters, by effect ------------------------------------------------
 
-/// `layers::body_fields` refuses the credential, outbound, logging, deployment and billing fields
-/// (top level and inside [`body::NESTED_CONTAINERS`]) and caps the cost fields. The identity,
-/// routing and guardrail lists are for the record: the guard does not act on them.
+/// `layers::body_fields` refuses the credential, outbound, logging, deployment, billing,
+/// attribution, timing, mock, cache, guardrail and internal fields (top level and inside
+/// [`body::NESTED_CONTAINERS`]) and caps the cost fields and batch sizes.
 #[allow(dead_code)]
 pub mod body {
     /// Body fields that carry or select credentials for the outbound call.
@@ -126,7 +127,14 @@ pub mod body {
         "github_copilot_user_session",
     ];
 
-    /// Body fields that attribute or bill a request.
+    /// Body fields that attribute or bill a request. `tags` also route (LiteLLM's tag-based
+    /// routing picks deployments by them) and `spend_logs_metadata` writes the spend log, so
+    /// the guard refuses these, top level and under `metadata` ([`ATTRIBUTION_BODY_FIELDS`]).
+    /// The end user LiteLLM bills and budgets (`get_end_user_id_from_request_body`,
+    /// `auth_utils.py`) comes from `user`, `litellm_metadata.user`, `metadata.user_id` and
+    /// `safety_identifier`: OpenAI's and Anthropic's own fields, which their SDKs send, so the
+    /// guard passes them. Behind the guard they are the client's claim; attribution and budgets
+    /// that matter are the guard's keys (docs/threats.md).
     pub const IDENTITY_BODY_FIELDS: &[&str] = &[
         "user",
         "metadata",
@@ -134,8 +142,12 @@ pub mod body {
         "tags",
         "spend_logs_metadata",
         "team_id",
+        "safety_identifier",
         "fireworks_forward_user_id",
     ];
+
+    /// The identity fields the guard refuses (the rest are the providers' own).
+    pub const ATTRIBUTION_BODY_FIELDS: &[&str] = &["tags", "spend_logs_metadata", "team_id"];
 
     /// Body fields that add callbacks, redirect logging hosts or turn logging off.
     pub const LOGGING_BODY_FIELDS: &[&str] = &[
@@ -186,7 +198,9 @@ pub mod body {
         "weave_project_id",
     ];
 
-    /// Body fields that pick deployments, retry, fall back, or mock the call.
+    /// Body fields that pick deployments, retry, fall back, time out or queue the call. Retries
+    /// and fallbacks are capped ([`RETRY_FIELDS`], [`FALLBACK_FIELDS`]); the others are refused
+    /// ([`TIMING_BODY_FIELDS`]).
     pub const ROUTING_BODY_FIELDS: &[&str] = &[
         "model_list",
         "num_retries",
@@ -195,10 +209,77 @@ pub mod body {
         "content_policy_fallbacks",
         "max_retries",
         "timeout",
+        "stream_timeout",
+        "request_timeout",
         "priority",
-        "mock_response",
-        "mock_testing_fallbacks",
     ];
+
+    /// Timeouts and queue priority (`litellm.completion(timeout=, stream_timeout=)`, the
+    /// router's `request_timeout`, the scheduler's `priority`; the `x-litellm-timeout` and
+    /// `x-litellm-priority` headers are removed likewise). A tiny timeout fails the call on
+    /// purpose, which puts the deployment into cooldown for every other caller; a priority
+    /// jumps the queue. `client_side_timeout` is LiteLLM's own record of which timeout the
+    /// caller chose (`_UNTRUSTED_ROOT_CONTROL_FIELDS`).
+    pub const TIMING_BODY_FIELDS: &[&str] = &[
+        "timeout",
+        "stream_timeout",
+        "request_timeout",
+        "client_side_timeout",
+        "priority",
+    ];
+
+    /// Fields that make LiteLLM skip the provider and answer itself, or fake a failure, a
+    /// timeout or a delay (`main.py` `mock_completion`, `router.py` `MockRouterTestingParams`,
+    /// `route_llm_request.py` `GATED_MOCK_PARAM_NAMES`). LiteLLM 1.108.7 strips `mock_response`
+    /// and `mock_tool_calls` unless the key's metadata allows them and refuses the others unless
+    /// `dangerously_allow_mock_testing_request_params` is set; the guard refuses them all, so a
+    /// differently configured upstream cannot be talked into a fake answer either.
+    pub const MOCK_BODY_FIELDS: &[&str] = &[
+        "mock_response",
+        "mock_tool_calls",
+        "mock_timeout",
+        "mock_delay",
+        "mock_responses_api_response",
+        "mock_testing_fallbacks",
+        "mock_testing_context_fallbacks",
+        "mock_testing_content_policy_fallbacks",
+        "mock_testing_rate_limit_error",
+    ];
+    pub const MOCK_PREFIX: &str = "mock_testing_";
+
+    /// Cache controls (`cache: {"no-cache", "no-store", "ttl", "s-maxage", "namespace"}`,
+    /// `caching`): a client that bypasses the cache multiplies calls, one that writes with its
+    /// own TTL or namespace decides what other callers are served.
+    pub const CACHE_BODY_FIELDS: &[&str] = &["cache", "caching"];
+
+    /// State LiteLLM writes into the request itself and trusts when it reads it back: router
+    /// weights and order, fallback depth, the logging object, secret fields, agentic-loop state
+    /// (`_UNTRUSTED_ROOT_CONTROL_FIELDS`, `_UNTRUSTED_METADATA_CONTROL_FIELDS` in
+    /// `litellm_pre_call_utils.py`, and `attempted_fallbacks` / `original_model_group`). Every
+    /// name that starts with `_` is one too ([`INTERNAL_PREFIX`]), and under `metadata` every
+    /// `user_api_key_*` ([`INTERNAL_METADATA_PREFIX`]): LiteLLM's own record of the key.
+    pub const INTERNAL_BODY_FIELDS: &[&str] = &[
+        "weights",
+        "fallback_depth",
+        "attempted_targets",
+        "attempted_fallbacks",
+        "original_model_group",
+        "proxy_server_request",
+        "standard_logging_object",
+        "secret_fields",
+        "routing_decision",
+        "litellm_gateway_injected_cache",
+        "logger_fn",
+        "max_agentic_loops",
+        "enable_prompt_caching",
+        "billed_retry_attempt",
+        "client_disconnected",
+        "error_information",
+        "internal_call_origin",
+        "litellm_roi_estimator",
+    ];
+    pub const INTERNAL_PREFIX: &str = "_";
+    pub const INTERNAL_METADATA_PREFIX: &str = "user_api_key_";
 
     /// Body fields that change where LiteLLM connects (`_BANNED_REQUEST_BODY_PARAMS`, endpoint part),
     /// and the nested configs spread into the outbound call.
@@ -257,7 +338,9 @@ pub mod body {
     ];
 
     /// Whether a body field (top level or nested) is refused: it redirects the outbound call,
-    /// swaps its credentials, redirects logging or rewrites billing.
+    /// swaps its credentials, redirects logging, rewrites billing or attribution, changes
+    /// timeouts, priority or caching, fakes the answer, turns guardrails off or forges
+    /// LiteLLM's own state.
     pub fn is_refused(name: &str) -> bool {
         [
             CREDENTIAL_BODY_FIELDS,
@@ -265,10 +348,24 @@ pub mod body {
             LOGGING_BODY_FIELDS,
             DEPLOYMENT_BODY_FIELDS,
             BILLING_BODY_FIELDS,
+            ATTRIBUTION_BODY_FIELDS,
+            TIMING_BODY_FIELDS,
+            MOCK_BODY_FIELDS,
+            CACHE_BODY_FIELDS,
+            GUARDRAIL_BODY_FIELDS,
+            INTERNAL_BODY_FIELDS,
         ]
         .iter()
         .any(|list| list.contains(&name))
             || PRICE_MARKERS.iter().any(|marker| name.contains(marker))
+            || name.starts_with(MOCK_PREFIX)
+            || name.starts_with(INTERNAL_PREFIX)
+    }
+
+    /// Whether a field inside one of [`NESTED_CONTAINERS`] is refused: every top-level refusal,
+    /// and LiteLLM's record of the key.
+    pub fn is_refused_nested(name: &str) -> bool {
+        is_refused(name) || name.starts_with(INTERNAL_METADATA_PREFIX)
     }
 
     /// Cost fields, by the cap (`proxy.body.caps`) that bounds them.
@@ -281,18 +378,38 @@ pub mod body {
         "content_policy_fallbacks",
     ];
 
-    /// Body (and `metadata`) fields that turn guardrails off or forge their verdicts
-    /// (`_UNTRUSTED_METADATA_CONTROL_FIELDS`).
+    /// Body (and `metadata`) fields that pick guardrails, turn them off or forge their verdicts
+    /// (`_UNTRUSTED_METADATA_CONTROL_FIELDS`; `guardrails` and `guardrail_config`, which
+    /// `custom_guardrail.py` reads to decide which guardrails run). Which guardrails run is the
+    /// operator's decision, not the client's: all refused.
     pub const GUARDRAIL_BODY_FIELDS: &[&str] = &[
         "guardrails",
+        "guardrail_config",
+        "disable_guardrails",
         "disable_global_guardrails",
         "disable_global_guardrail",
         "opted_out_global_guardrails",
         "applied_guardrails",
         "applied_policies",
+        "policy_sources",
+        "guardrail_information",
+        "guardrail_scan_ids",
+        "guardrail_scan_metadata",
+        "standard_logging_guardrail_information",
         "pillar_response_headers",
         "pillar_flagged",
+        "pillar_scanners",
+        "pillar_evidence",
+        "pillar_evidence_truncated",
+        "pillar_session_id_response",
     ];
+
+    /// A tool whose `server_url` starts with this (`tools[].type = "mcp"`, on chat, Responses
+    /// and `/v1/messages`) makes LiteLLM list and run the tools of its own MCP servers for the
+    /// caller (`responses/mcp/tool_precheck.py` `LITELLM_PROXY_MCP_SERVER_URL`,
+    /// `litellm_proxy_mcp_handler.py`): behind the guard every caller holds the master key, so
+    /// that would be every server. The body's twin of the `x-mcp-servers` header; refused.
+    pub const MCP_GATEWAY_URL_PREFIX: &str = "litellm_proxy";
 
     /// Query parameters LiteLLM reads a key from: `key` on the Google generate-content routes,
     /// which `layers::path`'s route allow-list does not open (and the client's own key in any
@@ -573,6 +690,60 @@ mod tests {
         assert!(
             missing.is_empty(),
             "LiteLLM bans body fields upstream_surface::body does not refuse: {missing:?}"
+        );
+    }
+
+    /// What LiteLLM strips or refuses from a client's body itself (`_UNTRUSTED_ROOT_CONTROL_FIELDS`,
+    /// `_UNTRUSTED_METADATA_CONTROL_FIELDS`, `_CLIENT_MOCK_CONTROL_FIELDS`,
+    /// `GATED_MOCK_PARAM_NAMES`): the guard refuses every one, top level and nested, so an
+    /// upstream configured to trust them (a key allowed mock responses, mock testing turned on)
+    /// cannot be asked either.
+    #[test]
+    fn every_control_field_litellm_strips_is_refused() {
+        let dir = match litellm_dir() {
+            Ok(dir) => dir,
+            Err(why) => {
+                if std::env::var_os("PROXYGUARD_VENV").is_some() || std::env::var_os("CI").is_some()
+                {
+                    panic!("the LiteLLM source to check against is missing: {why}");
+                }
+                eprintln!("SKIPPED: {why} (set PROXYGUARD_VENV; CI fails here)");
+                return;
+            }
+        };
+        let venv = dir.ancestors().nth(4).expect("venv above site-packages");
+        let script = "from litellm.proxy import litellm_pre_call_utils as p, route_llm_request as r\n\
+                      for n in [*p._UNTRUSTED_ROOT_CONTROL_FIELDS, *p._CLIENT_MOCK_CONTROL_FIELDS, *r.GATED_MOCK_PARAM_NAMES]: print('root', n)\n\
+                      for n in p._UNTRUSTED_METADATA_CONTROL_FIELDS: print('meta', n)";
+        let output = std::process::Command::new(venv.join("bin/python"))
+            .args(["-c", script])
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .output()
+            .expect("run the venv's python");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<(&str, &str)> = stdout
+            .lines()
+            .filter_map(|line| line.trim().split_once(' '))
+            .collect();
+        assert!(
+            fields.contains(&("root", "mock_response")) && fields.iter().any(|(w, _)| *w == "meta"),
+            "LiteLLM printed no lists: {stdout}"
+        );
+        let missing: Vec<&(&str, &str)> = fields
+            .iter()
+            .filter(|(where_, name)| match *where_ {
+                "root" => !body::is_refused(name),
+                _ => !body::is_refused_nested(name),
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "LiteLLM strips body fields upstream_surface::body does not refuse: {missing:?}"
         );
     }
 

@@ -9,7 +9,10 @@
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::{config::proxy::Caps, proxy::reject::Reject, proxy::upstream_surface::body};
+use crate::{
+    config::proxy::Caps,
+    proxy::{reject::Reject, shapes, shapes::Shape, upstream_surface::body},
+};
 
 /// Refuses control fields and destination model names.
 pub fn check(value: &Value) -> Result<(), Reject> {
@@ -29,10 +32,33 @@ pub fn check(value: &Value) -> Result<(), Reject> {
         }
         if body::NESTED_CONTAINERS.contains(&name.as_str()) {
             for nested in field.as_object().into_iter().flat_map(|m| m.keys()) {
-                if body::is_refused(nested) {
+                if body::is_refused_nested(nested) {
                     return Err(refuse(format!("{name}.{nested}")));
                 }
             }
+        }
+    }
+    for (i, tool) in top
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let url = tool
+            .get("server_url")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if url
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with(body::MCP_GATEWAY_URL_PREFIX)
+        {
+            return Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "body_field",
+                format!("body field tools[{i}].server_url is not accepted: it opens the upstream's own MCP servers"),
+            ));
         }
     }
     if let Some(model) = top.get("model").and_then(Value::as_str) {
@@ -54,8 +80,9 @@ fn names_a_destination(model: &str) -> bool {
     model.contains("://") || model.starts_with("//") || model.contains("///")
 }
 
-/// Refuses a cost field over its cap (`key_caps`: `proxy.body.caps` with the key's overrides).
-pub fn check_caps(value: &Value, caps: &Caps) -> Result<(), Reject> {
+/// Refuses a cost field over its cap (`key_caps`: `proxy.body.caps` with the key's overrides),
+/// and an embeddings or moderations batch longer than `caps.inputs`.
+pub fn check_caps(value: &Value, shape: Shape, caps: &Caps) -> Result<(), Reject> {
     let Some(top) = value.as_object() else {
         return Ok(());
     };
@@ -115,6 +142,12 @@ pub fn check_caps(value: &Value, caps: &Caps) -> Result<(), Reject> {
             return Err(over("model", "models", caps.models));
         }
     }
+    if matches!(shape, Shape::Embeddings | Shape::Moderations) {
+        let count = top.get("input").map_or(0, shapes::batch_len);
+        if caps.inputs > 0 && count as u64 > caps.inputs {
+            return Err(over("input", "inputs", caps.inputs));
+        }
+    }
     Ok(())
 }
 
@@ -132,10 +165,37 @@ mod tests {
         let cases = [
             (json!({"model": "m", "messages": []}), None),
             (
-                json!({"model": "m", "mock_response": "hi", "user": "u"}),
+                json!({"model": "m", "user": "u", "safety_identifier": "s", "metadata": {"user_id": "u"}}),
                 None,
             ),
-            (json!({"model": "m", "metadata": {"tags": ["a"]}}), None),
+            (json!({"model": "m", "metadata": {"session": "a"}}), None),
+            (json!({"mock_response": "hi"}), Some("mock_response")),
+            (json!({"mock_tool_calls": []}), Some("mock_tool_calls")),
+            (
+                json!({"mock_testing_anything_new": true}),
+                Some("mock_testing_anything_new"),
+            ),
+            (json!({"timeout": 0.001}), Some("timeout")),
+            (json!({"stream_timeout": 1}), Some("stream_timeout")),
+            (json!({"priority": 0}), Some("priority")),
+            (json!({"guardrails": ["off"]}), Some("guardrails")),
+            (
+                json!({"metadata": {"disable_global_guardrails": true}}),
+                Some("metadata.disable_global_guardrails"),
+            ),
+            (json!({"tags": ["premium"]}), Some("tags")),
+            (
+                json!({"metadata": {"tags": ["premium"]}}),
+                Some("metadata.tags"),
+            ),
+            (json!({"cache": {"no-cache": true}}), Some("cache")),
+            (json!({"caching": false}), Some("caching")),
+            (json!({"_router_weights": {}}), Some("_router_weights")),
+            (json!({"fallback_depth": 9}), Some("fallback_depth")),
+            (
+                json!({"metadata": {"user_api_key_team_id": "t"}}),
+                Some("metadata.user_api_key_team_id"),
+            ),
             (json!({"api_base": "http://evil"}), Some("api_base")),
             (json!({"base_url": "http://evil"}), Some("base_url")),
             (json!({"api_key": "sk-x"}), Some("api_key")),
@@ -187,6 +247,18 @@ mod tests {
                 Some("model"),
             ),
             (json!({"model": "openai/gpt-4o"}), None),
+            (
+                json!({"tools": [{"type": "function", "name": "f"}, {"type": "mcp", "server_label": "s", "server_url": "litellm_proxy/mcp/github"}]}),
+                Some("tools[1].server_url"),
+            ),
+            (
+                json!({"tools": [{"type": "mcp", "server_label": "s", "server_url": "LiteLLM_Proxy"}]}),
+                Some("tools[0].server_url"),
+            ),
+            (
+                json!({"tools": [{"type": "mcp", "server_label": "s", "server_url": "https://mcp.example/sse"}]}),
+                None,
+            ),
         ];
         for (body, want) in cases {
             match (code(check(&body)), want) {
@@ -262,7 +334,7 @@ mod tests {
             (json!({"model": "a"}), &caps, None),
         ];
         for (body, caps, want) in cases {
-            match (code(check_caps(&body, caps)), want) {
+            match (code(check_caps(&body, Shape::ChatCompletions, caps)), want) {
                 (None, None) => {}
                 (Some((reason, message)), Some((path, cap))) => {
                     assert_eq!(reason, "cost_cap", "{body}");
@@ -279,6 +351,35 @@ mod tests {
             n: 0,
             ..Caps::default()
         };
-        assert!(check_caps(&json!({"n": 1000}), &off).is_ok());
+        assert!(check_caps(&json!({"n": 1000}), Shape::ChatCompletions, &off).is_ok());
+    }
+
+    #[test]
+    fn batch_sizes_capped_on_embeddings_and_moderations_only() {
+        let caps = Caps {
+            inputs: 3,
+            ..Caps::default()
+        };
+        let four = json!({"input": ["a", "b", "c", "d"]});
+        for (shape, body, over) in [
+            (Shape::Embeddings, &four, true),
+            (Shape::Moderations, &four, true),
+            (Shape::Responses, &four, false),
+            (Shape::Embeddings, &json!({"input": ["a", "b", "c"]}), false),
+            (Shape::Embeddings, &json!({"input": [1, 2, 3, 4, 5]}), false),
+            (
+                Shape::Embeddings,
+                &json!({"input": [[1], [2], [3], [4]]}),
+                true,
+            ),
+            (Shape::Embeddings, &json!({"input": "one"}), false),
+        ] {
+            let got = code(check_caps(body, shape, &caps));
+            assert_eq!(got.is_some(), over, "{shape} {body}");
+            if let Some((reason, message)) = got {
+                assert_eq!(reason, "cost_cap");
+                assert_eq!(message, "body field input is over the cap inputs = 3");
+            }
+        }
     }
 }
