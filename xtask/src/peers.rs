@@ -220,11 +220,16 @@ fn ensure(spec: &Pinned) -> Result<()> {
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let want = pins(&text);
     let venv = &spec.link;
-    let missing = unmet(&want, &installed(venv));
-    if missing.is_empty() && imports(venv, spec) {
+    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    // A venv that was built (or checked) from exactly this file says so: the warm path reads one
+    // file instead of importing LiteLLM and agent-lightning (ten seconds of CPU each).
+    if fs::read_to_string(venv.join(STAMP)).is_ok_and(|stamp| stamp.trim() == hash) {
         return Ok(());
     }
-    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    let missing = unmet(&want, &installed(venv));
+    if missing.is_empty() && imports(venv, spec) {
+        return stamp(venv, &hash);
+    }
     let build = cache_dir()
         .join("venvs")
         .join(format!("{}{hash}", spec.prefix));
@@ -265,6 +270,7 @@ fn ensure(spec: &Pinned) -> Result<()> {
                 build.display()
             );
         }
+        stamp(&build, &hash)?;
     }
     // Where a real directory at the link (an older layout) is kept: `replaced`, `replaced-agl-0.3`.
     let kept = match spec.prefix.trim_end_matches('-') {
@@ -272,6 +278,14 @@ fn ensure(spec: &Pinned) -> Result<()> {
         name => format!("replaced-{name}"),
     };
     switch(venv, &build, &cache_dir().join("venvs").join(kept))
+}
+
+/// The file in a venv naming the hash of the requirements it was built from and checked against.
+const STAMP: &str = ".proxyguard-pins";
+
+fn stamp(venv: &Path, hash: &str) -> Result<()> {
+    fs::write(venv.join(STAMP), format!("{hash}\n"))
+        .with_context(|| format!("writing {}", venv.join(STAMP).display()))
 }
 
 fn create_venv(python: &Path, dir: &Path) -> Result<()> {
