@@ -181,7 +181,9 @@ fn run(venv: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
 }
 
 /// A LiteLLM proxy with no key of its own and one `mock_response` model, `mock-gpt`: the model
-/// server behind agl-server (a vLLM's place; agl-server sends it no key).
+/// server behind agl-server (a vLLM's place; agl-server sends it no key). LiteLLM 1.108.7 starts
+/// without a master key only when told to (`dangerously_permit_weak_or_unset_master_key`); it
+/// listens on loopback only.
 pub struct ModelServer {
     pub port: u16,
     peer: Peer,
@@ -194,7 +196,8 @@ impl ModelServer {
         let config = dir.path().join("model-server.yaml");
         fs::write(
             &config,
-            "model_list:\n  - model_name: mock-gpt\n    litellm_params:\n      model: openai/mock-gpt\n      api_key: sk-provider-unused\n      mock_response: \"Hello from the mock model.\"\n",
+            "model_list:\n  - model_name: mock-gpt\n    litellm_params:\n      model: openai/mock-gpt\n      api_key: sk-provider-unused\n      mock_response: \"Hello from the mock model.\"\n\
+             general_settings:\n  dangerously_permit_weak_or_unset_master_key: true\n",
         )
         .expect("write the model server's config");
         let port = free_port();

@@ -11,6 +11,9 @@ usage: v10_client.py ACTION ARGS...
     chat                            one chat completion through the OpenAI base URL
     stream                          the same with stream=True
     event                           one reward event, posted with agl's own httpx client
+  Load ($AGL_KEY):
+    load GUARD M RID...             M chat completions per rollout RID, all in flight at once (each
+                                    through its rollout's base URL): the count of each status
 """
 import json
 import os
@@ -70,10 +73,40 @@ def agent(action):
     raise SystemExit(f"unknown action {action}")
 
 
+def load(guard, per_rollout, rollouts):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = [rid for rid in rollouts for _ in range(per_rollout)]
+    start = threading.Barrier(len(calls))
+    key = os.environ["AGL_KEY"]
+
+    def call(rid):
+        base = f"{guard}/proxy/rollout/{rid}/attempt/0/mode/train/openai/v1"
+        sdk = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
+        start.wait()
+        try:
+            sdk.chat.completions.create(model="mock-gpt", messages=[{"role": "user", "content": "hi"}])
+            return "200"
+        except openai.APIStatusError as err:
+            return str(err.status_code)
+        except openai.APIError as err:
+            return type(err).__name__
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        statuses = list(pool.map(call, calls))
+    counts = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return {"calls": len(calls), "statuses": counts}
+
+
 def main():
     action = sys.argv[1]
     if action in ("register", "rollout", "events"):
         result = trainer(action, sys.argv[2], sys.argv[3:])
+    elif action == "load":
+        result = load(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
     else:
         result = agent(action)
     print(json.dumps(result))
