@@ -10,6 +10,7 @@ pub mod bind;
 pub mod created;
 pub mod egress;
 pub mod environ;
+pub mod upstream;
 pub mod xdp;
 
 /// How a kernel program acts on what its rules do not allow.

@@ -11,6 +11,7 @@ mod packet;
 mod probe;
 mod sock_addr;
 mod stats;
+mod upstream;
 mod xdp;
 
 #[cfg(not(test))]

@@ -12,13 +12,17 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::RegexSet;
 
 use crate::{
-    config::{proxy::LimitsConfig, proxy::ALWAYS_RESERVED, Config, ConfigError},
+    config::{
+        proxy::{LimitsConfig, UpstreamKind, ALWAYS_RESERVED},
+        Config, ConfigError,
+    },
     proxy::{
         framing_watch::HeadScanner,
         layers::{
             body, content::ContentRules, framing, header_limits, header_limits::HeaderLimits, host,
             json, path, reserved,
         },
+        routes::RouteTable,
     },
 };
 
@@ -32,23 +36,37 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("json_body", json_body),
     ("config", config),
     ("framing_watch", framing_watch),
+    ("rollout_token", rollout_token),
 ];
 
-/// `METHOD\nPATH`: the route allow-list and the method check, on the path as the pipeline sees it
-/// (from a parsed request target) and on any string.
+/// `METHOD\nPATH`: the raw-path checks, every profile's route table (Azure routes on) and the
+/// method check, on the path as the pipeline sees it (from a parsed request target) and on any
+/// string.
 pub fn path(data: &[u8]) {
     let (method, raw) = split_line(data);
     let method = Method::from_bytes(method).unwrap_or(Method::GET);
     let max = LimitsConfig::default().max_path_bytes;
-    if let Ok(uri) = http::Uri::try_from(raw) {
-        classify(uri.path(), &method, max);
+    for table in route_tables() {
+        if let Ok(uri) = http::Uri::try_from(raw) {
+            classify(table, uri.path(), &method, max);
+        }
+        classify(table, &String::from_utf8_lossy(raw), &method, max);
+        classify(table, &String::from_utf8_lossy(raw), &method, 8);
     }
-    classify(&String::from_utf8_lossy(raw), &method, max);
-    classify(&String::from_utf8_lossy(raw), &method, 8);
 }
 
-fn classify(raw: &str, method: &Method, max: usize) {
-    match path::classify(raw, max) {
+fn route_tables() -> &'static [RouteTable] {
+    static TABLES: OnceLock<Vec<RouteTable>> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        UpstreamKind::ALL
+            .iter()
+            .map(|kind| RouteTable::builtin(*kind, true))
+            .collect()
+    })
+}
+
+fn classify(table: &RouteTable, raw: &str, method: &Method, max: usize) {
+    match path::classify_in(table, raw, max) {
         Ok(route) => {
             // What the syntax check promises about every path it lets through.
             assert!(raw.len() <= max && raw.starts_with('/'));
@@ -59,6 +77,12 @@ fn classify(raw: &str, method: &Method, max: usize) {
                 .any(|bad| lower.contains(bad)));
             assert!(!raw.split('/').any(|s| s == ".." || s == "."));
             assert!(route.template.starts_with('/'));
+            // The label is the template's, never the path's own ids.
+            assert_eq!(route.template, route.spec.label);
+            if let Some(rollout) = &route.rollout {
+                assert!(raw.split('/').any(|s| s == rollout.rollout));
+                assert!(raw.split('/').any(|s| s == rollout.attempt));
+            }
             if let Err(reject) = path::check_method(&route, method) {
                 assert_eq!(reject.status, 405);
             }
@@ -195,6 +219,33 @@ pub fn framing_watch(data: &[u8]) {
     );
 }
 
+/// The fuzz target's signing key and clock: seeds signed with it at this time verify, so the
+/// fuzzer starts from tokens that reach past the MAC.
+pub const ROLLOUT_TOKEN_KEY: &str =
+    "f1 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub const ROLLOUT_TOKEN_NOW: u64 = 1_800_000_000;
+
+/// A presented credential, as the token verifier sees it: it returns a verdict for every input,
+/// and what it accepts is a bounded, well-formed token whose ids are path ids and whose expiry is
+/// current and within the bound.
+pub fn rollout_token(data: &[u8]) {
+    use crate::proxy::rollout_token::{
+        valid_id, SigningKeys, CLOCK_SKEW, MAX_TOKEN_BYTES, MAX_TTL, PREFIX,
+    };
+    static KEYS: OnceLock<SigningKeys> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        SigningKeys::parse(ROLLOUT_TOKEN_KEY, Path::new("fuzz")).expect("the fuzz key parses")
+    });
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ROLLOUT_TOKEN_NOW);
+    if let Ok(claims) = keys.verify(data, now) {
+        assert!(data.len() <= MAX_TOKEN_BYTES && data.starts_with(PREFIX.as_bytes()));
+        assert!(valid_id(&claims.rollout));
+        assert!(claims.attempt.as_deref().is_none_or(valid_id));
+        assert!(claims.expires > ROLLOUT_TOKEN_NOW);
+        assert!(claims.expires <= ROLLOUT_TOKEN_NOW + (MAX_TTL + CLOCK_SKEW).as_secs());
+    }
+}
+
 /// A block (the lines before one holding nothing but CRs) is ambiguous with Content-Length
 /// twice, or with both Content-Length and Transfer-Encoding. A line's name is what comes before
 /// its first `:`, CRs dropped, in any case; bytes after the last newline end no line.
@@ -249,6 +300,23 @@ mod tests {
                 let outcome = std::panic::catch_unwind(|| entry(&data));
                 assert!(outcome.is_ok(), "{} panics", file.display());
             }
+        }
+    }
+
+    /// The token seeds named `valid*` get past the MAC, so the fuzzer starts from accepted tokens.
+    #[test]
+    fn the_valid_rollout_token_seeds_verify() {
+        use crate::proxy::rollout_token::SigningKeys;
+        let keys = SigningKeys::parse(ROLLOUT_TOKEN_KEY, Path::new("fuzz")).unwrap();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ROLLOUT_TOKEN_NOW);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/rollout_token");
+        for name in ["valid", "valid_attempt", "expired", "unknown_kid"] {
+            let token = std::fs::read(dir.join(name)).unwrap();
+            assert_eq!(
+                keys.verify(&token, now).is_ok(),
+                name.starts_with("valid"),
+                "{name}"
+            );
         }
     }
 

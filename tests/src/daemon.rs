@@ -36,10 +36,12 @@ pub fn test_pin_dir() -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/pg-test-{}-{n}", std::process::id()))
 }
 
-/// `config` with a `[kernel]` table naming `pin_dir` in front (unless it has its own).
+/// `config` with a `[kernel]` table naming `pin_dir` in front (unless it has its own), and the
+/// upstream guard off unless it has an `[upstream_guard]` table (see [`upstream_guard_off`]).
 pub fn with_pin_dir(config: &str, pin_dir: &std::path::Path) -> String {
+    let config = upstream_guard_off(config);
     if config.contains("[kernel]") {
-        return config.to_owned();
+        return config;
     }
     format!("[kernel]\npin_dir = \"{}\"\n\n{config}", pin_dir.display())
 }
@@ -59,6 +61,17 @@ pub fn with_json_log(config: &str) -> String {
         return config.to_owned();
     }
     format!("{config}\n[log]\nformat = \"json\"\n")
+}
+
+/// A config without an `[upstream_guard]` table gets the rule turned off: it refuses every
+/// other process's connects to the upstream's port (127.0.0.1:4000 by default) host-wide, which
+/// only the tests about it should do.
+fn upstream_guard_off(config: &str) -> String {
+    if config.contains("[upstream_guard]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[upstream_guard]\nenabled = false\n")
+    }
 }
 
 /// A config without a `[proxy]` section gets one on free loopback ports, so tests that are not

@@ -5,6 +5,8 @@
 //! - `reset-before-head`: reads the request, then resets the connection (502);
 //! - `reset-mid-stream`: sends a 200 `text/event-stream` head and two chunks, waits until the
 //!   test [`FaultyUpstream::release`]s it, then resets (the client's stream is cut);
+//! - `long-stream-N`: a 200 `text/event-stream` of N events of [`LONG_EVENT`] bytes each, written
+//!   as fast as the guard takes them (so a client that stops reading backs up into the guard);
 //! - anything else: a normal chat completion, kept alive.
 //!
 //! A reset is a close with `SO_LINGER` 0, so the peer gets an RST, not a FIN.
@@ -18,6 +20,9 @@ use std::{
 
 /// The two chunks a `reset-mid-stream` response carries before the reset.
 pub const CHUNKS: [&str; 2] = ["data: {\"n\":1}\n\n", "data: {\"n\":2}\n\n"];
+
+/// The size of one `long-stream-N` event on the wire (`data: xxx…\n\n`).
+pub const LONG_EVENT: usize = 16 * 1024;
 
 /// How long a held connection waits for a release before it resets anyway (a bound, so a failed
 /// test never leaves threads behind for long).
@@ -98,6 +103,12 @@ fn serve(stream: TcpStream, releases: &(Mutex<u32>, Condvar), streams: &Mutex<(u
                 streams.lock().expect("streams lock").0 -= 1;
                 return reset(stream);
             }
+            long if long.starts_with("long-stream-") => {
+                let events = long["long-stream-".len()..].parse().unwrap_or(0);
+                if long_stream(&stream, events).is_err() {
+                    return;
+                }
+            }
             _ => {
                 let reply = r#"{"id":"c1","object":"chat.completion","choices":[]}"#;
                 let response = format!(
@@ -110,6 +121,23 @@ fn serve(stream: TcpStream, releases: &(Mutex<u32>, Condvar), streams: &Mutex<(u
             }
         }
     }
+}
+
+/// Writes `events` events of [`LONG_EVENT`] bytes as one chunked response.
+fn long_stream(mut stream: &TcpStream, events: usize) -> std::io::Result<()> {
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes())?;
+    let mut event = b"data: ".to_vec();
+    event.resize(LONG_EVENT - 2, b'x');
+    event.extend_from_slice(b"\n\n");
+    let mut chunk = format!("{:x}\r\n", event.len()).into_bytes();
+    chunk.extend_from_slice(&event);
+    chunk.extend_from_slice(b"\r\n");
+    for _ in 0..events {
+        stream.write_all(&chunk)?;
+    }
+    stream.write_all(b"0\r\n\r\n")
 }
 
 /// Reads one request (head and `Content-Length` body); returns its `model`, or None at EOF.

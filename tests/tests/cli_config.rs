@@ -110,3 +110,61 @@ fn missing_config_and_unreachable_daemon_say_what_to_do() {
     let out = proxyguard(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn init_takes_the_upstream_kind_and_refuses_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["litellm", "agent-lightning", "openai"] {
+        let path = dir.path().join(format!("{kind}.toml"));
+        let path_text = path.to_str().unwrap();
+        let out = proxyguard(&[
+            "config",
+            "init",
+            "--path",
+            path_text,
+            "--upstream-kind",
+            kind,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(&format!("upstream_kind = \"{kind}\"")),
+            "{kind}"
+        );
+        let out = proxyguard(&["config", "check", "--config", path_text]);
+        assert_eq!(out.status.code(), Some(0), "{kind}");
+    }
+    let path = dir.path().join("other.toml");
+    let out = proxyguard(&[
+        "config",
+        "init",
+        "--path",
+        path.to_str().unwrap(),
+        "--upstream-kind",
+        "vllm",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("agent-lightning"), "{stderr}");
+    assert!(!path.exists());
+
+    // A bad [[proxy.routes]] entry is a config error with its file, line and field.
+    let bad = dir.path().join("routes.toml");
+    std::fs::write(
+        &bad,
+        "[bind]\nenabled = false\n\n[proxy]\nupstream_kind = \"openai\"\n\n[[proxy.routes]]\nname = \"r\"\npath = \"/v1/{x:uuid}\"\nmethods = [\"POST\"]\nshape = \"chat\"\n",
+    )
+    .unwrap();
+    let out = proxyguard(&["config", "check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 9: proxy.routes[0].path") && stderr.contains("`uuid`"),
+        "{stderr}"
+    );
+}

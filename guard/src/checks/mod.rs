@@ -11,6 +11,7 @@ pub mod ownership;
 mod private_tmp;
 pub mod secrets;
 pub mod tempfiles;
+pub mod upstream_clients;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;

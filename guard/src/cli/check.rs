@@ -1,7 +1,8 @@
 //! `proxyguard check`: a one-shot audit of the guarded service (or of any process by `--pid` or
 //! `--unit`): secrets in its environment (names only), endpoints off the egress allow-list, temp
-//! and open files others can read, and listeners off loopback. Exit 0 clean, 1 findings. The bind
-//! and egress rules in force and the kernel features available are shown as context.
+//! and open files others can read, and listeners off loopback; and, host-wide, local processes
+//! connected to the upstream from outside proxyguard's cgroup. Exit 0 clean, 1 findings. The bind,
+//! egress and upstream rules in force and the kernel features available are shown as context.
 
 use std::{collections::BTreeSet, path::Path, process::ExitCode};
 
@@ -71,7 +72,10 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
     }
     // A one-shot has no record of the files the service created: only open files and private
     // temp dirs prove a file its own.
-    let findings = checks::run(&config, &pids, args.fix, History::None);
+    let mut findings = checks::run(&config, &pids, args.fix, History::None);
+    // Host-wide: whoever talks to the upstream without going through proxyguard.
+    findings.extend(checks::upstream_clients::check(&config));
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.pid.cmp(&b.pid)));
     // Context, not findings: the rules in force and what this kernel offers.
     let rules = rules(&config);
     let features = kernel::probe_features();
@@ -107,7 +111,7 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
 const CREATED_NOTE: &str = "a one-shot check has no record of the files the service created; \
      only the daemon's fix mode ([watch] temp_files = \"fix\") proves ownership that way";
 
-/// The bind and egress rules of the config, as the kernel enforces them.
+/// The bind, egress and upstream rules of the config, as the kernel enforces them.
 fn rules(config: &Config) -> serde_json::Value {
     let bind: Vec<_> = config
         .bind
@@ -123,6 +127,12 @@ fn rules(config: &Config) -> serde_json::Value {
             "allow": config.egress.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "dns": config.egress.dns,
             "guard_port": config.egress.guard_port,
+        },
+        "upstream_guard": {
+            "enabled": config.upstream_guard.enabled,
+            "mode": config.upstream_guard.mode.as_str(),
+            "port": kernel::upstream_destinations(config).map(|(port, _)| port),
+            "allow_cgroups": config.upstream_guard.allow_cgroups,
         },
     })
 }
@@ -170,6 +180,24 @@ rules:
         egress["mode"].as_str().unwrap_or("?"),
         egress["guard_port"],
     ));
+    let upstream = &rules["upstream_guard"];
+    out.push_str(
+        &match (upstream["enabled"].as_bool(), upstream["port"].as_u64()) {
+            (Some(true), Some(port)) => format!(
+                "  upstream port {port} on this host only from proxyguard's cgroup{} ({})\n",
+                upstream["allow_cgroups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .map(|c| format!(", {c}"))
+                    .collect::<String>(),
+                upstream["mode"].as_str().unwrap_or("?"),
+            ),
+            (Some(true), None) => "  upstream not on this host: no connect rule\n".to_owned(),
+            _ => "  upstream connect rule off\n".to_owned(),
+        },
+    );
     out.push_str("\nkernel features:\n");
     for f in features {
         let mark = if f.available { "yes" } else { "no " };

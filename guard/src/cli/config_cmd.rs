@@ -32,6 +32,9 @@ pub enum ConfigCommand {
         /// The systemd unit of the LLM proxy to guard, like litellm.service (guarded.unit).
         #[arg(long, value_name = "UNIT")]
         guarded_unit: Option<String>,
+        /// What the upstream is: its routes, surface and default limits (proxy.upstream_kind).
+        #[arg(long, value_name = "KIND")]
+        upstream_kind: Option<config::proxy::UpstreamKind>,
     },
     /// Validate the config. Each error names its field path and line.
     Check,
@@ -46,6 +49,7 @@ pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Re
             upstream,
             upstream_key_file,
             guarded_unit,
+            upstream_kind,
         } => {
             let path = path.unwrap_or_else(|| config_path.to_owned());
             let options = InitOptions {
@@ -54,6 +58,7 @@ pub fn run(config_path: &Path, json: bool, command: ConfigCommand) -> anyhow::Re
                 upstream,
                 upstream_key_file,
                 guarded_unit,
+                upstream_kind,
             };
             config::write_initial(&path, &options)?;
             if json {

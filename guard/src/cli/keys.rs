@@ -1,4 +1,4 @@
-//! `proxyguard keys add|list|revoke`: client keys for the L7 proxy (threats 1 and 16).
+//! `proxyguard keys add|list|revoke|mint`: client keys for the L7 proxy (threats 1 and 16).
 //!
 //! A new key is 256 bits from the OS's CSPRNG, printed once; only its SHA-256 is written, into
 //! `[[proxy.keys]]` of the config, edited in place (comments kept) and written atomically, 0600.
@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::json;
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
+
+mod mint;
 
 use super::edit;
 use crate::{config::Config, proxy::layers::auth::hash_hex};
@@ -31,6 +33,20 @@ pub enum KeysCommand {
     List,
     /// Remove a key by name (from `proxy.admin_routes.keys` too, in the same edit).
     Revoke { name: String },
+    /// Print, alone on one line, a signed token valid only on rollout R's paths (and attempt A's,
+    /// if given) until it expires. No state is stored; the format is in docs/rollout-tokens.md,
+    /// so a trainer can mint tokens itself. The first mint creates the signing key.
+    Mint {
+        /// The rollout id, as in /rollout/{id}/... (letters, digits, '-', '_'; at most 128).
+        #[arg(long, value_name = "R")]
+        rollout: String,
+        /// Bind the token to this attempt of the rollout, too.
+        #[arg(long, value_name = "A")]
+        attempt: Option<String>,
+        /// How long the token is valid, like `6h` (at most 30d).
+        #[arg(long, value_name = "DUR", default_value = "24h")]
+        ttl: humantime::Duration,
+    },
 }
 
 pub fn run(config_path: &Path, json: bool, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -38,6 +54,11 @@ pub fn run(config_path: &Path, json: bool, command: KeysCommand) -> anyhow::Resu
         KeysCommand::Add { name, expires, rpm } => add(config_path, json, &name, expires, rpm),
         KeysCommand::List => list(config_path, json),
         KeysCommand::Revoke { name } => revoke(config_path, json, &name),
+        KeysCommand::Mint {
+            rollout,
+            attempt,
+            ttl,
+        } => mint::mint(config_path, json, &rollout, attempt.as_deref(), *ttl),
     }
 }
 

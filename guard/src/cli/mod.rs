@@ -60,7 +60,8 @@ pub enum Command {
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Audit the guarded service (or --pid / --unit): secrets in its environment, endpoints, temp
-    /// files, listeners. Exit 1 when there are findings.
+    /// files, listeners; and local processes connected to the upstream around the guard. Exit 1
+    /// when there are findings.
     Check(check::CheckArgs),
     /// Edit the guarded service's egress allow-list.
     #[command(subcommand)]

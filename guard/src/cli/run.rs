@@ -213,6 +213,7 @@ fn status(
         "bind": config.bind.mode.as_str(),
         "xdp": config.xdp.mode.as_str(),
         "egress": config.egress.mode.as_str(),
+        "upstream_guard": config.upstream_guard.mode.as_str(),
         "watch": config.watch.mode.as_str(),
     });
     let guarded_pids = kernel.map(|k| k.guarded_pids()).unwrap_or_default();

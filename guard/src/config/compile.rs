@@ -1,7 +1,8 @@
 //! The one config compiler. `compile` turns a parsed file into everything the daemon runs on, or
 //! into every problem found, each with its field path (and, from `parse`, its line):
 //!
-//! - the section checks (`validate`), for bind, xdp, egress, watch, guarded, kernel, control, log;
+//! - the section checks (`validate`), for bind, xdp, egress, upstream_guard, watch, guarded,
+//!   kernel, control, log;
 //! - `[proxy]` built into typed settings, with the upstream key file and TLS files read
 //!   (`compile_proxy`);
 //! - every list the kernel maps take, checked against the maps' capacities (`kernel::capacity`).
@@ -59,7 +60,7 @@ fn read_and_parse(path: &Path) -> Result<Compiled, ConfigError> {
 
 /// Parses and compiles `source`, naming `path` and the lines in errors.
 pub fn parse(source: &str, path: &Path) -> Result<Compiled, ConfigError> {
-    let config: Config = toml::from_str(source).map_err(|err| {
+    let mut config: Config = toml::from_str(source).map_err(|err| {
         let line = err.span().map(|span| locate::line_of(source, span.start));
         ConfigError::Invalid {
             path: path.to_owned(),
@@ -70,6 +71,8 @@ pub fn parse(source: &str, path: &Path) -> Result<Compiled, ConfigError> {
             }],
         }
     })?;
+    // The limits the file leaves out follow `proxy.upstream_kind`.
+    super::profile::apply_from_source(&mut config.proxy, source);
     compile(config).map_err(|mut errors| {
         for error in &mut errors {
             error.line = locate::line_of_field(source, &error.field);
@@ -135,6 +138,34 @@ mod tests {
                 ("proxy.content.deny_patterns[0]", Some(12)),
                 ("xdp.ports", Some(2)),
             ]
+        );
+    }
+
+    #[test]
+    fn route_errors_name_their_line_and_field() {
+        let source = "[proxy]\nupstream_kind = \"openai\"\n\n[[proxy.routes]]\nname = \"ok\"\npath = \"/v1/rerank\"\nmethods = [\"POST\"]\nshape = \"embeddings\"\n\n[[proxy.routes]]\nname = \"bad\"\npath = \"/v1/{x:uuid}\"\nmethods = [\"POST\", \"FETCH\"]\nshape = \"xml\"\n";
+        let Err(ConfigError::Invalid { errors, .. }) = parse(source, Path::new("pg.toml")) else {
+            panic!("a bad route compiled");
+        };
+        let got: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("proxy.routes[1].methods[1]", Some(13)),
+                ("proxy.routes[1].shape", Some(14)),
+            ]
+        );
+        let fixed = source.replace("xml", "chat").replace(", \"FETCH\"", "");
+        let Err(ConfigError::Invalid { errors, .. }) = parse(&fixed, Path::new("pg.toml")) else {
+            panic!("a bad route compiled");
+        };
+        assert_eq!(errors[0].field, "proxy.routes[1].path");
+        assert_eq!(errors[0].line, Some(12));
+        assert!(
+            errors[0].message.contains("unknown segment type `uuid`"),
+            "{}",
+            errors[0]
         );
     }
 

@@ -40,7 +40,13 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         }
         None => Some(None),
     };
-    check_listeners_and_limits(config, push);
+    let routes = crate::proxy::routes::RouteTable::compile(
+        config.upstream_kind,
+        config.azure_routes,
+        &config.routes,
+        push,
+    );
+    check_listeners_and_limits(config, routes.as_ref(), push);
     let tls = match &config.tls {
         Some(tls) => tls_acceptor(tls, push).map(Some),
         None => Some(None),
@@ -69,10 +75,22 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         custom_key_header.as_ref().and_then(Option::as_ref),
         push,
     );
+    let rollout_keys = match &config.rollout_tokens.key_file {
+        Some(path) => match crate::proxy::rollout_token::SigningKeys::read(path) {
+            Ok(keys) => Some(Some(keys)),
+            Err(err) => {
+                push("proxy.rollout_tokens.key_file".into(), err.to_string());
+                None
+            }
+        },
+        None => Some(None),
+    };
     Some(Settings {
         upstream: upstream?,
+        routes: std::sync::Arc::new(routes?),
         upstream_auth: upstream_auth?,
         keys: keys?,
+        rollout_keys: rollout_keys?,
         reserved: reserved?,
         custom_key_header: custom_key_header?,
         upstream_allow: upstream_allow?,
@@ -142,7 +160,13 @@ fn upstream(text: &str, push: &mut dyn FnMut(String, String)) -> Option<Authorit
     }
 }
 
-fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
+/// `routes` is the active route table, when it compiled: `limits.body_per_route` keys are its
+/// route names.
+fn check_listeners_and_limits(
+    config: &ProxyConfig,
+    routes: Option<&crate::proxy::routes::RouteTable>,
+    push: &mut dyn FnMut(String, String),
+) {
     if !config.admin_listen.ip().is_loopback() {
         push(
             "proxy.admin_listen".into(),
@@ -168,6 +192,14 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
         ("max_query_bytes", limits.max_query_bytes),
         ("max_json_depth", limits.max_json_depth),
         ("max_connections", limits.max_connections),
+        (
+            "max_connections_per_source",
+            limits.max_connections_per_source,
+        ),
+        (
+            "max_pending_heads_per_source",
+            limits.max_pending_heads_per_source,
+        ),
         ("max_concurrent_per_key", limits.max_concurrent_per_key),
         ("max_upstream_connections", limits.max_upstream_connections),
     ] {
@@ -177,11 +209,21 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
     }
     for (route, bytes) in &limits.body_per_route {
         let field = format!("proxy.limits.body_per_route.{route}");
-        if !crate::proxy::layers::path::API_ROUTES
-            .iter()
-            .any(|(name, _, _)| name == route)
-        {
-            push(field, "not a route name; use one of chat/completions, completions, embeddings, models, responses, moderations, messages".into());
+        let names: Vec<&str> = routes
+            .map(|table| table.names())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| *name != "admin")
+            .collect();
+        if routes.is_some() && !names.contains(&route.as_str()) {
+            push(
+                field,
+                format!(
+                    "not a route name of the {} profile's table and proxy.routes; use one of {}",
+                    config.upstream_kind.name(),
+                    names.join(", ")
+                ),
+            );
         } else if *bytes == 0 {
             push(field, "must be at least 1".into());
         }
@@ -191,6 +233,7 @@ fn check_listeners_and_limits(config: &ProxyConfig, push: &mut dyn FnMut(String,
         ("header_read_secs", timeouts.header_read_secs),
         ("body_secs", timeouts.body_secs),
         ("upstream_response_secs", timeouts.upstream_response_secs),
+        ("write_stall_secs", timeouts.write_stall_secs),
     ] {
         if value == 0 {
             push(
@@ -372,6 +415,12 @@ mod tests {
                 c.limits.max_body_bytes = 0
             }),
             ("proxy.timeouts.body_secs", |c| c.timeouts.body_secs = 0),
+            ("proxy.timeouts.write_stall_secs", |c| {
+                c.timeouts.write_stall_secs = 0
+            }),
+            ("proxy.limits.max_pending_heads_per_source", |c| {
+                c.limits.max_pending_heads_per_source = 0
+            }),
             ("proxy.limits.body_per_route.key/generate", |c| {
                 c.limits.body_per_route.insert("key/generate".into(), 10);
             }),
@@ -410,12 +459,59 @@ mod tests {
             ("proxy.admin_routes.keys[0]", |c| {
                 c.admin_routes.keys = vec!["ghost".into()]
             }),
+            // A route of another profile's table is not a name here.
+            ("proxy.limits.body_per_route.events", |c| {
+                c.limits.body_per_route.insert("events".into(), 10);
+            }),
+            ("proxy.routes[0].shape", |c| {
+                c.routes = vec![route_entry("/v1/rerank", "xml")]
+            }),
+            ("proxy.routes[0].path", |c| {
+                c.routes = vec![route_entry("/v1/embeddings", "embeddings")]
+            }),
         ];
         for (field, edit) in cases {
             let mut config = ProxyConfig::default();
             edit(&mut config);
             assert_eq!(fields(&config), [field.to_string()], "case {field}");
         }
+    }
+
+    fn route_entry(path: &str, shape: &str) -> crate::config::proxy::RouteEntry {
+        crate::config::proxy::RouteEntry {
+            name: "rerank".into(),
+            path: path.into(),
+            methods: vec!["POST".into()],
+            shape: shape.into(),
+            query: Vec::new(),
+            rollout: None,
+            attempt: None,
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn body_limits_name_routes_of_the_active_table() {
+        let mut config = ProxyConfig {
+            upstream_kind: crate::config::proxy::UpstreamKind::AgentLightning,
+            ..ProxyConfig::default()
+        };
+        config
+            .limits
+            .body_per_route
+            .insert("events".into(), 1 << 20);
+        assert!(fields(&config).is_empty());
+        config.upstream_kind = crate::config::proxy::UpstreamKind::Litellm;
+        config.routes = vec![route_entry("/v1/rerank", "embeddings")];
+        config.limits.body_per_route.clear();
+        config
+            .limits
+            .body_per_route
+            .insert("rerank".into(), 1 << 20);
+        assert!(fields(&config).is_empty());
+        // A bad route is reported once, not again as an unknown body limit name.
+        config.routes[0].shape = "xml".into();
+        assert_eq!(fields(&config), ["proxy.routes[0].shape"]);
     }
 
     #[test]
@@ -443,5 +539,25 @@ mod tests {
         assert_eq!(fields(&config), ["proxy.upstream_key_file"]);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(fields(&config).is_empty());
+    }
+
+    #[test]
+    fn the_rollout_token_key_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollout-tokens.key");
+        let mut config = ProxyConfig::default();
+        config.rollout_tokens.key_file = Some(path.clone());
+        // Missing, group-readable, malformed: each names the field; good compiles.
+        let field = ["proxy.rollout_tokens.key_file"];
+        assert_eq!(fields(&config), field);
+        std::fs::write(&path, format!("k1 {}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(fields(&config), field);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut errors = Vec::new();
+        let settings = compile(&config, &mut errors).expect("a good key file compiles");
+        assert_eq!(settings.rollout_keys.unwrap().current_id(), "k1");
+        std::fs::write(&path, "k1 not-hex\n").unwrap();
+        assert_eq!(fields(&config), field);
     }
 }

@@ -18,8 +18,10 @@ mod hostile;
 pub mod kernel;
 mod locate;
 pub mod log_level;
+pub mod profile;
 pub mod proxy;
 mod template;
+pub mod upstream_guard;
 mod validate;
 pub mod watch;
 pub mod xdp;
@@ -34,6 +36,7 @@ pub use error::{ConfigError, FieldError};
 pub use guarded::GuardedSection;
 pub use proxy::ProxyConfig;
 pub use template::{write_atomic, write_initial, InitOptions};
+pub use upstream_guard::UpstreamGuardSection;
 pub use watch::WatchSection;
 pub use xdp::XdpSection;
 
@@ -49,6 +52,7 @@ pub struct Config {
     pub bind: BindConfig,
     pub xdp: XdpSection,
     pub egress: EgressSection,
+    pub upstream_guard: UpstreamGuardSection,
     pub watch: WatchSection,
     pub control: control::ControlSection,
     pub proxy: ProxyConfig,

@@ -15,6 +15,14 @@ pub struct ProxyConfig {
     pub enabled: bool,
     /// The front address clients use. Port 0 picks a free port (reported in the `ready` record).
     pub listen: SocketAddr,
+    /// What the upstream is: it picks the route table, the upstream surface and the defaults of
+    /// the limits a training load needs (`config::profile`).
+    pub upstream_kind: UpstreamKind,
+    /// Azure OpenAI-style routes (`/openai/deployments/{name}/chat/completions?api-version=...`)
+    /// on top of the profile's table. Off by default.
+    pub azure_routes: bool,
+    /// Routes added to the profile's table (`[[proxy.routes]]`).
+    pub routes: Vec<RouteEntry>,
     /// The guarded LLM proxy, `http://host:port`. It should itself listen on loopback only.
     pub upstream: String,
     /// A root-only file (mode 0600 or stricter) holding the upstream's own key, sent as
@@ -39,6 +47,7 @@ pub struct ProxyConfig {
     pub content: ContentConfig,
     pub body: BodyConfig,
     pub admin_routes: AdminRoutesConfig,
+    pub rollout_tokens: RolloutTokensConfig,
     /// Client keys, by name. Only SHA-256 hashes are stored.
     pub keys: Vec<KeyEntry>,
 }
@@ -50,6 +59,9 @@ impl Default for ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             // LiteLLM's default port.
             upstream: "http://127.0.0.1:4000".into(),
+            upstream_kind: UpstreamKind::Litellm,
+            azure_routes: false,
+            routes: Vec::new(),
             upstream_key_file: None,
             upstream_custom_key_header: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -64,9 +76,78 @@ impl Default for ProxyConfig {
             content: ContentConfig::default(),
             body: BodyConfig::default(),
             admin_routes: AdminRoutesConfig::default(),
+            rollout_tokens: RolloutTokensConfig::default(),
             // No keys: every request is refused until one is added. Fail closed.
             keys: Vec::new(),
         }
+    }
+}
+
+/// The kind of upstream (`proxy.upstream_kind`, `config init --upstream-kind`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamKind {
+    /// A LiteLLM proxy: OpenAI routes with or without `/v1`, `/v1/messages`, each optionally under
+    /// `/rollout/{id}/attempt/{id}`, and LiteLLM's admin API.
+    #[default]
+    Litellm,
+    /// agent-lightning: 0.3's LiteLLM-based proxy (the litellm table) and 1.0's server (its
+    /// `/proxy/rollout/...` and `/api/rollouts/.../events` routes, its trainer API as admin routes).
+    AgentLightning,
+    /// A plain OpenAI-compatible server: the OpenAI routes only.
+    Openai,
+}
+
+impl UpstreamKind {
+    pub const ALL: &'static [UpstreamKind] = &[
+        UpstreamKind::Litellm,
+        UpstreamKind::AgentLightning,
+        UpstreamKind::Openai,
+    ];
+
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::Litellm => "litellm",
+            UpstreamKind::AgentLightning => "agent-lightning",
+            UpstreamKind::Openai => "openai",
+        }
+    }
+}
+
+/// One `[[proxy.routes]]` entry: a route added to the profile's table. `proxy::routes` checks and
+/// compiles it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// The route's name: metrics group by its template, `limits.body_per_route` keys by this.
+    pub name: String,
+    /// The path template: literal segments and typed ones, `{rid:id}` (`[A-Za-z0-9_-]{1,128}`),
+    /// `{model:name}` (the same and `.`), `{mode:train|val}` (one of the words), and a last `*`
+    /// for any further segments.
+    pub path: String,
+    /// Methods it takes (`GET`, `POST`, ...; `*` for any).
+    pub methods: Vec<String>,
+    /// The body shape of its POST bodies (`chat`, `completions`, `embeddings`, `responses`,
+    /// `anthropic-messages`, `moderations`, `agent-events`, `none`).
+    #[serde(default = "RouteEntry::no_shape")]
+    pub shape: String,
+    /// The query parameter names it takes; none by default.
+    #[serde(default)]
+    pub query: Vec<String>,
+    /// The `id` segments that name the rollout and its attempt: the route is attributed to them.
+    pub rollout: Option<String>,
+    pub attempt: Option<String>,
+    /// An upstream management route: closed unless `admin_routes.keys` names the caller.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+impl RouteEntry {
+    fn no_shape() -> String {
+        "none".into()
     }
 }
 
@@ -93,6 +174,13 @@ pub struct LimitsConfig {
     pub max_query_bytes: usize,
     pub max_json_depth: usize,
     pub max_connections: usize,
+    /// Open connections from one source: an IPv4 address, or an IPv6 /64 (one host's usual
+    /// allocation, so rotating addresses inside it buys nothing). More are refused at once.
+    /// Keep it below `max_connections`, or one source can take every slot.
+    pub max_connections_per_source: usize,
+    /// Connections from one source whose first request head has not yet arrived (slowloris).
+    /// More are refused at once. Above `max_connections_per_source` it has no effect.
+    pub max_pending_heads_per_source: usize,
     pub max_concurrent_per_key: usize,
     /// Requests in flight to the upstream at once (and so its connections); more wait their turn.
     pub max_upstream_connections: usize,
@@ -100,6 +188,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let profile = super::profile::defaults(UpstreamKind::Litellm);
         Self {
             // 2 MiB holds long chat histories; the unguarded proxy reads any size into memory.
             max_body_bytes: 2 * 1024 * 1024,
@@ -114,10 +203,15 @@ impl Default for LimitsConfig {
             // Real requests nest a handful of levels; deep nesting only costs parsers.
             max_json_depth: 32,
             max_connections: 1024,
-            max_concurrent_per_key: 64,
-            // Caps the pool: the guarded proxy is protected from floods of parallel requests, and
-            // memory stays bounded when many clients connect at once.
-            max_upstream_connections: 256,
+            // A quarter of the global cap: one source cannot fill it, and a busy local client
+            // (a trainer's parallel rollouts, an app server's pool) still fits.
+            max_connections_per_source: 256,
+            // Half the source's cap: a legitimate burst of new connections is pending only for
+            // the moment before its heads are parsed; only stalled heads pile up.
+            max_pending_heads_per_source: 128,
+            // These two depend on the profile (`config::profile`).
+            max_concurrent_per_key: profile.max_concurrent_per_key,
+            max_upstream_connections: profile.max_upstream_connections,
         }
     }
 }
@@ -133,13 +227,14 @@ pub struct RateConfig {
 }
 
 impl Default for RateConfig {
+    /// The litellm profile's; `config::profile` has every profile's.
     fn default() -> Self {
+        let profile = super::profile::defaults(UpstreamKind::Litellm);
         Self {
-            per_key_rpm: 600,
-            per_key_burst: 60,
-            // Higher than per key: several clients may share an address (NAT, one host).
-            per_ip_rpm: 1200,
-            per_ip_burst: 120,
+            per_key_rpm: profile.per_key_rpm,
+            per_key_burst: profile.per_key_burst,
+            per_ip_rpm: profile.per_ip_rpm,
+            per_ip_burst: profile.per_ip_burst,
         }
     }
 }
@@ -157,6 +252,10 @@ pub struct TimeoutsConfig {
     pub upstream_response_secs: u64,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_secs: u64,
+    /// A response whose client accepts no byte for this long is cut (the client stopped
+    /// reading), releasing its key's concurrency permit and its upstream slot. Progress resets
+    /// it, so a slow but steady reader is never cut.
+    pub write_stall_secs: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -166,6 +265,8 @@ impl Default for TimeoutsConfig {
             body_secs: 30,
             upstream_response_secs: 600,
             drain_secs: 30,
+            // nginx's send_timeout default.
+            write_stall_secs: 60,
         }
     }
 }
@@ -287,6 +388,34 @@ impl Caps {
 pub struct AdminRoutesConfig {
     /// Names of keys (from `[[proxy.keys]]`) that may use the admin routes.
     pub keys: Vec<String>,
+}
+
+/// Rollout-scoped tokens (docs/rollout-tokens.md): signed, stateless credentials bound to one
+/// rollout (and optionally one attempt), each rollout with its own limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutTokensConfig {
+    /// The signing-key file (mode 0600, `KEY_ID HEX_KEY` per line; the first signs). Unset: tokens
+    /// are refused. `keys mint` creates it and sets this on first use.
+    pub key_file: Option<PathBuf>,
+    /// Requests per minute per rollout; 0 turns it off.
+    pub rpm: u32,
+    pub burst: u32,
+    /// Requests in flight per rollout; 0 turns it off.
+    pub concurrency: usize,
+}
+
+impl Default for RolloutTokensConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            // The per-key rate, per rollout; 32 in flight leaves one agent's loop room for
+            // parallel tool calls while a runaway rollout cannot take the upstream's workers.
+            rpm: 600,
+            burst: 60,
+            concurrency: 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,8 @@ pub struct InitOptions {
     pub upstream_key_file: Option<std::path::PathBuf>,
     /// `guarded.unit`, when given.
     pub guarded_unit: Option<String>,
+    /// `proxy.upstream_kind`, when given.
+    pub upstream_kind: Option<super::proxy::UpstreamKind>,
 }
 
 /// The template with the options filled in, comments kept.
@@ -36,6 +38,7 @@ fn render(options: &InitOptions) -> String {
         && upstream.is_none()
         && key_file.is_none()
         && options.guarded_unit.is_none()
+        && options.upstream_kind.is_none()
     {
         return TEMPLATE.to_owned();
     }
@@ -49,6 +52,10 @@ fn render(options: &InitOptions) -> String {
     }
     if let Some(upstream) = upstream {
         proxy["upstream"] = toml_edit::value(upstream.as_str());
+    }
+    if let Some(kind) = options.upstream_kind {
+        // The limits the template leaves commented out then follow the kind.
+        proxy["upstream_kind"] = toml_edit::value(kind.name());
     }
     if let Some(path) = key_file {
         proxy["upstream_key_file"] = toml_edit::value(path.to_string_lossy().as_ref());
@@ -168,6 +175,26 @@ mod tests {
         assert_eq!(config.proxy.upstream, "http://127.0.0.1:4001");
         assert_eq!(config.proxy.upstream_key_file, options.upstream_key_file);
         assert_eq!(config.guarded.unit.as_deref(), Some("litellm.service"));
+    }
+
+    #[test]
+    fn init_with_an_upstream_kind_gets_its_defaults() {
+        use crate::config::proxy::UpstreamKind;
+        for kind in UpstreamKind::ALL {
+            let options = InitOptions {
+                upstream_kind: Some(*kind),
+                ..InitOptions::default()
+            };
+            let text = render(&options);
+            let config = Config::parse(&text, Path::new("init.toml")).unwrap();
+            assert_eq!(config.proxy.upstream_kind, *kind);
+            let d = crate::config::profile::defaults(*kind);
+            assert_eq!(config.proxy.rate.per_key_burst, d.per_key_burst, "{kind:?}");
+            assert_eq!(
+                config.proxy.limits.max_concurrent_per_key, d.max_concurrent_per_key,
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     super::guarded::validate(&config.guarded, &mut errors);
     super::xdp::validate(&config.xdp, &mut errors);
     super::egress::validate(&config.egress, &mut errors);
+    super::upstream_guard::validate(&config.upstream_guard, &mut errors);
     super::watch::validate(&config.watch, &mut errors);
     super::control::validate(&config.control, &mut errors);
     // Checked by our own grammar: tracing-subscriber's parser panics on some hostile text.

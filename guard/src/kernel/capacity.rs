@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{bind, egress, environ, xdp};
+use super::{bind, egress, environ, upstream, xdp};
 use crate::{config::Config, resolve::Resolved};
 
 /// Each list that does not fit its map: (field path, message).
@@ -25,6 +25,14 @@ pub fn check(config: &Config) -> Vec<(&'static str, String)> {
         &Default::default(),
         &environ::exe_ids(&exes),
     ));
+    // The allowed cgroups are proxyguard's own and the listed ones (none found yet: count them).
+    let listed = upstream::Allowed {
+        cgroups: (0..=config.upstream_guard.allow_cgroups.len() as u64)
+            .map(|id| (id, guard_common::upstream::CGROUP_SUBTREE))
+            .collect(),
+        max_level: 0,
+    };
+    plan.extend(upstream::plan(config, &listed));
     let mut seen = BTreeSet::new();
     plan.iter()
         .filter(|step| step.entries() > step.capacity())
@@ -52,6 +60,9 @@ pub fn advice(field: &str) -> &'static str {
         "bind.rules" => "use fewer rules or merge their addresses into wider prefixes",
         "guarded" => "the guarded service has more cgroups or tasks than the map can track",
         "watch.allow_exe" => "allow fewer executables",
+        "upstream_guard.allow_cgroups" => {
+            "allow fewer cgroups (a parent cgroup covers its children)"
+        }
         _ => "shorten the list (merge addresses into wider prefixes)",
     }
 }

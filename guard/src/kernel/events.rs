@@ -101,6 +101,29 @@ pub fn egress_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) 
     (kind, record)
 }
 
+/// A connect to the upstream's port from outside proxyguard's cgroup (and the allowed ones).
+pub fn upstream_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) {
+    let (family, addr) = address(event.family, &event.addr);
+    let (kind, mode) = if event.verdict == verdict::DENIED {
+        ("upstream_connect_denied", "enforce")
+    } else {
+        ("upstream_connect_would_deny", "monitor")
+    };
+    let record = audit::fields(json!({
+        "severity": "high",
+        "mode": mode,
+        "pid": event.tgid,
+        "tid": event.pid,
+        "uid": event.uid,
+        "comm": comm(&event.comm),
+        "cgroup_id": event.cgroup_id,
+        "family": family,
+        "addr": addr,
+        "port": event.port,
+    }));
+    (kind, record)
+}
+
 /// An open of a guarded environ file. Another process's read is high severity; the process
 /// reading its own environ, and allowed executables, are their own kinds.
 pub fn environ_record(event: &EnvironEvent) -> (&'static str, Map<String, Value>) {
@@ -144,6 +167,16 @@ pub async fn read_environ_events(ring: RingBuf<MapData>) -> Result<(), KernelErr
 /// Emits an audit line for every egress event until the map is closed.
 pub async fn read_egress_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
     read_events(ring, guard_common::egress::MAP_EGRESS_EVENTS, egress_record).await
+}
+
+/// Emits an audit line for every upstream guard event until the map is closed.
+pub async fn read_upstream_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
+    read_events(
+        ring,
+        guard_common::upstream::MAP_UPSTREAM_EVENTS,
+        upstream_record,
+    )
+    .await
 }
 
 /// Emits an audit line for every bind event until the map is closed.

@@ -18,6 +18,7 @@ mod maps;
 mod pin_state;
 pub mod pins;
 mod probe;
+mod upstream;
 mod xdp;
 
 use aya::{maps::RingBuf, Ebpf, EbpfLoader};
@@ -29,6 +30,9 @@ pub use egress::EgressStats;
 pub use environ::EnvironStats;
 pub use error::KernelError;
 pub use features::Feature;
+pub use upstream::{
+    destinations as upstream_destinations, pinned_allowed as upstream_pinned_allowed, UpstreamStats,
+};
 pub use xdp::XdpStats;
 
 use std::{
@@ -91,6 +95,7 @@ pub struct Counters {
     pub egress: EgressStats,
     pub environ: EnvironStats,
     pub created_files: CreatedStats,
+    pub upstream_guard: UpstreamStats,
 }
 
 /// The counters as last read by the daemon's loop, for the metrics endpoint (which runs on the
@@ -133,6 +138,8 @@ pub struct Kernel {
     resolved: Resolved,
     /// Bind-rule owner cgroups as last resolved.
     bind_owners: bind::Owners,
+    /// The cgroups the upstream guard lets connect, as last resolved.
+    upstream_allowed: upstream::Allowed,
     /// The environ watch's state, when it is attached.
     watch: Option<environ::Watch>,
 }
@@ -170,8 +177,10 @@ impl Kernel {
         }
 
         let mut programs = Vec::new();
-        let needs_cgroup =
-            config.bind.enabled || (config.egress.enabled && config.guarded.is_set());
+        let guard_upstream = upstream::target(config).is_some();
+        let needs_cgroup = config.bind.enabled
+            || (config.egress.enabled && config.guarded.is_set())
+            || guard_upstream;
         let cgroup_root = if needs_cgroup {
             Some(cgroup::cgroup2_root()?)
         } else {
@@ -198,6 +207,24 @@ impl Kernel {
             tokio::spawn(report("egress events", events::read_egress_events(ring)));
         } else if config.egress.enabled {
             tracing::info!("egress: no [guarded] service configured; the allow-list is idle");
+        }
+        let mut upstream_allowed = upstream::Allowed::default();
+        if let (true, Some(root)) = (guard_upstream, &cgroup_root) {
+            // Our own cgroup id is in the map before the programs can run (or, adopted, before
+            // the new target takes effect).
+            upstream_allowed = upstream::allowed(config, root);
+            upstream::apply(&mut ebpf, config, &upstream_allowed)?;
+            programs.extend(upstream::attach(&mut ebpf, &pins, root, config)?);
+            let ring = take_ring(&mut ebpf, guard_common::upstream::MAP_UPSTREAM_EVENTS)?;
+            tokio::spawn(report(
+                "upstream guard events",
+                events::read_upstream_events(ring),
+            ));
+        } else if config.upstream_guard.enabled && config.proxy.enabled {
+            tracing::info!(
+                upstream = config.proxy.upstream,
+                "upstream_guard: the upstream is not on this host; the connect rule is off"
+            );
         }
         xdp::apply(&mut ebpf, &config.xdp)?;
         if config.xdp.enabled && !config.xdp.interfaces.is_empty() {
@@ -282,14 +309,16 @@ impl Kernel {
             guarded,
             resolved: Resolved::new(),
             bind_owners,
+            upstream_allowed,
             watch,
         })
     }
 
     /// Brings the maps in line with a new config without detaching anything, all or nothing:
     /// every family's maps are planned, checked against their capacities, and written in one
-    /// order (bind, xdp, watch, egress); when the kernel refuses a write, every map written so
-    /// far gets its old content back and the error is returned, so the old config stays in force.
+    /// order (bind, xdp, watch, egress, upstream guard); when the kernel refuses a write, every
+    /// map written so far gets its old content back and the error is returned, so the old config
+    /// stays in force.
     /// Attachments themselves (which interfaces, which hooks) change only with a restart.
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
         let owners = match &self.cgroup_root {
@@ -317,8 +346,19 @@ impl Kernel {
             let targets = egress::targets(&config.egress, &self.resolved, &dns_servers(config));
             plan.extend(egress::plan(&config.egress, &targets, &self.guarded));
         }
+        let upstream_allowed = match (&self.cgroup_root, self.upstream_attached()) {
+            (Some(root), true) => {
+                let allowed = upstream::allowed(config, root);
+                plan.extend(upstream::plan(config, &allowed));
+                Some(allowed)
+            }
+            _ => None,
+        };
         maps::apply(&mut self.ebpf, &plan)?;
         self.bind_owners = owners;
+        if let Some(allowed) = upstream_allowed {
+            self.upstream_allowed = allowed;
+        }
         if let (Some(watch), Some((tasks, allowed))) = (self.watch.as_mut(), watched) {
             watch.tasks = tasks;
             watch.allowed = allowed;
@@ -362,6 +402,14 @@ impl Kernel {
             self.bind_owners = owners;
             bind::apply(&mut self.ebpf, &config.bind, &self.bind_owners)?;
         }
+        // So is a restarted allowed cgroup, and our own when someone moves the daemon.
+        if self.upstream_attached() {
+            let allowed = upstream::allowed(config, &root);
+            if allowed != self.upstream_allowed {
+                upstream::apply(&mut self.ebpf, config, &allowed)?;
+                self.upstream_allowed = allowed;
+            }
+        }
         let now = guarded::cgroups(&config.guarded, &root);
         if now == self.guarded {
             return Ok(false);
@@ -386,7 +434,13 @@ impl Kernel {
     fn egress_attached(&self) -> bool {
         self.programs
             .iter()
-            .any(|p| p.hook.starts_with("cgroup/connect"))
+            .any(|p| p.name == guard_common::egress::PROG_EGRESS_CONNECT_V4)
+    }
+
+    fn upstream_attached(&self) -> bool {
+        self.programs
+            .iter()
+            .any(|p| p.name == guard_common::upstream::PROG_UPSTREAM_CONNECT_V4)
     }
 
     fn apply_egress(&mut self, config: &Config) -> Result<(), KernelError> {
@@ -404,6 +458,7 @@ impl Kernel {
             egress: egress::stats(&self.ebpf)?,
             environ: environ::stats(&self.ebpf)?,
             created_files: created::stats(&self.ebpf)?,
+            upstream_guard: upstream::stats(&self.ebpf)?,
         })
     }
 }

@@ -46,6 +46,12 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::created::MAP_CREATED_CONFIG,
     guard_common::created::MAP_CREATED_EVENTS,
     guard_common::created::MAP_CREATED_STATS,
+    guard_common::upstream::MAP_UPSTREAM_CONFIG,
+    guard_common::upstream::MAP_UPSTREAM_DEST_V4,
+    guard_common::upstream::MAP_UPSTREAM_DEST_V6,
+    guard_common::upstream::MAP_UPSTREAM_CGROUPS,
+    guard_common::upstream::MAP_UPSTREAM_EVENTS,
+    guard_common::upstream::MAP_UPSTREAM_STATS,
 ];
 
 pub struct PinDir {

@@ -39,10 +39,11 @@ impl SpikeAlerts {
         }
     }
 
-    /// Emits the `rate_spike` record for a refusal with `reason` (`rate_key` or `rate_ip`).
+    /// Emits the `rate_spike` record for a refusal with `reason` (`rate_key`, `rate_rollout`,
+    /// whose key is `rollout:<id>`, or `rate_ip`).
     pub fn rate_limited(&self, reason: &str, key: Option<&str>, client: std::net::IpAddr) {
         let subject = match (reason, key) {
-            ("rate_key", Some(key)) => format!("key:{key}"),
+            ("rate_key" | "rate_rollout", Some(key)) => format!("key:{key}"),
             _ => format!("ip:{client}"),
         };
         if self.should_alert(&subject, Instant::now()) {

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     pub in_flight: Gauge,
     pub connections: Gauge,
+    /// Connections refused when accepted, by reason (`source_connections`, `source_pending_heads`).
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Connections proxyguard cut because of what the client did, by reason (`client_stalled`,
+    /// `malformed_request`, `head_too_large`).
+    pub connections_closed: Family<ReasonLabels, Counter>,
     /// The guarded-process audits (threats 6, 7, 12), refreshed from their summary at each scrape.
     findings: Family<CheckLabels, Gauge>,
     files_fixed: Gauge,
@@ -110,6 +115,18 @@ impl Metrics {
             "Open client connections",
             connections.clone(),
         );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused on accept (per-source caps), by reason",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Client connections cut for the client's behaviour (stalled reader, malformed head), by reason",
+            connections_closed.clone(),
+        );
         let findings = Family::<CheckLabels, Gauge>::default();
         let files_fixed = Gauge::default();
         let audits = Gauge::default();
@@ -148,7 +165,18 @@ impl Metrics {
             upstream_latency,
             in_flight,
             connections,
+            connections_refused,
+            connections_closed,
         }
+    }
+
+    /// Counts one connection under `family` with `reason`.
+    pub fn count(family: &Family<ReasonLabels, Counter>, reason: &str) {
+        family
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

@@ -17,12 +17,16 @@ mod pipeline;
 mod record;
 mod reject;
 mod response_headers;
+pub mod rollout_token;
+pub mod routes;
 mod server;
 pub mod shapes;
+mod sources;
 mod state;
 pub(crate) mod tls;
 mod upstream_slots;
 pub mod upstream_surface;
+mod write_stall;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -48,6 +52,9 @@ pub struct Shared {
     /// Outlives reloads and is resized by them, so streams running across a reload still count
     /// against the cap (a fresh set per reload would let each reload add a full cap's worth).
     upstream_slots: upstream_slots::UpstreamSlots,
+    /// Open and pending connections per source; outlives reloads like the slots, so a reload
+    /// does not forget who holds what.
+    sources: Arc<sources::Sources>,
 }
 
 /// Settings built and checked, not yet in force.
@@ -97,6 +104,7 @@ impl Proxy {
             upstream_slots: upstream_slots::UpstreamSlots::new(
                 config.limits.max_upstream_connections,
             ),
+            sources: Arc::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
@@ -115,7 +123,11 @@ impl Proxy {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => pruned.state.load().rate.prune(),
+                    _ = tick.tick() => {
+                        let state = pruned.state.load();
+                        state.rate.prune();
+                        state.rollouts.prune();
+                    }
                     _ = prune_stop.changed() => break,
                 }
             }

@@ -8,8 +8,9 @@
 //! 4. Path and method: unknown and malformed routes end here; closed admin routes answer 404
 //!    before auth, so they look absent to everyone.
 //! 5. Auth: the first check that needs a key. Everything after it is attributed to a key name.
-//! 6. Admin gate, per-key rate limit and concurrency: before the body, so a refused request
-//!    costs no body reading.
+//!    A rollout token is held to its rollout's routes right here (403 `rollout_mismatch`).
+//! 6. Admin gate, per-key (or, for a token, per-rollout) rate limit and concurrency: before the
+//!    body, so a refused request costs no body reading.
 //! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
 //!    and the complete buffered body); then JSON and content rules; then what the body asks of
 //!    the upstream: control fields refused, cost fields capped (per key), media URLs checked.
@@ -32,7 +33,7 @@ use super::{
     forward,
     layers::{
         auth, body, body_fields, framing, header_limits, host, json, key_leak, path,
-        path::RouteKind, reserved,
+        path::RouteKind, reserved, rollout,
     },
     record::{BoxError, Held, Record, Tracked},
     reject::Reject,
@@ -126,8 +127,9 @@ async fn checked_forward(
     host::check(headers)?;
     reserved::check(headers, &state.reserved)?;
 
-    let route = path::classify(parts.uri.path(), state.max_path_bytes)?;
-    record.route = route.template.clone();
+    let route = path::classify_in(&state.routes, parts.uri.path(), state.max_path_bytes)?;
+    record.route = route.template.to_string();
+    record.rollout = route.rollout.clone();
     tracing::Span::current().record("route", record.route.as_str());
     let admin = route.kind == RouteKind::Admin;
     if admin && state.admin_keys.is_empty() {
@@ -135,16 +137,26 @@ async fn checked_forward(
     }
     path::check_method(&route, &parts.method)?;
 
-    let key = state.keys.authenticate(headers, SystemTime::now())?;
-    record.key = Some(key.name.clone());
-    tracing::Span::current().record("key", &*key.name);
+    let caller = state.keys.authenticate(headers, SystemTime::now())?;
+    let key = caller.key;
+    record.key = Some(caller.name.clone());
+    tracing::Span::current().record("key", &*caller.name);
+    if let Some(claims) = &caller.rollout {
+        rollout::check_route(claims, route.rollout.as_ref())?;
+    }
     if admin && !state.admin_keys.contains(&key.name) {
         return Err(closed_route());
     }
-    state.rate.check_key(&key.name)?;
-    let permit = state.concurrency.acquire(&key.name)?;
+    // A rollout token spends its rollout's budget instead of a key's.
+    let permit = match &caller.rollout {
+        Some(claims) => state.rollouts.admit(&claims.rollout)?,
+        None => {
+            state.rate.check_key(&key.name)?;
+            state.concurrency.acquire(&key.name)?
+        }
+    };
 
-    let limit = state.body_limit(route.name);
+    let limit = state.body_limit(&route.name);
     body::check_bodyless(&parts.method, headers)?;
     body::check_declared(headers, limit)?;
     let bytes = body::read(request_body, limit, state.body_timeout).await?;

@@ -2,7 +2,9 @@
 //! client goes away), so bytes out and total latency are real even for streams.
 //!
 //! `Tracked` wraps every response body. It passes frames through untouched and unbuffered, counts
-//! them, holds the key's concurrency permit and the upstream slot until the stream ends, and finishes the record on drop.
+//! them, holds the key's concurrency permit and the upstream slot until the stream ends (or the
+//! connection is cut because the client stopped reading: `client_stalled`), and finishes the
+//! record on drop.
 
 use std::{
     net::IpAddr,
@@ -18,7 +20,7 @@ use http_body_util::combinators::BoxBody;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::upstream_slots::Slot;
+use super::{layers::path::RolloutRef, upstream_slots::Slot, write_stall::StallFlag};
 
 use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels};
 
@@ -31,6 +33,8 @@ pub struct Record {
     pub method: String,
     /// The route template, or `-` when the path was refused before it was recognised.
     pub route: String,
+    /// The rollout and attempt an attributed route names.
+    pub rollout: Option<RolloutRef>,
     pub key: Option<Arc<str>>,
     pub status: u16,
     pub decision: &'static str,
@@ -48,10 +52,37 @@ impl Record {
             client,
             method: method.as_str().to_owned(),
             route: "-".into(),
+            rollout: None,
             key: None,
             status: 0,
             decision: "allow",
             reason: "forwarded",
+            bytes_in: 0,
+            upstream: None,
+        }
+    }
+
+    /// The record of a request hyper refused before the pipeline saw it (a malformed or
+    /// over-long head): hyper has answered `status` itself. Nothing of the request is kept, not
+    /// even its method, since the head did not parse.
+    pub fn unparsed(
+        metrics: Arc<Metrics>,
+        client: IpAddr,
+        status: u16,
+        reason: &'static str,
+    ) -> Record {
+        metrics.in_flight.inc();
+        Record {
+            started: Instant::now(),
+            metrics,
+            client,
+            method: "-".into(),
+            route: "-".into(),
+            rollout: None,
+            key: None,
+            status,
+            decision: "deny",
+            reason,
             bytes_in: 0,
             upstream: None,
         }
@@ -68,6 +99,7 @@ impl Record {
             client: self.client,
             method: std::mem::take(&mut self.method),
             route: std::mem::take(&mut self.route),
+            rollout: self.rollout.take(),
             key: self.key.take(),
             status: self.status,
             decision: self.decision,
@@ -86,6 +118,7 @@ pub struct Finished {
     client: IpAddr,
     method: String,
     route: String,
+    rollout: Option<RolloutRef>,
     key: Option<Arc<str>>,
     status: u16,
     decision: &'static str,
@@ -115,6 +148,13 @@ impl Finished {
                 .inc();
         }
         if let Some(key) = &self.key {
+            // Every rollout token counts under one label (the audit line names its rollout):
+            // a training run's rollout ids would make the label set unbounded.
+            let key = if key.starts_with("rollout:") {
+                crate::proxy::layers::auth::ROLLOUT_KEY_NAME
+            } else {
+                &**key
+            };
             let labels = KeyLabels {
                 key: key.to_string(),
             };
@@ -132,7 +172,7 @@ impl Finished {
             metrics.upstream_latency.observe(upstream.as_secs_f64());
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        crate::audit::fields(json!({
+        let mut fields = crate::audit::fields(json!({
                 "client": self.client,
                 "key": self.key.as_deref(),
                 "method": self.method,
@@ -144,7 +184,13 @@ impl Finished {
                 "bytes_out": self.bytes_out,
                 "upstream_ms": self.upstream.map(ms),
                 "total_ms": ms(self.total),
-        }))
+        }));
+        // Ids the route's typed segments checked ([A-Za-z0-9_-]{1,128}): safe to log as they are.
+        if let Some(rollout) = self.rollout {
+            fields.insert("rollout".into(), rollout.rollout.into());
+            fields.insert("attempt".into(), rollout.attempt.into());
+        }
+        fields
     }
 }
 
@@ -169,6 +215,9 @@ pub struct Tracked {
     inner: BoxBody<Bytes, BoxError>,
     record: Record,
     bytes_out: u64,
+    /// The connection's write-stall flag: raised when the client stopped reading and the
+    /// connection was cut, which is then what the record says.
+    stall: Option<Arc<StallFlag>>,
     _held: Held,
 }
 
@@ -178,8 +227,14 @@ impl Tracked {
             inner,
             record,
             bytes_out: 0,
+            stall: None,
             _held: held,
         }
+    }
+
+    /// Records `client_stalled` if `flag` is raised when the body is dropped.
+    pub fn watch_stall(&mut self, flag: Arc<StallFlag>) {
+        self.stall = Some(flag);
     }
 }
 
@@ -221,6 +276,10 @@ impl Body for Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         let bytes_out = self.bytes_out;
+        if self.stall.as_ref().is_some_and(|flag| flag.stalled()) {
+            self.record.decision = "error";
+            self.record.reason = "client_stalled";
+        }
         self.record.finish(bytes_out);
     }
 }

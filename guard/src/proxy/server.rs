@@ -1,23 +1,34 @@
-//! The front listener: a global connection cap, optional TLS, and hyper's HTTP/1.1 server with a
-//! header-read deadline (slowloris), behind the framing watch. Each connection gets a span with
-//! the client address.
+//! The front listener: a global connection cap, per-source caps on open connections and on
+//! connections still waiting for their first head (`sources`), optional TLS, and hyper's
+//! HTTP/1.1 server with a header-read deadline (slowloris) and a write-stall deadline (a client
+//! that stops reading), behind the framing watch. Each connection gets a span with the client
+//! address.
+//!
+//! A request head hyper itself refuses (a raw space in the path, a bad request line, a head over
+//! the buffer) never reaches the pipeline; hyper answers 400/414/431 and ends the connection with
+//! a parse error. That error is turned into an audit record here, so probing stays visible.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
+    server::graceful::{GracefulShutdown, Watcher},
 };
 use tokio::{
-    net::TcpListener,
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
     sync::{watch, Semaphore},
 };
 use tracing::Instrument;
 
 use super::{
     framing_watch::FramingWatch,
+    metrics::{Metrics, ReasonLabels},
     pipeline::{self, Peer},
+    record::Record,
+    sources::{Admitted, Refusal},
+    write_stall::{StallFlag, WriteStall},
     Shared,
 };
 
@@ -52,6 +63,19 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        // Checked before anything is spent on the connection, so a source over its share costs
+        // one accept and one close, and never delays the next source in the queue.
+        let state = shared.state.load();
+        let admitted = match shared.sources.admit(addr.ip(), state.source_caps) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                Metrics::count(&shared.metrics.connections_refused, refusal.reason());
+                tracing::debug!(client.addr = %addr, reason = refusal.reason(), "connection refused");
+                refuse(stream, refusal, state.tls.is_some());
+                continue;
+            }
+        };
+        drop(state);
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let watcher = graceful.watcher();
@@ -60,7 +84,7 @@ pub async fn serve(
             async move {
                 let _permit = permit;
                 shared.metrics.connections.inc();
-                connection(stream, addr, shared.clone(), watcher).await;
+                connection(stream, addr, shared.clone(), watcher, admitted).await;
                 shared.metrics.connections.dec();
             }
             .instrument(span),
@@ -75,11 +99,44 @@ pub async fn serve(
     }
 }
 
+/// Closes a refused connection without waiting for anything. On plaintext it first says why, as
+/// nginx's `limit_conn` does (503, in OpenAI's error shape, so SDKs back off and retry); on TLS a
+/// handshake would spend the very work the cap saves, so the close is bare.
+fn refuse(stream: TcpStream, refusal: Refusal, tls: bool) {
+    if tls {
+        return;
+    }
+    // Whatever already arrived is read off first: closing with unread bytes sends an RST, which
+    // can make the client discard the answer before reading it.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let message = match refusal {
+        Refusal::Connections => "too many open connections from this address",
+        Refusal::PendingHeads => "too many connections from this address without a request",
+    };
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "api_error", "code": refusal.reason() }
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A fresh socket's send buffer takes this whole; if not, the close alone has to do.
+    let _ = stream.try_write(response.as_bytes());
+}
+
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
+    admitted: Admitted,
 ) {
     let state = shared.state.load_full();
     let header_read = state.header_read;
@@ -97,7 +154,17 @@ async fn connection(
                 .saturating_mul(2)
                 .max(16 * 1024),
         );
-    match &state.tls {
+    // Under TLS, so the clock sees the socket itself refuse bytes.
+    let stalls = shared
+        .metrics
+        .connections_closed
+        .get_or_create(&ReasonLabels {
+            reason: "client_stalled".into(),
+        })
+        .clone();
+    let (stream, stall) = WriteStall::new(stream, state.write_stall, stalls);
+    let admitted = Arc::new(admitted);
+    let served = match &state.tls {
         Some(acceptor) => {
             // The handshake gets the same deadline as a request head.
             let handshake = tokio::time::timeout(header_read, acceptor.accept(stream)).await;
@@ -106,25 +173,78 @@ async fn connection(
                 return;
             };
             let peer = Peer { addr, tls: true };
-            let (io, framing) = FramingWatch::new(tls);
-            let service = service_fn(move |request| {
-                pipeline::handle(shared.clone(), peer, framing.take(), request)
-            });
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(err) = watcher.watch(conn).await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
+            http(&builder, tls, &shared, peer, &admitted, &stall, watcher).await
         }
         None => {
             let peer = Peer { addr, tls: false };
-            let (io, framing) = FramingWatch::new(stream);
-            let service = service_fn(move |request| {
-                pipeline::handle(shared.clone(), peer, framing.take(), request)
-            });
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(err) = watcher.watch(conn).await {
-                tracing::debug!(error = %err, "connection ended with an error");
-            }
+            http(&builder, stream, &shared, peer, &admitted, &stall, watcher).await
         }
+    };
+    if let Err(err) = served {
+        ended_with(&shared, addr, &err, stall.stalled());
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the connection ends.
+async fn http<I>(
+    builder: &http1::Builder,
+    io: I,
+    shared: &Arc<Shared>,
+    peer: Peer,
+    admitted: &Arc<Admitted>,
+    stall: &Arc<StallFlag>,
+    watcher: Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, framing) = FramingWatch::new(io);
+    let (shared, admitted, stall) = (shared.clone(), admitted.clone(), stall.clone());
+    let service = service_fn(move |request| {
+        // hyper calls the service once the head is complete.
+        admitted.head_arrived();
+        let handled = pipeline::handle(shared.clone(), peer, framing.take(), request);
+        let stall = stall.clone();
+        async move {
+            let Ok(mut response) = handled.await;
+            response.body_mut().watch_stall(stall);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    watcher
+        .watch(builder.serve_connection(TokioIo::new(io), service))
+        .await
+}
+
+/// Accounts for a connection hyper ended with `err`. A stalled reader was counted when the
+/// limit fired, and its request's record says `client_stalled`; a head hyper refused gets its
+/// own audit record here. Nothing of the request's bytes is logged, only the kind of failure.
+fn ended_with(shared: &Shared, addr: SocketAddr, err: &hyper::Error, stalled: bool) {
+    let metrics = &shared.metrics;
+    if stalled {
+        tracing::debug!("client stopped reading; connection cut");
+        return;
+    }
+    // The statuses hyper answers these with (`on_error` in hyper's h1 server role). hyper has
+    // no public kind for its URI length limit, only this message.
+    let refused = if err.is_parse_too_large() {
+        let status = if err.to_string() == "URI too long" {
+            414
+        } else {
+            431
+        };
+        Some((status, "head_too_large"))
+    } else if err.is_parse() && !err.is_parse_version_h2() {
+        Some((400, "malformed_request"))
+    } else {
+        None
+    };
+    match refused {
+        Some((status, reason)) => {
+            Metrics::count(&metrics.connections_closed, reason);
+            tracing::debug!(reason, status, "request head refused by the HTTP parser");
+            Record::unparsed(metrics.clone(), addr.ip(), status, reason).finish(0);
+        }
+        None => tracing::debug!(error = %err, "connection ended with an error"),
     }
 }

@@ -52,20 +52,6 @@ impl Shape {
             Shape::None => "none",
         }
     }
-
-    /// The shape of each built-in inference route, by the route's name. Until the route table
-    /// carries its own shape, this is where the two meet.
-    pub fn of_route(route: &str) -> Shape {
-        match route {
-            "chat/completions" => Shape::ChatCompletions,
-            "completions" => Shape::Completions,
-            "embeddings" => Shape::Embeddings,
-            "responses" => Shape::Responses,
-            "messages" => Shape::AnthropicMessages,
-            "moderations" => Shape::Moderations,
-            _ => Shape::None,
-        }
-    }
 }
 
 impl fmt::Display for Shape {

@@ -16,18 +16,26 @@ use super::layers::{
     header_limits::HeaderLimits,
     media::MediaPolicy,
     rate::{quota, RateLimits},
+    rollout::RolloutLimits,
 };
 use super::response_headers::ResponseAllow;
+use super::rollout_token::SigningKeys;
+use super::routes::RouteTable;
+use super::sources::SourceCaps;
 use crate::config::proxy::ProxyConfig;
 
 pub struct State {
     pub upstream: Authority,
+    /// The active route table: the profile's routes and `[[proxy.routes]]`.
+    pub routes: Arc<RouteTable>,
     /// `Bearer <key>`, marked sensitive so hyper never logs it.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: KeyStore,
     pub admin_keys: HashSet<Arc<str>>,
     pub rate: RateLimits,
     pub concurrency: Concurrency,
+    /// Each rollout's own budget, for requests with a rollout token.
+    pub rollouts: RolloutLimits,
     pub header_limits: HeaderLimits,
     pub reserved: Vec<HeaderName>,
     /// LiteLLM's custom key header, removed like the other credential headers.
@@ -50,6 +58,10 @@ pub struct State {
     pub upstream_timeout: Duration,
     /// The cap on requests in flight upstream; the slots themselves outlive reloads (`Shared`).
     pub max_upstream_connections: usize,
+    /// Per-source connection caps; the counts themselves outlive reloads (`Shared`).
+    pub source_caps: SourceCaps,
+    /// A response write that makes no progress for this long cuts the connection.
+    pub write_stall: Duration,
 }
 
 /// What the config compiler (`config::compile`) built from `[proxy]`: every value parsed and
@@ -57,9 +69,12 @@ pub struct State {
 #[derive(Clone)]
 pub struct Settings {
     pub upstream: Authority,
+    pub routes: Arc<RouteTable>,
     /// `Bearer <key>` from the upstream key file, marked sensitive.
     pub upstream_auth: Option<HeaderValue>,
     pub keys: Vec<StoredKey>,
+    /// `proxy.rollout_tokens.key_file`, read and parsed; none when tokens are off.
+    pub rollout_keys: Option<SigningKeys>,
     /// The always-reserved names first.
     pub reserved: Vec<HeaderName>,
     /// `proxy.upstream_custom_key_header`, lower-cased.
@@ -100,13 +115,21 @@ impl State {
         let content = &config.content;
         let limits_config = &config.limits;
         let timeouts = &config.timeouts;
+        let tokens = &config.rollout_tokens;
         State {
             upstream: settings.upstream,
+            routes: settings.routes,
             upstream_auth: settings.upstream_auth,
-            keys: KeyStore::new(stored),
+            keys: KeyStore::new(stored, settings.rollout_keys, config.body.caps),
             admin_keys,
             rate: limits,
             concurrency,
+            rollouts: RolloutLimits::new(
+                tokens.rpm,
+                tokens.burst,
+                tokens.concurrency,
+                previous.map(|p| &p.rollouts),
+            ),
             header_limits: HeaderLimits {
                 max_headers: limits_config.max_headers,
                 max_value_bytes: limits_config.max_header_value_bytes,
@@ -137,6 +160,11 @@ impl State {
             body_timeout: Duration::from_secs(timeouts.body_secs),
             upstream_timeout: Duration::from_secs(timeouts.upstream_response_secs),
             max_upstream_connections: limits_config.max_upstream_connections,
+            source_caps: SourceCaps {
+                open: limits_config.max_connections_per_source,
+                pending: limits_config.max_pending_heads_per_source,
+            },
+            write_stall: Duration::from_secs(timeouts.write_stall_secs),
         }
     }
 

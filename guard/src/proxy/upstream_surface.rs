@@ -302,35 +302,40 @@ pub mod body {
 
 // ---- Query parameters, per route ---------------------------------------------------------------
 
-/// The query parameters each inference route of `layers::path::API_ROUTES` takes; any other gets
-/// 400 (`layers::query`). Most take none: the OpenAI API defines no query parameter on these POST
-/// routes or on `GET /models`, and what LiteLLM reads there is control, not request:
-/// `?model=` on chat/completions, completions and embeddings (the handlers' `model` argument, fed
-/// to `resolve_inference_model` next to the body's `model`), `?custom_llm_provider=`
-/// (`get_custom_llm_provider_from_request_query`), `/models`' `team_id`, `scope`,
-/// `include_metadata`, `return_wildcard_routes`, `*_model_access_groups`, `fallback_type`,
-/// `healthy_only` (`model_list`), and every parameter at all, which `user_api_key_auth` copies
-/// into the request data its auth and routing checks read (`populate_request_with_path_params`).
-/// The one kept is Anthropic's `beta` on `/v1/messages`: its SDK's beta namespace (Claude Code)
-/// sends `?beta=true`, which LiteLLM's `anthropic_response` does not act on.
-/// Admin routes are not listed: LiteLLM's management API takes many parameters, and only keys
-/// named in `proxy.admin_routes.keys` reach it (their queries still get the byte checks).
-pub const QUERY_PARAMS: &[(&str, &[&str])] = &[
-    ("chat/completions", &[]),
-    ("completions", &[]),
-    ("embeddings", &[]),
-    ("models", &[]),
-    ("responses", &[]),
-    ("moderations", &[]),
-    ("messages", &["beta"]),
-];
+// The query allow-list of each route is in its route table entry (`proxy::routes`, with why each
+// built-in list is what it is): one source for routes and their parameters.
 
-/// The query parameters inference route `route` takes (none for a route not listed).
-pub fn query_params(route: &str) -> &'static [&'static str] {
-    QUERY_PARAMS
-        .iter()
-        .find(|(name, _)| *name == route)
-        .map_or(&[], |(_, params)| params)
+// ---- Profiles -----------------------------------------------------------------------------------
+
+/// agent-lightning 1.0's server, read from **1.0.2** (`agentlightning/server/app.py`
+/// `_build_auth_dependency`): it takes its key as `Authorization: Bearer KEY` or `x-api-key: KEY`
+/// on every route but `GET /healthz`. Both are in [`CREDENTIAL_HEADERS`], so a client copy never
+/// reaches it; the injected upstream key goes as `Authorization: Bearer`, which it accepts. It
+/// forwards no client header to its model server (`server/proxy.py` sends only
+/// `content-type`), and it overwrites `model` and `temperature` in the body it forwards.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const AGENT_LIGHTNING_VERSION: &str = "1.0.2";
+#[cfg_attr(not(test), allow(dead_code))]
+pub const AGENT_LIGHTNING_CREDENTIAL_HEADERS: &[&str] = &["authorization", "x-api-key"];
+
+/// What each `proxy.upstream_kind` strips and refuses. The three share one surface, the lists
+/// above, on purpose:
+/// - `litellm`: the lists are LiteLLM's own.
+/// - `agent-lightning`: 0.3's proxy *is* LiteLLM's app, and the guard cannot tell 0.3 from 1.0 by
+///   the request, so LiteLLM's lists hold; 1.0 reads its key from
+///   [`AGENT_LIGHTNING_CREDENTIAL_HEADERS`], a subset of [`CREDENTIAL_HEADERS`], and acts on no
+///   other header, so removing LiteLLM's control headers costs it nothing.
+/// - `openai`: an OpenAI-compatible server reads `Authorization` (Azure: `api-key`), both listed.
+///   Behind it there is often a LiteLLM or a gateway of the same family, and a header it ignores
+///   loses nothing by being removed, so the control family is removed too; the body fields that
+///   redirect or bill LiteLLM's calls are refused for the same reason.
+///
+/// What differs per profile is the route table (`proxy::routes`) and the defaults of the limits
+/// (`config::profile`).
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn credential_headers(kind: crate::config::proxy::UpstreamKind) -> &'static [&'static str] {
+    let _ = kind;
+    CREDENTIAL_HEADERS
 }
 
 // ---- The whole control family -------------------------------------------------------------------
@@ -572,18 +577,56 @@ mod tests {
     }
 
     #[test]
-    fn every_inference_route_has_its_query_list() {
-        let routes: Vec<&str> = crate::proxy::layers::path::API_ROUTES
-            .iter()
-            .map(|(route, _, _)| *route)
-            .collect();
-        let listed: Vec<&str> = QUERY_PARAMS.iter().map(|(route, _)| *route).collect();
+    fn every_profile_strips_the_headers_its_upstream_reads_a_key_from() {
+        use crate::config::proxy::UpstreamKind;
+        for name in AGENT_LIGHTNING_CREDENTIAL_HEADERS {
+            assert!(
+                credential_headers(UpstreamKind::AgentLightning).contains(name),
+                "{name}"
+            );
+        }
+        for name in ["authorization", "api-key"] {
+            assert!(credential_headers(UpstreamKind::Openai).contains(&name));
+        }
         assert_eq!(
-            routes, listed,
-            "QUERY_PARAMS and API_ROUTES name the same routes"
+            credential_headers(UpstreamKind::Litellm),
+            CREDENTIAL_HEADERS
         );
-        assert_eq!(query_params("messages"), ["beta"]);
-        assert!(query_params("models").is_empty());
+    }
+
+    /// agent-lightning 1.0's own auth code, when its source is on this machine: the headers it
+    /// compares to its key are the ones listed.
+    #[test]
+    fn agent_lightning_reads_its_key_from_the_listed_headers() {
+        let app = std::path::Path::new("/tmp/agl/v1/agentlightning/server/app.py");
+        let Ok(text) = std::fs::read_to_string(app) else {
+            eprintln!(
+                "SKIPPED: no agent-lightning {AGENT_LIGHTNING_VERSION} source at {}",
+                app.display()
+            );
+            return;
+        };
+        let auth = text
+            .split("def _build_auth_dependency")
+            .nth(1)
+            .and_then(|rest| rest.split("\ndef ").next())
+            .expect("app.py has _build_auth_dependency");
+        let read: Vec<&str> = auth
+            .split("request.headers.get(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(
+            !read.is_empty(),
+            "no header reads found in {}",
+            app.display()
+        );
+        for name in &read {
+            assert!(
+                AGENT_LIGHTNING_CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()),
+                "agent-lightning reads a key from {name}, which the list lacks"
+            );
+        }
     }
 
     #[test]

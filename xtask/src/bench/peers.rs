@@ -126,6 +126,9 @@ upstream = "http://127.0.0.1:{upstream_port}"
 worker_threads = 1
 [proxy.limits]
 max_connections = 4096
+# wrk's 1,000 connections all come from 127.0.0.1.
+max_connections_per_source = 4096
+max_pending_heads_per_source = 4096
 max_concurrent_per_key = 4096
 [proxy.rate]
 per_key_rpm = 1000000000

@@ -68,6 +68,20 @@ expect_eperm() {
     got=$(bind_result "$1")
     [ "$got" = EPERM ] || die "binding 0.0.0.0:$1 gave $got, not EPERM"
 }
+# Whether something listens on TCP PORT. Read from /proc/net/tcp{,6}, not by connecting: the
+# upstream guard refuses this script's connects to the upstream's port.
+listening() {
+    python3 - "$1" <<'PY'
+import sys
+port = ":%04X" % int(sys.argv[1])
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).readlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(port) and fields[3] == "0A":
+            sys.exit(0)
+sys.exit(1)
+PY
+}
 # A field of `proxyguard status --json`, by a Python expression over `s`.
 status_get() {
     proxyguard status --json | python3 -c "import json, sys; s = json.load(sys.stdin); print($1)"
@@ -233,7 +247,7 @@ UNIT
     local key body
     # The README's own key step (step 3 of "Five minutes with proxyguard").
     key=$(proxyguard keys add ci --expires 90d)
-    wait_for "the upstream to listen" 30 sh -c 'python3 -c "import socket; socket.create_connection((\"127.0.0.1\", 4000), 1)" 2>/dev/null'
+    wait_for "the upstream to listen" 30 listening 4000
     body=$(curl -fsS -H "Authorization: Bearer $key" http://127.0.0.1:8080/v1/models)
     local want
     want=$(printf 'Bearer %s' "$LITELLM_MASTER_KEY" | sha256sum | cut -d' ' -f1)
@@ -251,11 +265,34 @@ assert b['credential'] == 'present', 'credential: ' + b['credential']
     mv /etc/proxyguard/credentials/litellm /root/litellm.credential
     systemctl restart litellm.service
     [ "$(prop litellm ActiveState)" = active ] || die "without its credential file litellm.service is $(prop litellm ActiveState)/$(prop litellm Result)"
-    wait_for "the upstream to listen again" 30 sh -c 'python3 -c "import socket; socket.create_connection((\"127.0.0.1\", 4000), 1)" 2>/dev/null'
+    wait_for "the upstream to listen again" 30 listening 4000
     curl -fsS -H "Authorization: Bearer $key" http://127.0.0.1:8080/v1/models | grep -q '"credential": "empty"' || die "the credential was not empty without its file"
     mv /root/litellm.credential /etc/proxyguard/credentials/litellm
     systemctl restart litellm.service
     echo "litellm.service runs under the drop-in, with or without its credential file; served through proxyguard with the injected key; 401 without one"
+}
+
+# The upstream guard: this script runs outside proxyguard.service's cgroup, so its connect to the
+# upstream's port is refused (and reported), while a request through the guard is still served.
+upstream_guard_refuses_others() {
+    local cursor got key
+    # The previous step restarted the upstream last.
+    wait_for "the upstream to listen" 30 listening 4000
+    cursor=$(journalctl -u proxyguard -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+    got=$(python3 - <<'PY'
+import errno, socket
+try:
+    socket.create_connection(("127.0.0.1", 4000), 2)
+    print("connected")
+except OSError as e:
+    print("EPERM" if e.errno == errno.EPERM else f"errno {e.errno}")
+PY
+)
+    [ "$got" = EPERM ] || die "127.0.0.1:4000 from outside proxyguard.service gave $got, not EPERM"
+    wait_for "the denial in the journal" 30 sh -c "journalctl -u proxyguard --after-cursor='$cursor' -o cat --no-pager | grep -q '^upstream_connect_denied '"
+    key=$(proxyguard keys add upstream-guard --expires 1d)
+    curl -fsS -o /dev/null -H "Authorization: Bearer $key" http://127.0.0.1:8080/v1/models || die "the guard no longer reaches the upstream"
+    echo "127.0.0.1:4000 from outside proxyguard.service: EPERM and upstream_connect_denied; still served through the guard"
 }
 
 upgrade_without_a_gap() {
@@ -327,6 +364,7 @@ step watchdog watchdog_restarts_a_stopped_daemon
 step stop-start stop_and_start
 step exposure exposure_online
 step guarded-service guarded_service_hardened
+step upstream-guard upstream_guard_refuses_others
 step upgrade upgrade_without_a_gap
 step purge purge_detaches
 echo "PGSYS-END passed=$passed failed=$failed"

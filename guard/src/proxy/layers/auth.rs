@@ -7,6 +7,10 @@
 //! generates, not passwords. Salting and slow hashing defend against guessing low-entropy secrets
 //! from a leaked hash; for a uniformly random 256-bit key, inverting SHA-256 (or guessing the key)
 //! is infeasible however fast the hash is. Fast also means auth costs microseconds per request.
+//!
+//! A credential that starts with `pgr1.` is a rollout token (`proxy::rollout_token`), verified by
+//! its signature instead of looked up; it authenticates as the one pseudo-key [`ROLLOUT_KEY_NAME`]
+//! with the default caps and no control headers of its own.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -14,7 +18,15 @@ use http::{header, HeaderMap, HeaderName, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::proxy::{reject::Reject, upstream_surface::CREDENTIAL_HEADERS};
+use crate::proxy::{
+    reject::Reject,
+    rollout_token::{self, Claims, SigningKeys, TokenError},
+    upstream_surface::CREDENTIAL_HEADERS,
+};
+
+/// The key name of every rollout token in metrics (the audit line names the rollout). A plain
+/// key's name cannot contain `:`, so no plain key can share it, its limits or its admin rights.
+pub const ROLLOUT_KEY_NAME: &str = "rollout:*";
 
 /// Headers a client key may come in; all are removed before forwarding.
 pub const KEY_HEADERS: [HeaderName; 3] = [
@@ -35,14 +47,45 @@ pub struct StoredKey {
     pub caps: crate::config::proxy::Caps,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KeyStore {
     keys: Vec<StoredKey>,
+    /// The rollout-token signing keys (`proxy.rollout_tokens.key_file`), when tokens are on.
+    tokens: Option<SigningKeys>,
+    /// What a rollout token authenticates as.
+    token_key: StoredKey,
+}
+
+/// Who a request authenticated as: a stored key, or a rollout token and what it grants.
+#[derive(Debug)]
+pub struct Caller<'a> {
+    pub key: &'a StoredKey,
+    pub rollout: Option<Claims>,
+    /// The audit name: the key's name, or `rollout:<id>` for a token.
+    pub name: Arc<str>,
 }
 
 impl KeyStore {
-    pub fn new(keys: Vec<StoredKey>) -> KeyStore {
-        KeyStore { keys }
+    /// `caps` are what rollout tokens get (`proxy.body.caps`).
+    pub fn new(
+        keys: Vec<StoredKey>,
+        tokens: Option<SigningKeys>,
+        caps: crate::config::proxy::Caps,
+    ) -> KeyStore {
+        KeyStore {
+            keys,
+            tokens,
+            token_key: StoredKey {
+                name: ROLLOUT_KEY_NAME.into(),
+                // Never compared: a token is verified by its signature, not looked up.
+                hash: [0; 32],
+                // A token carries its own expiry.
+                expires: None,
+                rpm: None,
+                upstream_allow: Vec::new(),
+                caps,
+            },
+        }
     }
 
     #[cfg(test)]
@@ -50,8 +93,8 @@ impl KeyStore {
         &self.keys
     }
 
-    /// The key the request presents, if it is known and current.
-    pub fn authenticate(&self, headers: &HeaderMap, now: SystemTime) -> Result<&StoredKey, Reject> {
+    /// The caller the request's credential names, if it is known and current.
+    pub fn authenticate(&self, headers: &HeaderMap, now: SystemTime) -> Result<Caller<'_>, Reject> {
         let unauthorized =
             |reason, message: &str| Reject::new(StatusCode::UNAUTHORIZED, reason, message);
         let presented = presented_key(headers).ok_or_else(|| {
@@ -60,6 +103,35 @@ impl KeyStore {
                 "an API key is required (Authorization: Bearer, x-api-key or api-key)",
             )
         })?;
+        if presented.starts_with(rollout_token::PREFIX.as_bytes()) {
+            let claims = self
+                .tokens
+                .as_ref()
+                .ok_or(TokenError::Disabled)
+                .and_then(|keys| keys.verify(presented, now))
+                .map_err(|err| {
+                    let reason = match err {
+                        TokenError::Expired => "token_expired",
+                        _ => "bad_token",
+                    };
+                    unauthorized(reason, &err.to_string())
+                })?;
+            return Ok(Caller {
+                key: &self.token_key,
+                name: format!("rollout:{}", claims.rollout).into(),
+                rollout: Some(claims),
+            });
+        }
+        self.authenticate_key(presented, now).map(|key| Caller {
+            key,
+            rollout: None,
+            name: key.name.clone(),
+        })
+    }
+
+    fn authenticate_key(&self, presented: &[u8], now: SystemTime) -> Result<&StoredKey, Reject> {
+        let unauthorized =
+            |reason, message: &str| Reject::new(StatusCode::UNAUTHORIZED, reason, message);
         let digest: [u8; 32] = Sha256::digest(presented).into();
         // Every stored hash is compared, without an early exit, so timing says nothing about
         // which key (if any) matched or how many bytes of a hash were right.
@@ -146,15 +218,27 @@ mod tests {
             upstream_allow: Vec::new(),
             caps: Default::default(),
         };
-        KeyStore::new(vec![
-            key("alice", "sk-alice", None),
-            key("bob", "sk-bob", None),
-            key(
-                "old",
-                "sk-old",
-                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10)),
-            ),
-        ])
+        KeyStore::new(
+            vec![
+                key("alice", "sk-alice", None),
+                key("bob", "sk-bob", None),
+                key(
+                    "old",
+                    "sk-old",
+                    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10)),
+                ),
+            ],
+            Some(signing()),
+            Default::default(),
+        )
+    }
+
+    fn signing() -> SigningKeys {
+        SigningKeys::parse(
+            &format!("k1 {}", "ab".repeat(32)),
+            std::path::Path::new("t"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -182,13 +266,65 @@ mod tests {
             }
             let got = store
                 .authenticate(&map, SystemTime::now())
-                .map(|key| key.name.to_string())
+                .map(|caller| caller.name.to_string())
                 .map_err(|reject| {
                     assert_eq!(reject.status, 401);
                     reject.reason
                 });
             assert_eq!(got.as_deref().map_err(|r| *r), *expected, "{headers:?}");
         }
+    }
+
+    #[test]
+    fn tokens_authenticate_as_their_rollout() {
+        let store = store();
+        let now = SystemTime::now();
+        let good = signing().mint("ro-1", Some("at-1"), now + Duration::from_secs(60));
+        let expired = signing().mint("ro-1", None, now - Duration::from_secs(1));
+        let other_key = SigningKeys::parse(
+            &format!("k1 {}", "cd".repeat(32)),
+            std::path::Path::new("t"),
+        )
+        .unwrap()
+        .mint("ro-1", None, now + Duration::from_secs(60));
+        let cases: [(&str, &str, Result<&str, &str>); 5] = [
+            (
+                "authorization",
+                &format!("Bearer {good}"),
+                Ok("rollout:ro-1"),
+            ),
+            ("x-api-key", &good, Ok("rollout:ro-1")),
+            ("api-key", &expired, Err("token_expired")),
+            ("api-key", &other_key, Err("bad_token")),
+            ("x-api-key", "pgr1.garbage", Err("bad_token")),
+        ];
+        for (header, value, expected) in cases {
+            let mut map = HeaderMap::new();
+            map.insert(HeaderName::from_static(header), value.parse().unwrap());
+            let got = store.authenticate(&map, now);
+            match (got, expected) {
+                (Ok(caller), Ok(name)) => {
+                    assert_eq!(&*caller.name, name);
+                    assert_eq!(&*caller.key.name, ROLLOUT_KEY_NAME);
+                    let claims = caller.rollout.unwrap();
+                    assert_eq!(
+                        (claims.rollout.as_str(), claims.attempt.as_deref()),
+                        ("ro-1", Some("at-1"))
+                    );
+                }
+                (Err(reject), Err(reason)) => {
+                    assert_eq!((reject.status.as_u16(), reject.reason), (401, reason));
+                }
+                (got, _) => panic!("{header}: {got:?}, wanted {expected:?}"),
+            }
+        }
+        let without = KeyStore::new(Vec::new(), None, Default::default());
+        let mut map = HeaderMap::new();
+        map.insert(HeaderName::from_static("x-api-key"), good.parse().unwrap());
+        assert_eq!(
+            without.authenticate(&map, now).unwrap_err().reason,
+            "bad_token"
+        );
     }
 
     #[test]

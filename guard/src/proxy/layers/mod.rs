@@ -16,6 +16,7 @@ pub mod path;
 pub mod query;
 pub mod rate;
 pub mod reserved;
+pub mod rollout;
 pub mod upstream_controls;
 
 /// Whether header `name` reads as `target` (lower-case, hyphenated) once `_` is taken for `-`, as

@@ -1,27 +1,37 @@
-//! The route allow-list and per-route methods (threat 3).
+//! The raw-path checks and the per-request route value (threat 3).
 //!
 //! The raw path is checked as sent, never decoded or normalized first: encoded `/ . \`, NUL and
 //! control characters, `..` or `.` segments, `//` and over-long paths get 400, because the
-//! upstream's permissive, decoded matching is what made them dangerous. Then only known routes
-//! pass: the OpenAI-compatible ones (with or without `/v1`), `/v1/messages`, each optionally
-//! under `/rollout/{id}/attempt/{id}`. The upstream's admin routes are recognised so that config
-//! can open them to named keys; everything else is 404.
+//! upstream's permissive, decoded matching is what made them dangerous. Then only the routes of
+//! the active table pass (`proxy::routes`: the profile's built-in routes and the config's
+//! `[[proxy.routes]]`); the upstream's admin routes are in the table so that config can open them
+//! to named keys; everything else is 404.
+
+use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use crate::proxy::{reject::Reject, shapes::Shape};
+use crate::proxy::{
+    reject::Reject,
+    routes::{RouteSpec, RouteTable},
+    shapes::Shape,
+};
 
+/// The route a request names: a few `Arc` clones of its table entry and, on attributed routes,
+/// the rollout ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The route's name in the allow-list (`chat/completions`), or `admin`.
-    pub name: &'static str,
+    /// The route's name in the table (`chat/completions`, `events`), or `admin`.
+    pub name: Arc<str>,
     /// The path with ids replaced, for logs and metric labels: `/rollout/{id}/attempt/{id}/v1/models`.
-    pub template: String,
+    pub template: Arc<str>,
     pub kind: RouteKind,
     /// The body shape the route takes (`Shape::None` for GET and admin routes).
     pub shape: Shape,
     /// The rollout and attempt the path names, on attributed routes.
     pub rollout: Option<RolloutRef>,
+    /// Its table entry: methods and query allow-list.
+    pub spec: Arc<RouteSpec>,
 }
 
 /// A rollout (and attempt) named by the path: what rollout-scoped keys are matched against.
@@ -33,115 +43,44 @@ pub struct RolloutRef {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteKind {
-    /// An inference route and the one method it takes.
-    Api(&'static Method),
+    /// An inference (or agent-facing) route.
+    Api,
     /// An upstream management route: closed unless config names the caller's key.
     Admin,
 }
 
-/// Inference routes after the optional prefixes, with their methods.
-pub const API_ROUTES: &[(&str, &Method, bool)] = &[
-    // (route, method, needs the /v1 prefix)
-    ("chat/completions", &Method::POST, false),
-    ("completions", &Method::POST, false),
-    ("embeddings", &Method::POST, false),
-    ("models", &Method::GET, false),
-    ("responses", &Method::POST, false),
-    ("moderations", &Method::POST, false),
-    ("messages", &Method::POST, true),
-];
-
-/// First path segments of LiteLLM's management API and UI.
-const ADMIN_PREFIXES: &[&str] = &[
-    "key",
-    "user",
-    "team",
-    "model",
-    "config",
-    "ui",
-    "global",
-    "spend",
-    "customer",
-    "organization",
-    "budget",
-    "credentials",
-    "sso",
-    "health",
-    "routes",
-    "settings",
-];
-
-pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
+/// The raw-path checks, then the route of `table`.
+pub fn classify_in(table: &RouteTable, path: &str, max_bytes: usize) -> Result<Route, Reject> {
     check_syntax(path, max_bytes)?;
-    let not_found = || Reject::new(StatusCode::NOT_FOUND, "unknown_route", "no such route");
-    let mut rest = path.strip_prefix('/').ok_or_else(not_found)?;
-    let mut template = String::new();
-    let mut rollout = None;
+    table.classify(path)
+}
 
-    let segments: Vec<&str> = rest.splitn(5, '/').collect();
-    if segments.len() == 5 && segments[0] == "rollout" && segments[2] == "attempt" {
-        if !valid_id(segments[1]) || !valid_id(segments[3]) {
-            return Err(Reject::new(
-                StatusCode::BAD_REQUEST,
-                "bad_path",
-                "rollout and attempt ids must match [A-Za-z0-9_-]{1,128}",
-            ));
-        }
-        template.push_str("/rollout/{id}/attempt/{id}");
-        rollout = Some(RolloutRef {
-            rollout: segments[1].to_owned(),
-            attempt: segments[3].to_owned(),
-        });
-        rest = segments[4];
-    }
-    let versioned = match rest.strip_prefix("v1/") {
-        Some(after) => {
-            template.push_str("/v1");
-            rest = after;
-            true
-        }
-        None => false,
-    };
-    if let Some((route, method, _)) = API_ROUTES
-        .iter()
-        .find(|(route, _, needs_v1)| *route == rest && (versioned || !needs_v1))
-    {
-        template.push('/');
-        template.push_str(route);
-        return Ok(Route {
-            name: route,
-            template,
-            kind: RouteKind::Api(method),
-            shape: Shape::of_route(route),
-            rollout,
-        });
-    }
-    let first = rest.split('/').next().unwrap_or_default();
-    if template.is_empty() && ADMIN_PREFIXES.contains(&first) {
-        return Ok(Route {
-            name: "admin",
-            template: format!("/{first}/*"),
-            kind: RouteKind::Admin,
-            shape: Shape::None,
-            rollout: None,
-        });
-    }
-    Err(not_found())
+/// [`classify_in`] on the litellm profile's built-in table (unit tests).
+#[cfg(test)]
+pub fn classify(path: &str, max_bytes: usize) -> Result<Route, Reject> {
+    static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
+    let table = TABLE
+        .get_or_init(|| RouteTable::builtin(crate::config::proxy::UpstreamKind::Litellm, false));
+    classify_in(table, path, max_bytes)
 }
 
 /// 405 when the route takes another method.
 pub fn check_method(route: &Route, method: &Method) -> Result<(), Reject> {
-    match route.kind {
-        RouteKind::Api(allowed) if allowed != method => Err(Reject::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} takes {allowed} only", route.template),
-        )),
-        _ => Ok(()),
+    if route.spec.takes(method) {
+        return Ok(());
     }
+    Err(Reject::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} takes {} only",
+            route.template,
+            route.spec.methods_text()
+        ),
+    ))
 }
 
-fn check_syntax(path: &str, max_bytes: usize) -> Result<(), Reject> {
+pub fn check_syntax(path: &str, max_bytes: usize) -> Result<(), Reject> {
     let bad = |message: &str| Reject::new(StatusCode::BAD_REQUEST, "bad_path", message);
     if path.len() > max_bytes {
         return Err(bad("the path is too long"));
@@ -168,13 +107,6 @@ fn check_syntax(path: &str, max_bytes: usize) -> Result<(), Reject> {
         return Err(bad("the path holds a '.' or '..' segment"));
     }
     Ok(())
-}
-
-fn valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -231,7 +163,7 @@ mod tests {
         ];
         for (path, expected) in cases {
             let got = classify(path, 2048)
-                .map(|r| r.template)
+                .map(|r| r.template.to_string())
                 .map_err(|r| r.status.as_u16());
             assert_eq!(got.as_deref().map_err(|s| *s), expected, "{path}");
         }

@@ -1,5 +1,5 @@
-//! Query strings (threat 3, issue 12): each inference route takes only the parameter names
-//! `upstream_surface::QUERY_PARAMS` lists for it, most none, each at most once. LiteLLM copies
+//! Query strings (threat 3, issue 12): each inference route takes only the parameter names its
+//! entry in the route table (`proxy::routes`) lists, most none, each at most once. LiteLLM copies
 //! every query parameter into the request data its auth and routing read, so an unlisted one is
 //! control the guard did not understand, and gets 400 `query` naming it (the name, never its
 //! value).
@@ -11,7 +11,7 @@
 use http::StatusCode;
 
 use super::path::{Route, RouteKind};
-use crate::proxy::{reject::Reject, upstream_surface};
+use crate::proxy::reject::Reject;
 
 /// Names longer than this are not echoed back, only refused.
 const MAX_NAMED: usize = 64;
@@ -22,7 +22,7 @@ pub fn check(route: &Route, query: Option<&str>, max_bytes: usize) -> Result<(),
     };
     check_syntax(query, max_bytes)?;
     let allowed = match route.kind {
-        RouteKind::Api(_) => upstream_surface::query_params(route.name),
+        RouteKind::Api => &route.spec.query,
         RouteKind::Admin => return Ok(()),
     };
     let mut seen: Vec<&str> = Vec::new();
@@ -30,7 +30,7 @@ pub fn check(route: &Route, query: Option<&str>, max_bytes: usize) -> Result<(),
         .split('&')
         .map(|param| param.split('=').next().unwrap_or_default())
     {
-        if !allowed.contains(&name) {
+        if !allowed.iter().any(|param| **param == *name) {
             let listed = if allowed.is_empty() {
                 "it takes no query parameters".to_owned()
             } else {

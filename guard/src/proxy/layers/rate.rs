@@ -83,7 +83,7 @@ impl RateLimits {
     }
 }
 
-fn too_many(
+pub(super) fn too_many(
     reason: &'static str,
     who: &str,
     not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>,

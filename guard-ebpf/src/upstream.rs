@@ -1,0 +1,170 @@
+//! The upstream guard (cgroup `connect4` / `connect6`): a connect to the guarded LLM proxy's port
+//! on this host is allowed only from proxyguard's own cgroup and the listed cgroups.
+//!
+//! Attached at the cgroup v2 root, so every process on the host is judged. A connect to anything
+//! else passes after one LPM lookup.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    programs::SockAddrContext,
+};
+use guard_common::{
+    bind::{FAMILY_V4, FAMILY_V6},
+    egress::{EgressEvent, MAX_CGROUP_LEVEL, PROTO_TCP},
+    mode,
+    upstream::{
+        UpstreamConfig, CGROUP_SUBTREE, MAX_UPSTREAM_CGROUPS, MAX_UPSTREAM_DESTS, STAT_ALLOWED,
+        STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY, UPSTREAM_EVENTS_BYTES,
+    },
+    verdict, PortAddrV4, PortAddrV6, COMM_LEN,
+};
+
+use crate::{
+    sock_addr::{read_v4, read_v6, v4_mapped},
+    stats::bump,
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[map]
+static UPSTREAM_CONFIG: Array<UpstreamConfig> = Array::with_max_entries(1, 0);
+#[map]
+static UPSTREAM_DEST_V4: LpmTrie<PortAddrV4, u32> =
+    LpmTrie::with_max_entries(MAX_UPSTREAM_DESTS, 0);
+#[map]
+static UPSTREAM_DEST_V6: LpmTrie<PortAddrV6, u32> =
+    LpmTrie::with_max_entries(MAX_UPSTREAM_DESTS, 0);
+#[map]
+static UPSTREAM_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_UPSTREAM_CGROUPS, 0);
+#[map]
+static UPSTREAM_EVENTS: RingBuf = RingBuf::with_byte_size(UPSTREAM_EVENTS_BYTES, 0);
+#[map]
+static UPSTREAM_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn upstream_connect_v4(ctx: SockAddrContext) -> i32 {
+    let (port, addr) = read_v4(&ctx);
+    if !guarded_v4(port, addr) {
+        return ALLOW;
+    }
+    let mut ip = [0u8; 16];
+    ip[..4].copy_from_slice(&addr);
+    judge(FAMILY_V4, port, ip)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn upstream_connect_v6(ctx: SockAddrContext) -> i32 {
+    let (port, addr) = read_v6(&ctx);
+    // A v4-mapped destination (::ffff:127.0.0.1) on a dual-stack socket is an IPv4 destination.
+    let guarded = match v4_mapped(&addr) {
+        Some(v4) => guarded_v4(port, v4),
+        None => guarded_v6(port, addr),
+    };
+    if !guarded {
+        return ALLOW;
+    }
+    judge(FAMILY_V6, port, addr)
+}
+
+fn guarded_v4(port: u16, addr: [u8; 4]) -> bool {
+    let key = Key::new(
+        16 + 32,
+        PortAddrV4 {
+            port: port.to_be_bytes(),
+            addr,
+        },
+    );
+    UPSTREAM_DEST_V4.get(key).is_some()
+}
+
+fn guarded_v6(port: u16, addr: [u8; 16]) -> bool {
+    let key = Key::new(
+        16 + 128,
+        PortAddrV6 {
+            port: port.to_be_bytes(),
+            addr,
+        },
+    );
+    UPSTREAM_DEST_V6.get(key).is_some()
+}
+
+/// A connect to a guarded destination: allowed from an allowed cgroup, else a violation.
+fn judge(family: u16, port: u16, addr: [u8; 16]) -> i32 {
+    let Some(config) = UPSTREAM_CONFIG.get(0).copied() else {
+        return ALLOW;
+    };
+    if allowed_caller(&config) {
+        bump(&UPSTREAM_STATS, STAT_ALLOWED);
+        return ALLOW;
+    }
+    violation(&config, family, port, addr)
+}
+
+/// Whether the current task's cgroup is allowed itself, or lies below a subtree entry.
+fn allowed_caller(config: &UpstreamConfig) -> bool {
+    // SAFETY: helper call without memory arguments.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: only the presence of the entry is used.
+    if unsafe { UPSTREAM_CGROUPS.get(own) }.is_some() {
+        return true;
+    }
+    let mut level = 1;
+    while level <= MAX_CGROUP_LEVEL && level <= config.max_level {
+        // SAFETY: as above; 0 means "the task is not that deep".
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if ancestor == 0 || ancestor == own {
+            break;
+        }
+        // SAFETY: the value is copied out at once.
+        if unsafe { UPSTREAM_CGROUPS.get(ancestor) }.copied() == Some(CGROUP_SUBTREE) {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
+fn violation(config: &UpstreamConfig, family: u16, port: u16, addr: [u8; 16]) -> i32 {
+    let enforce = config.mode == mode::ENFORCE;
+    bump(
+        &UPSTREAM_STATS,
+        if enforce {
+            STAT_DENIED
+        } else {
+            STAT_WOULD_DENY
+        },
+    );
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = EgressEvent {
+        // SAFETY: helper call without memory arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        verdict: if enforce {
+            verdict::DENIED
+        } else {
+            verdict::WOULD_DENY
+        },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        addr,
+        family,
+        port,
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    if UPSTREAM_EVENTS.output::<EgressEvent>(&event, 0).is_err() {
+        bump(&UPSTREAM_STATS, STAT_EVENTS_LOST);
+    }
+    if enforce {
+        DENY
+    } else {
+        ALLOW
+    }
+}
