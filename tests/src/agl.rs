@@ -422,6 +422,13 @@ impl Operator {
         fs::write(&self.config, format!("{head}{tail}")).expect("write the config");
     }
 
+    /// Points later commands at the running daemon's config (the harness runs the daemon on a
+    /// copy): on a host there is one file, and `keys mint` writes its signing key beside it and
+    /// reloads the daemon.
+    pub fn follow(&mut self, daemon: &crate::Daemon) {
+        self.config = daemon.config_path.clone();
+    }
+
     /// `proxyguard run --no-kernel` on the operator's config.
     pub fn start_guard(&self) -> crate::Daemon {
         let text = fs::read_to_string(&self.config).expect("config");

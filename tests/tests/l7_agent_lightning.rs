@@ -47,7 +47,7 @@ struct V03 {
 
 fn v03_from_the_readme() -> V03 {
     let proxy_port = free_port();
-    let operator = Operator::new(
+    let mut operator = Operator::new(
         &venv03(),
         &[("127.0.0.1:4000", format!("127.0.0.1:{proxy_port}"))],
         &[("LITELLM_MASTER_KEY", LITELLM_MASTER)],
@@ -62,6 +62,7 @@ fn v03_from_the_readme() -> V03 {
 
     let agl = Agl03::start(LITELLM_MASTER, proxy_port);
     let guard = operator.start_guard();
+    operator.follow(&guard);
     let base = front(&guard);
     V03 {
         agl,
@@ -158,7 +159,7 @@ struct V10 {
 
 fn v10_from_the_readme() -> V10 {
     let agl_port = free_port();
-    let operator = Operator::new(
+    let mut operator = Operator::new(
         &venv10(),
         &[
             ("127.0.0.1:8081", format!("127.0.0.1:{agl_port}")),
@@ -184,6 +185,7 @@ fn v10_from_the_readme() -> V10 {
     // No AGL_KEY in agl-server's environment but what the README's line reads from the key file.
     let agl = Agl10::start(&operator.localise(&server[0]), &[]);
     let guard = operator.start_guard();
+    operator.follow(&guard);
     let base = front(&guard);
 
     // The trainer registers the model server through the guard, with its admin key.
@@ -242,7 +244,6 @@ impl V10 {
 }
 
 #[test]
-#[ignore = "needs branch routes: [proxy] upstream_kind = \"agent-lightning\" (config init --upstream-kind) and 1.0's /proxy/rollout/... and /api/rollouts/... routes"]
 fn v10_agl_server_behind_the_guard_chat_events_attribution_and_refusals() {
     let mut v = v10_from_the_readme();
     let rid = v.rollout();
@@ -347,7 +348,6 @@ fn v10_agl_server_behind_the_guard_chat_events_attribution_and_refusals() {
 }
 
 #[test]
-#[ignore = "needs branches routes (agent-lightning profile, 1.0's routes) and tokens (proxyguard keys mint, 403 rollout_mismatch)"]
 fn v10_a_scoped_token_on_another_rollouts_path_is_refused_and_writes_nothing() {
     let v = v10_from_the_readme();
     let rid = v.rollout();
@@ -383,7 +383,6 @@ fn v10_a_scoped_token_on_another_rollouts_path_is_refused_and_writes_nothing() {
 }
 
 #[test]
-#[ignore = "needs branch tokens (proxyguard keys mint, 403 rollout_mismatch)"]
 fn v03_a_scoped_token_on_another_rollouts_path_is_refused_and_writes_nothing() {
     let v = v03_from_the_readme();
     let (rid, aid) = v.agl.start_rollout();
@@ -413,7 +412,6 @@ fn v03_a_scoped_token_on_another_rollouts_path_is_refused_and_writes_nothing() {
 /// The figure the agent-lightning profile's defaults are sized for: 8 rollouts, each with 10
 /// calls in flight at once, through the real agl-server, on one agents' key.
 #[test]
-#[ignore = "needs branch routes: the agent-lightning profile's defaults and 1.0's routes"]
 fn parallel_rollouts_on_the_agent_lightning_defaults_get_no_429() {
     let v = v10_from_the_readme();
     let rollouts: Vec<String> = (0..8).map(|_| v.rollout()).collect();
