@@ -2,6 +2,7 @@
 //! guards, plus the rules for privileged tests (root required; features this host refuses are
 //! skipped here with the reason, and must work in the VM).
 
+pub mod agl;
 pub mod bpf;
 pub mod bpf_map;
 pub mod cgroup;

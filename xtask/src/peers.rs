@@ -1,5 +1,6 @@
 //! The L7 tests' Python peers, pinned: LiteLLM's proxy and the openai SDK at the exact versions
-//! (and hashes) of `tests/py/requirements.txt`, in the venv the tests use; and `cargo xtask peers
+//! (and hashes) of `tests/py/requirements.txt`, in the venv the tests use; agent-lightning 0.3.0
+//! and 1.0.2 (`tests/py/agl/v*/requirements.txt`, on Python 3.12) in a venv each; and `cargo xtask peers
 //! --latest`, which runs the L7 tests against today's releases in a venv of their own and says
 //! what differs, so that moving a pin is a deliberate commit.
 //!
@@ -78,32 +79,165 @@ fn unmet(want: &Versions, have: &Versions) -> Vec<String> {
         .collect()
 }
 
-/// Whether the peers import (offline: LiteLLM otherwise fetches its model price map on import).
-fn imports(dir: &Path) -> bool {
-    dir.join("bin/litellm").is_file()
+/// A venv built from one hashed requirements file: where its pins are, where the tests find it (a
+/// symlink, switched in one rename), the interpreter it is made with, and what must import.
+struct Pinned {
+    /// The requirements file, relative to the workspace root.
+    requirements: &'static str,
+    /// The path the tests use (`PROXYGUARD_VENV` and the like).
+    link: PathBuf,
+    /// Builds live at `venvs/<prefix><hash of the requirements>`.
+    prefix: &'static str,
+    python: Python,
+    /// An executable the venv must have, and a Python statement that must run in it.
+    executable: &'static str,
+    import: &'static str,
+}
+
+/// The interpreter a venv is made with.
+#[derive(Clone, Copy)]
+enum Python {
+    /// `python3` on PATH (3.9 or newer): the main venv, whose pins cover several versions.
+    System,
+    /// Python 3.12 exactly: the agent-lightning pins hash CPython 3.12's wheels (1.0.2 needs 3.12).
+    Py312,
+}
+
+impl Python {
+    fn find(self) -> Result<PathBuf> {
+        match self {
+            Python::System => Ok(PathBuf::from("python3")),
+            Python::Py312 => python312(),
+        }
+    }
+}
+
+/// Python 3.12 (the newest 3.12.x): pyenv's (`pyenv root`, else ~/.pyenv), else `python3.12` on PATH.
+fn python312() -> Result<PathBuf> {
+    let mut roots = Vec::new();
+    if let Ok(root) = cmd::output(Command::new("pyenv").arg("root")) {
+        roots.push(PathBuf::from(root.trim()));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        roots.push(PathBuf::from(home).join(".pyenv"));
+    }
+    let mut found: Vec<(Vec<u32>, PathBuf)> = roots
+        .iter()
+        .filter_map(|root| fs::read_dir(root.join("versions")).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let rest = name.strip_prefix("3.12.")?;
+            let patch: u32 = rest.parse().ok()?;
+            let python = entry.path().join("bin/python");
+            python.is_file().then_some((vec![12, patch], python))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, python)) = found.pop() {
+        return Ok(python);
+    }
+    let on_path = Command::new("python3.12")
+        .args(["-c", "import sys, venv; print(sys.version_info[:2])"])
+        .output();
+    if on_path.is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"(3, 12)")) {
+        return Ok(PathBuf::from("python3.12"));
+    }
+    bail!(
+        "agent-lightning's test venvs need Python 3.12 (1.0.2 requires it, and their pins hash \
+         CPython 3.12's wheels); none found under `pyenv root`/versions/3.12.*, ~/.pyenv/versions/3.12.* \
+         or as python3.12 on PATH. Install it with `pyenv install 3.12` (or \
+         `apt-get install python3.12-venv` where the distribution ships it), then rerun `cargo xtask setup`"
+    )
+}
+
+fn main_venv() -> Pinned {
+    Pinned {
+        requirements: REQUIREMENTS,
+        link: venv_dir(),
+        prefix: "",
+        python: Python::System,
+        executable: "bin/litellm",
+        // Offline: LiteLLM otherwise fetches its model price map on import.
+        import: "import litellm.proxy, openai",
+    }
+}
+
+/// agent-lightning 0.3.0's venv (`PROXYGUARD_AGL03_VENV`): its LLMProxy, on LiteLLM 1.108.7.
+pub fn agl03_venv_dir() -> PathBuf {
+    cache_dir().join("venv-agl-0.3")
+}
+
+/// agent-lightning 1.0.2's venv (`PROXYGUARD_AGL10_VENV`): `agl-server`, on Python 3.12.
+pub fn agl10_venv_dir() -> PathBuf {
+    cache_dir().join("venv-agl-1.0")
+}
+
+fn agl_venvs() -> [Pinned; 2] {
+    [
+        Pinned {
+            requirements: "tests/py/agl/v0.3/requirements.txt",
+            link: agl03_venv_dir(),
+            prefix: "agl-0.3-",
+            python: Python::Py312,
+            executable: "bin/agl",
+            import: "import agentlightning, litellm.proxy, openai",
+        },
+        Pinned {
+            requirements: "tests/py/agl/v1.0/requirements.txt",
+            link: agl10_venv_dir(),
+            prefix: "agl-1.0-",
+            python: Python::Py312,
+            executable: "bin/agl-server",
+            import: "import agentlightning.server.app, openai",
+        },
+    ]
+}
+
+/// Whether the venv's peers import (offline).
+fn imports(dir: &Path, spec: &Pinned) -> bool {
+    dir.join(spec.executable).is_file()
         && cmd::succeeds(
             Command::new(dir.join("bin/python"))
-                .args(["-c", "import litellm.proxy, openai"])
+                .args(["-c", spec.import])
                 .env("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
         )
 }
 
-/// Setup's step: the tests' venv holds exactly the pins. A no-op (one `pip freeze`) when it does.
+/// Setup's step: every test venv holds exactly its pins. A no-op (one `pip freeze` each) when
+/// they do.
 pub fn ensure_pinned() -> Result<()> {
-    let (path, text) = requirements()?;
+    ensure(&main_venv())?;
+    for spec in agl_venvs() {
+        ensure(&spec)?;
+    }
+    Ok(())
+}
+
+fn ensure(spec: &Pinned) -> Result<()> {
+    let path = cmd::workspace_root().join(spec.requirements);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let want = pins(&text);
-    let venv = venv_dir();
-    let missing = unmet(&want, &installed(&venv));
-    if missing.is_empty() && imports(&venv) {
+    let venv = &spec.link;
+    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    // A venv that was built (or checked) from exactly this file says so: the warm path reads one
+    // file instead of importing LiteLLM and agent-lightning (ten seconds of CPU each).
+    if fs::read_to_string(venv.join(STAMP)).is_ok_and(|stamp| stamp.trim() == hash) {
         return Ok(());
     }
-    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
-    let build = cache_dir().join("venvs").join(&hash);
-    if !(unmet(&want, &installed(&build)).is_empty() && imports(&build)) {
+    let missing = unmet(&want, &installed(venv));
+    if missing.is_empty() && imports(venv, spec) {
+        return stamp(venv, &hash);
+    }
+    let build = cache_dir()
+        .join("venvs")
+        .join(format!("{}{hash}", spec.prefix));
+    if !(unmet(&want, &installed(&build)).is_empty() && imports(&build, spec)) {
         println!(
             "setup: the venv at {} does not hold the pins of {} ({}); building {} (a few minutes)",
             venv.display(),
-            REQUIREMENTS,
+            spec.requirements,
             missing
                 .first()
                 .map_or("the peers do not import", String::as_str),
@@ -111,7 +245,7 @@ pub fn ensure_pinned() -> Result<()> {
         );
         // A half-built venv of the same hash is ours alone (no test points at it yet).
         let _ = fs::remove_dir_all(&build);
-        create_venv(&build)?;
+        create_venv(&spec.python.find()?, &build)?;
         cmd::run(
             Command::new(build.join("bin/pip"))
                 .args([
@@ -130,22 +264,37 @@ pub fn ensure_pinned() -> Result<()> {
             )
         })?;
         let left = unmet(&want, &installed(&build));
-        if !left.is_empty() || !imports(&build) {
+        if !left.is_empty() || !imports(&build, spec) {
             bail!(
                 "{} was installed but does not hold the pins: {left:?}",
                 build.display()
             );
         }
+        stamp(&build, &hash)?;
     }
-    switch(&venv, &build, &cache_dir().join("venvs").join("replaced"))
+    // Where a real directory at the link (an older layout) is kept: `replaced`, `replaced-agl-0.3`.
+    let kept = match spec.prefix.trim_end_matches('-') {
+        "" => "replaced".to_owned(),
+        name => format!("replaced-{name}"),
+    };
+    switch(venv, &build, &cache_dir().join("venvs").join(kept))
 }
 
-fn create_venv(dir: &Path) -> Result<()> {
+/// The file in a venv naming the hash of the requirements it was built from and checked against.
+const STAMP: &str = ".proxyguard-pins";
+
+fn stamp(venv: &Path, hash: &str) -> Result<()> {
+    fs::write(venv.join(STAMP), format!("{hash}\n"))
+        .with_context(|| format!("writing {}", venv.join(STAMP).display()))
+}
+
+fn create_venv(python: &Path, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir.parent().expect("a venv has a parent"))?;
-    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(dir)).with_context(|| {
+    cmd::run(Command::new(python).arg("-m").arg("venv").arg(dir)).with_context(|| {
         format!(
-            "cannot create a venv at {}; it needs python3 (3.9 or newer) with venv (`apt-get install python3-venv`)",
-            dir.display()
+            "cannot create a venv at {} with {}; it needs Python with venv (`apt-get install python3-venv`)",
+            dir.display(),
+            python.display()
         )
     })
 }
@@ -193,7 +342,7 @@ pub fn latest() -> Result<()> {
     let want = pins(&text);
     let dir = cache_dir().join("venv-latest");
     if !dir.join("bin/python").is_file() {
-        create_venv(&dir)?;
+        create_venv(Path::new("python3"), &dir)?;
     }
     println!(
         "peers: installing today's {} into {}",
@@ -296,6 +445,26 @@ mod tests {
             .filter(|line| !line.trim_end().ends_with('\\'))
             .collect();
         assert!(unhashed.is_empty(), "{unhashed:?}");
+    }
+
+    #[test]
+    fn the_agent_lightning_pins_are_hashed_and_share_the_main_venvs_litellm_and_openai() {
+        let main = pins(&requirements().unwrap().1);
+        for (spec, agl) in agl_venvs().iter().zip(["0.3.0", "1.0.2"]) {
+            let text = fs::read_to_string(cmd::workspace_root().join(spec.requirements)).unwrap();
+            let pinned = pins(&text);
+            assert_eq!(pinned["agentlightning"], agl, "{}", spec.requirements);
+            assert_eq!(pinned["openai"], main["openai"], "{}", spec.requirements);
+            if let Some(litellm) = pinned.get("litellm") {
+                assert_eq!(litellm, &main["litellm"], "{}", spec.requirements);
+            }
+            let unhashed = text
+                .lines()
+                .filter(|line| line.contains("==") && !line.starts_with([' ', '#']))
+                .filter(|line| !line.trim_end().ends_with('\\'))
+                .count();
+            assert_eq!(unhashed, 0, "{}", spec.requirements);
+        }
     }
 
     #[test]

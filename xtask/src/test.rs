@@ -204,6 +204,8 @@ fn cargo_test(args: &[&str]) -> Result<Counts> {
     // The L7 tests find their Python peers here (they fall back to the same default path).
     let mut command = cmd::cargo();
     command.env("PROXYGUARD_VENV", setup::venv_dir());
+    command.env("PROXYGUARD_AGL03_VENV", crate::peers::agl03_venv_dir());
+    command.env("PROXYGUARD_AGL10_VENV", crate::peers::agl10_venv_dir());
     let success = cmd::stream(command.arg("test").args(args), |line| scanner.scan(line))?;
     let counts = scanner.counts();
     if !success && counts.failed == 0 {
