@@ -94,9 +94,9 @@ fn section(out: &mut ratatui::Frame<'_>, section: &Section, area: Rect) {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                // The last column takes what is left (an event's detail).
+                // The last column takes what is left (an event's detail), cut if need be.
                 if i + 1 == widths.len() {
-                    Constraint::Min(*w as u16)
+                    Constraint::Fill(1)
                 } else {
                     Constraint::Length(*w as u16)
                 }
@@ -197,6 +197,19 @@ mod tests {
         assert!(narrow.iter().any(|l| l.contains("refused bad_key")));
         // Too small for everything: it still draws, cut short.
         screen(20, 5);
+        // A long last column is cut, not the columns before it.
+        let mut frame = sample();
+        frame.events.rows = vec![vec!["10:00:01".into(), "x".repeat(300)]];
+        let mut terminal = Terminal::new(TestBackend::new(60, 60)).unwrap();
+        terminal.draw(|f| draw(f, &frame, "")).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let shown: Vec<String> = (0..60)
+            .map(|y| (0..60).map(|x| buffer[(x, y)].symbol()).collect())
+            .collect();
+        assert!(
+            shown.iter().any(|l| l.contains("10:00:01 xxx")),
+            "{shown:#?}"
+        );
     }
 
     #[test]
