@@ -1,7 +1,7 @@
 //! `proxyguard top` as a person uses it: in a terminal (tmux), against a running daemon, counting
 //! the requests it sees, redrawing when the pane is resized, and leaving a sane terminal behind
 //! on `q`, Ctrl-C and a lost daemon. `--once` for scripts. And the shipped alert rules pass
-//! `promtool check rules`.
+//! `promtool check rules`, and `promtool test rules` shows each firing when it should.
 
 use std::{
     io::BufReader,
@@ -353,6 +353,15 @@ fn once_prints_one_plain_frame_and_json() {
     );
 }
 
+/// The alert names of a rules file.
+fn text_alerts(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Debian's prometheus package has promtool; `cargo xtask setup` installs it.
 #[test]
 fn promtool_accepts_the_shipped_rules() {
@@ -376,9 +385,31 @@ fn promtool_accepts_the_shipped_rules() {
     assert!(out.status.success(), "promtool check rules: {said}");
     assert!(said.contains("SUCCESS: 7 rules found"), "{said}");
 
+    // And each alert fires on the series it is about (and a steady rate of denials does not).
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(repo_file("tests/promtool/proxyguard.rules.test.yml"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool test rules: {said}");
+    assert!(said.contains("SUCCESS"), "{said}");
+    let cases =
+        std::fs::read_to_string(repo_file("tests/promtool/proxyguard.rules.test.yml")).unwrap();
+    for alert in text_alerts(&std::fs::read_to_string(&rules).unwrap()) {
+        assert!(
+            cases.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no case in tests/promtool/proxyguard.rules.test.yml"
+        );
+    }
+
     // Every rule has a summary and a runbook that names the proxyguard command to run next.
     let text = std::fs::read_to_string(&rules).unwrap();
-    let alerts = text.matches("- alert: ").count();
+    let alerts = text_alerts(&text).len();
     assert_eq!(alerts, 7);
     assert_eq!(text.matches("\n          summary: ").count(), alerts);
     let runbooks: Vec<&str> = text
