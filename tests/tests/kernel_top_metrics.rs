@@ -7,7 +7,6 @@ use std::{
     io::{BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt,
-    path::PathBuf,
     process::Command,
 };
 
@@ -15,12 +14,9 @@ use nix::errno::Errno;
 use proxyguard_tests::{l7::new_key, net, proxyguard_bin, require_root, upstream, Daemon};
 use serde_json::Value;
 
-fn repo_text(path: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+/// Compiled in: this test also runs in the VM, which has the test binaries but not the repository.
+const RULES: &str = include_str!("../../share/proxyguard.rules.yml");
+const DASHBOARD: &str = include_str!("../../share/grafana-dashboard.json");
 
 /// A bind rule on `port` (loopback only), and the proxy in front of `upstream` with key `alice`.
 fn config(dir: &std::path::Path, port: u16, upstream: u16, hash: &str) -> String {
@@ -152,12 +148,11 @@ fn kernel_every_metric_the_rules_and_dashboard_name_is_served() {
     );
 
     let served = served_names(&text);
-    let rules = repo_text("share/proxyguard.rules.yml");
-    let dashboard: Value =
-        serde_json::from_str(&repo_text("share/grafana-dashboard.json")).unwrap();
+    let rules = RULES;
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
     let exprs = dashboard_exprs(&dashboard).join("\n");
     for (source, named) in [
-        ("rules", named_metrics(&rules)),
+        ("rules", named_metrics(rules)),
         ("dashboard", named_metrics(&exprs)),
     ] {
         assert!(named.len() >= 3, "{source}: {named:?}");
@@ -174,7 +169,7 @@ fn kernel_every_metric_the_rules_and_dashboard_name_is_served() {
         .filter(|l| l.starts_with("proxyguard_kernel_events{"))
         .collect();
     for label in ["program", "counter"] {
-        let asked: BTreeSet<String> = label_values(&rules, label)
+        let asked: BTreeSet<String> = label_values(rules, label)
             .into_iter()
             .chain(label_values(&exprs, label))
             .collect();
