@@ -246,14 +246,46 @@ const KERNEL_ALWAYS: &[(&str, &str)] = &[
 /// Rows per table; the view shows fewer when the terminal is small.
 const TOP: usize = 10;
 
+/// The newest sample and the ones rates and quantiles are computed against.
+struct Window<'a> {
+    newest: &'a Sample,
+    previous: Option<&'a Sample>,
+    oldest: Option<&'a Sample>,
+}
+
+impl Window<'_> {
+    /// The per-second rate of a counter that reads `now` and read `before` in the previous
+    /// sample (absent there: zero then); `-` without a previous sample.
+    fn rate(&self, now: f64, before: Option<f64>) -> String {
+        let Some(previous) = self.previous else {
+            return "-".to_owned();
+        };
+        let secs = self.newest.at.duration_since(previous.at).as_secs_f64();
+        if secs <= 0.0 {
+            return "-".to_owned();
+        }
+        // A restarted daemon starts its counters again: no negative rates.
+        format_rate(((now - before.unwrap_or(0.0)) / secs).max(0.0))
+    }
+
+    /// `name` summed by `label` in the newest and the previous sample.
+    fn sums(&self, name: &str, label: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+        (
+            self.newest.sum_by(name, label),
+            self.previous
+                .map(|p| p.sum_by(name, label))
+                .unwrap_or_default(),
+        )
+    }
+}
+
 /// Builds the frame from the newest sample, the one before it (rates), and the oldest kept
 /// (latency over a window).
 pub fn frame(newest: &Sample, previous: Option<&Sample>, oldest: Option<&Sample>) -> Frame {
-    let secs = previous.map(|p| newest.at.duration_since(p.at).as_secs_f64());
-    let rate = |now: f64, before: Option<f64>| match (secs, before) {
-        (Some(secs), Some(before)) if secs > 0.0 => format_rate(((now - before) / secs).max(0.0)),
-        (Some(secs), None) if secs > 0.0 => format_rate(now / secs),
-        _ => "-".to_owned(),
+    let window = Window {
+        newest,
+        previous,
+        oldest,
     };
     let header = format!(
         "proxyguard pid {}  up {}  kernel half {}  L7 proxy {}",
@@ -262,80 +294,89 @@ pub fn frame(newest: &Sample, previous: Option<&Sample>, oldest: Option<&Sample>
         if newest.kernel_on { "on" } else { "off" },
         if newest.proxy_on { "on" } else { "off" },
     );
+    Frame {
+        header,
+        requests: requests(&window),
+        keys: keys(&window),
+        refused: refused(newest),
+        latency: latency(&window),
+        kernel: kernel(&window),
+        events: events(newest),
+    }
+}
 
-    // Requests: allowed, then every denial reason (most first).
-    let mut requests = Vec::new();
-    let decisions = newest.sum_by("proxyguard_requests_total", "decision");
-    let before = previous.map(|p| p.sum_by("proxyguard_requests_total", "decision"));
-    let allowed = decisions.get("allow").copied().unwrap_or(0.0);
-    if newest.proxy_on {
-        requests.push(vec![
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Allowed, then every denial reason (most first).
+fn requests(window: &Window<'_>) -> Section {
+    let mut rows = Vec::new();
+    let (decisions, before) = window.sums("proxyguard_requests_total", "decision");
+    if window.newest.proxy_on {
+        let allowed = decisions.get("allow").copied().unwrap_or(0.0);
+        rows.push(vec![
             "allowed".to_owned(),
-            rate(
-                allowed,
-                before
-                    .as_ref()
-                    .map(|b| b.get("allow").copied().unwrap_or(0.0)),
-            ),
+            window.rate(allowed, before.get("allow").copied()),
             format_count(allowed),
         ]);
     }
-    let denials = newest.sum_by("proxyguard_denials_total", "reason");
-    let denials_before = previous.map(|p| p.sum_by("proxyguard_denials_total", "reason"));
+    let (denials, before) = window.sums("proxyguard_denials_total", "reason");
     let mut reasons: Vec<(&String, &f64)> = denials.iter().collect();
     reasons.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
     for (reason, total) in reasons {
-        let before = denials_before
-            .as_ref()
-            .map(|b| b.get(reason).copied().unwrap_or(0.0));
-        requests.push(vec![
+        rows.push(vec![
             format!("refused {}", clean(reason)),
-            rate(*total, before),
+            window.rate(*total, before.get(reason).copied()),
             format_count(*total),
         ]);
     }
-
-    // Keys: by request rate, then by total.
-    let columns: Vec<&(&str, &str)> = KEY_COLUMNS
-        .iter()
-        .filter(|(_, metric)| newest.has(metric))
-        .collect();
-    let mut key_header = vec!["key".to_owned()];
-    for (title, _) in &columns {
-        key_header.push(format!("{title}/s"));
-        key_header.push((*title).to_owned());
+    Section {
+        title: "Requests".into(),
+        header: strings(&["decision", "/s", "total"]),
+        rows,
+        empty: "the L7 proxy is off".into(),
     }
+}
+
+/// Keys by request rate, then by total; a column pair (rate, total) per [`KEY_COLUMNS`] metric
+/// the daemon serves.
+fn keys(window: &Window<'_>) -> Section {
+    let columns: Vec<(&str, _)> = KEY_COLUMNS
+        .iter()
+        .filter(|(_, metric)| window.newest.has(metric))
+        .map(|(title, metric)| (*title, window.sums(metric, "key")))
+        .collect();
+    let mut header = vec!["key".to_owned()];
+    for (title, _) in &columns {
+        header.push(format!("{title}/s"));
+        header.push((*title).to_owned());
+    }
+    // (the first column's increase, its total, the row)
     let mut keys: Vec<(f64, f64, Vec<String>)> = Vec::new();
-    if let Some((_, first)) = columns.first() {
-        let totals: Vec<BTreeMap<String, f64>> = columns
-            .iter()
-            .map(|(_, m)| newest.sum_by(m, "key"))
-            .collect();
-        let befores: Vec<Option<BTreeMap<String, f64>>> = columns
-            .iter()
-            .map(|(_, m)| previous.map(|p| p.sum_by(m, "key")))
-            .collect();
-        let first_before = previous.map(|p| p.sum_by(first, "key"));
-        for (key, total) in &totals[0] {
+    if let Some((_, (first, first_before))) = columns.first() {
+        for (key, total) in first {
             let mut row = vec![clean(key)];
-            for (now, before) in totals.iter().zip(&befores) {
+            for (_, (now, before)) in &columns {
                 let value = now.get(key).copied().unwrap_or(0.0);
-                let prior = before.as_ref().map(|b| b.get(key).copied().unwrap_or(0.0));
-                row.push(rate(value, prior));
+                row.push(window.rate(value, before.get(key).copied()));
                 row.push(format_count(value));
             }
-            let per_sec = match (&first_before, secs) {
-                (Some(b), Some(secs)) if secs > 0.0 => {
-                    (total - b.get(key).copied().unwrap_or(0.0)) / secs
-                }
-                _ => 0.0,
-            };
-            keys.push((per_sec, *total, row));
+            let increase = total - first_before.get(key).copied().unwrap_or(0.0);
+            keys.push((increase, *total, row));
         }
     }
     keys.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.total_cmp(&a.1)));
+    Section {
+        title: "Top keys".into(),
+        header,
+        rows: keys.into_iter().take(TOP).map(|(_, _, row)| row).collect(),
+        empty: "no key has made a request".into(),
+    }
+}
 
-    let refused = newest
+fn refused(newest: &Sample) -> Section {
+    let rows = newest
         .refused
         .iter()
         .take(TOP)
@@ -348,13 +389,21 @@ pub fn frame(newest: &Sample, previous: Option<&Sample>, oldest: Option<&Sample>
             ]
         })
         .collect();
+    Section {
+        title: "Refused clients".into(),
+        header: strings(&["client", "via", "refused", "last"]),
+        rows,
+        empty: "none refused".into(),
+    }
+}
 
-    // Latency over the window when it saw requests, else since start.
+/// p50 and p99 over the kept window when it saw requests, else since start.
+fn latency(window: &Window<'_>) -> Section {
     let name = "proxyguard_upstream_duration_seconds";
-    let now_buckets = newest.buckets(name);
-    let window = oldest.map(|o| {
-        let then = o.buckets(name);
-        now_buckets
+    let now = window.newest.buckets(name);
+    let recent = window.oldest.map(|oldest| {
+        let then = oldest.buckets(name);
+        let buckets: Vec<(f64, f64)> = now
             .iter()
             .map(|(bound, count)| {
                 let earlier = then
@@ -363,49 +412,67 @@ pub fn frame(newest: &Sample, previous: Option<&Sample>, oldest: Option<&Sample>
                     .map_or(0.0, |(_, c)| *c);
                 (*bound, (count - earlier).max(0.0))
             })
-            .collect::<Vec<_>>()
+            .collect();
+        let secs = window.newest.at.duration_since(oldest.at).as_secs().max(1);
+        (format!("last {secs}s"), buckets)
     });
-    let (span, buckets) = match (&window, oldest) {
-        (Some(w), Some(o)) if w.last().is_some_and(|(_, c)| *c > 0.0) => (
-            format!("last {}s", newest.at.duration_since(o.at).as_secs().max(1)),
-            w.clone(),
-        ),
-        _ => ("since start".to_owned(), now_buckets.clone()),
+    let (span, buckets) = match recent {
+        Some((span, buckets)) if buckets.last().is_some_and(|(_, c)| *c > 0.0) => (span, buckets),
+        _ => ("since start".to_owned(), now),
     };
-    let mut latency = Vec::new();
+    let mut rows = Vec::new();
     if let Some(count) = buckets.last().map(|(_, c)| *c).filter(|c| *c > 0.0) {
-        latency.push(vec![
+        rows.push(vec![
             span,
             format_seconds(quantile(&buckets, 0.5)),
             format_seconds(quantile(&buckets, 0.99)),
             format_count(count),
         ]);
     }
+    Section {
+        title: "Upstream latency".into(),
+        header: strings(&["over", "p50", "p99", "requests"]),
+        rows,
+        empty: "no upstream answer yet".into(),
+    }
+}
 
-    // Kernel counters: the ones that moved, and the ones an operator looks for.
-    let mut kernel = Vec::new();
-    for ((program, counter), value) in &newest.kernel {
+/// The counters that moved, and the ones an operator looks for.
+fn kernel(window: &Window<'_>) -> Section {
+    let mut rows = Vec::new();
+    for ((program, counter), value) in &window.newest.kernel {
         let always = KERNEL_ALWAYS
             .iter()
             .any(|(p, c)| p == program && c == counter);
         if *value == 0.0 && !always {
             continue;
         }
-        let before = previous.map(|p| {
-            p.kernel
-                .get(&(program.clone(), counter.clone()))
-                .copied()
-                .unwrap_or(0.0)
-        });
-        kernel.push(vec![
+        let before = window
+            .previous
+            .and_then(|p| p.kernel.get(&(program.clone(), counter.clone())))
+            .copied();
+        rows.push(vec![
             clean(program),
             clean(counter),
-            rate(*value, before),
+            window.rate(*value, before),
             format_count(*value),
         ]);
     }
+    Section {
+        title: "Kernel".into(),
+        header: strings(&["program", "counter", "/s", "total"]),
+        rows,
+        empty: if window.newest.kernel_on {
+            "no counters read yet".into()
+        } else {
+            "the kernel half is off (--no-kernel)".into()
+        },
+    }
+}
 
-    let events = newest
+/// Newest first.
+fn events(newest: &Sample) -> Section {
+    let rows = newest
         .events
         .iter()
         .rev()
@@ -417,52 +484,24 @@ pub fn frame(newest: &Sample, previous: Option<&Sample>, oldest: Option<&Sample>
             ]
         })
         .collect();
-
-    let strings = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect();
-    Frame {
-        header,
-        requests: Section {
-            title: "Requests".into(),
-            header: strings(&["decision", "/s", "total"]),
-            rows: requests,
-            empty: "the L7 proxy is off".into(),
-        },
-        keys: Section {
-            title: "Top keys".into(),
-            header: key_header,
-            rows: keys.into_iter().take(TOP).map(|(_, _, row)| row).collect(),
-            empty: "no key has made a request".into(),
-        },
-        refused: Section {
-            title: "Refused clients".into(),
-            header: strings(&["client", "via", "refused", "last"]),
-            rows: refused,
-            empty: "none refused".into(),
-        },
-        latency: Section {
-            title: "Upstream latency".into(),
-            header: strings(&["over", "p50", "p99", "requests"]),
-            rows: latency,
-            empty: "no upstream answer yet".into(),
-        },
-        kernel: Section {
-            title: "Kernel".into(),
-            header: strings(&["program", "counter", "/s", "total"]),
-            rows: kernel,
-            empty: if newest.kernel_on {
-                "no counters read yet".into()
-            } else {
-                "the kernel half is off (--no-kernel)".into()
-            },
-        },
-        events: Section {
-            title: "Security events".into(),
-            header: strings(&["time", "kind", "detail"]),
-            rows: events,
-            empty: "none".into(),
-        },
+    Section {
+        title: "Security events".into(),
+        header: strings(&["time", "kind", "detail"]),
+        rows,
+        empty: "none".into(),
     }
 }
+
+/// Fields an event line leaves out: shown in their own columns, or sizes and timings that crowd
+/// out what matters about a refusal.
+const SKIPPED: &[&str] = &[
+    "ts",
+    "kind",
+    "bytes_in",
+    "bytes_out",
+    "upstream_ms",
+    "total_ms",
+];
 
 /// The fields of an event after its time and kind, `key=value`, the reason and severity first.
 fn event_detail(event: &Value) -> String {
@@ -478,7 +517,7 @@ fn event_detail(event: &Value) -> String {
         .chain(
             fields
                 .iter()
-                .filter(|(k, _)| !first.contains(&k.as_str()) && *k != "ts" && *k != "kind")
+                .filter(|(k, _)| !first.contains(&k.as_str()) && !SKIPPED.contains(&k.as_str()))
                 .map(|(k, v)| (k.as_str(), v)),
         )
         .filter(|(_, v)| !v.is_null())
