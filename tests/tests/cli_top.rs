@@ -150,7 +150,7 @@ impl Tmux {
         let shown = self.run(&["capture-pane", "-p", "-S", "-", "-t", "t"]);
         assert!(!self.alternate_screen(), "top left the alternate screen");
         self.run(&["clear-history", "-t", "t"]);
-        self.type_line("clear; stty -a | tr ';' '\\n' | tr ' ' '\\n' | grep -E '^-?(icanon|echo|isig|icrnl|opost)$' | sort | tr '\\n' ' '; echo STTY-END");
+        self.type_line("clear; stty -a | tr ';' '\\n' | tr ' ' '\\n' | grep -E '^-?(icanon|echo|isig|icrnl|opost)$' | sort | tr '\\n' ' '; echo STTY''-END");
         let screen = self.wait_for("stty's answer", |s| {
             s.iter().any(|l| l.trim_end().ends_with("STTY-END"))
         });
@@ -266,11 +266,26 @@ fn top_in_a_terminal_counts_redraws_on_resize_and_quits_cleanly() {
 }
 
 #[test]
-fn ctrl_c_and_a_lost_daemon_leave_a_sane_terminal() {
+fn ctrl_c_sigterm_and_a_lost_daemon_leave_a_sane_terminal() {
     let guard = guard();
     let tmux = Tmux::start("lost", 100, 40);
     tmux.start_top(&guard.daemon.config_path);
     tmux.key("C-c");
+    let _ = tmux.assert_sane("0");
+
+    // Killed (SIGTERM, as `kill` or a session's end sends it).
+    tmux.run(&["clear-history", "-t", "t"]);
+    tmux.type_line("clear");
+    tmux.start_top(&guard.daemon.config_path);
+    let shell = tmux.run(&["display-message", "-p", "-t", "t", "#{pane_pid}"]);
+    let shell = shell.trim();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let top_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(top_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let _ = tmux.assert_sane("0");
 
     tmux.run(&["clear-history", "-t", "t"]);
