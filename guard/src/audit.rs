@@ -81,6 +81,7 @@ pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>
     let mut lines = Vec::new();
     for record in records {
         let line = render(&ts, kind, record);
+        crate::control::glance::observe(&line);
         if style.journal {
             block.push_str(&format!("<{}>", record_priority(&line)));
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask deb`: a Debian package of the release build: the binary, the hardened unit, the
-//! default config (a conffile, so an edited copy survives upgrades) and shell completions.
+//! default config (a conffile, so an edited copy survives upgrades), shell completions, and the
+//! Prometheus alert rules and Grafana dashboard under /usr/share/proxyguard.
 
 use std::{
     fs,
@@ -21,6 +22,21 @@ pub const INSTALLED: &[&str] = &[
     "./usr/share/zsh/vendor-completions/_proxyguard",
     "./usr/share/fish/vendor_completions.d/proxyguard.fish",
     "./usr/share/doc/proxyguard/README.md",
+    "./usr/share/proxyguard/proxyguard.rules.yml",
+    "./usr/share/proxyguard/grafana-dashboard.json",
+];
+
+/// Files of the repository's `share/` installed as they are: (source under the workspace root,
+/// path in the package).
+pub const SHARED: &[(&str, &str)] = &[
+    (
+        "share/proxyguard.rules.yml",
+        "usr/share/proxyguard/proxyguard.rules.yml",
+    ),
+    (
+        "share/grafana-dashboard.json",
+        "usr/share/proxyguard/grafana-dashboard.json",
+    ),
 ];
 
 /// Builds the release binary and the package; returns the .deb's path.
@@ -102,6 +118,9 @@ pub fn run_with(stamp: Option<&str>) -> Result<PathBuf> {
         &root.join("usr/share/doc/proxyguard/README.md"),
         0o644,
     )?;
+    for (source, path) in SHARED {
+        install(&cmd::workspace_root().join(source), &root.join(path), 0o644)?;
+    }
 
     let debian = root.join("DEBIAN");
     write(&debian.join("control"), &control(version), 0o644)?;
@@ -261,6 +280,29 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    #[test]
+    fn the_shared_files_exist_and_are_listed() {
+        for (source, path) in SHARED {
+            assert!(
+                cmd::workspace_root().join(source).is_file(),
+                "{source} is missing from the repository"
+            );
+            assert!(
+                INSTALLED.contains(&format!("./{path}").as_str()),
+                "{path} is installed but not in INSTALLED, so `inspect` would not check it"
+            );
+        }
+        let shared = INSTALLED
+            .iter()
+            .filter(|p| p.starts_with("./usr/share/proxyguard/"))
+            .count();
+        assert_eq!(
+            shared,
+            SHARED.len(),
+            "every /usr/share/proxyguard file comes from SHARED"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker, QEMU/busybox/cpio for the VM, binutils to strip what
 /// goes into the initramfs, iproute2 for test namespaces, systemd for `systemd-analyze` (unit
-/// verification and the exposure score).
+/// verification and the exposure score), tmux to drive `proxyguard top` as a person would, and
+/// prometheus for `promtool check rules` on the shipped alert rules.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "iproute2",
     "systemd",
+    "tmux",
+    "prometheus",
 ];
 
 /// Kernel modules the VM tests load (virtual ethernet pairs, and tc's BPF classifier).

@@ -14,6 +14,7 @@ mod reload;
 mod run;
 mod status;
 mod systemd_cmd;
+mod top;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -53,6 +54,9 @@ pub enum Command {
     Reload,
     /// Security events from the kernel and from L7.
     Events(events::EventsArgs),
+    /// A live view of the daemon, redrawn every second: requests by decision and reason, top
+    /// keys, refused clients, upstream latency, kernel counters and the last security events.
+    Top(top::TopArgs),
     /// Print the hardened unit for proxyguard, or a hardening drop-in for the guarded service.
     #[command(subcommand)]
     Systemd(systemd_cmd::SystemdCommand),
@@ -83,6 +87,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => status::run(&config_path, json),
         Command::Reload => reload::run(&config_path, json),
         Command::Events(args) => events::run(&config_path, json, args),
+        Command::Top(args) => top::run(&config_path, json, args),
         Command::Systemd(command) => systemd_cmd::run(&config_path, command),
         Command::Keys(command) => keys::run(&config_path, json, command),
         Command::Check(args) => check::run(&config_path, json, args),

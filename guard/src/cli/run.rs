@@ -85,8 +85,18 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
 
     let control = control::server::bind(&config.control.socket)?;
     let (control_tx, mut control_rx) = mpsc::channel(16);
-    tokio::spawn(control::server::serve(control, control_tx));
     let started = Instant::now();
+    let snapshots = control::server::Snapshots {
+        started,
+        kernel: kernel.is_some(),
+        metrics: proxy.as_ref().map(|p| p.metrics_text()),
+        one_at_a_time: tokio::sync::Mutex::new(()),
+    };
+    tokio::spawn(control::server::serve(
+        control,
+        control_tx,
+        snapshots.into(),
+    ));
 
     audit::emit(
         "ready",

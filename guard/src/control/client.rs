@@ -4,6 +4,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::Path,
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -20,11 +21,34 @@ pub fn request(socket: &Path, command: &Command) -> Result<Value, ControlError> 
     answer.ok_or_else(|| ControlError::Protocol("no answer".into()))
 }
 
+/// As [`request`], but a daemon that does not answer within `patience` is an error.
+pub fn request_within(
+    socket: &Path,
+    command: &Command,
+    patience: Duration,
+) -> Result<Value, ControlError> {
+    let mut answer = None;
+    lines(socket, command, Some(patience), |value| {
+        answer = Some(value);
+        false
+    })?;
+    answer.ok_or_else(|| ControlError::Protocol("no answer".into()))
+}
+
 /// Sends `command` and calls `each` with every answer line until it returns false or the daemon
 /// closes the stream.
 pub fn for_each_line(
     socket: &Path,
     command: &Command,
+    each: impl FnMut(Value) -> bool,
+) -> Result<(), ControlError> {
+    lines(socket, command, None, each)
+}
+
+fn lines(
+    socket: &Path,
+    command: &Command,
+    patience: Option<Duration>,
     mut each: impl FnMut(Value) -> bool,
 ) -> Result<(), ControlError> {
     let shown = socket.display().to_string();
@@ -32,6 +56,12 @@ pub fn for_each_line(
         path: shown.clone(),
         source,
     })?;
+    if let Some(patience) = patience {
+        stream
+            .set_read_timeout(Some(patience))
+            .and_then(|()| stream.set_write_timeout(Some(patience)))
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+    }
     let line = serde_json::to_string(command).map_err(|e| ControlError::Protocol(e.to_string()))?;
     stream
         .write_all(format!("{line}\n").as_bytes())

@@ -1,11 +1,13 @@
 //! The control channel between the CLI and the daemon: newline-delimited JSON over a Unix socket
 //! under /run/proxyguard that only root can open.
 //!
-//! A request is one line, `{"cmd":"status"}`, `{"cmd":"reload"}` or
+//! A request is one line, `{"cmd":"status"}`, `{"cmd":"reload"}`, `{"cmd":"snapshot"}` or
 //! `{"cmd":"events","follow":true}`. The answer is one JSON line, or for `events` one line per
-//! record.
+//! record. `snapshot` is what `proxyguard top` polls: the metrics text, the kernel counters, the
+//! most-refused clients and the last security events, answered without the daemon's main loop.
 
 pub mod client;
+pub mod glance;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub enum Command {
     Status,
     Reload,
+    Snapshot,
     Events {
         #[serde(default)]
         follow: bool,
@@ -48,6 +51,7 @@ mod tests {
         for (command, line) in [
             (Command::Status, r#"{"cmd":"status"}"#),
             (Command::Reload, r#"{"cmd":"reload"}"#),
+            (Command::Snapshot, r#"{"cmd":"snapshot"}"#),
             (
                 Command::Events { follow: true },
                 r#"{"cmd":"events","follow":true}"#,

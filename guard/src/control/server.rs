@@ -1,9 +1,11 @@
 //! The daemon's side: accepts root-only connections and hands status and reload requests to the
-//! main loop, which owns the kernel state; streams audit records itself.
+//! main loop, which owns the kernel state; streams audit records and answers snapshots itself.
 
 use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
+    sync::Arc,
+    time::Instant,
 };
 
 use serde_json::{json, Value};
@@ -21,6 +23,23 @@ pub enum Request {
     Status(oneshot::Sender<Value>),
     Reload(oneshot::Sender<Result<(), String>>),
 }
+
+/// The proxy's metrics in the text exposition format (blocking: it waits for finished requests
+/// to be counted).
+pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What a snapshot is made of, beside the audit feed's tallies.
+pub struct Snapshots {
+    pub started: Instant,
+    pub kernel: bool,
+    pub metrics: Option<MetricsText>,
+    /// One snapshot at a time: however many `top`s poll, the daemon encodes once at a time.
+    pub one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+/// Refused clients and security events a snapshot carries.
+const SNAPSHOT_CLIENTS: usize = 10;
+const SNAPSHOT_EVENTS: usize = 10;
 
 /// Binds `path` (socket 0600), refusing to steal it from a live daemon. A directory it has to
 /// create is made 0700; one that exists is left as it is, because it may be shared (`/tmp`,
@@ -53,11 +72,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves connections until the listener fails.
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+pub async fn serve(
+    listener: UnixListener,
+    requests: mpsc::Sender<Request>,
+    snapshots: Arc<Snapshots>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, requests.clone()));
+                tokio::spawn(handle(stream, requests.clone(), snapshots.clone()));
             }
             Err(err) => {
                 tracing::error!("control socket stopped accepting: {err}");
@@ -67,7 +90,7 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
     }
 }
 
-async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>) {
+async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>, snapshots: Arc<Snapshots>) {
     // The socket's mode already keeps others out; the peer check holds even if it is loosened.
     let root = stream.peer_cred().is_ok_and(|cred| cred.uid() == 0);
     let (read, mut write) = stream.into_split();
@@ -109,12 +132,37 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>) {
                 Err(_) => json!({ "error": "the daemon is stopping" }),
             }
         }
+        Ok(Command::Snapshot) => snapshot(&snapshots).await,
         Ok(Command::Events { follow }) => {
             stream_events(&mut write, follow).await;
             return;
         }
     };
     let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+}
+
+/// The counters as they are now; `top` computes rates from two of them.
+async fn snapshot(snapshots: &Snapshots) -> Value {
+    let _turn = snapshots.one_at_a_time.lock().await;
+    let metrics = match snapshots.metrics.clone() {
+        Some(text) => tokio::task::spawn_blocking(move || text()).await.ok(),
+        None => None,
+    };
+    let kernel: Vec<Value> = crate::kernel::last_counters()
+        .into_iter()
+        .map(|(program, counter, value)| json!({ "program": program, "counter": counter, "value": value }))
+        .collect();
+    let (refused, events) = super::glance::snapshot(SNAPSHOT_CLIENTS, SNAPSHOT_EVENTS);
+    json!({
+        "pid": std::process::id(),
+        "uptime_secs": snapshots.started.elapsed().as_secs(),
+        "kernel": snapshots.kernel,
+        "proxy": snapshots.metrics.is_some(),
+        "metrics": metrics,
+        "kernel_counters": kernel,
+        "refused": refused,
+        "events": events,
+    })
 }
 
 async fn stream_events(write: &mut tokio::net::unix::OwnedWriteHalf, follow: bool) {

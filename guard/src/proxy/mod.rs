@@ -165,6 +165,16 @@ impl Proxy {
         self.shared.state.store(Arc::new(staged.0));
     }
 
+    /// The metrics as `/metrics` serves them, requests already finished counted first: what the
+    /// control socket's snapshot (`proxyguard top`) reads. Blocking; call it off the workers.
+    pub fn metrics_text(&self) -> crate::control::server::MetricsText {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            audit_queue::flush(Duration::from_secs(1));
+            shared.metrics.encode()
+        })
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to `drain_secs`), then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
