@@ -260,24 +260,10 @@ fn upstream_classes_against_litellm_directly_and_through_the_guard() {
             .iter()
             .any(|c| c["case"] == "sentinel-direct" && c["event"] == "success")
     });
-    let mut unattributed = Vec::new();
-    let mut proxy_errors = 0;
-    for call in &calls {
-        let case = call["case"].as_str().unwrap_or("");
-        match direct.get_mut(case) {
-            Some(d) if call["event"] == "success" => d.successes += 1,
-            Some(d) => d.failures += 1,
-            None if case == "sentinel-direct" => {}
-            // LiteLLM also logs errors of its own proxy layer (before any call) as failure
-            // events, without the request's headers: counted, not a call.
-            None if call["event"] != "success" => proxy_errors += 1,
-            None => unattributed.push(call.to_string()),
-        }
-    }
-
     // 2. Through proxyguard in front of the same LiteLLM.
     let access_before = litellm.access_lines().len();
     let calls_before = calls.len();
+    drop(calls);
     let (_, expired_hash) = new_key();
     let guard = Guard::start(litellm.port, MASTER, &["good"], &extra(&expired_hash));
     let good = guard.key("good").to_owned();
@@ -297,14 +283,33 @@ fn upstream_classes_against_litellm_directly_and_through_the_guard() {
         sentinel.1
     );
     let calls = litellm.calls_until("the guard sentinel's call", |calls| {
-        calls.len() > calls_before
+        calls[calls_before.min(calls.len())..]
+            .iter()
+            .any(|c| c["case"].is_null() && c["event"] == "success")
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while litellm.access_lines().len() <= access_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let arrived: Vec<String> = litellm.access_lines()[access_before..].to_vec();
-    let guard_calls: Vec<&Value> = calls[calls_before..].iter().collect();
+
+    // Every event by its case. Events naming no case are LiteLLM's proxy-layer errors (failure
+    // events, logged before any call and without the request's headers) or, after the direct
+    // run, the guard run's; a direct case's event may trail in after its sentinel.
+    let mut unattributed = Vec::new();
+    let mut proxy_errors = 0;
+    let mut guard_calls = Vec::new();
+    for (i, call) in calls.iter().enumerate() {
+        let case = call["case"].as_str().unwrap_or("");
+        match direct.get_mut(case) {
+            Some(d) if call["event"] == "success" => d.successes += 1,
+            Some(d) => d.failures += 1,
+            None if case == "sentinel-direct" => {}
+            None if i >= calls_before => guard_calls.push(call),
+            None if call["event"] != "success" => proxy_errors += 1,
+            None => unattributed.push(call.to_string()),
+        }
+    }
 
     // The table, and each case's line.
     println!("\nLiteLLM {version}, the corpus's upstream-facing classes:");
