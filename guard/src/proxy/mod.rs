@@ -26,6 +26,7 @@ mod state;
 pub(crate) mod tls;
 mod upstream_slots;
 pub mod upstream_surface;
+pub mod usage;
 mod write_stall;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
