@@ -8,8 +8,8 @@ use std::{
 
 use http::HeaderValue;
 
-use super::proxy::ProxyConfig;
-use crate::proxy::layers::auth::StoredKey;
+use super::proxy::{KeyEntry, ProxyConfig};
+use crate::proxy::{budget::policy::Policy, layers::auth::StoredKey};
 
 pub(super) fn keys(
     config: &ProxyConfig,
@@ -85,6 +85,7 @@ pub(super) fn keys(
                 );
             }
         }
+        let policy = policy(key, &mut fail);
         let upstream_allow = super::compile_proxy::allow_list(
             &key.upstream_allow,
             &format!("proxy.keys[{i}].upstream_allow"),
@@ -99,6 +100,7 @@ pub(super) fn keys(
             rpm: key.rpm,
             upstream_allow,
             caps,
+            policy,
         });
     }
     for (i, name) in config.admin_routes.keys.iter().enumerate() {
@@ -111,6 +113,60 @@ pub(super) fn keys(
         }
     }
     ok.then_some(stored)
+}
+
+/// The key's budgets, models and sources (issue 14); every one is off unless set.
+fn policy(key: &KeyEntry, fail: &mut dyn FnMut(&str, String)) -> Policy {
+    let mut from = Vec::new();
+    for (j, cidr) in key.from.iter().enumerate() {
+        match cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) => from.push(net.trunc()),
+            Err(_) => fail(
+                &format!("from[{j}]"),
+                "must be an address or a CIDR, like \"10.0.0.0/8\" or \"::1\"".into(),
+            ),
+        }
+    }
+    for (j, glob) in key.models.iter().enumerate() {
+        if glob.trim().is_empty() {
+            fail(
+                &format!("models[{j}]"),
+                "must name a model or a glob like \"gpt-4o*\"".into(),
+            );
+        }
+    }
+    for (field, value) in [
+        ("usd_per_day", key.usd_per_day),
+        ("usd_per_month", key.usd_per_month),
+    ] {
+        if value.is_some_and(|usd| !usd.is_finite() || usd < 0.0) {
+            fail(field, "must be a non-negative number of US dollars".into());
+        }
+    }
+    for (field, value) in [
+        ("tpm", key.tpm),
+        ("tokens_per_day", key.tokens_per_day),
+        ("requests_per_day", key.requests_per_day),
+    ] {
+        if value == Some(0) {
+            fail(
+                field,
+                "must be at least 1 (leave it out for no limit; revoke the key to stop it)".into(),
+            );
+        }
+    }
+    Policy {
+        tpm: key.tpm,
+        tokens_per_day: key.tokens_per_day,
+        requests_per_day: key.requests_per_day,
+        usd_per_day: key.usd_per_day,
+        usd_per_month: key.usd_per_month,
+        models: key.models.clone(),
+        from,
+    }
 }
 
 /// A secret file must exist, be this user's and readable by its owner only, and hold one key
@@ -165,7 +221,6 @@ pub(super) fn read_secret_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::proxy::KeyEntry;
 
     fn fields(config: &ProxyConfig) -> Vec<String> {
         let mut out = Vec::new();
@@ -210,6 +265,7 @@ mod tests {
             rpm: Some(10),
             upstream_allow: Vec::new(),
             caps: Default::default(),
+            ..crate::config::proxy::KeyEntry::new("", "")
         };
         let config = ProxyConfig {
             keys: vec![
@@ -252,6 +308,7 @@ mod tests {
             rpm: None,
             upstream_allow: Vec::new(),
             caps: caps.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..KeyEntry::new("", "")
         };
         let mut config = ProxyConfig {
             keys: vec![

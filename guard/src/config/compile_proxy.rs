@@ -448,6 +448,7 @@ mod tests {
                     rpm: None,
                     upstream_allow: vec!["authorization".into()],
                     caps: Default::default(),
+                    ..crate::config::proxy::KeyEntry::new("", "")
                 }]
             }),
             ("proxy.content.deny_patterns[0]", |c| {

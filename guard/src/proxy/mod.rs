@@ -7,6 +7,7 @@
 mod admin;
 mod alerts;
 mod audit_queue;
+pub mod budget;
 mod error;
 mod forward;
 pub(crate) mod framing_watch;
@@ -56,6 +57,9 @@ pub struct Shared {
     /// Open and pending connections per source; outlives reloads like the slots, so a reload
     /// does not forget who holds what.
     sources: Arc<sources::Sources>,
+    /// What each key has used and reserved (issue 14); outlives reloads, and restarts on disk.
+    ledger: Arc<budget::Ledger>,
+    persister: std::sync::Mutex<Option<budget::persist::Persister>>,
 }
 
 /// Settings built and checked, not yet in force.
@@ -97,6 +101,21 @@ impl Proxy {
             local(&admin, config.admin_listen)?,
         );
 
+        let state_dir = budget::persist::state_dir(&config.usage);
+        let book = state_dir
+            .as_deref()
+            .map(budget::persist::load)
+            .unwrap_or_default();
+        let ledger = Arc::new(budget::Ledger::new(book));
+        ledger.configure(state.policies(), state.spike);
+        let persister = state_dir.map(|dir| {
+            budget::persist::Persister::spawn(
+                ledger.clone(),
+                dir,
+                Duration::from_secs(config.usage.persist_secs.max(1)),
+            )
+        });
+        budget::publish(ledger.clone());
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             client: forward::client(),
@@ -106,6 +125,8 @@ impl Proxy {
                 config.limits.max_upstream_connections,
             ),
             sources: Arc::default(),
+            ledger,
+            persister: std::sync::Mutex::new(persister),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
@@ -163,6 +184,9 @@ impl Proxy {
         self.shared
             .upstream_slots
             .resize(staged.0.max_upstream_connections);
+        self.shared
+            .ledger
+            .configure(staged.0.policies(), staged.0.spike);
         self.shared.state.store(Arc::new(staged.0));
     }
 
@@ -171,7 +195,20 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.front.await;
         let _ = self.admin_task.await;
-        // Every request's audit line is out before the daemon reports that it stops.
-        let _ = tokio::task::spawn_blocking(|| audit_queue::flush(Duration::from_secs(5))).await;
+        // Every request's audit line is out before the daemon reports that it stops, and the
+        // usage counters are on disk.
+        let persister = self
+            .shared
+            .persister
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let _ = tokio::task::spawn_blocking(move || {
+            audit_queue::flush(Duration::from_secs(5));
+            if let Some(persister) = persister {
+                persister.stop();
+            }
+        })
+        .await;
     }
 }
