@@ -82,7 +82,7 @@ struct Reserved {
 
 impl KeyBook {
     /// Starts the windows `now` is past.
-    fn roll(&mut self, now: u64) {
+    pub fn roll(&mut self, now: u64) {
         let (day, month, minute) = (clock::day(now), clock::month(now), now / 60);
         if day != self.day {
             self.day = day;
