@@ -119,7 +119,7 @@ impl PolicyArgs {
                         field.replace('_', "-")
                     )
                 }
-                Some(x) if x == 0.0 => {
+                Some(0.0) => {
                     entry.remove(field);
                 }
                 Some(x) => entry[field] = value(x),

@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn every_shape_in_any_chunking() {
-        let cases: &[(&str, (Option<u64>, Option<u64>))] = &[
+        type Counts = (Option<u64>, Option<u64>);
+        let cases: &[(&str, Counts)] = &[
             (
                 r#"{"id":"c","choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}}"#,
                 (Some(10), Some(20)),
