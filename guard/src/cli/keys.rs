@@ -74,6 +74,12 @@ pub struct PolicyArgs {
     /// Tokens (in and out) per UTC day.
     #[arg(long, value_name = "N")]
     pub tokens_per_day: Option<u64>,
+    /// Input (prompt) tokens per UTC day.
+    #[arg(long, value_name = "N")]
+    pub input_tokens_per_day: Option<u64>,
+    /// Output (completion) tokens per UTC day.
+    #[arg(long, value_name = "N")]
+    pub output_tokens_per_day: Option<u64>,
     /// Requests per UTC day.
     #[arg(long, value_name = "N")]
     pub requests_per_day: Option<u64>,
@@ -107,6 +113,8 @@ impl PolicyArgs {
         int("rpm", self.rpm.map(u64::from));
         int("tpm", self.tpm);
         int("tokens_per_day", self.tokens_per_day);
+        int("input_tokens_per_day", self.input_tokens_per_day);
+        int("output_tokens_per_day", self.output_tokens_per_day);
         int("requests_per_day", self.requests_per_day);
         for (field, usd) in [
             ("usd_per_day", self.usd_per_day),
@@ -287,6 +295,8 @@ fn list(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .map(|k| {
                 json!({ "name": k.name, "created": k.created, "expires": k.expires, "rpm": k.rpm,
                         "tpm": k.tpm, "tokens_per_day": k.tokens_per_day,
+                        "input_tokens_per_day": k.input_tokens_per_day,
+                        "output_tokens_per_day": k.output_tokens_per_day,
                         "requests_per_day": k.requests_per_day, "usd_per_day": k.usd_per_day,
                         "usd_per_month": k.usd_per_month, "models": k.models, "from": k.from,
                         "suspended": suspended.get(&k.name) })
@@ -453,7 +463,8 @@ mod tests {
             models: Some(vec!["gpt-4o*".into(), "mock-*".into()]),
             from: Some(vec!["10.0.0.0/8".into(), "::1".into()]),
             max_tokens: Some(512),
-            rpm: None,
+            input_tokens_per_day: Some(7),
+            ..PolicyArgs::default()
         };
         add(&path, true, "ci", None, &policy).unwrap();
         let key = &Config::load(&path).unwrap().proxy.keys[0];
@@ -470,6 +481,10 @@ mod tests {
         assert_eq!(key.models, ["gpt-4o*", "mock-*"]);
         assert_eq!(key.from, ["10.0.0.0/8", "::1"]);
         assert_eq!(key.caps["max_tokens"], 512);
+        assert_eq!(
+            (key.input_tokens_per_day, key.output_tokens_per_day),
+            (Some(7), None)
+        );
         let change = PolicyArgs {
             tpm: Some(0),
             usd_per_day: Some(3.0),

@@ -76,6 +76,8 @@ fn policy(key: &KeyEntry) -> Policy {
     Policy {
         tpm: key.tpm,
         tokens_per_day: key.tokens_per_day,
+        input_tokens_per_day: key.input_tokens_per_day,
+        output_tokens_per_day: key.output_tokens_per_day,
         requests_per_day: key.requests_per_day,
         usd_per_day: key.usd_per_day,
         usd_per_month: key.usd_per_month,
@@ -112,6 +114,8 @@ fn render(report: &Value) -> String {
         for name in [
             "tpm",
             "tokens_per_day",
+            "input_tokens_per_day",
+            "output_tokens_per_day",
             "requests_per_day",
             "usd_per_day",
             "usd_per_month",

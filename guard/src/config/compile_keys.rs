@@ -149,6 +149,8 @@ fn policy(key: &KeyEntry, fail: &mut dyn FnMut(&str, String)) -> Policy {
     for (field, value) in [
         ("tpm", key.tpm),
         ("tokens_per_day", key.tokens_per_day),
+        ("input_tokens_per_day", key.input_tokens_per_day),
+        ("output_tokens_per_day", key.output_tokens_per_day),
         ("requests_per_day", key.requests_per_day),
     ] {
         if value == Some(0) {
@@ -161,6 +163,8 @@ fn policy(key: &KeyEntry, fail: &mut dyn FnMut(&str, String)) -> Policy {
     Policy {
         tpm: key.tpm,
         tokens_per_day: key.tokens_per_day,
+        input_tokens_per_day: key.input_tokens_per_day,
+        output_tokens_per_day: key.output_tokens_per_day,
         requests_per_day: key.requests_per_day,
         usd_per_day: key.usd_per_day,
         usd_per_month: key.usd_per_month,

@@ -450,6 +450,12 @@ pub struct KeyEntry {
     /// Tokens (in and out) per UTC day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_day: Option<u64>,
+    /// Input (prompt) tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens_per_day: Option<u64>,
+    /// Output (completion) tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens_per_day: Option<u64>,
     /// Requests per UTC day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_day: Option<u64>,
@@ -480,6 +486,8 @@ impl KeyEntry {
             caps: Default::default(),
             tpm: None,
             tokens_per_day: None,
+            input_tokens_per_day: None,
+            output_tokens_per_day: None,
             requests_per_day: None,
             usd_per_day: None,
             usd_per_month: None,

@@ -461,6 +461,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_metered_stream_loses_its_usage_chunk_and_is_charged() {
+        let stream: &[&[u8]] = &[
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\nda",
+            b"ta: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":8,",
+            b"\"completion_tokens\":6}}\n\n",
+            b"data: [DONE]\n\n",
+        ];
+        let metrics = Arc::new(Metrics::new());
+        let ledger = Arc::new(crate::proxy::budget::Ledger::default());
+        let key: Arc<str> = "k".into();
+        let ticket = ledger
+            .admit(
+                &key,
+                &Default::default(),
+                (
+                    "m".into(),
+                    crate::config::proxy::Price {
+                        input: 1e6,
+                        output: 1e6,
+                    },
+                ),
+                (1, 100),
+                clock::now(),
+            )
+            .unwrap();
+        let mut record = Record::start(metrics.clone(), [127, 0, 0, 1].into(), &http::Method::POST);
+        record.key = Some(key.clone());
+        record.status = 200;
+        let frames = stream
+            .iter()
+            .map(|piece| Ok(Frame::data(Bytes::from_static(piece))))
+            .collect::<VecDeque<_>>();
+        let mut tracked = Tracked::new(Scripted(frames).boxed(), record, Held::default());
+        let (mut parts, ()) = http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(())
+            .unwrap()
+            .into_parts();
+        tracked.meter(
+            Metered {
+                ticket,
+                input_estimate: 1,
+                strip: true,
+            },
+            &mut parts,
+        );
+        let body = tracked.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n"
+        );
+        crate::proxy::audit_queue::flush(Duration::from_secs(30));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"proxyguard_tokens_total{key="k",model="m",direction="in"} 8"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"proxyguard_spend_usd_total{key="k",model="m"} 14"#),
+            "{text}"
+        );
+        assert_eq!(ledger.snapshot().keys["k"].day_tokens, 14);
+    }
+
+    #[tokio::test]
     async fn a_stream_that_ends_is_allowed() {
         let text = finish_with(vec![Ok(Frame::data(Bytes::from_static(b"{}")))]).await;
         assert!(text.contains(r#"status="200",decision="allow""#), "{text}");

@@ -39,6 +39,8 @@ pub struct KeyBook {
     pub day: u64,
     pub month: u64,
     pub day_tokens: u64,
+    pub day_input: u64,
+    pub day_output: u64,
     pub day_requests: u64,
     pub day_usd: f64,
     pub month_usd: f64,
@@ -76,6 +78,8 @@ pub struct Suspension {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Reserved {
     tokens: u64,
+    input: u64,
+    output: u64,
     usd: f64,
     requests: u64,
 }
@@ -87,6 +91,8 @@ impl KeyBook {
         if day != self.day {
             self.day = day;
             self.day_tokens = 0;
+            self.day_input = 0;
+            self.day_output = 0;
             self.day_requests = 0;
             self.day_usd = 0.0;
         }
@@ -155,6 +161,8 @@ pub struct Ticket {
     price: crate::config::proxy::Price,
     tokens: u64,
     usd: f64,
+    /// The input and output parts of `tokens`.
+    split: (u64, u64),
     settled: bool,
 }
 
@@ -254,6 +262,24 @@ impl Ledger {
                 ));
             }
         }
+        if let Some(limit) = policy.input_tokens_per_day {
+            if entry.day_input + reserved.input + reserve.0 > limit {
+                return Err(budget(
+                    "token_budget",
+                    "input tokens for today",
+                    clock::to_next_day(now),
+                ));
+            }
+        }
+        if let Some(limit) = policy.output_tokens_per_day {
+            if entry.day_output + reserved.output + reserve.1 > limit {
+                return Err(budget(
+                    "token_budget",
+                    "output tokens for today",
+                    clock::to_next_day(now),
+                ));
+            }
+        }
         if let Some(limit) = policy.tpm {
             if entry.last_minute_tokens(now) + reserved.tokens + tokens > limit {
                 return Err(budget("token_budget", "tokens per minute", 60 - now % 60));
@@ -278,6 +304,8 @@ impl Ledger {
             }
         }
         entry.reserved.tokens += tokens;
+        entry.reserved.input += reserve.0;
+        entry.reserved.output += reserve.1;
         entry.reserved.usd += usd;
         entry.reserved.requests += 1;
         Ok(Ticket {
@@ -287,13 +315,17 @@ impl Ledger {
             price,
             tokens,
             usd,
+            split: reserve,
             settled: false,
         })
     }
 
-    fn release(&self, entry: &mut KeyBook, tokens: u64, usd: f64) {
+    fn release(&self, entry: &mut KeyBook, ticket: &Ticket) {
         let reserved = &mut entry.reserved;
+        let (tokens, usd) = (ticket.tokens, ticket.usd);
         reserved.tokens = reserved.tokens.saturating_sub(tokens);
+        reserved.input = reserved.input.saturating_sub(ticket.split.0);
+        reserved.output = reserved.output.saturating_sub(ticket.split.1);
         reserved.usd = (reserved.usd - usd).max(0.0);
         reserved.requests = reserved.requests.saturating_sub(1);
     }
@@ -367,17 +399,22 @@ pub fn key_report(name: &str, entry: &KeyBook, policy: &Policy, now: u64) -> Val
     json!({
         "name": name,
         "suspended": entry.suspended,
-        "today": {"tokens": entry.day_tokens, "requests": entry.day_requests, "usd": entry.day_usd},
+        "today": {"tokens": entry.day_tokens, "tokens_in": entry.day_input,
+                  "tokens_out": entry.day_output, "requests": entry.day_requests, "usd": entry.day_usd},
         "month": {"usd": entry.month_usd, "models": models},
         "last_minute_tokens": entry.last_minute_tokens(now),
         "limits": {
             "tpm": policy.tpm, "tokens_per_day": policy.tokens_per_day,
+            "input_tokens_per_day": policy.input_tokens_per_day,
+            "output_tokens_per_day": policy.output_tokens_per_day,
             "requests_per_day": policy.requests_per_day,
             "usd_per_day": policy.usd_per_day, "usd_per_month": policy.usd_per_month,
         },
         "left": {
             "tpm": left_u(policy.tpm, entry.last_minute_tokens(now)),
             "tokens_per_day": left_u(policy.tokens_per_day, entry.day_tokens),
+            "input_tokens_per_day": left_u(policy.input_tokens_per_day, entry.day_input),
+            "output_tokens_per_day": left_u(policy.output_tokens_per_day, entry.day_output),
             "requests_per_day": left_u(policy.requests_per_day, entry.day_requests),
             "usd_per_day": left_f(policy.usd_per_day, entry.day_usd),
             "usd_per_month": left_f(policy.usd_per_month, entry.month_usd),
@@ -414,9 +451,11 @@ impl Ticket {
         let spike_rule = lock(&self.ledger.rules).spike;
         let mut book = lock(&self.ledger.book);
         let entry = book.keys.entry(self.key.to_string()).or_default();
-        self.ledger.release(entry, self.tokens, self.usd);
+        self.ledger.release(entry, &self);
         entry.roll(now);
         entry.day_tokens += tokens;
+        entry.day_input += usage.input;
+        entry.day_output += usage.output;
         entry.day_requests += 1;
         entry.day_usd += usd;
         entry.month_usd += usd;
@@ -480,7 +519,7 @@ impl Drop for Ticket {
         if !self.settled {
             let mut book = lock(&self.ledger.book);
             if let Some(entry) = book.keys.get_mut(&*self.key) {
-                self.ledger.release(entry, self.tokens, self.usd);
+                self.ledger.release(entry, self);
             }
         }
     }
@@ -594,6 +633,21 @@ mod tests {
                 .reason,
             "request_budget"
         );
+
+        // Input and output separately: the output reservation alone does not fit.
+        let split = Policy {
+            input_tokens_per_day: Some(100),
+            output_tokens_per_day: Some(10),
+            ..Policy::default()
+        };
+        let third: Arc<str> = "c".into();
+        let ticket = ledger.admit(&third, &split, free(), (5, 8), NOW).unwrap();
+        ticket.settle(used(5, 3), NOW);
+        let refused = ledger
+            .admit(&third, &split, free(), (5, 8), NOW)
+            .unwrap_err();
+        assert_eq!(refused.reason, "token_budget");
+        assert!(ledger.admit(&third, &split, free(), (90, 7), NOW).is_ok());
     }
 
     #[test]

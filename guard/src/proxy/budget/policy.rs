@@ -13,6 +13,8 @@ use crate::proxy::reject::Reject;
 pub struct Policy {
     pub tpm: Option<u64>,
     pub tokens_per_day: Option<u64>,
+    pub input_tokens_per_day: Option<u64>,
+    pub output_tokens_per_day: Option<u64>,
     pub requests_per_day: Option<u64>,
     pub usd_per_day: Option<f64>,
     pub usd_per_month: Option<f64>,
