@@ -501,6 +501,10 @@ impl KeyEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UsageConfig {
+    /// Reads answers for their usage and enforces the token, request and spend budgets. Off, no
+    /// answer is read, no `include_usage` is added, and only the model and source lists of the
+    /// keys apply (for measuring what accounting costs).
+    pub enabled: bool,
     /// Where the usage counters and suspensions are kept (`usage.json`). Unset: `$STATE_DIRECTORY`
     /// (systemd's StateDirectory, `/var/lib/proxyguard` in the unit); neither: kept in memory only,
     /// so a restart forgets what was spent.
@@ -515,6 +519,7 @@ pub struct UsageConfig {
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             state_dir: None,
             persist_secs: 2,
             default_max_tokens: 4096,

@@ -66,6 +66,8 @@ pub struct State {
     pub pricing: super::budget::Pricing,
     /// Output tokens reserved for a request that names no `max_tokens`.
     pub default_max_tokens: u64,
+    /// `proxy.usage.enabled`.
+    pub metering: bool,
     /// `proxy.usage.spike`, when on.
     pub spike: Option<super::budget::ledger::SpikeRule>,
 }
@@ -173,6 +175,7 @@ impl State {
             write_stall: Duration::from_secs(timeouts.write_stall_secs),
             pricing: super::budget::Pricing::new(&config.pricing),
             default_max_tokens: config.usage.default_max_tokens,
+            metering: config.usage.enabled,
             spike: (config.usage.spike.floor > 0).then_some(super::budget::ledger::SpikeRule {
                 floor: config.usage.spike.floor,
                 factor: config.usage.spike.factor,

@@ -176,7 +176,7 @@ pub fn admit(
         key.policy
             .check_model(value.get("model").and_then(Value::as_str))?;
     }
-    if !metered(shape) {
+    if !metered(shape) || !state.metering {
         return Ok((None, None));
     }
     let asked = Asked::read(&value, shape, state.default_max_tokens);
