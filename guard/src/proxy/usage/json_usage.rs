@@ -15,6 +15,19 @@ const WHOLE: usize = 64 * 1024;
 /// What a longer answer keeps of its end.
 const TAIL: usize = 8 * 1024;
 
+/// The parts of an answer that carry usage: its own `usage`, or (from gateways that wrap a
+/// Responses answer) `response.usage`.
+#[derive(serde::Deserialize)]
+struct Answer {
+    usage: Option<Value>,
+    response: Option<Wrapped>,
+}
+
+#[derive(serde::Deserialize)]
+struct Wrapped {
+    usage: Option<Value>,
+}
+
 #[derive(Default)]
 pub struct JsonUsage {
     buf: Vec<u8>,
@@ -36,19 +49,24 @@ impl JsonUsage {
     pub fn finish(&mut self) -> (Reported, u64) {
         let buf = std::mem::take(&mut self.buf);
         if !self.truncated {
-            let Ok(value) = serde_json::from_slice::<Value>(&buf) else {
-                return (
-                    Reported::default(),
-                    super::estimate::streamed_text_chars(&buf),
-                );
+            // Only `usage` is kept: serde skips the rest without building it.
+            let reported = serde_json::from_slice::<Answer>(&buf)
+                .ok()
+                .and_then(|answer| {
+                    answer
+                        .usage
+                        .or_else(|| answer.response.and_then(|r| r.usage))
+                })
+                .and_then(|usage| super::reported(&usage))
+                .unwrap_or_default();
+            // The characters matter only for an estimate.
+            let complete = reported.input.is_some() && reported.output.is_some();
+            let chars = if complete {
+                0
+            } else {
+                super::estimate::streamed_text_chars(&buf)
             };
-            let usage = value
-                .get("usage")
-                // Anthropic's and the Responses API's answers nest it nowhere else; a Responses
-                // `response` wrapper (from some gateways) does.
-                .or_else(|| value.get("response").and_then(|r| r.get("usage")));
-            let reported = usage.and_then(super::reported).unwrap_or_default();
-            return (reported, super::estimate::streamed_text_chars(&buf));
+            return (reported, chars);
         }
         let reported = memchr::memmem::rfind(&buf, b"\"usage\"")
             .and_then(|at| {
