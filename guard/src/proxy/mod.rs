@@ -71,6 +71,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub tls: bool,
     configured_listen: SocketAddr,
+    /// Where the usage counters are written; fixed at start.
+    state_dir: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
     front: JoinHandle<()>,
     admin_task: JoinHandle<()>,
@@ -108,7 +110,7 @@ impl Proxy {
             .unwrap_or_default();
         let ledger = Arc::new(budget::Ledger::new(book));
         ledger.configure(state.policies(), state.spike);
-        let persister = state_dir.map(|dir| {
+        let persister = state_dir.clone().map(|dir| {
             budget::persist::Persister::spawn(
                 ledger.clone(),
                 dir,
@@ -160,6 +162,7 @@ impl Proxy {
             admin: admin_addr,
             tls,
             configured_listen: config.listen,
+            state_dir,
             stop,
             front: front_task,
             admin_task,
@@ -171,6 +174,9 @@ impl Proxy {
     pub fn prepare(&self, config: &ProxyConfig, settings: Settings) -> Staged {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
+        }
+        if budget::persist::state_dir(&config.usage) != self.state_dir {
+            tracing::warn!("proxy.usage.state_dir changed; it applies at the next restart");
         }
         Staged(State::build(
             config,
