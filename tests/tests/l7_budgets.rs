@@ -131,6 +131,7 @@ fn usage_is_counted_as_litellm_reports_it_and_budgets_and_lists_refuse() {
             ("spender", "usd_per_day = 0.1"),
             ("picky", "models = [\"other-*\"]"),
             ("remote", "from = [\"10.0.0.0/8\"]"),
+            ("shapes", ""),
         ],
         "",
     );
@@ -207,6 +208,36 @@ fn usage_is_counted_as_litellm_reports_it_and_budgets_and_lists_refuse() {
         (&json!(26), &json!(32)),
         "{report}"
     );
+
+    // Anthropic's messages and the Responses API, as LiteLLM's mock answers them.
+    for (path, body, tokens) in [
+        (
+            "/v1/messages",
+            json!({"model": "mock-gpt", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
+            (2095, 503),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "mock-gpt", "input": "hi"}),
+            (36, 87),
+        ),
+    ] {
+        let answer = proxyguard_tests::l7::http(
+            &base(&daemon),
+            json!({"path": path, "headers": {"content-type": "application/json", "x-api-key": setup.key("shapes")}, "body": body.to_string()}),
+        );
+        assert_eq!(answer["status"], 200, "{path}: {answer}");
+        let line = audit_of(&mut daemon, "shapes");
+        assert_eq!(
+            (
+                &line["tokens_in"],
+                &line["tokens_out"],
+                &line["tokens_estimated"]
+            ),
+            (&json!(tokens.0), &json!(tokens.1), &json!(false)),
+            "{path}: {line}"
+        );
+    }
 
     // 100 tokens a day, 30 a request, 41 reserved (a 1-token prompt and max_tokens 40): the
     // third does not fit.
