@@ -115,6 +115,44 @@ pub(super) fn keys(
     ok.then_some(stored)
 }
 
+/// `[proxy.usage]` and `[proxy.pricing]`: numbers the ledger can use.
+pub(super) fn usage_and_pricing(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
+    let usage = &config.usage;
+    if usage.persist_secs == 0 {
+        push(
+            "proxy.usage.persist_secs".into(),
+            "must be at least 1 (it is the most usage a kill -9 can lose)".into(),
+        );
+    }
+    if !usage.spike.factor.is_finite() || usage.spike.factor < 0.0 {
+        push(
+            "proxy.usage.spike.factor".into(),
+            "must be a non-negative number, like 10.0".into(),
+        );
+    }
+    let prices = std::iter::once((
+        "proxy.pricing.default_price".to_string(),
+        config.pricing.default_price,
+    ))
+    .chain(
+        config
+            .pricing
+            .models
+            .iter()
+            .map(|(model, price)| (format!("proxy.pricing.models.\"{model}\""), *price)),
+    );
+    for (field, price) in prices {
+        for (side, usd) in [("input", price.input), ("output", price.output)] {
+            if !usd.is_finite() || usd < 0.0 {
+                push(
+                    format!("{field}.{side}"),
+                    "must be a non-negative price in US dollars per million tokens".into(),
+                );
+            }
+        }
+    }
+}
+
 /// The key's budgets, models and sources (issue 14); every one is off unless set.
 fn policy(key: &KeyEntry, fail: &mut dyn FnMut(&str, String)) -> Policy {
     let mut from = Vec::new();
@@ -299,6 +337,60 @@ mod tests {
                 "proxy.keys[2].rpm",
                 "proxy.keys[2].caps.tokens"
             ]
+        );
+    }
+
+    #[test]
+    fn usage_pricing_and_key_policy_are_checked() {
+        let mut config = ProxyConfig::default();
+        config.usage.persist_secs = 0;
+        config.usage.spike.factor = -1.0;
+        config.pricing.models.insert(
+            "m".into(),
+            crate::config::proxy::Price {
+                input: -1.0,
+                output: f64::NAN,
+            },
+        );
+        config.keys = vec![KeyEntry {
+            tpm: Some(0),
+            usd_per_day: Some(-2.0),
+            models: vec![" ".into()],
+            from: vec!["10.0.0.0/8".into(), "not-an-address".into(), "::1".into()],
+            ..KeyEntry::new("k", &"a".repeat(64))
+        }];
+        let mut problems = Vec::new();
+        usage_and_pricing(&config, &mut |field, _| problems.push(field));
+        assert_eq!(
+            problems,
+            [
+                "proxy.usage.persist_secs",
+                "proxy.usage.spike.factor",
+                "proxy.pricing.models.\"m\".input",
+                "proxy.pricing.models.\"m\".output"
+            ]
+        );
+        assert_eq!(
+            fields(&config),
+            [
+                "proxy.keys[0].from[1]",
+                "proxy.keys[0].models[0]",
+                "proxy.keys[0].usd_per_day",
+                "proxy.keys[0].tpm"
+            ]
+        );
+        config.keys[0] = KeyEntry {
+            from: vec!["10.1.2.3/8".into()],
+            models: vec!["gpt-*".into()],
+            ..KeyEntry::new("k", &"a".repeat(64))
+        };
+        let stored = keys(&config, None, &mut |field, message| {
+            panic!("{field}: {message}")
+        })
+        .unwrap();
+        assert_eq!(
+            stored[0].policy.from,
+            ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
         );
     }
 
