@@ -197,3 +197,49 @@ pub fn suspensions(config: &Config) -> HashMap<String, String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_use_limits_left_and_models() {
+        let mut entry = ledger::KeyBook::default();
+        entry.day_tokens = 58;
+        entry.day_requests = 3;
+        entry.suspended = Some(ledger::Suspension {
+            since: "2026-12-01T11:00:00Z".into(),
+            reason: "usage_spike".into(),
+        });
+        entry.models = [(
+            "mock-gpt".to_string(),
+            ledger::ModelBook {
+                input: 26,
+                output: 32,
+                requests: 3,
+                usd: 0.058,
+                estimated: 1,
+            },
+        )]
+        .into();
+        let policy = Policy {
+            tokens_per_day: Some(100),
+            ..Policy::default()
+        };
+        let report = json!({ "keys": [ledger::key_report("ci", &entry, &policy, 0)] });
+        let text = render(&report);
+        for want in [
+            "ci (suspended since 2026-12-01T11:00:00Z)",
+            "today: 58 tokens, 3 requests",
+            "tokens_per_day: 42 of 100 left",
+            "mock-gpt",
+            "(1 estimated)",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("usd_per_day"),
+            "unset limits are not shown:\n{text}"
+        );
+    }
+}
