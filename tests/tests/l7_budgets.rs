@@ -428,3 +428,81 @@ fn counters_survive_kill_9_and_sigterm_and_a_spike_suspends_until_resumed() {
     assert_eq!(chat(&daemon, setup.key("b"), json!({}))["ok"], true);
     assert!(row(&cli(&daemon, &["keys", "list"]), "b")["suspended"].is_null());
 }
+
+/// An upstream that answers one request with a stream that never reports usage, and hands back
+/// the body it was sent.
+fn usage_less_upstream() -> (u16, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        let _ = reader.read_exact(&mut body);
+        let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
+        let mut stream = stream;
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+              data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello \"}}]}\n\n\
+              : keep-alive\n\n\
+              data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"world\"}}]}\n\n",
+        );
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_stream_without_usage_is_estimated_and_marked() {
+    let (port, sent) = usage_less_upstream();
+    let setup = Setup::new(port, &[("est", "")], "");
+    let mut daemon = setup.start("");
+    let answer = proxyguard_tests::l7::http(
+        &base(&daemon),
+        json!({"path": "/v1/chat/completions",
+               "headers": {"content-type": "application/json", "authorization": format!("Bearer {}", setup.key("est"))},
+               "body": json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string()}),
+    );
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(
+        answer["body"].as_str().unwrap().contains("world"),
+        "{answer}"
+    );
+    // The guard asked for usage on the way up; none came back.
+    let upstream_saw = sent
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the upstream's request");
+    assert_eq!(
+        upstream_saw["stream_options"]["include_usage"], true,
+        "{upstream_saw}"
+    );
+    let line = audit_of(&mut daemon, "est");
+    // "hi" is one token; "Hello world" is 11 characters, three tokens at four a token.
+    assert_eq!(
+        (
+            &line["tokens_in"],
+            &line["tokens_out"],
+            &line["tokens_estimated"]
+        ),
+        (&json!(1), &json!(3), &json!(true)),
+        "{line}"
+    );
+    let report = usage_of(&daemon, "est");
+    assert_eq!(
+        report["month"]["models"]["other"]["estimated_requests"], 1,
+        "{report}"
+    );
+}

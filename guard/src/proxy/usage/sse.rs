@@ -392,6 +392,37 @@ mod tests {
     }
 
     #[test]
+    fn a_megabyte_stream_keeps_its_buffers_bounded() {
+        let event =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"0123456789abcdef\"}}]}\n\n";
+        let stream = event.repeat((1 << 20) / event.len() + 1);
+        for strip in [false, true] {
+            let mut scanner = SseScanner::new(strip);
+            let mut out = 0;
+            for frame in stream.as_bytes().chunks(16 * 1024) {
+                out += scanner.feed(frame).map_or(frame.len(), |bytes| bytes.len());
+                // What the scanner keeps between frames, whatever the stream's length.
+                assert!(
+                    scanner.line.capacity() <= 2 * MAX_LINE,
+                    "{}",
+                    scanner.line.capacity()
+                );
+                assert!(
+                    scanner.held.capacity() <= 2 * MAX_EVENT,
+                    "{}",
+                    scanner.held.capacity()
+                );
+            }
+            out += scanner.end().map_or(0, |rest| rest.len());
+            assert_eq!(out, stream.len());
+            assert_eq!(
+                scanner.output_chars(),
+                16 * (stream.len() / event.len()) as u64
+            );
+        }
+    }
+
+    #[test]
     fn a_chunk_with_content_and_usage_is_kept() {
         let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n";
         let (out, reported, _) = run(true, &[stream.as_bytes()]);
