@@ -203,6 +203,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_a_daemon_resume_and_list_use_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.control.socket = dir.path().join("no-daemon.sock");
+        config.proxy.usage.state_dir = Some(dir.path().into());
+        config.proxy.keys = vec![
+            KeyEntry::new("k", &"a".repeat(64)),
+            KeyEntry::new("other", &"b".repeat(64)),
+        ];
+        let mut book = ledger::Book::default();
+        book.keys.entry("k".into()).or_default().suspended = Some(ledger::Suspension {
+            since: "2026-12-01T11:00:00Z".into(),
+            reason: "usage_spike".into(),
+        });
+        persist::write(dir.path(), &book).unwrap();
+        assert_eq!(
+            suspensions(&config).get("k").map(String::as_str),
+            Some("2026-12-01T11:00:00Z")
+        );
+        assert!(!suspensions(&config).contains_key("other"));
+        assert!(resume(&config, "k").unwrap());
+        assert!(!resume(&config, "k").unwrap(), "only once");
+        assert!(resume(&config, "nobody").is_err());
+        assert!(suspensions(&config).is_empty());
+        assert!(persist::read(dir.path()).unwrap().keys["k"]
+            .suspended
+            .is_none());
+    }
+
+    #[test]
     fn the_table_shows_use_limits_left_and_models() {
         let mut entry = ledger::KeyBook::default();
         entry.day_tokens = 58;
