@@ -14,6 +14,8 @@ usage: client.py ACTION BASE_URL KEY [ARG]
   completions     one legacy completion on mock-gpt
   rate N          N model-list calls in a row; counts statuses
   http SPEC       one raw request; SPEC is JSON {method, path, headers, body, body_size, chunked, ca}
+  usage SPEC      one chat completion; SPEC is JSON {model, stream, include_usage, max_tokens};
+                  reports the usage the client saw and how many chunks carried it
 """
 import json
 import os
@@ -111,6 +113,28 @@ def main():
                     counts[str(err.status_code)] = counts.get(str(err.status_code), 0) + 1
                     retry_after = retry_after or err.response.headers.get("retry-after")
             result = {"ok": True, "counts": counts, "retry_after": retry_after}
+        elif action == "usage":
+            spec = json.loads(arg)
+            extra = {}
+            if spec.get("max_tokens"):
+                extra["max_tokens"] = spec["max_tokens"]
+            if spec.get("include_usage"):
+                extra["stream_options"] = {"include_usage": True}
+            model = spec.get("model", "mock-gpt")
+            messages = [{"role": "user", "content": "hi"}]
+            if spec.get("stream"):
+                text, usage, usage_chunks = [], None, 0
+                for chunk in sdk.chat.completions.create(model=model, stream=True, messages=messages, **extra):
+                    if chunk.usage is not None:
+                        usage_chunks += 1
+                        usage = chunk.usage.model_dump()
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        text.append(chunk.choices[0].delta.content)
+                result = {"ok": True, "text": "".join(text), "usage": usage, "usage_chunks": usage_chunks}
+            else:
+                out = sdk.chat.completions.create(model=model, messages=messages, **extra)
+                result = {"ok": True, "text": out.choices[0].message.content,
+                          "usage": out.usage.model_dump() if out.usage else None}
         elif action == "http":
             spec = json.loads(arg)
             body = spec.get("body")

@@ -13,7 +13,7 @@ use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
 
 mod mint;
 
-use super::edit;
+use super::{edit, usage};
 use crate::{config::Config, proxy::layers::auth::hash_hex};
 
 #[derive(Debug, Subcommand)]
@@ -25,11 +25,24 @@ pub enum KeysCommand {
         /// Expire the key after this long, like `30d` or `12h`.
         #[arg(long, value_name = "DUR")]
         expires: Option<humantime::Duration>,
-        /// Requests per minute for this key (overrides proxy.rate.per_key_rpm).
-        #[arg(long, value_name = "N")]
-        rpm: Option<u32>,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
-    /// List keys by name with their created and expiry times. Never shows a key.
+    /// Change an existing key's policy in place: only the flags given change; 0 (or an empty
+    /// list) removes a limit.
+    Set {
+        name: String,
+        /// Expire the key this long from now.
+        #[arg(long, value_name = "DUR")]
+        expires: Option<humantime::Duration>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Lift a key's suspension after a usage spike (in the running daemon, or in the state file
+    /// when none runs).
+    Resume { name: String },
+    /// List keys by name with their created and expiry times, limits and suspension. Never shows
+    /// a key.
     List,
     /// Remove a key by name (from `proxy.admin_routes.keys` too, in the same edit).
     Revoke { name: String },
@@ -49,9 +62,117 @@ pub enum KeysCommand {
     },
 }
 
+/// A key's budgets and policy (issue 14); every one is off unless given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyArgs {
+    /// Requests per minute for this key (overrides proxy.rate.per_key_rpm).
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+    /// Tokens (in and out) per minute.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Tokens (in and out) per UTC day.
+    #[arg(long, value_name = "N")]
+    pub tokens_per_day: Option<u64>,
+    /// Input (prompt) tokens per UTC day.
+    #[arg(long, value_name = "N")]
+    pub input_tokens_per_day: Option<u64>,
+    /// Output (completion) tokens per UTC day.
+    #[arg(long, value_name = "N")]
+    pub output_tokens_per_day: Option<u64>,
+    /// Requests per UTC day.
+    #[arg(long, value_name = "N")]
+    pub requests_per_day: Option<u64>,
+    /// Spend per UTC day, in US dollars at proxy.pricing's prices.
+    #[arg(long, value_name = "X")]
+    pub usd_per_day: Option<f64>,
+    /// Spend per UTC month, in US dollars.
+    #[arg(long, value_name = "X")]
+    pub usd_per_month: Option<f64>,
+    /// Models the key may call, as globs (`gpt-4o*,mock-*`).
+    #[arg(long, value_name = "GLOB,...", value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    /// Source addresses the key may come from (`10.0.0.0/8,::1`).
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub from: Option<Vec<String>>,
+    /// A cap on max_tokens (and its aliases) in this key's requests (its `caps.max_tokens`).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+}
+
+impl PolicyArgs {
+    /// Writes the given flags into a `[[proxy.keys]]` entry; 0 or an empty list removes one.
+    fn apply(&self, entry: &mut Table) -> anyhow::Result<()> {
+        let mut int = |field: &str, number: Option<u64>| match number {
+            Some(0) => {
+                entry.remove(field);
+            }
+            Some(n) => entry[field] = value(i64::try_from(n).unwrap_or(i64::MAX)),
+            None => {}
+        };
+        int("rpm", self.rpm.map(u64::from));
+        int("tpm", self.tpm);
+        int("tokens_per_day", self.tokens_per_day);
+        int("input_tokens_per_day", self.input_tokens_per_day);
+        int("output_tokens_per_day", self.output_tokens_per_day);
+        int("requests_per_day", self.requests_per_day);
+        for (field, usd) in [
+            ("usd_per_day", self.usd_per_day),
+            ("usd_per_month", self.usd_per_month),
+        ] {
+            match usd {
+                Some(x) if !x.is_finite() || x < 0.0 => {
+                    bail!(
+                        "--{} must be a non-negative number",
+                        field.replace('_', "-")
+                    )
+                }
+                Some(0.0) => {
+                    entry.remove(field);
+                }
+                Some(x) => entry[field] = value(x),
+                None => {}
+            }
+        }
+        for (field, list) in [("models", &self.models), ("from", &self.from)] {
+            let Some(list) = list else { continue };
+            let list: Vec<&str> = list
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if list.is_empty() {
+                entry.remove(field);
+            } else {
+                entry[field] = value(list.into_iter().collect::<toml_edit::Array>());
+            }
+        }
+        if let Some(max) = self.max_tokens {
+            let caps = entry
+                .entry("caps")
+                .or_insert_with(|| value(toml_edit::InlineTable::new()));
+            let caps = caps
+                .as_table_like_mut()
+                .context("`caps` of this key is not a table")?;
+            caps.insert("max_tokens", value(i64::try_from(max).unwrap_or(i64::MAX)));
+        }
+        Ok(())
+    }
+}
+
 pub fn run(config_path: &Path, json: bool, command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::Add { name, expires, rpm } => add(config_path, json, &name, expires, rpm),
+        KeysCommand::Add {
+            name,
+            expires,
+            policy,
+        } => add(config_path, json, &name, expires, &policy),
+        KeysCommand::Set {
+            name,
+            expires,
+            policy,
+        } => set(config_path, json, &name, expires, &policy),
+        KeysCommand::Resume { name } => resume(config_path, json, &name),
         KeysCommand::List => list(config_path, json),
         KeysCommand::Revoke { name } => revoke(config_path, json, &name),
         KeysCommand::Mint {
@@ -67,7 +188,7 @@ fn add(
     json: bool,
     name: &str,
     expires: Option<humantime::Duration>,
-    rpm: Option<u32>,
+    policy: &PolicyArgs,
 ) -> anyhow::Result<ExitCode> {
     let edit_lock = edit::lock(path)?;
     let mut doc = read(path)?;
@@ -85,9 +206,7 @@ fn add(
     if let Some(expires) = expires {
         entry["expires"] = value(humantime::format_rfc3339_seconds(now + *expires).to_string());
     }
-    if let Some(rpm) = rpm {
-        entry["rpm"] = value(i64::from(rpm));
-    }
+    policy.apply(&mut entry)?;
     let proxy = doc
         .entry("proxy")
         .or_insert_with(|| Item::Table(Table::new()));
@@ -116,22 +235,88 @@ fn add(
     Ok(ExitCode::SUCCESS)
 }
 
+fn set(
+    path: &Path,
+    json: bool,
+    name: &str,
+    expires: Option<humantime::Duration>,
+    policy: &PolicyArgs,
+) -> anyhow::Result<ExitCode> {
+    let edit_lock = edit::lock(path)?;
+    let mut doc = read(path)?;
+    let entry = doc
+        .get_mut("proxy")
+        .and_then(|proxy| proxy.get_mut("keys"))
+        .and_then(Item::as_array_of_tables_mut)
+        .and_then(|keys| {
+            keys.iter_mut()
+                .find(|table| table.get("name").and_then(Item::as_str) == Some(name))
+        });
+    let Some(entry) = entry else {
+        bail!("no key named \"{name}\" in {}", path.display());
+    };
+    if let Some(expires) = expires {
+        entry["expires"] =
+            value(humantime::format_rfc3339_seconds(SystemTime::now() + *expires).to_string());
+    }
+    policy.apply(entry)?;
+    let reload = write(path, &doc, edit_lock)?;
+    if json {
+        println!(
+            "{}",
+            json!({ "name": name, "reload": edit::reload_json(&reload) })
+        );
+    } else {
+        println!("key \"{name}\" changed; {}", edit::describe(&reload));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume(path: &Path, json: bool, name: &str) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let resumed = usage::resume(&config, name)?;
+    if json {
+        println!("{}", json!({ "name": name, "resumed": resumed }));
+    } else if resumed {
+        println!("key \"{name}\" resumed");
+    } else {
+        println!("key \"{name}\" was not suspended");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let keys = &config.proxy.keys;
+    let suspended = usage::suspensions(&config);
     if json {
         let rows: Vec<_> = keys
             .iter()
-            .map(|k| json!({ "name": k.name, "created": k.created, "expires": k.expires, "rpm": k.rpm }))
+            .map(|k| {
+                json!({ "name": k.name, "created": k.created, "expires": k.expires, "rpm": k.rpm,
+                        "tpm": k.tpm, "tokens_per_day": k.tokens_per_day,
+                        "input_tokens_per_day": k.input_tokens_per_day,
+                        "output_tokens_per_day": k.output_tokens_per_day,
+                        "requests_per_day": k.requests_per_day, "usd_per_day": k.usd_per_day,
+                        "usd_per_month": k.usd_per_month, "models": k.models, "from": k.from,
+                        "suspended": suspended.get(&k.name) })
+            })
             .collect();
         println!("{}", json!({ "keys": rows }));
     } else {
-        println!("{:<24} {:<22} {:<22} rpm", "name", "created", "expires");
+        println!(
+            "{:<24} {:<22} {:<22} {:<6} state",
+            "name", "created", "expires", "rpm"
+        );
         for k in keys {
             let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
             let rpm = k.rpm.map_or("-".into(), |r| r.to_string());
+            let state = match suspended.get(&k.name) {
+                Some(since) => format!("suspended since {since}"),
+                None => "active".into(),
+            };
             println!(
-                "{:<24} {:<22} {:<22} {rpm}",
+                "{:<24} {:<22} {:<22} {rpm:<6} {state}",
                 k.name,
                 or_dash(&k.created),
                 or_dash(&k.expires)
@@ -226,10 +411,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pg.toml");
         config::write_initial(&path, &config::InitOptions::default()).unwrap();
-        add(&path, true, "ci", Some("30d".parse().unwrap()), Some(60)).unwrap();
-        add(&path, true, "dev", None, None).unwrap();
+        let rpm = PolicyArgs {
+            rpm: Some(60),
+            ..PolicyArgs::default()
+        };
+        let none = PolicyArgs::default();
+        add(&path, true, "ci", Some("30d".parse().unwrap()), &rpm).unwrap();
+        add(&path, true, "dev", None, &none).unwrap();
         assert!(
-            add(&path, true, "ci", None, None).is_err(),
+            add(&path, true, "ci", None, &none).is_err(),
             "names are unique"
         );
         let loaded = Config::load(&path).unwrap();
@@ -260,12 +450,71 @@ mod tests {
     }
 
     #[test]
+    fn set_changes_a_key_in_place_and_zero_removes_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg.toml");
+        config::write_initial(&path, &config::InitOptions::default()).unwrap();
+        let policy = PolicyArgs {
+            tpm: Some(1000),
+            tokens_per_day: Some(50_000),
+            requests_per_day: Some(100),
+            usd_per_day: Some(1.5),
+            usd_per_month: Some(20.0),
+            models: Some(vec!["gpt-4o*".into(), "mock-*".into()]),
+            from: Some(vec!["10.0.0.0/8".into(), "::1".into()]),
+            max_tokens: Some(512),
+            input_tokens_per_day: Some(7),
+            ..PolicyArgs::default()
+        };
+        add(&path, true, "ci", None, &policy).unwrap();
+        let key = &Config::load(&path).unwrap().proxy.keys[0];
+        assert_eq!(
+            (
+                key.tpm,
+                key.tokens_per_day,
+                key.requests_per_day,
+                key.usd_per_day,
+                key.usd_per_month
+            ),
+            (Some(1000), Some(50_000), Some(100), Some(1.5), Some(20.0))
+        );
+        assert_eq!(key.models, ["gpt-4o*", "mock-*"]);
+        assert_eq!(key.from, ["10.0.0.0/8", "::1"]);
+        assert_eq!(key.caps["max_tokens"], 512);
+        assert_eq!(
+            (key.input_tokens_per_day, key.output_tokens_per_day),
+            (Some(7), None)
+        );
+        let change = PolicyArgs {
+            tpm: Some(0),
+            usd_per_day: Some(3.0),
+            models: Some(vec![String::new()]),
+            max_tokens: Some(64),
+            ..PolicyArgs::default()
+        };
+        set(&path, true, "ci", None, &change).unwrap();
+        let key = &Config::load(&path).unwrap().proxy.keys[0];
+        assert_eq!(
+            (key.tpm, key.usd_per_day, key.tokens_per_day),
+            (None, Some(3.0), Some(50_000))
+        );
+        assert!(key.models.is_empty());
+        assert_eq!(key.caps["max_tokens"], 64);
+        assert!(set(&path, true, "nobody", None, &change).is_err());
+        let bad = PolicyArgs {
+            usd_per_day: Some(-1.0),
+            ..PolicyArgs::default()
+        };
+        assert!(set(&path, true, "ci", None, &bad).is_err());
+    }
+
+    #[test]
     fn revoking_an_admin_key_removes_it_from_admin_routes_too() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pg.toml");
         config::write_initial(&path, &config::InitOptions::default()).unwrap();
-        add(&path, true, "ops", None, None).unwrap();
-        add(&path, true, "ops2", None, None).unwrap();
+        add(&path, true, "ops", None, &PolicyArgs::default()).unwrap();
+        add(&path, true, "ops2", None, &PolicyArgs::default()).unwrap();
         let mut doc = read(&path).unwrap();
         let mut admins = toml_edit::Array::new();
         admins.push("ops");

@@ -15,6 +15,7 @@ mod run;
 mod status;
 mod systemd_cmd;
 mod top;
+mod usage;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -72,6 +73,8 @@ pub enum Command {
     Egress(egress::EgressCommand),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
+    /// Per key and model: tokens in and out, requests, spend, and what is left of each budget.
+    Usage(usage::UsageArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -93,6 +96,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(&config_path, json, args),
         Command::Egress(command) => egress::run(&config_path, json, command),
         Command::Completions(args) => completions::run(args),
+        Command::Usage(args) => usage::run(&config_path, json, args),
     }
 }
 

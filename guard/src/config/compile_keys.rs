@@ -8,8 +8,8 @@ use std::{
 
 use http::HeaderValue;
 
-use super::proxy::ProxyConfig;
-use crate::proxy::layers::auth::StoredKey;
+use super::proxy::{KeyEntry, ProxyConfig};
+use crate::proxy::{budget::policy::Policy, layers::auth::StoredKey};
 
 pub(super) fn keys(
     config: &ProxyConfig,
@@ -85,6 +85,7 @@ pub(super) fn keys(
                 );
             }
         }
+        let policy = policy(key, &mut fail);
         let upstream_allow = super::compile_proxy::allow_list(
             &key.upstream_allow,
             &format!("proxy.keys[{i}].upstream_allow"),
@@ -99,6 +100,7 @@ pub(super) fn keys(
             rpm: key.rpm,
             upstream_allow,
             caps,
+            policy,
         });
     }
     for (i, name) in config.admin_routes.keys.iter().enumerate() {
@@ -111,6 +113,102 @@ pub(super) fn keys(
         }
     }
     ok.then_some(stored)
+}
+
+/// `[proxy.usage]` and `[proxy.pricing]`: numbers the ledger can use.
+pub(super) fn usage_and_pricing(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) {
+    let usage = &config.usage;
+    if usage.persist_secs == 0 {
+        push(
+            "proxy.usage.persist_secs".into(),
+            "must be at least 1 (it is the most usage a kill -9 can lose)".into(),
+        );
+    }
+    if !usage.spike.factor.is_finite() || usage.spike.factor < 0.0 {
+        push(
+            "proxy.usage.spike.factor".into(),
+            "must be a non-negative number, like 10.0".into(),
+        );
+    }
+    let prices = std::iter::once((
+        "proxy.pricing.default_price".to_string(),
+        config.pricing.default_price,
+    ))
+    .chain(
+        config
+            .pricing
+            .models
+            .iter()
+            .map(|(model, price)| (format!("proxy.pricing.models.\"{model}\""), *price)),
+    );
+    for (field, price) in prices {
+        for (side, usd) in [("input", price.input), ("output", price.output)] {
+            if !usd.is_finite() || usd < 0.0 {
+                push(
+                    format!("{field}.{side}"),
+                    "must be a non-negative price in US dollars per million tokens".into(),
+                );
+            }
+        }
+    }
+}
+
+/// The key's budgets, models and sources (issue 14); every one is off unless set.
+fn policy(key: &KeyEntry, fail: &mut dyn FnMut(&str, String)) -> Policy {
+    let mut from = Vec::new();
+    for (j, cidr) in key.from.iter().enumerate() {
+        match cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) => from.push(net.trunc()),
+            Err(_) => fail(
+                &format!("from[{j}]"),
+                "must be an address or a CIDR, like \"10.0.0.0/8\" or \"::1\"".into(),
+            ),
+        }
+    }
+    for (j, glob) in key.models.iter().enumerate() {
+        if glob.trim().is_empty() {
+            fail(
+                &format!("models[{j}]"),
+                "must name a model or a glob like \"gpt-4o*\"".into(),
+            );
+        }
+    }
+    for (field, value) in [
+        ("usd_per_day", key.usd_per_day),
+        ("usd_per_month", key.usd_per_month),
+    ] {
+        if value.is_some_and(|usd| !usd.is_finite() || usd < 0.0) {
+            fail(field, "must be a non-negative number of US dollars".into());
+        }
+    }
+    for (field, value) in [
+        ("tpm", key.tpm),
+        ("tokens_per_day", key.tokens_per_day),
+        ("input_tokens_per_day", key.input_tokens_per_day),
+        ("output_tokens_per_day", key.output_tokens_per_day),
+        ("requests_per_day", key.requests_per_day),
+    ] {
+        if value == Some(0) {
+            fail(
+                field,
+                "must be at least 1 (leave it out for no limit; revoke the key to stop it)".into(),
+            );
+        }
+    }
+    Policy {
+        tpm: key.tpm,
+        tokens_per_day: key.tokens_per_day,
+        input_tokens_per_day: key.input_tokens_per_day,
+        output_tokens_per_day: key.output_tokens_per_day,
+        requests_per_day: key.requests_per_day,
+        usd_per_day: key.usd_per_day,
+        usd_per_month: key.usd_per_month,
+        models: key.models.clone(),
+        from,
+    }
 }
 
 /// A secret file must exist, be this user's and readable by its owner only, and hold one key
@@ -165,7 +263,6 @@ pub(super) fn read_secret_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::proxy::KeyEntry;
 
     fn fields(config: &ProxyConfig) -> Vec<String> {
         let mut out = Vec::new();
@@ -210,6 +307,7 @@ mod tests {
             rpm: Some(10),
             upstream_allow: Vec::new(),
             caps: Default::default(),
+            ..crate::config::proxy::KeyEntry::new("", "")
         };
         let config = ProxyConfig {
             keys: vec![
@@ -243,6 +341,60 @@ mod tests {
     }
 
     #[test]
+    fn usage_pricing_and_key_policy_are_checked() {
+        let mut config = ProxyConfig::default();
+        config.usage.persist_secs = 0;
+        config.usage.spike.factor = -1.0;
+        config.pricing.models.insert(
+            "m".into(),
+            crate::config::proxy::Price {
+                input: -1.0,
+                output: f64::NAN,
+            },
+        );
+        config.keys = vec![KeyEntry {
+            tpm: Some(0),
+            usd_per_day: Some(-2.0),
+            models: vec![" ".into()],
+            from: vec!["10.0.0.0/8".into(), "not-an-address".into(), "::1".into()],
+            ..KeyEntry::new("k", &"a".repeat(64))
+        }];
+        let mut problems = Vec::new();
+        usage_and_pricing(&config, &mut |field, _| problems.push(field));
+        assert_eq!(
+            problems,
+            [
+                "proxy.usage.persist_secs",
+                "proxy.usage.spike.factor",
+                "proxy.pricing.models.\"m\".input",
+                "proxy.pricing.models.\"m\".output"
+            ]
+        );
+        assert_eq!(
+            fields(&config),
+            [
+                "proxy.keys[0].from[1]",
+                "proxy.keys[0].models[0]",
+                "proxy.keys[0].usd_per_day",
+                "proxy.keys[0].tpm"
+            ]
+        );
+        config.keys[0] = KeyEntry {
+            from: vec!["10.1.2.3/8".into()],
+            models: vec!["gpt-*".into()],
+            ..KeyEntry::new("k", &"a".repeat(64))
+        };
+        let stored = keys(&config, None, &mut |field, message| {
+            panic!("{field}: {message}")
+        })
+        .unwrap();
+        assert_eq!(
+            stored[0].policy.from,
+            ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
     fn a_key_caps_override_the_defaults_by_name() {
         let key = |name: &str, caps: &[(&str, u64)]| KeyEntry {
             name: name.into(),
@@ -252,6 +404,7 @@ mod tests {
             rpm: None,
             upstream_allow: Vec::new(),
             caps: caps.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..KeyEntry::new("", "")
         };
         let mut config = ProxyConfig {
             keys: vec![

@@ -70,6 +70,7 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         }
     }
     let deny = deny_patterns(config, push);
+    super::compile_keys::usage_and_pricing(config, push);
     let keys = super::compile_keys::keys(
         config,
         custom_key_header.as_ref().and_then(Option::as_ref),
@@ -448,6 +449,7 @@ mod tests {
                     rpm: None,
                     upstream_allow: vec!["authorization".into()],
                     caps: Default::default(),
+                    ..crate::config::proxy::KeyEntry::new("", "")
                 }]
             }),
             ("proxy.content.deny_patterns[0]", |c| {

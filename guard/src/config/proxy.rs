@@ -48,6 +48,10 @@ pub struct ProxyConfig {
     pub body: BodyConfig,
     pub admin_routes: AdminRoutesConfig,
     pub rollout_tokens: RolloutTokensConfig,
+    /// Token and spend accounting (issue 14): state directory, reservations, the spike rule.
+    pub usage: UsageConfig,
+    /// Prices per model, for spend budgets.
+    pub pricing: PricingConfig,
     /// Client keys, by name. Only SHA-256 hashes are stored.
     pub keys: Vec<KeyEntry>,
 }
@@ -77,6 +81,8 @@ impl Default for ProxyConfig {
             body: BodyConfig::default(),
             admin_routes: AdminRoutesConfig::default(),
             rollout_tokens: RolloutTokensConfig::default(),
+            usage: UsageConfig::default(),
+            pricing: PricingConfig::default(),
             // No keys: every request is refused until one is added. Fail closed.
             keys: Vec::new(),
         }
@@ -450,6 +456,146 @@ pub struct KeyEntry {
     /// Overrides of `proxy.body.caps` for this key, by name (`caps = { n = 8 }`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub caps: std::collections::BTreeMap<String, u64>,
+    /// Tokens (in and out) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Tokens (in and out) per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// Input (prompt) tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens_per_day: Option<u64>,
+    /// Output (completion) tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens_per_day: Option<u64>,
+    /// Requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Spend per UTC day and per UTC month, in US dollars, at `proxy.pricing`'s prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_day: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_month: Option<f64>,
+    /// Models this key may call (globs: `*` any run, `?` one character); empty allows all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Source addresses this key may come from (CIDRs); empty allows all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+}
+
+impl KeyEntry {
+    /// A key with a name and hash and nothing else set.
+    #[cfg(test)]
+    pub fn new(name: &str, sha256: &str) -> KeyEntry {
+        KeyEntry {
+            name: name.into(),
+            sha256: sha256.into(),
+            created: None,
+            expires: None,
+            rpm: None,
+            upstream_allow: Vec::new(),
+            caps: Default::default(),
+            tpm: None,
+            tokens_per_day: None,
+            input_tokens_per_day: None,
+            output_tokens_per_day: None,
+            requests_per_day: None,
+            usd_per_day: None,
+            usd_per_month: None,
+            models: Vec::new(),
+            from: Vec::new(),
+        }
+    }
+}
+
+/// `[proxy.usage]`: token and spend accounting (issue 14).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Reads answers for their usage and enforces the token, request and spend budgets. Off, no
+    /// answer is read, no `include_usage` is added, and only the model and source lists of the
+    /// keys apply (for measuring what accounting costs).
+    pub enabled: bool,
+    /// Where the usage counters and suspensions are kept (`usage.json`). Unset: `$STATE_DIRECTORY`
+    /// (systemd's StateDirectory, `/var/lib/proxyguard` in the unit); neither: kept in memory only,
+    /// so a restart forgets what was spent.
+    pub state_dir: Option<PathBuf>,
+    /// How often the counters are written, in seconds: the most a kill -9 can lose.
+    pub persist_secs: u64,
+    /// The output tokens reserved for a request that names no `max_tokens`.
+    pub default_max_tokens: u64,
+    pub spike: SpikeConfig,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            state_dir: None,
+            persist_secs: 2,
+            default_max_tokens: 4096,
+            spike: SpikeConfig::default(),
+        }
+    }
+}
+
+/// A key's tokens in the last 5 minutes above `factor` times its trailing average (the 5-minute
+/// windows of the hour before) and above `floor` raise `usage_spike`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpikeConfig {
+    /// Tokens in 5 minutes below which no spike is raised; 0 turns the rule off.
+    pub floor: u64,
+    pub factor: f64,
+    /// `alert` reports the spike; `suspend` also refuses the key (403 `key_suspended`) until
+    /// `proxyguard keys resume NAME`.
+    pub action: SpikeAction,
+}
+
+impl Default for SpikeConfig {
+    fn default() -> Self {
+        Self {
+            floor: 0,
+            factor: 10.0,
+            action: SpikeAction::Alert,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpikeAction {
+    #[default]
+    Alert,
+    Suspend,
+}
+
+/// `[proxy.pricing]`: US dollars per million tokens, by model name as the request names it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// What a model missing from `models` costs: `default` charges `default_price`; `refuse`
+    /// refuses it (403 `model_not_priced`) for keys with a spend budget.
+    pub unknown: UnknownModel,
+    pub default_price: Price,
+    pub models: std::collections::BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownModel {
+    #[default]
+    Default,
+    Refuse,
+}
+
+/// Prices per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
 }
 
 /// Reserved header names that no config can un-reserve.

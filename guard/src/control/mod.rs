@@ -1,8 +1,9 @@
 //! The control channel between the CLI and the daemon: newline-delimited JSON over a Unix socket
 //! under /run/proxyguard that only root can open.
 //!
-//! A request is one line, `{"cmd":"status"}`, `{"cmd":"reload"}`, `{"cmd":"snapshot"}` or
-//! `{"cmd":"events","follow":true}`. The answer is one JSON line, or for `events` one line per
+//! A request is one line, `{"cmd":"status"}`, `{"cmd":"reload"}`, `{"cmd":"snapshot"}`,
+//! `{"cmd":"events","follow":true}`, `{"cmd":"usage","key":null}` or
+//! `{"cmd":"resume","key":"ci"}`. The answer is one JSON line, or for `events` one line per
 //! record. `snapshot` is what `proxyguard top` polls: the metrics text, the kernel counters, the
 //! most-refused clients and the last security events, answered without the daemon's main loop.
 
@@ -21,6 +22,15 @@ pub enum Command {
     Events {
         #[serde(default)]
         follow: bool,
+    },
+    /// Per-key usage and what is left of each budget (all keys, or one).
+    Usage {
+        #[serde(default)]
+        key: Option<String>,
+    },
+    /// Lifts a key's suspension.
+    Resume {
+        key: String,
     },
 }
 

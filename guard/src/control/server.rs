@@ -133,6 +133,15 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>, snapshots: 
             }
         }
         Ok(Command::Snapshot) => snapshot(&snapshots).await,
+        // The ledger answers these itself: a few map reads under its lock.
+        Ok(Command::Usage { key }) => match crate::proxy::budget::published() {
+            Some(ledger) => ledger.report(key.as_deref(), crate::proxy::budget::clock::now()),
+            None => json!({ "error": "the L7 proxy is not running" }),
+        },
+        Ok(Command::Resume { key }) => match crate::proxy::budget::published() {
+            Some(ledger) => json!({ "ok": true, "resumed": ledger.resume(&key) }),
+            None => json!({ "error": "the L7 proxy is not running" }),
+        },
         Ok(Command::Events { follow }) => {
             stream_events(&mut write, follow).await;
             return;

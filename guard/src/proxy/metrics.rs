@@ -24,6 +24,20 @@ pub struct KeyLabels {
     pub key: String,
 }
 
+/// Tokens by key, model (the pricing table's name or `other`) and direction (`in`, `out`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub key: String,
+    pub model: String,
+    pub direction: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    pub key: String,
+    pub model: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
     pub check: String,
@@ -51,6 +65,12 @@ pub struct Metrics {
     /// Connections proxyguard cut because of what the client did, by reason (`client_stalled`,
     /// `malformed_request`, `head_too_large`).
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Tokens in and out (issue 14), as reported or estimated.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// US dollars at `proxy.pricing`'s prices.
+    pub spend: Family<SpendLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// `usage_spike` alerts, per key.
+    pub usage_spikes: Family<KeyLabels, Counter>,
     /// The guarded-process audits (threats 6, 7, 12), refreshed from their summary at each scrape.
     findings: Family<CheckLabels, Gauge>,
     files_fixed: Gauge,
@@ -145,6 +165,24 @@ impl Metrics {
             "Full audits of the guarded service since start",
             audits.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let spend = Family::<SpendLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let usage_spikes = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by key, model (priced models, else other) and direction (in, out)",
+            tokens.clone(),
+        );
+        registry.register(
+            "spend_usd",
+            "Spend in US dollars at proxy.pricing's prices, by key and model",
+            spend.clone(),
+        );
+        registry.register(
+            "usage_spikes",
+            "usage_spike alerts raised, per key",
+            usage_spikes.clone(),
+        );
         let kernel = Family::<KernelLabels, Gauge>::default();
         registry.register(
             "kernel_events",
@@ -157,6 +195,9 @@ impl Metrics {
             files_fixed,
             audits,
             kernel,
+            tokens,
+            spend,
+            usage_spikes,
             requests,
             denials,
             key_requests,

@@ -7,6 +7,7 @@
 mod admin;
 mod alerts;
 mod audit_queue;
+pub mod budget;
 mod error;
 mod forward;
 pub(crate) mod framing_watch;
@@ -26,6 +27,7 @@ mod state;
 pub(crate) mod tls;
 mod upstream_slots;
 pub mod upstream_surface;
+pub mod usage;
 mod write_stall;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -55,6 +57,9 @@ pub struct Shared {
     /// Open and pending connections per source; outlives reloads like the slots, so a reload
     /// does not forget who holds what.
     sources: Arc<sources::Sources>,
+    /// What each key has used and reserved (issue 14); outlives reloads, and restarts on disk.
+    ledger: Arc<budget::Ledger>,
+    persister: std::sync::Mutex<Option<budget::persist::Persister>>,
 }
 
 /// Settings built and checked, not yet in force.
@@ -66,6 +71,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub tls: bool,
     configured_listen: SocketAddr,
+    /// Where the usage counters are written; fixed at start.
+    state_dir: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
     front: JoinHandle<()>,
     admin_task: JoinHandle<()>,
@@ -96,6 +103,21 @@ impl Proxy {
             local(&admin, config.admin_listen)?,
         );
 
+        let state_dir = budget::persist::state_dir(&config.usage);
+        let book = state_dir
+            .as_deref()
+            .map(budget::persist::load)
+            .unwrap_or_default();
+        let ledger = Arc::new(budget::Ledger::new(book));
+        ledger.configure(state.policies(), state.spike);
+        let persister = state_dir.clone().map(|dir| {
+            budget::persist::Persister::spawn(
+                ledger.clone(),
+                dir,
+                Duration::from_secs(config.usage.persist_secs.max(1)),
+            )
+        });
+        budget::publish(ledger.clone());
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             client: forward::client(),
@@ -105,6 +127,8 @@ impl Proxy {
                 config.limits.max_upstream_connections,
             ),
             sources: Arc::default(),
+            ledger,
+            persister: std::sync::Mutex::new(persister),
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
@@ -138,6 +162,7 @@ impl Proxy {
             admin: admin_addr,
             tls,
             configured_listen: config.listen,
+            state_dir,
             stop,
             front: front_task,
             admin_task,
@@ -149,6 +174,9 @@ impl Proxy {
     pub fn prepare(&self, config: &ProxyConfig, settings: Settings) -> Staged {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
+        }
+        if budget::persist::state_dir(&config.usage) != self.state_dir {
+            tracing::warn!("proxy.usage.state_dir changed; it applies at the next restart");
         }
         Staged(State::build(
             config,
@@ -162,6 +190,9 @@ impl Proxy {
         self.shared
             .upstream_slots
             .resize(staged.0.max_upstream_connections);
+        self.shared
+            .ledger
+            .configure(staged.0.policies(), staged.0.spike);
         self.shared.state.store(Arc::new(staged.0));
     }
 
@@ -180,7 +211,20 @@ impl Proxy {
         let _ = self.stop.send(true);
         let _ = self.front.await;
         let _ = self.admin_task.await;
-        // Every request's audit line is out before the daemon reports that it stops.
-        let _ = tokio::task::spawn_blocking(|| audit_queue::flush(Duration::from_secs(5))).await;
+        // Every request's audit line is out before the daemon reports that it stops, and the
+        // usage counters are on disk.
+        let persister = self
+            .shared
+            .persister
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let _ = tokio::task::spawn_blocking(move || {
+            audit_queue::flush(Duration::from_secs(5));
+            if let Some(persister) = persister {
+                persister.stop();
+            }
+        })
+        .await;
     }
 }

@@ -8,7 +8,9 @@
 //! 4. Path and method: unknown and malformed routes end here; closed admin routes answer 404
 //!    before auth, so they look absent to everyone.
 //! 5. Auth: the first check that needs a key. Everything after it is attributed to a key name.
-//!    A rollout token is held to its rollout's routes right here (403 `rollout_mismatch`).
+//!    A rollout token is held to its rollout's routes right here (403 `rollout_mismatch`), a key
+//!    to its source CIDRs (403 `source_not_allowed`), and a suspended key ends here (403
+//!    `key_suspended`).
 //! 6. Admin gate, per-key (or, for a token, per-rollout) rate limit and concurrency: before the
 //!    body, so a refused request costs no body reading.
 //! 7. Body: none on GET, then size; the client's key nowhere but its auth header (headers, query
@@ -16,9 +18,14 @@
 //!    that is not the shape is refused, and the parser yields every text the model reads); then
 //!    the content rules on those texts; then what the body asks of the upstream: control fields
 //!    refused, cost fields and batch sizes capped (per key), media URLs checked (on routes whose
-//!    body goes to a model; agent-lightning's events go to its store).
+//!    body goes to a model; agent-lightning's events go to its store); last the model against
+//!    the key's list (403 `model_not_allowed`) and, on metered routes, the request's token and
+//!    spend estimate reserved against the key's budgets (429 `token_budget`, `spend_budget`,
+//!    `request_budget`; `proxy::budget`). A streaming chat request gets
+//!    `stream_options.include_usage` here if it lacks it.
 //! 8. Forward. The client's key never leaves this function; the upstream's key is added last.
-//!    The response comes back with only the headers `proxy.headers.response_allow` lets through.
+//!    The response comes back with only the headers `proxy.headers.response_allow` lets through,
+//!    and is read for its usage as it streams (`record::Tracked`), which settles the reservation.
 
 use std::{
     convert::Infallible,
@@ -33,6 +40,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::{
+    budget::{self, Metered},
     forward,
     layers::{
         auth, body, body_fields, framing, header_limits, host, json, key_leak, path,
@@ -77,12 +85,13 @@ pub async fn handle(
     )
     .instrument(span)
     .await;
-    let (response, permits) = match outcome {
-        Ok((response, permits)) => {
+    let (response, permits, metered) = match outcome {
+        Ok((response, permits, metered)) => {
             record.status = response.status().as_u16();
             (
                 response.map(|body| body.map_err(BoxError::from).boxed()),
                 permits,
+                metered,
             )
         }
         Err(reject) => {
@@ -104,14 +113,16 @@ pub async fn handle(
                     .to_response()
                     .map(|body| body.map_err(|never| match never {}).boxed()),
                 Held::default(),
+                None,
             )
         }
     };
-    let (parts, inner) = response.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        Tracked::new(inner, record, permits),
-    ))
+    let (mut parts, inner) = response.into_parts();
+    let mut tracked = Tracked::new(inner, record, permits);
+    if let Some(metered) = metered {
+        tracked.meter(metered, &mut parts);
+    }
+    Ok(Response::from_parts(parts, tracked))
 }
 
 async fn checked_forward(
@@ -121,7 +132,7 @@ async fn checked_forward(
     ambiguous_framing: bool,
     request: Request<Incoming>,
     record: &mut Record,
-) -> Result<(Response<Incoming>, Held), Reject> {
+) -> Result<(Response<Incoming>, Held, Option<Metered>), Reject> {
     let (parts, request_body) = request.into_parts();
     let headers = &parts.headers;
 
@@ -148,6 +159,8 @@ async fn checked_forward(
     if let Some(claims) = &caller.rollout {
         rollout::check_route(claims, route.rollout.as_ref())?;
     }
+    key.policy.check_source(peer.addr.ip())?;
+    shared.ledger.check_suspended(&key.name)?;
     if admin && !state.admin_keys.contains(&key.name) {
         return Err(closed_route());
     }
@@ -163,7 +176,7 @@ async fn checked_forward(
     let limit = state.body_limit(&route.name);
     body::check_bodyless(&parts.method, headers)?;
     body::check_declared(headers, limit)?;
-    let bytes = body::read(request_body, limit, state.body_timeout).await?;
+    let mut bytes = body::read(request_body, limit, state.body_timeout).await?;
     record.bytes_in = bytes.len() as u64;
     if let Some(presented) = auth::presented_key(headers) {
         key_leak::check(
@@ -175,6 +188,7 @@ async fn checked_forward(
         )?;
     }
     super::layers::query::check(&route, parts.uri.query(), state.max_query_bytes)?;
+    let mut metered = None;
     if parts.method == Method::POST && !admin {
         let value = json::check(headers, &bytes, state.max_json_depth)?;
         let reading =
@@ -186,6 +200,11 @@ async fn checked_forward(
             body_fields::check(&value)?;
             body_fields::check_caps(&value, route.shape, &key.caps)?;
             state.media.check(&value)?;
+        }
+        let (admitted, rewritten) = budget::admit(&shared.ledger, state, key, route.shape, value)?;
+        metered = admitted;
+        if let Some(rewritten) = rewritten {
+            bytes = rewritten.into();
         }
     }
 
@@ -208,7 +227,7 @@ async fn checked_forward(
     .await;
     record.upstream = Some(started.elapsed());
     let (response, slot) = response?;
-    Ok((response, Held::new(permit, slot)))
+    Ok((response, Held::new(permit, slot), metered))
 }
 
 fn closed_route() -> Reject {

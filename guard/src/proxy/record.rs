@@ -20,9 +20,15 @@ use http_body_util::combinators::BoxBody;
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{layers::path::RolloutRef, upstream_slots::Slot, write_stall::StallFlag};
+use super::{
+    budget::{clock, Metered},
+    layers::path::RolloutRef,
+    upstream_slots::Slot,
+    usage::{self, Meter},
+    write_stall::StallFlag,
+};
 
-use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels};
+use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels, SpendLabels, TokenLabels};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,6 +47,17 @@ pub struct Record {
     pub reason: &'static str,
     pub bytes_in: u64,
     pub upstream: Option<Duration>,
+    /// What a metered request used and cost.
+    pub charged: Option<Charged>,
+}
+
+/// A metered request's usage and cost, for the audit line and the metrics.
+#[derive(Debug, Clone)]
+pub struct Charged {
+    pub model: Arc<str>,
+    pub usage: usage::Usage,
+    pub usd: f64,
+    pub spike: bool,
 }
 
 impl Record {
@@ -59,6 +76,7 @@ impl Record {
             reason: "forwarded",
             bytes_in: 0,
             upstream: None,
+            charged: None,
         }
     }
 
@@ -85,6 +103,7 @@ impl Record {
             reason,
             bytes_in: 0,
             upstream: None,
+            charged: None,
         }
     }
 
@@ -106,6 +125,7 @@ impl Record {
             reason: self.reason,
             bytes_in: self.bytes_in,
             upstream: self.upstream,
+            charged: self.charged.take(),
         });
     }
 }
@@ -125,6 +145,7 @@ pub struct Finished {
     reason: &'static str,
     bytes_in: u64,
     upstream: Option<Duration>,
+    charged: Option<Charged>,
 }
 
 impl Finished {
@@ -159,6 +180,31 @@ impl Finished {
                 key: key.to_string(),
             };
             metrics.key_requests.get_or_create(&labels).inc();
+            if let Some(charged) = &self.charged {
+                let model = charged.model.to_string();
+                for (direction, count) in
+                    [("in", charged.usage.input), ("out", charged.usage.output)]
+                {
+                    metrics
+                        .tokens
+                        .get_or_create(&TokenLabels {
+                            key: key.to_string(),
+                            model: model.clone(),
+                            direction: direction.into(),
+                        })
+                        .inc_by(count);
+                }
+                metrics
+                    .spend
+                    .get_or_create(&SpendLabels {
+                        key: key.to_string(),
+                        model,
+                    })
+                    .inc_by(charged.usd);
+                if charged.spike {
+                    metrics.usage_spikes.get_or_create(&labels).inc();
+                }
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs());
@@ -185,6 +231,13 @@ impl Finished {
                 "upstream_ms": self.upstream.map(ms),
                 "total_ms": ms(self.total),
         }));
+        if let Some(charged) = &self.charged {
+            fields.insert("model".into(), (*charged.model).into());
+            fields.insert("tokens_in".into(), charged.usage.input.into());
+            fields.insert("tokens_out".into(), charged.usage.output.into());
+            fields.insert("tokens_estimated".into(), charged.usage.estimated.into());
+            fields.insert("cost_usd".into(), charged.usd.into());
+        }
         // Ids the route's typed segments checked ([A-Za-z0-9_-]{1,128}): safe to log as they are.
         if let Some(rollout) = self.rollout {
             fields.insert("rollout".into(), rollout.rollout.into());
@@ -218,6 +271,8 @@ pub struct Tracked {
     /// The connection's write-stall flag: raised when the client stopped reading and the
     /// connection was cut, which is then what the record says.
     stall: Option<Arc<StallFlag>>,
+    /// A metered answer's reader and its reservation, settled when the body ends.
+    meter: Option<(Meter, Metered)>,
     _held: Held,
 }
 
@@ -228,8 +283,23 @@ impl Tracked {
             record,
             bytes_out: 0,
             stall: None,
+            meter: None,
             _held: held,
         }
+    }
+
+    /// Reads the answer for its usage (a 2xx one: an error answer is charged nothing, and its
+    /// reservation goes back). A stream that loses its usage-only chunk loses its length too.
+    pub fn meter(&mut self, metered: Metered, parts: &mut http::response::Parts) {
+        if !parts.status.is_success() {
+            return;
+        }
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE);
+        let meter = Meter::for_content_type(content_type.map(|v| v.as_bytes()), metered.strip);
+        if metered.strip && matches!(meter, Meter::Sse(_)) {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        self.meter = Some((meter, metered));
     }
 
     /// Records `client_stalled` if `flag` is raised when the body is dropped.
@@ -246,30 +316,55 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+        loop {
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    let data = match &mut self.meter {
+                        Some((meter, _)) => meter.observe(&data).unwrap_or(data),
+                        None => data,
+                    };
+                    // All of it was the stripped usage chunk (or held back until its event ends).
+                    if data.is_empty() && self.meter.is_some() {
+                        continue;
+                    }
                     self.bytes_out += data.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
+                Poll::Ready(None) => {
+                    let held = self.meter.as_mut().and_then(|(meter, _)| meter.take_held());
+                    if let Some(held) = held {
+                        self.bytes_out += held.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    return Poll::Ready(None);
+                }
+                // The status has gone out already, so only the audit line can tell that the
+                // upstream broke the stream (and the client got a cut response).
+                Poll::Ready(Some(Err(err))) => {
+                    self.record.decision = "error";
+                    self.record.reason = "upstream_stream_broken";
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            // The status has gone out already, so only the audit line can tell that the upstream
-            // broke the stream (and the client got a cut response).
-            Poll::Ready(Some(Err(_))) => {
-                self.record.decision = "error";
-                self.record.reason = "upstream_stream_broken";
-            }
-            _ => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // A metered stream may still hold bytes when the upstream's body ends.
+        self.meter.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.meter {
+            Some((_, metered)) if metered.strip => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
     }
 }
 
@@ -280,7 +375,38 @@ impl Drop for Tracked {
             self.record.decision = "error";
             self.record.reason = "client_stalled";
         }
+        if let Some((mut meter, metered)) = self.meter.take() {
+            self.record.charged = Some(settle(&mut meter, metered, self.record.client));
+        }
         self.record.finish(bytes_out);
+    }
+}
+
+/// Charges what the answer reported (or the estimate) in place of the reservation, and raises
+/// `usage_spike` when the charge trips the rule.
+fn settle(meter: &mut Meter, metered: Metered, client: IpAddr) -> Charged {
+    let (reported, chars) = meter.finish();
+    let used = usage::settle(reported, metered.input_estimate, chars);
+    let model = metered.ticket.model.clone();
+    let key = metered.ticket.key();
+    let charge = metered.ticket.settle(used, clock::now());
+    if let Some(spike) = &charge.spike {
+        crate::audit::emit(
+            "usage_spike",
+            crate::audit::fields(json!({
+                "key": &*key,
+                "client": client,
+                "tokens_5m": spike.tokens,
+                "trailing_average": spike.average,
+                "action": if spike.suspended { "suspend" } else { "alert" },
+            })),
+        );
+    }
+    Charged {
+        model,
+        usage: used,
+        usd: charge.usd,
+        spike: charge.spike.is_some(),
     }
 }
 
@@ -332,6 +458,71 @@ mod tests {
             text.contains(r#"proxyguard_denials_total{reason="upstream_stream_broken"} 1"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_metered_stream_loses_its_usage_chunk_and_is_charged() {
+        let stream: &[&[u8]] = &[
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\nda",
+            b"ta: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"prompt_tokens\":8,",
+            b"\"completion_tokens\":6}}\n\n",
+            b"data: [DONE]\n\n",
+        ];
+        let metrics = Arc::new(Metrics::new());
+        let ledger = Arc::new(crate::proxy::budget::Ledger::default());
+        let key: Arc<str> = "k".into();
+        let ticket = ledger
+            .admit(
+                &key,
+                &Default::default(),
+                (
+                    "m".into(),
+                    crate::config::proxy::Price {
+                        input: 1e6,
+                        output: 1e6,
+                    },
+                ),
+                (1, 100),
+                clock::now(),
+            )
+            .unwrap();
+        let mut record = Record::start(metrics.clone(), [127, 0, 0, 1].into(), &http::Method::POST);
+        record.key = Some(key.clone());
+        record.status = 200;
+        let frames = stream
+            .iter()
+            .map(|piece| Ok(Frame::data(Bytes::from_static(piece))))
+            .collect::<VecDeque<_>>();
+        let mut tracked = Tracked::new(Scripted(frames).boxed(), record, Held::default());
+        let (mut parts, ()) = http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(())
+            .unwrap()
+            .into_parts();
+        tracked.meter(
+            Metered {
+                ticket,
+                input_estimate: 1,
+                strip: true,
+            },
+            &mut parts,
+        );
+        let body = tracked.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n"
+        );
+        crate::proxy::audit_queue::flush(Duration::from_secs(30));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"proxyguard_tokens_total{key="k",model="m",direction="in"} 8"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"proxyguard_spend_usd_total{key="k",model="m"} 14"#),
+            "{text}"
+        );
+        assert_eq!(ledger.snapshot().keys["k"].day_tokens, 14);
     }
 
     #[tokio::test]

@@ -62,6 +62,14 @@ pub struct State {
     pub source_caps: SourceCaps,
     /// A response write that makes no progress for this long cuts the connection.
     pub write_stall: Duration,
+    /// Prices per model (`proxy.pricing`).
+    pub pricing: super::budget::Pricing,
+    /// Output tokens reserved for a request that names no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// `proxy.usage.enabled`.
+    pub metering: bool,
+    /// `proxy.usage.spike`, when on.
+    pub spike: Option<super::budget::ledger::SpikeRule>,
 }
 
 /// What the config compiler (`config::compile`) built from `[proxy]`: every value parsed and
@@ -165,6 +173,14 @@ impl State {
                 pending: limits_config.max_pending_heads_per_source,
             },
             write_stall: Duration::from_secs(timeouts.write_stall_secs),
+            pricing: super::budget::Pricing::new(&config.pricing),
+            default_max_tokens: config.usage.default_max_tokens,
+            metering: config.usage.enabled,
+            spike: (config.usage.spike.floor > 0).then_some(super::budget::ledger::SpikeRule {
+                floor: config.usage.spike.floor,
+                factor: config.usage.spike.factor,
+                suspend: config.usage.spike.action == crate::config::proxy::SpikeAction::Suspend,
+            }),
         }
     }
 
@@ -177,6 +193,11 @@ impl State {
 }
 
 impl State {
+    /// Each key's policy, for the ledger's reports.
+    pub fn policies(&self) -> Vec<(Arc<str>, super::budget::policy::Policy)> {
+        self.keys.policies()
+    }
+
     /// The body limit of `route`: its override, or the general one.
     pub fn body_limit(&self, route: &str) -> u64 {
         self.body_per_route
@@ -207,6 +228,7 @@ mod tests {
             rpm,
             upstream_allow: Vec::new(),
             caps: Default::default(),
+            ..crate::config::proxy::KeyEntry::new("", "")
         };
         let config = ProxyConfig {
             keys: vec![key("slow", Some(2)), key("default", None)],

@@ -97,13 +97,23 @@ pub fn l7(quick: bool) -> Result<Value> {
     let (upstream_port, nginx_port) = (free_port()?, free_port()?);
     let nginx_process = peers::nginx(&work.join("nginx"), upstream_port, nginx_port, KEY)?;
     let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
-    let (guard, guard_port) = peers::proxyguard(&binary, &work, upstream_port, &hash)?;
+    let (guard, guard_port) = peers::proxyguard(&binary, &work, upstream_port, &hash, "")?;
+    // The same guard with token accounting off (issue 14): what reading every answer costs.
+    let off_dir = work.join("accounting-off");
+    fs::create_dir_all(&off_dir)?;
+    let (guard_off, off_port) = peers::proxyguard(
+        &binary,
+        &off_dir,
+        upstream_port,
+        &hash,
+        "[proxy.usage]\nenabled = false",
+    )?;
 
     let duration = Duration::from_secs(if quick { 3 } else { 10 });
     let connections = 64;
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
     // Warm the pools and caches, then measure each target in turn.
-    for port in [upstream_port, guard_port, nginx_port] {
+    for port in [upstream_port, guard_port, off_port, nginx_port] {
         wrk::run(&url(port), &script, connections, Duration::from_secs(1))?;
     }
     println!(
@@ -125,6 +135,11 @@ pub fn l7(quick: bool) -> Result<Value> {
     let (proxyguard, proxyguard_us) = cpu(guard.pid(), &|| {
         wrk::run(&url(guard_port), &script, connections, duration)
     })?;
+    let (accounting_off, accounting_off_us) = cpu(guard_off.pid(), &|| {
+        wrk::run(&url(off_port), &script, connections, duration)
+    })?;
+    drop(guard_off);
+    let accounting_cost = proxyguard_us / accounting_off_us.max(f64::EPSILON) - 1.0;
     let (nginx, nginx_total_us) = cpu(nginx_process.pid(), &|| {
         wrk::run(&url(nginx_port), &script, connections, duration)
     })?;
@@ -199,6 +214,11 @@ pub fn l7(quick: bool) -> Result<Value> {
         "at half of proxyguard's peak ({:.0} vs {:.0} req/s measured): p99 direct {:.3} ms, proxyguard {:.3} ms, added {added_p99_half:.3} ms (target <= 1)",
         direct_half.rps, proxyguard_half.rps, direct_half.p99, proxyguard_half.p99
     );
+    println!(
+        "token accounting: {proxyguard_us:.1} us per request on, {accounting_off_us:.1} us off ({:.0} req/s off): {:+.1}% (target <= 5%)",
+        accounting_off.rps,
+        accounting_cost * 100.0
+    );
     println!("proxyguard peak RSS after 1,000 connections: {rss:.1} MiB (target <= 64); {:.0} req/s, {} non-2xx", many.rps, many.non_2xx);
     println!("{} (target: flat)", soak.summary());
 
@@ -220,6 +240,12 @@ pub fn l7(quick: bool) -> Result<Value> {
             "nginx_total": nginx_total_us,
             "upstream": upstream_us,
             "ratio_proxyguard_to_nginx": cpu_ratio,
+        },
+        "accounting": {
+            "on_cpu_us_per_request": proxyguard_us,
+            "off_cpu_us_per_request": accounting_off_us,
+            "off": accounting_off.to_json(),
+            "cost_ratio": accounting_cost,
         },
         "half_peak": {
             "target_rps": half_rate,

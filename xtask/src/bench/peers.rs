@@ -107,6 +107,7 @@ pub fn proxyguard(
     dir: &Path,
     upstream_port: u16,
     key_hash: &str,
+    extra: &str,
 ) -> Result<(Process, u16)> {
     // Its own control socket: the soak runs a second proxyguard beside the first, and neither
     // may take the default path from a real daemon on this host.
@@ -139,6 +140,7 @@ per_ip_burst = 1000000
 max_messages = 100
 max_message_chars = 100000
 deny_patterns = ["(?i)ignore (all )?previous instructions"]
+{extra}
 [[proxy.keys]]
 name = "bench"
 sha256 = "{key_hash}"

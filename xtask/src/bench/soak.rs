@@ -55,7 +55,7 @@ pub fn run(
 ) -> Result<Soak> {
     let dir = work.join("soak");
     std::fs::create_dir_all(&dir)?;
-    let (guard, port) = peers::proxyguard(binary, &dir, upstream_port, key_hash)?;
+    let (guard, port) = peers::proxyguard(binary, &dir, upstream_port, key_hash, "")?;
     let paced = dir.join("steady.lua");
     std::fs::write(
         &paced,

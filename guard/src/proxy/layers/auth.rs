@@ -45,6 +45,8 @@ pub struct StoredKey {
     pub upstream_allow: Vec<HeaderName>,
     /// `proxy.body.caps` with this key's overrides (`proxy.keys[].caps`).
     pub caps: crate::config::proxy::Caps,
+    /// Budgets, models and sources (`proxy.keys[]`; issue 14).
+    pub policy: crate::proxy::budget::policy::Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -84,8 +86,17 @@ impl KeyStore {
                 rpm: None,
                 upstream_allow: Vec::new(),
                 caps,
+                policy: Default::default(),
             },
         }
+    }
+
+    /// Each key's name and policy.
+    pub fn policies(&self) -> Vec<(Arc<str>, crate::proxy::budget::policy::Policy)> {
+        self.keys
+            .iter()
+            .map(|key| (key.name.clone(), key.policy.clone()))
+            .collect()
     }
 
     #[cfg(test)]
@@ -217,6 +228,7 @@ mod tests {
             rpm: None,
             upstream_allow: Vec::new(),
             caps: Default::default(),
+            policy: Default::default(),
         };
         KeyStore::new(
             vec![

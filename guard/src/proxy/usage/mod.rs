@@ -1,0 +1,190 @@
+//! Token usage, read from the upstream's answers as they pass (issue 14), never by holding them
+//! back: a JSON answer's `usage` object (`json_usage`), a streamed answer's usage chunk or
+//! Anthropic's `message_start`/`message_delta` (`sse`), and, when no usage arrives (an aborted
+//! stream, an upstream that reports none), an estimate from characters (`estimate`), marked so.
+//!
+//! `Meter` is what the response body wrapper (`record::Tracked`) feeds every frame to.
+
+pub mod estimate;
+pub mod json_usage;
+pub mod sse;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// Tokens of one request, as the upstream reported them or as estimated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    /// No usage arrived (or only part of it): some figure is an estimate from characters.
+    pub estimated: bool,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
+}
+
+/// What one answer reported: either count may be missing (Anthropic's stream sends input and
+/// output in different events).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+}
+
+impl Reported {
+    /// Later figures win: Anthropic's `message_delta` output count is cumulative.
+    pub fn merge(&mut self, other: Reported) {
+        self.input = other.input.or(self.input);
+        self.output = other.output.or(self.output);
+    }
+}
+
+/// The counts of a `usage` object: OpenAI's `prompt_tokens`/`completion_tokens` (chat,
+/// completions, embeddings) or `input_tokens`/`output_tokens` (Responses, Anthropic). Anthropic's
+/// cache reads and writes are input tokens too (they are billed, and they fill the context).
+pub fn reported(usage: &Value) -> Option<Reported> {
+    let object = usage.as_object()?;
+    let get = |name: &str| object.get(name).and_then(Value::as_u64);
+    let cached = get("cache_creation_input_tokens").unwrap_or(0)
+        + get("cache_read_input_tokens").unwrap_or(0);
+    let input = get("prompt_tokens")
+        .or_else(|| get("input_tokens"))
+        .map(|n| n + cached);
+    let output = get("completion_tokens").or_else(|| get("output_tokens"));
+    // Embeddings report prompt tokens only: nothing came out.
+    let output = output.or_else(|| (input.is_some() && get("total_tokens").is_some()).then_some(0));
+    (input.is_some() || output.is_some()).then_some(Reported { input, output })
+}
+
+/// How a response body is read for usage.
+pub enum Meter {
+    Json(json_usage::JsonUsage),
+    Sse(sse::SseScanner),
+}
+
+impl Meter {
+    /// A meter for a response with this `Content-Type`; `strip` removes the usage-only chunk
+    /// of a stream (the guard asked for it; the client did not).
+    pub fn for_content_type(content_type: Option<&[u8]>, strip: bool) -> Meter {
+        let sse = content_type.is_some_and(|value| {
+            value.len() >= 17 && value[..17].eq_ignore_ascii_case(b"text/event-stream")
+        });
+        if sse {
+            Meter::Sse(sse::SseScanner::new(strip))
+        } else {
+            Meter::Json(json_usage::JsonUsage::default())
+        }
+    }
+
+    /// Observes one frame. `Some(bytes)` replaces the frame (a stream being stripped); `None`
+    /// passes it on unchanged.
+    pub fn observe(&mut self, data: &Bytes) -> Option<Bytes> {
+        match self {
+            Meter::Json(json) => {
+                json.feed(data);
+                None
+            }
+            Meter::Sse(sse) => sse.feed(data),
+        }
+    }
+
+    /// Bytes a stripping scanner still holds when the body ends.
+    pub fn take_held(&mut self) -> Option<Bytes> {
+        match self {
+            Meter::Sse(sse) => sse.end(),
+            Meter::Json(_) => None,
+        }
+    }
+
+    /// What the answer reported, and the characters of its text (for an estimate).
+    pub fn finish(&mut self) -> (Reported, u64) {
+        match self {
+            Meter::Json(json) => json.finish(),
+            Meter::Sse(sse) => {
+                sse.end();
+                (sse.reported(), sse.output_chars())
+            }
+        }
+    }
+}
+
+/// The usage of a request whose prompt was estimated at `input_estimate` tokens: what the answer
+/// reported, each missing figure estimated (from the answer's characters for output).
+pub fn settle(reported: Reported, input_estimate: u64, output_chars: u64) -> Usage {
+    Usage {
+        input: reported.input.unwrap_or(input_estimate),
+        output: reported
+            .output
+            .unwrap_or_else(|| estimate::tokens(output_chars)),
+        estimated: reported.input.is_none() || reported.output.is_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_objects_of_every_shape() {
+        let cases = [
+            (
+                json!({"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}),
+                Some((Some(10), Some(20))),
+            ),
+            (
+                json!({"prompt_tokens": 7, "total_tokens": 7}),
+                Some((Some(7), Some(0))),
+            ),
+            (
+                json!({"input_tokens": 5, "output_tokens": 9, "total_tokens": 14}),
+                Some((Some(5), Some(9))),
+            ),
+            (
+                json!({"input_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 1, "output_tokens": 2}),
+                Some((Some(106), Some(2))),
+            ),
+            (json!({"output_tokens": 3}), Some((None, Some(3)))),
+            (json!({}), None),
+            (json!(null), None),
+            (json!({"prompt_tokens": "10"}), None),
+        ];
+        for (usage, want) in cases {
+            let got = reported(&usage).map(|r| (r.input, r.output));
+            assert_eq!(got, want, "{usage}");
+        }
+    }
+
+    #[test]
+    fn missing_figures_are_estimated_and_marked() {
+        let full = settle(
+            Reported {
+                input: Some(3),
+                output: Some(4),
+            },
+            100,
+            400,
+        );
+        assert_eq!(
+            full,
+            Usage {
+                input: 3,
+                output: 4,
+                estimated: false
+            }
+        );
+        let none = settle(Reported::default(), 100, 400);
+        assert_eq!(
+            none,
+            Usage {
+                input: 100,
+                output: 100,
+                estimated: true
+            }
+        );
+    }
+}
