@@ -320,6 +320,22 @@ fn placeholder(inner: &str, vars: &Vars) -> Result<Piece> {
     })
 }
 
+/// The guard config the corpus's expectations are written against (every test that replays
+/// the corpus through the guard uses it): short timeouts so slow entries end quickly; rate limits off (this is not a flood test); a
+/// deny pattern, a message count and a batch cap for the content, shape and control entries.
+pub fn guard_config(expired_hash: &str) -> String {
+    format!(
+        "[proxy.timeouts]\nheader_read_secs = 1\nbody_secs = 1\n\
+         [proxy.rate]\nper_key_rpm = 0\nper_ip_rpm = 0\n\
+         [proxy.limits]\nmax_body_bytes = 65536\nbody_per_route = {{ embeddings = 1024 }}\n\
+         [proxy.headers]\nreserved = [\"x-team-id\"]\n\
+         [proxy.content]\ndeny_patterns = [\"(?i)exfiltrate the keys\"]\nmax_messages = 16\n\
+         [proxy.body.caps]\ninputs = 8\n\
+         [[proxy.keys]]\nname = \"expired\"\nsha256 = \"{expired_hash}\"\n\
+         created = \"2020-01-01T00:00:00Z\"\nexpires = \"2021-01-01T00:00:00Z\"\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

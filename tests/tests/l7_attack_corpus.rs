@@ -45,21 +45,6 @@ const CATEGORIES: &[(&str, usize)] = &[
     ("content", 35),
 ];
 
-/// Short timeouts so slow entries end quickly; rate limits off (this is not a flood test); a
-/// deny pattern, a message count and a batch cap for the content, shape and control entries.
-fn extra(expired_hash: &str) -> String {
-    format!(
-        "[proxy.timeouts]\nheader_read_secs = 1\nbody_secs = 1\n\
-         [proxy.rate]\nper_key_rpm = 0\nper_ip_rpm = 0\n\
-         [proxy.limits]\nmax_body_bytes = 65536\nbody_per_route = {{ embeddings = 1024 }}\n\
-         [proxy.headers]\nreserved = [\"x-team-id\"]\n\
-         [proxy.content]\ndeny_patterns = [\"(?i)exfiltrate the keys\"]\nmax_messages = 16\n\
-         [proxy.body.caps]\ninputs = 8\n\
-         [[proxy.keys]]\nname = \"expired\"\nsha256 = \"{expired_hash}\"\n\
-         created = \"2020-01-01T00:00:00Z\"\nexpires = \"2021-01-01T00:00:00Z\"\n"
-    )
-}
-
 #[test]
 fn hostile_requests_get_their_outcome_and_never_reach_the_upstream() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/attacks.txt"))
@@ -73,7 +58,7 @@ fn hostile_requests_get_their_outcome_and_never_reach_the_upstream() {
         recorder.port,
         UPSTREAM_KEY,
         &["good", "revoked"],
-        &extra(&expired_hash),
+        &corpus::guard_config(&expired_hash),
     );
     let good = guard.key("good").to_owned();
     let revoked = guard.key("revoked").to_owned();

@@ -39,21 +39,6 @@ const THREADS: usize = 8;
 /// Some cases make LiteLLM wait (a mock delay, a provider it cannot reach).
 const DIRECT_PATIENCE: Duration = Duration::from_secs(120);
 
-/// The guard's config from `l7_attack_corpus.rs`: its deny pattern, message count, batch cap,
-/// body limits and timeouts, which the corpus's expectations are written against.
-fn extra(expired_hash: &str) -> String {
-    format!(
-        "[proxy.timeouts]\nheader_read_secs = 1\nbody_secs = 1\n\
-         [proxy.rate]\nper_key_rpm = 0\nper_ip_rpm = 0\n\
-         [proxy.limits]\nmax_body_bytes = 65536\nbody_per_route = {{ embeddings = 1024 }}\n\
-         [proxy.headers]\nreserved = [\"x-team-id\"]\n\
-         [proxy.content]\ndeny_patterns = [\"(?i)exfiltrate the keys\"]\nmax_messages = 16\n\
-         [proxy.body.caps]\ninputs = 8\n\
-         [[proxy.keys]]\nname = \"expired\"\nsha256 = \"{expired_hash}\"\n\
-         created = \"2020-01-01T00:00:00Z\"\nexpires = \"2021-01-01T00:00:00Z\"\n"
-    )
-}
-
 /// Appends one JSON line per LiteLLM success or failure event, naming the case by the
 /// `x-corpus-case` request header wherever LiteLLM keeps the request's headers.
 const CALLBACK: &str = r#"
@@ -265,7 +250,12 @@ fn upstream_classes_against_litellm_directly_and_through_the_guard() {
     let calls_before = calls.len();
     drop(calls);
     let (_, expired_hash) = new_key();
-    let guard = Guard::start(litellm.port, MASTER, &["good"], &extra(&expired_hash));
+    let guard = Guard::start(
+        litellm.port,
+        MASTER,
+        &["good"],
+        &corpus::guard_config(&expired_hash),
+    );
     let good = guard.key("good").to_owned();
     let guard_addr = guard.base.trim_start_matches("http://").to_owned();
     let guard_vars = vars(&guard_addr, &good);
