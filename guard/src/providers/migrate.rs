@@ -1,0 +1,1 @@
+//! Moving provider keys out of a LiteLLM deployment (filled in below).
