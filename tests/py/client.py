@@ -4,6 +4,8 @@ the SDK ships with, for requests the SDK cannot make). Prints one JSON object on
 usage: client.py ACTION BASE_URL KEY [ARG]
   chat            one chat completion on model mock-gpt
   stream GATE     a streaming completion on model slow; creates GATE on the first chunk
+  chat_model M    one chat completion on model M
+  embed M         one embedding of "hello" on model M
   models          the model list
   chat_headers    one chat completion on mock-gpt, with the response headers the SDK got
   rate N          N model-list calls in a row; counts statuses
@@ -68,6 +70,12 @@ def main():
             out = raw.parse()
             result = {"ok": True, "content": out.choices[0].message.content,
                       "headers": dict(raw.headers)}
+        elif action == "chat_model":
+            out = sdk.chat.completions.create(model=arg, messages=[{"role": "user", "content": "hi"}])
+            result = {"ok": True, "content": out.choices[0].message.content}
+        elif action == "embed":
+            out = sdk.embeddings.create(model=arg, input="hello")
+            result = {"ok": True, "embedding": out.data[0].embedding}
         elif action == "models":
             result = {"ok": True, "ids": [m.id for m in sdk.models.list().data]}
         elif action == "rate":
