@@ -210,6 +210,7 @@ fn serve(
             resumed,
         });
         let stream = reader.get_mut();
+        let path = path.split('?').next().unwrap_or_default();
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let model = request["model"].as_str().unwrap_or("unknown").to_owned();
         let written = if !key_ok {
@@ -242,11 +243,18 @@ fn serve(
                 }),
             )
         } else if path.ends_with("/models") {
-            respond(
+            // Answered with `connection: close`, so the next request needs a new connection
+            // (and can show that the client resumed its TLS session).
+            let body = json!({"object": "list", "data": [{"id": "gpt-test", "object": "model", "created": 1, "owned_by": "test"}]}).to_string();
+            let _ = write!(
                 stream,
-                200,
-                &json!({"object": "list", "data": [{"id": "gpt-test", "object": "model", "created": 1, "owned_by": "test"}]}),
-            )
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.flush();
+            stream.conn.send_close_notify();
+            let _ = stream.conn.complete_io(&mut stream.sock);
+            return;
         } else {
             respond(
                 stream,

@@ -123,9 +123,28 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
         "{seen:?}"
     );
 
+    // A provider that closes the connection: the next one resumes the TLS session (the
+    // gateway shares one rustls config, and so its session cache, across a provider's pool).
+    let gateway_base = format!("http://127.0.0.1:{gateway}");
+    for _ in 0..2 {
+        let models = http(
+            &gateway_base,
+            json!({"method": "GET", "path": "/test/v1/models"}),
+        );
+        assert_eq!(models["status"], 200, "{models}");
+    }
+    let seen = provider.seen();
+    let (first, second) = (&seen[3], &seen[4]);
+    assert_eq!(first.connection, seen[0].connection, "{seen:?}");
+    assert_ne!(second.connection, first.connection, "{seen:?}");
+    assert!(
+        second.resumed,
+        "the new connection did not resume: {seen:?}"
+    );
+    assert!(!seen[0].resumed);
+
     // Straight at the gateway: an untrusted certificate is a 502 naming the reason, and the
     // provider never got a request.
-    let gateway_base = format!("http://127.0.0.1:{gateway}");
     let chat_body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
     let refused = http(
         &gateway_base,
