@@ -234,3 +234,80 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
         );
     }
 }
+
+/// `providers add` into a running daemon that has no provider yet: the reload starts the
+/// gateway, and requests get the key. A key file made group-readable is refused at the next
+/// reload, and the gateway keeps the key it had.
+#[test]
+fn providers_add_starts_the_gateway_live_and_a_bad_reload_keeps_the_old_key() {
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("live.key");
+    let key = format!("sk-live-{}", &new_key().1[..16]);
+    write_key(&key_file, &key);
+    let provider = HttpsProvider::start(&key, None);
+    let gateway = free_port();
+    let extra = format!("\n[providers]\nlisten = \"127.0.0.1:{gateway}\"\n");
+    let mut guard = Guard::start(free_port(), MASTER, &["alice"], &extra);
+    assert_eq!(guard.daemon.ready["providers"]["listen"], json!(null));
+    let base = format!("http://127.0.0.1:{gateway}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gateway)).is_err(),
+        "the gateway listens with no provider"
+    );
+
+    let cli = |args: &[&str]| {
+        Command::new(proxyguard_tests::proxyguard_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&guard.daemon.config_path)
+            .output()
+            .expect("run proxyguard")
+    };
+    let out = cli(&[
+        "providers",
+        "add",
+        "live",
+        "--base-url",
+        &provider.base_url(),
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--ca-file",
+        provider.ca.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the running daemon reloaded it"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let models = http(&base, json!({"method": "GET", "path": "/live/v1/models"}));
+    assert_eq!(models["status"], 200, "{models}");
+    assert!(provider.seen()[0].key_ok);
+
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o640)).expect("chmod");
+    // `proxyguard reload` would refuse before asking (it validates the file too): SIGHUP asks
+    // the daemon itself.
+    let out = cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    guard.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    let refused = guard
+        .daemon
+        .wait_for(|e| e["kind"] == "reload_failed")
+        .expect("the refused reload");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("providers.routes[0].key_file") && error.contains("chmod 600"),
+        "{error}"
+    );
+    let models = http(&base, json!({"method": "GET", "path": "/live/v1/models"}));
+    assert_eq!(models["status"], 200, "{models}");
+    assert!(provider.seen().iter().all(|s| s.key_ok));
+    let _ = guard.records_until_sentinel();
+}
