@@ -300,6 +300,9 @@ fn rewrite(
     auth::strip(headers, None);
     headers.remove(&provider.auth_header);
     headers.remove(header::COOKIE);
+    // The caller's body is streamed on as it comes; a `100-continue` handshake is the two
+    // local hops' business, not the provider's.
+    headers.remove(header::EXPECT);
     for (name, value) in &provider.headers {
         headers.insert(name.clone(), value.clone());
     }
