@@ -158,11 +158,10 @@ fn add(
             "provider {name} added; point the LLM proxy at {api_base} (with a placeholder key); {}",
             edit::describe(&reload)
         );
-        if !config.upstream_guard.enabled {
-            println!(
-                "note: with no kernel rule on the gateway's port, any local process could use it"
-            );
-        }
+        // Until the kernel rule on the gateway's port exists (issue 13, points 2 and 3).
+        println!(
+            "note: no kernel rule guards the gateway's port yet, so any local process could use it (`proxyguard status` shows this)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
