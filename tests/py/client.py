@@ -4,6 +4,8 @@ the SDK ships with, for requests the SDK cannot make). Prints one JSON object on
 usage: client.py ACTION BASE_URL KEY [ARG]
   chat            one chat completion on model mock-gpt
   stream GATE     a streaming completion on model slow; creates GATE on the first chunk
+  chat_model M    one chat completion on model M
+  embed M         one embedding of "hello" on model M
   models          the model list
   chat_headers    one chat completion on mock-gpt, with the response headers the SDK got
   tools           a chat tool round trip on mock-gpt: tools, the assistant's tool call, its result
@@ -101,6 +103,12 @@ def main():
         elif action == "completions":
             out = sdk.completions.create(model="mock-gpt", prompt="Say hi")
             result = {"ok": True, "text": out.choices[0].text}
+        elif action == "chat_model":
+            out = sdk.chat.completions.create(model=arg, messages=[{"role": "user", "content": "hi"}])
+            result = {"ok": True, "content": out.choices[0].message.content}
+        elif action == "embed":
+            out = sdk.embeddings.create(model=arg, input="hello")
+            result = {"ok": True, "embedding": out.data[0].embedding}
         elif action == "models":
             result = {"ok": True, "ids": [m.id for m in sdk.models.list().data]}
         elif action == "rate":

@@ -82,6 +82,10 @@ impl Group {
             .expect("spawn peer");
         Group { child }
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Group {
@@ -172,8 +176,6 @@ pub struct LiteLlm {
 
 impl LiteLlm {
     pub fn start(master_key: &str, provider: Option<&Provider>, env: &[(&str, &str)]) -> LiteLlm {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut config = String::from(
             "model_list:\n  - model_name: mock-gpt\n    litellm_params:\n      model: openai/mock-gpt\n      api_key: sk-provider-unused\n      mock_response: \"Hello from the mock model.\"\n",
         );
@@ -183,6 +185,15 @@ impl LiteLlm {
                 provider.port
             ));
         }
+        Self::start_with_models(master_key, &config, env)
+    }
+
+    /// LiteLLM on `model_list` (YAML, starting with `model_list:`), with no provider key in its
+    /// environment: the variables LiteLLM reads keys from are removed, whatever the test's own.
+    pub fn start_with_models(master_key: &str, model_list: &str, env: &[(&str, &str)]) -> LiteLlm {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut config = model_list.to_owned();
         config.push_str(&format!("general_settings:\n  master_key: {master_key}\n"));
         let config_path = dir.path().join("litellm.yaml");
         fs::write(&config_path, config).expect("write LiteLLM config");
@@ -202,6 +213,9 @@ impl LiteLlm {
                 ])
                 // Offline: the bundled model cost map, no fetch.
                 .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                .env_remove("OPENAI_API_KEY")
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("AZURE_API_KEY")
                 .envs(env.iter().copied())
                 .stdout(file.try_clone().expect("log"))
                 .stderr(file),
@@ -217,6 +231,11 @@ impl LiteLlm {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The LiteLLM process's id (for its /proc/<pid>/environ).
+    pub fn pid(&self) -> u32 {
+        self._group.pid()
     }
 
     /// How many requests for `path` LiteLLM's access log shows.

@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod daemon;
 pub mod faulty_upstream;
 pub mod guarded;
+pub mod https_provider;
 pub mod l7;
 pub mod net;
 pub mod netns;

@@ -463,3 +463,81 @@ fn usage_errors_exit_2() {
         "no [guarded] service and no --pid"
     );
 }
+
+/// Issue 13: provider keys in the service's environment (names only) and in its LiteLLM config
+/// (found through `--config` on its command line), each with its migration: the key into a
+/// root-only file, `providers add`, LiteLLM's new lines and the `UnsetEnvironment=` line.
+#[test]
+fn provider_keys_come_with_their_migration_to_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let litellm_config = dir.path().join("litellm.yaml");
+    std::fs::write(
+        &litellm_config,
+        format!(
+            "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: os.environ/OPENAI_API_KEY\n  - model_name: claude\n    litellm_params:\n      model: anthropic/claude-3-5-sonnet\n      api_key: \"sk-ant-{CANARY}\"\n"
+        ),
+    )
+    .unwrap();
+    // A stand-in for LiteLLM: its command line names the config the way `litellm --config` does.
+    let mut child = Command::new("sh")
+        .args(["-c", "sleep 60; :", "litellm", "--config"])
+        .arg(&litellm_config)
+        .env("OPENAI_API_KEY", CANARY)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let config = config(dir.path());
+    let pid = child.id();
+    let (out, json) = check(&config, pid, &[]);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    let literal = finding(&json, "provider_key", "litellm.yaml:9").expect("the literal key");
+    assert_eq!(literal["severity"], "high", "{literal}");
+    assert!(
+        finding(&json, "provider_key", "litellm.yaml:2").is_some(),
+        "{json}"
+    );
+    let migration = json["migration"].as_array().expect("a migration");
+    let openai = migration
+        .iter()
+        .find(|m| m["provider"] == "openai")
+        .expect("openai's migration");
+    assert_eq!(
+        openai["providers_add"],
+        "proxyguard providers add openai --base-url https://api.openai.com/v1 --key-file /etc/proxyguard/providers/openai.key"
+    );
+    assert_eq!(openai["dropin_line"], "UnsetEnvironment=OPENAI_API_KEY");
+    assert_eq!(
+        openai["litellm_lines"][0],
+        "api_base: http://127.0.0.1:8089/openai"
+    );
+    let anthropic = migration
+        .iter()
+        .find(|m| m["provider"] == "anthropic")
+        .expect("anthropic's migration");
+    assert!(
+        anthropic["providers_add"]
+            .as_str()
+            .unwrap()
+            .contains("--auth x-api-key"),
+        "{anthropic}"
+    );
+
+    let table = Command::new(proxyguard_bin())
+        .args(["check", "--pid", &pid.to_string(), "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    for line in [
+        "proxyguard providers add openai --base-url https://api.openai.com/v1",
+        "api_base: http://127.0.0.1:8089/openai",
+        "api_key: proxyguard-gateway",
+        "UnsetEnvironment=OPENAI_API_KEY",
+        "sed -n 's/^OPENAI_API_KEY=//p'",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(!text.contains(CANARY), "{text}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

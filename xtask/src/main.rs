@@ -88,7 +88,8 @@ enum Command {
         targets: Vec<String>,
     },
     /// Every benchmark, each against a peer measured in the same run: L7 (wrk: direct, proxyguard,
-    /// nginx; a 10-minute soak with RSS and descriptors sampled), kernel (connection flood,
+    /// nginx; a 10-minute soak with RSS and descriptors sampled), the provider gateway's added
+    /// latency against an HTTPS provider, kernel (connection flood,
     /// SYN-flood cost, XDP program cost), and the environ watch's openat overhead. Writes
     /// target/bench/results.json. Needs root.
     Bench {
@@ -112,6 +113,14 @@ enum Command {
         /// Give up (and fail) after this many seconds.
         #[arg(long, default_value_t = 1500)]
         timeout: u64,
+    },
+    /// The provider gateway's added latency: wrk against a local HTTPS provider directly and
+    /// through the gateway, with connection reuse, at half of the gateway's peak; the figures
+    /// also go to target/bench/gateway.json.
+    BenchGateway {
+        /// Short phases (3 s instead of 10 s each).
+        #[arg(long)]
+        quick: bool,
     },
     /// Kernel benchmarks (as root): connection flood, SYN-flood cost and XDP program cost, in
     /// the benchmark's own namespaces; the figures also go to target/bench/kernel.json.
@@ -181,6 +190,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let packages = system_vm::packages()?;
             let summary = system_vm::run(&packages, std::time::Duration::from_secs(timeout))?;
             summary.into_result()
+        }
+        Command::BenchGateway { quick } => {
+            let figures = bench::gateway::run(quick)?;
+            let path = build::target_dir().join("bench/gateway.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+            println!("bench-gateway: figures in {}", path.display());
+            Ok(())
         }
         Command::BenchKernel { quick } => {
             let figures = bench_kernel::run(quick)?;

@@ -73,6 +73,31 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
     // A one-shot has no record of the files the service created: only open files and private
     // temp dirs prove a file its own.
     let mut findings = checks::run(&config, &pids, args.fix, History::None);
+    // Provider keys LiteLLM holds (its environment and its config file), and how to move each
+    // into the provider gateway.
+    let mut migrations: Vec<crate::providers::migrate::Migration> = Vec::new();
+    for pid in &pids {
+        let Ok(environ) = procfs::process::Process::new(*pid as i32).and_then(|p| p.environ())
+        else {
+            continue;
+        };
+        let (found, planned) =
+            crate::providers::migrate::plan(*pid, &environ, config.providers.listen);
+        // Workers of one service share its config: one finding per line, not per process.
+        for finding in found {
+            if !findings
+                .iter()
+                .any(|f| f.check == finding.check && f.subject == finding.subject)
+            {
+                findings.push(finding);
+            }
+        }
+        for migration in planned {
+            if !migrations.iter().any(|m| m.provider == migration.provider) {
+                migrations.push(migration);
+            }
+        }
+    }
     // Host-wide: whoever talks to the upstream without going through proxyguard.
     findings.extend(checks::upstream_clients::check(&config));
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.pid.cmp(&b.pid)));
@@ -94,10 +119,12 @@ pub fn run(config_path: &Path, json: bool, args: CheckArgs) -> anyhow::Result<Ex
                 },
                 "rules": rules,
                 "kernel_features": features,
+                "migration": migrations,
             })
         );
     } else {
         print!("{}", render(&pids, &findings));
+        print!("{}", crate::providers::migrate::render(&migrations));
         print!("{}", render_context(&rules, &features));
     }
     Ok(if findings.iter().any(|f| !f.fixed) {

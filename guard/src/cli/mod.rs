@@ -9,6 +9,7 @@ mod edit;
 mod egress;
 mod events;
 mod keys;
+mod providers;
 mod reference;
 mod reload;
 mod run;
@@ -68,6 +69,9 @@ pub enum Command {
     /// files, listeners; and local processes connected to the upstream around the guard. Exit 1
     /// when there are findings.
     Check(check::CheckArgs),
+    /// Add, list or remove the LLM providers whose keys the provider gateway holds.
+    #[command(subcommand)]
+    Providers(providers::ProvidersCommand),
     /// Edit the guarded service's egress allow-list.
     #[command(subcommand)]
     Egress(egress::EgressCommand),
@@ -95,6 +99,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => keys::run(&config_path, json, command),
         Command::Check(args) => check::run(&config_path, json, args),
         Command::Egress(command) => egress::run(&config_path, json, command),
+        Command::Providers(command) => providers::run(&config_path, json, command),
         Command::Completions(args) => completions::run(args),
         Command::Usage(args) => usage::run(&config_path, json, args),
     }

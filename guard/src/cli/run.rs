@@ -22,6 +22,7 @@ use crate::{
     },
     control,
     kernel::{pins, Kernel},
+    providers::Gateway,
     proxy::Proxy,
     resolve, systemd, telemetry,
 };
@@ -58,6 +59,7 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
     let Compiled {
         config,
         proxy: settings,
+        providers,
     } = compiled;
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -79,6 +81,17 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
         Some(settings) => Some(Proxy::start(&config.proxy, settings).await?),
         None => None,
     };
+    // The provider gateway binds only once a provider is configured.
+    let mut gateway = Gateway::default();
+    providers.require_keys().map_err(anyhow::Error::msg)?;
+    gateway
+        .bind_if_needed(
+            config.providers.listen,
+            config.providers.max_connections,
+            providers.has_providers(),
+        )
+        .map_err(anyhow::Error::msg)?;
+    gateway.commit(providers.table);
     let proxy_fields = proxy
         .as_ref()
         .map(|p| json!({ "listen": p.listen, "admin": p.admin, "tls": p.tls }));
@@ -105,6 +118,7 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
             "kernel": kernel.is_some(),
             "mode": if kernel.is_some() { "full" } else { "no-kernel" },
             "proxy": proxy_fields,
+            "providers": { "listen": gateway.addr() },
             "programs": programs,
             "features": features,
         })),
@@ -129,7 +143,7 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                if let Ok(new) = reload(config_path, kernel.as_mut(), proxy.as_ref()) {
+                if let Ok(new) = reload(config_path, kernel.as_mut(), proxy.as_ref(), &mut gateway) {
                     config = new;
                     hosts_tx.send_replace(host_targets(&config));
                     checks_tx.send_replace(config.clone());
@@ -137,10 +151,10 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
             }
             Some(request) = control_rx.recv() => match request {
                 control::server::Request::Status(reply) => {
-                    let _ = reply.send(status(config_path, &config, kernel.as_ref(), started));
+                    let _ = reply.send(status(config_path, &config, kernel.as_ref(), &gateway, started));
                 }
                 control::server::Request::Reload(reply) => {
-                    let outcome = reload(config_path, kernel.as_mut(), proxy.as_ref()).map(|new| {
+                    let outcome = reload(config_path, kernel.as_mut(), proxy.as_ref(), &mut gateway).map(|new| {
                         config = new;
                         hosts_tx.send_replace(host_targets(&config));
                         checks_tx.send_replace(config.clone());
@@ -186,6 +200,7 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
         // Stop accepting, let in-flight requests (and streams) finish within drain_secs.
         proxy.shutdown().await;
     }
+    gateway.shutdown().await;
     let counters = match &kernel {
         Some(k) => json!(k.counters().ok()),
         None => json!({}),
@@ -217,6 +232,7 @@ fn status(
     config_path: &Path,
     config: &Config,
     kernel: Option<&Kernel>,
+    gateway: &Gateway,
     started: Instant,
 ) -> serde_json::Value {
     let modes = json!({
@@ -261,6 +277,8 @@ fn status(
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
         "checks": checks::continuous::summary(),
+        // No kernel rule guards the gateway's port yet (issue 13 points 2 and 3).
+        "providers": crate::providers::status_json(&config.providers, gateway.addr(), false),
         "counters": counters,
     })
 }
@@ -288,6 +306,7 @@ fn reload(
     config_path: &Path,
     kernel: Option<&mut Kernel>,
     proxy: Option<&Proxy>,
+    gateway: &mut Gateway,
 ) -> Result<Config, String> {
     systemd::notify("RELOADING=1");
     // A panic anywhere here (a parser on the new file, staging, the kernel apply) refuses the
@@ -295,7 +314,7 @@ fn reload(
     let outcome = crate::contain::contain(|| {
         compile::load(config_path)
             .map_err(anyhow::Error::from)
-            .and_then(|Compiled { config, proxy: settings }| {
+            .and_then(|Compiled { config, proxy: settings, providers }| {
                 let staged = match (proxy, settings) {
                     (Some(proxy), Some(settings)) => Some(proxy.prepare(&config.proxy, settings)),
                     (Some(_), None) => {
@@ -304,12 +323,21 @@ fn reload(
                     }
                     (None, _) => None,
                 };
+                providers.require_keys().map_err(anyhow::Error::msg)?;
+                gateway
+                    .bind_if_needed(
+                        config.providers.listen,
+                        config.providers.max_connections,
+                        providers.has_providers(),
+                    )
+                    .map_err(anyhow::Error::msg)?;
                 if let Some(kernel) = kernel {
                     kernel.apply(&config)?;
                 }
                 if let (Some(proxy), Some(staged)) = (proxy, staged) {
                     proxy.commit(staged);
                 }
+                gateway.commit(providers.table);
                 Ok(config)
             })
     })

@@ -96,6 +96,18 @@ fn render(status: &Value) -> String {
             }
         ));
     }
+    if let Some(names) = status["providers"]["providers"]
+        .as_array()
+        .filter(|n| !n.is_empty())
+    {
+        let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!(
+            "\nprovider gateway on {}: {}\n  {}\n",
+            status["providers"]["listen"].as_str().unwrap_or("?"),
+            names.join(", "),
+            status["providers"]["access"].as_str().unwrap_or("?"),
+        ));
+    }
     if let Some(counters) = status["counters"].as_object() {
         out.push_str("\ncounters:\n");
         for (family, values) in counters {
@@ -119,5 +131,29 @@ mod tests {
         assert!(render(&on).contains("\ncreated-files record: lsm/file_open\n"));
         let off = serde_json::json!({ "created_files": null });
         assert!(!render(&off).contains("created-files record"));
+    }
+
+    #[test]
+    fn an_unguarded_gateway_says_so() {
+        let section = crate::providers::ProvidersSection {
+            routes: vec![toml::from_str(
+                "name = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\nkey_file = \"/k\"",
+            )
+            .unwrap()],
+            ..Default::default()
+        };
+        let status = serde_json::json!({
+            "providers": crate::providers::status_json(&section, None, false)
+        });
+        let text = render(&status);
+        assert!(
+            text.contains("provider gateway on 127.0.0.1:8089: openai"),
+            "{text}"
+        );
+        assert!(text.contains("any local process could use it"), "{text}");
+        let guarded = serde_json::json!({
+            "providers": crate::providers::status_json(&section, None, true)
+        });
+        assert!(render(&guarded).contains("only the guarded service and proxyguard"));
     }
 }

@@ -14,7 +14,8 @@ pub enum SystemdCommand {
         #[arg(long, default_value = "/usr/bin/proxyguard")]
         exec: String,
     },
-    /// Print a hardening drop-in for the guarded service's unit (egress from the config).
+    /// Print a hardening drop-in for the guarded service's unit (egress from the config), with
+    /// `UnsetEnvironment=` for the provider keys in its environment that the gateway holds.
     Harden {
         /// The guarded service's unit, such as litellm.service.
         unit: String,
@@ -48,7 +49,15 @@ pub fn run(config_path: &Path, command: SystemdCommand) -> anyhow::Result<ExitCo
             } else {
                 Config::default()
             };
-            print!("{}", systemd::harden::render(&unit, &config));
+            // Provider keys in the running unit's environment (names only) leave it.
+            let section = crate::config::GuardedSection {
+                unit: Some(unit.clone()),
+                ..Default::default()
+            };
+            let root = crate::kernel::cgroup::cgroup2_root().ok();
+            let pids = crate::guarded_pids::tgids(&section, root.as_deref());
+            let unset = crate::providers::migrate::unset_lines(&pids);
+            print!("{}", systemd::harden::render(&unit, &config, &unset));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,8 @@ pub struct Compiled {
     pub config: Config,
     /// `None` when `[proxy]` is off.
     pub proxy: Option<Settings>,
+    /// The provider gateway (`[providers]`), keys and CA files read.
+    pub providers: crate::providers::GatewaySettings,
 }
 
 /// Reads, parses and compiles `path`.
@@ -88,6 +90,7 @@ pub fn parse(source: &str, path: &Path) -> Result<Compiled, ConfigError> {
 pub fn compile(config: Config) -> Result<Compiled, Vec<FieldError>> {
     let mut errors = validate::validate(&config);
     let proxy = compile_proxy::compile(&config.proxy, &mut errors);
+    let providers = crate::providers::compile::compile(&config.providers, &mut errors);
     for (field, message) in crate::kernel::capacity::check(&config) {
         errors.push(FieldError {
             field: field.into(),
@@ -95,10 +98,13 @@ pub fn compile(config: Config) -> Result<Compiled, Vec<FieldError>> {
             message,
         });
     }
-    if errors.is_empty() {
-        Ok(Compiled { config, proxy })
-    } else {
-        Err(errors)
+    match providers {
+        Some(providers) if errors.is_empty() => Ok(Compiled {
+            config,
+            proxy,
+            providers,
+        }),
+        _ => Err(errors),
     }
 }
 

@@ -56,6 +56,7 @@ pub struct Config {
     pub watch: WatchSection,
     pub control: control::ControlSection,
     pub proxy: ProxyConfig,
+    pub providers: crate::providers::ProvidersSection,
     pub log: LogConfig,
 }
 

@@ -5,6 +5,7 @@
 //! steady rate with RSS and descriptors sampled (`soak.rs`). Ratios matter, not absolute
 //! timings: the machine is shared and wrk runs on the same cores.
 
+pub mod gateway;
 mod peers;
 mod soak;
 mod wrk;
@@ -25,6 +26,8 @@ const KEY: &str = "pgk_bench_0123456789abcdef0123456789abcdef0123456789abcdef012
 pub fn run(quick: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let l7 = l7(quick)?;
+    println!("\n==> bench: provider gateway (added latency against the HTTPS provider directly)");
+    let gateway = gateway::run(quick)?;
     println!("\n==> bench: kernel (connection flood, SYN-flood cost, XDP program cost)");
     let kernel = crate::bench_kernel::run(quick)?;
     println!("\n==> bench: environ watch (openat overhead)");
@@ -37,6 +40,7 @@ pub fn run(quick: bool) -> Result<()> {
         "machine": machine(),
         "seconds": started.elapsed().as_secs(),
         "l7": l7,
+        "gateway": gateway,
         "kernel": kernel,
         "watch": watch,
     });

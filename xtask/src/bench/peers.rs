@@ -25,13 +25,17 @@ impl Drop for Process {
 }
 
 impl Process {
+    pub fn new(child: Child) -> Process {
+        Process { child }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 }
 
 /// Waits until `port` accepts connections.
-fn wait_for(port: u16, what: &str) -> Result<()> {
+pub fn wait_for(port: u16, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
