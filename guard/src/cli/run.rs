@@ -260,6 +260,7 @@ fn status(
         "guarded": guarded,
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
+        "egress": super::status::egress_fields(config, kernel),
         "checks": checks::continuous::summary(),
         "counters": counters,
     })
