@@ -53,11 +53,11 @@ pub fn attach(
     )
 }
 
-/// Every allowed (network, port) pair, port 0 meaning any. With `policy = "allow-list"`: listed
-/// targets, resolved host names, DNS resolvers on port 53 (with `allow_dns`), and proxyguard's
-/// own port on loopback. With `policy = "gateway-only"`: the provider gateway's address
-/// (`gateway`; loopback for a gateway on the unspecified address) and the DNS resolvers (with
-/// `allow_dns`), nothing else; without a gateway, the DNS resolvers alone.
+/// Every allowed (network, port) pair, port 0 meaning any. Under either policy: the provider
+/// gateway's address when one runs (`gateway`; loopback for a gateway on the unspecified
+/// address) and the DNS resolvers on port 53 (with `allow_dns`). With `policy = "allow-list"`
+/// also the listed targets, resolved host names and proxyguard's own port on loopback; with
+/// `policy = "gateway-only"` nothing else.
 pub fn targets(
     config: &EgressSection,
     resolved: &Resolved,
@@ -70,10 +70,10 @@ pub fn targets(
             out.insert((IpNet::from(*resolver), 53));
         }
     }
+    if let Some(gateway) = gateway {
+        out.insert((IpNet::from(reachable(gateway.ip())), gateway.port()));
+    }
     if config.policy == EgressPolicy::GatewayOnly {
-        if let Some(gateway) = gateway {
-            out.insert((IpNet::from(reachable(gateway.ip())), gateway.port()));
-        }
         return out;
     }
     for target in &config.allow {
@@ -225,6 +225,7 @@ mod tests {
             ("192.0.2.53/32", 53),
             ("127.0.0.1/32", 8080),
             ("::1/128", 8080),
+            ("127.0.0.1/32", 8089),
         ]
         .into_iter()
         .map(|(net, port)| (net.parse().unwrap(), port))
@@ -275,7 +276,11 @@ mod tests {
         config.policy = EgressPolicy::AllowList;
         assert_eq!(
             targets(&config, &resolved, &dns, gateway),
-            set(&[("127.0.0.1/32", 8080), ("::1/128", 8080)])
+            set(&[
+                ("127.0.0.1/32", 8080),
+                ("::1/128", 8080),
+                ("127.0.0.1/32", 8089)
+            ])
         );
     }
 }
