@@ -3,7 +3,9 @@
 //! "provider" on 127.0.0.2 gets EPERM and an `egress_denied` line); the gateway's port is
 //! refused to a process outside both the guarded cgroup and proxyguard's (EPERM and a
 //! `gateway_connect_denied` line), while proxyguard's own cgroup reaches the gateway and the
-//! provider alike. `status` and `egress list` show the policy and the gateway guard.
+//! provider alike. `status` and `egress list` show the policy and the gateway guard. Pins of the
+//! one-destination layout (an older build) are recreated and the programs swapped in their
+//! links, with the gateway refused to outsiders before and after.
 //!
 //! The gateway itself lives on another branch; a plain TCP listener stands in for it, named to
 //! the daemon by `PROXYGUARD_GATEWAY_LISTEN` (the stand-in for `[providers] listen` until then).
@@ -13,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use proxyguard_tests::{cgroup::TestCgroup, proxyguard_bin, require_root, Daemon};
+use proxyguard_tests::{
+    bpf, cgroup::TestCgroup, daemon::test_pin_dir, proxyguard_bin, require_root, Daemon,
+};
 use serde_json::Value;
 
 const EPERM: i32 = libc::EPERM;
@@ -233,4 +237,91 @@ fn a_reload_back_to_the_allow_list_restores_it() {
         assert_eq!(connect(provider), Ok(()), "the allow-list stays in force");
     }
     daemon.stop();
+}
+
+/// Replaces the pinned map `name` by an empty one of layout 1's sizes, and makes the manifest
+/// name another object: the pins an older build (one destination, a `u32` per cgroup) left.
+fn pin_layout_1(pin_dir: &std::path::Path) {
+    // (name, BPF_MAP_TYPE_HASH or _ARRAY, key size, value size, max entries) as layout 1 had them.
+    for (name, map_type, key, value, max) in [
+        ("UPSTREAM_CGROUPS", 1, 8, 4, 64),
+        ("UPSTREAM_CONFIG", 2, 4, 8, 1),
+    ] {
+        let pin = pin_dir.join("maps").join(name);
+        std::fs::remove_file(&pin).unwrap();
+        bpf::pin_map(&pin, map_type, key, value, max).expect("pin a layout-1 map");
+    }
+    let text = std::fs::read_link(pin_dir.join("manifest")).expect("a manifest symlink");
+    let mut manifest: Value = serde_json::from_str(&text.to_string_lossy()).unwrap();
+    manifest["object"] = Value::from("0".repeat(64));
+    let staged = pin_dir.join("staging").join("manifest-by-test");
+    std::os::unix::fs::symlink(manifest.to_string(), &staged).unwrap();
+    std::fs::rename(&staged, pin_dir.join("manifest")).unwrap();
+}
+
+#[test]
+fn pins_of_the_one_destination_layout_are_recreated_and_the_programs_swapped() {
+    require_root();
+    let gateway = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let gateway = gateway.local_addr().unwrap();
+    let gateway_text = gateway.to_string();
+    let service = TestCgroup::create("gw-upgrade-svc");
+    let guarded = TestCgroup::create("gw-upgrade-guarded");
+    let outside = TestCgroup::create("gw-upgrade-outside");
+    let pin_dir = test_pin_dir();
+    let start = |pin_dir: &std::path::Path| {
+        let _inside = service.enter();
+        Daemon::start_full(&config(&guarded.relative), &[], None, pin_dir.to_owned())
+    };
+    // `start_full` takes no environment: the gateway is named through this process's, which
+    // the daemon inherits.
+    std::env::set_var("PROXYGUARD_GATEWAY_LISTEN", &gateway_text);
+    let mut first = start(&pin_dir);
+    first.keep_pins();
+    let before: Vec<u64> = first.ready["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["program_id"].as_u64())
+        .collect();
+    first.stop();
+    pin_layout_1(&pin_dir);
+
+    let second = start(&pin_dir);
+    for program in second.ready["programs"].as_array().unwrap() {
+        if program["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("upstream_"))
+        {
+            assert_eq!(program["replaced"], true, "{program}");
+            assert_eq!(program["adopted"], false, "{program}");
+            assert!(
+                !before.contains(&program["program_id"].as_u64().unwrap()),
+                "{program}"
+            );
+        }
+    }
+    assert!(
+        second
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("UPSTREAM_CGROUPS") && l.contains("a new map replaces it")),
+        "the recreation is logged"
+    );
+    {
+        let _inside = outside.enter();
+        assert_eq!(connect(gateway), Err(EPERM), "refused after the swap");
+    }
+    {
+        let _inside = guarded.enter();
+        assert_eq!(
+            connect(gateway),
+            Ok(()),
+            "the guarded service after the swap"
+        );
+    }
+    std::env::remove_var("PROXYGUARD_GATEWAY_LISTEN");
+    // One refusal: the outsider after the swap (the first daemon refused nobody).
+    let counters = second.stop()["counters"]["upstream_guard"].clone();
+    assert_eq!(counters["denied"], 1, "{counters}");
 }
