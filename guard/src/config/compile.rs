@@ -193,9 +193,9 @@ mod tests {
         );
         // Without the list it compiles, DNS off.
         let fixed = source.replace("allow = [\"api.openai.com:443\"]\n", "");
-        let compiled = parse(&fixed, Path::new("/etc/pg.toml"))
-            .ok()
-            .expect("compiles");
+        let Ok(compiled) = parse(&fixed, Path::new("/etc/pg.toml")) else {
+            panic!("the fixed config does not compile");
+        };
         assert_eq!(
             compiled.config.egress.policy,
             super::super::egress::EgressPolicy::GatewayOnly

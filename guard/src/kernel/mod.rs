@@ -218,6 +218,9 @@ impl Kernel {
         } else if config.egress.enabled {
             tracing::info!("egress: no [guarded] service configured; the allow-list is idle");
         }
+        if let Some(root) = &cgroup_root {
+            warn_if_guarded_self(config, root, gateway);
+        }
         let mut upstream_found = upstream::Found::default();
         let mut guarded_ports = Vec::new();
         if let (true, Some(root)) = (guard_upstream, &cgroup_root) {
@@ -625,6 +628,39 @@ pub fn gateway(_config: &Config) -> Option<SocketAddr> {
             );
             None
         }
+    }
+}
+
+/// The egress rule judges the guarded cgroups' tasks only, so proxyguard's own connections (the
+/// gateway's to the providers among them) pass as long as the daemon runs outside them; say so
+/// when it does not, and when `gateway-only` has no gateway to allow.
+fn warn_if_guarded_self(config: &Config, root: &Path, gateway: Option<SocketAddr>) {
+    if config.egress.enabled
+        && config.egress.policy == crate::config::egress::EgressPolicy::GatewayOnly
+        && gateway.is_none()
+    {
+        tracing::warn!(
+            "egress: policy = \"gateway-only\" but no provider gateway runs; the guarded service \
+             may reach nothing but DNS"
+        );
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| root.join(p.trim_start_matches('/')))
+        });
+    let Some(own) = own else { return };
+    if let Some(cgroup) = guarded::cgroups(&config.guarded, root)
+        .iter()
+        .find(|c| own.starts_with(&c.path))
+    {
+        tracing::warn!(
+            cgroup = %cgroup.path.display(),
+            "proxyguard runs inside the guarded service's cgroup: its own connections are judged \
+             by the service's egress rule (run it in a unit of its own)"
+        );
     }
 }
 
