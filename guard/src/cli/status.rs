@@ -34,7 +34,11 @@ pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
     json!({
         "policy": config.egress.policy.as_str(),
         "allow_dns": config.egress.allow_dns,
-        "gateway": gateway.map(|listen| json!({ "listen": listen, "kernel_guard": guarded })),
+        "gateway": gateway.map(|listen| json!({
+            "listen": listen,
+            "kernel_guard": guarded,
+            "mode": config.upstream_guard.mode.as_str(),
+        })),
     })
 }
 
@@ -65,8 +69,13 @@ fn render_egress(egress: &Value, out: &mut String) {
     }
     if let Some(gateway) = gateway {
         if egress["gateway"]["kernel_guard"] == true {
+            let monitor = if egress["gateway"]["mode"] == "monitor" {
+                ", monitor mode: others are reported, not refused"
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                "provider gateway {gateway}: only proxyguard and the guarded service may connect (kernel rule)\n"
+                "provider gateway {gateway}: only proxyguard and the guarded service may connect (kernel rule{monitor})\n"
             ));
         } else {
             out.push_str(&format!(
@@ -181,7 +190,7 @@ mod tests {
     fn the_egress_policy_and_the_gateway_guard_are_shown() {
         let guarded = json!({ "egress": {
             "policy": "gateway-only", "allow_dns": true,
-            "gateway": { "listen": "127.0.0.1:8089", "kernel_guard": true } } });
+            "gateway": { "listen": "127.0.0.1:8089", "kernel_guard": true, "mode": "enforce" } } });
         let text = render(&guarded);
         assert!(
             text.contains("egress policy: gateway-only (the guarded service may reach the provider gateway 127.0.0.1:8089 and DNS only)"),
