@@ -66,7 +66,9 @@ pub struct EgressEvent {
     pub port: u16,
     /// [`PROTO_TCP`] for connect, [`PROTO_UDP`] for sendmsg.
     pub proto: u16,
-    pub _pad: u16,
+    /// The upstream guard's destination bit ([`crate::upstream::DEST_UPSTREAM`] or
+    /// [`crate::upstream::DEST_GATEWAY`]); 0 in the egress allow-list's events.
+    pub dest: u16,
 }
 
 #[cfg(feature = "user")]

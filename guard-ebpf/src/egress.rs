@@ -174,7 +174,7 @@ fn violation(config: &EgressConfig, family: u16, port: u16, addr: [u8; 16], prot
         family,
         port,
         proto,
-        _pad: 0,
+        dest: 0,
     };
     if EGRESS_EVENTS.output::<EgressEvent>(&event, 0).is_err() {
         bump(&EGRESS_STATS, STAT_EVENTS_LOST);

@@ -1,5 +1,6 @@
-//! The upstream guard (cgroup `connect4` / `connect6`): a connect to the guarded LLM proxy's port
-//! on this host is allowed only from proxyguard's own cgroup and the listed cgroups.
+//! The upstream guard (cgroup `connect4` / `connect6`): a connect to a guarded local destination
+//! (the LLM proxy's port, the provider gateway's port) is allowed only from the cgroups allowed
+//! for that destination.
 //!
 //! Attached at the cgroup v2 root, so every process on the host is judged. A connect to anything
 //! else passes after one LPM lookup.
@@ -18,7 +19,7 @@ use guard_common::{
     egress::{EgressEvent, MAX_CGROUP_LEVEL, PROTO_TCP},
     mode,
     upstream::{
-        UpstreamConfig, CGROUP_SUBTREE, MAX_UPSTREAM_CGROUPS, MAX_UPSTREAM_DESTS, STAT_ALLOWED,
+        CgroupAllow, UpstreamConfig, MAX_UPSTREAM_CGROUPS, MAX_UPSTREAM_DESTS, STAT_ALLOWED,
         STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY, UPSTREAM_EVENTS_BYTES,
     },
     verdict, PortAddrV4, PortAddrV6, COMM_LEN,
@@ -41,7 +42,8 @@ static UPSTREAM_DEST_V4: LpmTrie<PortAddrV4, u32> =
 static UPSTREAM_DEST_V6: LpmTrie<PortAddrV6, u32> =
     LpmTrie::with_max_entries(MAX_UPSTREAM_DESTS, 0);
 #[map]
-static UPSTREAM_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_UPSTREAM_CGROUPS, 0);
+static UPSTREAM_CGROUPS: HashMap<u64, CgroupAllow> =
+    HashMap::with_max_entries(MAX_UPSTREAM_CGROUPS, 0);
 #[map]
 static UPSTREAM_EVENTS: RingBuf = RingBuf::with_byte_size(UPSTREAM_EVENTS_BYTES, 0);
 #[map]
@@ -50,29 +52,31 @@ static UPSTREAM_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COU
 #[cgroup_sock_addr(connect4)]
 pub fn upstream_connect_v4(ctx: SockAddrContext) -> i32 {
     let (port, addr) = read_v4(&ctx);
-    if !guarded_v4(port, addr) {
+    let dest = guarded_v4(port, addr);
+    if dest == 0 {
         return ALLOW;
     }
     let mut ip = [0u8; 16];
     ip[..4].copy_from_slice(&addr);
-    judge(FAMILY_V4, port, ip)
+    judge(dest, FAMILY_V4, port, ip)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn upstream_connect_v6(ctx: SockAddrContext) -> i32 {
     let (port, addr) = read_v6(&ctx);
     // A v4-mapped destination (::ffff:127.0.0.1) on a dual-stack socket is an IPv4 destination.
-    let guarded = match v4_mapped(&addr) {
+    let dest = match v4_mapped(&addr) {
         Some(v4) => guarded_v4(port, v4),
         None => guarded_v6(port, addr),
     };
-    if !guarded {
+    if dest == 0 {
         return ALLOW;
     }
-    judge(FAMILY_V6, port, addr)
+    judge(dest, FAMILY_V6, port, addr)
 }
 
-fn guarded_v4(port: u16, addr: [u8; 4]) -> bool {
+/// The destination bits of a guarded (port, address), 0 when it is not guarded.
+fn guarded_v4(port: u16, addr: [u8; 4]) -> u32 {
     let key = Key::new(
         16 + 32,
         PortAddrV4 {
@@ -80,10 +84,10 @@ fn guarded_v4(port: u16, addr: [u8; 4]) -> bool {
             addr,
         },
     );
-    UPSTREAM_DEST_V4.get(key).is_some()
+    UPSTREAM_DEST_V4.get(key).copied().unwrap_or(0)
 }
 
-fn guarded_v6(port: u16, addr: [u8; 16]) -> bool {
+fn guarded_v6(port: u16, addr: [u8; 16]) -> u32 {
     let key = Key::new(
         16 + 128,
         PortAddrV6 {
@@ -91,28 +95,31 @@ fn guarded_v6(port: u16, addr: [u8; 16]) -> bool {
             addr,
         },
     );
-    UPSTREAM_DEST_V6.get(key).is_some()
+    UPSTREAM_DEST_V6.get(key).copied().unwrap_or(0)
 }
 
-/// A connect to a guarded destination: allowed from an allowed cgroup, else a violation.
-fn judge(family: u16, port: u16, addr: [u8; 16]) -> i32 {
+/// A connect to a guarded destination: allowed from a cgroup allowed for it, else a violation.
+fn judge(dest: u32, family: u16, port: u16, addr: [u8; 16]) -> i32 {
     let Some(config) = UPSTREAM_CONFIG.get(0).copied() else {
         return ALLOW;
     };
-    if allowed_caller(&config) {
+    if allowed_caller(&config, dest) {
         bump(&UPSTREAM_STATS, STAT_ALLOWED);
         return ALLOW;
     }
-    violation(&config, family, port, addr)
+    violation(&config, dest, family, port, addr)
 }
 
-/// Whether the current task's cgroup is allowed itself, or lies below a subtree entry.
-fn allowed_caller(config: &UpstreamConfig) -> bool {
+/// Whether the current task's cgroup is allowed `dest` itself, or lies below a cgroup whose
+/// subtree is.
+fn allowed_caller(config: &UpstreamConfig, dest: u32) -> bool {
     // SAFETY: helper call without memory arguments.
     let own = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: only the presence of the entry is used.
-    if unsafe { UPSTREAM_CGROUPS.get(own) }.is_some() {
-        return true;
+    // SAFETY: the value is copied out at once.
+    if let Some(allow) = unsafe { UPSTREAM_CGROUPS.get(own) }.copied() {
+        if (allow.exact | allow.subtree) & dest != 0 {
+            return true;
+        }
     }
     let mut level = 1;
     while level <= MAX_CGROUP_LEVEL && level <= config.max_level {
@@ -122,15 +129,17 @@ fn allowed_caller(config: &UpstreamConfig) -> bool {
             break;
         }
         // SAFETY: the value is copied out at once.
-        if unsafe { UPSTREAM_CGROUPS.get(ancestor) }.copied() == Some(CGROUP_SUBTREE) {
-            return true;
+        if let Some(allow) = unsafe { UPSTREAM_CGROUPS.get(ancestor) }.copied() {
+            if allow.subtree & dest != 0 {
+                return true;
+            }
         }
         level += 1;
     }
     false
 }
 
-fn violation(config: &UpstreamConfig, family: u16, port: u16, addr: [u8; 16]) -> i32 {
+fn violation(config: &UpstreamConfig, dest: u32, family: u16, port: u16, addr: [u8; 16]) -> i32 {
     let enforce = config.mode == mode::ENFORCE;
     bump(
         &UPSTREAM_STATS,
@@ -157,7 +166,8 @@ fn violation(config: &UpstreamConfig, family: u16, port: u16, addr: [u8; 16]) ->
         family,
         port,
         proto: PROTO_TCP,
-        _pad: 0,
+        // Two destination bits: they fit.
+        dest: dest as u16,
     };
     if UPSTREAM_EVENTS.output::<EgressEvent>(&event, 0).is_err() {
         bump(&UPSTREAM_STATS, STAT_EVENTS_LOST);

@@ -9,7 +9,10 @@ use serde_json::json;
 use toml_edit::{value, Array, Item};
 
 use super::edit;
-use crate::config::{egress::EgressTarget, Config, ConfigError, FieldError};
+use crate::config::{
+    egress::{EgressPolicy, EgressTarget},
+    Config, ConfigError, FieldError,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum EgressCommand {
@@ -17,7 +20,8 @@ pub enum EgressCommand {
     Allow { target: String },
     /// Take TARGET off the allow-list (everything not listed is refused).
     Deny { target: String },
-    /// The allow-list, with what is always reachable (DNS resolvers, proxyguard's own port).
+    /// The policy and the allow-list, with what is always reachable (DNS resolvers, proxyguard's
+    /// own port; the provider gateway alone with `policy = "gateway-only"`).
     List,
 }
 
@@ -91,11 +95,15 @@ fn change(path: &Path, json: bool, text: &str, allow: bool) -> anyhow::Result<Ex
 
 fn list(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let dns = if config.egress.dns.is_empty() {
+    let dns = if !config.egress.allow_dns {
+        Vec::new()
+    } else if config.egress.dns.is_empty() {
         crate::resolve::system_nameservers()
     } else {
         config.egress.dns.clone()
     };
+    let gateway = crate::kernel::gateway(&config);
+    let policy = config.egress.policy;
     let allow: Vec<String> = config
         .egress
         .allow
@@ -107,33 +115,45 @@ fn list(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "{}",
             json!({
                 "mode": config.egress.mode.as_str(),
+                "policy": policy.as_str(),
                 "enabled": config.egress.enabled,
                 "allow": allow,
+                "allow_dns": config.egress.allow_dns,
                 "dns": dns,
                 "guard_port": config.egress.guard_port,
+                "gateway": gateway,
             })
         );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "egress ({}, {}):",
+        "egress ({}, {}, {}):",
+        policy.as_str(),
         config.egress.mode.as_str(),
         if config.egress.enabled { "on" } else { "off" }
     );
+    let resolvers: Vec<String> = dns.iter().map(|d| format!("{d}:53")).collect();
+    let resolvers = if resolvers.is_empty() {
+        "no DNS resolver".to_owned()
+    } else {
+        resolvers.join(" ")
+    };
+    if policy == EgressPolicy::GatewayOnly {
+        match gateway {
+            Some(gateway) => println!("  the provider gateway {gateway} alone"),
+            None => println!("  (no provider gateway runs: nothing but DNS)"),
+        }
+        println!("always: {resolvers}");
+        return Ok(ExitCode::SUCCESS);
+    }
     for target in &allow {
         println!("  {target}");
     }
     if allow.is_empty() {
         println!("  (nothing listed)");
     }
-    let resolvers: Vec<String> = dns.iter().map(|d| format!("{d}:53")).collect();
     println!(
-        "always: {} and loopback:{}",
-        if resolvers.is_empty() {
-            "no DNS resolver".into()
-        } else {
-            resolvers.join(" ")
-        },
+        "always: {resolvers} and loopback:{}",
         config.egress.guard_port
     );
     Ok(ExitCode::SUCCESS)

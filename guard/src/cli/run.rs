@@ -276,6 +276,7 @@ fn status(
         "guarded": guarded,
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
+        "egress": super::status::egress_fields(config, kernel),
         "checks": checks::continuous::summary(),
         // No kernel rule guards the gateway's port yet (issue 13 points 2 and 3).
         "providers": crate::providers::status_json(&config.providers, gateway.addr(), false),

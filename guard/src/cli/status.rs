@@ -3,11 +3,12 @@
 
 use std::{path::Path, process::ExitCode};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{
-    config::Config,
+    config::{egress::EgressPolicy, Config},
     control::{client, Command},
+    kernel::{self, Destination, Kernel},
 };
 
 pub fn run(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -19,6 +20,69 @@ pub fn run(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         print!("{}", render(&status));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The egress policy and the provider gateway, as the daemon runs them: whether the kernel
+/// guards the gateway's port (only where the kernel half runs and the upstream guard is on).
+pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
+    let gateway = kernel::gateway(config);
+    let guarded = kernel.is_some_and(|k| {
+        k.guarded_ports
+            .iter()
+            .any(|(which, _)| *which == Destination::Gateway)
+    });
+    json!({
+        "policy": config.egress.policy.as_str(),
+        "allow_dns": config.egress.allow_dns,
+        "gateway": gateway.map(|listen| json!({
+            "listen": listen,
+            "kernel_guard": guarded,
+            "mode": config.upstream_guard.mode.as_str(),
+        })),
+    })
+}
+
+/// The lines about the egress policy and the gateway.
+fn render_egress(egress: &Value, out: &mut String) {
+    let Some(policy) = egress["policy"].as_str() else {
+        return;
+    };
+    let gateway = egress["gateway"]["listen"].as_str();
+    let dns = if egress["allow_dns"] == true {
+        " and DNS"
+    } else {
+        ""
+    };
+    out.push_str(&format!("\negress policy: {policy}"));
+    if policy == EgressPolicy::GatewayOnly.as_str() {
+        match gateway {
+            Some(gateway) => out.push_str(&format!(
+                " (the guarded service may reach the provider gateway {gateway}{dns} only)\n"
+            )),
+            None => out.push_str(&format!(
+                " (no provider gateway runs: the guarded service may reach nothing{})\n",
+                if dns.is_empty() { "" } else { " but DNS" }
+            )),
+        }
+    } else {
+        out.push('\n');
+    }
+    if let Some(gateway) = gateway {
+        if egress["gateway"]["kernel_guard"] == true {
+            let monitor = if egress["gateway"]["mode"] == "monitor" {
+                ", monitor mode: others are reported, not refused"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "provider gateway {gateway}: only proxyguard and the guarded service may connect (kernel rule{monitor})\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "provider gateway {gateway}: ANY local process can connect to it (the kernel half or the upstream guard is off)\n"
+            ));
+        }
+    }
 }
 
 fn render(status: &Value) -> String {
@@ -80,6 +144,7 @@ fn render(status: &Value) -> String {
     if let Some(mechanism) = status["created_files"].as_str() {
         out.push_str(&format!("\ncreated-files record: {mechanism}\n"));
     }
+    render_egress(&status["egress"], &mut out);
     if let Some(checks) = status["checks"].as_object().filter(|c| c["audits"] != 0) {
         let open: Vec<String> = checks["open"]
             .as_object()
@@ -155,5 +220,27 @@ mod tests {
             "providers": crate::providers::status_json(&section, None, true)
         });
         assert!(render(&guarded).contains("only the guarded service and proxyguard"));
+    }
+
+    #[test]
+    fn the_egress_policy_and_the_gateway_guard_are_shown() {
+        let guarded = json!({ "egress": {
+            "policy": "gateway-only", "allow_dns": true,
+            "gateway": { "listen": "127.0.0.1:8089", "kernel_guard": true, "mode": "enforce" } } });
+        let text = render(&guarded);
+        assert!(
+            text.contains("egress policy: gateway-only (the guarded service may reach the provider gateway 127.0.0.1:8089 and DNS only)"),
+            "{text}"
+        );
+        assert!(text.contains("only proxyguard and the guarded service may connect (kernel rule)"));
+        let open = json!({ "egress": {
+            "policy": "allow-list", "allow_dns": false,
+            "gateway": { "listen": "127.0.0.1:8089", "kernel_guard": false } } });
+        let text = render(&open);
+        assert!(text.contains("egress policy: allow-list\n"), "{text}");
+        assert!(text.contains("ANY local process can connect"), "{text}");
+        let none =
+            json!({ "egress": { "policy": "gateway-only", "allow_dns": false, "gateway": null } });
+        assert!(render(&none).contains("may reach nothing)"));
     }
 }

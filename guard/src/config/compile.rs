@@ -176,6 +176,58 @@ mod tests {
     }
 
     #[test]
+    fn egress_policy_errors_name_file_line_field_and_fix() {
+        let source = "[egress]\npolicy = \"gateway-only\"\nallow_dns = false\nallow = [\"api.openai.com:443\"]\n";
+        let err = parse(source, Path::new("/etc/pg.toml"))
+            .err()
+            .expect("refused");
+        let text = err.to_string();
+        let ConfigError::Invalid { errors, .. } = err else {
+            panic!("not a field error: {text}");
+        };
+        let got: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(got, [("egress.allow", Some(4))]);
+        assert!(
+            text.contains("/etc/pg.toml: line 4: egress.allow: 1 target(s) listed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`proxyguard egress deny TARGET`")
+                && text.contains("policy = \"allow-list\""),
+            "the fix: {text}"
+        );
+        // Without the list it compiles, DNS off.
+        let fixed = source.replace("allow = [\"api.openai.com:443\"]\n", "");
+        let Ok(compiled) = parse(&fixed, Path::new("/etc/pg.toml")) else {
+            panic!("the fixed config does not compile");
+        };
+        assert_eq!(
+            compiled.config.egress.policy,
+            super::super::egress::EgressPolicy::GatewayOnly
+        );
+        assert!(!compiled.config.egress.allow_dns);
+
+        // A policy that does not exist names its line and the ones that do.
+        let source = "[egress]\nmode = \"enforce\"\npolicy = \"gateway\"\n";
+        let err = parse(source, Path::new("/etc/pg.toml"))
+            .err()
+            .expect("refused");
+        let text = err.to_string();
+        assert!(text.contains("/etc/pg.toml: line 3:"), "{text}");
+        assert!(
+            text.contains("`allow-list`") && text.contains("`gateway-only`"),
+            "{text}"
+        );
+        let source = "[egress]\nallow_dns = \"yes\"\n";
+        let text = parse(source, Path::new("/etc/pg.toml"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(text.contains("line 2:"), "{text}");
+    }
+
+    #[test]
     fn the_default_config_compiles_with_proxy_settings() {
         let compiled = compile(Config::default()).unwrap();
         assert!(compiled.proxy.is_some());

@@ -1,4 +1,6 @@
-//! `[egress]`: where the guarded service may connect and send (threat 11).
+//! `[egress]`: where the guarded service may connect and send (threat 11): the listed targets
+//! (`policy = "allow-list"`), or the provider gateway alone (`policy = "gateway-only"`), with
+//! DNS to its resolvers unless `allow_dns = false`.
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
@@ -12,11 +14,15 @@ use super::{FieldError, Mode};
 pub struct EgressSection {
     pub enabled: bool,
     pub mode: Mode,
+    /// What the guarded service may reach: the `allow` list, or the provider gateway alone.
+    pub policy: EgressPolicy,
     /// Reachable targets: `CIDR[:PORT]` (`[V6CIDR]:PORT` for IPv6 with a port) or `HOST:PORT`.
     pub allow: Vec<EgressTarget>,
     /// DNS resolvers the service may query on port 53. Empty: the `nameserver`s of
     /// /etc/resolv.conf.
     pub dns: Vec<IpAddr>,
+    /// Whether the service may query the `dns` resolvers on port 53.
+    pub allow_dns: bool,
     /// proxyguard's own front port, which the service may reach on loopback.
     pub guard_port: u16,
     /// Host-name targets are re-resolved when their DNS answer expires, but no sooner than this.
@@ -28,11 +34,35 @@ impl Default for EgressSection {
         Self {
             enabled: true,
             mode: Mode::Enforce,
+            // The operator's list: a gateway exists only once providers are configured.
+            policy: EgressPolicy::AllowList,
             // Nothing but DNS and proxyguard itself until the operator lists the providers.
             allow: Vec::new(),
             dns: Vec::new(),
+            // Most services resolve their providers' names; a gateway-only one may not need to.
+            allow_dns: true,
             guard_port: 8080,
             min_refresh_secs: 5,
+        }
+    }
+}
+
+/// What the guarded service may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressPolicy {
+    /// The `allow` targets and proxyguard's own port on loopback.
+    AllowList,
+    /// The provider gateway's address alone: every provider request goes through proxyguard,
+    /// which adds the key.
+    GatewayOnly,
+}
+
+impl EgressPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressPolicy::AllowList => "allow-list",
+            EgressPolicy::GatewayOnly => "gateway-only",
         }
     }
 }
@@ -148,6 +178,18 @@ pub fn validate(egress: &EgressSection, errors: &mut Vec<FieldError>) {
             field: "egress.guard_port".into(),
             line: None,
             message: "must be proxyguard's front port (1-65535)".into(),
+        });
+    }
+    if egress.policy == EgressPolicy::GatewayOnly && !egress.allow.is_empty() {
+        errors.push(FieldError {
+            field: "egress.allow".into(),
+            line: None,
+            message: format!(
+                "{} target(s) listed, but policy = \"gateway-only\" lets the guarded service reach \
+                 the provider gateway alone; remove them (`proxyguard egress deny TARGET`) or set \
+                 policy = \"allow-list\"",
+                egress.allow.len()
+            ),
         });
     }
     if egress.min_refresh_secs == 0 || egress.min_refresh_secs > 86_400 {

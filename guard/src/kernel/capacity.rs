@@ -13,7 +13,13 @@ use crate::{config::Config, resolve::Resolved};
 pub fn check(config: &Config) -> Vec<(&'static str, String)> {
     let mut plan = bind::plan(&config.bind, &bind::Owners::new());
     plan.extend(xdp::plan(&config.xdp));
-    let targets = egress::targets(&config.egress, &Resolved::new(), &config.egress.dns);
+    let gateway = super::gateway(config);
+    let targets = egress::targets(
+        &config.egress,
+        &Resolved::new(),
+        &config.egress.dns,
+        gateway,
+    );
     plan.extend(egress::plan(&config.egress, &targets, &[]));
     let mut exes = config.watch.allow_exe.clone();
     if let Ok(own) = std::env::current_exe() {
@@ -26,13 +32,17 @@ pub fn check(config: &Config) -> Vec<(&'static str, String)> {
         &environ::exe_ids(&exes),
     ));
     // The allowed cgroups are proxyguard's own and the listed ones (none found yet: count them).
-    let listed = upstream::Allowed {
-        cgroups: (0..=config.upstream_guard.allow_cgroups.len() as u64)
-            .map(|id| (id, guard_common::upstream::CGROUP_SUBTREE))
+    let found = upstream::Found {
+        own: Some(0),
+        listed: (1..=config.upstream_guard.allow_cgroups.len() as u64)
+            .map(|id| (id, 1))
             .collect(),
-        max_level: 0,
+        guarded: Vec::new(),
     };
-    plan.extend(upstream::plan(config, &listed));
+    plan.extend(upstream::plan(
+        config.upstream_guard.mode,
+        &upstream::destinations(config, gateway, &found),
+    ));
     let mut seen = BTreeSet::new();
     plan.iter()
         .filter(|step| step.entries() > step.capacity())

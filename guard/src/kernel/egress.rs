@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
 };
 
@@ -25,7 +25,10 @@ use super::{
     AttachedProgram, KernelError,
 };
 use crate::{
-    config::{egress::EgressTarget, EgressSection},
+    config::{
+        egress::{EgressPolicy, EgressTarget},
+        EgressSection,
+    },
     guarded::GuardedCgroup,
     resolve::Resolved,
 };
@@ -50,14 +53,29 @@ pub fn attach(
     )
 }
 
-/// Every allowed (network, port) pair, port 0 meaning any: listed targets, resolved host names,
-/// DNS resolvers on port 53, and proxyguard's own port on loopback.
+/// Every allowed (network, port) pair, port 0 meaning any. Under either policy: the provider
+/// gateway's address when one runs (`gateway`; loopback for a gateway on the unspecified
+/// address) and the DNS resolvers on port 53 (with `allow_dns`). With `policy = "allow-list"`
+/// also the listed targets, resolved host names and proxyguard's own port on loopback; with
+/// `policy = "gateway-only"` nothing else.
 pub fn targets(
     config: &EgressSection,
     resolved: &Resolved,
     dns: &[IpAddr],
+    gateway: Option<SocketAddr>,
 ) -> HashSet<(IpNet, u16)> {
     let mut out = HashSet::new();
+    if config.allow_dns {
+        for resolver in dns {
+            out.insert((IpNet::from(*resolver), 53));
+        }
+    }
+    if let Some(gateway) = gateway {
+        out.insert((IpNet::from(reachable(gateway.ip())), gateway.port()));
+    }
+    if config.policy == EgressPolicy::GatewayOnly {
+        return out;
+    }
     for target in &config.allow {
         match target {
             EgressTarget::Net { net, port } => {
@@ -70,9 +88,6 @@ pub fn targets(
             }
         }
     }
-    for resolver in dns {
-        out.insert((IpNet::from(*resolver), 53));
-    }
     out.insert((
         IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         config.guard_port,
@@ -82,6 +97,17 @@ pub fn targets(
         config.guard_port,
     ));
     out
+}
+
+/// The address a local connect reaches a listener on `ip` by: loopback for the unspecified
+/// address (of its family), else `ip` itself. Only that one address: another process listening
+/// on another loopback address and the same port must not become a way out.
+fn reachable(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
 }
 
 /// Makes the maps equal to the plan, all or nothing.
@@ -191,7 +217,7 @@ mod tests {
             vec!["192.0.2.7".parse().unwrap()],
         );
         let dns = ["192.0.2.53".parse().unwrap()];
-        let got = targets(&config, &resolved, &dns);
+        let got = targets(&config, &resolved, &dns, "127.0.0.1:8089".parse().ok());
         let want: HashSet<(IpNet, u16)> = [
             ("10.0.0.0/8", 5432),
             ("192.0.2.7/32", 443),
@@ -199,10 +225,62 @@ mod tests {
             ("192.0.2.53/32", 53),
             ("127.0.0.1/32", 8080),
             ("::1/128", 8080),
+            ("127.0.0.1/32", 8089),
         ]
         .into_iter()
         .map(|(net, port)| (net.parse().unwrap(), port))
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn gateway_only_allows_the_gateway_and_dns_alone() {
+        let mut config = EgressSection {
+            policy: EgressPolicy::GatewayOnly,
+            guard_port: 8080,
+            ..Default::default()
+        };
+        let mut resolved = Resolved::new();
+        resolved.insert(
+            ("api.example.com".into(), 443),
+            vec!["192.0.2.7".parse().unwrap()],
+        );
+        let dns = ["192.0.2.53".parse().unwrap()];
+        let set = |pairs: &[(&str, u16)]| -> HashSet<(IpNet, u16)> {
+            pairs
+                .iter()
+                .map(|(net, port)| (net.parse().unwrap(), *port))
+                .collect()
+        };
+        let gateway = "127.0.0.1:8089".parse().ok();
+        assert_eq!(
+            targets(&config, &resolved, &dns, gateway),
+            set(&[("127.0.0.1/32", 8089), ("192.0.2.53/32", 53)]),
+            "no proxyguard front port, no resolved provider"
+        );
+        config.allow_dns = false;
+        assert_eq!(
+            targets(&config, &resolved, &dns, gateway),
+            set(&[("127.0.0.1/32", 8089)])
+        );
+        assert_eq!(
+            targets(&config, &resolved, &dns, "[::]:8089".parse().ok()),
+            set(&[("::1/128", 8089)]),
+            "a gateway on the unspecified address is reached by loopback"
+        );
+        assert!(
+            targets(&config, &resolved, &dns, None).is_empty(),
+            "no gateway: nothing at all"
+        );
+        // allow_dns = false holds for the allow-list too.
+        config.policy = EgressPolicy::AllowList;
+        assert_eq!(
+            targets(&config, &resolved, &dns, gateway),
+            set(&[
+                ("127.0.0.1/32", 8080),
+                ("::1/128", 8080),
+                ("127.0.0.1/32", 8089)
+            ])
+        );
     }
 }

@@ -15,7 +15,7 @@ use guard_common::{
 use serde_json::{json, Map, Value};
 use tokio::io::unix::AsyncFd;
 
-use super::KernelError;
+use super::{upstream::Destination, KernelError};
 use crate::audit;
 
 /// The family's name and the address as text; IPv4 sits in the first four bytes.
@@ -101,17 +101,22 @@ pub fn egress_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) 
     (kind, record)
 }
 
-/// A connect to the upstream's port from outside proxyguard's cgroup (and the allowed ones).
+/// A connect to a guarded port from outside the cgroups allowed for it: the upstream's
+/// (`upstream_connect_*`) or the provider gateway's (`gateway_connect_*`).
 pub fn upstream_record(event: &EgressEvent) -> (&'static str, Map<String, Value>) {
     let (family, addr) = address(event.family, &event.addr);
-    let (kind, mode) = if event.verdict == verdict::DENIED {
-        ("upstream_connect_denied", "enforce")
-    } else {
-        ("upstream_connect_would_deny", "monitor")
+    let destination = Destination::of_bit(u32::from(event.dest)).unwrap_or(Destination::Upstream);
+    let denied = event.verdict == verdict::DENIED;
+    let (kind, mode) = match (destination, denied) {
+        (Destination::Upstream, true) => ("upstream_connect_denied", "enforce"),
+        (Destination::Upstream, false) => ("upstream_connect_would_deny", "monitor"),
+        (Destination::Gateway, true) => ("gateway_connect_denied", "enforce"),
+        (Destination::Gateway, false) => ("gateway_connect_would_deny", "monitor"),
     };
     let record = audit::fields(json!({
         "severity": "high",
         "mode": mode,
+        "destination": destination.as_str(),
         "pid": event.tgid,
         "tid": event.pid,
         "uid": event.uid,

@@ -31,13 +31,14 @@ pub use environ::EnvironStats;
 pub use error::KernelError;
 pub use features::Feature;
 pub use upstream::{
-    destinations as upstream_destinations, pinned_allowed as upstream_pinned_allowed, UpstreamStats,
+    local_upstream as upstream_destinations, pinned_allowed as upstream_pinned_allowed,
+    Destination, UpstreamStats,
 };
 pub use xdp::XdpStats;
 
 use std::{
     collections::BTreeSet,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -138,8 +139,10 @@ pub struct Kernel {
     resolved: Resolved,
     /// Bind-rule owner cgroups as last resolved.
     bind_owners: bind::Owners,
-    /// The cgroups the upstream guard lets connect, as last resolved.
-    upstream_allowed: upstream::Allowed,
+    /// The cgroups the upstream guard lets connect, as last found.
+    upstream_found: upstream::Found,
+    /// The guarded destinations as last written.
+    pub guarded_ports: Vec<(Destination, u16)>,
     /// The environ watch's state, when it is attached.
     watch: Option<environ::Watch>,
 }
@@ -177,7 +180,9 @@ impl Kernel {
         }
 
         let mut programs = Vec::new();
-        let guard_upstream = upstream::target(config).is_some();
+        let gateway = gateway(config);
+        let guard_upstream =
+            !upstream::destinations(config, gateway, &upstream::Found::default()).is_empty();
         let needs_cgroup = config.bind.enabled
             || (config.egress.enabled && config.guarded.is_set())
             || guard_upstream;
@@ -200,7 +205,12 @@ impl Kernel {
             &cgroup_root,
         ) {
             guarded = guarded::cgroups(&config.guarded, root);
-            let targets = egress::targets(&config.egress, &Resolved::new(), &dns_servers(config));
+            let targets = egress::targets(
+                &config.egress,
+                &Resolved::new(),
+                &dns_servers(config),
+                gateway,
+            );
             egress::apply(&mut ebpf, &config.egress, &targets, &guarded)?;
             programs.extend(egress::attach(&mut ebpf, &pins, root, &config.egress)?);
             let ring = take_ring(&mut ebpf, guard_common::egress::MAP_EGRESS_EVENTS)?;
@@ -208,12 +218,19 @@ impl Kernel {
         } else if config.egress.enabled {
             tracing::info!("egress: no [guarded] service configured; the allow-list is idle");
         }
-        let mut upstream_allowed = upstream::Allowed::default();
+        if let Some(root) = &cgroup_root {
+            warn_if_guarded_self(config, root, gateway);
+        }
+        let mut upstream_found = upstream::Found::default();
+        let mut guarded_ports = Vec::new();
         if let (true, Some(root)) = (guard_upstream, &cgroup_root) {
             // Our own cgroup id is in the map before the programs can run (or, adopted, before
             // the new target takes effect).
-            upstream_allowed = upstream::allowed(config, root);
-            upstream::apply(&mut ebpf, config, &upstream_allowed)?;
+            let service = gateway_guarded(config, gateway, root, &guarded);
+            upstream_found = upstream::find(config, root, service);
+            let dests = upstream::destinations(config, gateway, &upstream_found);
+            upstream::apply(&mut ebpf, config.upstream_guard.mode, &dests)?;
+            guarded_ports = dests.iter().map(|d| (d.which, d.port)).collect();
             programs.extend(upstream::attach(&mut ebpf, &pins, root, config)?);
             let ring = take_ring(&mut ebpf, guard_common::upstream::MAP_UPSTREAM_EVENTS)?;
             tokio::spawn(report(
@@ -309,7 +326,8 @@ impl Kernel {
             guarded,
             resolved: Resolved::new(),
             bind_owners,
-            upstream_allowed,
+            upstream_found,
+            guarded_ports,
             watch,
         })
     }
@@ -342,22 +360,31 @@ impl Kernel {
             ));
             (tasks, allowed)
         });
+        let gateway = gateway(config);
         if self.egress_attached() {
-            let targets = egress::targets(&config.egress, &self.resolved, &dns_servers(config));
+            let targets = egress::targets(
+                &config.egress,
+                &self.resolved,
+                &dns_servers(config),
+                gateway,
+            );
             plan.extend(egress::plan(&config.egress, &targets, &self.guarded));
         }
-        let upstream_allowed = match (&self.cgroup_root, self.upstream_attached()) {
+        let upstream = match (&self.cgroup_root, self.upstream_attached()) {
             (Some(root), true) => {
-                let allowed = upstream::allowed(config, root);
-                plan.extend(upstream::plan(config, &allowed));
-                Some(allowed)
+                let service = gateway_guarded(config, gateway, root, &self.guarded);
+                let found = upstream::find(config, root, service);
+                let dests = upstream::destinations(config, gateway, &found);
+                plan.extend(upstream::plan(config.upstream_guard.mode, &dests));
+                Some((found, dests.iter().map(|d| (d.which, d.port)).collect()))
             }
             _ => None,
         };
         maps::apply(&mut self.ebpf, &plan)?;
         self.bind_owners = owners;
-        if let Some(allowed) = upstream_allowed {
-            self.upstream_allowed = allowed;
+        if let Some((found, ports)) = upstream {
+            self.upstream_found = found;
+            self.guarded_ports = ports;
         }
         if let (Some(watch), Some((tasks, allowed))) = (self.watch.as_mut(), watched) {
             watch.tasks = tasks;
@@ -402,15 +429,20 @@ impl Kernel {
             self.bind_owners = owners;
             bind::apply(&mut self.ebpf, &config.bind, &self.bind_owners)?;
         }
-        // So is a restarted allowed cgroup, and our own when someone moves the daemon.
+        let now = guarded::cgroups(&config.guarded, &root);
+        // So is a restarted allowed cgroup, the guarded service (when it may use the gateway),
+        // and our own cgroup when someone moves the daemon.
         if self.upstream_attached() {
-            let allowed = upstream::allowed(config, &root);
-            if allowed != self.upstream_allowed {
-                upstream::apply(&mut self.ebpf, config, &allowed)?;
-                self.upstream_allowed = allowed;
+            let gateway = gateway(config);
+            let service = gateway_guarded(config, gateway, &root, &now);
+            let found = upstream::find(config, &root, service);
+            if found != self.upstream_found {
+                let dests = upstream::destinations(config, gateway, &found);
+                upstream::apply(&mut self.ebpf, config.upstream_guard.mode, &dests)?;
+                self.upstream_found = found;
+                self.guarded_ports = dests.iter().map(|d| (d.which, d.port)).collect();
             }
         }
-        let now = guarded::cgroups(&config.guarded, &root);
         if now == self.guarded {
             return Ok(false);
         }
@@ -447,7 +479,12 @@ impl Kernel {
         if !self.egress_attached() {
             return Ok(());
         }
-        let targets = egress::targets(&config.egress, &self.resolved, &dns_servers(config));
+        let targets = egress::targets(
+            &config.egress,
+            &self.resolved,
+            &dns_servers(config),
+            gateway(config),
+        );
         egress::apply(&mut self.ebpf, &config.egress, &targets, &self.guarded)
     }
 
@@ -571,6 +608,77 @@ pub fn probe_features() -> Vec<Feature> {
         }),
     }
     found
+}
+
+/// The provider gateway's listen address, when one runs: the gateway port guard and the
+/// `gateway-only` egress policy are built around it. Every use goes through here.
+///
+/// The gateway and its `[providers] listen` live on another branch; until they are merged, the
+/// address comes from `PROXYGUARD_GATEWAY_LISTEN` (set by the kernel tests, which stand a plain
+/// listener in for the gateway). At the merge this body becomes the providers' listen address
+/// when providers are configured.
+pub fn gateway(_config: &Config) -> Option<SocketAddr> {
+    let text = std::env::var("PROXYGUARD_GATEWAY_LISTEN").ok()?;
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            tracing::error!(
+                value = text,
+                "PROXYGUARD_GATEWAY_LISTEN is not an address like 127.0.0.1:8089; no gateway"
+            );
+            None
+        }
+    }
+}
+
+/// The egress rule judges the guarded cgroups' tasks only, so proxyguard's own connections (the
+/// gateway's to the providers among them) pass as long as the daemon runs outside them; say so
+/// when it does not, and when `gateway-only` has no gateway to allow.
+fn warn_if_guarded_self(config: &Config, root: &Path, gateway: Option<SocketAddr>) {
+    if config.egress.enabled
+        && config.egress.policy == crate::config::egress::EgressPolicy::GatewayOnly
+        && gateway.is_none()
+    {
+        tracing::warn!(
+            "egress: policy = \"gateway-only\" but no provider gateway runs; the guarded service \
+             may reach nothing but DNS"
+        );
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| root.join(p.trim_start_matches('/')))
+        });
+    let Some(own) = own else { return };
+    if let Some(cgroup) = guarded::cgroups(&config.guarded, root)
+        .iter()
+        .find(|c| own.starts_with(&c.path))
+    {
+        tracing::warn!(
+            cgroup = %cgroup.path.display(),
+            "proxyguard runs inside the guarded service's cgroup: its own connections are judged \
+             by the service's egress rule (run it in a unit of its own)"
+        );
+    }
+}
+
+/// The guarded service's cgroups, for the gateway's allowance: `known` when egress already
+/// follows them, else found now; none without a gateway.
+fn gateway_guarded(
+    config: &Config,
+    gateway: Option<SocketAddr>,
+    root: &Path,
+    known: &[GuardedCgroup],
+) -> Vec<GuardedCgroup> {
+    if gateway.is_none() || !config.guarded.is_set() {
+        Vec::new()
+    } else if !known.is_empty() {
+        known.to_vec()
+    } else {
+        guarded::cgroups(&config.guarded, root)
+    }
 }
 
 /// The configured DNS resolvers, or the system's.
