@@ -3,12 +3,13 @@
 //! "provider" on 127.0.0.2 gets EPERM and an `egress_denied` line); the gateway's port is
 //! refused to a process outside both the guarded cgroup and proxyguard's (EPERM and a
 //! `gateway_connect_denied` line), while proxyguard's own cgroup reaches the gateway and the
-//! provider alike. `status` and `egress list` show the policy and the gateway guard. Pins of the
+//! provider alike; a real HTTPS provider on loopback is EPERM straight and 200 through the
+//! gateway, which adds its key. `status` and `egress list` show the policy and the gateway guard. Pins of the
 //! one-destination layout (an older build) are recreated and the programs swapped in their
 //! links, with the gateway refused to outsiders before and after.
 //!
-//! The gateway itself lives on another branch; a plain TCP listener stands in for it, named to
-//! the daemon by `PROXYGUARD_GATEWAY_LISTEN` (the stand-in for `[providers] listen` until then).
+//! The gateway is the daemon's own (`[providers] listen` with one provider configured); nothing
+//! is asked of the provider here, so its `base_url` only has to name the "provider" listener.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -16,7 +17,8 @@ use std::{
 };
 
 use proxyguard_tests::{
-    bpf, cgroup::TestCgroup, daemon::test_pin_dir, proxyguard_bin, require_root, Daemon,
+    bpf, cgroup::TestCgroup, daemon::test_pin_dir, https_provider::HttpsProvider, proxyguard_bin,
+    require_root, Daemon,
 };
 use serde_json::Value;
 
@@ -40,21 +42,86 @@ fn addr(text: &str, port: u16) -> SocketAddr {
     SocketAddr::new(text.parse().unwrap(), port)
 }
 
-fn config(guarded: &str) -> String {
+/// The daemon's provider gateway: a free loopback port (the kernel guards the port the config
+/// names, so it cannot be 0) and one provider, whose key file lives as long as this.
+struct Gateway {
+    addr: SocketAddr,
+    text: String,
+    key_dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn new() -> Gateway {
+        let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let key_dir = tempfile::tempdir().unwrap();
+        let key = key_dir.path().join("provider.key");
+        std::fs::write(&key, "sk-provider-test\n").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        Gateway {
+            addr,
+            text: addr.to_string(),
+            key_dir,
+        }
+    }
+
+    fn key_file(&self) -> std::path::PathBuf {
+        self.key_dir.path().join("provider.key")
+    }
+
+    fn config(&self, provider: SocketAddr) -> String {
+        format!(
+            "[providers]\nlisten = \"{}\"\n\n[[providers.routes]]\nname = \"p\"\n\
+             base_url = \"https://{provider}/v1\"\nkey_file = \"{}\"\n\n",
+            self.text,
+            self.key_file().display()
+        )
+    }
+}
+
+/// One HTTP/1.1 POST to the gateway from the calling thread (so from the cgroup it is in): the
+/// status line's code.
+fn post_through_gateway(gateway: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&gateway, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {gateway}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer placeholder\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+fn config(guarded: &str, gateway: &Gateway, provider: SocketAddr) -> String {
     format!(
         "[guarded]\ncgroup = \"{guarded}\"\n\n[bind]\nenabled = false\n\n[watch]\nenabled = false\n\n\
          [egress]\npolicy = \"gateway-only\"\ndns = [\"127.0.0.53\"]\n\n\
-         [upstream_guard]\nmode = \"enforce\"\n\n[proxy]\nenabled = false\n"
+         [upstream_guard]\nmode = \"enforce\"\n\n[proxy]\nenabled = false\n\n{}",
+        gateway.config(provider)
     )
 }
 
-/// `proxyguard ARGS --json --config PATH` with the gateway named, parsed.
-fn cli_json(daemon: &Daemon, args: &[&str], gateway: &str) -> Value {
+/// `proxyguard ARGS --json --config PATH`, parsed.
+fn cli_json(daemon: &Daemon, args: &[&str]) -> Value {
     let out = std::process::Command::new(proxyguard_bin())
         .args(args)
         .args(["--json", "--config"])
         .arg(&daemon.config_path)
-        .env("PROXYGUARD_GATEWAY_LISTEN", gateway)
         .output()
         .unwrap();
     assert!(
@@ -68,11 +135,11 @@ fn cli_json(daemon: &Daemon, args: &[&str], gateway: &str) -> Value {
 #[test]
 fn the_guarded_service_reaches_providers_only_through_the_gateway() {
     require_root();
-    // The gateway stand-in on loopback, and a "provider" on another loopback address: without
+    // The daemon's gateway on loopback, and a "provider" on another loopback address: without
     // the rules both would accept.
-    let gateway = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let gateway_port = gateway.local_addr().unwrap().port();
-    let gateway_text = format!("127.0.0.1:{gateway_port}");
+    let gateway = Gateway::new();
+    let gateway_port = gateway.addr.port();
+    let gateway_text = gateway.text.clone();
     let provider = TcpListener::bind(("127.0.0.2", 0)).unwrap();
     let provider = provider.local_addr().unwrap();
     // Another listener on loopback (proxyguard's front, say): not the gateway.
@@ -85,11 +152,7 @@ fn the_guarded_service_reaches_providers_only_through_the_gateway() {
     let mut daemon = {
         // The daemon runs in a cgroup of its own, as under systemd.
         let _inside = service.enter();
-        Daemon::start_with_env(
-            &config(&guarded.relative),
-            &[],
-            &[("PROXYGUARD_GATEWAY_LISTEN", &gateway_text)],
-        )
+        Daemon::start(&config(&guarded.relative, &gateway, provider))
     };
     let programs: Vec<&str> = daemon.ready["programs"]
         .as_array()
@@ -176,7 +239,7 @@ fn the_guarded_service_reaches_providers_only_through_the_gateway() {
         );
     }
 
-    let status = cli_json(&daemon, &["status"], &gateway_text);
+    let status = cli_json(&daemon, &["status"]);
     assert_eq!(status["egress"]["policy"], "gateway-only", "{status}");
     assert_eq!(
         status["egress"]["gateway"]["listen"], gateway_text,
@@ -186,7 +249,7 @@ fn the_guarded_service_reaches_providers_only_through_the_gateway() {
         status["egress"]["gateway"]["kernel_guard"], true,
         "{status}"
     );
-    let list = cli_json(&daemon, &["egress", "list"], &gateway_text);
+    let list = cli_json(&daemon, &["egress", "list"]);
     assert_eq!(list["policy"], "gateway-only", "{list}");
     assert_eq!(list["gateway"], gateway_text, "{list}");
 
@@ -200,21 +263,44 @@ fn the_guarded_service_reaches_providers_only_through_the_gateway() {
 #[test]
 fn a_reload_back_to_the_allow_list_restores_it() {
     require_root();
-    let gateway = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let gateway_text = gateway.local_addr().unwrap().to_string();
+    let gateway = Gateway::new();
     let provider = TcpListener::bind(("127.0.0.2", 0)).unwrap();
     let provider = provider.local_addr().unwrap();
-    let guarded = TestCgroup::create("gw-reload");
-    let mut daemon = Daemon::start_with_env(
-        &config(&guarded.relative),
-        &[],
-        &[("PROXYGUARD_GATEWAY_LISTEN", &gateway_text)],
+    // A real HTTPS provider on loopback, behind the gateway as `real`.
+    let https = HttpsProvider::start("sk-provider-test", None);
+    let https_route = format!(
+        "[[providers.routes]]\nname = \"real\"\nbase_url = \"{}/v1\"\nkey_file = \"{}\"\n\
+         ca_file = \"{}\"\n\n",
+        https.base_url(),
+        gateway.key_file().display(),
+        https.ca.display()
     );
+    let guarded = TestCgroup::create("gw-reload");
+    let mut daemon = Daemon::start(&format!(
+        "{}{https_route}",
+        config(&guarded.relative, &gateway, provider)
+    ));
     {
         let _inside = guarded.enter();
         assert_eq!(connect(provider), Err(EPERM), "gateway-only");
+        assert_eq!(
+            connect(addr("127.0.0.1", https.port)),
+            Err(EPERM),
+            "the HTTPS provider, straight"
+        );
+        assert_eq!(
+            post_through_gateway(gateway.addr, "/real/v1/chat/completions"),
+            200,
+            "the same provider through the gateway, with the key added on the way"
+        );
     }
-    let allow_list = config(&guarded.relative).replace(
+    assert_eq!(https.seen().len(), 1, "one request reached the provider");
+    assert!(https.seen()[0].key_ok, "with the real key");
+    let allow_list = format!(
+        "{}{https_route}",
+        config(&guarded.relative, &gateway, provider)
+    )
+    .replace(
         "policy = \"gateway-only\"",
         &format!("policy = \"allow-list\"\nallow = [\"{provider}\"]"),
     );
@@ -224,7 +310,7 @@ fn a_reload_back_to_the_allow_list_restores_it() {
         let _inside = guarded.enter();
         assert_eq!(connect(provider), Ok(()), "listed again");
         assert_eq!(
-            connect(gateway.local_addr().unwrap()),
+            connect(gateway.addr),
             Ok(()),
             "the guarded service keeps the gateway under either policy"
         );
@@ -262,20 +348,22 @@ fn pin_layout_1(pin_dir: &std::path::Path) {
 #[test]
 fn pins_of_the_one_destination_layout_are_recreated_and_the_programs_swapped() {
     require_root();
-    let gateway = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let gateway = gateway.local_addr().unwrap();
-    let gateway_text = gateway.to_string();
+    let gateway = Gateway::new();
+    let provider = TcpListener::bind(("127.0.0.2", 0)).unwrap();
+    let provider = provider.local_addr().unwrap();
     let service = TestCgroup::create("gw-upgrade-svc");
     let guarded = TestCgroup::create("gw-upgrade-guarded");
     let outside = TestCgroup::create("gw-upgrade-outside");
     let pin_dir = test_pin_dir();
     let start = |pin_dir: &std::path::Path| {
         let _inside = service.enter();
-        Daemon::start_full(&config(&guarded.relative), &[], None, pin_dir.to_owned())
+        Daemon::start_full(
+            &config(&guarded.relative, &gateway, provider),
+            &[],
+            None,
+            pin_dir.to_owned(),
+        )
     };
-    // `start_full` takes no environment: the gateway is named through this process's, which
-    // the daemon inherits.
-    std::env::set_var("PROXYGUARD_GATEWAY_LISTEN", &gateway_text);
     let mut first = start(&pin_dir);
     first.keep_pins();
     let before: Vec<u64> = first.ready["programs"]
@@ -310,17 +398,16 @@ fn pins_of_the_one_destination_layout_are_recreated_and_the_programs_swapped() {
     );
     {
         let _inside = outside.enter();
-        assert_eq!(connect(gateway), Err(EPERM), "refused after the swap");
+        assert_eq!(connect(gateway.addr), Err(EPERM), "refused after the swap");
     }
     {
         let _inside = guarded.enter();
         assert_eq!(
-            connect(gateway),
+            connect(gateway.addr),
             Ok(()),
             "the guarded service after the swap"
         );
     }
-    std::env::remove_var("PROXYGUARD_GATEWAY_LISTEN");
     // One refusal: the outsider after the swap (the first daemon refused nobody).
     let counters = second.stop()["counters"]["upstream_guard"].clone();
     assert_eq!(counters["denied"], 1, "{counters}");

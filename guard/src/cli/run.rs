@@ -278,8 +278,11 @@ fn status(
         "created_files": kernel.and_then(Kernel::created_files),
         "egress": super::status::egress_fields(config, kernel),
         "checks": checks::continuous::summary(),
-        // No kernel rule guards the gateway's port yet (issue 13 points 2 and 3).
-        "providers": crate::providers::status_json(&config.providers, gateway.addr(), false),
+        "providers": crate::providers::status_json(
+            &config.providers,
+            gateway.addr(),
+            super::status::gateway_kernel_guarded(kernel),
+        ),
         "counters": counters,
     })
 }

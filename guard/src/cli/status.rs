@@ -26,11 +26,7 @@ pub fn run(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 /// guards the gateway's port (only where the kernel half runs and the upstream guard is on).
 pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
     let gateway = kernel::gateway(config);
-    let guarded = kernel.is_some_and(|k| {
-        k.guarded_ports
-            .iter()
-            .any(|(which, _)| *which == Destination::Gateway)
-    });
+    let guarded = gateway_kernel_guarded(kernel);
     json!({
         "policy": config.egress.policy.as_str(),
         "allow_dns": config.egress.allow_dns,
@@ -39,6 +35,16 @@ pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
             "kernel_guard": guarded,
             "mode": config.upstream_guard.mode.as_str(),
         })),
+    })
+}
+
+/// Whether a kernel rule guards the provider gateway's port (only the guarded service and
+/// proxyguard may connect): the one answer both `egress` and `providers` in `status` give.
+pub(super) fn gateway_kernel_guarded(kernel: Option<&Kernel>) -> bool {
+    kernel.is_some_and(|k| {
+        k.guarded_ports
+            .iter()
+            .any(|(which, _)| *which == Destination::Gateway)
     })
 }
 

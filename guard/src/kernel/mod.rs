@@ -611,24 +611,14 @@ pub fn probe_features() -> Vec<Feature> {
 }
 
 /// The provider gateway's listen address, when one runs: the gateway port guard and the
-/// `gateway-only` egress policy are built around it. Every use goes through here.
-///
-/// The gateway and its `[providers] listen` live on another branch; until they are merged, the
-/// address comes from `PROXYGUARD_GATEWAY_LISTEN` (set by the kernel tests, which stand a plain
-/// listener in for the gateway). At the merge this body becomes the providers' listen address
-/// when providers are configured.
-pub fn gateway(_config: &Config) -> Option<SocketAddr> {
-    let text = std::env::var("PROXYGUARD_GATEWAY_LISTEN").ok()?;
-    match text.parse() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            tracing::error!(
-                value = text,
-                "PROXYGUARD_GATEWAY_LISTEN is not an address like 127.0.0.1:8089; no gateway"
-            );
-            None
-        }
-    }
+/// `gateway-only` egress policy are built around it. Every use goes through here. The gateway
+/// listens once `[[providers.routes]]` has an entry; a `listen` port of 0 (a kernel-assigned
+/// port, for tests) names no port the kernel could guard, so it counts as none.
+pub fn gateway(config: &Config) -> Option<SocketAddr> {
+    config
+        .providers
+        .gateway_addr()
+        .filter(|listen| listen.port() != 0)
 }
 
 /// The egress rule judges the guarded cgroups' tasks only, so proxyguard's own connections (the
