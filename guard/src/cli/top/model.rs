@@ -409,8 +409,7 @@ fn keys(window: &Window<'_>) -> Section {
         .collect();
     names.sort();
     names.dedup();
-    // (suspended, the increases and totals of the columns last first, the row)
-    let mut keys: Vec<(bool, Vec<f64>, Vec<f64>, Vec<String>)> = Vec::new();
+    let mut keys: Vec<KeyRow> = Vec::new();
     for key in names {
         let mut row = vec![clean(key)];
         let (mut increases, mut totals) = (Vec::new(), Vec::new());
@@ -434,30 +433,37 @@ fn keys(window: &Window<'_>) -> Section {
         if with_state {
             row.push(if is_suspended { "suspended" } else { "" }.to_owned());
         }
-        keys.push((is_suspended, increases, totals, row));
+        increases.extend(totals);
+        keys.push(KeyRow {
+            suspended: is_suspended,
+            rank: increases,
+            row,
+        });
     }
-    let order = |a: &[f64], b: &[f64]| {
-        b.iter()
-            .zip(a)
-            .map(|(b, a)| b.total_cmp(a))
-            .find(|o| o.is_ne())
-            .unwrap_or(std::cmp::Ordering::Equal)
-    };
     keys.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then_with(|| order(&a.1, &b.1))
-            .then_with(|| order(&a.2, &b.2))
+        b.suspended.cmp(&a.suspended).then_with(|| {
+            b.rank
+                .iter()
+                .zip(&a.rank)
+                .map(|(b, a)| b.total_cmp(a))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
     });
     Section {
         title: "Top keys".into(),
         header,
-        rows: keys
-            .into_iter()
-            .take(TOP)
-            .map(|(_, _, _, row)| row)
-            .collect(),
+        rows: keys.into_iter().take(TOP).map(|k| k.row).collect(),
         empty: "no key has made a request".into(),
     }
+}
+
+/// A row of the keys table with what it is ranked by: suspended first, then `rank` descending
+/// (the columns' increases, the last column first, then their totals in the same order).
+struct KeyRow {
+    suspended: bool,
+    rank: Vec<f64>,
+    row: Vec<String>,
 }
 
 fn refused(newest: &Sample) -> Section {
