@@ -4,7 +4,7 @@
 //! `promtool check rules`, and `promtool test rules` shows each firing when it should.
 
 use std::{
-    io::BufReader,
+    io::{BufReader, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -200,6 +200,12 @@ fn total(screen: &[String], label: &str) -> Option<String> {
     row(screen, label).last().map(|s| (*s).to_owned())
 }
 
+/// A key's request total: the second cell after its name (its requests per second first; the
+/// tokens, spend and state columns follow).
+fn key_requests(screen: &[String], key: &str) -> Option<String> {
+    row(screen, key).get(1).map(|s| (*s).to_owned())
+}
+
 #[test]
 fn top_in_a_terminal_counts_redraws_on_resize_and_quits_cleanly() {
     let guard = guard();
@@ -220,7 +226,11 @@ fn top_in_a_terminal_counts_redraws_on_resize_and_quits_cleanly() {
         "at 120 columns the sections sit side by side:\n{}",
         screen.join("\n")
     );
-    assert_eq!(total(&screen, "alice").as_deref(), Some("3"), "{screen:#?}");
+    assert_eq!(
+        key_requests(&screen, "alice").as_deref(),
+        Some("3"),
+        "{screen:#?}"
+    );
     assert_eq!(row(&screen, "127.0.0.1")[..2], ["l7", "2"], "{screen:#?}");
     assert!(
         screen.iter().any(|l| l.contains("reason=bad_key")),
@@ -238,7 +248,11 @@ fn top_in_a_terminal_counts_redraws_on_resize_and_quits_cleanly() {
     let bob = guard.key("bob").to_owned();
     assert_eq!(requests(&guard, &bob, 2), [200; 2]);
     let screen = tmux.wait_for("5 allowed", |s| total(s, "allowed").as_deref() == Some("5"));
-    assert_eq!(total(&screen, "bob").as_deref(), Some("2"), "{screen:#?}");
+    assert_eq!(
+        key_requests(&screen, "bob").as_deref(),
+        Some("2"),
+        "{screen:#?}"
+    );
     assert!(
         row(&screen, "Upstream latency").is_empty() || screen.iter().any(|l| l.contains("p50")),
         "{screen:#?}"
@@ -323,7 +337,11 @@ fn once_prints_one_plain_frame_and_json() {
         Some("1"),
         "{text}"
     );
-    assert_eq!(total(&lines, "alice").as_deref(), Some("4"), "{text}");
+    assert_eq!(
+        key_requests(&lines, "alice").as_deref(),
+        Some("4"),
+        "{text}"
+    );
     assert!(text.contains("\nUpstream latency\n  over"), "{text}");
     assert!(
         !text.contains('\u{1b}'),
@@ -368,6 +386,132 @@ fn once_prints_one_plain_frame_and_json() {
     );
 }
 
+/// A chat completion of model `m` with `key` and a prompt of `chars` characters (about a token
+/// per four, as the guard estimates an answer without usage, like the plain upstream's); its
+/// status.
+fn chat(guard: &Guard, key: &str, chars: usize) -> u16 {
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "x".repeat(chars)}],
+    })
+    .to_string();
+    let addr = guard.base.trim_start_matches("http://");
+    let mut stream = BufReader::new(TcpStream::connect(addr).unwrap());
+    write!(
+        stream.get_mut(),
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    upstream::read_response(&mut stream).unwrap()
+}
+
+/// `top --once --json`'s key rows, by name.
+fn key_rows(config: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let out = top(config, &["--once", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frame: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect()
+    };
+    (
+        strings(&frame["keys"]["header"]),
+        frame["keys"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(strings)
+            .collect(),
+    )
+}
+
+#[test]
+fn top_shows_tokens_and_spend_per_key_and_a_suspended_key_first() {
+    // Model m is priced (1000 dollars a million tokens: a token is a tenth of a cent), and a key
+    // using over 50 tokens in 5 minutes with nothing before is suspended.
+    let guard = Guard::start(
+        upstream::upstream(),
+        UPSTREAM_KEY,
+        &["alice", "bob"],
+        "\n[proxy.pricing.models.\"m\"]\ninput = 1000.0\noutput = 1000.0\n\n\
+         [proxy.usage.spike]\nfloor = 50\nfactor = 100.0\naction = \"suspend\"\n",
+    );
+    let config = &guard.daemon.config_path;
+    let (alice, bob) = (guard.key("alice").to_owned(), guard.key("bob").to_owned());
+    // bob: 4 small requests (the prompt "hi", one token each).
+    assert_eq!(requests(&guard, &bob, 4), [200; 4]);
+    // alice: one of 100 tokens, a spike.
+    assert_eq!(chat(&guard, &alice, 400), 200);
+
+    let (header, rows) = key_rows(config);
+    assert_eq!(
+        header,
+        ["key", "req/s", "requests", "tok/s", "tokens", "$/h", "spend $", "state"]
+    );
+    let by_name = |rows: &[Vec<String>], name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {name}: {rows:?}"))
+    };
+    let first = &rows[0];
+    assert_eq!(
+        (
+            first[0].as_str(),
+            first[2].as_str(),
+            first[4].as_str(),
+            first[6].as_str(),
+            first[7].as_str()
+        ),
+        ("alice", "1", "100", "0.1000", "suspended"),
+        "the suspended key first, its tokens and spend: {rows:?}"
+    );
+    let bob_row = by_name(&rows, "bob");
+    assert_eq!(
+        (
+            bob_row[2].as_str(),
+            bob_row[4].as_str(),
+            bob_row[6].as_str(),
+            bob_row[7].as_str()
+        ),
+        ("4", "4", "0.0040", ""),
+        "{rows:?}"
+    );
+
+    // alice is refused now, and listed as suspended until resumed.
+    assert_eq!(requests(&guard, &alice, 1), [403]);
+    let out = Command::new(proxyguard_bin())
+        .args(["keys", "resume", "alice", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, rows) = key_rows(config);
+    assert_eq!(by_name(&rows, "alice")[7], "", "{rows:?}");
+    assert_eq!(requests(&guard, &alice, 1), [200]);
+
+    // The plain frame has the same columns.
+    let out = top(config, &["--once"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("  key    req/s  requests  tok/s  tokens  $/h"),
+        "{text}"
+    );
+}
+
 /// The alert names of a rules file.
 fn text_alerts(rules: &str) -> Vec<String> {
     rules
@@ -398,7 +542,7 @@ fn promtool_accepts_the_shipped_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check rules: {said}");
-    assert!(said.contains("SUCCESS: 7 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
 
     // And each alert fires on the series it is about (and a steady rate of denials does not).
     let out = Command::new("promtool")
@@ -425,7 +569,7 @@ fn promtool_accepts_the_shipped_rules() {
     // Every rule has a summary and a runbook that names the proxyguard command to run next.
     let text = std::fs::read_to_string(&rules).unwrap();
     let alerts = text_alerts(&text).len();
-    assert_eq!(alerts, 7);
+    assert_eq!(alerts, 10);
     assert_eq!(text.matches("\n          summary: ").count(), alerts);
     let runbooks: Vec<&str> = text
         .lines()

@@ -18,7 +18,9 @@ use serde_json::Value;
 const RULES: &str = include_str!("../../share/proxyguard.rules.yml");
 const DASHBOARD: &str = include_str!("../../share/grafana-dashboard.json");
 
-/// A bind rule on `port` (loopback only), and the proxy in front of `upstream` with key `alice`.
+/// A bind rule on `port` (loopback only), and the proxy in front of `upstream` with key `alice`,
+/// model `m` priced and a spike rule that suspends: one large request meters tokens and spend,
+/// raises a spike and suspends alice, so the budget metrics are served with samples.
 fn config(dir: &std::path::Path, port: u16, upstream: u16, hash: &str) -> String {
     let key_file = dir.join("upstream.key");
     std::fs::write(&key_file, "sk-upstream-metrics\n").unwrap();
@@ -27,9 +29,30 @@ fn config(dir: &std::path::Path, port: u16, upstream: u16, hash: &str) -> String
         "[bind]\nmode = \"enforce\"\n\n[[bind.rules]]\nport = {port}\nallow = [\"127.0.0.1/32\"]\n\n\
          [proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          upstream = \"http://127.0.0.1:{upstream}\"\nupstream_key_file = \"{}\"\n\n\
-         [[proxy.keys]]\nname = \"alice\"\nsha256 = \"{hash}\"\n",
+         [[proxy.keys]]\nname = \"alice\"\nsha256 = \"{hash}\"\n\n\
+         [proxy.pricing.models.\"m\"]\ninput = 1000.0\noutput = 1000.0\n\n\
+         [proxy.usage.spike]\nfloor = 50\nfactor = 1.0\naction = \"suspend\"\n",
         key_file.display()
     )
+}
+
+/// A chat completion of model `m` with `key` and a prompt of `chars` characters (about a token
+/// per four, as the guard estimates an answer without usage); its status.
+fn chat(listen: &str, key: &str, chars: usize) -> u16 {
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "x".repeat(chars)}],
+    })
+    .to_string();
+    let mut stream = BufReader::new(TcpStream::connect(listen).unwrap());
+    write!(
+        stream.get_mut(),
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    upstream::read_response(&mut stream).unwrap()
 }
 
 /// `GET /metrics` on the admin listener.
@@ -123,8 +146,10 @@ fn kernel_every_metric_the_rules_and_dashboard_name_is_served() {
     let listen = proxy["listen"].as_str().unwrap().to_owned();
     let admin = proxy["admin"].as_str().unwrap().to_owned();
 
-    // Traffic for both halves: allowed and refused requests, and a denied bind.
-    for key in [alice.as_str(), alice.as_str(), "sk-not-a-key"] {
+    // Traffic for both halves: allowed and refused requests, and a denied bind. alice's first
+    // request (about 100 tokens, nothing before) is a spike that suspends her.
+    assert_eq!(chat(&listen, &alice, 400), 200);
+    for key in [alice.as_str(), "sk-not-a-key"] {
         let mut stream = BufReader::new(TcpStream::connect(&listen).unwrap());
         upstream::request(&mut stream, key).unwrap();
     }
@@ -146,6 +171,16 @@ fn kernel_every_metric_the_rules_and_dashboard_name_is_served() {
         text.contains(r#"proxyguard_kernel_events{program="bind",counter="denied"} 1"#),
         "{text}"
     );
+
+    // The budget metrics the rules and dashboard name have samples, not only their `# TYPE`.
+    for sample in [
+        r#"proxyguard_tokens_total{key="alice",model="m",direction="in"} "#,
+        r#"proxyguard_spend_usd_total{key="alice",model="m"} "#,
+        r#"proxyguard_usage_spikes_total{key="alice"} 1"#,
+        r#"proxyguard_key_suspended{key="alice"} 1"#,
+    ] {
+        assert!(text.contains(sample), "no {sample} in:\n{text}");
+    }
 
     let served = served_names(&text);
     let rules = RULES;
@@ -208,6 +243,17 @@ fn kernel_every_metric_the_rules_and_dashboard_name_is_served() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(frame.contains("kernel half on  L7 proxy on"), "{frame}");
+    // And the keys' tokens and spend, the suspended one marked.
+    assert!(
+        frame.contains("tokens") && frame.contains("spend $"),
+        "{frame}"
+    );
+    assert!(
+        frame
+            .lines()
+            .any(|l| l.trim_start().starts_with("alice ") && l.trim_end().ends_with(" suspended")),
+        "{frame}"
+    );
     let kernel_rows: Vec<Vec<&str>> = frame
         .lines()
         .skip_while(|l| *l != "Kernel")

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub spend: Family<SpendLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// `usage_spike` alerts, per key.
     pub usage_spikes: Family<KeyLabels, Counter>,
+    /// 1 for a key a usage spike suspended, 0 for the others (every configured key): read from
+    /// the ledger at each scrape, so a suspension, a resume and the state loaded at start all show.
+    key_suspended: Family<KeyLabels, Gauge>,
     /// The guarded-process audits (threats 6, 7, 12), refreshed from their summary at each scrape.
     findings: Family<CheckLabels, Gauge>,
     files_fixed: Gauge,
@@ -183,6 +186,12 @@ impl Metrics {
             "usage_spike alerts raised, per key",
             usage_spikes.clone(),
         );
+        let key_suspended = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "key_suspended",
+            "1 while a usage spike keeps the key suspended (proxyguard keys resume NAME lifts it), else 0",
+            key_suspended.clone(),
+        );
         let kernel = Family::<KernelLabels, Gauge>::default();
         registry.register(
             "kernel_events",
@@ -198,6 +207,7 @@ impl Metrics {
             tokens,
             spend,
             usage_spikes,
+            key_suspended,
             requests,
             denials,
             key_requests,
@@ -233,6 +243,14 @@ impl Metrics {
         }
         self.files_fixed.set(summary.fixed as i64);
         self.audits.set(summary.audits as i64);
+        if let Some(ledger) = crate::proxy::budget::published() {
+            self.key_suspended.clear();
+            for (key, suspended) in ledger.suspensions() {
+                self.key_suspended
+                    .get_or_create(&KeyLabels { key })
+                    .set(i64::from(suspended));
+            }
+        }
         for (program, counter, value) in crate::kernel::last_counters() {
             self.kernel
                 .get_or_create(&KernelLabels { program, counter })

@@ -31,26 +31,28 @@ pub fn draw(out: &mut ratatui::Frame<'_>, frame: &Frame, note: &str) {
                 .unwrap_or(1) as u16
                 + 3
         };
-        let first = [&frame.requests, &frame.kernel];
-        let second = [&frame.keys, &frame.refused, &frame.latency];
+        // The keys get the widest box: with budgets metered they have seven columns.
+        let first = [&frame.requests, &frame.kernel, &frame.latency];
+        let second = [&frame.keys, &frame.refused];
         let [one, two, three] = Layout::vertical([
             Constraint::Length(height(&first)),
             Constraint::Length(height(&second)),
             Constraint::Min(3),
         ])
         .areas(body);
-        let halves = Layout::horizontal([Constraint::Percentage(50); 2]).split(one);
-        section(out, &frame.requests, halves[0]);
-        section(out, &frame.kernel, halves[1]);
         let thirds = Layout::horizontal([
             Constraint::Percentage(35),
-            Constraint::Percentage(40),
-            Constraint::Percentage(25),
+            Constraint::Percentage(35),
+            Constraint::Percentage(30),
         ])
-        .split(two);
-        section(out, &frame.keys, thirds[0]);
-        section(out, &frame.refused, thirds[1]);
+        .split(one);
+        section(out, &frame.requests, thirds[0]);
+        section(out, &frame.kernel, thirds[1]);
         section(out, &frame.latency, thirds[2]);
+        let halves =
+            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).split(two);
+        section(out, &frame.keys, halves[0]);
+        section(out, &frame.refused, halves[1]);
         section(out, &frame.events, three);
     } else {
         let sections = frame.sections();

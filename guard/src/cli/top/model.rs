@@ -230,9 +230,49 @@ impl Frame {
     }
 }
 
-/// Per-key columns, each a counter labelled `key`; a column is shown only when its metric
-/// exists. Token and spend budgets add their per-key counters here.
-const KEY_COLUMNS: &[(&str, &str)] = &[("requests", "proxyguard_key_requests_total")];
+/// How a per-key column's numbers read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Unit {
+    Count,
+    /// US dollars: the rate per hour (a key's spend per second is too small to read).
+    Usd,
+}
+
+/// A per-key column pair (rate, total) of a counter labelled `key`, summed over its other labels
+/// (model, direction).
+struct KeyColumn {
+    rate: &'static str,
+    total: &'static str,
+    metric: &'static str,
+    unit: Unit,
+}
+
+/// Per-key columns; a column is shown only when its metric exists (tokens and spend once a
+/// metered request was answered, `proxy.usage.enabled`). Keys rank by the last shown column's
+/// increase first: spend, then tokens, then requests.
+const KEY_COLUMNS: &[KeyColumn] = &[
+    KeyColumn {
+        rate: "req/s",
+        total: "requests",
+        metric: "proxyguard_key_requests_total",
+        unit: Unit::Count,
+    },
+    KeyColumn {
+        rate: "tok/s",
+        total: "tokens",
+        metric: "proxyguard_tokens_total",
+        unit: Unit::Count,
+    },
+    KeyColumn {
+        rate: "$/h",
+        total: "spend $",
+        metric: "proxyguard_spend_usd_total",
+        unit: Unit::Usd,
+    },
+];
+
+/// 1 for a key a usage spike suspended: such a key is listed first, marked, requests or not.
+const SUSPENDED: &str = "proxyguard_key_suspended";
 
 /// Kernel counters shown even while zero: the ones an operator looks for.
 const KERNEL_ALWAYS: &[(&str, &str)] = &[
@@ -257,15 +297,19 @@ impl Window<'_> {
     /// The per-second rate of a counter that reads `now` and read `before` in the previous
     /// sample (absent there: zero then); `-` without a previous sample.
     fn rate(&self, now: f64, before: Option<f64>) -> String {
-        let Some(previous) = self.previous else {
-            return "-".to_owned();
-        };
+        self.per_sec(now, before)
+            .map_or_else(|| "-".to_owned(), format_rate)
+    }
+
+    /// The per-second rate [`Window::rate`] formats; None without a previous sample.
+    fn per_sec(&self, now: f64, before: Option<f64>) -> Option<f64> {
+        let previous = self.previous?;
         let secs = self.newest.at.duration_since(previous.at).as_secs_f64();
         if secs <= 0.0 {
-            return "-".to_owned();
+            return None;
         }
         // A restarted daemon starts its counters again: no negative rates.
-        format_rate(((now - before.unwrap_or(0.0)) / secs).max(0.0))
+        Some(((now - before.unwrap_or(0.0)) / secs).max(0.0))
     }
 
     /// `name` summed by `label` in the newest and the previous sample.
@@ -339,40 +383,87 @@ fn requests(window: &Window<'_>) -> Section {
     }
 }
 
-/// Keys by request rate, then by total; a column pair (rate, total) per [`KEY_COLUMNS`] metric
-/// the daemon serves.
+/// Keys with a column pair (rate, total) per [`KEY_COLUMNS`] metric the daemon serves, and a
+/// `state` column when it serves [`SUSPENDED`]. Suspended keys first, then by the increase of the
+/// last column shown (spend, tokens, requests), then by its total.
 fn keys(window: &Window<'_>) -> Section {
-    let columns: Vec<(&str, _)> = KEY_COLUMNS
+    let columns: Vec<(&KeyColumn, _)> = KEY_COLUMNS
         .iter()
-        .filter(|(_, metric)| window.newest.has(metric))
-        .map(|(title, metric)| (*title, window.sums(metric, "key")))
+        .filter(|column| window.newest.has(column.metric))
+        .map(|column| (column, window.sums(column.metric, "key")))
         .collect();
+    let suspended = window.newest.sum_by(SUSPENDED, "key");
+    let with_state = window.newest.has(SUSPENDED);
     let mut header = vec!["key".to_owned()];
-    for (title, _) in &columns {
-        header.push(format!("{title}/s"));
-        header.push((*title).to_owned());
+    for (column, _) in &columns {
+        header.push(column.rate.to_owned());
+        header.push(column.total.to_owned());
     }
-    // (the first column's increase, its total, the row)
-    let mut keys: Vec<(f64, f64, Vec<String>)> = Vec::new();
-    if let Some((_, (first, first_before))) = columns.first() {
-        for (key, total) in first {
-            let mut row = vec![clean(key)];
-            for (_, (now, before)) in &columns {
-                let value = now.get(key).copied().unwrap_or(0.0);
-                row.push(window.rate(value, before.get(key).copied()));
-                row.push(format_count(value));
-            }
-            let increase = total - first_before.get(key).copied().unwrap_or(0.0);
-            keys.push((increase, *total, row));
+    if with_state {
+        header.push("state".to_owned());
+    }
+    let mut names: Vec<&String> = columns
+        .iter()
+        .flat_map(|(_, (now, _))| now.keys())
+        .chain(suspended.iter().filter(|(_, v)| **v > 0.0).map(|(k, _)| k))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut keys: Vec<KeyRow> = Vec::new();
+    for key in names {
+        let mut row = vec![clean(key)];
+        let (mut increases, mut totals) = (Vec::new(), Vec::new());
+        for (column, (now, before)) in &columns {
+            let value = now.get(key).copied().unwrap_or(0.0);
+            let earlier = before.get(key).copied();
+            let rate = window.per_sec(value, earlier);
+            row.push(match (column.unit, rate) {
+                (_, None) => "-".to_owned(),
+                (Unit::Count, Some(rate)) => format_rate(rate),
+                (Unit::Usd, Some(rate)) => format_usd(rate * 3600.0),
+            });
+            row.push(match column.unit {
+                Unit::Count => format_count(value),
+                Unit::Usd => format_usd(value),
+            });
+            increases.insert(0, value - earlier.unwrap_or(0.0));
+            totals.insert(0, value);
         }
+        let is_suspended = suspended.get(key).is_some_and(|v| *v > 0.0);
+        if with_state {
+            row.push(if is_suspended { "suspended" } else { "" }.to_owned());
+        }
+        increases.extend(totals);
+        keys.push(KeyRow {
+            suspended: is_suspended,
+            rank: increases,
+            row,
+        });
     }
-    keys.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.1.total_cmp(&a.1)));
+    keys.sort_by(|a, b| {
+        b.suspended.cmp(&a.suspended).then_with(|| {
+            b.rank
+                .iter()
+                .zip(&a.rank)
+                .map(|(b, a)| b.total_cmp(a))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    });
     Section {
         title: "Top keys".into(),
         header,
-        rows: keys.into_iter().take(TOP).map(|(_, _, row)| row).collect(),
+        rows: keys.into_iter().take(TOP).map(|k| k.row).collect(),
         empty: "no key has made a request".into(),
     }
+}
+
+/// A row of the keys table with what it is ranked by: suspended first, then `rank` descending
+/// (the columns' increases, the last column first, then their totals in the same order).
+struct KeyRow {
+    suspended: bool,
+    rank: Vec<f64>,
+    row: Vec<String>,
 }
 
 fn refused(newest: &Sample) -> Section {
@@ -553,6 +644,17 @@ fn format_rate(per_sec: f64) -> String {
     }
 }
 
+/// Dollars: cents once there are some, else four places (a test key's fractions of a cent).
+fn format_usd(value: f64) -> String {
+    if value == 0.0 {
+        "0".to_owned()
+    } else if value < 1.0 {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
 fn format_count(value: f64) -> String {
     format!("{value:.0}")
 }
@@ -645,5 +747,50 @@ proxyguard_upstream_duration_seconds_bucket{le="+Inf"} 8
             "4".into()
         ]));
         assert!(!frame.events.rows[0][2].contains('\u{1b}'));
+    }
+
+    #[test]
+    fn keys_rank_by_spend_then_tokens_and_suspended_keys_show_first() {
+        let t0 = Instant::now();
+        let snapshot = |text: &str| json!({"pid": 1, "proxy": true, "metrics": text});
+        let before = "proxyguard_key_requests_total{key=\"a\"} 1\n";
+        let now = r#"proxyguard_key_requests_total{key="a"} 9
+proxyguard_key_requests_total{key="b"} 2
+proxyguard_key_requests_total{key="c"} 1
+proxyguard_tokens_total{key="a",model="m",direction="in"} 30
+proxyguard_tokens_total{key="a",model="m",direction="out"} 10
+proxyguard_tokens_total{key="b",model="m",direction="in"} 500
+proxyguard_tokens_total{key="b",model="m",direction="out"} 100
+proxyguard_tokens_total{key="c",model="other",direction="in"} 9000
+proxyguard_spend_usd_total{key="a",model="m"} 0.0
+proxyguard_spend_usd_total{key="b",model="m"} 0.5
+proxyguard_spend_usd_total{key="c",model="other"} 0.0
+proxyguard_key_suspended{key="a"} 0
+proxyguard_key_suspended{key="b"} 0
+proxyguard_key_suspended{key="c"} 0
+proxyguard_key_suspended{key="idle"} 1
+"#;
+        let before = Sample::from_snapshot(&snapshot(before), t0);
+        let now = Sample::from_snapshot(&snapshot(now), t0 + Duration::from_secs(10));
+        let keys = frame(&now, Some(&before), None).keys;
+        assert_eq!(
+            keys.header,
+            ["key", "req/s", "requests", "tok/s", "tokens", "$/h", "spend $", "state"]
+        );
+        assert_eq!(
+            keys.rows,
+            [
+                ["idle", "0", "0", "0", "0", "0", "0", "suspended"],
+                ["b", "0.2", "2", "60", "600", "180.00", "0.5000", ""],
+                ["c", "0.1", "1", "900", "9000", "0", "0", ""],
+                ["a", "0.8", "9", "4.0", "40", "0", "0", ""],
+            ]
+        );
+        // Without budget metrics: the requests columns alone, as before issue 14.
+        let plain = Sample::from_snapshot(&snapshot(TEXT), t0);
+        assert_eq!(
+            frame(&plain, None, None).keys.header,
+            ["key", "req/s", "requests"]
+        );
     }
 }

@@ -343,6 +343,24 @@ impl Ledger {
         lifted
     }
 
+    /// Each configured key and each key in the book (the rollout pseudo-key aside: it is never
+    /// suspended) with whether it is suspended: the `proxyguard_key_suspended` gauge.
+    pub fn suspensions(&self) -> BTreeMap<String, bool> {
+        let rules = lock(&self.rules);
+        let book = lock(&self.book);
+        let mut out: BTreeMap<String, bool> = rules
+            .policies
+            .keys()
+            .map(|name| (name.to_string(), false))
+            .collect();
+        for (name, entry) in &book.keys {
+            if !name.starts_with("rollout:") {
+                out.insert(name.clone(), entry.suspended.is_some());
+            }
+        }
+        out
+    }
+
     pub(super) fn mark(&self, urgent: bool) {
         let (flags, wake) = &self.changed;
         let mut flags = lock(flags);
@@ -690,8 +708,10 @@ mod tests {
             (refused.status.as_u16(), refused.reason),
             (403, "key_suspended")
         );
+        assert!(ledger.suspensions()["a"]);
         assert!(ledger.resume("a"));
         assert!(!ledger.resume("a"));
+        assert!(!ledger.suspensions()["a"]);
         // Once per window: the rest of this window raises nothing more.
         let charge = ledger
             .admit(&key, &open, free(), (0, 0), at)
@@ -707,5 +727,6 @@ mod tests {
             !charge.spike.unwrap().suspended,
             "the rollout pseudo-key is never suspended"
         );
+        assert!(!ledger.suspensions().contains_key("rollout:*"));
     }
 }
