@@ -48,6 +48,8 @@ struct Gateway {
     addr: SocketAddr,
     text: String,
     key_dir: tempfile::TempDir,
+    /// Only for its CA: the busybox VM has no system roots, and a provider needs trust anchors.
+    trust: HttpsProvider,
 }
 
 impl Gateway {
@@ -65,6 +67,7 @@ impl Gateway {
             addr,
             text: addr.to_string(),
             key_dir,
+            trust: HttpsProvider::start("sk-provider-test", None),
         }
     }
 
@@ -75,9 +78,10 @@ impl Gateway {
     fn config(&self, provider: SocketAddr) -> String {
         format!(
             "[providers]\nlisten = \"{}\"\n\n[[providers.routes]]\nname = \"p\"\n\
-             base_url = \"https://{provider}/v1\"\nkey_file = \"{}\"\n\n",
+             base_url = \"https://{provider}/v1\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\n",
             self.text,
-            self.key_file().display()
+            self.key_file().display(),
+            self.trust.ca.display()
         )
     }
 }
