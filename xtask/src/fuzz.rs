@@ -2,7 +2,8 @@
 //! the checked-in seeds. A crash fails the run and names the input libFuzzer saved.
 //!
 //! libFuzzer writes what it learns to `fuzz/corpus/{target}` (ignored by git), so later runs
-//! start where earlier ones stopped; the seeds in `fuzz/seeds/{target}` are only read.
+//! start where earlier ones stopped; the seeds in `fuzz/seeds/{target}` are only read. The config
+//! target also gets the embedded default config, copied into its corpus on each run.
 
 use std::{fs, path::PathBuf, process::Command, time::Instant};
 
@@ -134,6 +135,14 @@ pub fn run(secs: u64, only: &[String]) -> Result<Summary> {
     for name in chosen {
         let corpus = fuzz_dir().join("corpus").join(name);
         fs::create_dir_all(&corpus)?;
+        if name == "config" {
+            // The embedded default is the config fuzzer's best seed; taken from its one source
+            // each run, so no checked-in copy can go stale.
+            fs::copy(
+                cmd::workspace_root().join("guard/src/config/default.toml"),
+                corpus.join("embedded-default.toml"),
+            )?;
+        }
         let mut run = Run::default();
         let mut command = cargo_fuzz("run");
         command
