@@ -15,6 +15,7 @@ pub mod fuzz;
 mod guarded;
 mod guarded_pids;
 mod kernel;
+mod outbox;
 mod providers;
 mod proxy;
 mod resolve;

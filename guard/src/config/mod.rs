@@ -93,6 +93,9 @@ pub struct LogConfig {
     /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`), or levels per module such as
     /// `info,proxyguard=debug` (see `log_level.rs`).
     pub level: String,
+    /// Lines (audit records and log events) waiting for stdout and stderr; past it new ones are
+    /// dropped and counted (`crate::outbox`).
+    pub queue: usize,
 }
 
 impl Default for LogConfig {
@@ -100,6 +103,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_owned(),
+            queue: crate::outbox::DEFAULT_DEPTH,
         }
     }
 }
