@@ -80,6 +80,9 @@ pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>
     let mut lines = Vec::new();
     for record in records {
         let line = render(&ts, kind, record);
+        if crate::export::enabled() {
+            crate::export::offer(kind, &line, record_priority(&line));
+        }
         crate::control::glance::observe(&line);
         let mut out = String::new();
         if style.journal {

@@ -105,6 +105,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     // The log and audit lines are written by the outbox's thread: out before the process ends
     // (bounded, since a stdout nobody reads never drains).
+    crate::export::flush(std::time::Duration::from_secs(2));
     crate::outbox::flush(std::time::Duration::from_secs(5));
     result
 }

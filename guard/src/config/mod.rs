@@ -12,6 +12,7 @@ mod compile_proxy;
 pub mod control;
 pub mod egress;
 mod error;
+pub mod export;
 pub mod guarded;
 #[cfg(test)]
 mod hostile;
@@ -58,6 +59,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub providers: crate::providers::ProvidersSection,
     pub log: LogConfig,
+    pub export: export::ExportSection,
 }
 
 /// What a kernel program does with what its rules do not allow.

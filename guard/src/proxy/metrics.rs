@@ -198,6 +198,11 @@ impl Metrics {
             crate::outbox::dropped().clone(),
         );
         registry.register(
+            "otlp_exported",
+            "Audit records the OTLP receiver ([export] otlp_endpoint) accepted",
+            crate::export::exported().clone(),
+        );
+        registry.register(
             "inotify_overflow",
             "Temp-file change notices dropped because the audit fell behind (each one triggers a full audit)",
             crate::checks::continuous::overflows().clone(),
