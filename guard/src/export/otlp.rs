@@ -82,13 +82,13 @@ pub mod any_value {
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Value {
         #[prost(string, tag = "1")]
-        StringValue(String),
+        String(String),
         #[prost(bool, tag = "2")]
-        BoolValue(bool),
+        Bool(bool),
         #[prost(int64, tag = "3")]
-        IntValue(i64),
+        Int(i64),
         #[prost(double, tag = "4")]
-        DoubleValue(f64),
+        Double(f64),
     }
 }
 
@@ -96,7 +96,7 @@ pub fn string(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
+            value: Some(any_value::Value::String(value.to_owned())),
         }),
     }
 }
@@ -104,11 +104,11 @@ pub fn string(key: &str, value: &str) -> KeyValue {
 /// A scalar JSON value as an OTLP value; nested ones stay in the body only.
 fn scalar(value: &Value) -> Option<any_value::Value> {
     Some(match value {
-        Value::String(text) => any_value::Value::StringValue(text.clone()),
-        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::String(text) => any_value::Value::String(text.clone()),
+        Value::Bool(b) => any_value::Value::Bool(*b),
         Value::Number(n) => match n.as_i64() {
-            Some(i) => any_value::Value::IntValue(i),
-            None => any_value::Value::DoubleValue(n.as_f64()?),
+            Some(i) => any_value::Value::Int(i),
+            None => any_value::Value::Double(n.as_f64()?),
         },
         Value::Null | Value::Array(_) | Value::Object(_) => return None,
     })
@@ -147,7 +147,7 @@ pub fn record(line: &Map<String, Value>, severity: u8, now_nanos: u64) -> LogRec
         severity_number: number,
         severity_text: text.to_owned(),
         body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(
+            value: Some(any_value::Value::String(
                 Value::Object(line.clone()).to_string(),
             )),
         }),
@@ -199,16 +199,13 @@ mod tests {
                 .find(|kv| kv.key == key)
                 .and_then(|kv| kv.value.clone()?.value)
         };
-        assert_eq!(get("status"), Some(any_value::Value::IntValue(200)));
-        assert_eq!(
-            get("key"),
-            Some(any_value::Value::StringValue("alice".into()))
-        );
-        assert_eq!(get("ok"), Some(any_value::Value::BoolValue(true)));
-        assert_eq!(get("share"), Some(any_value::Value::DoubleValue(0.5)));
+        assert_eq!(get("status"), Some(any_value::Value::Int(200)));
+        assert_eq!(get("key"), Some(any_value::Value::String("alice".into())));
+        assert_eq!(get("ok"), Some(any_value::Value::Bool(true)));
+        assert_eq!(get("share"), Some(any_value::Value::Double(0.5)));
         assert_eq!(get("nested"), None);
         assert_eq!(get("ts"), None);
-        let Some(any_value::Value::StringValue(body)) = record.body.and_then(|b| b.value) else {
+        let Some(any_value::Value::String(body)) = record.body.and_then(|b| b.value) else {
             panic!("a string body");
         };
         assert_eq!(
