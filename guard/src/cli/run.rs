@@ -351,6 +351,7 @@ fn reload(
     let result = match outcome {
         Ok(config) => {
             tracing::info!("config reloaded");
+            crate::export::reloaded(&config.export);
             audit::emit("reloaded", audit::fields(json!({ "config": config_path })));
             Ok(config)
         }

@@ -133,9 +133,19 @@ struct Settings {
     resource: Vec<otlp::KeyValue>,
 }
 
+/// `[export]` as the daemon started with it.
+static STARTED: OnceLock<ExportSection> = OnceLock::new();
+
+/// After a reload: `[export]` applies at the next restart, which the operator is told.
+pub fn reloaded(config: &ExportSection) {
+    if STARTED.get().is_some_and(|started| started != config) {
+        tracing::warn!("[export] changed; it applies at the next restart");
+    }
+}
+
 /// Starts the export when `otlp_endpoint` is set (once; `[export]` is read at start).
 pub fn start(config: &ExportSection) -> Result<(), ExportError> {
-    if config.otlp_endpoint.is_empty() || EXPORTER.get().is_some() {
+    if STARTED.set(config.clone()).is_err() || config.otlp_endpoint.is_empty() {
         return Ok(());
     }
     let endpoint = Endpoint::parse(&config.otlp_endpoint).map_err(ExportError::Endpoint)?;
