@@ -16,7 +16,10 @@
 mod otlp;
 
 use std::{
-    sync::{Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, OnceLock,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -49,16 +52,11 @@ struct Item {
     severity: u8,
 }
 
-/// Offered records, and those since sent or dropped: what `flush` compares.
-#[derive(Default)]
-struct Progress {
-    offered: u64,
-    settled: u64,
-}
-
 struct Exporter {
     queue: mpsc::Sender<Item>,
-    progress: Mutex<Progress>,
+    /// Records offered, and (under the lock, for `flush`) those since sent or dropped.
+    offered: AtomicU64,
+    progress: Mutex<u64>,
     settled: std::sync::Condvar,
 }
 
@@ -86,7 +84,7 @@ pub fn offer(kind: &str, line: &Map<String, Value>, severity: u8) {
         severity,
     };
     // Counted first, so `flush` never sees the settlement before the offer.
-    exporter.progress().offered += 1;
+    exporter.offered.fetch_add(1, Ordering::Relaxed);
     if exporter.queue.try_send(item).is_err() {
         crate::outbox::count_dropped("otlp", kind, 1);
         exporter.settle(1);
@@ -94,12 +92,12 @@ pub fn offer(kind: &str, line: &Map<String, Value>, severity: u8) {
 }
 
 impl Exporter {
-    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+    fn progress(&self) -> std::sync::MutexGuard<'_, u64> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn settle(&self, n: u64) {
-        self.progress().settled += n;
+        *self.progress() += n;
         self.settled.notify_all();
     }
 }
@@ -110,9 +108,9 @@ pub fn flush(limit: Duration) {
         return;
     };
     let deadline = Instant::now() + limit;
+    let target = exporter.offered.load(Ordering::Relaxed);
     let mut progress = exporter.progress();
-    let target = progress.offered;
-    while progress.settled < target {
+    while *progress < target {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
@@ -189,7 +187,8 @@ pub fn start(config: &ExportSection) -> Result<(), ExportError> {
         .map_err(ExportError::Thread)?;
     let _ = EXPORTER.set(Exporter {
         queue,
-        progress: Mutex::default(),
+        offered: AtomicU64::new(0),
+        progress: Mutex::new(0),
         settled: std::sync::Condvar::new(),
     });
     tracing::info!(endpoint = %settings_authority(config), "exporting events as OTLP logs");
