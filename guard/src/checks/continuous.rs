@@ -109,10 +109,7 @@ async fn watch_loop(mut config: watch::Receiver<Config>) {
         let Ok(event) = event else { return };
         if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
             for path in event.paths {
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(path) {
-                    overflows().inc();
-                    overflowed.store(true, Ordering::Relaxed);
-                }
+                notice(&tx, &overflowed, path);
             }
         }
     });
@@ -191,6 +188,15 @@ async fn watch_loop(mut config: watch::Receiver<Config>) {
                 }
             }
         }
+    }
+}
+
+/// Hands one inotify notice to the audit, or counts it dropped and asks for a full audit. Runs
+/// on notify's thread, which must not wait for the audit.
+fn notice(tx: &mpsc::Sender<PathBuf>, overflowed: &AtomicBool, path: PathBuf) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(path) {
+        overflows().inc();
+        overflowed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -314,4 +320,24 @@ fn emit(finding: &Finding, reported: &mut BTreeSet<(String, u32, String)>) {
             "detail": finding.detail,
         })),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_past_the_bound_is_counted_and_asks_for_a_full_audit() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let rescan = AtomicBool::new(false);
+        let before = overflows().get();
+        for n in 0..5 {
+            notice(&tx, &rescan, PathBuf::from(format!("/tmp/f{n}")));
+        }
+        assert_eq!(overflows().get() - before, 3);
+        assert!(rescan.load(Ordering::Relaxed));
+        assert_eq!(rx.try_recv().unwrap(), PathBuf::from("/tmp/f0"));
+        assert_eq!(rx.try_recv().unwrap(), PathBuf::from("/tmp/f1"));
+        assert!(rx.try_recv().is_err());
+    }
 }
