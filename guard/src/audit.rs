@@ -7,7 +7,6 @@
 
 use std::{
     collections::VecDeque,
-    io::Write,
     sync::{Mutex, OnceLock},
 };
 
@@ -68,31 +67,36 @@ pub fn subscribe() -> (Vec<String>, broadcast::Receiver<String>) {
     (recent.iter().cloned().collect(), feed.live.subscribe())
 }
 
-/// Writes `record` as one line, with `ts` (RFC 3339, UTC) and `kind` added.
+/// Queues `record` as one line, with `ts` (RFC 3339, UTC) and `kind` added.
 pub fn emit(kind: &str, record: Map<String, Value>) {
     emit_all(kind, std::iter::once(record));
 }
 
-/// Writes several records of one kind with a single write: the request audit path under load.
+/// Queues several records of one kind as one chunk: the request audit path under load.
 pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>>) {
     let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let style = style();
-    let mut block = String::new();
+    let mut block = Vec::new();
     let mut lines = Vec::new();
     for record in records {
         let line = render(&ts, kind, record);
+        if crate::export::enabled() {
+            crate::export::offer(kind, &line, record_priority(&line));
+        }
         crate::control::glance::observe(&line);
+        let mut out = String::new();
         if style.journal {
-            block.push_str(&format!("<{}>", record_priority(&line)));
+            out.push_str(&format!("<{}>", record_priority(&line)));
         }
         if !style.json {
-            write_text(&mut block, &line, !style.journal);
+            write_text(&mut out, &line, !style.journal);
         }
         let json = Value::Object(line).to_string();
         if style.json {
-            block.push_str(&json);
+            out.push_str(&json);
         }
-        block.push('\n');
+        out.push('\n');
+        block.push(out);
         lines.push(json);
     }
     if lines.is_empty() {
@@ -110,10 +114,9 @@ pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>
             let _ = feed.live.send(text.clone());
         }
     }
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not take the daemon down; the event is still counted in the maps.
-    let _ = out.write_all(block.as_bytes());
-    let _ = out.flush();
+    // Queued, never written here: this runs on request workers and kernel event readers, and a
+    // stdout nobody reads must not stall them (see `outbox`).
+    crate::outbox::stdout(kind, block);
 }
 
 /// The record with `ts` and `kind` added.

@@ -34,10 +34,13 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|| "info".to_owned());
     let filter = EnvFilter::new(level);
     crate::audit::configure(config.format, Stream::of(&std::io::stdout()));
+    crate::outbox::configure(config.queue);
     let stderr = Stream::of(&std::io::stderr());
+    // Through the outbox, as the audit lines are: a request worker's warning never waits for a
+    // slow reader of stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::outbox::LogWriter)
         .with_ansi(stderr == Stream::Terminal && colour_allowed());
     let journal = stderr == Stream::Journal;
     let result = match (config.format, journal) {

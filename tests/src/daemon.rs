@@ -11,7 +11,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         mpsc::{self, Receiver},
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -146,8 +146,27 @@ fn read_lines(
     }
 }
 
+/// Holds the stdout reader while closed, so the daemon's stdout becomes a pipe nobody reads.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn set_closed(&self, closed: bool) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = closed;
+        self.0 .1.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut closed = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        while *closed {
+            closed = self.0 .1.wait(closed).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 pub struct Daemon {
     child: Child,
+    stdout_gate: Gate,
     /// Removed on drop unless [`Daemon::keep_pins`] was called.
     pub pin_dir: PathBuf,
     remove_pins: bool,
@@ -237,17 +256,22 @@ impl Daemon {
         });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, events) = mpsc::channel();
+        let stdout_gate = Gate::default();
+        let gate = stdout_gate.clone();
         let stdout_reader = fault.spawn("stdout", move |fault| {
             read_lines(stdout, "stdout", fault, |line| {
                 let value = serde_json::from_str::<Value>(&line).map_err(|err| {
                     format!("proxyguard printed a non-JSON line on stdout ({err}): {line}")
                 })?;
                 // The receiver is gone once the test dropped the daemon: stop reading.
-                Ok(tx.send(value).is_ok())
+                let more = tx.send(value).is_ok();
+                gate.pass();
+                Ok(more)
             })
         });
         let mut daemon = Daemon {
             child,
+            stdout_gate,
             pin_dir,
             remove_pins: true,
             events,
@@ -262,6 +286,16 @@ impl Daemon {
             .wait_for(|e| e["kind"] == "ready")
             .unwrap_or_else(|| panic!("proxyguard did not become ready within {:?}", patience()));
         daemon
+    }
+
+    /// Stops reading the daemon's stdout after the line being read now: the pipe fills and the
+    /// daemon's writes to it block, as with a stalled journald. [`Daemon::resume_stdout`] undoes it.
+    pub fn pause_stdout(&self) {
+        self.stdout_gate.set_closed(true);
+    }
+
+    pub fn resume_stdout(&self) {
+        self.stdout_gate.set_closed(false);
     }
 
     /// The next audit record matching `pred`, skipping others, within the patience bound.
@@ -386,6 +420,8 @@ pub fn remove_pins(pin_dir: &std::path::Path) {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A paused reader would keep the daemon's last writes (and its exit) waiting.
+        self.resume_stdout();
         self.terminate();
         if self.remove_pins {
             remove_pins(&self.pin_dir);

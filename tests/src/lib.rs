@@ -15,6 +15,7 @@ pub mod l7;
 pub mod net;
 pub mod netns;
 pub mod open_files;
+pub mod otlp;
 pub mod recorder;
 pub mod upstream;
 pub mod wire;

@@ -542,7 +542,7 @@ fn promtool_accepts_the_shipped_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check rules: {said}");
-    assert!(said.contains("SUCCESS: 10 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 11 rules found"), "{said}");
 
     // And each alert fires on the series it is about (and a steady rate of denials does not).
     let out = Command::new("promtool")
@@ -569,7 +569,7 @@ fn promtool_accepts_the_shipped_rules() {
     // Every rule has a summary and a runbook that names the proxyguard command to run next.
     let text = std::fs::read_to_string(&rules).unwrap();
     let alerts = text_alerts(&text).len();
-    assert_eq!(alerts, 10);
+    assert_eq!(alerts, 11);
     assert_eq!(text.matches("\n          summary: ").count(), alerts);
     let runbooks: Vec<&str> = text
         .lines()

@@ -17,7 +17,7 @@ use nix::{errno::Errno, sys::signal::Signal, unistd::Pid};
 use proxyguard_tests::{
     daemon::{remove_pins, test_pin_dir, with_control_socket, with_pin_dir},
     guarded::eventually,
-    in_vm, net, proxyguard_bin, require_root, Daemon,
+    in_vm, net, otlp, proxyguard_bin, require_root, Daemon,
 };
 
 fn patience() -> Duration {
@@ -205,6 +205,42 @@ fn with_json_format_the_denial_is_one_json_record_and_nothing_on_stderr() {
     let log = daemon.log_lines();
     let about: Vec<&String> = log.iter().filter(|l| is_about_the_denial(l)).collect();
     assert!(about.is_empty(), "logged a second time: {about:#?}");
+}
+
+/// `[export]`: the kernel's event reaches an OTLP receiver too, as a log record with the
+/// event's fields as attributes and its severity.
+#[test]
+fn the_denial_is_exported_as_an_otlp_log_record() {
+    require_root();
+    let port = net::free_port();
+    let received = otlp::Received::default();
+    let receiver = otlp::receiver(received.clone());
+    let config = format!(
+        "{}\n[export]\notlp_endpoint = \"http://127.0.0.1:{receiver}/v1/logs\"\nbatch_size = 1\n",
+        rule(port)
+    );
+    let mut daemon = Daemon::start(&config);
+    refuse_one_bind(port);
+    daemon
+        .wait_for(|e| e["kind"] == "bind_denied")
+        .expect("a bind_denied record on stdout");
+    let denial =
+        |all: &[otlp::LogRecord]| all.iter().find(|r| r.event_name == "bind_denied").cloned();
+    let records = otlp::records_once(&received, |all| denial(all).is_some());
+    let record = denial(&records).unwrap_or_else(|| panic!("not exported: {records:#?}"));
+    assert_eq!(
+        otlp::attribute(&record.attributes, "port"),
+        Some(&otlp::Any::IntValue(i64::from(port)))
+    );
+    assert_eq!(
+        otlp::attribute(&record.attributes, "pid"),
+        Some(&otlp::Any::IntValue(i64::from(std::process::id())))
+    );
+    assert_eq!(
+        otlp::text(otlp::attribute(&record.attributes, "severity")),
+        Some("high")
+    );
+    assert_eq!(record.severity_text, "WARN");
 }
 
 /// stdout and stderr on one file whose device and inode `JOURNAL_STREAM` names, as systemd

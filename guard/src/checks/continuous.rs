@@ -6,13 +6,23 @@
 //! Fix mode changes only files proven to be the service's (`ownership`): here the kernel's
 //! record of the files its tasks created counts too. A new file not proven yet is looked at once
 //! more after [`RETRY_AFTER`], as the kernel's report of its creation may trail inotify's.
+//!
+//! All of it (the `/proc` reads, the environ reads, the `fchmod`s) runs on a thread of its own,
+//! never on the request workers. inotify's notices reach it through a bounded channel: when the
+//! audit falls behind, notices are dropped, counted (`proxyguard_inotify_overflow_total`), and a
+//! full audit is run at the next tick, so a dropped notice is never a missed file.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::{Duration, Instant},
 };
+
+use prometheus_client::metrics::counter::Counter;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
@@ -45,6 +55,15 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// audit judges it again).
 const MAX_PENDING: usize = 1024;
 
+/// inotify notices waiting for the audit; past it they are dropped and a full audit is due.
+const NOTICES: usize = 4096;
+
+/// inotify notices dropped since start.
+pub fn overflows() -> &'static Counter {
+    static OVERFLOWS: OnceLock<Counter> = OnceLock::new();
+    OVERFLOWS.get_or_init(Counter::default)
+}
+
 pub fn summary() -> Summary {
     SUMMARY
         .lock()
@@ -58,14 +77,39 @@ fn update(f: impl FnOnce(&mut Summary)) {
     f(guard.get_or_insert_with(Summary::default));
 }
 
-/// Runs until the config channel closes.
-pub async fn run(mut config: watch::Receiver<Config>) {
-    let (tx, mut files) = mpsc::unbounded_channel::<PathBuf>();
+/// Runs until the config channel closes, on a thread and runtime of its own: whatever runtime
+/// awaits this only waits for it to end.
+pub async fn run(config: watch::Receiver<Config>) {
+    let (ended, end) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("audit-watch".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(watch_loop(config)),
+                Err(err) => tracing::error!("cannot start the continuous audit: {err}"),
+            }
+            let _ = ended.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = end.await;
+        }
+        Err(err) => tracing::error!("cannot start the continuous audit's thread: {err}"),
+    }
+}
+
+async fn watch_loop(mut config: watch::Receiver<Config>) {
+    let (tx, mut files) = mpsc::channel::<PathBuf>(NOTICES);
+    let rescan = Arc::new(AtomicBool::new(false));
+    let overflowed = rescan.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
             for path in event.paths {
-                let _ = tx.send(path);
+                notice(&tx, &overflowed, path);
             }
         }
     });
@@ -118,6 +162,10 @@ pub async fn run(mut config: watch::Receiver<Config>) {
                         emit(&finding, &mut reported);
                     }
                 }
+                // Notices were dropped: the full audit looks at every file they could have named.
+                if rescan.swap(false, Ordering::Relaxed) {
+                    last_audit = None;
+                }
                 if !cfg.watch.enabled || !cfg.guarded.is_set() {
                     continue;
                 }
@@ -140,6 +188,15 @@ pub async fn run(mut config: watch::Receiver<Config>) {
                 }
             }
         }
+    }
+}
+
+/// Hands one inotify notice to the audit, or counts it dropped and asks for a full audit. Runs
+/// on notify's thread, which must not wait for the audit.
+fn notice(tx: &mpsc::Sender<PathBuf>, overflowed: &AtomicBool, path: PathBuf) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(path) {
+        overflows().inc();
+        overflowed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -263,4 +320,24 @@ fn emit(finding: &Finding, reported: &mut BTreeSet<(String, u32, String)>) {
             "detail": finding.detail,
         })),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_past_the_bound_is_counted_and_asks_for_a_full_audit() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let rescan = AtomicBool::new(false);
+        let before = overflows().get();
+        for n in 0..5 {
+            notice(&tx, &rescan, PathBuf::from(format!("/tmp/f{n}")));
+        }
+        assert_eq!(overflows().get() - before, 3);
+        assert!(rescan.load(Ordering::Relaxed));
+        assert_eq!(rx.try_recv().unwrap(), PathBuf::from("/tmp/f0"));
+        assert_eq!(rx.try_recv().unwrap(), PathBuf::from("/tmp/f1"));
+        assert!(rx.try_recv().is_err());
+    }
 }

@@ -88,7 +88,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         command,
     } = cli;
     let config_path = crate::config::resolve_path(config);
-    match command {
+    let result = match command {
         Command::Run(args) => run::run(&config_path, args),
         Command::Config(command) => config_cmd::run(&config_path, json, command),
         Command::Status => status::run(&config_path, json),
@@ -102,7 +102,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Providers(command) => providers::run(&config_path, json, command),
         Command::Completions(args) => completions::run(args),
         Command::Usage(args) => usage::run(&config_path, json, args),
-    }
+    };
+    // The log and audit lines are written by the outbox's thread: out before the process ends
+    // (bounded, since a stdout nobody reads never drains).
+    crate::export::flush(std::time::Duration::from_secs(2));
+    crate::outbox::flush(std::time::Duration::from_secs(5));
+    result
 }
 
 /// 2 for config problems (the operator must edit something), 1 for everything else.

@@ -65,6 +65,8 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
+    // Before the kernel half, so its first events are exported too.
+    crate::export::start(&config.export)?;
     let mut kernel = if args.no_kernel {
         tracing::warn!("--no-kernel: running the user-space half only (the L7 proxy); no kernel rules are enforced");
         None
@@ -349,6 +351,7 @@ fn reload(
     let result = match outcome {
         Ok(config) => {
             tracing::info!("config reloaded");
+            crate::export::reloaded(&config.export);
             audit::emit("reloaded", audit::fields(json!({ "config": config_path })));
             Ok(config)
         }

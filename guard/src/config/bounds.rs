@@ -58,6 +58,12 @@ pub fn validate(config: &Config, errors: &mut Vec<FieldError>) {
             format!("must be at most {MAX_WORKER_THREADS}"),
         );
     }
+    if !(1..=MAX_COUNT).contains(&config.log.queue) {
+        push(
+            "log.queue".into(),
+            format!("must be from 1 to {MAX_COUNT} lines"),
+        );
+    }
 }
 
 #[cfg(test)]

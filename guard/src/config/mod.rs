@@ -12,6 +12,7 @@ mod compile_proxy;
 pub mod control;
 pub mod egress;
 mod error;
+pub mod export;
 pub mod guarded;
 #[cfg(test)]
 mod hostile;
@@ -58,6 +59,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub providers: crate::providers::ProvidersSection,
     pub log: LogConfig,
+    pub export: export::ExportSection,
 }
 
 /// What a kernel program does with what its rules do not allow.
@@ -93,6 +95,9 @@ pub struct LogConfig {
     /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`), or levels per module such as
     /// `info,proxyguard=debug` (see `log_level.rs`).
     pub level: String,
+    /// Lines (audit records and log events) waiting for stdout and stderr; past it new ones are
+    /// dropped and counted (`crate::outbox`).
+    pub queue: usize,
 }
 
 impl Default for LogConfig {
@@ -100,6 +105,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_owned(),
+            queue: crate::outbox::DEFAULT_DEPTH,
         }
     }
 }

@@ -14,6 +14,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     super::upstream_guard::validate(&config.upstream_guard, &mut errors);
     super::watch::validate(&config.watch, &mut errors);
     super::control::validate(&config.control, &mut errors);
+    super::export::validate(config, &mut errors);
     // Checked by our own grammar: tracing-subscriber's parser panics on some hostile text.
     if let Err(message) = super::log_level::normalise(&config.log.level) {
         errors.push(FieldError {

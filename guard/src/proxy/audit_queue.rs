@@ -1,14 +1,15 @@
-//! Finished requests leave the async workers through a queue to one writer thread, which counts
-//! them in the metrics and writes their audit lines.
+//! Finished requests leave the async workers through a queue to one settling thread, which
+//! counts them in the metrics and renders their audit lines into the output queue (`outbox`).
 //!
-//! Writing stdout from a request task blocks the runtime whenever the reader (journald, a file on
-//! a busy disk) is slow, which stalls every connection; the benchmark showed it as a long latency
-//! tail. The queue absorbs such stalls. It is bounded: when it is full the request path waits,
-//! because an audit line is never dropped. `flush` lets shutdown wait until every line is out.
+//! This thread never writes: a stdout nobody reads stalls only the outbox's writer, and lines the
+//! outbox cannot hold are dropped and counted there, so the request counters stay exact. The
+//! queue is bounded; when it is full (the settler starved of CPU), the request's own worker
+//! settles it, which costs CPU but never waits. `flush` lets a scrape or shutdown wait until
+//! every request finished before it is counted and queued for output.
 //!
-//! The writer takes what is queued in batches and pauses briefly between them. Waking it for
+//! The settler takes what is queued in batches and pauses briefly between them. Waking it for
 //! every line cost a futex wake-up and a context switch per request (the largest item in the
-//! proxy's profile); while it pauses, senders find no sleeper to wake, and a batch is one write.
+//! proxy's profile); while it pauses, senders find no sleeper to wake.
 
 use std::{
     sync::{
@@ -20,7 +21,7 @@ use std::{
 
 use super::record::Finished;
 
-/// Lines in flight before the request path waits for the writer.
+/// Requests in flight before the request path settles its own.
 const DEPTH: usize = 65_536;
 /// How long lines may gather after a batch; it bounds how late an audit line appears.
 const GATHER: Duration = Duration::from_millis(5);
@@ -40,11 +41,11 @@ fn queue() -> &'static SyncSender<Item> {
     QUEUE.get_or_init(|| {
         let (tx, rx) = mpsc::sync_channel(DEPTH);
         let spawned = std::thread::Builder::new()
-            .name("audit-writer".into())
+            .name("audit-settler".into())
             .spawn(move || write_all(rx));
         if let Err(err) = spawned {
-            // Without the thread the queue would fill and stall; say why loudly.
-            tracing::error!(error = %err, "cannot start the audit writer thread");
+            // Without the thread the queue fills and every request is settled on its worker.
+            tracing::error!(error = %err, "cannot start the audit settler thread");
         }
         tx
     })
@@ -58,7 +59,7 @@ fn write_all(rx: Receiver<Item>) {
         for item in std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)) {
             match item {
                 Item::Line(finished) => lines.push(finished.settle()),
-                // Answered after the write below, which covers every line queued before it.
+                // Answered once the lines before it are queued for output, below.
                 Item::Flush(done) => flushes.push(done),
             }
         }
@@ -70,12 +71,20 @@ fn write_all(rx: Receiver<Item>) {
     }
 }
 
-/// Queues one finished request.
+/// Queues one finished request; never waits.
 pub fn request(finished: Finished) {
-    let _ = queue().send(Item::Line(Box::new(finished)));
+    match queue().try_send(Item::Line(Box::new(finished))) {
+        Ok(()) => {}
+        Err(mpsc::TrySendError::Full(Item::Line(finished)))
+        | Err(mpsc::TrySendError::Disconnected(Item::Line(finished))) => {
+            crate::audit::emit_all("request", std::iter::once(finished.settle()));
+        }
+        Err(_) => {}
+    }
 }
 
-/// Waits (up to `limit`) until every line queued before this call is written.
+/// Waits (up to `limit`) until every request queued before this call is counted and its line
+/// queued for output (`outbox::flush` waits for the write). Blocking: off the workers only.
 pub fn flush(limit: Duration) {
     let (done, wait) = mpsc::channel();
     if queue().send(Item::Flush(done)).is_ok() {

@@ -192,6 +192,21 @@ impl Metrics {
             "1 while a usage spike keeps the key suspended (proxyguard keys resume NAME lifts it), else 0",
             key_suspended.clone(),
         );
+        registry.register(
+            "events_dropped",
+            "Events not delivered because a sink's queue was full, by sink (stdout, stderr, otlp) and record kind (log for the diagnostic log)",
+            crate::outbox::dropped().clone(),
+        );
+        registry.register(
+            "otlp_exported",
+            "Audit records the OTLP receiver ([export] otlp_endpoint) accepted",
+            crate::export::exported().clone(),
+        );
+        registry.register(
+            "inotify_overflow",
+            "Temp-file change notices dropped because the audit fell behind (each one triggers a full audit)",
+            crate::checks::continuous::overflows().clone(),
+        );
         let kernel = Family::<KernelLabels, Gauge>::default();
         registry.register(
             "kernel_events",
