@@ -263,12 +263,7 @@ mod tests {
         for (body, shape, (model, input, output, add)) in cases {
             let asked = Asked::read(&body, shape, 4096);
             assert_eq!(
-                (
-                    asked.model.as_deref(),
-                    asked.input,
-                    asked.output,
-                    asked.add_usage
-                ),
+                (asked.model, asked.input, asked.output, asked.add_usage),
                 (model, input, output, add),
                 "{body}"
             );

@@ -290,9 +290,10 @@ mod tests {
         json.finish()
     }
 
+    type Counts = (Option<u64>, Option<u64>);
+
     #[test]
     fn every_shape_in_any_chunking() {
-        type Counts = (Option<u64>, Option<u64>);
         let cases: &[(&str, Counts)] = &[
             (
                 r#"{"id":"c","choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}}"#,
@@ -332,7 +333,7 @@ mod tests {
 
     #[test]
     fn only_the_answers_own_usage_counts() {
-        let cases: &[(&str, (Option<u64>, Option<u64>))] = &[
+        let cases: &[(&str, Counts)] = &[
             // In the text (escaped there) and nested in the content, before and after the real one.
             (
                 r#"{"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":999}","tool_calls":[{"usage":{"prompt_tokens":998}}]}}],"usage":{"prompt_tokens":5,"completion_tokens":6},"extra":{"usage":{"prompt_tokens":997}}}"#,
