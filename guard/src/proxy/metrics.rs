@@ -1,6 +1,8 @@
 //! Prometheus metrics (threat 15), served on the loopback admin listener. Labels are route
 //! templates, statuses, reasons and key names: bounded sets, and never a secret.
 
+use std::{collections::HashMap, sync::Arc};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -80,6 +82,29 @@ pub struct Metrics {
     audits: Gauge,
     /// The kernel programs' counters (bind, xdp, egress, environ), as the daemon last read them.
     kernel: Family<KernelLabels, Gauge>,
+    /// Each key's series, looked up once (`count_key`).
+    per_key: std::sync::Mutex<HashMap<Arc<str>, KeySeries>>,
+}
+
+type Spend = Counter<f64, std::sync::atomic::AtomicU64>;
+
+/// One key's series in the families above. A handle shares its family's value, so counting
+/// through it is counting in the family; holding them saves building label strings and a lookup
+/// per series on every request (issue 14's cost of accounting).
+struct KeySeries {
+    requests: Counter,
+    last_used: Gauge,
+    /// By model: tokens in, tokens out, spend. A key uses a few models (the pricing table's and
+    /// `other`): a short list.
+    models: Vec<(Arc<str>, Counter, Counter, Spend)>,
+}
+
+/// What one metered request used, for `count_key`.
+pub struct Charge<'a> {
+    pub model: &'a Arc<str>,
+    pub input: u64,
+    pub output: u64,
+    pub usd: f64,
 }
 
 /// Seconds, from 1 ms to about 5 minutes: completions are slow, rejections are fast.
@@ -233,7 +258,64 @@ impl Metrics {
             connections,
             connections_refused,
             connections_closed,
+            per_key: Default::default(),
         }
+    }
+
+    /// Counts a request of `key` (its metrics label) at Unix time `now`, and what it used. The
+    /// key's series are created on its first request, as `get_or_create` would.
+    pub fn count_key(&self, key: &str, now: i64, charged: Option<Charge<'_>>) {
+        let mut per_key = self.per_key.lock().unwrap_or_else(|p| p.into_inner());
+        if !per_key.contains_key(key) {
+            let labels = KeyLabels { key: key.into() };
+            let series = KeySeries {
+                requests: self.key_requests.get_or_create(&labels).clone(),
+                last_used: self.key_last_used.get_or_create(&labels).clone(),
+                models: Vec::new(),
+            };
+            per_key.insert(key.into(), series);
+        }
+        let Some(series) = per_key.get_mut(key) else {
+            return;
+        };
+        series.requests.inc();
+        series.last_used.set(now);
+        let Some(charge) = charged else {
+            return;
+        };
+        let at = match series
+            .models
+            .iter()
+            .position(|(model, ..)| **model == **charge.model)
+        {
+            Some(at) => at,
+            None => {
+                let tokens = |direction: &str| {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            key: key.into(),
+                            model: charge.model.to_string(),
+                            direction: direction.into(),
+                        })
+                        .clone()
+                };
+                let spend = self
+                    .spend
+                    .get_or_create(&SpendLabels {
+                        key: key.into(),
+                        model: charge.model.to_string(),
+                    })
+                    .clone();
+                series
+                    .models
+                    .push((charge.model.clone(), tokens("in"), tokens("out"), spend));
+                series.models.len() - 1
+            }
+        };
+        let (_, tokens_in, tokens_out, spend) = &series.models[at];
+        tokens_in.inc_by(charge.input);
+        tokens_out.inc_by(charge.output);
+        spend.inc_by(charge.usd);
     }
 
     /// Counts one connection under `family` with `reason`.

@@ -28,7 +28,7 @@ use super::{
     write_stall::StallFlag,
 };
 
-use super::metrics::{KeyLabels, Metrics, ReasonLabels, RequestLabels, SpendLabels, TokenLabels};
+use super::metrics::{Charge, KeyLabels, Metrics, ReasonLabels, RequestLabels};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -176,42 +176,22 @@ impl Finished {
             } else {
                 &**key
             };
-            let labels = KeyLabels {
-                key: key.to_string(),
-            };
-            metrics.key_requests.get_or_create(&labels).inc();
-            if let Some(charged) = &self.charged {
-                let model = charged.model.to_string();
-                for (direction, count) in
-                    [("in", charged.usage.input), ("out", charged.usage.output)]
-                {
-                    metrics
-                        .tokens
-                        .get_or_create(&TokenLabels {
-                            key: key.to_string(),
-                            model: model.clone(),
-                            direction: direction.into(),
-                        })
-                        .inc_by(count);
-                }
-                metrics
-                    .spend
-                    .get_or_create(&SpendLabels {
-                        key: key.to_string(),
-                        model,
-                    })
-                    .inc_by(charged.usd);
-                if charged.spike {
-                    metrics.usage_spikes.get_or_create(&labels).inc();
-                }
-            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_secs());
-            metrics
-                .key_last_used
-                .get_or_create(&labels)
-                .set(i64::try_from(now).unwrap_or(i64::MAX));
+            let charge = self.charged.as_ref().map(|charged| Charge {
+                model: &charged.model,
+                input: charged.usage.input,
+                output: charged.usage.output,
+                usd: charged.usd,
+            });
+            metrics.count_key(key, i64::try_from(now).unwrap_or(i64::MAX), charge);
+            if self.charged.as_ref().is_some_and(|charged| charged.spike) {
+                metrics
+                    .usage_spikes
+                    .get_or_create(&KeyLabels { key: key.into() })
+                    .inc();
+            }
         }
         metrics.latency.observe(self.total.as_secs_f64());
         if let Some(upstream) = self.upstream {

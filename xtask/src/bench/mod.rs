@@ -8,6 +8,7 @@
 pub mod gateway;
 mod peers;
 mod soak;
+mod sse_rss;
 mod wrk;
 
 use std::{fs, process::Command, time::Duration};
@@ -26,6 +27,8 @@ const KEY: &str = "pgk_bench_0123456789abcdef0123456789abcdef0123456789abcdef012
 pub fn run(quick: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let l7 = l7(quick)?;
+    println!("\n==> bench: SSE memory (RSS while streaming a 1 MB answer, accounting on and off)");
+    let sse_rss = sse_rss::run(quick)?;
     println!("\n==> bench: provider gateway (added latency against the HTTPS provider directly)");
     let gateway = gateway::run(quick)?;
     println!("\n==> bench: kernel (connection flood, SYN-flood cost, XDP program cost)");
@@ -40,6 +43,7 @@ pub fn run(quick: bool) -> Result<()> {
         "machine": machine(),
         "seconds": started.elapsed().as_secs(),
         "l7": l7,
+        "sse_rss": sse_rss,
         "gateway": gateway,
         "kernel": kernel,
         "watch": watch,

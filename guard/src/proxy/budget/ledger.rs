@@ -173,6 +173,20 @@ pub struct Charge {
     pub spike: Option<Spike>,
 }
 
+/// `key`'s entry, made on its first request.
+fn entry<'a>(book: &'a mut Book, key: &str) -> &'a mut KeyBook {
+    named(&mut book.keys, key)
+}
+
+/// The value under `name`, made when missing: a lookup by `&str`, so the hot path builds no
+/// `String` for a key or a model the book has (`entry()` would take an owned one every time).
+fn named<'a, V: Default>(map: &'a mut BTreeMap<String, V>, name: &str) -> &'a mut V {
+    if !map.contains_key(name) {
+        map.insert(name.to_owned(), V::default());
+    }
+    map.get_mut(name).expect("inserted just above")
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -238,7 +252,7 @@ impl Ledger {
         let usd = cost(price, reserve.0, reserve.1);
         let tokens = reserve.0 + reserve.1;
         let mut book = lock(&self.book);
-        let entry = book.keys.entry(key.to_string()).or_default();
+        let entry = entry(&mut book, key);
         if entry.suspended.is_some() {
             return Err(suspended());
         }
@@ -468,7 +482,7 @@ impl Ticket {
         let tokens = usage.total();
         let spike_rule = lock(&self.ledger.rules).spike;
         let mut book = lock(&self.ledger.book);
-        let entry = book.keys.entry(self.key.to_string()).or_default();
+        let entry = entry(&mut book, &self.key);
         self.ledger.release(entry, &self);
         entry.roll(now);
         entry.day_tokens += tokens;
@@ -478,7 +492,7 @@ impl Ticket {
         entry.day_usd += usd;
         entry.month_usd += usd;
         entry.minute_tokens += tokens;
-        let model = entry.models.entry(self.model.to_string()).or_default();
+        let model = named(&mut entry.models, &self.model);
         model.input += usage.input;
         model.output += usage.output;
         model.requests += 1;

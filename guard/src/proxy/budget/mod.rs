@@ -34,11 +34,19 @@ pub use ledger::{Ledger, Ticket};
 pub const OTHER_MODEL: &str = "other";
 
 /// `proxy.pricing`, compiled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Pricing {
     unknown: UnknownModel,
     default: Price,
     models: HashMap<Arc<str>, Price>,
+    /// The `other` label, made once: a model the table does not name costs no allocation.
+    other: Arc<str>,
+}
+
+impl Default for Pricing {
+    fn default() -> Pricing {
+        Pricing::new(&PricingConfig::default())
+    }
 }
 
 impl Pricing {
@@ -51,6 +59,7 @@ impl Pricing {
                 .iter()
                 .map(|(name, price)| (name.as_str().into(), *price))
                 .collect(),
+            other: OTHER_MODEL.into(),
         }
     }
 
@@ -72,7 +81,7 @@ impl Pricing {
                 "this model has no price in proxy.pricing, and this key has a spend budget",
             ));
         }
-        Ok((OTHER_MODEL.into(), self.default))
+        Ok((self.other.clone(), self.default))
     }
 }
 
@@ -90,8 +99,8 @@ pub fn metered(shape: Shape) -> bool {
 
 /// What a metered request says about its cost.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Asked {
-    pub model: Option<String>,
+pub struct Asked<'a> {
+    pub model: Option<&'a str>,
     /// The prompt's estimate, in tokens.
     pub input: u64,
     /// The most output it may produce, in tokens.
@@ -100,8 +109,8 @@ pub struct Asked {
     pub add_usage: bool,
 }
 
-impl Asked {
-    pub fn read(value: &Value, shape: Shape, default_max_tokens: u64) -> Asked {
+impl<'a> Asked<'a> {
+    pub fn read(value: &'a Value, shape: Shape, default_max_tokens: u64) -> Asked<'a> {
         let number = |name: &str| match value.get(name) {
             Some(Value::Number(n)) => n.as_f64().map(|f| f.max(0.0) as u64),
             Some(Value::String(s)) => s.trim().parse::<f64>().ok().map(|f| f.max(0.0) as u64),
@@ -126,10 +135,7 @@ impl Asked {
             .and_then(Value::as_bool)
             == Some(true);
         Asked {
-            model: value
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            model: value.get("model").and_then(Value::as_str),
             input: estimate::tokens(estimate::prompt_chars(value)),
             output,
             add_usage: streams
@@ -182,7 +188,7 @@ pub fn admit(
     let asked = Asked::read(&value, shape, state.default_max_tokens);
     let price = state
         .pricing
-        .lookup(asked.model.as_deref(), key.policy.has_spend_budget())?;
+        .lookup(asked.model, key.policy.has_spend_budget())?;
     let ticket = ledger.admit(
         &key.name,
         &key.policy,
@@ -190,14 +196,15 @@ pub fn admit(
         (asked.input, asked.output),
         clock::now(),
     )?;
-    let body = if asked.add_usage {
+    let (input, add_usage) = (asked.input, asked.add_usage);
+    let body = if add_usage {
         with_include_usage(value)
     } else {
         None
     };
     let metered = Metered {
         ticket,
-        input_estimate: asked.input,
+        input_estimate: input,
         strip: body.is_some(),
     };
     Ok((Some(metered), body))
@@ -256,12 +263,7 @@ mod tests {
         for (body, shape, (model, input, output, add)) in cases {
             let asked = Asked::read(&body, shape, 4096);
             assert_eq!(
-                (
-                    asked.model.as_deref(),
-                    asked.input,
-                    asked.output,
-                    asked.add_usage
-                ),
+                (asked.model, asked.input, asked.output, asked.add_usage),
                 (model, input, output, add),
                 "{body}"
             );

@@ -1,87 +1,280 @@
-//! The `usage` of a JSON answer, read from a bounded copy of it while it passes to the client.
+//! The `usage` of a JSON answer, read by an incremental scan of its frames as they pass to the
+//! client: nothing of the answer is copied but its `usage` object.
 //!
-//! Answers up to `WHOLE` bytes are copied whole and parsed once they end. A longer one (a large
-//! embeddings answer) keeps only its last `TAIL` bytes: every shape the guard meters puts `usage`
-//! after the content (`choices`, `data`, `output`, `content`), so the last `"usage":` of the tail
-//! is the answer's own. Memory per answer is bounded either way.
-
-use bytes::Bytes;
-use serde_json::Value;
+//! The scan follows the JSON structure (strings, escapes, nesting) byte by byte, skipping the
+//! inside of strings with `memchr`, so a `"usage"` in the text (escaped there) or nested in the
+//! content (an embedding's, a tool's) is never taken for the answer's own: only the top-level
+//! `usage` object counts, or, from gateways that wrap a Responses answer, `response.usage`. That
+//! object alone is kept (at most `MAX_USAGE` bytes) and parsed when the answer ends. On the way it
+//! counts the characters of the generated text (the string values of `content`, `text`, ...), for
+//! an estimate in case no usage comes. Memory per answer is a few words plus the usage object.
 
 use super::Reported;
+use bytes::Bytes;
 
-/// Answers up to this size are parsed whole.
-const WHOLE: usize = 64 * 1024;
-/// What a longer answer keeps of its end.
-const TAIL: usize = 8 * 1024;
+/// The largest `usage` object kept; OpenAI's, with its token details, is a few hundred bytes.
+const MAX_USAGE: usize = 4096;
+/// Containers whose kind (object or array) is tracked; deeper ones are all taken for arrays, so
+/// their keys are neither usage (which is at depth 1 or 2) nor counted text.
+const TRACKED_DEPTH: u32 = 128;
+/// The longest key compared (`partial_json`); longer keys are other keys.
+const KEY_BYTES: usize = 16;
 
-/// The parts of an answer that carry usage: its own `usage`, or (from gateways that wrap a
-/// Responses answer) `response.usage`.
-#[derive(serde::Deserialize)]
-struct Answer {
-    usage: Option<Value>,
-    response: Option<Wrapped>,
+/// What a key says about the value that follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Key {
+    #[default]
+    Other,
+    Usage,
+    Response,
+    /// A key whose string value is generated text (as `estimate::streamed_text_chars` reads).
+    Text,
 }
 
-#[derive(serde::Deserialize)]
-struct Wrapped {
-    usage: Option<Value>,
+fn classify(key: &[u8]) -> Key {
+    match key {
+        b"usage" => Key::Usage,
+        b"response" => Key::Response,
+        b"content" | b"text" | b"arguments" | b"partial_json" | b"thinking" | b"refusal"
+        | b"delta" => Key::Text,
+        _ => Key::Other,
+    }
 }
 
-#[derive(Default)]
+/// Where the scan is inside a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Str {
+    /// Not in a string.
+    Out,
+    /// In a key (its bytes go to `key`).
+    Key,
+    /// In a value: `true` when its characters are counted as text.
+    Value(bool),
+}
+
+#[derive(Debug)]
 pub struct JsonUsage {
-    buf: Vec<u8>,
-    /// The copy lost its beginning: only the tail is left.
-    truncated: bool,
+    depth: u32,
+    /// Bit `d` is set when the container at depth `d + 1` is an object.
+    objects: u128,
+    /// The next string in the current object is a key.
+    expect_key: bool,
+    string: Str,
+    /// After a backslash in a string; `hex` counts the digits of a `\u` still to come.
+    escape: bool,
+    hex: u8,
+    key: [u8; KEY_BYTES],
+    key_len: usize,
+    /// The last key read applies to the value that follows it.
+    pending: Key,
+    /// The depth of the top-level `response` object's members while inside it, else 0.
+    response_depth: u32,
+    /// The usage object being read: its bytes so far, whether it is `response.usage`, and the
+    /// depth its members are at.
+    capture: Option<(Vec<u8>, bool, u32)>,
+    top: Option<Vec<u8>>,
+    wrapped: Option<Vec<u8>>,
+    chars: u64,
+}
+
+impl Default for JsonUsage {
+    fn default() -> JsonUsage {
+        JsonUsage {
+            depth: 0,
+            objects: 0,
+            expect_key: false,
+            string: Str::Out,
+            escape: false,
+            hex: 0,
+            key: [0; KEY_BYTES],
+            key_len: 0,
+            pending: Key::Other,
+            response_depth: 0,
+            capture: None,
+            top: None,
+            wrapped: None,
+            chars: 0,
+        }
+    }
 }
 
 impl JsonUsage {
-    pub fn feed(&mut self, data: &Bytes) {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() > WHOLE {
-            let cut = self.buf.len() - TAIL;
-            self.buf.drain(..cut);
-            self.truncated = true;
+    fn in_object(&self) -> bool {
+        self.depth >= 1
+            && self.depth <= TRACKED_DEPTH
+            && self.objects & (1 << (self.depth - 1)) != 0
+    }
+
+    fn open(&mut self, object: bool) {
+        self.depth = self.depth.saturating_add(1);
+        if self.depth <= TRACKED_DEPTH {
+            let bit = 1u128 << (self.depth - 1);
+            if object {
+                self.objects |= bit;
+            } else {
+                self.objects &= !bit;
+            }
         }
+        self.expect_key = object && self.depth <= TRACKED_DEPTH;
+    }
+
+    pub fn feed(&mut self, data: &Bytes) {
+        self.scan(data);
+    }
+
+    fn scan(&mut self, data: &[u8]) {
+        // Where the usage object being captured starts in this frame.
+        let mut captured_from = 0;
+        let mut i = 0;
+        while i < data.len() {
+            if self.string != Str::Out {
+                i = self.in_string(data, i);
+                continue;
+            }
+            match data[i] {
+                b'"' => {
+                    if self.expect_key {
+                        self.string = Str::Key;
+                        self.key_len = 0;
+                    } else {
+                        self.string = Str::Value(self.pending == Key::Text);
+                        self.pending = Key::Other;
+                    }
+                }
+                b'{' => {
+                    let members = self.depth + 1;
+                    if self.capture.is_none() && self.pending == Key::Usage {
+                        if self.depth == 1 {
+                            self.capture = Some((Vec::new(), false, members));
+                        } else if self.response_depth != 0 && self.depth == self.response_depth {
+                            self.capture = Some((Vec::new(), true, members));
+                        }
+                        captured_from = i;
+                    } else if self.pending == Key::Response && self.depth == 1 {
+                        self.response_depth = members;
+                    }
+                    self.pending = Key::Other;
+                    self.open(true);
+                }
+                b'[' => {
+                    self.pending = Key::Other;
+                    self.open(false);
+                }
+                b'}' | b']' => {
+                    if self.capture.as_ref().is_some_and(|c| c.2 == self.depth) {
+                        if let Some((mut bytes, wrapped, _)) = self.capture.take() {
+                            bytes.extend_from_slice(&data[captured_from..=i]);
+                            if bytes.len() <= MAX_USAGE {
+                                *if wrapped {
+                                    &mut self.wrapped
+                                } else {
+                                    &mut self.top
+                                } = Some(bytes);
+                            }
+                        }
+                    }
+                    if self.depth == self.response_depth {
+                        self.response_depth = 0;
+                    }
+                    self.depth = self.depth.saturating_sub(1);
+                    self.pending = Key::Other;
+                    self.expect_key = false;
+                }
+                b',' => {
+                    self.pending = Key::Other;
+                    self.expect_key = self.in_object();
+                }
+                b':' => self.expect_key = false,
+                _ => {}
+            }
+            i += 1;
+        }
+        if let Some((bytes, _, _)) = &mut self.capture {
+            if bytes.len() + (data.len() - captured_from) > MAX_USAGE {
+                // Too long for a usage object: not one the guard reads.
+                self.capture = None;
+            } else {
+                bytes.extend_from_slice(&data[captured_from..]);
+            }
+        }
+    }
+
+    /// Reads string bytes from `at`; returns where the scan goes on.
+    fn in_string(&mut self, data: &[u8], at: usize) -> usize {
+        let counted = self.string == Str::Value(true);
+        let mut i = at;
+        while i < data.len() && (self.escape || self.hex > 0) {
+            if self.hex > 0 {
+                self.hex -= 1;
+            } else {
+                self.escape = false;
+                if data[i] == b'u' {
+                    self.hex = 4;
+                }
+                // An escape is one character, whatever its length.
+                self.chars += u64::from(counted);
+                if self.string == Str::Key {
+                    self.key_len = KEY_BYTES + 1;
+                }
+            }
+            i += 1;
+        }
+        let rest = &data[i..];
+        // Most strings of an answer are short (names, ids, roles): a plain loop finds their end
+        // sooner than setting up `memchr2`, which takes over for long text.
+        let short = rest.len().min(32);
+        let stop_at = match rest[..short].iter().position(|b| matches!(b, b'"' | b'\\')) {
+            Some(n) => Some(n),
+            None if short < rest.len() => {
+                memchr::memchr2(b'"', b'\\', &rest[short..]).map(|n| n + short)
+            }
+            None => None,
+        };
+        let (run, stop) = match stop_at {
+            Some(n) => (&rest[..n], Some(rest[n])),
+            None => (rest, None),
+        };
+        match self.string {
+            // Continuation bytes of UTF-8 are not characters of their own.
+            Str::Value(true) => {
+                self.chars += run.iter().filter(|b| **b & 0xC0 != 0x80).count() as u64
+            }
+            Str::Key => {
+                let end = self.key_len + run.len();
+                if end <= KEY_BYTES {
+                    self.key[self.key_len..end].copy_from_slice(run);
+                }
+                self.key_len = end;
+            }
+            _ => {}
+        }
+        i += run.len();
+        match stop {
+            Some(b'\\') => self.escape = true,
+            Some(_) => {
+                if self.string == Str::Key {
+                    self.pending = if self.key_len <= KEY_BYTES {
+                        classify(&self.key[..self.key_len])
+                    } else {
+                        Key::Other
+                    };
+                    self.expect_key = false;
+                }
+                self.string = Str::Out;
+            }
+            None => return i,
+        }
+        i + 1
     }
 
     /// What the answer reported, and the characters of its text (for an estimate).
     pub fn finish(&mut self) -> (Reported, u64) {
-        let buf = std::mem::take(&mut self.buf);
-        if !self.truncated {
-            // Only `usage` is kept: serde skips the rest without building it.
-            let reported = serde_json::from_slice::<Answer>(&buf)
-                .ok()
-                .and_then(|answer| {
-                    answer
-                        .usage
-                        .or_else(|| answer.response.and_then(|r| r.usage))
-                })
-                .and_then(|usage| super::reported(&usage))
-                .unwrap_or_default();
-            // The characters matter only for an estimate.
-            let complete = reported.input.is_some() && reported.output.is_some();
-            let chars = if complete {
-                0
-            } else {
-                super::estimate::streamed_text_chars(&buf)
-            };
-            return (reported, chars);
-        }
-        let reported = memchr::memmem::rfind(&buf, b"\"usage\"")
-            .and_then(|at| {
-                let rest = &buf[at + b"\"usage\"".len()..];
-                let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-                let rest = rest[colon..].strip_prefix(b":")?;
-                serde_json::Deserializer::from_slice(rest)
-                    .into_iter::<Value>()
-                    .next()?
-                    .ok()
-            })
-            .and_then(|usage| super::reported(&usage))
+        let reported = [self.top.take(), self.wrapped.take()]
+            .into_iter()
+            .flatten()
+            .find_map(|bytes| super::reported_from_slice(&bytes))
             .unwrap_or_default();
-        // A long answer's text is mostly its content: its size stands in for its characters.
-        (reported, (WHOLE + TAIL) as u64)
+        (reported, self.chars)
     }
 }
 
@@ -89,17 +282,18 @@ impl JsonUsage {
 mod tests {
     use super::*;
 
-    fn fed(body: &[u8], chunk: usize) -> Reported {
+    fn fed(body: &[u8], chunk: usize) -> (Reported, u64) {
         let mut json = JsonUsage::default();
         for piece in body.chunks(chunk.max(1)) {
             json.feed(&Bytes::copy_from_slice(piece));
         }
-        json.finish().0
+        json.finish()
     }
+
+    type Counts = (Option<u64>, Option<u64>);
 
     #[test]
     fn every_shape_in_any_chunking() {
-        type Counts = (Option<u64>, Option<u64>);
         let cases: &[(&str, Counts)] = &[
             (
                 r#"{"id":"c","choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}}"#,
@@ -117,19 +311,63 @@ mod tests {
                 r#"{"type":"message","content":[{"type":"text","text":"x"}],"usage":{"input_tokens":12,"output_tokens":6}}"#,
                 (Some(12), Some(6)),
             ),
+            (
+                r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":2,"output_tokens":1}}}"#,
+                (Some(2), Some(1)),
+            ),
+            (
+                r#"{ "usage" : { "prompt_tokens" : 1 , "completion_tokens" : 2 } , "id" : "x" }"#,
+                (Some(1), Some(2)),
+            ),
             (r#"{"choices":[]}"#, (None, None)),
             (r#"not json"#, (None, None)),
+            (r#"["usage",{"usage":{"prompt_tokens":1}}]"#, (None, None)),
         ];
         for (body, want) in cases {
-            for chunk in [1, 3, 7, 1000] {
-                let got = fed(body.as_bytes(), chunk);
+            for chunk in [1, 2, 3, 7, 1000] {
+                let (got, _) = fed(body.as_bytes(), chunk);
                 assert_eq!((got.input, got.output), *want, "{body} by {chunk}");
             }
         }
     }
 
     #[test]
-    fn a_long_answer_keeps_only_its_tail_and_still_finds_usage() {
+    fn only_the_answers_own_usage_counts() {
+        let cases: &[(&str, Counts)] = &[
+            // In the text (escaped there) and nested in the content, before and after the real one.
+            (
+                r#"{"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":999}","tool_calls":[{"usage":{"prompt_tokens":998}}]}}],"usage":{"prompt_tokens":5,"completion_tokens":6},"extra":{"usage":{"prompt_tokens":997}}}"#,
+                (Some(5), Some(6)),
+            ),
+            // A top-level usage wins over a wrapped one.
+            (
+                r#"{"response":{"usage":{"input_tokens":9,"output_tokens":9}},"usage":{"input_tokens":1,"output_tokens":2}}"#,
+                (Some(1), Some(2)),
+            ),
+            // A usage that is not an object is none.
+            (r#"{"usage":"decoy","data":[]}"#, (None, None)),
+        ];
+        for (body, want) in cases {
+            for chunk in [1, 5, 1000] {
+                let (got, _) = fed(body.as_bytes(), chunk);
+                assert_eq!((got.input, got.output), *want, "{body} by {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_characters_for_an_estimate() {
+        let body = "{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"h\u{e9}llo \\\"x\\\" \\u00e9\"}}],\"id\":\"abc\"}";
+        for chunk in [1, 2, 3, 1000] {
+            let (reported, chars) = fed(body.as_bytes(), chunk);
+            assert_eq!(reported, Reported::default());
+            // h é l l o ␠ " x " ␠ é
+            assert_eq!(chars, 11, "by {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_long_answer_is_never_copied_and_still_finds_usage() {
         let vector = "0.123456,".repeat(20_000);
         let body = format!(
             r#"{{"data":[{{"embedding":[{vector}0.1],"usage":"decoy"}}],"usage":{{"prompt_tokens":77,"total_tokens":77}}}}"#
@@ -137,9 +375,20 @@ mod tests {
         let mut json = JsonUsage::default();
         for piece in body.as_bytes().chunks(4096) {
             json.feed(&Bytes::copy_from_slice(piece));
-            assert!(json.buf.len() <= WHOLE + 4096);
+            assert!(json.capture.as_ref().is_none_or(|c| c.0.len() <= MAX_USAGE));
         }
         let (reported, _) = json.finish();
         assert_eq!((reported.input, reported.output), (Some(77), Some(0)));
+        // A "usage" too long to be one is dropped, not kept growing.
+        let huge = format!(
+            r#"{{"usage":{{"x":"{}","prompt_tokens":1}}}}"#,
+            "a".repeat(10_000)
+        );
+        let mut json = JsonUsage::default();
+        for piece in huge.as_bytes().chunks(1000) {
+            json.feed(&Bytes::copy_from_slice(piece));
+            assert!(json.capture.as_ref().is_none_or(|c| c.0.len() <= MAX_USAGE));
+        }
+        assert_eq!(json.finish().0, Reported::default());
     }
 }

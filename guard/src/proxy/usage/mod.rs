@@ -49,15 +49,110 @@ impl Reported {
 pub fn reported(usage: &Value) -> Option<Reported> {
     let object = usage.as_object()?;
     let get = |name: &str| object.get(name).and_then(Value::as_u64);
-    let cached = get("cache_creation_input_tokens").unwrap_or(0)
-        + get("cache_read_input_tokens").unwrap_or(0);
-    let input = get("prompt_tokens")
-        .or_else(|| get("input_tokens"))
-        .map(|n| n + cached);
-    let output = get("completion_tokens").or_else(|| get("output_tokens"));
-    // Embeddings report prompt tokens only: nothing came out.
-    let output = output.or_else(|| (input.is_some() && get("total_tokens").is_some()).then_some(0));
-    (input.is_some() || output.is_some()).then_some(Reported { input, output })
+    Counts {
+        prompt_tokens: Count(get("prompt_tokens")),
+        completion_tokens: Count(get("completion_tokens")),
+        input_tokens: Count(get("input_tokens")),
+        output_tokens: Count(get("output_tokens")),
+        total_tokens: Count(get("total_tokens")),
+        cache_creation_input_tokens: Count(get("cache_creation_input_tokens")),
+        cache_read_input_tokens: Count(get("cache_read_input_tokens")),
+    }
+    .reported()
+}
+
+/// [`reported`] of a `usage` object's JSON text, parsed without building it: only the counts
+/// are read, every other member skipped. Text that does not parse that way (a duplicate member)
+/// takes the general path.
+pub fn reported_from_slice(usage: &[u8]) -> Option<Reported> {
+    match serde_json::from_slice::<Counts>(usage) {
+        Ok(counts) => counts.reported(),
+        Err(_) => serde_json::from_slice::<Value>(usage)
+            .ok()
+            .and_then(|usage| reported(&usage)),
+    }
+}
+
+/// The members of a `usage` object that count.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct Counts {
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    input_tokens: Count,
+    output_tokens: Count,
+    total_tokens: Count,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
+}
+
+/// A count: a non-negative integer, as `Value::as_u64` reads one; any other value is none.
+#[derive(Default, Clone, Copy)]
+struct Count(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Count, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(Some(n)))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Count, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Count, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Count(None))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+impl Counts {
+    fn reported(&self) -> Option<Reported> {
+        let cached = self.cache_creation_input_tokens.0.unwrap_or(0)
+            + self.cache_read_input_tokens.0.unwrap_or(0);
+        let input = self
+            .prompt_tokens
+            .0
+            .or(self.input_tokens.0)
+            .map(|n| n + cached);
+        let output = self.completion_tokens.0.or(self.output_tokens.0);
+        // Embeddings report prompt tokens only: nothing came out.
+        let output =
+            output.or_else(|| (input.is_some() && self.total_tokens.0.is_some()).then_some(0));
+        (input.is_some() || output.is_some()).then_some(Reported { input, output })
+    }
 }
 
 /// How a response body is read for usage.
@@ -156,7 +251,18 @@ mod tests {
         for (usage, want) in cases {
             let got = reported(&usage).map(|r| (r.input, r.output));
             assert_eq!(got, want, "{usage}");
+            let text = serde_json::to_vec(&usage).unwrap();
+            let got = reported_from_slice(&text).map(|r| (r.input, r.output));
+            assert_eq!(got, want, "from text: {usage}");
         }
+        // Members that are not counts, and a duplicate (the later one wins, as in a `Value`).
+        let odd = br#"{"prompt_tokens":-1,"completion_tokens":2.5,"input_tokens":{"a":[1]},"output_tokens":[3],"total_tokens":null,"x":{"prompt_tokens":9}}"#;
+        assert_eq!(reported_from_slice(odd), None);
+        let twice = br#"{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens":3}"#;
+        assert_eq!(
+            reported_from_slice(twice).map(|r| (r.input, r.output)),
+            Some((Some(3), Some(2)))
+        );
     }
 
     #[test]
