@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod contain;
 mod control;
+mod fleet;
 pub mod fuzz;
 mod guarded;
 mod guarded_pids;

@@ -12,6 +12,7 @@ mod compile_proxy;
 pub mod control;
 pub mod egress;
 mod error;
+pub mod fleet;
 pub mod guarded;
 #[cfg(test)]
 mod hostile;
@@ -57,6 +58,7 @@ pub struct Config {
     pub control: control::ControlSection,
     pub proxy: ProxyConfig,
     pub providers: crate::providers::ProvidersSection,
+    pub fleet: fleet::FleetSection,
     pub log: LogConfig,
 }
 

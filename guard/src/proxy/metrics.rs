@@ -80,6 +80,8 @@ pub struct Metrics {
     audits: Gauge,
     /// The kernel programs' counters (bind, xdp, egress, environ), as the daemon last read them.
     kernel: Family<KernelLabels, Gauge>,
+    /// `[fleet]`: the mode and its changes, refreshed at each scrape.
+    fleet: crate::fleet::metrics::FleetGauges,
 }
 
 /// Seconds, from 1 ms to about 5 minutes: completions are slow, rejections are fast.
@@ -198,8 +200,10 @@ impl Metrics {
             "Counters of the kernel programs (summed over CPUs), by program family and counter",
             kernel.clone(),
         );
+        let fleet = crate::fleet::metrics::FleetGauges::register(&mut registry);
         Metrics {
             registry,
+            fleet,
             findings,
             files_fixed,
             audits,
@@ -256,6 +260,7 @@ impl Metrics {
                 .get_or_create(&KernelLabels { program, counter })
                 .set(value as i64);
         }
+        self.fleet.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

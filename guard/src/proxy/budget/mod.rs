@@ -160,6 +160,8 @@ pub struct Metered {
     pub ticket: Ticket,
     pub input_estimate: u64,
     pub strip: bool,
+    /// The same reservation in the fleet's shared counters (`[fleet]`), settled alongside.
+    pub fleet: Option<crate::fleet::Reservation>,
 }
 
 /// Admission of a request with body `value` on a route of `shape` for `key` (issue 14): the
@@ -199,6 +201,7 @@ pub fn admit(
         ticket,
         input_estimate: asked.input,
         strip: body.is_some(),
+        fleet: None,
     };
     Ok((Some(metered), body))
 }
