@@ -16,6 +16,7 @@ pub mod net;
 pub mod netns;
 pub mod open_files;
 pub mod recorder;
+pub mod redis;
 pub mod upstream;
 pub mod wire;
 

@@ -57,6 +57,7 @@ impl Fleet {
     /// Sends what is pending, then reads the state if its version moved. Errors leave the
     /// pending changes for the next turn.
     async fn sync(&self) -> Result<(), super::FleetError> {
+        self.pay_owed().await;
         let Some(mut conn) = self.connection() else {
             return Ok(());
         };

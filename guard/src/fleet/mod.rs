@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod script;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -187,6 +187,9 @@ pub struct Fleet {
     keystate: keystate::KeyState,
     /// The last mode change, for `status`.
     since: Mutex<(String, String)>,
+    /// What this instance admitted while Redis was unreachable, per key name: `(amount, ttl)` per
+    /// counter, added to the shared counters when Redis answers again.
+    owed: Mutex<HashMap<String, HashMap<String, (f64, u64)>>>,
 }
 
 fn unavailable() -> Reject {
@@ -222,6 +225,7 @@ impl Fleet {
             changes: AtomicU64::new(0),
             revoked: ArcSwap::default(),
             keystate: keystate::KeyState::default(),
+            owed: Mutex::default(),
             since: Mutex::new((
                 String::new(),
                 crate::proxy::budget::clock::rfc3339(crate::proxy::budget::clock::now()),
@@ -281,7 +285,7 @@ impl Fleet {
     }
 
     /// Runs `windows` through the admit script, within the timeout: `Ok(None)` admitted,
-    /// `Ok(Some((index, retry_ms)))` refused.
+    /// `Ok(Some((index, retry_us)))` refused.
     async fn run(&self, windows: &Windows) -> Result<Option<(usize, u64)>, FleetError> {
         let Some(mut conn) = self.connection() else {
             return Err(FleetError::Timeout(0));
@@ -349,22 +353,24 @@ impl Fleet {
             return Verdict::Unavailable(self.fallback());
         }
         self.report(self.breaker.success(), "redis answered");
-        if let Some(Ok(Some((_, retry_ms)))) = by_ip {
+        if let Some(Ok(Some((_, retry_us)))) = by_ip {
             if let Ok(None) = by_key {
                 // The key's windows were counted for a request the address refuses: give
                 // them back.
                 self.release(&windows, true);
             }
-            return Verdict::Refused(rate_reject("rate_ip", "this address", retry_ms));
+            return Verdict::Refused(rate_reject("rate_ip", "this address", retry_us));
         }
         match by_key {
             Ok(None) => Verdict::Shared(reserve.map(|_| Reservation {
                 fleet: self.clone(),
                 reserved: windows.reserved(),
+                name: name.into(),
+                apart: false,
                 settled: false,
             })),
-            Ok(Some((0, retry_ms))) => {
-                Verdict::Refused(rate_reject("rate_key", "this key", retry_ms))
+            Ok(Some((0, retry_us))) => {
+                Verdict::Refused(rate_reject("rate_key", "this key", retry_us))
             }
             Ok(Some((index, _))) => {
                 let kind = windows
@@ -382,6 +388,54 @@ impl Fleet {
                 Verdict::Refused(reject)
             }
             Err(_) => Verdict::Unavailable(self.fallback()),
+        }
+    }
+
+    /// A metered request admitted while Redis is unreachable (`local` or `allow`): its real usage
+    /// is owed to the shared counters, and added when Redis answers again.
+    pub fn apart(self: &Arc<Self>, name: &str, policy: &Policy, reserve: Reserve) -> Reservation {
+        let now = crate::proxy::budget::clock::now();
+        Reservation {
+            fleet: self.clone(),
+            reserved: script::key_windows(name, None, policy, Some(reserve), now).reserved(),
+            name: name.into(),
+            apart: true,
+            settled: false,
+        }
+    }
+
+    fn owe(&self, name: &str, amounts: impl IntoIterator<Item = (String, f64, u64)>) {
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = owed.entry(name.to_owned()).or_default();
+        for (key, amount, ttl) in amounts {
+            let slot = entry.entry(key).or_insert((0.0, ttl));
+            slot.0 += amount;
+            slot.1 = slot.1.max(ttl);
+        }
+    }
+
+    /// Adds what this instance admitted while apart to the shared counters (one call per key
+    /// name, each on its own hash tag); what fails stays owed.
+    async fn pay_owed(&self) {
+        let owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        for (name, amounts) in owed {
+            let windows = Windows::additions(
+                amounts
+                    .iter()
+                    .map(|(key, (amount, ttl))| (key.clone(), *amount, *ttl)),
+            );
+            match self.run(&windows).await {
+                Ok(_) => tracing::info!(key = %name, "fleet: counts admitted while apart added"),
+                Err(err) => {
+                    tracing::debug!(error = %err, "fleet: owed counts not added yet");
+                    self.owe(
+                        &name,
+                        amounts
+                            .into_iter()
+                            .map(|(key, (amount, ttl))| (key, amount, ttl)),
+                    );
+                }
+            }
         }
     }
 
@@ -477,8 +531,8 @@ impl Fleet {
     }
 }
 
-fn rate_reject(reason: &'static str, who: &str, retry_ms: u64) -> Reject {
-    let seconds = retry_ms.div_ceil(1000).max(1);
+fn rate_reject(reason: &'static str, who: &str, retry_us: u64) -> Reject {
+    let seconds = retry_us.div_ceil(1_000_000).max(1);
     let mut reject = Reject::new(
         StatusCode::TOO_MANY_REQUESTS,
         reason,
@@ -492,7 +546,10 @@ fn rate_reject(reason: &'static str, who: &str, retry_ms: u64) -> Reject {
 /// added), or given back when the request ends without an answer.
 pub struct Reservation {
     fleet: Arc<Fleet>,
-    reserved: Vec<(Kind, String, f64)>,
+    reserved: Vec<(Kind, String, f64, u64)>,
+    name: String,
+    /// Admitted while Redis was unreachable: settling owes the usage instead of adjusting.
+    apart: bool,
     settled: bool,
 }
 
@@ -500,19 +557,26 @@ impl Reservation {
     /// Charges `input` and `output` tokens and `usd` in place of what was reserved.
     pub fn settle(mut self, input: u64, output: u64, usd: f64) {
         self.settled = true;
+        let used = |kind: &Kind, reserved: f64| match kind {
+            Kind::Requests => reserved,
+            Kind::Tokens | Kind::Tpm => (input + output) as f64,
+            Kind::Input => input as f64,
+            Kind::Output => output as f64,
+            Kind::UsdDay | Kind::UsdMonth => usd,
+        };
+        if self.apart {
+            let owed = self
+                .reserved
+                .iter()
+                .map(|(kind, key, reserved, ttl)| (key.clone(), used(kind, *reserved), *ttl))
+                .collect::<Vec<_>>();
+            self.fleet.owe(&self.name, owed);
+            return;
+        }
         let adjust = self
             .reserved
             .iter()
-            .filter_map(|(kind, key, reserved)| {
-                let used = match kind {
-                    Kind::Requests => return None,
-                    Kind::Tokens | Kind::Tpm => (input + output) as f64,
-                    Kind::Input => input as f64,
-                    Kind::Output => output as f64,
-                    Kind::UsdDay | Kind::UsdMonth => usd,
-                };
-                Some((key.clone(), used - reserved))
-            })
+            .map(|(kind, key, reserved, _)| (key.clone(), used(kind, *reserved) - reserved))
             .collect();
         self.fleet.spawn_adjust(adjust);
     }
@@ -520,11 +584,11 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.settled {
+        if !self.settled && !self.apart {
             let adjust = self
                 .reserved
                 .iter()
-                .map(|(_, key, reserved)| (key.clone(), -reserved))
+                .map(|(_, key, reserved, _)| (key.clone(), -reserved))
                 .collect();
             self.fleet.spawn_adjust(adjust);
         }

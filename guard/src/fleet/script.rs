@@ -13,23 +13,24 @@
 use crate::proxy::budget::{clock, policy::Policy};
 
 /// `KEYS`: the GCRA key if `ARGV[1] > 0`, then `(current, previous)` per counter.
-/// `ARGV`: interval ms, burst, counter count, then per counter `limit` (-1: count only),
-/// `amount`, `weight` of the previous window, `ttl` seconds.
-/// Returns `{0}` when admitted (and counted), `{1, index, retry_ms}` when refused: index 0 is
+/// `ARGV`: interval in microseconds (at least 1 with a rate, 0 without), burst, counter count,
+/// then per counter `limit` (-1: count only), `amount`, `weight` of the previous window, `ttl`
+/// seconds.
+/// Returns `{0}` when admitted (and counted), `{1, index, retry_us}` when refused: index 0 is
 /// the rate, `i` the `i`th counter. Nothing is counted on a refusal.
 pub const ADMIT: &str = r#"
 local interval = tonumber(ARGV[1])
 local n = tonumber(ARGV[3])
 local first = 1
-local new_tat, now_ms
+local new_tat, now_us
 if interval > 0 then
   local t = redis.call('TIME')
-  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local tat = tonumber(redis.call('GET', KEYS[1]) or now_ms)
-  if tat < now_ms then tat = now_ms end
+  now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or now_us)
+  if tat < now_us then tat = now_us end
   new_tat = tat + interval
   local allow_at = new_tat - tonumber(ARGV[2]) * interval
-  if now_ms < allow_at then return {1, 0, allow_at - now_ms} end
+  if now_us < allow_at then return {1, 0, allow_at - now_us} end
   first = 2
 end
 for i = 0, n - 1 do
@@ -43,7 +44,9 @@ for i = 0, n - 1 do
     if cur + prev * weight + amount > limit then return {1, i + 1, 0} end
   end
 end
-if interval > 0 then redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now_ms + 1000) end
+if interval > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now_us) / 1000) + 1000)
+end
 for i = 0, n - 1 do
   local key = KEYS[first + 2 * i]
   redis.call('INCRBYFLOAT', key, ARGV[5 + i * 4])
@@ -111,7 +114,7 @@ pub struct Counter {
 /// A request's windows on one hash tag.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Windows {
-    /// `(key, interval ms, burst)`.
+    /// `(key, interval in microseconds, burst)`.
     pub rate: Option<(String, u64, u64)>,
     pub counters: Vec<Counter>,
 }
@@ -124,9 +127,13 @@ pub struct Reserve {
     pub usd: f64,
 }
 
-/// GCRA parameters of `rpm` with `burst`: the interval between requests and the burst.
+/// GCRA parameters of `rpm` with `burst`: the interval between requests (microseconds, never
+/// 0: 0 means "no rate" to the script) and the burst.
 pub fn gcra(key: String, rpm: u32, burst: u32) -> Option<(String, u64, u64)> {
-    (rpm > 0).then(|| (key, 60_000 / u64::from(rpm).max(1), u64::from(burst.max(1))))
+    (rpm > 0).then(|| {
+        let interval = (60_000_000 / u64::from(rpm)).max(1);
+        (key, interval, u64::from(burst.max(1)))
+    })
 }
 
 /// The windows of key `name` at `now`: its request rate (`rpm`, `burst`), and, for a metered
@@ -262,12 +269,32 @@ impl Windows {
         (keys, args)
     }
 
-    /// The counters a settlement adjusts, with what was reserved on each.
-    pub fn reserved(&self) -> Vec<(Kind, String, f64)> {
+    /// The counters a settlement adjusts, with what was reserved on each and their TTL.
+    pub fn reserved(&self) -> Vec<(Kind, String, f64, u64)> {
         self.counters
             .iter()
-            .map(|c| (c.kind, c.key.clone(), c.amount))
+            .map(|c| (c.kind, c.key.clone(), c.amount, c.ttl))
             .collect()
+    }
+
+    /// Windows that only add `amounts` (`(key, amount, ttl)`), checking nothing: what an
+    /// instance admitted while Redis was unreachable, added when it answers again.
+    pub fn additions(amounts: impl IntoIterator<Item = (String, f64, u64)>) -> Windows {
+        Windows {
+            rate: None,
+            counters: amounts
+                .into_iter()
+                .map(|(key, amount, ttl)| Counter {
+                    kind: Kind::Requests,
+                    previous: key.clone(),
+                    key,
+                    limit: None,
+                    amount,
+                    weight: 0.0,
+                    ttl,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -294,7 +321,9 @@ mod tests {
         let windows = key_windows("ci", Some((60, 5)), &policy, Some(reserve), NOW);
         let (keys, args) = windows.invocation();
         assert!(keys.iter().all(|k| k.starts_with("pg:{ci}:")), "{keys:?}");
-        assert_eq!(&args[..3], ["1000", "5", "5"]);
+        assert_eq!(&args[..3], ["1000000", "5", "5"]);
+        // However fast the rate, the interval is never 0 (which would mean "no rate").
+        assert_eq!(gcra("k".into(), u32::MAX, 1).unwrap().1, 1);
         let kinds: Vec<Kind> = windows.counters.iter().map(|c| c.kind).collect();
         assert_eq!(
             kinds,

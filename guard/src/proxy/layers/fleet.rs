@@ -78,8 +78,18 @@ pub async fn check(
         }
         Verdict::Refused(reject) => Err(reject),
         Verdict::Unavailable(Mode::Deny) => Err(fleet.unavailable()),
-        Verdict::Unavailable(Mode::Local) => local_share(state, ledger, key, ip, metered.is_some()),
-        Verdict::Unavailable(Mode::Allow | Mode::Shared) => Ok(()),
+        Verdict::Unavailable(mode) => {
+            if mode == Mode::Local {
+                local_share(state, ledger, key, ip, metered.is_some())?;
+            }
+            // Admitted apart from the fleet: its usage is added to the shared counts later.
+            if let Some(metered) = metered {
+                let (input, output, usd) = metered.ticket.reserved();
+                metered.fleet =
+                    Some(fleet.apart(&key.name, &key.policy, Reserve { input, output, usd }));
+            }
+            Ok(())
+        }
     }
 }
 
