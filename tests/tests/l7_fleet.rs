@@ -14,7 +14,7 @@ use std::{
 
 use proxyguard_tests::{
     daemon::Daemon,
-    l7::{free_port, new_key},
+    l7::{free_port, new_key, LiteLlm},
     proxyguard_bin,
     redis::{self, RedisServer},
     upstream::upstream,
@@ -30,19 +30,29 @@ struct Fleet {
     keys: Vec<(String, String)>,
 }
 
-/// Redis, and three instances sharing it with keys `(name, extra TOML lines)`.
+/// Redis, and three instances sharing it with keys `(name, extra TOML lines)`, in front of the
+/// tests' plain upstream.
 fn fleet(keys: &[(&str, &str)], fleet_extra: &str) -> Option<Fleet> {
     if let Err(why) = redis::binary() {
         eprintln!("skipped: {why}");
         return None;
     }
+    fleet_on(upstream(), "sk-upstream", keys, fleet_extra)
+}
+
+/// The same in front of the upstream on `upstream` whose key is `upstream_key`.
+fn fleet_on(
+    upstream: u16,
+    upstream_key: &str,
+    keys: &[(&str, &str)],
+    fleet_extra: &str,
+) -> Option<Fleet> {
     let dir = tempfile::tempdir().expect("temp dir");
     let redis_dir = dir.path().join("redis");
     fs::create_dir(&redis_dir).expect("redis dir");
     let redis = RedisServer::start(free_port(), &redis_dir);
-    let upstream = upstream();
     let key_file = dir.path().join("upstream.key");
-    fs::write(&key_file, "sk-upstream\n").expect("key file");
+    fs::write(&key_file, format!("{upstream_key}\n")).expect("key file");
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod");
     let keys: Vec<(String, String, String)> = keys
         .iter()
@@ -79,15 +89,20 @@ fn fleet(keys: &[(&str, &str)], fleet_extra: &str) -> Option<Fleet> {
     Some(fleet)
 }
 
+const BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
 /// One chat completion as `key` on `daemon`: the status and the error code (empty on success).
 fn chat(daemon: &Daemon, key: &str) -> (u16, String) {
+    chat_with(daemon, key, BODY)
+}
+
+fn chat_with(daemon: &Daemon, key: &str, body: &str) -> (u16, String) {
     let addr = daemon.ready["proxy"]["listen"].as_str().expect("listen");
     let mut stream = TcpStream::connect(addr).expect("connect");
     // Far above timeout_ms: a request that hung on a dead Redis fails here.
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -165,8 +180,12 @@ impl Fleet {
 
     /// Today's shared requests of `key`, as `proxyguard usage` on `daemon` shows them.
     fn shared_requests(&self, daemon: &Daemon, key: &str) -> Option<u64> {
+        self.shared_today(daemon, key, "requests")
+    }
+
+    fn shared_today(&self, daemon: &Daemon, key: &str, what: &str) -> Option<u64> {
         let usage = cli(daemon, &["usage", "--key", key]);
-        usage["keys"][0]["fleet"]["today"]["requests"].as_u64()
+        usage["keys"][0]["fleet"]["today"][what].as_u64()
     }
 }
 
@@ -292,4 +311,41 @@ fn deny_refuses_and_allow_admits_while_redis_is_down() {
         assert_eq!(count(&answers, want, code), expected, "{mode}: {answers:?}");
         fleet.wait_mode(mode);
     }
+}
+
+#[test]
+fn a_token_budget_is_shared_and_settled_to_what_litellm_reports() {
+    if let Err(why) = redis::binary() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const MASTER: &str = "sk-litellm-master-fleet";
+    let litellm = LiteLlm::start(MASTER, None, &[]);
+    // LiteLLM's mock reports 10 prompt and 20 completion tokens per answer; each request
+    // reserves its prompt estimate plus max_tokens (20), and settles to 30.
+    let Some(fleet) = fleet_on(
+        litellm.port,
+        MASTER,
+        &[("tokens", "tokens_per_day = 300")],
+        "",
+    ) else {
+        return;
+    };
+    let body =
+        r#"{"model":"mock-gpt","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answers: Vec<(u16, String)> = (0..30)
+        .map(|i| chat_with(&fleet.daemons[i % 3], fleet.key("tokens"), body))
+        .collect();
+    let admitted = count(&answers, 200, "");
+    assert_eq!(
+        admitted + count(&answers, 429, "token_budget"),
+        30,
+        "{answers:?}"
+    );
+    // 300 / 30 = 10 across the fleet, not 10 on each instance.
+    assert!((9..=11).contains(&admitted), "{admitted}: {answers:?}");
+    // Settled with the difference: the shared count is what LiteLLM reported.
+    eventually("the shared tokens are the reported ones", || {
+        fleet.shared_today(&fleet.daemons[1], "tokens", "tokens") == Some(30 * admitted as u64)
+    });
 }
