@@ -189,8 +189,11 @@ pub struct Fleet {
     since: Mutex<(String, String)>,
     /// What this instance admitted while Redis was unreachable, per key name: `(amount, ttl)` per
     /// counter, added to the shared counters when Redis answers again.
-    owed: Mutex<HashMap<String, HashMap<String, (f64, u64)>>>,
+    owed: Mutex<HashMap<String, Owed>>,
 }
+
+/// A key's counts admitted apart: `(amount, ttl)` per Redis counter.
+type Owed = HashMap<String, (f64, u64)>;
 
 fn unavailable() -> Reject {
     Reject::new(
