@@ -12,6 +12,7 @@ mod config;
 mod contain;
 mod control;
 mod export;
+mod fleet;
 pub mod fuzz;
 mod guarded;
 mod guarded_pids;

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod open_files;
 pub mod otlp;
 pub mod recorder;
+pub mod redis;
 pub mod upstream;
 pub mod wire;
 

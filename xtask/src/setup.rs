@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     "tmux",
     "prometheus",
+    // The fleet's shared limits (issue 15): l7_fleet and `cargo xtask fleet-demo` run a real one.
+    "redis-server",
 ];
 
 /// Kernel modules the VM tests load (virtual ethernet pairs, and tc's BPF classifier).

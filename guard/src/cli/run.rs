@@ -285,6 +285,7 @@ fn status(
             gateway.addr(),
             super::status::gateway_kernel_guarded(kernel),
         ),
+        "fleet": crate::fleet::status_json(),
         "counters": counters,
     })
 }

@@ -179,6 +179,22 @@ fn render(status: &Value) -> String {
             status["providers"]["access"].as_str().unwrap_or("?"),
         ));
     }
+    let fleet = &status["fleet"];
+    if fleet.is_object() {
+        out.push_str(&format!(
+            "\nfleet: {} as {} on {} (breaker {}, on_redis_error {}, {} expected; {} mode changes, last {} at {}); {} keys revoked fleet-wide\n",
+            fleet["mode"].as_str().unwrap_or("?"),
+            fleet["instance"].as_str().unwrap_or("?"),
+            fleet["redis_url"].as_str().unwrap_or("?"),
+            fleet["breaker"].as_str().unwrap_or("?"),
+            fleet["on_redis_error"].as_str().unwrap_or("?"),
+            fleet["expected_instances"],
+            fleet["mode_changes"],
+            fleet["why"].as_str().unwrap_or("?"),
+            fleet["since"].as_str().unwrap_or("?"),
+            fleet["revoked_keys"],
+        ));
+    }
     if let Some(counters) = status["counters"].as_object() {
         out.push_str("\ncounters:\n");
         for (family, values) in counters {

@@ -111,6 +111,26 @@ fn render(report: &Value) -> String {
             show(&key["month"]["usd"]),
             key["last_minute_tokens"]
         ));
+        // `[fleet]`: the counts of every instance on the Redis (the lines above are this host's).
+        let fleet = &key["fleet"];
+        if fleet.is_object() {
+            let shared = &fleet["today"];
+            let counts = if shared.is_object() {
+                format!(
+                    "{} tokens, {} requests, ${}",
+                    shared["tokens"],
+                    shared["requests"],
+                    show(&shared["usd"])
+                )
+            } else {
+                "unknown (Redis does not answer)".to_owned()
+            };
+            out.push_str(&format!(
+                "  fleet today (every instance; this is {}, {}): {counts}\n",
+                fleet["instance"].as_str().unwrap_or("?"),
+                fleet["mode"].as_str().unwrap_or("?"),
+            ));
+        }
         for name in [
             "tpm",
             "tokens_per_day",

@@ -89,7 +89,11 @@ pub fn parse(source: &str, path: &Path) -> Result<Compiled, ConfigError> {
 /// Every check, and everything built, in one pass.
 pub fn compile(config: Config) -> Result<Compiled, Vec<FieldError>> {
     let mut errors = validate::validate(&config);
-    let proxy = compile_proxy::compile(&config.proxy, &mut errors);
+    let mut proxy = compile_proxy::compile(&config.proxy, &mut errors);
+    let fleet = crate::fleet::compile(&config.fleet, &mut errors);
+    if let Some(proxy) = &mut proxy {
+        proxy.fleet = fleet;
+    }
     let providers = crate::providers::compile::compile(&config.providers, &mut errors);
     for (field, message) in crate::kernel::capacity::check(&config) {
         errors.push(FieldError {

@@ -33,6 +33,18 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         return None;
     }
     let upstream = upstream(&config.upstream, push);
+    if !(1..=128).contains(&config.rate.ipv6_prefix) {
+        push(
+            "proxy.rate.ipv6_prefix".into(),
+            "must be between 1 and 128 (64 counts each /64 as one client)".into(),
+        );
+    }
+    if config.rate.max_addresses < 1024 {
+        push(
+            "proxy.rate.max_addresses".into(),
+            "must be at least 1024 (the per-IP table's bound; 100000 is the default)".into(),
+        );
+    }
     // Each part is built (and its problems reported) before any missing one ends the build.
     let upstream_auth = match &config.upstream_key_file {
         Some(path) => {
@@ -97,6 +109,7 @@ fn build(config: &ProxyConfig, push: &mut dyn FnMut(String, String)) -> Option<S
         upstream_allow: upstream_allow?,
         deny: deny?,
         tls: tls?,
+        fleet: None,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod control;
 pub mod egress;
 mod error;
 pub mod export;
+pub mod fleet;
 pub mod guarded;
 #[cfg(test)]
 mod hostile;
@@ -58,6 +59,7 @@ pub struct Config {
     pub control: control::ControlSection,
     pub proxy: ProxyConfig,
     pub providers: crate::providers::ProvidersSection,
+    pub fleet: fleet::FleetSection,
     pub log: LogConfig,
     pub export: export::ExportSection,
 }

@@ -230,6 +230,12 @@ pub struct RateConfig {
     pub per_key_burst: u32,
     pub per_ip_rpm: u32,
     pub per_ip_burst: u32,
+    /// IPv6 clients are counted per prefix of this length (as `xdp.ipv6_prefix`): one host
+    /// commonly owns a whole /64.
+    pub ipv6_prefix: u8,
+    /// The most client addresses (or IPv6 prefixes) the per-IP limit keeps state for; past it,
+    /// new clients share one overflow budget and no active client is forgotten.
+    pub max_addresses: usize,
 }
 
 impl Default for RateConfig {
@@ -241,6 +247,8 @@ impl Default for RateConfig {
             per_key_burst: profile.per_key_burst,
             per_ip_rpm: profile.per_ip_rpm,
             per_ip_burst: profile.per_ip_burst,
+            ipv6_prefix: 64,
+            max_addresses: 100_000,
         }
     }
 }

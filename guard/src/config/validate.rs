@@ -10,6 +10,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     super::kernel::validate(&config.kernel, &mut errors);
     super::guarded::validate(&config.guarded, &mut errors);
     super::xdp::validate(&config.xdp, &mut errors);
+    super::fleet::validate(&config.fleet, &mut errors);
     super::egress::validate(&config.egress, &mut errors);
     super::upstream_guard::validate(&config.upstream_guard, &mut errors);
     super::watch::validate(&config.watch, &mut errors);

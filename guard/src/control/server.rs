@@ -135,11 +135,21 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Request>, snapshots: 
         Ok(Command::Snapshot) => snapshot(&snapshots).await,
         // The ledger answers these itself: a few map reads under its lock.
         Ok(Command::Usage { key }) => match crate::proxy::budget::published() {
-            Some(ledger) => ledger.report(key.as_deref(), crate::proxy::budget::clock::now()),
+            Some(ledger) => {
+                let report = ledger.report(key.as_deref(), crate::proxy::budget::clock::now());
+                crate::fleet::add_usage(report).await
+            }
             None => json!({ "error": "the L7 proxy is not running" }),
         },
         Ok(Command::Resume { key }) => match crate::proxy::budget::published() {
-            Some(ledger) => json!({ "ok": true, "resumed": ledger.resume(&key) }),
+            Some(ledger) => {
+                let resumed = ledger.resume(&key);
+                // Lifted on every host of the fleet too, whether or not it was suspended here.
+                if let Some(fleet) = crate::fleet::published() {
+                    fleet.publish(crate::fleet::keystate::Change::Resume(key.clone()));
+                }
+                json!({ "ok": true, "resumed": resumed })
+            }
             None => json!({ "error": "the L7 proxy is not running" }),
         },
         Ok(Command::Events { follow }) => {

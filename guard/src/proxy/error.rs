@@ -12,4 +12,6 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("fleet: {0}")]
+    Fleet(crate::fleet::FleetError),
 }

@@ -84,6 +84,8 @@ pub struct Metrics {
     kernel: Family<KernelLabels, Gauge>,
     /// Each key's series, looked up once (`count_key`).
     per_key: std::sync::Mutex<HashMap<Arc<str>, KeySeries>>,
+    /// `[fleet]`: the mode and its changes, refreshed at each scrape.
+    fleet: crate::fleet::metrics::FleetGauges,
 }
 
 type Spend = Counter<f64, std::sync::atomic::AtomicU64>;
@@ -238,8 +240,10 @@ impl Metrics {
             "Counters of the kernel programs (summed over CPUs), by program family and counter",
             kernel.clone(),
         );
+        let fleet = crate::fleet::metrics::FleetGauges::register(&mut registry);
         Metrics {
             registry,
+            fleet,
             findings,
             files_fixed,
             audits,
@@ -353,6 +357,7 @@ impl Metrics {
                 .get_or_create(&KernelLabels { program, counter })
                 .set(value as i64);
         }
+        self.fleet.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -61,6 +61,8 @@ pub struct Shared {
     /// What each key has used and reserved (issue 14); outlives reloads, and restarts on disk.
     ledger: Arc<budget::Ledger>,
     persister: std::sync::Mutex<Option<budget::persist::Persister>>,
+    /// `[fleet]`: the shared limits in Redis; fixed at start.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Settings built and checked, not yet in force.
@@ -82,6 +84,11 @@ pub struct Proxy {
 impl Proxy {
     /// Binds both listeners and serves `settings`, which the config compiler built (files read).
     pub async fn start(config: &ProxyConfig, settings: Settings) -> Result<Proxy, ProxyError> {
+        let fleet = match settings.fleet.clone() {
+            Some(fleet) => Some(crate::fleet::Fleet::start(fleet).map_err(ProxyError::Fleet)?),
+            None => None,
+        };
+        crate::fleet::publish(fleet.clone());
         let state = State::build(config, settings, None);
         let tls = state.tls.is_some();
         if !config.listen.ip().is_loopback() && !tls {
@@ -130,6 +137,7 @@ impl Proxy {
             sources: Arc::default(),
             ledger,
             persister: std::sync::Mutex::new(persister),
+            fleet,
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
@@ -176,6 +184,10 @@ impl Proxy {
         if config.listen != self.configured_listen {
             tracing::warn!(listen = %config.listen, "proxy.listen changed; it applies at the next restart");
         }
+        let fleet = self.shared.fleet.as_ref().map(|f| &f.settings);
+        if settings.fleet.as_ref() != fleet {
+            tracing::warn!("[fleet] changed; it applies at the next restart");
+        }
         if budget::persist::state_dir(&config.usage) != self.state_dir {
             tracing::warn!("proxy.usage.state_dir changed; it applies at the next restart");
         }
@@ -188,6 +200,13 @@ impl Proxy {
 
     /// Swaps in staged settings at once; requests in flight finish on the old ones.
     pub fn commit(&self, staged: Staged) {
+        // A key gone from this host's config is revoked on every host of the fleet.
+        if let Some(fleet) = &self.shared.fleet {
+            let hashes = |state: &State| -> Vec<[u8; 32]> {
+                state.keys.keys().iter().map(|key| key.hash).collect()
+            };
+            fleet.revoke_removed(&hashes(&self.shared.state.load()), &hashes(&staged.0));
+        }
         self.shared
             .upstream_slots
             .resize(staged.0.max_upstream_connections);

@@ -43,7 +43,7 @@ use super::{
     budget::{self, Metered},
     forward,
     layers::{
-        auth, body, body_fields, framing, header_limits, host, json, key_leak, path,
+        auth, body, body_fields, fleet, framing, header_limits, host, json, key_leak, path,
         path::RouteKind, reserved, rollout,
     },
     record::{BoxError, Held, Record, Tracked},
@@ -161,6 +161,7 @@ async fn checked_forward(
     }
     key.policy.check_source(peer.addr.ip())?;
     shared.ledger.check_suspended(&key.name)?;
+    fleet::check_revoked(shared.fleet.as_ref(), key)?;
     if admin && !state.admin_keys.contains(&key.name) {
         return Err(closed_route());
     }
@@ -206,6 +207,19 @@ async fn checked_forward(
         if let Some(rewritten) = rewritten {
             bytes = rewritten.into();
         }
+    }
+
+    // The shared limits (`[fleet]`): one Redis call, after every local check passed.
+    if let (Some(fleet), None) = (&shared.fleet, &caller.rollout) {
+        fleet::check(
+            fleet,
+            state,
+            &shared.ledger,
+            key,
+            peer.addr.ip(),
+            &mut metered,
+        )
+        .await?;
     }
 
     let upstream_request = forward::rewrite(

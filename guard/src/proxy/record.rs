@@ -369,8 +369,21 @@ fn settle(meter: &mut Meter, metered: Metered, client: IpAddr) -> Charged {
     let used = usage::settle(reported, metered.input_estimate, chars);
     let model = metered.ticket.model.clone();
     let key = metered.ticket.key();
+    let (input, output) = (used.input, used.output);
     let charge = metered.ticket.settle(used, clock::now());
+    if let Some(shared) = metered.fleet {
+        shared.settle(input, output, charge.usd);
+    }
     if let Some(spike) = &charge.spike {
+        if let (true, Some(fleet)) = (spike.suspended, crate::fleet::published()) {
+            fleet.publish(crate::fleet::keystate::Change::Suspend(
+                key.to_string(),
+                format!(
+                    "usage_spike on {}: {} tokens in 5 minutes",
+                    fleet.settings.instance, spike.tokens
+                ),
+            ));
+        }
         crate::audit::emit(
             "usage_spike",
             crate::audit::fields(json!({
@@ -484,6 +497,7 @@ mod tests {
                 ticket,
                 input_estimate: 1,
                 strip: true,
+                fleet: None,
             },
             &mut parts,
         );

@@ -10,6 +10,7 @@ use regex::RegexSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::layers::{
+    addresses::AddressRule,
     auth::{KeyStore, StoredKey},
     concurrency::Concurrency,
     content::ContentRules,
@@ -58,6 +59,11 @@ pub struct State {
     pub upstream_timeout: Duration,
     /// The cap on requests in flight upstream; the slots themselves outlive reloads (`Shared`).
     pub max_upstream_connections: usize,
+    /// `proxy.rate`: the defaults a key's rate comes from, and the per-address rule, for the
+    /// fleet's shared windows.
+    pub per_key_rpm: u32,
+    pub per_key_burst: u32,
+    pub per_ip: Option<AddressRule>,
     /// Per-source connection caps; the counts themselves outlive reloads (`Shared`).
     pub source_caps: SourceCaps,
     /// A response write that makes no progress for this long cuts the connection.
@@ -70,6 +76,9 @@ pub struct State {
     pub metering: bool,
     /// `proxy.usage.spike`, when on.
     pub spike: Option<super::budget::ledger::SpikeRule>,
+    /// With `[fleet]` and more than one instance: the share limiters (each rate ÷
+    /// `expected_instances`) that hold while Redis is unreachable, and that divisor.
+    pub fleet_share: Option<(u32, RateLimits)>,
 }
 
 /// What the config compiler (`config::compile`) built from `[proxy]`: every value parsed and
@@ -90,6 +99,8 @@ pub struct Settings {
     pub upstream_allow: Vec<HeaderName>,
     pub deny: Option<RegexSet>,
     pub tls: Option<TlsAcceptor>,
+    /// `[fleet]`, compiled (the password read); none when limits are this host's own.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 impl State {
@@ -98,17 +109,35 @@ impl State {
     pub fn build(config: &ProxyConfig, settings: Settings, previous: Option<&State>) -> State {
         let stored = settings.keys;
         let rate = &config.rate;
-        let limits = RateLimits::new(
-            quota(rate.per_ip_rpm, rate.per_ip_burst),
-            stored.iter().map(|key| {
-                let rpm = key.rpm.unwrap_or(rate.per_key_rpm);
-                (
-                    key.name.clone(),
-                    quota(rpm, rate.per_key_burst.min(rpm.max(1))),
-                )
-            }),
-            previous.map(|p| &p.rate),
-        );
+        let limits_with = |share: u32, previous: Option<&RateLimits>| {
+            let part = |n: u32| if n == 0 { 0 } else { (n / share).max(1) };
+            RateLimits::new(
+                AddressRule::new(
+                    part(rate.per_ip_rpm),
+                    part(rate.per_ip_burst),
+                    rate.ipv6_prefix,
+                    rate.max_addresses,
+                ),
+                stored.iter().map(|key| {
+                    let rpm = part(key.rpm.unwrap_or(rate.per_key_rpm));
+                    (
+                        key.name.clone(),
+                        quota(rpm, part(rate.per_key_burst).min(rpm.max(1))),
+                    )
+                }),
+                previous,
+            )
+        };
+        let limits = limits_with(1, previous.map(|p| &p.rate));
+        let fleet_share = settings
+            .fleet
+            .as_ref()
+            .map(|fleet| fleet.expected_instances)
+            .filter(|n| *n > 1)
+            .map(|n| {
+                let kept = previous.and_then(|p| p.fleet_share.as_ref());
+                (n, limits_with(n, kept.map(|(_, limits)| limits)))
+            });
         let concurrency = Concurrency::new(
             stored.iter().map(|key| key.name.clone()),
             config.limits.max_concurrent_per_key,
@@ -168,6 +197,14 @@ impl State {
             body_timeout: Duration::from_secs(timeouts.body_secs),
             upstream_timeout: Duration::from_secs(timeouts.upstream_response_secs),
             max_upstream_connections: limits_config.max_upstream_connections,
+            per_key_rpm: rate.per_key_rpm,
+            per_key_burst: rate.per_key_burst,
+            per_ip: AddressRule::new(
+                rate.per_ip_rpm,
+                rate.per_ip_burst,
+                rate.ipv6_prefix,
+                rate.max_addresses,
+            ),
             source_caps: SourceCaps {
                 open: limits_config.max_connections_per_source,
                 pending: limits_config.max_pending_heads_per_source,
@@ -181,6 +218,7 @@ impl State {
                 factor: config.usage.spike.factor,
                 suspend: config.usage.spike.action == crate::config::proxy::SpikeAction::Suspend,
             }),
+            fleet_share,
         }
     }
 
@@ -193,6 +231,12 @@ impl State {
 }
 
 impl State {
+    /// The per-key rate of `key` (rpm, burst), as the fleet counts it; none when off.
+    pub fn key_rate(&self, rpm: Option<u32>) -> Option<(u32, u32)> {
+        let rpm = rpm.unwrap_or(self.per_key_rpm);
+        (rpm > 0).then(|| (rpm, self.per_key_burst.min(rpm).max(1)))
+    }
+
     /// Each key's policy, for the ledger's reports.
     pub fn policies(&self) -> Vec<(Arc<str>, super::budget::policy::Policy)> {
         self.keys.policies()

@@ -5,6 +5,7 @@
 //! steady rate with RSS and descriptors sampled (`soak.rs`). Ratios matter, not absolute
 //! timings: the machine is shared and wrk runs on the same cores.
 
+mod fleet;
 pub mod gateway;
 mod peers;
 mod soak;
@@ -47,6 +48,7 @@ pub fn run(quick: bool) -> Result<()> {
         "gateway": gateway,
         "kernel": kernel,
         "watch": watch,
+        "fleet": fleet::run(quick)?,
     });
     let out = build::target_dir().join("bench/results.json");
     fs::write(&out, serde_json::to_string_pretty(&results)?)?;

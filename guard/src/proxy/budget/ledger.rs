@@ -334,6 +334,44 @@ impl Ledger {
         })
     }
 
+    /// Whether `key`'s counts today, with what is reserved (a request just admitted among it),
+    /// fit `policy`: the fleet's share of a key's budgets while Redis is unreachable (`[fleet]`
+    /// `on_redis_error = "local"`). Refuses as `admit` does.
+    pub fn within(&self, key: &str, policy: &Policy, now: u64) -> Result<(), Reject> {
+        let mut book = lock(&self.book);
+        let Some(entry) = book.keys.get_mut(key) else {
+            return Ok(());
+        };
+        entry.roll(now);
+        let r = entry.reserved;
+        let day = clock::to_next_day(now);
+        let over_u = |limit: Option<u64>, used: u64| limit.is_some_and(|l| used > l);
+        let over_f = |limit: Option<f64>, used: f64| limit.is_some_and(|l| used > l);
+        if over_u(policy.requests_per_day, entry.day_requests + r.requests) {
+            return Err(budget("request_budget", "requests for today", day));
+        }
+        if over_u(policy.tokens_per_day, entry.day_tokens + r.tokens)
+            || over_u(policy.input_tokens_per_day, entry.day_input + r.input)
+            || over_u(policy.output_tokens_per_day, entry.day_output + r.output)
+        {
+            return Err(budget("token_budget", "tokens for today", day));
+        }
+        if over_u(policy.tpm, entry.last_minute_tokens(now) + r.tokens) {
+            return Err(budget("token_budget", "tokens per minute", 60 - now % 60));
+        }
+        if over_f(policy.usd_per_day, entry.day_usd + r.usd) {
+            return Err(budget("spend_budget", "spend for today", day));
+        }
+        if over_f(policy.usd_per_month, entry.month_usd + r.usd) {
+            return Err(budget(
+                "spend_budget",
+                "spend for this month",
+                clock::to_next_month(now),
+            ));
+        }
+        Ok(())
+    }
+
     fn release(&self, entry: &mut KeyBook, ticket: &Ticket) {
         let reserved = &mut entry.reserved;
         let (tokens, usd) = (ticket.tokens, ticket.usd);
@@ -355,6 +393,23 @@ impl Ledger {
             self.mark(true);
         }
         lifted
+    }
+
+    /// Suspends `key` with `reason` (a suspension published by another host of the fleet);
+    /// false when it already was.
+    pub fn suspend(&self, key: &str, reason: &str) -> bool {
+        let mut book = lock(&self.book);
+        let entry = book.keys.entry(key.to_owned()).or_default();
+        if entry.suspended.is_some() {
+            return false;
+        }
+        entry.suspended = Some(Suspension {
+            since: clock::rfc3339(clock::now()),
+            reason: reason.to_owned(),
+        });
+        drop(book);
+        self.mark(true);
+        true
     }
 
     /// Each configured key and each key in the book (the rollout pseudo-key aside: it is never
@@ -473,6 +528,11 @@ impl std::fmt::Debug for Ticket {
 impl Ticket {
     pub fn key(&self) -> Arc<str> {
         self.key.clone()
+    }
+
+    /// What this ticket reserved: input and output tokens, and their price.
+    pub fn reserved(&self) -> (u64, u64, f64) {
+        (self.split.0, self.split.1, self.usd)
     }
 
     /// Charges `usage` at `now` in place of the reservation.

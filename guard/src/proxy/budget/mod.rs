@@ -166,6 +166,8 @@ pub struct Metered {
     pub ticket: Ticket,
     pub input_estimate: u64,
     pub strip: bool,
+    /// The same reservation in the fleet's shared counters (`[fleet]`), settled alongside.
+    pub fleet: Option<crate::fleet::Reservation>,
 }
 
 /// Admission of a request with body `value` on a route of `shape` for `key` (issue 14): the
@@ -206,6 +208,7 @@ pub fn admit(
         ticket,
         input_estimate: input,
         strip: body.is_some(),
+        fleet: None,
     };
     Ok((Some(metered), body))
 }

@@ -99,7 +99,7 @@ impl KeyStore {
             .collect()
     }
 
-    #[cfg(test)]
+    /// The stored keys (the fleet compares them across a reload, for revocations).
     pub fn keys(&self) -> &[StoredKey] {
         &self.keys
     }

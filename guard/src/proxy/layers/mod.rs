@@ -1,11 +1,13 @@
 //! One policy per file, each a plain function (or a small struct) over parts of an
 //! `http::Request`, with its own table of good and bad inputs. `pipeline.rs` composes them.
 
+pub mod addresses;
 pub mod auth;
 pub mod body;
 pub mod body_fields;
 pub mod concurrency;
 pub mod content;
+pub mod fleet;
 pub mod framing;
 pub mod header_limits;
 pub mod host;

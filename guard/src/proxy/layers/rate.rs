@@ -1,5 +1,8 @@
-//! Request rate limits (threat 9): per client IP and per key, requests per minute with a burst,
-//! answering 429 with `Retry-After`. GCRA via governor: constant memory per key, no timers.
+//! Request rate limits (threat 9): per client address and per key, requests per minute with a
+//! burst, answering 429 with `Retry-After`. Per key: GCRA via governor (constant memory per key,
+//! no timers). Per address: `addresses::Addresses`, GCRA in a bounded table keyed by the IPv6
+//! prefix (`proxy.rate.ipv6_prefix`), so a host that owns a /64 cannot dodge its limit by
+//! rotating addresses, nor grow the table past `proxy.rate.max_addresses`.
 //!
 //! A reload keeps the state of every limiter whose quota did not change, so SIGHUP (a key added,
 //! say) never hands a flooding address or key a fresh budget.
@@ -8,14 +11,15 @@ use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Arc};
 
 use governor::{
     clock::{Clock, DefaultClock},
-    DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
+    DefaultDirectRateLimiter, Quota, RateLimiter,
 };
 use http::StatusCode;
 
+use super::addresses::{AddressRule, Addresses};
 use crate::proxy::reject::Reject;
 
 pub struct RateLimits {
-    per_ip: Option<(Quota, Arc<DefaultKeyedRateLimiter<IpAddr>>)>,
+    per_ip: Option<Arc<Addresses>>,
     per_key: HashMap<Arc<str>, (Quota, Arc<DefaultDirectRateLimiter>)>,
 }
 
@@ -27,19 +31,20 @@ pub fn quota(rpm: u32, burst: u32) -> Option<Quota> {
 }
 
 impl RateLimits {
-    /// `keys` pairs each key name with its own quota (or none). Limiters of `previous` with the
-    /// same name and quota carry over with their state.
+    /// `per_ip` is the per-address rule (none when off); `keys` pairs each key name with its own
+    /// quota (or none). Limiters of `previous` with the same name and quota (the same rule)
+    /// carry over with their state.
     pub fn new(
-        per_ip: Option<Quota>,
+        per_ip: Option<AddressRule>,
         keys: impl IntoIterator<Item = (Arc<str>, Option<Quota>)>,
         previous: Option<&RateLimits>,
     ) -> RateLimits {
         let kept_ip = previous
             .and_then(|p| p.per_ip.as_ref())
-            .filter(|(quota, _)| Some(*quota) == per_ip);
+            .filter(|limiter| Some(limiter.rule()) == per_ip);
         let per_ip = match kept_ip {
-            Some((quota, limiter)) => Some((*quota, limiter.clone())),
-            None => per_ip.map(|quota| (quota, Arc::new(RateLimiter::keyed(quota)))),
+            Some(limiter) => Some(limiter.clone()),
+            None => per_ip.map(|rule| Arc::new(Addresses::new(rule))),
         };
         let per_key = keys
             .into_iter()
@@ -58,9 +63,9 @@ impl RateLimits {
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Reject> {
         match &self.per_ip {
-            Some((_, limiter)) => limiter
-                .check_key(&ip)
-                .map_err(|not_until| too_many("rate_ip", "this address", not_until)),
+            Some(limiter) => limiter
+                .check(ip)
+                .map_err(|wait| too_many_after("rate_ip", "this address", wait)),
             None => Ok(()),
         }
     }
@@ -74,11 +79,10 @@ impl RateLimits {
         }
     }
 
-    /// Forgets idle addresses, so the per-IP table cannot grow without bound.
+    /// Forgets idle addresses, so the per-IP table holds only those with state worth keeping.
     pub fn prune(&self) {
-        if let Some((_, limiter)) = &self.per_ip {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+        if let Some(limiter) = &self.per_ip {
+            limiter.prune();
         }
     }
 }
@@ -88,7 +92,14 @@ pub(super) fn too_many(
     who: &str,
     not_until: governor::NotUntil<<DefaultClock as Clock>::Instant>,
 ) -> Reject {
-    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    too_many_after(
+        reason,
+        who,
+        not_until.wait_time_from(DefaultClock::default().now()),
+    )
+}
+
+pub(super) fn too_many_after(reason: &'static str, who: &str, wait: std::time::Duration) -> Reject {
     // Rounded up: retrying after a rounded-down time would be refused again.
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut reject = Reject::new(
@@ -125,7 +136,7 @@ mod tests {
 
     #[test]
     fn per_ip_is_per_address() {
-        let limits = RateLimits::new(quota(60, 2), [], None);
+        let limits = RateLimits::new(AddressRule::new(60, 2, 64, 1000), [], None);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let table = [
@@ -146,7 +157,7 @@ mod tests {
     fn a_rebuild_keeps_the_state_of_unchanged_limiters() {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let old = RateLimits::new(
-            quota(60, 1),
+            AddressRule::new(60, 1, 64, 1000),
             [("a".into(), quota(60, 1)), ("b".into(), quota(60, 1))],
             None,
         );
@@ -155,7 +166,7 @@ mod tests {
         );
         // Same per-IP quota and key a; key b's quota changed; key c is new.
         let new = RateLimits::new(
-            quota(60, 1),
+            AddressRule::new(60, 1, 64, 1000),
             [
                 ("a".into(), quota(60, 1)),
                 ("b".into(), quota(120, 1)),

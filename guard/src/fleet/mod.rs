@@ -1,0 +1,667 @@
+//! The fleet (issue 15): per-key and per-address limits and budgets shared by every proxyguard on
+//! one Redis, safe when Redis is not, and key state (revocations, suspensions) that reaches every
+//! host within a second.
+//!
+//! - `script`: the windows a request touches and the Lua that checks and counts them in one call.
+//! - `breaker`: the circuit breaker; while it is open, `on_redis_error` answers at once.
+//! - `keystate`: revocations and suspensions, published to Redis and polled from it.
+//!
+//! The local limiters keep running in every mode (they never refuse before the shared ones do:
+//! a host's own count is part of the fleet's). While Redis is unreachable, `local` adds the share
+//! limiters (each limit ÷ `expected_instances`), built in `proxy::state`.
+
+pub mod breaker;
+pub mod keystate;
+pub mod metrics;
+pub mod script;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::Duration,
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::StatusCode;
+use redis::{aio::ConnectionManager, IntoConnectionInfo, Script};
+use serde_json::{json, Value};
+
+use crate::{
+    config::fleet::{FleetSection, OnRedisError},
+    proxy::{budget::policy::Policy, reject::Reject},
+};
+use breaker::{Breaker, BreakerState, Transition};
+use script::{Kind, Reserve, Windows};
+
+/// How often the probe task tries an unreachable Redis, and how often key state is polled.
+const PROBE: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("redis answered {0:?}, not what the script returns")]
+    Answer(Vec<i64>),
+}
+
+/// `[fleet]`, compiled: the password read from its file.
+#[derive(Clone, PartialEq)]
+pub struct FleetSettings {
+    pub redis_url: String,
+    pub password: Option<String>,
+    pub instance: String,
+    pub expected_instances: u32,
+    pub on_redis_error: OnRedisError,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for FleetSettings {
+    // Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSettings")
+            .field("redis_url", &self.redis_url)
+            .field("instance", &self.instance)
+            .field("expected_instances", &self.expected_instances)
+            .field("on_redis_error", &self.on_redis_error)
+            .finish()
+    }
+}
+
+/// Compiles `[fleet]`; `None` when it is off or has an error (pushed).
+pub fn compile(
+    section: &FleetSection,
+    errors: &mut Vec<crate::config::FieldError>,
+) -> Option<FleetSettings> {
+    if !section.enabled() {
+        return None;
+    }
+    let mut failed = false;
+    let password = section.password_file.as_deref().and_then(|path| {
+        let read = read_password(path);
+        if let Err(message) = &read {
+            failed = true;
+            errors.push(crate::config::FieldError {
+                field: "fleet.password_file".into(),
+                line: None,
+                message: message.clone(),
+            });
+        }
+        read.ok()
+    });
+    let instance = if section.instance.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "proxyguard".into())
+    } else {
+        section.instance.clone()
+    };
+    (!failed).then(|| FleetSettings {
+        redis_url: section.redis_url.clone(),
+        password,
+        instance,
+        expected_instances: section.expected_instances.max(1),
+        on_redis_error: section.on_redis_error,
+        timeout: Duration::from_millis(section.timeout_ms.max(1)),
+    })
+}
+
+/// A secret file: this user's, mode 0600 or stricter, one line.
+fn read_password(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta =
+        std::fs::metadata(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "{} is owned by uid {}, not by the user proxyguard runs as; a secret file must be theirs (chown it)",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let password = text.trim();
+    if password.is_empty() || password.contains(['\n', '\r']) {
+        return Err(format!(
+            "{} is empty or more than one line; write Redis's password alone on one line",
+            path.display()
+        ));
+    }
+    Ok(password.to_owned())
+}
+
+/// How requests are limited right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Through Redis, with every instance.
+    Shared,
+    /// Redis is unreachable: each instance holds its share.
+    Local,
+    Allow,
+    Deny,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Shared => "shared",
+            Mode::Local => "local",
+            Mode::Allow => "allow",
+            Mode::Deny => "deny",
+        }
+    }
+}
+
+/// What the fleet says of a request.
+pub enum Verdict {
+    /// Counted in Redis; settle the reservation when the answer ends.
+    Shared(Option<Reservation>),
+    Refused(Reject),
+    /// Redis is unreachable: the caller applies the mode (`Mode::Local`, `Allow` or `Deny`).
+    Unavailable(Mode),
+}
+
+pub struct Fleet {
+    pub settings: FleetSettings,
+    conn: ArcSwapOption<ConnectionManager>,
+    breaker: Breaker,
+    admit: Script,
+    adjust: Script,
+    /// Changes of mode since the start, for the metric.
+    pub changes: AtomicU64,
+    /// Hashes of keys revoked anywhere in the fleet.
+    revoked: ArcSwap<HashSet<[u8; 32]>>,
+    keystate: keystate::KeyState,
+    /// The last mode change, for `status`.
+    since: Mutex<(String, String)>,
+    /// What this instance admitted while Redis was unreachable, per key name: `(amount, ttl)` per
+    /// counter, added to the shared counters when Redis answers again.
+    owed: Mutex<HashMap<String, Owed>>,
+}
+
+/// A key's counts admitted apart: `(amount, ttl)` per Redis counter.
+type Owed = HashMap<String, (f64, u64)>;
+
+fn unavailable() -> Reject {
+    Reject::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "fleet_unavailable",
+        "the shared limits cannot be checked now; retry shortly",
+    )
+}
+
+impl Fleet {
+    /// Connects lazily (Redis may be down at start: the breaker starts open and the probe task
+    /// closes it) and starts the probe and key-state tasks.
+    pub fn start(settings: FleetSettings) -> Result<Arc<Fleet>, FleetError> {
+        let mut info = settings.redis_url.as_str().into_connection_info()?;
+        if let Some(password) = &settings.password {
+            let redis = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.timeout))
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let fleet = Arc::new(Fleet {
+            settings,
+            conn: ArcSwapOption::from_pointee(conn),
+            breaker: Breaker::new_open(),
+            admit: Script::new(script::ADMIT),
+            adjust: Script::new(script::ADJUST),
+            changes: AtomicU64::new(0),
+            revoked: ArcSwap::default(),
+            keystate: keystate::KeyState::default(),
+            owed: Mutex::default(),
+            since: Mutex::new((
+                String::new(),
+                crate::proxy::budget::clock::rfc3339(crate::proxy::budget::clock::now()),
+            )),
+        });
+        fleet.report(None, "start");
+        tokio::spawn(probe(Arc::downgrade(&fleet)));
+        tokio::spawn(keystate::poll(Arc::downgrade(&fleet)));
+        Ok(fleet)
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.breaker.state() {
+            BreakerState::Closed => Mode::Shared,
+            _ => self.fallback(),
+        }
+    }
+
+    fn fallback(&self) -> Mode {
+        match self.settings.on_redis_error {
+            OnRedisError::Local => Mode::Local,
+            OnRedisError::Allow => Mode::Allow,
+            OnRedisError::Deny => Mode::Deny,
+        }
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.load_full().map(|c| (*c).clone())
+    }
+
+    /// Reports a change of the breaker: an event, the counter, `status`.
+    fn report(&self, transition: Transition, why: &str) {
+        let (from, to) = match transition {
+            Some((from, to)) => (from.as_str(), to),
+            None if why == "start" => ("", self.breaker.state()),
+            None => return,
+        };
+        let mode = match to {
+            BreakerState::Closed => Mode::Shared,
+            _ => self.fallback(),
+        };
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = (
+            why.to_owned(),
+            crate::proxy::budget::clock::rfc3339(crate::proxy::budget::clock::now()),
+        );
+        crate::audit::emit(
+            "fleet_mode",
+            crate::audit::fields(json!({
+                "mode": mode.as_str(),
+                "breaker": to.as_str(),
+                "previous": from,
+                "instance": self.settings.instance,
+                "why": why,
+            })),
+        );
+    }
+
+    /// Runs `windows` through the admit script, within the timeout: `Ok(None)` admitted,
+    /// `Ok(Some((index, retry_us)))` refused.
+    async fn run(&self, windows: &Windows) -> Result<Option<(usize, u64)>, FleetError> {
+        let Some(mut conn) = self.connection() else {
+            return Err(FleetError::Timeout(0));
+        };
+        let (keys, args) = windows.invocation();
+        let mut invocation = self.admit.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+        let answer = tokio::time::timeout(self.settings.timeout, call)
+            .await
+            .map_err(|_| FleetError::Timeout(self.settings.timeout.as_millis() as u64))??;
+        match answer.as_slice() {
+            [0] => Ok(None),
+            [1, index, retry] => Ok(Some((*index as usize, (*retry).max(0) as u64))),
+            _ => Err(FleetError::Answer(answer)),
+        }
+    }
+
+    /// Checks and counts a request of key `name` (its `rate` and `policy`, and what it reserves)
+    /// and of client `prefix` (with the per-address `ip_rate`), in one round trip.
+    pub async fn admit(
+        self: &Arc<Self>,
+        name: &str,
+        rate: Option<(u32, u32)>,
+        policy: &Policy,
+        reserve: Option<Reserve>,
+        ip: Option<(&str, u32, u32)>,
+    ) -> Verdict {
+        if self.breaker.state() != BreakerState::Closed {
+            return Verdict::Unavailable(self.fallback());
+        }
+        let now = crate::proxy::budget::clock::now();
+        let windows = script::key_windows(name, rate, policy, reserve, now);
+        let ip_windows = ip
+            .map(|(prefix, rpm, burst)| script::ip_windows(prefix, rpm, burst))
+            .filter(|w| !w.is_empty());
+        if windows.is_empty() && ip_windows.is_none() {
+            return Verdict::Shared(None);
+        }
+        // Both calls go out at once on the one multiplexed connection.
+        let (by_key, by_ip) = match &ip_windows {
+            Some(ip_windows) => {
+                let (a, b) = tokio::join!(self.run(&windows), self.run(ip_windows));
+                (a, Some(b))
+            }
+            None => (self.run(&windows).await, None),
+        };
+        let failed = by_key.is_err() || by_ip.as_ref().is_some_and(Result::is_err);
+        if failed {
+            let why = by_key
+                .as_ref()
+                .err()
+                .or(by_ip.as_ref().and_then(|r| r.as_ref().err()))
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::debug!(error = %why, "fleet: redis call failed");
+            self.report(self.breaker.failure(), &why);
+            // A key window counted before the address call failed stays counted: a request
+            // refused for it is one the fleet saw.
+            return Verdict::Unavailable(self.fallback());
+        }
+        self.report(self.breaker.success(), "redis answered");
+        if let Some(Ok(Some((_, retry_us)))) = by_ip {
+            if let Ok(None) = by_key {
+                // The key's windows were counted for a request the address refuses: give
+                // them back.
+                self.release(&windows, true);
+            }
+            return Verdict::Refused(rate_reject("rate_ip", "this address", retry_us));
+        }
+        match by_key {
+            Ok(None) => Verdict::Shared(reserve.map(|_| Reservation {
+                fleet: self.clone(),
+                reserved: windows.reserved(),
+                name: name.into(),
+                apart: false,
+                settled: false,
+            })),
+            Ok(Some((0, retry_us))) => {
+                Verdict::Refused(rate_reject("rate_key", "this key", retry_us))
+            }
+            Ok(Some((index, _))) => {
+                let kind = windows
+                    .counters
+                    .get(index - 1)
+                    .map_or(Kind::Requests, |c| c.kind);
+                let (reason, what) = kind.refusal();
+                let retry = kind.retry(now);
+                let mut reject = Reject::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    reason,
+                    format!("this key's {what} is spent across the fleet; retry after {retry}s"),
+                );
+                reject.retry_after = Some(retry.max(1));
+                Verdict::Refused(reject)
+            }
+            Err(_) => Verdict::Unavailable(self.fallback()),
+        }
+    }
+
+    /// A metered request admitted while Redis is unreachable (`local` or `allow`): its real usage
+    /// is owed to the shared counters, and added when Redis answers again.
+    pub fn apart(self: &Arc<Self>, name: &str, policy: &Policy, reserve: Reserve) -> Reservation {
+        let now = crate::proxy::budget::clock::now();
+        Reservation {
+            fleet: self.clone(),
+            reserved: script::key_windows(name, None, policy, Some(reserve), now).reserved(),
+            name: name.into(),
+            apart: true,
+            settled: false,
+        }
+    }
+
+    fn owe(&self, name: &str, amounts: impl IntoIterator<Item = (String, f64, u64)>) {
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = owed.entry(name.to_owned()).or_default();
+        for (key, amount, ttl) in amounts {
+            let slot = entry.entry(key).or_insert((0.0, ttl));
+            slot.0 += amount;
+            slot.1 = slot.1.max(ttl);
+        }
+    }
+
+    /// Adds what this instance admitted while apart to the shared counters (one call per key
+    /// name, each on its own hash tag); what fails stays owed.
+    async fn pay_owed(&self) {
+        let owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        for (name, amounts) in owed {
+            let windows = Windows::additions(
+                amounts
+                    .iter()
+                    .map(|(key, (amount, ttl))| (key.clone(), *amount, *ttl)),
+            );
+            match self.run(&windows).await {
+                Ok(_) => tracing::info!(key = %name, "fleet: counts admitted while apart added"),
+                Err(err) => {
+                    tracing::debug!(error = %err, "fleet: owed counts not added yet");
+                    self.owe(
+                        &name,
+                        amounts
+                            .into_iter()
+                            .map(|(key, (amount, ttl))| (key, amount, ttl)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// What a request refused while Redis is unreachable gets in `deny` mode.
+    pub fn unavailable(&self) -> Reject {
+        unavailable()
+    }
+
+    /// Gives back what `windows` counted (the request counter too when `request`).
+    fn release(&self, windows: &Windows, request: bool) {
+        let adjust: Vec<(String, f64)> = windows
+            .counters
+            .iter()
+            .filter(|c| request || c.kind != Kind::Requests)
+            .map(|c| (c.key.clone(), -c.amount))
+            .collect();
+        self.spawn_adjust(adjust);
+    }
+
+    /// Adds each amount to its counter, in the background (off the request's path).
+    fn spawn_adjust(&self, adjust: Vec<(String, f64)>) {
+        let adjust: Vec<(String, f64)> = adjust.into_iter().filter(|(_, d)| *d != 0.0).collect();
+        if adjust.is_empty() || self.breaker.state() != BreakerState::Closed {
+            return;
+        }
+        let (Some(mut conn), Ok(runtime)) =
+            (self.connection(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let script = self.adjust.clone();
+        let timeout = self.settings.timeout * 10;
+        runtime.spawn(async move {
+            let mut invocation = script.prepare_invoke();
+            for (key, amount) in &adjust {
+                invocation.key(key).arg(amount.to_string());
+            }
+            let call = invocation.invoke_async::<i64>(&mut conn);
+            if let Ok(Err(err)) = tokio::time::timeout(timeout, call).await {
+                tracing::debug!(error = %err, "fleet: a settlement did not reach redis");
+            }
+        });
+    }
+
+    /// Whether the key with `hash` was revoked somewhere in the fleet.
+    pub fn revoked(&self, hash: &[u8; 32]) -> bool {
+        self.revoked.load().contains(hash)
+    }
+
+    /// `status`'s fleet block.
+    pub fn status(&self) -> Value {
+        let (why, since) = self.since.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        json!({
+            "instance": self.settings.instance,
+            "redis_url": self.settings.redis_url,
+            "mode": self.mode().as_str(),
+            "breaker": self.breaker.state().as_str(),
+            "on_redis_error": self.settings.on_redis_error.as_str(),
+            "expected_instances": self.settings.expected_instances,
+            "mode_changes": self.changes.load(Ordering::Relaxed),
+            "since": since,
+            "why": why,
+            "revoked_keys": self.revoked.load().len(),
+        })
+    }
+
+    /// The fleet's counts of `name` today, for `proxyguard usage` (`None` when Redis does not
+    /// answer).
+    pub async fn usage(&self, name: &str) -> Option<Value> {
+        if self.breaker.state() != BreakerState::Closed {
+            return None;
+        }
+        let mut conn = self.connection()?;
+        let now = crate::proxy::budget::clock::now();
+        let day = crate::proxy::budget::clock::day(now);
+        let keys: Vec<String> = ["req", "tok", "usd"]
+            .iter()
+            .map(|what| format!("pg:{{{name}}}:{what}:{day}"))
+            .collect();
+        let mut mget = redis::cmd("MGET");
+        mget.arg(&keys);
+        let call = mget.query_async::<Vec<Option<f64>>>(&mut conn);
+        let values = tokio::time::timeout(self.settings.timeout * 10, call)
+            .await
+            .ok()?
+            .ok()?;
+        let at = |i: usize| values.get(i).copied().flatten().unwrap_or(0.0);
+        Some(json!({
+            "requests": at(0) as u64,
+            "tokens": at(1).max(0.0) as u64,
+            "usd": at(2).max(0.0),
+        }))
+    }
+}
+
+fn rate_reject(reason: &'static str, who: &str, retry_us: u64) -> Reject {
+    let seconds = retry_us.div_ceil(1_000_000).max(1);
+    let mut reject = Reject::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        reason,
+        format!("rate limit exceeded for {who} across the fleet; retry after {seconds}s"),
+    );
+    reject.retry_after = Some(seconds);
+    reject
+}
+
+/// A request's counts in Redis, settled to its real usage when the answer ends (the difference is
+/// added), or given back when the request ends without an answer.
+pub struct Reservation {
+    fleet: Arc<Fleet>,
+    reserved: Vec<(Kind, String, f64, u64)>,
+    name: String,
+    /// Admitted while Redis was unreachable: settling owes the usage instead of adjusting.
+    apart: bool,
+    settled: bool,
+}
+
+impl Reservation {
+    /// Charges `input` and `output` tokens and `usd` in place of what was reserved.
+    pub fn settle(mut self, input: u64, output: u64, usd: f64) {
+        self.settled = true;
+        let used = |kind: &Kind, reserved: f64| match kind {
+            Kind::Requests => reserved,
+            Kind::Tokens | Kind::Tpm => (input + output) as f64,
+            Kind::Input => input as f64,
+            Kind::Output => output as f64,
+            Kind::UsdDay | Kind::UsdMonth => usd,
+        };
+        if self.apart {
+            let owed = self
+                .reserved
+                .iter()
+                .map(|(kind, key, reserved, ttl)| (key.clone(), used(kind, *reserved), *ttl))
+                .collect::<Vec<_>>();
+            self.fleet.owe(&self.name, owed);
+            return;
+        }
+        let adjust = self
+            .reserved
+            .iter()
+            .map(|(kind, key, reserved, _)| (key.clone(), used(kind, *reserved) - reserved))
+            .collect();
+        self.fleet.spawn_adjust(adjust);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled && !self.apart {
+            let adjust = self
+                .reserved
+                .iter()
+                .map(|(_, key, reserved, _)| (key.clone(), -reserved))
+                .collect();
+            self.fleet.spawn_adjust(adjust);
+        }
+    }
+}
+
+/// While the breaker is open, tries Redis once a second (half-open); a `PING` answered closes it.
+async fn probe(fleet: std::sync::Weak<Fleet>) {
+    let mut tick = tokio::time::interval(PROBE);
+    loop {
+        tick.tick().await;
+        let Some(fleet) = fleet.upgrade() else { return };
+        if fleet.breaker.state() == BreakerState::Closed {
+            continue;
+        }
+        fleet.report(fleet.breaker.probing(), "probing redis");
+        let Some(mut conn) = fleet.connection() else {
+            continue;
+        };
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut conn);
+        match tokio::time::timeout(Duration::from_millis(500), ping).await {
+            Ok(Ok(_)) => fleet.report(fleet.breaker.success(), "redis answered a probe"),
+            Ok(Err(err)) => fleet.report(fleet.breaker.probe_failed(), &err.to_string()),
+            Err(_) => fleet.report(fleet.breaker.probe_failed(), "probe timed out"),
+        }
+    }
+}
+
+/// The running daemon's fleet, for `status`, `usage`, the metrics and the control socket.
+static FLEET: OnceLock<Mutex<Option<Arc<Fleet>>>> = OnceLock::new();
+
+pub fn publish(fleet: Option<Arc<Fleet>>) {
+    *FLEET
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = fleet;
+}
+
+pub fn published() -> Option<Arc<Fleet>> {
+    FLEET
+        .get()?
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// `status`'s `fleet` field: null when no fleet is configured.
+pub fn status_json() -> Value {
+    published().map_or(Value::Null, |fleet| fleet.status())
+}
+
+/// `proxyguard usage` with the fleet's counts: each key's row gets a `fleet` block (today's
+/// requests, tokens and spend across every instance; null while Redis does not answer).
+pub async fn add_usage(mut report: Value) -> Value {
+    let Some(fleet) = published() else {
+        return report;
+    };
+    if let Some(keys) = report.get_mut("keys").and_then(Value::as_array_mut) {
+        for row in keys {
+            let Some(name) = row.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            let shared = fleet.usage(&name).await;
+            row["fleet"] = json!({
+                "instance": fleet.settings.instance,
+                "mode": fleet.mode().as_str(),
+                "today": shared,
+            });
+        }
+    }
+    report
+}

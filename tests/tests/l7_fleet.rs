@@ -1,0 +1,360 @@
+//! Limits shared by three proxyguards on one Redis (issue 15): a real `redis-server` on its own
+//! loopback port, three `proxyguard run --no-kernel` with one config apart from their names, in
+//! front of one upstream. Counts and statuses only, never durations: every request must get an
+//! answer (a client read timeout would fail it), and the counts must match the mode.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    os::unix::fs::PermissionsExt,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use proxyguard_tests::{
+    daemon::Daemon,
+    l7::{free_port, new_key, LiteLlm},
+    proxyguard_bin,
+    redis::{self, RedisServer},
+    upstream::upstream,
+};
+use serde_json::Value;
+
+const INSTANCES: [&str; 3] = ["host-a", "host-b", "host-c"];
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    redis: RedisServer,
+    daemons: Vec<Daemon>,
+    keys: Vec<(String, String)>,
+}
+
+/// Redis, and three instances sharing it with keys `(name, extra TOML lines)`, in front of the
+/// tests' plain upstream.
+fn fleet(keys: &[(&str, &str)], fleet_extra: &str) -> Option<Fleet> {
+    if let Err(why) = redis::binary() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    fleet_on(upstream(), "sk-upstream", keys, fleet_extra)
+}
+
+/// The same in front of the upstream on `upstream` whose key is `upstream_key`.
+fn fleet_on(
+    upstream: u16,
+    upstream_key: &str,
+    keys: &[(&str, &str)],
+    fleet_extra: &str,
+) -> Option<Fleet> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis_dir = dir.path().join("redis");
+    fs::create_dir(&redis_dir).expect("redis dir");
+    let redis = RedisServer::start(free_port(), &redis_dir);
+    let key_file = dir.path().join("upstream.key");
+    fs::write(&key_file, format!("{upstream_key}\n")).expect("key file");
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let keys: Vec<(String, String, String)> = keys
+        .iter()
+        .map(|(name, lines)| {
+            let (key, hash) = new_key();
+            (
+                name.to_string(),
+                key,
+                format!("sha256 = \"{hash}\"\n{lines}"),
+            )
+        })
+        .collect();
+    let daemons = INSTANCES
+        .iter()
+        .map(|instance| {
+            let mut config = format!(
+                "[bind]\nenabled = false\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:{upstream}\"\nupstream_key_file = \"{}\"\n\n[fleet]\nredis_url = \"{}\"\ninstance = \"{instance}\"\nexpected_instances = 3\n# The machine running the tests is shared: 100 ms, not the default 30, keeps\n# timeouts (which count high) rare.\ntimeout_ms = 100\n{fleet_extra}\n\n[proxy.rate]\nper_ip_rpm = 100000\nper_ip_burst = 10000\n",
+                key_file.display(),
+                redis.url(),
+            );
+            for (name, _, lines) in &keys {
+                config.push_str(&format!("\n[[proxy.keys]]\nname = \"{name}\"\nrpm = 100000\n{lines}\n"));
+            }
+            Daemon::start_with_env(&config, &["--no-kernel"], &[])
+        })
+        .collect();
+    let fleet = Fleet {
+        _dir: dir,
+        redis,
+        daemons,
+        keys: keys.into_iter().map(|(n, k, _)| (n, k)).collect(),
+    };
+    fleet.wait_mode("shared");
+    Some(fleet)
+}
+
+const BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// One chat completion as `key` on `daemon`: the status and the error code (empty on success).
+fn chat(daemon: &Daemon, key: &str) -> (u16, String) {
+    chat_with(daemon, key, BODY)
+}
+
+fn chat_with(daemon: &Daemon, key: &str, body: &str) -> (u16, String) {
+    let addr = daemon.ready["proxy"]["listen"].as_str().expect("listen");
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    // Far above timeout_ms: a request that hung on a dead Redis fails here.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("every request gets an answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let code = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, code)
+}
+
+fn cli(daemon: &Daemon, args: &[&str]) -> Value {
+    let output = Command::new(proxyguard_bin())
+        .args(args)
+        .arg("--json")
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .output()
+        .expect("run proxyguard");
+    assert!(
+        output.status.success(),
+        "proxyguard {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// Waits until `pred` holds, within the harness's patience.
+fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if pred() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("not within 30 s: {what}");
+}
+
+impl Fleet {
+    fn key(&self, name: &str) -> &str {
+        &self.keys.iter().find(|k| k.0 == name).expect("key").1
+    }
+
+    fn mode(&self, daemon: &Daemon) -> String {
+        cli(daemon, &["status"])["fleet"]["mode"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    fn wait_mode(&self, mode: &str) {
+        for daemon in &self.daemons {
+            eventually(&format!("fleet mode {mode}"), || self.mode(daemon) == mode);
+        }
+    }
+
+    /// `requests` round-robin over the instances as `key`: the tally of `(status, code)`.
+    fn round_robin(&self, key: &str, requests: usize) -> Vec<(u16, String)> {
+        (0..requests)
+            .map(|i| chat(&self.daemons[i % self.daemons.len()], key))
+            .collect()
+    }
+
+    /// Today's shared requests of `key`, as `proxyguard usage` on `daemon` shows them.
+    fn shared_requests(&self, daemon: &Daemon, key: &str) -> Option<u64> {
+        self.shared_today(daemon, key, "requests")
+    }
+
+    fn shared_today(&self, daemon: &Daemon, key: &str, what: &str) -> Option<u64> {
+        let usage = cli(daemon, &["usage", "--key", key]);
+        usage["keys"][0]["fleet"]["today"][what].as_u64()
+    }
+}
+
+fn count(answers: &[(u16, String)], status: u16, code: &str) -> usize {
+    answers
+        .iter()
+        .filter(|(s, c)| *s == status && c == code)
+        .count()
+}
+
+#[test]
+fn a_day_budget_of_50_admits_50_across_three_instances() {
+    let Some(fleet) = fleet(&[("shared", "requests_per_day = 50")], "") else {
+        return;
+    };
+    let answers = fleet.round_robin(fleet.key("shared"), 150);
+    let admitted = count(&answers, 200, "");
+    let refused = count(&answers, 429, "request_budget");
+    assert_eq!(admitted + refused, 150, "{answers:?}");
+    // 50 ± 5%, not 150 (nor 3 × 50).
+    assert!(
+        (48..=52).contains(&admitted),
+        "{admitted} admitted across the fleet"
+    );
+    // Every instance's `usage` shows the fleet's count. It errs high, never low: on a loaded
+    // machine a call may time out after Redis ran it (counted there, and again when what was
+    // admitted meanwhile is added back).
+    for daemon in &fleet.daemons {
+        let shared = fleet
+            .shared_requests(daemon, "shared")
+            .expect("fleet count");
+        assert!(
+            (admitted as u64..=admitted as u64 + 3).contains(&shared),
+            "{shared} shared, {admitted} admitted"
+        );
+    }
+}
+
+#[test]
+fn with_redis_killed_each_instance_holds_its_share_and_sharing_resumes_with_the_counts_added() {
+    let Some(mut fleet) = fleet(&[("shared", "requests_per_day = 60")], "") else {
+        return;
+    };
+    let key = fleet.key("shared").to_owned();
+    // 30 shared: 10 on each instance.
+    let shared = fleet.round_robin(&key, 30);
+    assert_eq!(count(&shared, 200, ""), 30, "{shared:?}");
+
+    fleet.redis.kill();
+    // Each instance's share is 60 / 3 = 20, and each has served 10 of them today.
+    let apart = fleet.round_robin(&key, 90);
+    assert_eq!(
+        count(&apart, 200, "") + count(&apart, 429, "request_budget"),
+        90,
+        "no request fails beyond what `local` says: {apart:?}"
+    );
+    assert_eq!(
+        count(&apart, 200, ""),
+        30,
+        "10 more on each instance, up to its share"
+    );
+    fleet.wait_mode("local");
+    for daemon in &fleet.daemons {
+        let status = cli(daemon, &["status"]);
+        assert_eq!(status["fleet"]["breaker"], "open", "{status}");
+        assert!(
+            status["fleet"]["mode_changes"].as_u64() >= Some(2),
+            "{status}"
+        );
+    }
+
+    fleet.redis.start_again();
+    fleet.wait_mode("shared");
+    // What each instance admitted apart is added to the shared counts: 30 + 30 = 60.
+    // A call that timed out after Redis had run it is counted there and owed too: the count
+    // errs high, never low (60 + a few such).
+    let mut seen = None;
+    eventually("the counts admitted apart added", || {
+        seen = fleet.shared_requests(&fleet.daemons[0], "shared");
+        seen.is_some_and(|n| (60..=63).contains(&n))
+    });
+    let after = fleet.round_robin(&key, 15);
+    assert_eq!(
+        count(&after, 429, "request_budget"),
+        15,
+        "the day's 60 are spent fleet-wide: {after:?}"
+    );
+}
+
+#[test]
+fn a_key_revoked_on_one_instance_is_refused_on_another_without_a_reload() {
+    let Some(fleet) = fleet(&[("victim", ""), ("bystander", "")], "") else {
+        return;
+    };
+    let (a, c) = (&fleet.daemons[0], &fleet.daemons[2]);
+    assert_eq!(chat(c, fleet.key("victim")).0, 200);
+    let revoked = cli(a, &["keys", "revoke", "victim"]);
+    assert_eq!(revoked["revoked"], "victim", "{revoked}");
+    eventually("C refuses the key revoked on A", || {
+        chat(c, fleet.key("victim")) == (401, "key_revoked".into())
+    });
+    assert_eq!(
+        chat(&fleet.daemons[1], fleet.key("victim")).1,
+        "key_revoked"
+    );
+    assert_eq!(
+        chat(c, fleet.key("bystander")).0,
+        200,
+        "only the revoked key is refused"
+    );
+    let status = cli(c, &["status"]);
+    assert_eq!(status["fleet"]["revoked_keys"], 1, "{status}");
+}
+
+#[test]
+fn deny_refuses_and_allow_admits_while_redis_is_down() {
+    for (mode, want) in [("deny", 503u16), ("allow", 200)] {
+        let extra = format!("on_redis_error = \"{mode}\"");
+        let Some(mut fleet) = fleet(&[("k", "requests_per_day = 3")], &extra) else {
+            return;
+        };
+        let key = fleet.key("k").to_owned();
+        fleet.redis.kill();
+        let answers = fleet.round_robin(&key, 30);
+        let code = if want == 503 { "fleet_unavailable" } else { "" };
+        // `allow`: the fleet's limit is off, and each instance's own (3 a day) still holds.
+        let expected = if want == 503 { 30 } else { 9 };
+        assert_eq!(count(&answers, want, code), expected, "{mode}: {answers:?}");
+        fleet.wait_mode(mode);
+    }
+}
+
+#[test]
+fn a_token_budget_is_shared_and_settled_to_what_litellm_reports() {
+    if let Err(why) = redis::binary() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const MASTER: &str = "sk-litellm-master-fleet";
+    let litellm = LiteLlm::start(MASTER, None, &[]);
+    // LiteLLM's mock reports 10 prompt and 20 completion tokens per answer; each request
+    // reserves its prompt estimate plus max_tokens (20), and settles to 30.
+    let Some(fleet) = fleet_on(
+        litellm.port,
+        MASTER,
+        &[("tokens", "tokens_per_day = 300")],
+        "",
+    ) else {
+        return;
+    };
+    let body =
+        r#"{"model":"mock-gpt","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answers: Vec<(u16, String)> = (0..30)
+        .map(|i| chat_with(&fleet.daemons[i % 3], fleet.key("tokens"), body))
+        .collect();
+    let admitted = count(&answers, 200, "");
+    assert_eq!(
+        admitted + count(&answers, 429, "token_budget"),
+        30,
+        "{answers:?}"
+    );
+    // 300 / 30 = 10 across the fleet, not 10 on each instance.
+    assert!((9..=11).contains(&admitted), "{admitted}: {answers:?}");
+    // Settled with the difference: the shared count is what LiteLLM reported.
+    // (Erring high only if a Redis call timed out after Redis ran it.)
+    let settled = 30 * admitted as u64;
+    eventually("the shared tokens are the reported ones", || {
+        fleet
+            .shared_today(&fleet.daemons[1], "tokens", "tokens")
+            .is_some_and(|tokens| (settled..=settled + 60).contains(&tokens))
+    });
+}
