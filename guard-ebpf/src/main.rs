@@ -9,6 +9,7 @@ mod environ;
 mod kmem;
 mod packet;
 mod probe;
+mod refused;
 mod sock_addr;
 mod stats;
 mod upstream;
