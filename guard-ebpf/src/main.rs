@@ -6,6 +6,7 @@ mod bind;
 mod created;
 mod egress;
 mod environ;
+mod environ_probe;
 mod kmem;
 mod packet;
 mod probe;
