@@ -105,6 +105,9 @@ enum Command {
         /// Give up (and fail) after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Run only this test binary (`kernel_environ`, say); repeat for more. All by default.
+        #[arg(long, value_name = "BINARY")]
+        only: Vec<String>,
     },
     /// Boot Debian 12 with systemd as PID 1 under QEMU and run the operator's journey there: the
     /// .deb with apt, the unit under systemd, reload, crash and watchdog restarts, the exposure
@@ -181,8 +184,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { quick } => bench::run(quick),
-        Command::VmTest { kernel, timeout } => {
-            let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
+        Command::VmTest {
+            kernel,
+            timeout,
+            only,
+        } => {
+            let summary = vm::run(
+                kernel.as_deref(),
+                std::time::Duration::from_secs(timeout),
+                &only,
+            )?;
             summary.into_result()
         }
         Command::SystemVm { timeout } => {
