@@ -265,8 +265,9 @@ mod tests {
     /// Not a protection: a record of what path matching does NOT catch. Each of these spellings
     /// of another process's environ bypasses `classify` today, and this test passes only while
     /// they still do, so closing a gap (or opening a new one) is a deliberate change to this list
-    /// and to docs/threats.md. Where BPF LSM is active the LSM program judges the opened file, not
-    /// its path, and catches each of them (kernel_environ.rs, in the VM).
+    /// and to docs/threats.md. It concerns the path-tracepoint tier only: the LSM program and the
+    /// open probe judge the opened file, not its path, and catch each of these (kernel_environ.rs,
+    /// in the VM: `the_open_probe_catches_every_spelling_with_the_openers_identity`).
     #[test]
     fn known_bypasses_of_path_matching_still_bypass_it() {
         for gap in [

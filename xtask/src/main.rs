@@ -97,6 +97,16 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The environ watch's cost on an open/close loop (as root), at the tier the kernel allows
+    /// within `--tier`; prints the JSON figures (`cargo xtask bench` runs it at `auto`).
+    BenchWatch {
+        /// `[watch] tier`: auto, probe or tracepoints.
+        #[arg(long, default_value = "auto")]
+        tier: String,
+        /// Open/close pairs per round.
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: u64,
+    },
     /// Boot Debian's kernel under QEMU (TCG, BPF LSM on) and run every privileged test inside.
     VmTest {
         /// Boot this kernel image instead of the cached Debian one.
@@ -195,6 +205,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &only,
             )?;
             summary.into_result()
+        }
+        Command::BenchWatch { tier, iterations } => {
+            build::workspace(false)?;
+            let figures = bench_watch::run_tier(&build::proxyguard_binary(), iterations, &tier)?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
         }
         Command::SystemVm { timeout } => {
             setup::run()?;

@@ -648,7 +648,13 @@ fn open_probe_offsets(
         return Err(format!("kprobes: {}", feature_detail(features, "kprobes")));
     }
     let offsets = offsets.clone()?;
-    btf_offsets::with_open_probe(Path::new("/sys/kernel/btf/vmlinux"), offsets)
+    if offsets.proc_vfs_inode == 0 {
+        return Err(
+            "kernel BTF lacks struct proc_inode's vfs_inode and pid, or struct pid's numbers"
+                .into(),
+        );
+    }
+    Ok(offsets)
 }
 
 /// The guarded service's tasks (task id → tgid), and the executables allowed to read its environ:
