@@ -408,6 +408,15 @@ impl Kernel {
         created::Mechanism::of(&self.programs).map(created::Mechanism::as_str)
     }
 
+    /// The environ watch's tier and why no stronger one runs (its `environ-watch` feature line),
+    /// when the watch is attached.
+    pub fn environ_watch(&self) -> Option<&str> {
+        self.features
+            .iter()
+            .find(|f| f.name == "environ-watch")
+            .map(|f| f.detail.as_str())
+    }
+
     /// The guarded service's processes (tgids) as last written to the kernel.
     pub fn guarded_pids(&self) -> BTreeSet<u32> {
         self.watch
