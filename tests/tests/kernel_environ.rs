@@ -917,8 +917,11 @@ fn the_open_loop_cost_of_the_watch_is_printed() {
     let base = best(&without);
     let per_open = |d: Duration| d.as_nanos() as f64 / iterations as f64;
     let ratio = |d: Duration| d.as_secs_f64() / base.as_secs_f64();
-    println!(
-        "environ watch open/close cost: tier \"{}\", best of 3 rounds of {iterations}: {:.0} ns without; \
+    // Past libtest's output capture (as `feature_or_skip` writes), so a passing run shows it.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "\nenviron watch open/close cost: tier \"{}\", best of 3 rounds of {iterations}: {:.0} ns without; \
          {:.0} ns with the watch and the created-files record (ratio {:.4}, {:+.1}%); \
          {:.0} ns with the environ tier's programs alone (ratio {:.4}, {:+.1}%)",
         tier.split(':').next().unwrap_or_default(),
