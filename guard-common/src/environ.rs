@@ -1,14 +1,22 @@
 //! Environ watch: who opens a guarded process's `/proc/<pid>/environ` (threat 7).
 //!
-//! Two layers share these types. Tracepoints on `openat`/`openat2` match the path the caller
-//! passed ([`classify`]), resolving a dirfd through the opener's fd table; an `lsm/file_open` program recognizes the opened file itself from kernel
-//! structs whose field offsets user space reads from BTF ([`EnvironConfig`]) and can deny it.
+//! Three tiers share these types; user space attaches one. An `lsm/file_open` program recognizes
+//! the opened file itself from kernel structs whose field offsets user space reads from BTF
+//! ([`EnvironConfig`]) and can deny it. Without BPF LSM, a kprobe on `environ_open` (the `open`
+//! of procfs's environ files, so it runs for nothing else) reports every open of one, whatever
+//! path led there. Without kprobes, tracepoints on `openat`/`openat2` match the path the caller
+//! passed ([`classify`]), resolving a dirfd through the opener's fd table.
 
 use crate::COMM_LEN;
 
 pub const PROG_ENVIRON_OPENAT: &str = "environ_openat";
 pub const PROG_ENVIRON_OPENAT2: &str = "environ_openat2";
 pub const PROG_ENVIRON_FILE_OPEN: &str = "environ_file_open";
+pub const PROG_ENVIRON_OPEN_PROBE: &str = "environ_open_probe";
+/// The kernel function the open probe attaches to: `fs/proc/base.c`'s `environ_open`, the
+/// `open` of `proc_environ_operations`. It is only ever called through that table, so it is a
+/// real symbol (never inlined), and it runs only for `/proc/<pid>[/task/<tid>]/environ`.
+pub const OPEN_PROBE_FUNCTION: &str = "environ_open";
 
 /// `Array` of one [`EnvironConfig`].
 pub const MAP_ENVIRON_CONFIG: &str = "ENVIRON_CONFIG";
@@ -65,6 +73,13 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `proc_inode.vfs_inode` (nonzero: it follows the procfs fields) and `proc_inode.pid`, and
+    /// `pid.numbers[0].nr`: the target of an opened procfs inode, `proc_pid(inode)`, for the
+    /// open probe. `proc_vfs_inode` is 0 when BTF lacks them (then the probe is not attached).
+    pub proc_vfs_inode: u32,
+    pub proc_pid: u32,
+    pub pid_nr: u32,
+    pub _pad: u32,
 }
 
 /// An executable file: inode number and the kernel's device number (`MKDEV(major, minor)`,
@@ -90,6 +105,7 @@ pub struct EnvironConfig {
 /// Which layer saw the open.
 pub const SOURCE_TRACEPOINT: u32 = 0;
 pub const SOURCE_LSM: u32 = 1;
+pub const SOURCE_PROBE: u32 = 2;
 
 /// The outcome, besides [`crate::verdict`]: seen only (tracepoints), or let through.
 pub const VERDICT_SEEN: u32 = 0;
@@ -102,6 +118,8 @@ pub const PATH_LEN: usize = 128;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EnvironEvent {
+    /// The opener's cgroup v2 id.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
     pub uid: u32,
@@ -112,7 +130,7 @@ pub struct EnvironEvent {
     /// `SOURCE_*`.
     pub source: u32,
     pub comm: [u8; COMM_LEN],
-    /// As passed to `openat` (tracepoints); empty for the LSM, which sees no path.
+    /// As passed to `openat` (tracepoints); empty for the LSM and the probe, which see no path.
     pub path: [u8; PATH_LEN],
 }
 
@@ -247,8 +265,9 @@ mod tests {
     /// Not a protection: a record of what path matching does NOT catch. Each of these spellings
     /// of another process's environ bypasses `classify` today, and this test passes only while
     /// they still do, so closing a gap (or opening a new one) is a deliberate change to this list
-    /// and to docs/threats.md. Where BPF LSM is active the LSM program judges the opened file, not
-    /// its path, and catches each of them (kernel_environ.rs, in the VM).
+    /// and to docs/threats.md. It concerns the path-tracepoint tier only: the LSM program and the
+    /// open probe judge the opened file, not its path, and catch each of these (kernel_environ.rs,
+    /// in the VM: `the_open_probe_catches_every_spelling_with_the_openers_identity`).
     #[test]
     fn known_bypasses_of_path_matching_still_bypass_it() {
         for gap in [

@@ -5,10 +5,7 @@
 //! (any port, prefix).
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    },
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::{cgroup_sock_addr, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::SockAddrContext,
@@ -16,21 +13,24 @@ use aya_ebpf::{
 use guard_common::{
     bind::{FAMILY_V4, FAMILY_V6},
     egress::{
-        EgressConfig, EgressEvent, EGRESS_EVENTS_BYTES, MAX_CGROUP_LEVEL, MAX_EGRESS_CGROUPS,
+        EgressConfig, EGRESS_EVENTS_BYTES, MAX_CGROUP_LEVEL, MAX_EGRESS_CGROUPS,
         MAX_EGRESS_TARGETS, PROTO_TCP, PROTO_UDP, STAT_ALLOWED, STAT_COUNT, STAT_DENIED,
         STAT_EVENTS_LOST, STAT_WOULD_DENY,
     },
-    mode, verdict, COMM_LEN,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 
 use crate::{
+    refused::{refuse, Counters, Destination, ALLOW},
     sock_addr::{read_v4, read_v6, v4_mapped},
     stats::bump,
 };
 
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
+const COUNTERS: Counters = Counters {
+    denied: STAT_DENIED,
+    would_deny: STAT_WOULD_DENY,
+    events_lost: STAT_EVENTS_LOST,
+};
 
 #[map]
 static EGRESS_CONFIG: Array<EgressConfig> = Array::with_max_entries(1, 0);
@@ -148,40 +148,17 @@ fn allowed_v6(port: u16, addr: [u8; 16]) -> bool {
 }
 
 fn violation(config: &EgressConfig, family: u16, port: u16, addr: [u8; 16], proto: u16) -> i32 {
-    let enforce = config.mode == mode::ENFORCE;
-    bump(
+    refuse(
+        &EGRESS_EVENTS,
         &EGRESS_STATS,
-        if enforce {
-            STAT_DENIED
-        } else {
-            STAT_WOULD_DENY
+        &COUNTERS,
+        config.mode,
+        Destination {
+            family,
+            port,
+            addr,
+            proto,
+            dest: 0,
         },
-    );
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let event = EgressEvent {
-        // SAFETY: helper call without memory arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        verdict: if enforce {
-            verdict::DENIED
-        } else {
-            verdict::WOULD_DENY
-        },
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        addr,
-        family,
-        port,
-        proto,
-        dest: 0,
-    };
-    if EGRESS_EVENTS.output::<EgressEvent>(&event, 0).is_err() {
-        bump(&EGRESS_STATS, STAT_EVENTS_LOST);
-    }
-    if enforce {
-        DENY
-    } else {
-        ALLOW
-    }
+    )
 }

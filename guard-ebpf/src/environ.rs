@@ -1,14 +1,20 @@
 //! Environ watch (threat 7): opens of a guarded process's `/proc/<pid>/environ`.
 //!
-//! Detection: tracepoints on `openat`/`openat2` classify the path the caller passed. A relative
-//! `environ` is resolved against the opener's own fd table: the directory its dirfd names, which
-//! counts when it is a guarded task's directory on a procfs. Enforcement: `lsm/file_open` recognizes the file itself
-//! (name `environ` on a procfs, parent directory a guarded task) whatever path led there, and
-//! refuses it in enforce mode to all but the process itself and allowed executables. When the LSM
-//! program is attached, it alone reports, so one open makes one event.
+//! Three tiers; user space attaches the first the kernel allows, and only that one, so one open
+//! makes one event:
+//! - LSM deny: `lsm/file_open` recognizes the file itself (name `environ` on a procfs, parent
+//!   directory a guarded task) whatever path led there, and refuses it in enforce mode to all but
+//!   the process itself and allowed executables.
+//! - Open probe (`environ_probe.rs`): a kprobe on the kernel's `environ_open`, which runs for
+//!   those files only, reports every open of one, whatever path, syscall or `io_uring` led there.
+//! - Path tracepoints (here): `openat`/`openat2` classify the path the caller passed. A relative
+//!   `environ` is resolved against the opener's own fd table: the directory its dirfd names,
+//!   which counts when it is a guarded task's directory on a procfs. Eight bytes of the path are
+//!   read first, and only a path starting `/proc/` or an `environ` is copied whole, so an
+//!   ordinary open leaves after one short read.
 //!
-//! Known gaps of the path matching (tracepoints only; the LSM program has none of them, as it
-//! judges the opened file, not the text of a path):
+//! Known gaps of the path tracepoints (the LSM program and the open probe have none of them, as
+//! they see the opened file, not the text of a path):
 //! - spellings that path resolution normalizes: `//proc/1/environ`, `/proc/1/./environ`,
 //!   `/proc/2/../1/environ`;
 //! - symlinks to the file or to /proc (`ln -s /proc/1 /tmp/p; cat /tmp/p/environ`), and procfs
@@ -17,12 +23,16 @@
 //!   of `/proc` itself (`openat(proc_fd, "1/environ")`); only a dirfd of `/proc/<pid>` (or
 //!   `/proc/self`) is resolved, and only on kernels with BTF (its fd-table offsets come from there);
 //! - the legacy `open(2)` syscall and `io_uring` opens, which do not pass these tracepoints;
-//! - paths longer than 128 bytes are truncated, and match nothing;
-//! - a thread started, or a process joining the service, in the last 250 ms is not yet in
-//!   `ENVIRON_GUARDED` (user space rescans on that tick).
+//! - paths longer than 128 bytes are truncated, and match nothing.
+//!
+//! Every tier: a thread started, or a process joining the service, in the last 250 ms is not yet
+//! in `ENVIRON_GUARDED` (user space rescans on that tick).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid,
+    },
     macros::{lsm, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, TracePointContext},
@@ -49,8 +59,13 @@ const TP_DFD: usize = 16;
 const TP_FILENAME: usize = 24;
 const EPERM: i32 = 1;
 
+/// `/proc/` and `environ\0` as the little-endian words of a path's first eight bytes.
+const HEAD_PROC: u64 = u64::from_le_bytes(*b"/proc/\0\0");
+const HEAD_PROC_MASK: u64 = 0xffff_ffff_ffff;
+const HEAD_ENVIRON: u64 = u64::from_le_bytes(*b"environ\0");
+
 #[map]
-static ENVIRON_CONFIG: Array<EnvironConfig> = Array::with_max_entries(1, 0);
+pub(crate) static ENVIRON_CONFIG: Array<EnvironConfig> = Array::with_max_entries(1, 0);
 #[map]
 static ENVIRON_GUARDED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_GUARDED_TASKS, 0);
 #[map]
@@ -83,6 +98,16 @@ pub fn guarded_tgid(task: u32) -> Option<u32> {
 // the verifier refuses at the subprogram's exit.
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext) {
+    // Almost every open on the host ends here, after an 8-byte read: only `/proc/...` and a
+    // relative `environ` can name an environ file the way `classify` reads paths.
+    let mut head = [0u8; 8];
+    if !tp_user_str(ctx, TP_FILENAME, &mut head) {
+        return;
+    }
+    let word = u64::from_le_bytes(head);
+    if word & HEAD_PROC_MASK != HEAD_PROC && word != HEAD_ENVIRON {
+        return;
+    }
     let mut path = [0u8; PATH_LEN];
     if !tp_user_str(ctx, TP_FILENAME, &mut path) {
         return;
@@ -105,6 +130,20 @@ fn on_enter(ctx: &TracePointContext) {
     let Some(target) = target else {
         return;
     };
+    seen(config, pid_tgid, target, SOURCE_TRACEPOINT, &path);
+}
+
+/// A detection tier saw `pid_tgid` open `target`'s environ: counted and reported, never refused.
+/// The daemon's own audit reads are neither.
+#[inline(always)]
+pub(crate) fn seen(
+    config: &EnvironConfig,
+    pid_tgid: u64,
+    target: u32,
+    source: u32,
+    path: &[u8; PATH_LEN],
+) {
+    let tgid = (pid_tgid >> 32) as u32;
     if tgid == config.daemon_tgid {
         return;
     }
@@ -119,7 +158,7 @@ fn on_enter(ctx: &TracePointContext) {
         bump(&ENVIRON_STATS, STAT_OTHER_READS);
         VERDICT_SEEN
     };
-    report(pid_tgid, target, verdict, SOURCE_TRACEPOINT, &path);
+    report(pid_tgid, target, verdict, source, path);
 }
 
 /// The guarded tgid whose `/proc/<pid>` directory the opener's fd `dfd` names, read from its fd
@@ -261,6 +300,8 @@ fn report(pid_tgid: u64, target: u32, outcome: u32, source: u32, path: &[u8; PAT
         return;
     };
     entry.write(EnvironEvent {
+        // SAFETY: helper call without memory arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,

@@ -1,4 +1,4 @@
-//! Reads for the environ watch: syscall tracepoint arguments, user strings, and kernel struct
+//! Reads for the environ watch: syscall tracepoint and kprobe arguments, user strings, and kernel struct
 //! fields at offsets user space took from BTF. Every read goes through a `bpf_probe_read_*`
 //! helper, which fails cleanly on a bad address; this is the only place those helpers are called.
 
@@ -7,7 +7,7 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user_str_bytes,
     },
-    programs::{LsmContext, TracePointContext},
+    programs::{LsmContext, ProbeContext, TracePointContext},
 };
 
 /// A `long` field of a syscall tracepoint record at `offset`.
@@ -33,6 +33,12 @@ pub fn tp_user_str(ctx: &TracePointContext, offset: usize, buf: &mut [u8]) -> bo
 #[inline(always)]
 pub fn lsm_arg0(ctx: &LsmContext) -> u64 {
     ctx.arg::<u64>(0)
+}
+
+/// The kprobed function's argument `n` (a pointer or integer), or 0.
+#[inline(always)]
+pub fn probe_arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
 }
 
 /// The pointer-sized field at `base + offset` of a kernel struct, or 0.

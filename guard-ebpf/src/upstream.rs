@@ -6,32 +6,32 @@
 //! else passes after one LPM lookup.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    },
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::{cgroup_sock_addr, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::SockAddrContext,
 };
 use guard_common::{
     bind::{FAMILY_V4, FAMILY_V6},
-    egress::{EgressEvent, MAX_CGROUP_LEVEL, PROTO_TCP},
-    mode,
+    egress::{MAX_CGROUP_LEVEL, PROTO_TCP},
     upstream::{
         CgroupAllow, UpstreamConfig, MAX_UPSTREAM_CGROUPS, MAX_UPSTREAM_DESTS, STAT_ALLOWED,
         STAT_COUNT, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY, UPSTREAM_EVENTS_BYTES,
     },
-    verdict, PortAddrV4, PortAddrV6, COMM_LEN,
+    PortAddrV4, PortAddrV6,
 };
 
 use crate::{
+    refused::{refuse, Counters, Destination, ALLOW},
     sock_addr::{read_v4, read_v6, v4_mapped},
     stats::bump,
 };
 
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
+const COUNTERS: Counters = Counters {
+    denied: STAT_DENIED,
+    would_deny: STAT_WOULD_DENY,
+    events_lost: STAT_EVENTS_LOST,
+};
 
 #[map]
 static UPSTREAM_CONFIG: Array<UpstreamConfig> = Array::with_max_entries(1, 0);
@@ -140,41 +140,18 @@ fn allowed_caller(config: &UpstreamConfig, dest: u32) -> bool {
 }
 
 fn violation(config: &UpstreamConfig, dest: u32, family: u16, port: u16, addr: [u8; 16]) -> i32 {
-    let enforce = config.mode == mode::ENFORCE;
-    bump(
+    refuse(
+        &UPSTREAM_EVENTS,
         &UPSTREAM_STATS,
-        if enforce {
-            STAT_DENIED
-        } else {
-            STAT_WOULD_DENY
+        &COUNTERS,
+        config.mode,
+        Destination {
+            family,
+            port,
+            addr,
+            proto: PROTO_TCP,
+            // Two destination bits: they fit.
+            dest: dest as u16,
         },
-    );
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let event = EgressEvent {
-        // SAFETY: helper call without memory arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        verdict: if enforce {
-            verdict::DENIED
-        } else {
-            verdict::WOULD_DENY
-        },
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        addr,
-        family,
-        port,
-        proto: PROTO_TCP,
-        // Two destination bits: they fit.
-        dest: dest as u16,
-    };
-    if UPSTREAM_EVENTS.output::<EgressEvent>(&event, 0).is_err() {
-        bump(&UPSTREAM_STATS, STAT_EVENTS_LOST);
-    }
-    if enforce {
-        DENY
-    } else {
-        ALLOW
-    }
+    )
 }

@@ -17,7 +17,7 @@ fn feature<'a>(daemon: &'a Daemon, name: &str) -> &'a Value {
 fn every_feature_is_reported_with_a_reason() {
     require_root();
     let daemon = Daemon::start("");
-    for name in ["btf", "cgroup2", "bpffs", "tracefs", "bpf-lsm"] {
+    for name in ["btf", "cgroup2", "bpffs", "tracefs", "bpf-lsm", "kprobes"] {
         let f = feature(&daemon, name);
         assert!(f["available"].is_boolean(), "{f}");
         let detail = f["detail"].as_str().unwrap_or_default();
@@ -51,5 +51,25 @@ fn bpf_lsm_programs_load_where_the_kernel_allows_them() {
             detail.contains("detected, not denied"),
             "the fallback must be named: {detail}"
         );
+    }
+}
+
+/// kprobes (the environ watch's open probe) are found where the kernel has them: Debian's
+/// kernels, so the VM; this host's kernel has none, and says so.
+#[test]
+fn kprobes_are_found_where_the_kernel_has_them() {
+    require_root();
+    let daemon = Daemon::start("");
+    let kprobes = feature(&daemon, "kprobes");
+    let detail = kprobes["detail"].as_str().unwrap();
+    if feature_or_skip(
+        "kprobes_are_found_where_the_kernel_has_them",
+        "kprobes",
+        kprobes["available"] == true,
+        detail,
+    ) {
+        assert!(detail.contains("kprobe event source"), "{detail}");
+    } else {
+        assert!(detail.starts_with("absent from this kernel"), "{detail}");
     }
 }

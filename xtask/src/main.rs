@@ -97,6 +97,16 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The environ watch's cost on an open/close loop (as root), at the tier the kernel allows
+    /// within `--tier`; prints the JSON figures (`cargo xtask bench` runs it at `auto`).
+    BenchWatch {
+        /// `[watch] tier`: auto, probe or tracepoints.
+        #[arg(long, default_value = "auto")]
+        tier: String,
+        /// Open/close pairs per round.
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: u64,
+    },
     /// Boot Debian's kernel under QEMU (TCG, BPF LSM on) and run every privileged test inside.
     VmTest {
         /// Boot this kernel image instead of the cached Debian one.
@@ -105,6 +115,9 @@ enum Command {
         /// Give up (and fail) after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Run only this test binary (`kernel_environ`, say); repeat for more. All by default.
+        #[arg(long, value_name = "BINARY")]
+        only: Vec<String>,
     },
     /// Boot Debian 12 with systemd as PID 1 under QEMU and run the operator's journey there: the
     /// .deb with apt, the unit under systemd, reload, crash and watchdog restarts, the exposure
@@ -181,9 +194,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { quick } => bench::run(quick),
-        Command::VmTest { kernel, timeout } => {
-            let summary = vm::run(kernel.as_deref(), std::time::Duration::from_secs(timeout))?;
+        Command::VmTest {
+            kernel,
+            timeout,
+            only,
+        } => {
+            let summary = vm::run(
+                kernel.as_deref(),
+                std::time::Duration::from_secs(timeout),
+                &only,
+            )?;
             summary.into_result()
+        }
+        Command::BenchWatch { tier, iterations } => {
+            build::workspace(false)?;
+            let figures = bench_watch::run_tier(&build::proxyguard_binary(), iterations, &tier)?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
         }
         Command::SystemVm { timeout } => {
             setup::run()?;

@@ -44,10 +44,21 @@ impl Summary {
     }
 }
 
-pub fn run(kernel_override: Option<&Path>, timeout: Duration) -> Result<Summary> {
+/// Boots the VM with every privileged test binary, or with those `only` names.
+pub fn run(kernel_override: Option<&Path>, timeout: Duration, only: &[String]) -> Result<Summary> {
     setup::run()?;
     build::workspace(false)?;
-    let tests = build::privileged_test_binaries()?;
+    let mut tests = build::privileged_test_binaries()?;
+    if !only.is_empty() {
+        if let Some(unknown) = only
+            .iter()
+            .find(|name| !tests.iter().any(|(t, _)| t == *name))
+        {
+            let known: Vec<&str> = tests.iter().map(|(t, _)| t.as_str()).collect();
+            bail!("vm-test --only {unknown}: no such test binary (there are: {known:?})");
+        }
+        tests.retain(|(name, _)| only.contains(name));
+    }
     let cached = setup::vm_kernel()?;
     let vmlinuz = kernel_override.unwrap_or(&cached.vmlinuz);
     if !vmlinuz.is_file() {

@@ -278,6 +278,7 @@ fn status(
         "guarded": guarded,
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
+        "environ_watch": kernel.and_then(Kernel::environ_watch),
         "egress": super::status::egress_fields(config, kernel),
         "checks": checks::continuous::summary(),
         "providers": crate::providers::status_json(

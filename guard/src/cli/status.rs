@@ -125,7 +125,8 @@ fn render(status: &Value) -> String {
         .unwrap_or_default();
     if !unavailable.is_empty() {
         out.push_str("\nunavailable features:\n");
-        for f in unavailable {
+        // The environ watch's line comes below, whatever its tier.
+        for f in unavailable.iter().filter(|f| f["name"] != "environ-watch") {
             out.push_str(&format!(
                 "  {}: {}\n",
                 f["name"].as_str().unwrap_or("?"),
@@ -149,6 +150,9 @@ fn render(status: &Value) -> String {
     }
     if let Some(mechanism) = status["created_files"].as_str() {
         out.push_str(&format!("\ncreated-files record: {mechanism}\n"));
+    }
+    if let Some(tier) = status["environ_watch"].as_str() {
+        out.push_str(&format!("\nenviron watch: {tier}\n"));
     }
     render_egress(&status["egress"], &mut out);
     if let Some(checks) = status["checks"].as_object().filter(|c| c["audits"] != 0) {
@@ -218,6 +222,25 @@ mod tests {
         assert!(render(&on).contains("\ncreated-files record: lsm/file_open\n"));
         let off = serde_json::json!({ "created_files": null });
         assert!(!render(&off).contains("created-files record"));
+    }
+
+    #[test]
+    fn the_environ_watch_tier_is_one_line_whatever_it_is() {
+        let probe = serde_json::json!({
+            "environ_watch": "open probe: a kprobe on environ_open sees every open",
+            "unavailable": [{ "name": "bpf-lsm", "detail": "not listed" }],
+        });
+        let text = render(&probe);
+        assert!(
+            text.contains("\nenviron watch: open probe: a kprobe"),
+            "{text}"
+        );
+        let tracepoints = serde_json::json!({
+            "environ_watch": "path tracepoints: openat",
+            "unavailable": [{ "name": "environ-watch", "detail": "path tracepoints: openat" }],
+        });
+        let text = render(&tracepoints);
+        assert_eq!(text.matches("path tracepoints").count(), 1, "{text}");
     }
 
     #[test]

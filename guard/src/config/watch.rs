@@ -13,6 +13,8 @@ pub struct WatchSection {
     pub enabled: bool,
     /// What the BPF LSM program does with another process's open of the guarded environ.
     pub mode: Mode,
+    /// The strongest kernel tier the environ watch may use; the kernel decides within it.
+    pub tier: Tier,
     /// Executables whose processes may read the guarded process's environ (besides itself).
     pub allow_exe: Vec<PathBuf>,
     /// Environment variable names that hold secrets: `*` matches any run of characters, case is
@@ -27,6 +29,31 @@ pub struct WatchSection {
     /// Seconds between full audits (environment, temp files, open files, listeners). New temp
     /// files are checked as they appear, whatever this says.
     pub audit_interval_secs: u64,
+}
+
+/// Which program watches the environ opens. Each tier falls back to the next where the kernel
+/// lacks it: `lsm` (deny, needs BPF LSM), `probe` (a kprobe at the open of the environ file
+/// itself, every spelling of the path, report only), `tracepoints` (`openat` path matching, with
+/// the gaps docs/threats.md lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The strongest the kernel allows: LSM, else the open probe, else the tracepoints.
+    Auto,
+    /// Never the LSM (so nothing is refused): the open probe, else the tracepoints.
+    Probe,
+    /// The path tracepoints only.
+    Tracepoints,
+}
+
+impl Tier {
+    pub fn allows_lsm(self) -> bool {
+        self == Tier::Auto
+    }
+
+    pub fn allows_probe(self) -> bool {
+        self != Tier::Tracepoints
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +91,7 @@ impl Default for WatchSection {
             enabled: true,
             // Nothing but the service itself needs its environ; deny where the kernel can.
             mode: Mode::Enforce,
+            tier: Tier::Auto,
             allow_exe: Vec::new(),
             secret_names: default_secret_names(),
             temp_dirs: vec!["$TMPDIR".into(), "/tmp".into(), "/var/tmp".into()],

@@ -28,6 +28,24 @@ pub fn environ_offsets(vmlinux: &Path) -> Result<KernelOffsets, String> {
         inode_ino: offset_of(&btf, "inode", &["i_ino"])?,
         inode_sb: offset_of(&btf, "inode", &["i_sb"])?,
         sb_dev: offset_of(&btf, "super_block", &["s_dev"])?,
+        // The open probe's: zero where BTF lacks them (the other programs work without).
+        ..open_probe_fields(&btf).unwrap_or_default()
+    })
+}
+
+/// The open probe's fields (`proc_pid(inode)`: the `struct pid` of the procfs inode's
+/// `struct proc_inode`, and its number in the initial pid namespace), or why BTF cannot give
+/// them. Only these are set.
+fn open_probe_fields(btf: &Btf) -> Result<KernelOffsets, String> {
+    let proc_vfs_inode = offset_of(btf, "proc_inode", &["vfs_inode"])?;
+    if proc_vfs_inode == 0 {
+        return Err("struct proc_inode.vfs_inode is its first member".into());
+    }
+    Ok(KernelOffsets {
+        proc_vfs_inode,
+        proc_pid: offset_of(btf, "proc_inode", &["pid"])?,
+        pid_nr: offset_of(btf, "pid", &["numbers"])? + offset_of(btf, "upid", &["nr"])?,
+        ..KernelOffsets::default()
     })
 }
 
@@ -120,5 +138,9 @@ mod tests {
         assert!(offsets.sb_magic > 0, "{offsets:?}");
         let mode = file_mode_offset(vmlinux).expect("file.f_mode");
         assert!(mode < 512 && mode != offsets.file_inode, "{mode}");
+        assert!(
+            offsets.proc_vfs_inode > offsets.proc_pid && offsets.pid_nr > 0,
+            "{offsets:?}"
+        );
     }
 }

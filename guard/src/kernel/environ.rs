@@ -1,6 +1,7 @@
-//! The environ watch: attaches `lsm/file_open` where BPF LSM works (deny and report), else the
-//! `openat`/`openat2` tracepoints (report only), and keeps the guarded task set, the allowed
-//! executables' processes and the mode in the programs' maps.
+//! The environ watch: attaches one tier, `lsm/file_open` where BPF LSM works (deny and report),
+//! else a kprobe on `environ_open` where the kernel has kprobes (report, every spelling), else the
+//! `openat`/`openat2` tracepoints (report, path matching), and keeps the guarded task set, the
+//! allowed executables' processes and the mode in the programs' maps.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,14 +9,15 @@ use std::{
 };
 
 use aya::{
-    programs::{links::FdLink, Lsm, TracePoint},
+    programs::{links::FdLink, KProbe, Lsm, TracePoint},
     Btf, Ebpf,
 };
 use guard_common::environ::{
     EnvironConfig, ExeId, KernelOffsets, MAP_ENVIRON_ALLOWED, MAP_ENVIRON_CONFIG,
-    MAP_ENVIRON_GUARDED, MAP_ENVIRON_STATS, MAX_ALLOWED, MAX_GUARDED_TASKS, PROG_ENVIRON_FILE_OPEN,
-    PROG_ENVIRON_OPENAT, PROG_ENVIRON_OPENAT2, STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST,
-    STAT_OTHER_READS, STAT_SELF_READS, STAT_WOULD_DENY,
+    MAP_ENVIRON_GUARDED, MAP_ENVIRON_STATS, MAX_ALLOWED, MAX_GUARDED_TASKS, OPEN_PROBE_FUNCTION,
+    PROG_ENVIRON_FILE_OPEN, PROG_ENVIRON_OPENAT, PROG_ENVIRON_OPENAT2, PROG_ENVIRON_OPEN_PROBE,
+    STAT_ALLOWED_EXE, STAT_DENIED, STAT_EVENTS_LOST, STAT_OTHER_READS, STAT_SELF_READS,
+    STAT_WOULD_DENY,
 };
 use serde::Serialize;
 
@@ -100,6 +102,90 @@ pub fn attach_file_open(
         pins.pin(link, name, target)?;
     }
     // Only now may the old link go (the pin no longer holds it).
+    drop(pinned);
+    out.program_id = program.info().ok().map(|i| i.id());
+    Ok(out)
+}
+
+/// The tier the watch runs at, as `status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    LsmDeny,
+    OpenProbe,
+    PathTracepoints,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::LsmDeny => "LSM deny",
+            Tier::OpenProbe => "open probe",
+            Tier::PathTracepoints => "path tracepoints",
+        }
+    }
+}
+
+/// The `environ-watch` feature line: the tier in use, what it does, and why no stronger one
+/// runs (`why_not` holds one reason per tier passed over).
+pub fn tier_feature(tier: Tier, why_not: &[String]) -> super::Feature {
+    let what = match tier {
+        Tier::LsmDeny => "lsm/file_open judges the opened file (every spelling of its path) and refuses it in enforce mode",
+        Tier::OpenProbe => "a kprobe on environ_open sees every open of a /proc/<pid>/environ file, whatever path, syscall or io_uring led there; it reports, it cannot refuse",
+        Tier::PathTracepoints => "openat/openat2 tracepoints match the path text; the gaps docs/threats.md lists apply (other spellings, symlinks, open(2), io_uring)",
+    };
+    let mut detail = format!("{}: {what}", tier.name());
+    for reason in why_not {
+        detail.push_str("; ");
+        detail.push_str(reason);
+    }
+    super::Feature {
+        name: "environ-watch",
+        available: tier != Tier::PathTracepoints,
+        detail,
+    }
+}
+
+/// Attaches the kprobe on `environ_open` (detection only), pinned, or adopts the pinned one.
+/// Another object's is replaced as the tracepoints are.
+pub fn attach_open_probe(ebpf: &mut Ebpf, pins: &PinDir) -> Result<AttachedProgram, KernelError> {
+    let name = PROG_ENVIRON_OPEN_PROBE;
+    let target = OPEN_PROBE_FUNCTION;
+    let pinned = pins.pinned(name, target);
+    let mut out = AttachedProgram {
+        name,
+        hook: "kprobe",
+        target: target.into(),
+        mode: "detect",
+        adopted: false,
+        replaced: matches!(pinned, Pinned::Replace { .. }),
+        program_id: None,
+    };
+    if let Pinned::Adopt { program_id } = pinned {
+        out.adopted = true;
+        out.program_id = Some(program_id);
+        return Ok(out);
+    }
+    let program: &mut KProbe = super::program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|source| KernelError::LoadProgram { name, source })?;
+    let id = program
+        .attach(target, 0)
+        .map_err(|source| KernelError::Attach {
+            name,
+            target: target.into(),
+            source,
+        })?;
+    let link = program
+        .take_link(id)
+        .map_err(|source| KernelError::TakeLink { name, source })?;
+    if out.replaced {
+        let link = FdLink::try_from(link)
+            .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
+        pins.pin_over(link, name, target)?;
+    } else {
+        pins.pin_link(link, name, target)?;
+    }
     drop(pinned);
     out.program_id = program.info().ok().map(|i| i.id());
     Ok(out)

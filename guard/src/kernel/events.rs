@@ -8,7 +8,7 @@ use aya_log::EbpfLogger;
 use guard_common::{
     bind::{BindEvent, FAMILY_V4, REASON_OWNER},
     egress::{EgressEvent, PROTO_UDP},
-    environ::{EnvironEvent, SOURCE_LSM, VERDICT_ALLOWED_EXE, VERDICT_SELF},
+    environ::{EnvironEvent, SOURCE_LSM, SOURCE_PROBE, VERDICT_ALLOWED_EXE, VERDICT_SELF},
     verdict,
     xdp::{reason as xdp_reason, XdpEvent},
 };
@@ -153,8 +153,13 @@ pub fn environ_record(event: &EnvironEvent) -> (&'static str, Map<String, Value>
         "comm": comm(&event.comm),
         "target": event.target,
         "path": path,
+        "cgroup_id": event.cgroup_id,
         "self": event.tgid == event.target,
-        "source": if event.source == SOURCE_LSM { "lsm" } else { "tracepoint" },
+        "source": match event.source {
+            SOURCE_LSM => "lsm",
+            SOURCE_PROBE => "probe",
+            _ => "tracepoint",
+        },
     }));
     (kind, record)
 }

@@ -22,7 +22,29 @@ pub fn detect() -> Vec<Feature> {
         bpffs(&mounts),
         tracefs(&mounts),
         bpf_lsm(&mounts),
+        kprobes(Path::new(KPROBE_PMU)),
     ]
+}
+
+/// The perf event source kprobe programs attach through; the kernel has it when built with
+/// `CONFIG_KPROBE_EVENTS` (which needs `CONFIG_KPROBES`).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Whether kprobe programs can attach: the environ watch's open probe needs them.
+fn kprobes(pmu: &Path) -> Feature {
+    let available = pmu.exists();
+    Feature {
+        name: "kprobes",
+        available,
+        detail: if available {
+            format!("kprobe event source at {}", pmu.display())
+        } else {
+            format!(
+                "absent from this kernel (no {}; CONFIG_KPROBES is off); the environ watch matches paths at openat instead of watching the open itself",
+                pmu.display()
+            )
+        },
+    }
 }
 
 fn btf() -> Feature {

@@ -408,6 +408,15 @@ impl Kernel {
         created::Mechanism::of(&self.programs).map(created::Mechanism::as_str)
     }
 
+    /// The environ watch's tier and why no stronger one runs (its `environ-watch` feature line),
+    /// when the watch is attached.
+    pub fn environ_watch(&self) -> Option<&str> {
+        self.features
+            .iter()
+            .find(|f| f.name == "environ-watch")
+            .map(|f| f.detail.as_str())
+    }
+
     /// The guarded service's processes (tgids) as last written to the kernel.
     pub fn guarded_pids(&self) -> BTreeSet<u32> {
         self.watch
@@ -517,19 +526,23 @@ fn start_watch(
     Ok((programs, watch))
 }
 
-/// Fills the environ maps, then attaches the LSM program where BPF LSM works, else the
-/// tracepoints. A refused LSM is folded into the `bpf-lsm` feature entry and detection goes on.
+/// Fills the environ maps, then attaches one tier: the LSM program where BPF LSM works (deny),
+/// else the open probe where kprobes work (every spelling, report), else the path tracepoints,
+/// within what `[watch] tier` allows. A refused LSM is folded into the `bpf-lsm` feature entry;
+/// the tier in use, and why no stronger one, is the `environ-watch` entry.
 fn start_environ(
     ebpf: &mut Ebpf,
     pins: &pins::PinDir,
     config: &Config,
-    features: &mut [Feature],
+    features: &mut Vec<Feature>,
     offsets: Result<guard_common::environ::KernelOffsets, String>,
 ) -> Result<(Vec<AttachedProgram>, environ::Watch), KernelError> {
     let mut watch = environ::Watch {
         root: cgroup::cgroup2_root().ok(),
         ..Default::default()
     };
+    let cap = config.watch.tier;
+    let mut why_not = Vec::new();
     let lsm = features.iter_mut().find(|f| f.name == "bpf-lsm");
     let lsm_offsets = match (lsm, &offsets) {
         (Some(lsm), Ok(offsets)) if lsm.available => Some(*offsets),
@@ -545,32 +558,112 @@ fn start_environ(
         tracing::warn!("{reason}; an environ open relative to a /proc/<pid> dirfd is not resolved");
     }
     let (tasks, allowed) = watch_sets(config, watch.root.as_deref());
-    if let Some(offsets) = lsm_offsets {
-        // The offsets and the task set are in the map before the program can run.
-        watch.offsets = offsets;
-        environ::apply(
-            ebpf,
-            &config.watch,
-            &mut watch,
-            tasks.clone(),
-            allowed.clone(),
-        )?;
-        match environ::attach_lsm(ebpf, pins, &config.watch) {
-            Ok(program) => return Ok((vec![program], watch)),
-            Err(err) => {
-                tracing::warn!(
-                    "environ LSM program refused ({err}); environ reads are detected, not denied"
-                );
-                if let Some(lsm) = features.iter_mut().find(|f| f.name == "bpf-lsm") {
-                    lsm.available = false;
-                    lsm.detail = format!("the environ LSM program was refused ({err}); environ reads are detected, not denied");
+    match lsm_offsets {
+        _ if !cap.allows_lsm() => why_not.push(format!(
+            "LSM deny: not used ([watch] tier = \"{}\")",
+            tier_name(cap)
+        )),
+        Some(offsets) => {
+            // The offsets and the task set are in the map before the program can run.
+            watch.offsets = offsets;
+            environ::apply(
+                ebpf,
+                &config.watch,
+                &mut watch,
+                tasks.clone(),
+                allowed.clone(),
+            )?;
+            match environ::attach_lsm(ebpf, pins, &config.watch) {
+                Ok(program) => {
+                    features.push(environ::tier_feature(environ::Tier::LsmDeny, &why_not));
+                    return Ok((vec![program], watch));
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "environ LSM program refused ({err}); environ reads are detected, not denied"
+                    );
+                    if let Some(lsm) = features.iter_mut().find(|f| f.name == "bpf-lsm") {
+                        lsm.available = false;
+                        lsm.detail = format!("the environ LSM program was refused ({err}); environ reads are detected, not denied");
+                    }
+                    why_not.push(format!("LSM deny: the program was refused ({err})"));
                 }
             }
         }
+        None => why_not.push(format!("LSM deny: {}", feature_detail(features, "bpf-lsm"))),
+    }
+    if cap.allows_probe() {
+        match open_probe_offsets(features, &offsets) {
+            Ok(probe_offsets) => {
+                watch.offsets = probe_offsets;
+                environ::apply(
+                    ebpf,
+                    &config.watch,
+                    &mut watch,
+                    tasks.clone(),
+                    allowed.clone(),
+                )?;
+                match environ::attach_open_probe(ebpf, pins) {
+                    Ok(program) => {
+                        features.push(environ::tier_feature(environ::Tier::OpenProbe, &why_not));
+                        return Ok((vec![program], watch));
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            "environ open probe refused ({err}); matching paths at openat"
+                        );
+                        why_not.push(format!("open probe: refused ({err})"));
+                    }
+                }
+            }
+            Err(reason) => why_not.push(format!("open probe: {reason}")),
+        }
+    } else {
+        why_not.push("open probe: not used ([watch] tier = \"tracepoints\")".into());
     }
     watch.offsets = offsets.unwrap_or_default();
     environ::apply(ebpf, &config.watch, &mut watch, tasks, allowed)?;
-    Ok((environ::attach_tracepoints(ebpf, pins)?, watch))
+    let programs = environ::attach_tracepoints(ebpf, pins)?;
+    features.push(environ::tier_feature(
+        environ::Tier::PathTracepoints,
+        &why_not,
+    ));
+    Ok((programs, watch))
+}
+
+fn tier_name(tier: crate::config::watch::Tier) -> &'static str {
+    use crate::config::watch::Tier;
+    match tier {
+        Tier::Auto => "auto",
+        Tier::Probe => "probe",
+        Tier::Tracepoints => "tracepoints",
+    }
+}
+
+fn feature_detail(features: &[Feature], name: &str) -> String {
+    features
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| f.detail.clone())
+        .unwrap_or_else(|| format!("{name} was not checked"))
+}
+
+/// The offsets the open probe needs, or why it cannot run: kprobes, and BTF for `proc_inode`.
+fn open_probe_offsets(
+    features: &[Feature],
+    offsets: &Result<guard_common::environ::KernelOffsets, String>,
+) -> Result<guard_common::environ::KernelOffsets, String> {
+    if !features.iter().any(|f| f.name == "kprobes" && f.available) {
+        return Err(format!("kprobes: {}", feature_detail(features, "kprobes")));
+    }
+    let offsets = offsets.clone()?;
+    if offsets.proc_vfs_inode == 0 {
+        return Err(
+            "kernel BTF lacks struct proc_inode's vfs_inode and pid, or struct pid's numbers"
+                .into(),
+        );
+    }
+    Ok(offsets)
 }
 
 /// The guarded service's tasks (task id → tgid), and the executables allowed to read its environ:
