@@ -1,4 +1,6 @@
-//! The front listener: a global connection cap, per-source caps on open connections and on
+//! The front listener, one per worker (`crate::workers`: each worker thread runs this loop on its
+//! own `SO_REUSEPORT` socket, and its connections never leave that thread): a global connection
+//! cap shared by all workers, per-source caps on open connections and on
 //! connections still waiting for their first head (`sources`), optional TLS, and hyper's
 //! HTTP/1.1 server with a header-read deadline (slowloris) and a write-stall deadline (a client
 //! that stops reading), behind the framing watch. Each connection gets a span with the client
@@ -17,42 +19,53 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{watch, Semaphore},
 };
 use tracing::Instrument;
 
 use super::{
     framing_watch::FramingWatch,
-    metrics::{Metrics, ReasonLabels},
+    metrics::{Metrics, ReasonLabels, WorkerLabels},
     pipeline::{self, Peer},
     record::Record,
     sources::{Admitted, Refusal},
     write_stall::{StallFlag, WriteStall},
     Shared,
 };
+use crate::workers::Acceptor;
 
-/// Accepts until `stop` changes, then waits up to `drain` for open connections to finish.
+/// Worker `worker`'s accept loop on `listener` (registered here, on the worker's own runtime).
+/// Accepts until `stop` changes, then waits up to `drain` for its open connections to finish.
+/// `slots` is the global connection cap, one semaphore for every worker: touched once per
+/// connection, never per request.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
+    worker: usize,
     shared: Arc<Shared>,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let listener = match Acceptor::new(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, worker, "cannot register the front listener");
+            return;
+        }
+    };
+    let accepted_here = shared
+        .metrics
+        .worker_connections
+        .get_or_create(&WorkerLabels {
+            worker: worker.to_string(),
+        })
+        .clone();
     // Connections past the cap wait in the kernel's accept queue instead of costing memory here.
-    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (permit, stream, addr) = tokio::select! {
+            accepted = listener.accept(&slots) => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -76,6 +89,7 @@ pub async fn serve(
             }
         };
         drop(state);
+        accepted_here.inc();
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let watcher = graceful.watcher();
