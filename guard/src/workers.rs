@@ -18,8 +18,7 @@ use std::{
 };
 
 use tokio::{
-    io::unix::AsyncFd,
-    net::{TcpSocket, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     runtime::Handle,
     sync::{oneshot, OwnedSemaphorePermit, Semaphore},
 };
@@ -125,7 +124,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
 
 /// One worker's listener under a cap shared with the other workers.
 pub struct Acceptor {
-    listener: AsyncFd<std::net::TcpListener>,
+    listener: TcpListener,
 }
 
 impl Acceptor {
@@ -133,7 +132,7 @@ impl Acceptor {
     pub fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
         listener.set_nonblocking(true)?;
         Ok(Acceptor {
-            listener: AsyncFd::new(listener)?,
+            listener: TcpListener::from_std(listener)?,
         })
     }
 
@@ -146,21 +145,13 @@ impl Acceptor {
         &self,
         cap: &Arc<Semaphore>,
     ) -> io::Result<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
-        let (stream, addr) = loop {
-            let mut ready = self.listener.readable().await?;
-            match ready.try_io(|listener| listener.get_ref().accept()) {
-                Ok(accepted) => break accepted?,
-                // Readiness was stale (the queue emptied); it is cleared, wait again.
-                Err(_would_block) => continue,
-            }
-        };
+        let (stream, addr) = self.listener.accept().await?;
         let permit = cap
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| io::Error::other("the connection cap was closed"))?;
-        stream.set_nonblocking(true)?;
-        Ok((permit, TcpStream::from_std(stream)?, addr))
+        Ok((permit, stream, addr))
     }
 }
 

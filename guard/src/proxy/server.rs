@@ -117,14 +117,21 @@ pub async fn serve(
 /// nginx's `limit_conn` does (503, in OpenAI's error shape, so SDKs back off and retry); on TLS a
 /// handshake would spend the very work the cap saves, so the close is bare.
 fn refuse(stream: TcpStream, refusal: Refusal, tls: bool) {
+    use std::io::{Read, Write};
     if tls {
         return;
     }
+    // Off the runtime, as the plain non-blocking socket: its reads and writes are then the
+    // kernel's answer at once. A freshly registered stream knows no readiness until its worker
+    // next polls the reactor, and on a current-thread worker nothing else polls it meanwhile.
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
     // Whatever already arrived is read off first: closing with unread bytes sends an RST, which
     // can make the client discard the answer before reading it.
     let mut sink = [0u8; 4096];
     for _ in 0..16 {
-        match stream.try_read(&mut sink) {
+        match (&stream).read(&mut sink) {
             Ok(n) if n > 0 => continue,
             _ => break,
         }
@@ -142,7 +149,7 @@ fn refuse(stream: TcpStream, refusal: Refusal, tls: bool) {
         body.len()
     );
     // A fresh socket's send buffer takes this whole; if not, the close alone has to do.
-    let _ = stream.try_write(response.as_bytes());
+    let _ = (&stream).write(response.as_bytes());
 }
 
 async fn connection(
