@@ -136,21 +136,21 @@ impl Acceptor {
         })
     }
 
-    /// The next connection and its slot of `cap`. The connection is accepted first and then
-    /// waits for its slot, so a worker only ever waits for a slot on behalf of a real
-    /// connection (a worker holding a slot for an empty queue would keep another worker's
-    /// waiting connection out although the cap has room). Past the cap, the rest wait in the
-    /// kernel's accept queue, at most one per worker accepted and waiting here.
+    /// The next connection and its slot of `cap`. Past the cap nothing is accepted: the
+    /// connections wait in the kernel's accept queue instead of costing memory here. A worker
+    /// waits for room, but holds no slot while it then waits for a connection (a worker holding
+    /// a slot for an empty queue would keep another worker's connection out although the cap
+    /// has room); the slot is taken once the connection is accepted. Two workers that saw the
+    /// same room at once may each accept one, and the second waits here for its slot: at most
+    /// one accepted connection per worker ever waits.
     pub async fn accept(
         &self,
         cap: &Arc<Semaphore>,
     ) -> io::Result<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+        let closed = |_| io::Error::other("the connection cap was closed");
+        drop(cap.acquire().await.map_err(closed)?);
         let (stream, addr) = self.listener.accept().await?;
-        let permit = cap
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| io::Error::other("the connection cap was closed"))?;
+        let permit = cap.clone().acquire_owned().await.map_err(closed)?;
         Ok((permit, stream, addr))
     }
 }
