@@ -124,7 +124,9 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
     );
 
     // A provider that closes the connection: the next one resumes the TLS session (the
-    // gateway shares one rustls config, and so its session cache, across a provider's pool).
+    // gateway shares one rustls config, and so its session cache, across a provider's pools:
+    // each gateway worker keeps its own, so these two may start on another worker's pool than
+    // LiteLLM's three did, but never without the shared session cache).
     let gateway_base = format!("http://127.0.0.1:{gateway}");
     for _ in 0..2 {
         let models = http(
@@ -135,7 +137,6 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
     }
     let seen = provider.seen();
     let (first, second) = (&seen[3], &seen[4]);
-    assert_eq!(first.connection, seen[0].connection, "{seen:?}");
     assert_ne!(second.connection, first.connection, "{seen:?}");
     assert!(
         second.resumed,
