@@ -136,13 +136,13 @@ impl Acceptor {
         })
     }
 
-    /// The next connection and its slot of `cap`. Past the cap nothing is accepted: the
-    /// connections wait in the kernel's accept queue instead of costing memory here. A worker
-    /// waits for room, but holds no slot while it then waits for a connection (a worker holding
-    /// a slot for an empty queue would keep another worker's connection out although the cap
-    /// has room); the slot is taken once the connection is accepted. Two workers that saw the
-    /// same room at once may each accept one, and the second waits here for its slot: at most
-    /// one accepted connection per worker ever waits.
+    /// The next connection and its slot of `cap`. A worker waits for room, then for a
+    /// connection, holding no slot meanwhile (a worker holding a slot for an empty queue would
+    /// keep another worker's connection out although the cap has room), and takes the slot once
+    /// the connection is accepted. Past the cap the connections wait unserved in the kernel's
+    /// accept queue, except one per worker at most: a worker that saw room while idle accepts
+    /// the next connection and holds it here until a slot frees. With one worker, nothing past
+    /// the cap is ever accepted.
     pub async fn accept(
         &self,
         cap: &Arc<Semaphore>,

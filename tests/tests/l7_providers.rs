@@ -60,8 +60,10 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
         );
     }
 
+    // One request worker, so one pool per provider: the pooling and resumption checks below
+    // follow one pool's connections (with more workers each keeps its own pool per provider).
     let extra = format!(
-        "\n[providers]\nlisten = \"127.0.0.1:{gateway}\"\n\n[[providers.routes]]\nname = \"test\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\n[[providers.routes]]\nname = \"untrusted\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\npaths = [\"/v1/chat/completions\"]\nmethods = [\"POST\"]\n",
+        "worker_threads = 1\n\n[providers]\nlisten = \"127.0.0.1:{gateway}\"\n\n[[providers.routes]]\nname = \"test\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\n[[providers.routes]]\nname = \"untrusted\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\npaths = [\"/v1/chat/completions\"]\nmethods = [\"POST\"]\n",
         provider.base_url(),
         key_file.display(),
         provider.ca.display(),
@@ -124,9 +126,7 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
     );
 
     // A provider that closes the connection: the next one resumes the TLS session (the
-    // gateway shares one rustls config, and so its session cache, across a provider's pools:
-    // each gateway worker keeps its own, so these two may start on another worker's pool than
-    // LiteLLM's three did, but never without the shared session cache).
+    // gateway shares one rustls config, and so its session cache, across a provider's pool).
     let gateway_base = format!("http://127.0.0.1:{gateway}");
     for _ in 0..2 {
         let models = http(
@@ -137,6 +137,7 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
     }
     let seen = provider.seen();
     let (first, second) = (&seen[3], &seen[4]);
+    assert_eq!(first.connection, seen[0].connection, "{seen:?}");
     assert_ne!(second.connection, first.connection, "{seen:?}");
     assert!(
         second.resumed,

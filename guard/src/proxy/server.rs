@@ -61,7 +61,8 @@ pub async fn serve(
             worker: worker.to_string(),
         })
         .clone();
-    // Connections past the cap wait in the kernel's accept queue instead of costing memory here.
+    // Connections past the cap wait unserved in the kernel's accept queue (at most one per worker
+    // accepted and waiting for a slot: `Acceptor::accept`) instead of costing memory here.
     let graceful = GracefulShutdown::new();
     loop {
         let (permit, stream, addr) = tokio::select! {
