@@ -23,5 +23,6 @@ mod proxy;
 mod resolve;
 mod systemd;
 mod telemetry;
+mod workers;
 
 pub use cli::{cli_reference, dispatch, exit_code_for, Cli};

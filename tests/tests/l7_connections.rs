@@ -151,11 +151,23 @@ fn half_sent_heads_from_one_address_do_not_delay_another() {
         let _ = stream.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n");
         held.push(stream);
     }
-    // Connections are accepted in arrival order, so every head above was admitted or refused
-    // before this one.
+    // The other address is served while the heads are held.
     let other = Ipv4Addr::new(127, 0, 0, 2);
     assert_eq!(call_from(&guard, other, &key, "m"), 200);
-    let text = metrics(&guard);
+    // Each worker (`worker_threads`, one `SO_REUSEPORT` socket each) accepts in arrival order,
+    // but the workers run side by side: the count is awaited, and must land exactly on the cap.
+    let deadline = Instant::now() + PATIENCE;
+    let text = loop {
+        let text = metrics(&guard);
+        let refused = metric(
+            &text,
+            r#"proxyguard_connections_refused_total{reason="source_pending_heads"}"#,
+        );
+        if refused >= HEADS - 4 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(
         metric(
             &text,

@@ -276,7 +276,10 @@ fn the_connection_cap_queues_the_next_connection() {
         free_port(),
         MASTER,
         &["alice"],
-        "[proxy.limits]\nmax_connections = 1\n",
+        // One worker: the kernel's accept queue of its one socket is what is watched. With more
+        // workers an idle one may already have accepted the next connection, which then waits
+        // unserved for the slot (l7_workers checks the cap across workers).
+        "worker_threads = 1\n[proxy.limits]\nmax_connections = 1\n",
     );
     let health = http(&guard.admin, json!({"method": "GET", "path": "/healthz"}));
     assert_eq!(health["status"], 200, "{health}");

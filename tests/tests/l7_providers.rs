@@ -60,8 +60,10 @@ fn litellm_with_no_provider_key_works_through_the_gateway() {
         );
     }
 
+    // One request worker, so one pool per provider: the pooling and resumption checks below
+    // follow one pool's connections (with more workers each keeps its own pool per provider).
     let extra = format!(
-        "\n[providers]\nlisten = \"127.0.0.1:{gateway}\"\n\n[[providers.routes]]\nname = \"test\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\n[[providers.routes]]\nname = \"untrusted\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\npaths = [\"/v1/chat/completions\"]\nmethods = [\"POST\"]\n",
+        "worker_threads = 1\n\n[providers]\nlisten = \"127.0.0.1:{gateway}\"\n\n[[providers.routes]]\nname = \"test\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\n[[providers.routes]]\nname = \"untrusted\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\npaths = [\"/v1/chat/completions\"]\nmethods = [\"POST\"]\n",
         provider.base_url(),
         key_file.display(),
         provider.ca.display(),

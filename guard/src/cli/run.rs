@@ -46,16 +46,32 @@ pub fn run(config_path: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.detach_kernel {
         return detach(config);
     }
+    // The request path: `worker_threads` threads, a current-thread runtime each, serving the
+    // front and gateway listeners (`crate::workers`). The control plane (signals, the control
+    // socket, reloads, the kernel's event readers, the admin listener) gets one thread of its
+    // own, so it neither steals from the workers nor waits behind them.
+    let workers = crate::workers::Workers::start(config.proxy.worker_threads)
+        .context("cannot start the request workers")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.proxy.worker_threads)
+        .worker_threads(1)
+        .thread_name("proxyguard-ctl")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config_path, compiled, args))?;
+    let served = runtime.block_on(serve(config_path, compiled, args, &workers));
+    // The listeners have drained by now; what is left on the workers ends with them.
+    drop(runtime);
+    drop(workers);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow::Result<()> {
+async fn serve(
+    config_path: &Path,
+    compiled: Compiled,
+    args: RunArgs,
+    workers: &crate::workers::Workers,
+) -> anyhow::Result<()> {
     let Compiled {
         config,
         proxy: settings,
@@ -80,11 +96,11 @@ async fn serve(config_path: &Path, compiled: Compiled, args: RunArgs) -> anyhow:
     };
     // Bound before `ready`, so a client that waits for `ready` can connect at once.
     let proxy = match settings {
-        Some(settings) => Some(Proxy::start(&config.proxy, settings).await?),
+        Some(settings) => Some(Proxy::start(&config.proxy, settings, &workers.handles()).await?),
         None => None,
     };
     // The provider gateway binds only once a provider is configured.
-    let mut gateway = Gateway::default();
+    let mut gateway = Gateway::new(workers.handles());
     providers.require_keys().map_err(anyhow::Error::msg)?;
     gateway
         .bind_if_needed(

@@ -33,8 +33,9 @@ pub struct ProxyConfig {
     pub upstream_custom_key_header: Option<String>,
     /// Metrics (`/metrics`) and readiness (`/healthz`). Must be loopback.
     pub admin_listen: SocketAddr,
-    /// Threads of the daemon's async runtime (the proxy and the kernel event readers). Read at
-    /// start only.
+    /// Request workers (`crate::workers`): one thread and one current-thread runtime each, with
+    /// its own `SO_REUSEPORT` socket on `listen` and on `providers.listen`. The control plane
+    /// (kernel event readers, reloads) has a thread of its own. Read at start only.
     pub worker_threads: usize,
     /// Allows a non-loopback `listen` without TLS. Prompts and keys then cross the network in
     /// plaintext, so it is an explicit choice and warns at start.

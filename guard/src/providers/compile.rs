@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use super::{
     config::{AuthScheme, ProvidersSection},
     connector::{self, TlsConnector},
-    gateway::{self, Provider, Table},
+    gateway::{Provider, Table},
     key::{self, KeyRead},
 };
 use crate::config::FieldError;
@@ -211,7 +211,7 @@ pub fn compile(
                 headers,
                 paths: route.paths.clone(),
                 methods,
-                client: gateway::client(TlsConnector::new(tls, connect_timeout)),
+                connector: TlsConnector::new(tls, connect_timeout),
             };
             table
                 .providers

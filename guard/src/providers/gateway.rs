@@ -3,10 +3,22 @@
 //! the caller sent removed and the real key added as the route's `auth` says. Bodies stream
 //! both ways (SSE included); nothing is buffered. Failures are 502/504 in OpenAI's error shape.
 //!
+//! Thread-per-core like the proxy's front (`crate::workers`): one `SO_REUSEPORT` listener per
+//! worker, and each worker keeps its own pool per provider (`client_for`), so a request is
+//! served, forwarded and answered on the thread that accepted it, and the tail does not queue
+//! behind one thread.
+//!
 //! Logged per request: the provider's name, method, path, status and time. Never a header
 //! value, a key or a body.
 
-use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,7 +33,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
 };
 use serde_json::json;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 
 use super::connector::{ConnectError, TlsConnector};
 use crate::proxy::{hop, layers::auth, Reject};
@@ -41,7 +53,8 @@ pub struct Provider {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub paths: Vec<String>,
     pub methods: Vec<Method>,
-    pub client: ProviderClient,
+    /// Each worker builds its own pooled client from this (`client_for`).
+    pub connector: TlsConnector,
 }
 
 /// The providers by name, as one reload makes them.
@@ -58,21 +71,56 @@ pub fn client(connector: TlsConnector) -> ProviderClient {
         .build(connector)
 }
 
-/// The running listener.
+thread_local! {
+    /// This thread's client (and so its connection pool) per provider. Keyed by the provider as
+    /// a reload made it: a provider a reload replaced is dropped with its pool once no request
+    /// holds it.
+    static CLIENTS: RefCell<Vec<(Weak<Provider>, ProviderClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `provider`'s client on this thread. Its connections' tasks run on this thread's runtime, so
+/// the pool's lock is never contended and a response never wakes another thread.
+fn client_for(provider: &Arc<Provider>) -> ProviderClient {
+    CLIENTS.with(|clients| {
+        let mut clients = clients.borrow_mut();
+        clients.retain(|(owner, _)| owner.strong_count() > 0);
+        if let Some((_, client)) = clients
+            .iter()
+            .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(provider)))
+        {
+            return client.clone();
+        }
+        let made = client(provider.connector.clone());
+        clients.push((Arc::downgrade(provider), made.clone()));
+        made
+    })
+}
+
+/// The running listener: one accept loop per worker.
 struct Listening {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The gateway: its table (swapped on reload) and, once a provider is configured, its listener.
-#[derive(Default)]
 pub struct Gateway {
     table: Arc<ArcSwap<Table>>,
     listening: Option<Listening>,
+    /// The workers that serve it (`crate::workers`).
+    workers: Vec<Handle>,
 }
 
 impl Gateway {
+    /// A gateway served by `workers`, listening once a provider is configured.
+    pub fn new(workers: Vec<Handle>) -> Gateway {
+        Gateway {
+            table: Arc::default(),
+            listening: None,
+            workers,
+        }
+    }
+
     /// The address it listens on, once it does.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.listening.as_ref().map(|l| l.addr)
@@ -95,22 +143,27 @@ impl Gateway {
         if !has_providers {
             return Ok(());
         }
-        let std_listener = std::net::TcpListener::bind(listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        let listeners = crate::workers::bind(listen, self.workers.len())
             .map_err(|err| format!("providers.listen: cannot listen on {listen}: {err}"))?;
-        let listener = TcpListener::from_std(std_listener)
-            .map_err(|err| format!("providers.listen: cannot listen on {listen}: {err}"))?;
-        let addr = listener
+        let addr = listeners[0]
             .local_addr()
             .map_err(|err| format!("providers.listen: {err}"))?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(
-            listener,
-            self.table.clone(),
-            max_connections,
-            stopped,
-        ));
-        self.listening = Some(Listening { addr, stop, task });
+        // One cap for the whole gateway, across its workers.
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+        let tasks = listeners
+            .into_iter()
+            .zip(&self.workers)
+            .map(|(listener, worker)| {
+                worker.spawn(serve(
+                    listener,
+                    self.table.clone(),
+                    slots.clone(),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        self.listening = Some(Listening { addr, stop, tasks });
         Ok(())
     }
 
@@ -123,27 +176,32 @@ impl Gateway {
     pub async fn shutdown(self) {
         if let Some(listening) = self.listening {
             let _ = listening.stop.send(true);
-            let _ = listening.task.await;
+            for task in listening.tasks {
+                let _ = task.await;
+            }
         }
     }
 }
 
+/// One worker's accept loop; `listener` is registered here, on that worker's runtime.
 async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     table: Arc<ArcSwap<Table>>,
-    max_connections: usize,
+    slots: Arc<tokio::sync::Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let listener = match crate::workers::Acceptor::new(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot register the gateway listener");
+            return;
+        }
+    };
     let graceful = GracefulShutdown::new();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+        let (permit, stream) = tokio::select! {
+            accepted = listener.accept(&slots) => match accepted {
+                Ok((permit, stream, _)) => (permit, stream),
                 Err(err) => {
                     tracing::warn!(error = %err, "gateway accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -327,13 +385,13 @@ fn rewrite(
 
 async fn forward(
     table: &Table,
-    provider: &Provider,
+    provider: &Arc<Provider>,
     uri: Uri,
     request: Request<Incoming>,
 ) -> Result<Response<Incoming>, Reject> {
     let request = rewrite(provider, uri, request)?;
     let timeout = table.response_timeout;
-    match tokio::time::timeout(timeout, provider.client.request(request)).await {
+    match tokio::time::timeout(timeout, client_for(provider).request(request)).await {
         Err(_) => Err(Reject::new(
             StatusCode::GATEWAY_TIMEOUT,
             "provider_timeout",

@@ -1,19 +1,31 @@
-//! Forwarding to the upstream: the request rewritten for it, sent on a pooled keep-alive client,
-//! and its response passed back as a stream (never buffered), with failures mapped to 502/504.
+//! Forwarding to the upstream: the request rewritten for it, sent on a keep-alive connection of
+//! this thread's own pool, and its response passed back as a stream (never buffered), with
+//! failures mapped to 502/504.
+//!
+//! The pool is per thread and lock-free (a `RefCell` in a thread-local): each worker
+//! (`crate::workers`) is a current-thread runtime, so a request, its upstream connection and
+//! that connection's task all run on the thread that accepted the client, and no request wakes
+//! another thread (issue 16; docs/design-request-path.md).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    cell::RefCell,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{
     header, request::Parts, uri::Scheme, HeaderName, HeaderValue, Request, Response, StatusCode,
     Uri,
 };
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
+use hyper::{
+    body::Incoming,
+    client::conn::http1::{self, SendRequest},
 };
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::{
     hop,
@@ -25,16 +37,120 @@ use super::{
     upstream_surface,
 };
 
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
 
-pub fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+/// How long a new upstream connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections one thread keeps; past this a finished one closes. The upstream slots cap the
+/// connections in use; this only bounds the idle ones.
+const MAX_POOLED: usize = 512;
+
+/// One upstream connection of this thread: its authority (a reload may change the upstream),
+/// its sender and when it was last handed out.
+struct Pooled {
+    authority: Authority,
+    sender: Sender,
+    since: Instant,
+}
+
+thread_local! {
+    /// This thread's upstream connections: in use ones too (they become ready again when their
+    /// response body has been read), so a checkout only takes a ready one.
+    static POOL: RefCell<Vec<Pooled>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A ready connection to `authority` from this thread's pool; closed and stale ones are dropped
+/// on the way.
+fn checkout(authority: &Authority) -> Option<Sender> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let now = Instant::now();
+        pool.retain(|p| !p.sender.is_closed() && now.duration_since(p.since) < IDLE_TIMEOUT);
+        let at = pool
+            .iter()
+            .rposition(|p| p.authority == *authority && p.sender.is_ready())?;
+        Some(pool.swap_remove(at).sender)
+    })
+}
+
+/// Puts `sender` (whose response is still streaming) back, for the next request once it is done.
+fn checkin(authority: Authority, sender: Sender) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < MAX_POOLED {
+            pool.push(Pooled {
+                authority,
+                sender,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// A new connection to `authority`, its task spawned on this thread's runtime.
+async fn connect(authority: &Authority) -> Result<Sender, ()> {
+    let target = match authority.port() {
+        Some(_) => authority.as_str().to_owned(),
+        None => format!("{}:80", authority.host()),
+    };
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "upstream connection failed");
+            return Err(());
+        }
+        Err(_) => {
+            tracing::warn!("upstream connection timed out");
+            return Err(());
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| tracing::warn!(error = %err, "upstream handshake failed"))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `request` (origin-form) to `authority`: on a pooled connection if one is ready, and
+/// once more on a new one if the pooled one turned out closed before the request went out.
+async fn exchange(
+    authority: Authority,
+    mut request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, ()> {
+    if let Some(mut sender) = checkout(&authority) {
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                checkin(authority, sender);
+                return Ok(response);
+            }
+            Err(mut failed) => match failed.take_message() {
+                // Not sent: the upstream had closed it. A fresh connection gets it.
+                Some(unsent) => request = unsent,
+                None => {
+                    tracing::warn!(error = %failed.error(), "upstream request failed");
+                    return Err(());
+                }
+            },
+        }
+    }
+    let mut sender = connect(&authority).await?;
+    match sender.send_request(request).await {
+        Ok(response) => {
+            checkin(authority, sender);
+            Ok(response)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "upstream request failed");
+            Err(())
+        }
+    }
 }
 
 /// The request as the upstream gets it: its URI, no hop-by-hop, credential, LiteLLM control or
@@ -113,15 +229,25 @@ fn strip_client_ip_and_disguised_hops(headers: &mut http::HeaderMap) {
 /// reached or breaks the protocol. The response keeps only the headers `allow` lets back.
 /// Waiting for an upstream slot counts against the same timeout.
 pub async fn send(
-    client: &UpstreamClient,
     slots: &UpstreamSlots,
-    request: Request<Full<Bytes>>,
+    mut request: Request<Full<Bytes>>,
     timeout: Duration,
     allow: &ResponseAllow,
 ) -> Result<(Response<Incoming>, Slot), Reject> {
+    // `rewrite` gave an absolute URI; on the wire to the upstream it is origin-form.
+    let authority = request.uri().authority().cloned();
+    *request.uri_mut() = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .map(Uri::from)
+        .unwrap_or_else(|| Uri::from_static("/"));
     let attempt = async {
         let slot = slots.acquire().await;
-        let response = client.request(request).await;
+        let response = match authority {
+            Some(authority) => exchange(authority, request).await,
+            None => Err(()),
+        };
         (slot, response)
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -130,14 +256,11 @@ pub async fn send(
             "upstream_timeout",
             format!("the upstream did not answer within {}s", timeout.as_secs()),
         )),
-        Ok((_, Err(err))) => {
-            tracing::warn!(error = %err, "upstream request failed");
-            Err(Reject::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                "the upstream could not be reached",
-            ))
-        }
+        Ok((_, Err(()))) => Err(Reject::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            "the upstream could not be reached",
+        )),
         Ok((Err(_closed), _)) => Err(Reject::new(
             StatusCode::BAD_GATEWAY,
             "upstream_unreachable",

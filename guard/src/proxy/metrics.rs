@@ -22,6 +22,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLabels {
     pub key: String,
 }
@@ -67,6 +72,8 @@ pub struct Metrics {
     /// Connections proxyguard cut because of what the client did, by reason (`client_stalled`,
     /// `malformed_request`, `head_too_large`).
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Client connections accepted, by the worker thread that serves them (`crate::workers`).
+    pub worker_connections: Family<WorkerLabels, Counter>,
     /// Tokens in and out (issue 14), as reported or estimated.
     pub tokens: Family<TokenLabels, Counter>,
     /// US dollars at `proxy.pricing`'s prices.
@@ -177,6 +184,12 @@ impl Metrics {
             "Client connections cut for the client's behaviour (stalled reader, malformed head), by reason",
             connections_closed.clone(),
         );
+        let worker_connections = Family::<WorkerLabels, Counter>::default();
+        registry.register(
+            "worker_connections",
+            "Client connections accepted, by the worker thread that serves them",
+            worker_connections.clone(),
+        );
         let findings = Family::<CheckLabels, Gauge>::default();
         let files_fixed = Gauge::default();
         let audits = Gauge::default();
@@ -263,6 +276,7 @@ impl Metrics {
             connections_refused,
             connections_closed,
             per_key: Default::default(),
+            worker_connections,
         }
     }
 

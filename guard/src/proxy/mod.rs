@@ -44,11 +44,11 @@ use state::State;
 
 use crate::config::ProxyConfig;
 
-/// What every connection shares: the current settings (swapped on reload), the pooled upstream
-/// client and the metrics.
+/// What every connection shares, on every worker: the current settings (swapped on reload) and
+/// the metrics. The upstream connections are not shared: each worker owns its own
+/// (`forward`'s per-thread pool).
 pub struct Shared {
     state: ArcSwap<State>,
-    client: forward::UpstreamClient,
     metrics: Arc<Metrics>,
     /// Outlives reloads, so a reload does not re-arm every alert.
     alerts: alerts::SpikeAlerts,
@@ -77,13 +77,20 @@ pub struct Proxy {
     /// Where the usage counters are written; fixed at start.
     state_dir: Option<std::path::PathBuf>,
     stop: watch::Sender<bool>,
-    front: JoinHandle<()>,
+    /// One accept loop per worker.
+    fronts: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
 }
 
 impl Proxy {
     /// Binds both listeners and serves `settings`, which the config compiler built (files read).
-    pub async fn start(config: &ProxyConfig, settings: Settings) -> Result<Proxy, ProxyError> {
+    /// The front address gets one `SO_REUSEPORT` socket per worker, each served on its worker;
+    /// the admin listener stays on the caller's runtime.
+    pub async fn start(
+        config: &ProxyConfig,
+        settings: Settings,
+        workers: &[tokio::runtime::Handle],
+    ) -> Result<Proxy, ProxyError> {
         let fleet = match settings.fleet.clone() {
             Some(fleet) => Some(crate::fleet::Fleet::start(fleet).map_err(ProxyError::Fleet)?),
             None => None,
@@ -99,17 +106,21 @@ impl Proxy {
                 .await
                 .map_err(|source| ProxyError::Bind { addr, source })
         };
-        let front = bind(config.listen).await?;
+        let fronts = crate::workers::bind(config.listen, workers.len()).map_err(|source| {
+            ProxyError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
         let admin = bind(config.admin_listen).await?;
-        let local = |listener: &TcpListener, addr| {
-            listener
-                .local_addr()
-                .map_err(|source| ProxyError::Bind { addr, source })
-        };
-        let (listen, admin_addr) = (
-            local(&front, config.listen)?,
-            local(&admin, config.admin_listen)?,
-        );
+        let listen = fronts[0].local_addr().map_err(|source| ProxyError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| ProxyError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
 
         let state_dir = budget::persist::state_dir(&config.usage);
         let book = state_dir
@@ -128,7 +139,6 @@ impl Proxy {
         budget::publish(ledger.clone());
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
-            client: forward::client(),
             metrics: Arc::new(Metrics::new()),
             alerts: alerts::SpikeAlerts::default(),
             upstream_slots: upstream_slots::UpstreamSlots::new(
@@ -141,13 +151,23 @@ impl Proxy {
         });
         let (stop, stopped) = watch::channel(false);
         let drain = Duration::from_secs(config.timeouts.drain_secs);
-        let front_task = tokio::spawn(server::serve(
-            front,
-            shared.clone(),
-            config.limits.max_connections,
-            stopped.clone(),
-            drain,
-        ));
+        // The cap is global: one semaphore across the workers, taken once per connection.
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
+        let front_tasks = fronts
+            .into_iter()
+            .zip(workers)
+            .enumerate()
+            .map(|(index, (listener, worker))| {
+                worker.spawn(server::serve(
+                    listener,
+                    index,
+                    shared.clone(),
+                    slots.clone(),
+                    stopped.clone(),
+                    drain,
+                ))
+            })
+            .collect();
         let admin_task = tokio::spawn(admin::serve(admin, shared.clone(), stopped.clone()));
         // Idle per-IP limiter entries are forgotten once a minute.
         let pruned = shared.clone();
@@ -173,7 +193,7 @@ impl Proxy {
             configured_listen: config.listen,
             state_dir,
             stop,
-            front: front_task,
+            fronts: front_tasks,
             admin_task,
         })
     }
@@ -229,7 +249,9 @@ impl Proxy {
     /// Stops accepting, lets in-flight requests finish (up to `drain_secs`), then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.front.await;
+        for front in self.fronts {
+            let _ = front.await;
+        }
         let _ = self.admin_task.await;
         // Every request's audit line is out before the daemon reports that it stops, and the
         // usage counters are on disk.

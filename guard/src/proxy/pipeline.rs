@@ -232,7 +232,6 @@ async fn checked_forward(
     );
     let started = Instant::now();
     let response = forward::send(
-        &shared.client,
         &shared.upstream_slots,
         upstream_request,
         state.upstream_timeout,

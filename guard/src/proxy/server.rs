@@ -1,4 +1,6 @@
-//! The front listener: a global connection cap, per-source caps on open connections and on
+//! The front listener, one per worker (`crate::workers`: each worker thread runs this loop on its
+//! own `SO_REUSEPORT` socket, and its connections never leave that thread): a global connection
+//! cap shared by all workers, per-source caps on open connections and on
 //! connections still waiting for their first head (`sources`), optional TLS, and hyper's
 //! HTTP/1.1 server with a header-read deadline (slowloris) and a write-stall deadline (a client
 //! that stops reading), behind the framing watch. Each connection gets a span with the client
@@ -17,42 +19,54 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{watch, Semaphore},
 };
 use tracing::Instrument;
 
 use super::{
     framing_watch::FramingWatch,
-    metrics::{Metrics, ReasonLabels},
+    metrics::{Metrics, ReasonLabels, WorkerLabels},
     pipeline::{self, Peer},
     record::Record,
     sources::{Admitted, Refusal},
     write_stall::{StallFlag, WriteStall},
     Shared,
 };
+use crate::workers::Acceptor;
 
-/// Accepts until `stop` changes, then waits up to `drain` for open connections to finish.
+/// Worker `worker`'s accept loop on `listener` (registered here, on the worker's own runtime).
+/// Accepts until `stop` changes, then waits up to `drain` for its open connections to finish.
+/// `slots` is the global connection cap, one semaphore for every worker: touched once per
+/// connection, never per request.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
+    worker: usize,
     shared: Arc<Shared>,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    // Connections past the cap wait in the kernel's accept queue instead of costing memory here.
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let listener = match Acceptor::new(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, worker, "cannot register the front listener");
+            return;
+        }
+    };
+    let accepted_here = shared
+        .metrics
+        .worker_connections
+        .get_or_create(&WorkerLabels {
+            worker: worker.to_string(),
+        })
+        .clone();
+    // Connections past the cap wait unserved in the kernel's accept queue (at most one per worker
+    // accepted and waiting for a slot: `Acceptor::accept`) instead of costing memory here.
     let graceful = GracefulShutdown::new();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (permit, stream, addr) = tokio::select! {
+            accepted = listener.accept(&slots) => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -76,6 +90,7 @@ pub async fn serve(
             }
         };
         drop(state);
+        accepted_here.inc();
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let watcher = graceful.watcher();
@@ -103,14 +118,21 @@ pub async fn serve(
 /// nginx's `limit_conn` does (503, in OpenAI's error shape, so SDKs back off and retry); on TLS a
 /// handshake would spend the very work the cap saves, so the close is bare.
 fn refuse(stream: TcpStream, refusal: Refusal, tls: bool) {
+    use std::io::{Read, Write};
     if tls {
         return;
     }
+    // Off the runtime, as the plain non-blocking socket: its reads and writes are then the
+    // kernel's answer at once. A freshly registered stream knows no readiness until its worker
+    // next polls the reactor, and on a current-thread worker nothing else polls it meanwhile.
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
     // Whatever already arrived is read off first: closing with unread bytes sends an RST, which
     // can make the client discard the answer before reading it.
     let mut sink = [0u8; 4096];
     for _ in 0..16 {
-        match stream.try_read(&mut sink) {
+        match (&stream).read(&mut sink) {
             Ok(n) if n > 0 => continue,
             _ => break,
         }
@@ -128,7 +150,7 @@ fn refuse(stream: TcpStream, refusal: Refusal, tls: bool) {
         body.len()
     );
     // A fresh socket's send buffer takes this whole; if not, the close alone has to do.
-    let _ = stream.try_write(response.as_bytes());
+    let _ = (&stream).write(response.as_bytes());
 }
 
 async fn connection(
