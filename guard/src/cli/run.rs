@@ -276,6 +276,7 @@ fn status(
         "guarded": guarded,
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
+        "xdp": super::status::xdp_fields(config, kernel),
         "egress": super::status::egress_fields(config, kernel),
         "checks": checks::continuous::summary(),
         "providers": crate::providers::status_json(

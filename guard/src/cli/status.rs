@@ -38,6 +38,19 @@ pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
     })
 }
 
+/// The interfaces the XDP limit runs on, and why those (`[xdp] interfaces`, or the front
+/// listener's address when the list is empty).
+pub(super) fn xdp_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
+    match kernel {
+        Some(k) => json!(k.xdp_interfaces),
+        None => json!({
+            "names": [],
+            "source": if config.xdp.interfaces.is_empty() { "auto" } else { "configured" },
+            "why": "started with --no-kernel",
+        }),
+    }
+}
+
 /// Whether a kernel rule guards the provider gateway's port (only the guarded service and
 /// proxyguard may connect): the one answer both `egress` and `providers` in `status` give.
 pub(super) fn gateway_kernel_guarded(kernel: Option<&Kernel>) -> bool {
@@ -149,6 +162,24 @@ fn render(status: &Value) -> String {
     }
     if let Some(mechanism) = status["created_files"].as_str() {
         out.push_str(&format!("\ncreated-files record: {mechanism}\n"));
+    }
+    if let Some(xdp) = status["xdp"].as_object() {
+        let names: Vec<&str> = xdp["names"]
+            .as_array()
+            .map(|n| n.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "
+xdp SYN limit on: {} ({}: {})
+",
+            if names.is_empty() {
+                "no interface".to_owned()
+            } else {
+                names.join(", ")
+            },
+            xdp["source"].as_str().unwrap_or("?"),
+            xdp["why"].as_str().unwrap_or("?"),
+        ));
     }
     render_egress(&status["egress"], &mut out);
     if let Some(checks) = status["checks"].as_object().filter(|c| c["audits"] != 0) {
