@@ -16,6 +16,7 @@ pub mod net;
 pub mod netns;
 pub mod open_files;
 pub mod recorder;
+pub mod syn_frames;
 pub mod upstream;
 pub mod wire;
 

@@ -133,7 +133,7 @@ fn up_interfaces() -> Vec<(String, bool)> {
 
 /// The limiter's program in this object: the coarse-clock build when the kernel accepts it,
 /// the precise one otherwise. Loads it on first use.
-fn limiter<'a>(ebpf: &'a mut Ebpf) -> Result<(&'a mut Xdp, &'static str), KernelError> {
+fn limiter(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &'static str), KernelError> {
     for name in [PROG_XDP_SYN_LIMIT_COARSE, PROG_XDP_SYN_LIMIT] {
         let program: &mut Xdp = super::program(ebpf, name)?;
         if program.fd().is_ok() {
