@@ -143,7 +143,9 @@ impl Drop for Daemon {
 }
 
 /// iptables `hashlimit` dropping SYNs to the port above the per-source limit, in the guard
-/// namespace only (the rule dies with the namespace at the latest).
+/// namespace only (the rule dies with the namespace at the latest). It sits in raw/PREROUTING,
+/// the earliest netfilter hook and before conntrack: the fair place to compare with XDP, which
+/// runs earlier still.
 pub struct Hashlimit {
     rule: Vec<String>,
 }
@@ -151,7 +153,7 @@ pub struct Hashlimit {
 impl Hashlimit {
     pub fn add(port: u16) -> Result<Hashlimit> {
         let rule: Vec<String> = [
-            "INPUT",
+            "PREROUTING",
             "-p",
             "tcp",
             "--syn",
@@ -174,7 +176,7 @@ impl Hashlimit {
         .to_vec();
         cmd::run(
             netns::command_in(netns::GUARD_NS, "iptables")
-                .arg("-A")
+                .args(["-t", "raw", "-A"])
                 .args(&rule),
         )?;
         Ok(Hashlimit { rule })
@@ -182,9 +184,15 @@ impl Hashlimit {
 
     /// Packets the rule dropped so far.
     pub fn dropped(&self) -> Result<u64> {
-        let out = cmd::output(
-            netns::command_in(netns::GUARD_NS, "iptables").args(["-L", "INPUT", "-v", "-x", "-n"]),
-        )?;
+        let out = cmd::output(netns::command_in(netns::GUARD_NS, "iptables").args([
+            "-t",
+            "raw",
+            "-L",
+            "PREROUTING",
+            "-v",
+            "-x",
+            "-n",
+        ]))?;
         out.lines()
             .find(|line| line.contains("DROP") && line.contains("limit: above"))
             .and_then(|line| line.split_whitespace().next()?.parse().ok())
