@@ -228,6 +228,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_xdp_interfaces_and_why_are_shown() {
+        let off = json!({ "xdp": { "names": [], "source": "auto",
+            "why": "the front listener 127.0.0.1:8080 is on loopback" } });
+        assert!(render(&off).contains(
+            "\nxdp SYN limit on: no interface (auto: the front listener 127.0.0.1:8080 is on loopback)\n"
+        ));
+        let on = json!({ "xdp": { "names": ["eth0", "eth1"], "source": "configured",
+            "why": "listed in [xdp] interfaces" } });
+        assert!(render(&on)
+            .contains("xdp SYN limit on: eth0, eth1 (configured: listed in [xdp] interfaces)"));
+    }
+
+    #[test]
     fn the_created_files_mechanism_is_shown_when_the_record_is_on() {
         let on = serde_json::json!({ "created_files": "lsm/file_open" });
         assert!(render(&on).contains("\ncreated-files record: lsm/file_open\n"));
