@@ -467,7 +467,10 @@ impl Kernel {
         let new: Vec<String> = now
             .names
             .iter()
-            .filter(|name| !self.xdp_interfaces.names.contains(name))
+            .filter(|name| {
+                !self.xdp_interfaces.names.contains(name)
+                    && !self.xdp_interfaces.refused.contains(name)
+            })
             .cloned()
             .collect();
         if new.is_empty() {
@@ -482,7 +485,8 @@ impl Kernel {
                 self.xdp_interfaces.why = now.why;
             }
             Err(err) => {
-                tracing::error!(interfaces = ?new, "xdp: cannot attach to a new interface: {err}")
+                tracing::error!(interfaces = ?new, "xdp: cannot attach to a new interface (not retried): {err}");
+                self.xdp_interfaces.refused.extend(new);
             }
         }
     }

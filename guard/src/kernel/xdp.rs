@@ -46,6 +46,9 @@ pub struct Interfaces {
     /// `configured` (the `[xdp] interfaces` list) or `auto` (from the front listener).
     pub source: &'static str,
     pub why: String,
+    /// Interfaces that came up after start and refused the program (not retried).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// Which interfaces `config` asks for now: the list, or the ones that can carry traffic to the
@@ -57,6 +60,7 @@ pub fn interfaces(config: &Config) -> Interfaces {
             names: Vec::new(),
             source: "configured",
             why: "[xdp] enabled = false".into(),
+            refused: Vec::new(),
         };
     }
     if !xdp.interfaces.is_empty() {
@@ -64,6 +68,7 @@ pub fn interfaces(config: &Config) -> Interfaces {
             names: xdp.interfaces.clone(),
             source: "configured",
             why: "listed in [xdp] interfaces".into(),
+            refused: Vec::new(),
         };
     }
     let listen = config.proxy.listen;
@@ -72,6 +77,7 @@ pub fn interfaces(config: &Config) -> Interfaces {
             names: Vec::new(),
             source: "auto",
             why: "the front proxy is off and [xdp] interfaces is empty: nothing to protect".into(),
+            refused: Vec::new(),
         };
     }
     auto_interfaces(listen, &up_interfaces())
@@ -86,6 +92,7 @@ fn auto_interfaces(listen: SocketAddr, up: &[(String, bool)]) -> Interfaces {
             why: format!(
                 "the front listener {listen} is on loopback: no network interface carries traffic to it (list interfaces in [xdp] interfaces to attach anyway)"
             ),
+            refused: Vec::new(),
         };
     }
     let names: Vec<String> = up
@@ -110,6 +117,7 @@ fn auto_interfaces(listen: SocketAddr, up: &[(String, bool)]) -> Interfaces {
         },
         names,
         source: "auto",
+        refused: Vec::new(),
     }
 }
 
