@@ -180,7 +180,11 @@ xdp SYN limit on: {} ({}: {})
             xdp["source"].as_str().unwrap_or("?"),
             xdp["why"].as_str().unwrap_or("?"),
         ));
-        if let Some(refused) = xdp["refused"].as_array().filter(|r| !r.is_empty()) {
+        if let Some(refused) = xdp
+            .get("refused")
+            .and_then(Value::as_array)
+            .filter(|r| !r.is_empty())
+        {
             let refused: Vec<&str> = refused.iter().filter_map(Value::as_str).collect();
             out.push_str(&format!(
                 "  refused the program (came up after start; see the log): {}\n",
