@@ -89,9 +89,15 @@ impl Daemon {
 
     /// How the XDP program is attached (`xdp (native)` or `xdp (generic)`).
     pub fn hook(&self) -> String {
+        // The XDP program's hook: the daemon attaches others too (the upstream guard's).
         self.ready["programs"]
             .as_array()
-            .and_then(|programs| programs.iter().find_map(|p| p["hook"].as_str()))
+            .and_then(|programs| {
+                programs
+                    .iter()
+                    .filter(|p| p["name"] == guard_common::xdp::PROG_XDP_SYN_LIMIT)
+                    .find_map(|p| p["hook"].as_str())
+            })
             .unwrap_or("unknown")
             .to_owned()
     }
