@@ -1,16 +1,35 @@
 //! Per-source connection rate limit (XDP): token buckets for TCP SYNs to protected ports, with
-//! allow and deny CIDR lists.
+//! allow and deny CIDR lists, and a second level per wider prefix that limits how fast sources
+//! new to the limiter are admitted (see `guard-ebpf/src/xdp.rs` for why).
 
 pub const PROG_XDP_SYN_LIMIT: &str = "syn_rate_limit";
+/// The same limiter reading the coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11+): loaded
+/// in its place where the kernel has the helper.
+pub const PROG_XDP_SYN_LIMIT_COARSE: &str = "syn_limit_coarse";
 /// A pass-through XDP program, the baseline for program-cost benchmarks.
 pub const PROG_XDP_PASS: &str = "xdp_pass";
+/// Pass-through programs that read one clock each: what a clock read costs, for the benchmark.
+pub const PROG_XDP_CLOCK_FINE: &str = "xdp_clock_fine";
+pub const PROG_XDP_CLOCK_COARSE: &str = "xdp_clock_coarse";
+
+/// Bumped whenever the meaning of a pinned XDP map's bytes changes while its sizes stay the
+/// same (the pin check compares sizes and types itself). Recorded per map in the pin manifest;
+/// a pinned map of another version is replaced, never read with the new types.
+pub const XDP_STATE_VERSION: u32 = 2;
 
 /// `Array` of one [`XdpConfig`].
 pub const MAP_XDP_CONFIG: &str = "XDP_CONFIG";
-/// `u16` destination port (host order) → `u32` 1: the ports whose SYNs are limited.
+/// `Array` of one [`PortBitmap`]: the ports whose SYNs are limited.
 pub const MAP_XDP_PORTS: &str = "XDP_PORTS";
-/// LRU hash of [`SourceKey`] → [`TokenBucket`].
-pub const MAP_XDP_BUCKETS: &str = "XDP_BUCKETS";
+/// LRU hashes of source → [`TokenBucket`]: IPv4 by its `u32` address (as loaded from the packet,
+/// network byte order in memory), IPv6 by its first 64 bits masked to the configured prefix.
+pub const MAP_XDP_BUCKETS_V4: &str = "XDP_BUCKETS_V4";
+pub const MAP_XDP_BUCKETS_V6: &str = "XDP_BUCKETS_V6";
+/// LRU hashes of wider prefix → [`TokenBucket`] of new-source admissions (same key forms).
+pub const MAP_XDP_PREFIX_V4: &str = "XDP_PREFIX_V4";
+pub const MAP_XDP_PREFIX_V6: &str = "XDP_PREFIX_V6";
+/// `Array` of one [`EventCap`]: the global cap on drop events.
+pub const MAP_XDP_EVENT_CAP: &str = "XDP_EVENT_CAP";
 /// LPM tries of `[u8; 4]` / `[u8; 16]` → `u32` 1.
 pub const MAP_XDP_ALLOW_V4: &str = "XDP_ALLOW_V4";
 pub const MAP_XDP_ALLOW_V6: &str = "XDP_ALLOW_V6";
@@ -21,9 +40,13 @@ pub const MAP_XDP_EVENTS: &str = "XDP_EVENTS";
 /// Per-CPU `u64` counters, indexed by the `STAT_*` constants.
 pub const MAP_XDP_STATS: &str = "XDP_STATS";
 
-pub const MAX_XDP_PORTS: u32 = 64;
+/// 64-bit words of the port bitmap: one bit per port, so every port list fits.
+pub const PORT_WORDS: usize = 1024;
 pub const MAX_XDP_CIDRS: u32 = 16384;
+/// Per-source buckets, per family.
 pub const MAX_XDP_SOURCES: u32 = 65536;
+/// Wider-prefix admission buckets, per family.
+pub const MAX_XDP_PREFIXES: u32 = 16384;
 pub const XDP_EVENTS_BYTES: u32 = 256 * 1024;
 
 /// SYNs to protected ports that passed (allow-listed or within their rate).
@@ -36,12 +59,18 @@ pub const STAT_DROPPED_DENY: u32 = 2;
 pub const STAT_WOULD_DROP: u32 = 3;
 /// Drop events lost because the ring buffer was full.
 pub const STAT_EVENTS_LOST: u32 = 4;
-pub const STAT_COUNT: u32 = 5;
+/// SYNs from sources new to the limiter, dropped because their wider prefix admits no more new
+/// sources for now.
+pub const STAT_DROPPED_NEW_SOURCE: u32 = 5;
+/// Drop events not sent because the global event cap was reached.
+pub const STAT_EVENTS_SUPPRESSED: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
 
 /// One token, in the bucket's fixed-point unit (milli-tokens), so sub-token refills are kept.
 pub const TOKEN: u64 = 1000;
 
-/// Tunables, changed at run time through [`MAP_XDP_CONFIG`].
+/// Tunables, changed at run time through [`MAP_XDP_CONFIG`]. Masks are applied to keys as they
+/// sit in memory (network byte order), so user space builds them with `to_be`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpConfig {
@@ -51,25 +80,53 @@ pub struct XdpConfig {
     pub rate_per_sec: u32,
     /// Bucket depth, in SYNs.
     pub burst: u32,
-    /// IPv6 sources are aggregated to this prefix length (a host usually owns a whole /64).
-    pub v6_prefix_len: u32,
     /// [`LIST_ALLOW`] and [`LIST_DENY`] when those lists have entries, so an empty list costs
     /// no trie lookup per SYN.
     pub lists: u32,
-    pub _pad: u32,
+    /// New sources each wider prefix may bring per second, and at once.
+    pub new_per_sec: u32,
+    pub new_burst: u32,
+    /// Drop events per second, over all sources.
+    pub events_per_sec: u32,
+    /// Prefix lengths, for events.
+    pub v4_prefix_len: u8,
+    pub v6_prefix_len: u8,
+    pub v6_source_len: u8,
+    pub _pad: u8,
+    /// IPv4 wider-prefix mask.
+    pub v4_prefix_mask: u32,
+    pub _pad2: u32,
+    /// IPv6 source mask (the first 64 bits, to the source prefix) and wider-prefix mask.
+    pub v6_source_mask: u64,
+    pub v6_prefix_mask: u64,
 }
 
 pub const LIST_ALLOW: u32 = 1;
 pub const LIST_DENY: u32 = 2;
 
-/// A rate-limited source: the address (IPv6 masked to the configured prefix).
+/// The protected ports: bit `port % 64` of word `port / 64`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SourceKey {
-    /// [`crate::bind::FAMILY_V4`] or [`crate::bind::FAMILY_V6`].
-    pub family: u32,
-    /// IPv4 in the first four bytes; network byte order.
-    pub addr: [u8; 16],
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBitmap {
+    pub words: [u64; PORT_WORDS],
+}
+
+impl Default for PortBitmap {
+    fn default() -> Self {
+        PortBitmap {
+            words: [0; PORT_WORDS],
+        }
+    }
+}
+
+impl PortBitmap {
+    pub fn set(&mut self, port: u16) {
+        self.words[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.words[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
 }
 
 #[repr(C)]
@@ -77,31 +134,47 @@ pub struct SourceKey {
 pub struct TokenBucket {
     /// Milli-tokens (see [`TOKEN`]).
     pub tokens: u64,
-    /// Time up to which refills have been credited (`bpf_ktime_get_ns`).
+    /// Time up to which refills have been credited (the program's clock).
     pub refilled_ns: u64,
-    /// When the last drop event for this source was sent (at most one per second).
+    /// When the last drop event for this key was sent (at most one per second).
     pub last_event_ns: u64,
+}
+
+/// The global event cap: events sent in the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventCap {
+    pub window_ns: u64,
+    pub sent: u64,
 }
 
 /// Why a SYN was (or would have been) dropped.
 pub mod reason {
     pub const RATE: u32 = 1;
     pub const DENY_LIST: u32 = 2;
+    /// A source new to the limiter, from a prefix that admits no more new sources for now.
+    pub const NEW_SOURCE: u32 = 3;
 }
 
-/// A drop (or monitor-mode would-drop), at most one per source per second.
+/// A drop (or monitor-mode would-drop): at most one per key per second, and at most
+/// `events_per_sec` in all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct XdpEvent {
-    pub source: SourceKey,
+    /// [`crate::bind::FAMILY_V4`] or [`crate::bind::FAMILY_V6`].
+    pub family: u16,
     /// Destination port, host byte order.
     pub port: u16,
-    pub _pad: u16,
     /// [`reason`].
     pub reason: u32,
     /// [`crate::verdict`].
     pub verdict: u32,
     pub ifindex: u32,
+    /// Prefix length of `addr` (32 or 128 for one deny-listed address).
+    pub prefix_len: u32,
+    pub _pad: u32,
+    /// The source, masked to `prefix_len`; network byte order, IPv4 in the first four bytes.
+    pub addr: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -109,7 +182,8 @@ mod pod {
     #![allow(unsafe_code)]
     // SAFETY: plain `#[repr(C)]` integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::XdpConfig {}
-    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::PortBitmap {}
     unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::EventCap {}
     unsafe impl aya::Pod for super::XdpEvent {}
 }

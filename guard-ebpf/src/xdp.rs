@@ -1,40 +1,72 @@
-//! Per-source SYN rate limit (XDP).
+//! Per-source SYN rate limit (XDP), with a second level that source rotation cannot escape.
 //!
 //! Only TCP SYNs (not SYN-ACKs) to a protected port are judged; every other packet passes
 //! untouched. Order: deny list (always drop), allow list (always pass), then the source's token
-//! bucket. Buckets live in an LRU map, so a flood of sources evicts old ones instead of failing.
-//! Updates to one bucket from two CPUs can race; the worst case is a token more or less, which is
-//! cheaper than a lock on the hot path.
+//! bucket (IPv4 per address, IPv6 per `ipv6_prefix`, at most /64). Updates to one bucket from two
+//! CPUs can race; the worst case is a token more or less, which is cheaper than a lock.
+//!
+//! **Rotation.** A source the limiter has not seen has no bucket. Before it gets one, its wider
+//! prefix (`/24` IPv4 and `/48` IPv6 by default) pays one token from an admission bucket of its
+//! own (`new_sources_per_sec`, `new_sources_burst`); with none left, the SYN is dropped and no
+//! entry is made. So a flood that rotates through a prefix's addresses gets that prefix's
+//! admission rate and no more, and it cannot push the buckets of known sources out of the LRU
+//! faster than the admission rates allow. Known sources are judged by their own bucket only, so
+//! a busy NAT or office prefix is not slowed by its own steady clients.
+//! Why prefixes and not one global budget for new sources: a global budget lets one attacker's
+//! rotation refuse every new client everywhere; per prefix, only new clients inside the rotating
+//! prefix wait (the admission bucket refills while they retry their SYN).
+//!
+//! **Events** are capped twice: once per bucket per second, and `events_per_sec` over all
+//! sources; what the global cap holds back is counted. Deny-listed sources get no bucket (a
+//! spoofed deny-listed flood would otherwise fill the map), so only the global cap bounds their
+//! events.
+//!
+//! Two entry points share the code: `syn_rate_limit` reads `bpf_ktime_get_ns`, and
+//! `syn_limit_coarse` the cheaper `bpf_ktime_get_coarse_ns` (Linux 5.11+, tick resolution,
+//! which a millisecond refill and a one-second event clock do not notice). User space loads the
+//! coarse one where the kernel accepts it.
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use guard_common::{
     bind::{FAMILY_V4, FAMILY_V6},
     mode, verdict,
     xdp::{
-        reason, SourceKey, TokenBucket, XdpConfig, XdpEvent, LIST_ALLOW, LIST_DENY, MAX_XDP_CIDRS,
-        MAX_XDP_PORTS, MAX_XDP_SOURCES, STAT_COUNT, STAT_DROPPED_DENY, STAT_DROPPED_RATE,
-        STAT_EVENTS_LOST, STAT_PASSED, STAT_WOULD_DROP, TOKEN, XDP_EVENTS_BYTES,
+        reason, EventCap, PortBitmap, TokenBucket, XdpConfig, XdpEvent, LIST_ALLOW, LIST_DENY,
+        MAX_XDP_CIDRS, MAX_XDP_PREFIXES, MAX_XDP_SOURCES, PORT_WORDS, STAT_COUNT,
+        STAT_DROPPED_DENY, STAT_DROPPED_NEW_SOURCE, STAT_DROPPED_RATE, STAT_EVENTS_LOST,
+        STAT_EVENTS_SUPPRESSED, STAT_PASSED, STAT_WOULD_DROP, TOKEN, XDP_EVENTS_BYTES,
     },
 };
 
 use crate::{
-    packet::{bytes, ingress_ifindex},
+    packet::{ingress_ifindex, Block},
     stats::bump,
 };
 
 #[map]
 static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 #[map]
-static XDP_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_XDP_PORTS, 0);
+static XDP_PORTS: Array<PortBitmap> = Array::with_max_entries(1, 0);
 #[map]
-static XDP_BUCKETS: LruHashMap<SourceKey, TokenBucket> =
+static XDP_BUCKETS_V4: LruHashMap<u32, TokenBucket> =
     LruHashMap::with_max_entries(MAX_XDP_SOURCES, 0);
+#[map]
+static XDP_BUCKETS_V6: LruHashMap<u64, TokenBucket> =
+    LruHashMap::with_max_entries(MAX_XDP_SOURCES, 0);
+#[map]
+static XDP_PREFIX_V4: LruHashMap<u32, TokenBucket> =
+    LruHashMap::with_max_entries(MAX_XDP_PREFIXES, 0);
+#[map]
+static XDP_PREFIX_V6: LruHashMap<u64, TokenBucket> =
+    LruHashMap::with_max_entries(MAX_XDP_PREFIXES, 0);
+#[map]
+static XDP_EVENT_CAP: Array<EventCap> = Array::with_max_entries(1, 0);
 #[map]
 static XDP_ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_XDP_CIDRS, 0);
 #[map]
@@ -59,12 +91,38 @@ const TCP_ACK: u8 = 0x10;
 const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// Where the programs read the time.
+trait Clock {
+    fn now() -> u64;
+}
+
+struct Fine;
+struct Coarse;
+
+impl Clock for Fine {
+    #[inline(always)]
+    fn now() -> u64 {
+        // SAFETY: a helper call with no arguments and no memory access.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+impl Clock for Coarse {
+    #[inline(always)]
+    fn now() -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
+}
+
 #[xdp]
 pub fn syn_rate_limit(ctx: XdpContext) -> u32 {
-    match judge(&ctx) {
-        Some(action) => action,
-        None => xdp_action::XDP_PASS,
-    }
+    judge::<Fine>(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[xdp]
+pub fn syn_limit_coarse(ctx: XdpContext) -> u32 {
+    judge::<Coarse>(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
 /// Always passes: the baseline that the rate limiter's per-packet cost is compared against.
@@ -73,109 +131,229 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Reads the precise clock once and passes: the benchmark's measure of that helper.
+#[xdp]
+pub fn xdp_clock_fine(_ctx: XdpContext) -> u32 {
+    clocked::<Fine>()
+}
+
+/// As [`xdp_clock_fine`], for the coarse clock.
+#[xdp]
+pub fn xdp_clock_coarse(_ctx: XdpContext) -> u32 {
+    clocked::<Coarse>()
+}
+
+#[inline(always)]
+fn clocked<C: Clock>() -> u32 {
+    // The comparison keeps the call; a clock never reads zero after boot.
+    if C::now() == 0 {
+        xdp_action::XDP_ABORTED
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// The source as the maps key it: IPv4's address as loaded, IPv6's first and last 64 bits.
+#[derive(Clone, Copy)]
+enum Source {
+    V4(u32),
+    V6(u64, u64),
+}
+
 /// A protected SYN: where it came from and where it goes.
 struct Syn {
-    source: SourceKey,
+    source: Source,
     port: u16,
 }
 
-/// `None` means "not ours": the packet passes.
-fn judge(ctx: &XdpContext) -> Option<u32> {
-    let syn = parse_syn(ctx)?;
-    // SAFETY: the value is copied out; a concurrent update is at worst one packet late.
-    unsafe { XDP_PORTS.get(syn.port) }?;
-    let config = *XDP_CONFIG.get(0)?;
+/// A bucket map key: an IPv4 address or an IPv6 prefix, in network byte order in memory.
+trait BucketKey: Copy {
+    const FAMILY: u16;
+    fn addr(self) -> [u8; 16];
+}
 
-    let now = now_ns();
-    let capacity = u64::from(config.burst) * TOKEN;
-    if config.lists & LIST_DENY != 0 && listed(&syn.source, &XDP_DENY_V4, &XDP_DENY_V6) {
-        if first_event_this_second(&syn.source, now, capacity) {
-            return Some(violation(
-                ctx,
-                &config,
-                &syn,
-                reason::DENY_LIST,
-                STAT_DROPPED_DENY,
-            ));
-        }
-        return Some(count_only(&config, STAT_DROPPED_DENY));
+impl BucketKey for u32 {
+    const FAMILY: u16 = FAMILY_V4;
+    #[inline(always)]
+    fn addr(self) -> [u8; 16] {
+        let b = self.to_ne_bytes();
+        [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     }
-    if config.lists & LIST_ALLOW != 0 && listed(&syn.source, &XDP_ALLOW_V4, &XDP_ALLOW_V6) {
+}
+
+impl BucketKey for u64 {
+    const FAMILY: u16 = FAMILY_V6;
+    #[inline(always)]
+    fn addr(self) -> [u8; 16] {
+        let b = self.to_ne_bytes();
+        [
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 0, 0, 0, 0, 0, 0, 0, 0,
+        ]
+    }
+}
+
+/// What a drop event names: the key (masked address), its prefix length, and why.
+struct Report {
+    family: u16,
+    addr: [u8; 16],
+    prefix_len: u8,
+    why: u32,
+}
+
+impl Report {
+    #[inline(always)]
+    fn of<K: BucketKey>(key: K, prefix_len: u8, why: u32) -> Report {
+        Report {
+            family: K::FAMILY,
+            addr: key.addr(),
+            prefix_len,
+            why,
+        }
+    }
+}
+
+/// `None` means "not ours": the packet passes.
+#[inline(always)]
+fn judge<C: Clock>(ctx: &XdpContext) -> Option<u32> {
+    let syn = parse_syn(ctx)?;
+    let ports = XDP_PORTS.get(0)?;
+    let word = ports.words[usize::from(syn.port >> 6) & (PORT_WORDS - 1)];
+    if word & (1u64 << (syn.port & 63)) == 0 {
+        return None;
+    }
+    let config = XDP_CONFIG.get(0)?;
+    if config.lists & LIST_DENY != 0 && denied(syn.source) {
+        return Some(deny::<C>(ctx, config, &syn));
+    }
+    if config.lists & LIST_ALLOW != 0 && allowed(syn.source) {
         bump(&XDP_STATS, STAT_PASSED);
         return Some(xdp_action::XDP_PASS);
     }
-    let source = masked(syn.source, config.v6_prefix_len);
-    let bucket = match XDP_BUCKETS.get_ptr_mut(source) {
-        Some(bucket) => bucket,
+    let now = C::now();
+    Some(match syn.source {
+        Source::V4(addr) => limit(
+            ctx,
+            config,
+            &XDP_BUCKETS_V4,
+            &XDP_PREFIX_V4,
+            (addr, 32),
+            (addr & config.v4_prefix_mask, config.v4_prefix_len),
+            syn.port,
+            now,
+        ),
+        Source::V6(high, _) => limit(
+            ctx,
+            config,
+            &XDP_BUCKETS_V6,
+            &XDP_PREFIX_V6,
+            (high & config.v6_source_mask, config.v6_source_len),
+            (high & config.v6_prefix_mask, config.v6_prefix_len),
+            syn.port,
+            now,
+        ),
+    })
+}
+
+/// The two-level judgement of one SYN from a source that is not listed.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn limit<K: BucketKey>(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    buckets: &LruHashMap<K, TokenBucket>,
+    prefixes: &LruHashMap<K, TokenBucket>,
+    (source, source_len): (K, u8),
+    (prefix, prefix_len): (K, u8),
+    port: u16,
+    now: u64,
+) -> u32 {
+    let capacity = u64::from(config.burst) * TOKEN;
+    if let Some(bucket) = buckets.get_ptr_mut(source) {
+        // SAFETY: the pointer comes from a successful lookup; LRU entries stay valid for the
+        // duration of the program run (RCU).
+        let bucket = unsafe { &mut *bucket };
+        if take(bucket, now, config.rate_per_sec, capacity) {
+            bump(&XDP_STATS, STAT_PASSED);
+            return xdp_action::XDP_PASS;
+        }
+        if due(&mut bucket.last_event_ns, now) {
+            let report = Report::of(source, source_len, reason::RATE);
+            event(ctx, config, &report, port, now);
+        }
+        return count_only(config, STAT_DROPPED_RATE);
+    }
+    // A new source: its prefix pays for the admission.
+    let admission = u64::from(config.new_burst) * TOKEN;
+    match prefixes.get_ptr_mut(prefix) {
+        Some(bucket) => {
+            // SAFETY: as above.
+            let bucket = unsafe { &mut *bucket };
+            if !take(bucket, now, config.new_per_sec, admission) {
+                if due(&mut bucket.last_event_ns, now) {
+                    let report = Report::of(prefix, prefix_len, reason::NEW_SOURCE);
+                    event(ctx, config, &report, port, now);
+                }
+                return count_only(config, STAT_DROPPED_NEW_SOURCE);
+            }
+        }
         None => {
-            // A new source starts with a full bucket, less this SYN.
             let fresh = TokenBucket {
-                tokens: capacity.saturating_sub(TOKEN),
+                tokens: admission.saturating_sub(TOKEN),
                 refilled_ns: now,
                 last_event_ns: 0,
             };
-            let _ = XDP_BUCKETS.insert(source, fresh, 0);
-            bump(&XDP_STATS, STAT_PASSED);
-            return Some(xdp_action::XDP_PASS);
+            let _ = prefixes.insert(prefix, fresh, 0);
+        }
+    }
+    // Admitted: a full bucket, less this SYN.
+    let fresh = TokenBucket {
+        tokens: capacity.saturating_sub(TOKEN),
+        refilled_ns: now,
+        last_event_ns: 0,
+    };
+    let _ = buckets.insert(source, fresh, 0);
+    bump(&XDP_STATS, STAT_PASSED);
+    xdp_action::XDP_PASS
+}
+
+/// A deny-listed SYN: dropped (or counted in monitor mode), with no bucket made for it.
+#[inline(always)]
+fn deny<C: Clock>(ctx: &XdpContext, config: &XdpConfig, syn: &Syn) -> u32 {
+    let report = match syn.source {
+        Source::V4(addr) => Report::of(addr, 32, reason::DENY_LIST),
+        Source::V6(high, low) => {
+            let mut report = Report::of(high, 128, reason::DENY_LIST);
+            report.addr[8..].copy_from_slice(&low.to_ne_bytes());
+            report
         }
     };
-    // SAFETY: the pointer comes from a successful lookup; LRU entries stay valid for the
-    // duration of the program run (RCU).
-    let bucket = unsafe { &mut *bucket };
-    refill(bucket, now, config.rate_per_sec, capacity);
+    event(ctx, config, &report, syn.port, C::now());
+    count_only(config, STAT_DROPPED_DENY)
+}
+
+/// Whether a per-key event clock allows an event now; moves the clock if so.
+#[inline(always)]
+fn due(last_event_ns: &mut u64, now: u64) -> bool {
+    if now.wrapping_sub(*last_event_ns) < NS_PER_SEC {
+        return false;
+    }
+    *last_event_ns = now;
+    true
+}
+
+/// Refills `bucket` and takes one token from it, if it has one.
+#[inline(always)]
+fn take(bucket: &mut TokenBucket, now: u64, rate: u32, capacity: u64) -> bool {
+    refill(bucket, now, rate, capacity);
     if bucket.tokens >= TOKEN {
         bucket.tokens -= TOKEN;
-        bump(&XDP_STATS, STAT_PASSED);
-        return Some(xdp_action::XDP_PASS);
+        return true;
     }
-    let syn = Syn {
-        source,
-        port: syn.port,
-    };
-    if now.wrapping_sub(bucket.last_event_ns) >= NS_PER_SEC {
-        bucket.last_event_ns = now;
-        return Some(violation(
-            ctx,
-            &config,
-            &syn,
-            reason::RATE,
-            STAT_DROPPED_RATE,
-        ));
-    }
-    Some(count_only(&config, STAT_DROPPED_RATE))
-}
-
-/// Whether a deny-listed source may send an event now: the bucket's event clock is reused, so
-/// drop events stay at one per source per second whatever the reason.
-fn first_event_this_second(source: &SourceKey, now: u64, capacity: u64) -> bool {
-    match XDP_BUCKETS.get_ptr_mut(source) {
-        Some(bucket) => {
-            // SAFETY: pointer from a successful lookup, valid for this run (RCU).
-            let bucket = unsafe { &mut *bucket };
-            if now.wrapping_sub(bucket.last_event_ns) < NS_PER_SEC {
-                return false;
-            }
-            bucket.last_event_ns = now;
-            true
-        }
-        None => {
-            let fresh = TokenBucket {
-                tokens: capacity,
-                refilled_ns: now,
-                last_event_ns: now,
-            };
-            let _ = XDP_BUCKETS.insert(source, fresh, 0);
-            true
-        }
-    }
-}
-
-fn now_ns() -> u64 {
-    // SAFETY: a helper call with no arguments and no memory access.
-    unsafe { bpf_ktime_get_ns() }
+    false
 }
 
 /// Credits whole elapsed milliseconds at `rate` tokens per second, keeping the remainder.
+#[inline(always)]
 fn refill(bucket: &mut TokenBucket, now: u64, rate: u32, capacity: u64) {
     let elapsed_ms = now.saturating_sub(bucket.refilled_ns) / NS_PER_MS;
     if elapsed_ms == 0 {
@@ -198,26 +376,44 @@ fn refill(bucket: &mut TokenBucket, now: u64, rate: u32, capacity: u64) {
     }
 }
 
-fn violation(ctx: &XdpContext, config: &XdpConfig, syn: &Syn, why: u32, stat: u32) -> u32 {
-    let enforce = config.mode == mode::ENFORCE;
+/// Sends one drop event, unless the global cap for this second is reached (then counts it).
+#[inline(always)]
+fn event(ctx: &XdpContext, config: &XdpConfig, report: &Report, port: u16, now: u64) {
+    let Some(cap) = XDP_EVENT_CAP.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: an array slot, valid for the program's life. Two CPUs may race on it; the worst
+    // case is an event or two over the cap in one second.
+    let cap = unsafe { &mut *cap };
+    if now.wrapping_sub(cap.window_ns) >= NS_PER_SEC {
+        cap.window_ns = now;
+        cap.sent = 0;
+    }
+    if cap.sent >= u64::from(config.events_per_sec) {
+        bump(&XDP_STATS, STAT_EVENTS_SUPPRESSED);
+        return;
+    }
+    cap.sent += 1;
     let event = XdpEvent {
-        source: syn.source,
-        port: syn.port,
-        _pad: 0,
-        reason: why,
-        verdict: if enforce {
+        family: report.family,
+        port,
+        reason: report.why,
+        verdict: if config.mode == mode::ENFORCE {
             verdict::DENIED
         } else {
             verdict::WOULD_DENY
         },
         ifindex: ingress_ifindex(ctx),
+        prefix_len: u32::from(report.prefix_len),
+        _pad: 0,
+        addr: report.addr,
     };
     if XDP_EVENTS.output::<XdpEvent>(&event, 0).is_err() {
         bump(&XDP_STATS, STAT_EVENTS_LOST);
     }
-    count_only(config, stat)
 }
 
+#[inline(always)]
 fn count_only(config: &XdpConfig, stat: u32) -> u32 {
     if config.mode == mode::ENFORCE {
         bump(&XDP_STATS, stat);
@@ -228,47 +424,43 @@ fn count_only(config: &XdpConfig, stat: u32) -> u32 {
     }
 }
 
-fn listed(source: &SourceKey, v4: &LpmTrie<[u8; 4], u32>, v6: &LpmTrie<[u8; 16], u32>) -> bool {
-    if source.family == u32::from(FAMILY_V4) {
-        let a = source.addr;
-        v4.get(Key::new(32, [a[0], a[1], a[2], a[3]])).is_some()
-    } else {
-        v6.get(Key::new(128, source.addr)).is_some()
-    }
+#[inline(always)]
+fn denied(source: Source) -> bool {
+    listed(source, &XDP_DENY_V4, &XDP_DENY_V6)
 }
 
-/// IPv6 sources aggregated to `prefix_len` bits; IPv4 unchanged.
-fn masked(mut source: SourceKey, prefix_len: u32) -> SourceKey {
-    if source.family != u32::from(FAMILY_V6) || prefix_len >= 128 {
-        return source;
-    }
-    let mut i = 0;
-    while i < 16 {
-        let bit = (i as u32) * 8;
-        if bit >= prefix_len {
-            source.addr[i] = 0;
-        } else if bit + 8 > prefix_len {
-            source.addr[i] &= 0xffu8 << (8 - (prefix_len - bit));
+#[inline(always)]
+fn allowed(source: Source) -> bool {
+    listed(source, &XDP_ALLOW_V4, &XDP_ALLOW_V6)
+}
+
+#[inline(always)]
+fn listed(source: Source, v4: &LpmTrie<[u8; 4], u32>, v6: &LpmTrie<[u8; 16], u32>) -> bool {
+    match source {
+        Source::V4(addr) => v4.get(Key::new(32, addr.to_ne_bytes())).is_some(),
+        Source::V6(high, low) => {
+            let mut addr = high.addr();
+            addr[8..].copy_from_slice(&low.to_ne_bytes());
+            v6.get(Key::new(128, addr)).is_some()
         }
-        i += 1;
     }
-    source
 }
 
 /// A TCP SYN without ACK, over IPv4 or IPv6 (behind at most two VLAN tags).
 ///
-/// Each header is read as one fixed-size block: one bounds check per block keeps LLVM from
-/// merging checks into a form the verifier cannot follow.
+/// Each header is checked as one fixed-size block and its fields read as typed loads: one bounds
+/// check per block keeps LLVM from merging checks into a form the verifier cannot follow.
+#[inline(always)]
 fn parse_syn(ctx: &XdpContext) -> Option<Syn> {
-    let eth: [u8; ETH_HLEN] = bytes(ctx, 0)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let eth = Block::<ETH_HLEN>::at(ctx, 0)?;
+    let mut ethertype = eth.be16::<12>();
     let mut offset = ETH_HLEN;
     for _ in 0..2 {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag: [u8; 4] = bytes(ctx, offset)?;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        let tag = Block::<4>::at(ctx, offset)?;
+        ethertype = tag.be16::<2>();
         offset += 4;
     }
     let (source, tcp) = match ethertype {
@@ -277,61 +469,56 @@ fn parse_syn(ctx: &XdpContext) -> Option<Syn> {
         _ => return None,
     };
     // Destination port at 2..4, flags at 13.
-    let header: [u8; 14] = bytes(ctx, tcp)?;
-    if header[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    let header = Block::<14>::at(ctx, tcp)?;
+    if header.byte::<13>() & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return None;
     }
-    let port = u16::from_be_bytes([header[2], header[3]]);
-    Some(Syn { source, port })
+    Some(Syn {
+        source,
+        port: header.be16::<2>(),
+    })
 }
 
 /// The source and the TCP header's offset, for an unfragmented (or first-fragment) TCP packet.
-fn ipv4(ctx: &XdpContext, offset: usize) -> Option<(SourceKey, usize)> {
-    let ip: [u8; 20] = bytes(ctx, offset)?;
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < 20 {
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, offset: usize) -> Option<(Source, usize)> {
+    let ip = Block::<20>::at(ctx, offset)?;
+    let version_ihl = ip.byte::<0>();
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
         return None;
     }
     // Later fragments carry no TCP header.
-    let fragment_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
-    if fragment_offset != 0 || ip[9] != IPPROTO_TCP {
+    if ip.be16::<6>() & 0x1fff != 0 || ip.byte::<9>() != IPPROTO_TCP {
         return None;
     }
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip[12..16]);
-    Some((
-        SourceKey {
-            family: u32::from(FAMILY_V4),
-            addr,
-        },
-        offset + ihl,
-    ))
+    Some((Source::V4(ip.load::<u32, 12>()), offset + ihl))
 }
 
 /// As [`ipv4`]; walks up to three extension headers, so hop-by-hop, routing or destination
 /// options in front of TCP do not hide a SYN from the limit.
-fn ipv6(ctx: &XdpContext, offset: usize) -> Option<(SourceKey, usize)> {
-    let ip: [u8; 40] = bytes(ctx, offset)?;
-    let mut addr = [0u8; 16];
-    addr.copy_from_slice(&ip[8..24]);
-    let mut next = ip[6];
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, offset: usize) -> Option<(Source, usize)> {
+    let ip = Block::<40>::at(ctx, offset)?;
+    let source = Source::V6(ip.load::<u64, 8>(), ip.load::<u64, 16>());
+    let mut next = ip.byte::<6>();
     let mut header = offset + 40;
     for _ in 0..3 {
         match next {
             IPPROTO_TCP => break,
             // Hop-by-hop, routing, destination options: length in 8-octet units, less the first.
             0 | 43 | 60 => {
-                let ext: [u8; 2] = bytes(ctx, header)?;
-                next = ext[0];
-                header += (usize::from(ext[1]) + 1) * 8;
+                let ext = Block::<2>::at(ctx, header)?;
+                next = ext.byte::<0>();
+                header += (usize::from(ext.byte::<1>()) + 1) * 8;
             }
             // Fragment: only the first fragment holds the TCP header.
             44 => {
-                let frag: [u8; 4] = bytes(ctx, header)?;
-                if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                let frag = Block::<4>::at(ctx, header)?;
+                if frag.be16::<2>() & 0xfff8 != 0 {
                     return None;
                 }
-                next = frag[0];
+                next = frag.byte::<0>();
                 header += 8;
             }
             _ => return None,
@@ -340,11 +527,5 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Option<(SourceKey, usize)> {
     if next != IPPROTO_TCP {
         return None;
     }
-    Some((
-        SourceKey {
-            family: u32::from(FAMILY_V6),
-            addr,
-        },
-        header,
-    ))
+    Some((source, header))
 }

@@ -18,6 +18,7 @@ pub mod open_files;
 pub mod otlp;
 pub mod recorder;
 pub mod redis;
+pub mod syn_frames;
 pub mod upstream;
 pub mod wire;
 

@@ -113,8 +113,11 @@ fn a_reload_refused_in_its_last_step_changes_nothing() {
         );
     }
 
-    // A list longer than its map holds (XDP_PORTS holds 64) is refused before any map is touched.
-    let too_many: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+    // A list longer than its map holds (XDP_ALLOW_V4 holds 16384 prefixes) is refused before any
+    // map is touched.
+    let too_many: Vec<String> = (0..=16384u32)
+        .map(|i| format!("\"{}/32\"", Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
     let oversized = config(
         &cgroup.relative,
         upstream,
@@ -123,14 +126,14 @@ fn a_reload_refused_in_its_last_step_changes_nothing() {
         &[("old", &old_hash)],
     )
     .replace(
-        &format!("ports = [{bind_port}]"),
-        &format!("ports = [{}]", too_many.join(", ")),
+        &format!("allow = [\"{}\"]", changed.xdp_allow),
+        &format!("allow = [{}]", too_many.join(", ")),
     );
     let refused = daemon.reload_with(&oversized);
     assert_eq!(refused["kind"], "reload_failed", "{refused}");
     let error = refused["error"].as_str().unwrap();
     assert!(
-        error.contains("xdp.ports") && error.contains("at most 64"),
+        error.contains("xdp.allow") && error.contains("at most 16384"),
         "{error}"
     );
     assert_eq!(bpf_map::dump_rule_maps(&daemon.pin_dir), maps);

@@ -1,6 +1,8 @@
 //! The XDP SYN rate limit over a real network path: a client namespace and a guard namespace
 //! joined by a veth pair, real TCP connects, and the kernel's own counters checked against what
-//! the client saw. Counts are bounded in number and time.
+//! the client saw. Counts are bounded in number and time. The rotation tests add raw SYN frames
+//! from 200,000 IPv6 sources in one /48 and 65,536 IPv4 sources in one /16 (benchmarking ranges,
+//! inside the test's namespaces, with no route back out).
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener},
@@ -13,9 +15,13 @@ use std::{
 };
 
 use proxyguard_tests::{
+    bpf_map,
+    guarded::eventually,
     in_vm,
     netns::{NetNs, Topology, GUARD_V4, GUARD_V6},
-    require_root, Daemon,
+    proxyguard_bin, require_root,
+    syn_frames::{self, FrameSocket},
+    Daemon,
 };
 use serde_json::Value;
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -92,6 +98,18 @@ fn connects(
     attempts: u32,
     pause: Duration,
 ) -> u64 {
+    connects_within(client, source, target, attempts, pause, attempt_timeout())
+}
+
+/// As [`connects`], each connect given `timeout`.
+fn connects_within(
+    client: &NetNs,
+    source: &str,
+    target: SocketAddr,
+    attempts: u32,
+    pause: Duration,
+    timeout: Duration,
+) -> u64 {
     let path = client.path();
     let source: IpAddr = source.parse().unwrap();
     std::thread::spawn(move || {
@@ -104,7 +122,7 @@ fn connects(
                 .bind(&SockAddr::from(SocketAddr::new(source, 0)))
                 .unwrap();
             if socket
-                .connect_timeout(&SockAddr::from(target), attempt_timeout())
+                .connect_timeout(&SockAddr::from(target), timeout)
                 .is_ok()
             {
                 ok += 1;
@@ -275,5 +293,383 @@ fn monitor_mode_counts_and_drops_nothing() {
     assert!(
         would >= 1 && would <= u64::from(attempts) - BURST,
         "{counters}"
+    );
+}
+
+/// New-source admission per wider prefix in the rotation tests: small, so the bounds are tight.
+const NEW_RATE: u64 = 2;
+const NEW_BURST: u64 = 4;
+
+fn rotation_config(interface: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[bind]\nenabled = false\n\n[xdp]\nmode = \"enforce\"\ninterfaces = [\"{interface}\"]\nports = [{port}]\n\
+         rate_per_sec = {RATE}\nburst = {BURST}\nipv6_prefix = 64\nnew_source_prefix_v4 = 24\nnew_source_prefix_v6 = 48\n\
+         new_sources_per_sec = {NEW_RATE}\nnew_sources_burst = {NEW_BURST}\n{extra}"
+    )
+}
+
+/// The client side of the veth pair (`Topology` names it after the guard side).
+fn client_if(topo: &Topology) -> String {
+    topo.guard_if.replacen("pgg", "pgc", 1)
+}
+
+/// Sends one SYN from each of `sources` from the client namespace; returns how many were sent.
+fn raw_flood(topo: &Topology, sources: Vec<IpAddr>, port: u16) -> u64 {
+    let dst_mac = syn_frames::mac_of(&topo.guard.name, &topo.guard_if);
+    let path = topo.client.path();
+    let interface = client_if(topo);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let socket = FrameSocket::open(&interface).expect("an AF_PACKET socket on the client veth");
+        syn_frames::flood(
+            &socket,
+            dst_mac,
+            sources.into_iter(),
+            GUARD_V4.parse().unwrap(),
+            GUARD_V6.parse().unwrap(),
+            port,
+            64,
+        )
+    })
+    .join()
+    .unwrap()
+}
+
+/// The pinned bucket map `name`'s entries.
+fn buckets(daemon: &Daemon, name: &str) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    bpf_map::dump(&daemon.pin_dir.join("maps").join(name)).expect("dump a pinned bucket map")
+}
+
+fn v4_key(addr: &str) -> Vec<u8> {
+    addr.parse::<std::net::Ipv4Addr>()
+        .unwrap()
+        .octets()
+        .to_vec()
+}
+
+/// An IPv6 bucket key: the first 64 bits (the /64).
+fn v6_key(addr: &str) -> Vec<u8> {
+    addr.parse::<std::net::Ipv6Addr>().unwrap().octets()[..8].to_vec()
+}
+
+#[test]
+fn a_flood_rotating_over_200k_sources_stays_limited_and_known_sources_keep_their_state() {
+    require_root();
+    let (legit4, known4, legit6, known6) =
+        ("198.18.0.6", "198.18.0.7", "2001:db8::6", "2001:db8:0:7::7");
+    let topo = Topology::new(
+        "r",
+        &[
+            "198.18.0.6/24",
+            "198.18.0.7/24",
+            "2001:db8::6/64",
+            "2001:db8:0:7::7/64",
+        ],
+    );
+    topo.guard.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:0:7::/64",
+        "dev",
+        &topo.guard_if,
+    ]);
+    let port = 18082;
+    let _listener = Listener::start(&topo.guard, port);
+    let daemon = Daemon::start_in(
+        &rotation_config(&topo.guard_if, port, "events_per_sec = 50\n"),
+        &[],
+        Some(&topo.guard),
+    );
+    let v4 = SocketAddr::new(GUARD_V4.parse().unwrap(), port);
+    let v6 = SocketAddr::new(GUARD_V6.parse().unwrap(), port);
+    let started = Instant::now();
+
+    // Before the flood: two legitimate sources become known, and two known sources run out of
+    // tokens (their buckets are the state a rotation must not reset).
+    let mut legit_ok = connects(&topo.client, legit4, v4, 1, Duration::ZERO);
+    legit_ok += connects(&topo.client, legit6, v6, 1, Duration::ZERO);
+    assert_eq!(
+        legit_ok, 2,
+        "the legitimate sources could not connect at all"
+    );
+    let over4 = connects(&topo.client, known4, v4, 8, Duration::ZERO);
+    let over6 = connects(&topo.client, known6, v6, 8, Duration::ZERO);
+    assert!(
+        over4 < 8 && over6 < 8,
+        "the known sources were never limited"
+    );
+    let known4_before = buckets(&daemon, "XDP_BUCKETS_V4")[&v4_key(known4)].clone();
+    let known6_before = buckets(&daemon, "XDP_BUCKETS_V6")[&v6_key(known6)].clone();
+
+    // The flood: 200,000 IPv6 sources in 2001:db8:1::/48 and every address of 198.19.0.0/16,
+    // while the legitimate sources keep connecting at their rate.
+    let sources: Vec<IpAddr> = syn_frames::v6_sources(200_000)
+        .chain(syn_frames::v4_sources(65_536))
+        .collect();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let legit = {
+        let (flag, client, target4, target6) = (flooding.clone(), topo.client.name.clone(), v4, v6);
+        std::thread::spawn(move || {
+            let client = NetNs { name: client };
+            let (mut attempts, mut ok) = (0, 0);
+            while flag.load(Ordering::Relaxed) {
+                for (source, target) in [(legit4, target4), (legit6, target6)] {
+                    attempts += 1;
+                    // Long enough to survive one SYN retransmit: a failure is a refusal.
+                    ok += connects_within(
+                        &client,
+                        source,
+                        target,
+                        1,
+                        Duration::ZERO,
+                        Duration::from_secs(3),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(1000 / RATE + 150));
+            }
+            // Not ours to delete: the topology owns the namespace.
+            std::mem::forget(client);
+            (attempts, ok)
+        })
+    };
+    let sent = raw_flood(&topo, sources, port);
+    flooding.store(false, Ordering::Relaxed);
+    let (during_attempts, during_ok) = legit.join().unwrap();
+    assert!(sent >= 250_000, "only {sent} flood SYNs could be sent");
+    assert_eq!(
+        during_ok, during_attempts,
+        "a legitimate source was refused during the flood"
+    );
+    // After it, the legitimate sources still connect.
+    let after = connects_within(
+        &topo.client,
+        legit4,
+        v4,
+        1,
+        Duration::ZERO,
+        Duration::from_secs(3),
+    ) + connects_within(
+        &topo.client,
+        legit6,
+        v6,
+        1,
+        Duration::ZERO,
+        Duration::from_secs(3),
+    );
+    assert_eq!(after, 2, "a legitimate source was refused after the flood");
+    let seconds = started.elapsed().as_secs() + 1;
+
+    // The known sources' buckets are byte for byte what they were: never evicted, never reset.
+    let v4_buckets = buckets(&daemon, "XDP_BUCKETS_V4");
+    let v6_buckets = buckets(&daemon, "XDP_BUCKETS_V6");
+    assert_eq!(v4_buckets.get(&v4_key(known4)), Some(&known4_before));
+    assert_eq!(v6_buckets.get(&v6_key(known6)), Some(&known6_before));
+    assert!(v4_buckets.contains_key(&v4_key(legit4)));
+    assert!(v6_buckets.contains_key(&v6_key(legit6)));
+    // The flood got buckets only at its prefixes' admission rates: 256 /24s and one /48.
+    let admitted_bound = NEW_BURST + NEW_RATE * seconds;
+    let flood4 = v4_buckets.keys().filter(|k| k[..2] == [198, 19]).count() as u64;
+    let flood6 = v6_buckets
+        .keys()
+        .filter(|k| k[..6] == [0x20, 0x01, 0x0d, 0xb8, 0x00, 0x01])
+        .count() as u64;
+    assert!(
+        flood4 <= 256 * admitted_bound,
+        "{flood4} IPv4 flood sources got a bucket"
+    );
+    assert!(
+        flood6 <= admitted_bound,
+        "{flood6} IPv6 flood /64s got a bucket"
+    );
+
+    let counters = daemon.stop()["counters"]["xdp"].clone();
+    let passed = counters["passed"].as_u64().unwrap();
+    let dropped_new = counters["dropped_new_source"].as_u64().unwrap();
+    let client_passed = legit_ok + over4 + over6 + during_ok + after;
+    eprintln!(
+        "rotation: {sent} SYNs sent, {flood4} IPv4 and {flood6} IPv6 flood buckets, \
+         legit {during_ok}/{during_attempts} during; counters {counters}"
+    );
+    // Each admitted IPv4 source sent one SYN; an admitted /64 holds at most four flood sources.
+    let flood_passed = passed - client_passed;
+    assert!(
+        flood_passed <= flood4 + 4 * flood6,
+        "{flood_passed} flood SYNs passed for {flood4} + {flood6} admitted: {counters}"
+    );
+    // Most of the flood reached the program, and it was refused at admission.
+    assert!(
+        dropped_new >= sent / 2 && dropped_new >= 50 * flood_passed.max(1),
+        "{dropped_new} of {sent} flood SYNs dropped, {flood_passed} passed: {counters}"
+    );
+    assert_eq!(counters["dropped_deny"], 0, "{counters}");
+}
+
+#[test]
+fn a_spoofed_deny_listed_flood_gives_bounded_events_and_counts_the_rest() {
+    require_root();
+    const EVENTS_PER_SEC: u64 = 20;
+    let topo = Topology::new("d", &["198.18.0.9/24"]);
+    let port = 18083;
+    let _listener = Listener::start(&topo.guard, port);
+    let mut daemon = Daemon::start_in(
+        &rotation_config(
+            &topo.guard_if,
+            port,
+            &format!(
+                "events_per_sec = {EVENTS_PER_SEC}\ndeny = [\"198.18.128.0/17\", \"{SENTINEL}/32\"]\n"
+            ),
+        ),
+        &[],
+        Some(&topo.guard),
+    );
+    let started = Instant::now();
+    let sources: Vec<IpAddr> = (0..20_000u32)
+        .map(|i| {
+            IpAddr::V4(std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(198, 18, 128, 0)) + i,
+            ))
+        })
+        .collect();
+    let sent = raw_flood(&topo, sources, port);
+    assert!(sent >= 19_000, "only {sent} flood SYNs could be sent");
+
+    // The sentinel (deny-listed too) retries until one of its events gets past the cap: every
+    // event of the flood came before it.
+    let v4 = SocketAddr::new(GUARD_V4.parse().unwrap(), port);
+    let trying = Arc::new(AtomicBool::new(true));
+    let sentinel = {
+        let (flag, client) = (trying.clone(), topo.client.name.clone());
+        std::thread::spawn(move || {
+            let client = NetNs { name: client };
+            while flag.load(Ordering::Relaxed) {
+                assert_eq!(connects(&client, SENTINEL, v4, 1, Duration::ZERO), 0);
+            }
+            std::mem::forget(client);
+        })
+    };
+    let events = daemon.records_until(|e| e["kind"] == "syn_dropped" && e["source"] == SENTINEL);
+    trying.store(false, Ordering::Relaxed);
+    sentinel.join().unwrap();
+    let seconds = started.elapsed().as_secs() + 1;
+
+    // Deny-listed sources never get a bucket.
+    let v4_buckets = buckets(&daemon, "XDP_BUCKETS_V4");
+    assert!(
+        !v4_buckets
+            .keys()
+            .any(|k| k[..2] == [198, 18] && (k[2] >= 128 || k[..] == v4_key(SENTINEL)[..])),
+        "a deny-listed source has a bucket"
+    );
+    let counters = daemon.stop()["counters"]["xdp"].clone();
+    let flood_events = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "syn_dropped" && e["reason"] == "deny_list" && e["source"] != SENTINEL
+        })
+        .count() as u64;
+    // Two CPUs may race on the cap's window: at most one extra event each per second.
+    let bound = (EVENTS_PER_SEC + 2) * seconds;
+    assert!(
+        (1..=bound).contains(&flood_events),
+        "{flood_events} deny-list events in {seconds}s (cap {EVENTS_PER_SEC}/s)"
+    );
+    eprintln!("deny flood: {sent} SYNs sent, {flood_events} events seen; counters {counters}");
+    let dropped = counters["dropped_deny"].as_u64().unwrap();
+    let suppressed = counters["events_suppressed"].as_u64().unwrap();
+    let lost = counters["events_lost"].as_u64().unwrap();
+    assert!(
+        dropped >= sent / 2,
+        "{dropped} of {sent} deny-listed SYNs dropped: {counters}"
+    );
+    // Every deny-listed SYN was either reported or counted as held back.
+    assert!(
+        suppressed + lost + bound >= dropped && suppressed >= dropped - bound,
+        "{counters}"
+    );
+    assert_eq!(counters["passed"], 0, "{counters}");
+}
+
+/// `proxyguard status --json`'s `xdp` block.
+fn xdp_status(daemon: &Daemon) -> Value {
+    let out = std::process::Command::new(proxyguard_bin())
+        .args(["status", "--json", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    serde_json::from_slice::<Value>(&out.stdout)
+        .map(|s| s["xdp"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn with_no_interfaces_listed_the_limit_follows_the_front_listener() {
+    require_root();
+    let topo = Topology::new("a", &[]);
+    let port = 18084;
+    // A loopback listener: no interface carries traffic to it, and status says so.
+    let daemon = Daemon::start_in(
+        &format!("[bind]\nenabled = false\n\n[xdp]\nports = [{port}]\n"),
+        &[],
+        Some(&topo.guard),
+    );
+    assert!(
+        !daemon.ready["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "syn_rate_limit"),
+        "{}",
+        daemon.ready["programs"]
+    );
+    let status = xdp_status(&daemon);
+    assert_eq!(status["names"], serde_json::json!([]), "{status}");
+    assert!(
+        status["why"].as_str().unwrap().contains("loopback"),
+        "{status}"
+    );
+    drop(daemon);
+
+    // A wildcard listener: every non-loopback interface that is up, and ones that come up later.
+    let daemon = Daemon::start_in(
+        &format!(
+            "[bind]\nenabled = false\n\n[xdp]\nports = [{port}]\n\n[proxy]\nlisten = \"0.0.0.0:{port}\"\nallow_plaintext = true\nadmin_listen = \"127.0.0.1:0\"\n"
+        ),
+        &[],
+        Some(&topo.guard),
+    );
+    let targets: Vec<&str> = daemon.ready["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "syn_rate_limit")
+        .filter_map(|p| p["target"].as_str())
+        .collect();
+    assert_eq!(targets, [topo.guard_if.as_str()]);
+    let status = xdp_status(&daemon);
+    assert_eq!(status["source"], "auto", "{status}");
+    assert!(
+        status["why"].as_str().unwrap().contains("wildcard"),
+        "{status}"
+    );
+    let (late_a, late_b) = (
+        topo.guard_if.replacen("pgg", "pgx", 1),
+        topo.guard_if.replacen("pgg", "pgy", 1),
+    );
+    topo.guard.ip(&[
+        "link", "add", &late_a, "type", "veth", "peer", "name", &late_b,
+    ]);
+    topo.guard.ip(&["link", "set", &late_a, "up"]);
+    topo.guard.ip(&["link", "set", &late_b, "up"]);
+    let picked_up = eventually(Duration::from_secs(30), || {
+        xdp_status(&daemon)["names"].as_array().is_some_and(|n| {
+            n.iter().any(|i| i == late_a.as_str()) && n.iter().any(|i| i == late_b.as_str())
+        })
+    });
+    assert!(
+        picked_up,
+        "the new interfaces were never attached: {}",
+        xdp_status(&daemon)
     );
 }

@@ -295,6 +295,7 @@ fn status(
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
         "environ_watch": kernel.and_then(Kernel::environ_watch),
+        "xdp": super::status::xdp_fields(config, kernel),
         "egress": super::status::egress_fields(config, kernel),
         "checks": checks::continuous::summary(),
         "providers": crate::providers::status_json(

@@ -38,6 +38,19 @@ pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
     })
 }
 
+/// The interfaces the XDP limit runs on, and why those (`[xdp] interfaces`, or the front
+/// listener's address when the list is empty).
+pub(super) fn xdp_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
+    match kernel {
+        Some(k) => json!(k.xdp_interfaces),
+        None => json!({
+            "names": [],
+            "source": if config.xdp.interfaces.is_empty() { "auto" } else { "configured" },
+            "why": "started with --no-kernel",
+        }),
+    }
+}
+
 /// Whether a kernel rule guards the provider gateway's port (only the guarded service and
 /// proxyguard may connect): the one answer both `egress` and `providers` in `status` give.
 pub(super) fn gateway_kernel_guarded(kernel: Option<&Kernel>) -> bool {
@@ -151,6 +164,33 @@ fn render(status: &Value) -> String {
     if let Some(mechanism) = status["created_files"].as_str() {
         out.push_str(&format!("\ncreated-files record: {mechanism}\n"));
     }
+    if let Some(xdp) = status["xdp"].as_object() {
+        let names: Vec<&str> = xdp["names"]
+            .as_array()
+            .map(|n| n.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\nxdp SYN limit on: {} ({}: {})\n",
+            if names.is_empty() {
+                "no interface".to_owned()
+            } else {
+                names.join(", ")
+            },
+            xdp["source"].as_str().unwrap_or("?"),
+            xdp["why"].as_str().unwrap_or("?"),
+        ));
+        if let Some(refused) = xdp
+            .get("refused")
+            .and_then(Value::as_array)
+            .filter(|r| !r.is_empty())
+        {
+            let refused: Vec<&str> = refused.iter().filter_map(Value::as_str).collect();
+            out.push_str(&format!(
+                "  refused the program (came up after start; see the log): {}\n",
+                refused.join(", ")
+            ));
+        }
+    }
     if let Some(tier) = status["environ_watch"].as_str() {
         out.push_str(&format!("\nenviron watch: {tier}\n"));
     }
@@ -215,6 +255,19 @@ fn render(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_xdp_interfaces_and_why_are_shown() {
+        let off = json!({ "xdp": { "names": [], "source": "auto",
+            "why": "the front listener 127.0.0.1:8080 is on loopback" } });
+        assert!(render(&off).contains(
+            "\nxdp SYN limit on: no interface (auto: the front listener 127.0.0.1:8080 is on loopback)\n"
+        ));
+        let on = json!({ "xdp": { "names": ["eth0", "eth1"], "source": "configured",
+            "why": "listed in [xdp] interfaces" } });
+        assert!(render(&on)
+            .contains("xdp SYN limit on: eth0, eth1 (configured: listed in [xdp] interfaces)"));
+    }
 
     #[test]
     fn the_created_files_mechanism_is_shown_when_the_record_is_on() {

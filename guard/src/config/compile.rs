@@ -129,10 +129,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("upstream.key");
         std::fs::write(&key, "").unwrap();
-        let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+        // One more prefix than the XDP allow trie holds (ports are a bitmap: any list fits).
+        let allow: Vec<String> = (0..=guard_common::xdp::MAX_XDP_CIDRS)
+            .map(|i| format!("\"{}/32\"", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
         let source = format!(
-            "[xdp]\nports = [{}]\n\n[log]\nlevel = \"info\"\n\n[proxy]\nupstream = \"ftp://x\"\nupstream_key_file = \"{}\"\n\n[proxy.content]\ndeny_patterns = [\"(\"]\n",
-            ports.join(", "),
+            "[xdp]\nallow = [{}]\n\n[log]\nlevel = \"info\"\n\n[proxy]\nupstream = \"ftp://x\"\nupstream_key_file = \"{}\"\n\n[proxy.content]\ndeny_patterns = [\"(\"]\n",
+            allow.join(", "),
             key.display()
         );
         let Err(ConfigError::Invalid { errors, .. }) = parse(&source, Path::new("pg.toml")) else {
@@ -146,7 +149,7 @@ mod tests {
                 ("proxy.upstream", Some(8)),
                 ("proxy.upstream_key_file", Some(9)),
                 ("proxy.content.deny_patterns[0]", Some(12)),
-                ("xdp.ports", Some(2)),
+                ("xdp.allow", Some(2)),
             ]
         );
     }

@@ -66,7 +66,6 @@ pub fn check(config: &Config) -> Vec<(&'static str, String)> {
 /// What to do about a list that does not fit, by the field it comes from.
 pub fn advice(field: &str) -> &'static str {
     match field {
-        "xdp.ports" => "protect fewer ports",
         "bind.rules" => "use fewer rules or merge their addresses into wider prefixes",
         "guarded" => "the guarded service has more cgroups or tasks than the map can track",
         "watch.allow_exe" => "allow fewer executables",
@@ -85,17 +84,25 @@ mod tests {
     fn lists_past_a_map_capacity_are_named_by_field() {
         let mut config = Config::default();
         assert!(check(&config).is_empty());
-        // One more /32 than the XDP allow trie holds, and more ports than the port map holds.
+        // One more /32 than the XDP allow and deny tries hold. Ports are a bitmap: all fit.
         let cidrs = guard_common::xdp::MAX_XDP_CIDRS + 1;
         config.xdp.allow = (0..cidrs)
             .map(|i| ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)).into())
             .collect();
-        config.xdp.ports = (1..=guard_common::xdp::MAX_XDP_PORTS as u16 + 1).collect();
-        let fields: Vec<_> = check(&config).into_iter().map(|(f, _)| f).collect();
-        assert_eq!(fields, ["xdp.allow", "xdp.ports"]);
+        config.xdp.deny = config.xdp.allow.clone();
+        config.xdp.ports = (1..=u16::MAX).collect();
+        let problems = check(&config);
+        let fields: Vec<_> = problems.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["xdp.allow", "xdp.deny"]);
+        assert!(
+            problems[0]
+                .1
+                .contains(&format!("holds at most {}", cidrs - 1)),
+            "{problems:?}"
+        );
         // A list exactly at capacity fits.
         config.xdp.allow.pop();
-        config.xdp.ports.pop();
+        config.xdp.deny.pop();
         assert!(check(&config).is_empty());
     }
 }

@@ -58,20 +58,21 @@ pub fn bind_record(event: &BindEvent) -> (&'static str, Map<String, Value>) {
 
 pub fn xdp_record(event: &XdpEvent) -> (&'static str, Map<String, Value>) {
     // Families are the AF_* numbers, which fit in u16.
-    let (_, addr) = address(event.source.family as u16, &event.source.addr);
+    let (_, addr) = address(event.family, &event.addr);
     let kind = if event.verdict == verdict::DENIED {
         "syn_dropped"
     } else {
         "syn_would_drop"
     };
-    let reason = if event.reason == xdp_reason::DENY_LIST {
-        "deny_list"
-    } else {
-        "rate"
+    let reason = match event.reason {
+        xdp_reason::DENY_LIST => "deny_list",
+        xdp_reason::NEW_SOURCE => "new_source",
+        _ => "rate",
     };
     let record = audit::fields(json!({
         "severity": "medium",
         "source": addr,
+        "prefix_len": event.prefix_len,
         "port": event.port,
         "reason": reason,
         "ifindex": event.ifindex,

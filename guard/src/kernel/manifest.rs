@@ -36,6 +36,11 @@ pub struct Manifest {
     /// Hex SHA-256 of the embedded object.
     pub object: String,
     pub maps: BTreeMap<String, MapLayout>,
+    /// The state version of maps whose bytes a build may read differently at the same sizes
+    /// (for example `XDP_STATE_VERSION`). Absent in manifests of older builds, whose versioned
+    /// maps therefore count as another version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +93,22 @@ impl Manifest {
             format: FORMAT,
             object: hex::encode(Sha256::digest(object)),
             maps,
+            versions: BTreeMap::new(),
         })
+    }
+
+    /// Records the state version of each of `versioned` (map name, version).
+    pub fn with_versions(mut self, versioned: &[(&str, u32)]) -> Manifest {
+        self.versions = versioned
+            .iter()
+            .map(|(name, version)| ((*name).to_owned(), *version))
+            .collect();
+        self
+    }
+
+    /// Whether the map `name` pinned under `self` holds state of the version `ours` reads.
+    pub fn same_version(&self, ours: &Manifest, name: &str) -> bool {
+        self.versions.get(name) == ours.versions.get(name)
     }
 
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
@@ -171,7 +191,24 @@ mod tests {
             format: FORMAT,
             object: object.into(),
             maps: maps.iter().map(|(n, l)| ((*n).to_owned(), *l)).collect(),
+            versions: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn state_versions_read_back_and_compare() {
+        let old = manifest("aa", &[("XDP_CONFIG", layout(8))]);
+        let new = manifest("bb", &[("XDP_CONFIG", layout(8))]).with_versions(&[("XDP_CONFIG", 2)]);
+        // An older build recorded no version: its state counts as another version.
+        assert!(!old.same_version(&new, "XDP_CONFIG"));
+        assert!(old.same_version(&new, "BIND_STATS"));
+        let text = new.to_text();
+        assert!(text.contains("\"versions\":{\"XDP_CONFIG\":2}"), "{text}");
+        let back = Manifest::parse(&text).unwrap();
+        assert!(back.same_version(&new, "XDP_CONFIG"));
+        // A manifest without versions (format 1 as older builds wrote it) still parses.
+        assert!(!old.to_text().contains("versions"));
+        assert!(Manifest::parse(&old.to_text()).is_ok());
     }
 
     #[test]
@@ -229,7 +266,8 @@ mod tests {
     #[test]
     fn the_embedded_object_has_a_manifest_that_fits_a_symlink() {
         let m = Manifest::of_object(super::super::OBJECT, super::super::pins::PINNED_MAPS)
-            .expect("the embedded object parses");
+            .expect("the embedded object parses")
+            .with_versions(super::super::pins::STATE_VERSIONS);
         assert_eq!(m.maps.len(), super::super::pins::PINNED_MAPS.len());
         assert_eq!(m.object.len(), 64);
         let text = m.to_text();

@@ -145,6 +145,10 @@ pub struct Kernel {
     pub guarded_ports: Vec<(Destination, u16)>,
     /// The environ watch's state, when it is attached.
     watch: Option<environ::Watch>,
+    /// The interfaces the XDP limit is attached to, and why.
+    pub xdp_interfaces: xdp::Interfaces,
+    /// The pin directory, for links made after start (XDP on an interface that came up).
+    pins: pins::PinDir,
 }
 
 impl Kernel {
@@ -155,7 +159,8 @@ impl Kernel {
         raise_memlock_limit();
 
         let ours = manifest::Manifest::of_object(OBJECT, pins::PINNED_MAPS)
-            .map_err(|source| KernelError::Object { source })?;
+            .map_err(|source| KernelError::Object { source })?
+            .with_versions(pins::STATE_VERSIONS);
         let pins = pins::PinDir::prepare(&config.kernel.pin_dir, &ours)?;
         let mut loader = EbpfLoader::new();
         for name in pins::PINNED_MAPS {
@@ -244,17 +249,18 @@ impl Kernel {
             );
         }
         xdp::apply(&mut ebpf, &config.xdp)?;
-        if config.xdp.enabled && !config.xdp.interfaces.is_empty() {
-            let (attached, modes) = xdp::attach(&mut ebpf, &pins, &config.xdp)?;
+        let xdp_interfaces = xdp::interfaces(config);
+        if !xdp_interfaces.names.is_empty() {
+            let (attached, modes) =
+                xdp::attach(&mut ebpf, &pins, &config.xdp, &xdp_interfaces.names)?;
             programs.extend(attached);
             features.push(features::xdp_modes(&modes));
-            let ring = take_ring(&mut ebpf, guard_common::xdp::MAP_XDP_EVENTS)?;
-            tokio::spawn(report("xdp events", events::read_xdp_events(ring)));
         } else {
-            tracing::info!(
-                "xdp: no interfaces configured ([xdp] interfaces); the SYN rate limit is off"
-            );
+            tracing::info!("xdp: the SYN rate limit is off: {}", xdp_interfaces.why);
         }
+        // Read even while nothing is attached: an interface that comes up later gets the limit.
+        let xdp_ring = take_ring(&mut ebpf, guard_common::xdp::MAP_XDP_EVENTS)?;
+        tokio::spawn(report("xdp events", events::read_xdp_events(xdp_ring)));
         let watch = if config.watch.enabled && config.guarded.is_set() {
             // A watch that cannot attach (no tracefs, say) leaves the other families running.
             match start_watch(&mut ebpf, &pins, config, &mut features) {
@@ -329,6 +335,8 @@ impl Kernel {
             upstream_found,
             guarded_ports,
             watch,
+            xdp_interfaces,
+            pins,
         })
     }
 
@@ -429,6 +437,7 @@ impl Kernel {
     /// (a restart, a new worker cgroup), updates the maps. Returns whether the guarded set changed.
     pub fn refresh_guarded(&mut self, config: &Config) -> Result<bool, KernelError> {
         self.refresh_watch(config)?;
+        self.refresh_xdp_interfaces(config);
         let Some(root) = self.cgroup_root.clone() else {
             return Ok(false);
         };
@@ -458,6 +467,37 @@ impl Kernel {
         self.guarded = now;
         self.apply_egress(config)?;
         Ok(true)
+    }
+
+    /// Attaches the XDP limit to interfaces that came up since the last look (with
+    /// `interfaces = []`); interfaces that went away keep their pinned link until the next start.
+    fn refresh_xdp_interfaces(&mut self, config: &Config) {
+        let now = xdp::interfaces(config);
+        let new: Vec<String> = now
+            .names
+            .iter()
+            .filter(|name| {
+                !self.xdp_interfaces.names.contains(name)
+                    && !self.xdp_interfaces.refused.contains(name)
+            })
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            self.xdp_interfaces.why = now.why;
+            return;
+        }
+        match xdp::attach(&mut self.ebpf, &self.pins, &config.xdp, &new) {
+            Ok((attached, modes)) => {
+                tracing::info!(interfaces = ?new, "xdp: attached to interfaces that came up: {}", modes.join("; "));
+                self.programs.extend(attached);
+                self.xdp_interfaces.names.extend(new);
+                self.xdp_interfaces.why = now.why;
+            }
+            Err(err) => {
+                tracing::error!(interfaces = ?new, "xdp: cannot attach to a new interface (not retried): {err}");
+                self.xdp_interfaces.refused.extend(new);
+            }
+        }
     }
 
     /// Takes a new set of resolved host names into the egress allow-list.

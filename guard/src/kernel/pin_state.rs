@@ -3,7 +3,9 @@
 //! not the manifest, is the truth: aya would otherwise reuse a map of another layout and the new
 //! daemon would read and write its structs in it).
 //!
-//! A map whose layout is unchanged keeps its pin and its state. A map whose layout changed is
+//! A map whose layout is unchanged keeps its pin and its state, unless the manifest records
+//! another state version for it (the bytes mean something else at the same sizes: see
+//! `STATE_VERSIONS` in `pins.rs`). A map whose layout changed is
 //! created anew under `staging/`, used by the new programs, and renamed over the old pin only
 //! once every program is in place; the manifest is written last. A start that fails half-way
 //! leaves the old manifest, so the next start replaces again.
@@ -44,7 +46,22 @@ impl PinDir {
         let mut maps = BTreeMap::new();
         for name in PINNED_MAPS {
             let want = ours.maps.get(*name).copied();
-            maps.insert(*name, plan_map(&root.join("maps").join(name), name, want));
+            let mut plan = plan_map(&root.join("maps").join(name), name, want);
+            // Same sizes, other meaning: the bytes of a map of another state version (or of a
+            // build that recorded none) are never read with this build's types.
+            let same_version = previous
+                .as_ref()
+                .map_or(!ours.versions.contains_key(*name), |p| {
+                    p.same_version(ours, name)
+                });
+            if plan == MapPin::Reuse && !same_version {
+                tracing::info!(
+                    map = name,
+                    "the pinned map holds state of another version; a new map replaces it (its entries start empty)"
+                );
+                plan = MapPin::Recreate;
+            }
+            maps.insert(*name, plan);
         }
         let same_object = previous.as_ref().is_some_and(|p| p.same_object(ours));
         let maps_kept = maps.values().all(|m| *m == MapPin::Reuse);
@@ -105,6 +122,20 @@ impl PinDir {
                     source,
                 }
             })?;
+        }
+        // Maps an older build pinned and this one no longer has (XDP_BUCKETS, split by family):
+        // nothing reads them.
+        if let Ok(entries) = std::fs::read_dir(self.root.join("maps")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !PINNED_MAPS.contains(&name.as_str()) {
+                    tracing::info!(
+                        map = name,
+                        "removing a pinned map this build no longer uses"
+                    );
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
         let text = ours.to_text();
         if text.len() > MAX_TEXT {

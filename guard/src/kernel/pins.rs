@@ -25,7 +25,11 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::bind::MAP_BIND_STATS,
     guard_common::xdp::MAP_XDP_CONFIG,
     guard_common::xdp::MAP_XDP_PORTS,
-    guard_common::xdp::MAP_XDP_BUCKETS,
+    guard_common::xdp::MAP_XDP_BUCKETS_V4,
+    guard_common::xdp::MAP_XDP_BUCKETS_V6,
+    guard_common::xdp::MAP_XDP_PREFIX_V4,
+    guard_common::xdp::MAP_XDP_PREFIX_V6,
+    guard_common::xdp::MAP_XDP_EVENT_CAP,
     guard_common::xdp::MAP_XDP_ALLOW_V4,
     guard_common::xdp::MAP_XDP_ALLOW_V6,
     guard_common::xdp::MAP_XDP_DENY_V4,
@@ -52,6 +56,47 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::upstream::MAP_UPSTREAM_CGROUPS,
     guard_common::upstream::MAP_UPSTREAM_EVENTS,
     guard_common::upstream::MAP_UPSTREAM_STATS,
+];
+
+/// Pinned maps whose content a build may read differently at the same sizes, with the state
+/// version this build reads. Bump the family's constant with any such change.
+pub const STATE_VERSIONS: &[(&str, u32)] = &[
+    (
+        guard_common::xdp::MAP_XDP_CONFIG,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_PORTS,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_BUCKETS_V4,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_BUCKETS_V6,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_PREFIX_V4,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_PREFIX_V6,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_EVENT_CAP,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_EVENTS,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
+    (
+        guard_common::xdp::MAP_XDP_STATS,
+        guard_common::xdp::XDP_STATE_VERSION,
+    ),
 ];
 
 pub struct PinDir {

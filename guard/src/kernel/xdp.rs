@@ -1,7 +1,17 @@
-//! The XDP connection rate limit: attaches `syn_rate_limit` to the configured interfaces (native
-//! where the driver allows, generic otherwise) and keeps its maps equal to the config.
+//! The XDP connection rate limit: attaches `syn_rate_limit` (its coarse-clock build where the
+//! kernel has `bpf_ktime_get_coarse_ns`) to the interfaces that can carry traffic to the front
+//! listener, or to the configured ones (native where the driver allows, generic otherwise), and
+//! keeps its maps equal to the config.
+//!
+//! `interfaces = []` means "the ones that matter": none for a loopback listener (no interface
+//! but `lo` carries traffic to it), and every non-loopback interface that is up for a wildcard or
+//! another local address (a local address is reachable through any interface). The daemon's
+//! periodic refresh attaches to interfaces that come up later.
 
-use std::collections::{BTreeSet, HashSet};
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::SocketAddr,
+};
 
 use aya::{
     programs::{
@@ -11,20 +21,147 @@ use aya::{
     Ebpf,
 };
 use guard_common::xdp::{
-    XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6, MAP_XDP_CONFIG,
-    MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, MAX_XDP_CIDRS, MAX_XDP_PORTS,
-    PROG_XDP_SYN_LIMIT, STAT_DROPPED_DENY, STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_PASSED,
-    STAT_WOULD_DROP,
+    PortBitmap, XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6,
+    MAP_XDP_CONFIG, MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, MAX_XDP_CIDRS,
+    PROG_XDP_SYN_LIMIT, PROG_XDP_SYN_LIMIT_COARSE, STAT_DROPPED_DENY, STAT_DROPPED_NEW_SOURCE,
+    STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_EVENTS_SUPPRESSED, STAT_PASSED, STAT_WOULD_DROP,
 };
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    maps::{self, HashStep, SlotStep, TrieStep},
+    maps::{self, SlotStep, TrieStep},
     pins::{PinDir, Pinned},
     AttachedProgram, KernelError,
 };
-use crate::config::xdp::{AttachMode, XdpSection};
+use crate::config::{
+    xdp::{AttachMode, XdpSection},
+    Config,
+};
+
+/// The interfaces the limit is attached to, and why those.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Interfaces {
+    pub names: Vec<String>,
+    /// `configured` (the `[xdp] interfaces` list) or `auto` (from the front listener).
+    pub source: &'static str,
+    pub why: String,
+    /// Interfaces that came up after start and refused the program (not retried).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// Which interfaces `config` asks for now: the list, or the ones that can carry traffic to the
+/// front listener.
+pub fn interfaces(config: &Config) -> Interfaces {
+    let xdp = &config.xdp;
+    if !xdp.enabled {
+        return Interfaces {
+            names: Vec::new(),
+            source: "configured",
+            why: "[xdp] enabled = false".into(),
+            refused: Vec::new(),
+        };
+    }
+    if !xdp.interfaces.is_empty() {
+        return Interfaces {
+            names: xdp.interfaces.clone(),
+            source: "configured",
+            why: "listed in [xdp] interfaces".into(),
+            refused: Vec::new(),
+        };
+    }
+    let listen = config.proxy.listen;
+    if !config.proxy.enabled {
+        return Interfaces {
+            names: Vec::new(),
+            source: "auto",
+            why: "the front proxy is off and [xdp] interfaces is empty: nothing to protect".into(),
+            refused: Vec::new(),
+        };
+    }
+    auto_interfaces(listen, &up_interfaces())
+}
+
+/// The choice for `listen`, given the (name, loopback) interfaces that are up.
+fn auto_interfaces(listen: SocketAddr, up: &[(String, bool)]) -> Interfaces {
+    if listen.ip().is_loopback() {
+        return Interfaces {
+            names: Vec::new(),
+            source: "auto",
+            why: format!(
+                "the front listener {listen} is on loopback: no network interface carries traffic to it (list interfaces in [xdp] interfaces to attach anyway)"
+            ),
+            refused: Vec::new(),
+        };
+    }
+    let names: Vec<String> = up
+        .iter()
+        .filter(|(_, loopback)| !*loopback)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let what = if listen.ip().is_unspecified() {
+        "a wildcard address"
+    } else {
+        "a non-loopback address, reachable through any interface"
+    };
+    Interfaces {
+        why: if names.is_empty() {
+            format!(
+                "the front listener {listen} is on {what}, but no non-loopback interface is up yet"
+            )
+        } else {
+            format!(
+                "the front listener {listen} is on {what}: every non-loopback interface that is up"
+            )
+        },
+        names,
+        source: "auto",
+        refused: Vec::new(),
+    }
+}
+
+/// Every interface that is up in the daemon's network namespace, with whether it is a loopback.
+fn up_interfaces() -> Vec<(String, bool)> {
+    use nix::net::if_::InterfaceFlags;
+    let mut seen = BTreeSet::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    for ifa in addrs {
+        if ifa.flags.contains(InterfaceFlags::IFF_UP) {
+            seen.insert((
+                ifa.interface_name,
+                ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK),
+            ));
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// The limiter's program in this object: the coarse-clock build when the kernel accepts it,
+/// the precise one otherwise. Loads it on first use.
+fn limiter(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &'static str), KernelError> {
+    for name in [PROG_XDP_SYN_LIMIT_COARSE, PROG_XDP_SYN_LIMIT] {
+        let program: &mut Xdp = super::program(ebpf, name)?;
+        if program.fd().is_ok() {
+            return Ok((super::program(ebpf, name)?, name));
+        }
+    }
+    let coarse: &mut Xdp = super::program(ebpf, PROG_XDP_SYN_LIMIT_COARSE)?;
+    match coarse.load() {
+        Ok(()) => return Ok((super::program(ebpf, PROG_XDP_SYN_LIMIT_COARSE)?, PROG_XDP_SYN_LIMIT_COARSE)),
+        Err(err) => tracing::info!(
+            "the coarse clock (bpf_ktime_get_coarse_ns, Linux 5.11+) is refused here, the limiter reads the precise one: {err}"
+        ),
+    }
+    let name = PROG_XDP_SYN_LIMIT;
+    let program: &mut Xdp = super::program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|source| KernelError::LoadProgram { name, source })?;
+    Ok((program, name))
+}
 
 /// Attaches the program to every configured interface through a pinned link (native where the
 /// driver allows), adopts the link an earlier daemon of the same object pinned there, or swaps
@@ -32,16 +169,19 @@ use crate::config::xdp::{AttachMode, XdpSection};
 ///
 /// Also returns one line per interface saying which mode is in use and, for generic mode, why
 /// native was not.
+///
+/// `interfaces` are those of [`interfaces`]; links are pinned under `syn_rate_limit@<interface>`
+/// whichever clock the program reads.
 pub fn attach(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     config: &XdpSection,
+    interfaces: &[String],
 ) -> Result<(Vec<AttachedProgram>, Vec<String>), KernelError> {
     let name = PROG_XDP_SYN_LIMIT;
     let mut attached = Vec::new();
     let mut modes = Vec::new();
-    let mut loaded = false;
-    for interface in &config.interfaces {
+    for interface in interfaces {
         let pinned = pins.pinned(name, interface);
         if let Pinned::Adopt { program_id } = pinned {
             modes.push(format!("{interface}: adopted from pins"));
@@ -54,13 +194,12 @@ pub fn attach(
             ));
             continue;
         }
-        let program: &mut Xdp = super::program(ebpf, name)?;
-        if !loaded {
-            program
-                .load()
-                .map_err(|source| KernelError::LoadProgram { name, source })?;
-            loaded = true;
-        }
+        let (program, variant) = limiter(ebpf)?;
+        let clock = if variant == PROG_XDP_SYN_LIMIT_COARSE {
+            "coarse clock"
+        } else {
+            "precise clock"
+        };
         if let Pinned::Replace { link, .. } = pinned {
             // One XDP program per interface: the pinned link keeps its place (and its native or
             // generic mode) and gets the new program in one step.
@@ -76,7 +215,7 @@ pub fn attach(
             let id = program.attach_to_link(link).map_err(err)?;
             // The pin holds the link; this handle is not needed.
             drop(program.take_link(id));
-            modes.push(format!("{interface}: replaced in place"));
+            modes.push(format!("{interface}: replaced in place, {clock}"));
             attached.push(AttachedProgram {
                 name,
                 hook: "xdp (replaced)",
@@ -120,10 +259,10 @@ pub fn attach(
         };
         modes.push(match (&last_error, hook) {
             (Some(native_refused), "xdp (generic)") => {
-                format!("{interface}: generic (native refused: {native_refused})")
+                format!("{interface}: generic, {clock} (native refused: {native_refused})")
             }
             _ => format!(
-                "{interface}: {}",
+                "{interface}: {}, {clock}",
                 hook.trim_start_matches("xdp (").trim_end_matches(')')
             ),
         });
@@ -154,32 +293,62 @@ pub fn apply(ebpf: &mut Ebpf, config: &XdpSection) -> Result<(), KernelError> {
 pub fn plan(config: &XdpSection) -> maps::Plan {
     let (allow_v4, allow_v6) = split(&config.allow);
     let (deny_v4, deny_v6) = split(&config.deny);
-    let tunables = XdpConfig {
-        mode: config.mode.kernel_value(),
-        rate_per_sec: config.rate_per_sec,
-        burst: config.burst,
-        v6_prefix_len: u32::from(config.ipv6_prefix),
-        lists: (if config.allow.is_empty() {
-            0
-        } else {
-            LIST_ALLOW
-        }) | (if config.deny.is_empty() { 0 } else { LIST_DENY }),
-        _pad: 0,
-    };
-    let ports: Vec<(u16, u32)> = if config.enabled {
-        let distinct: BTreeSet<u16> = config.ports.iter().copied().collect();
-        distinct.into_iter().map(|p| (p, 1)).collect()
-    } else {
-        Vec::new()
-    };
+    let mut ports = PortBitmap::default();
+    if config.enabled {
+        for port in &config.ports {
+            ports.set(*port);
+        }
+    }
     vec![
         TrieStep::ones(MAP_XDP_ALLOW_V4, "xdp.allow", MAX_XDP_CIDRS, allow_v4),
         TrieStep::ones(MAP_XDP_ALLOW_V6, "xdp.allow", MAX_XDP_CIDRS, allow_v6),
         TrieStep::ones(MAP_XDP_DENY_V4, "xdp.deny", MAX_XDP_CIDRS, deny_v4),
         TrieStep::ones(MAP_XDP_DENY_V6, "xdp.deny", MAX_XDP_CIDRS, deny_v6),
-        SlotStep::boxed(MAP_XDP_CONFIG, "xdp", tunables),
-        HashStep::boxed(MAP_XDP_PORTS, "xdp.ports", MAX_XDP_PORTS, ports),
+        SlotStep::boxed(MAP_XDP_CONFIG, "xdp", tunables(config)),
+        // One bit per port: every port list fits.
+        SlotStep::boxed(MAP_XDP_PORTS, "xdp.ports", ports),
     ]
+}
+
+/// The kernel's tunables. Masks are in network byte order, as the program ANDs them with keys
+/// loaded straight from the packet.
+pub fn tunables(config: &XdpSection) -> XdpConfig {
+    XdpConfig {
+        mode: config.mode.kernel_value(),
+        rate_per_sec: config.rate_per_sec,
+        burst: config.burst,
+        lists: (if config.allow.is_empty() {
+            0
+        } else {
+            LIST_ALLOW
+        }) | (if config.deny.is_empty() { 0 } else { LIST_DENY }),
+        new_per_sec: config.new_sources_per_sec,
+        new_burst: config.new_sources_burst,
+        events_per_sec: config.events_per_sec,
+        v4_prefix_len: config.new_source_prefix_v4,
+        v6_prefix_len: config.new_source_prefix_v6,
+        v6_source_len: config.ipv6_prefix,
+        _pad: 0,
+        v4_prefix_mask: mask32(config.new_source_prefix_v4).to_be(),
+        _pad2: 0,
+        v6_source_mask: mask64(config.ipv6_prefix).to_be(),
+        v6_prefix_mask: mask64(config.new_source_prefix_v6).to_be(),
+    }
+}
+
+/// The first `len` bits set (host order), `len` clamped to 0..=32.
+fn mask32(len: u8) -> u32 {
+    match len {
+        0 => 0,
+        len => u32::MAX << (32 - u32::from(len.min(32))),
+    }
+}
+
+fn mask64(len: u8) -> u64 {
+    match len {
+        0 => 0,
+        len => u64::MAX << (64 - u32::from(len.min(64))),
+    }
 }
 
 /// LPM entries: (prefix length, network address).
@@ -203,27 +372,89 @@ pub struct XdpStats {
     pub passed: u64,
     pub dropped_rate: u64,
     pub dropped_deny: u64,
+    /// SYNs from sources new to the limiter whose wider prefix admitted no more for now.
+    pub dropped_new_source: u64,
     pub would_drop: u64,
     pub events_lost: u64,
+    /// Drop events held back by the global cap (`events_per_sec`).
+    pub events_suppressed: u64,
 }
 
 pub fn stats(ebpf: &Ebpf) -> Result<XdpStats, KernelError> {
-    let [passed, dropped_rate, dropped_deny, would_drop, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_XDP_STATS,
-        [
-            STAT_PASSED,
-            STAT_DROPPED_RATE,
-            STAT_DROPPED_DENY,
-            STAT_WOULD_DROP,
-            STAT_EVENTS_LOST,
-        ],
-    )?;
+    let [passed, dropped_rate, dropped_deny, dropped_new_source, would_drop, events_lost, events_suppressed] =
+        maps::percpu_sums(
+            ebpf,
+            MAP_XDP_STATS,
+            [
+                STAT_PASSED,
+                STAT_DROPPED_RATE,
+                STAT_DROPPED_DENY,
+                STAT_DROPPED_NEW_SOURCE,
+                STAT_WOULD_DROP,
+                STAT_EVENTS_LOST,
+                STAT_EVENTS_SUPPRESSED,
+            ],
+        )?;
     Ok(XdpStats {
         passed,
         dropped_rate,
         dropped_deny,
+        dropped_new_source,
         would_drop,
         events_lost,
+        events_suppressed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_keep_the_prefix_in_network_order() {
+        let addr = u32::from_ne_bytes([198, 18, 7, 9]);
+        let masked = addr & mask32(24).to_be();
+        assert_eq!(masked.to_ne_bytes(), [198, 18, 7, 0]);
+        assert_eq!(addr & mask32(32).to_be(), addr);
+        let v6 = u64::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8, 0, 1, 0xab, 0xcd]);
+        assert_eq!(
+            (v6 & mask64(48).to_be()).to_ne_bytes(),
+            [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0]
+        );
+        assert_eq!(v6 & mask64(64).to_be(), v6);
+        assert_eq!(mask64(0), 0);
+    }
+
+    #[test]
+    fn auto_interfaces_follow_the_listener() {
+        let up = vec![
+            ("eth0".to_owned(), false),
+            ("lo".to_owned(), true),
+            ("wg0".to_owned(), false),
+        ];
+        let loopback = auto_interfaces("127.0.0.1:8080".parse().unwrap(), &up);
+        assert!(loopback.names.is_empty());
+        assert!(loopback.why.contains("loopback"), "{}", loopback.why);
+        let wildcard = auto_interfaces("[::]:8080".parse().unwrap(), &up);
+        assert_eq!(wildcard.names, ["eth0", "wg0"]);
+        assert!(wildcard.why.contains("wildcard"), "{}", wildcard.why);
+        let external = auto_interfaces("192.0.2.1:8080".parse().unwrap(), &up);
+        assert_eq!(external.names, ["eth0", "wg0"]);
+        let none_up = auto_interfaces("0.0.0.0:8080".parse().unwrap(), &up[1..2]);
+        assert!(none_up.names.is_empty());
+        assert!(none_up.why.contains("no non-loopback"), "{}", none_up.why);
+    }
+
+    #[test]
+    fn every_port_fits_the_bitmap() {
+        let config = XdpSection {
+            ports: (1..=u16::MAX).collect(),
+            ..XdpSection::default()
+        };
+        assert!(plan(&config).iter().all(|s| s.entries() <= s.capacity()));
+        let mut bitmap = PortBitmap::default();
+        bitmap.set(8080);
+        bitmap.set(65535);
+        assert!(bitmap.contains(8080) && bitmap.contains(65535) && !bitmap.contains(8081));
+    }
 }

@@ -124,6 +124,20 @@ pub fn phase(port: u16, duration: Duration, flood: bool) -> Result<Outcome> {
     })
 }
 
+/// The paced legitimate client alone for `duration` (another module brings the flood).
+pub fn legit_phase(port: u16, duration: Duration) -> Result<Outcome> {
+    let target = SocketAddr::new(netns::GUARD_ADDR.parse()?, port);
+    let (attempts, ok, latencies) = legit_client(target, duration)?;
+    Ok(Outcome {
+        attempts,
+        ok,
+        latencies,
+        flood_completed: 0,
+        flood_failed: 0,
+        seconds: duration.as_secs_f64(),
+    })
+}
+
 /// Open-loop paced requests: one every 1/LEGIT_RATE s, each on its own thread so a slow answer
 /// does not delay the next request.
 fn legit_client(target: SocketAddr, duration: Duration) -> Result<(u64, u64, Vec<Duration>)> {

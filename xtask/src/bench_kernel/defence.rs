@@ -89,9 +89,15 @@ impl Daemon {
 
     /// How the XDP program is attached (`xdp (native)` or `xdp (generic)`).
     pub fn hook(&self) -> String {
+        // The XDP program's hook: the daemon attaches others too (the upstream guard's).
         self.ready["programs"]
             .as_array()
-            .and_then(|programs| programs.iter().find_map(|p| p["hook"].as_str()))
+            .and_then(|programs| {
+                programs
+                    .iter()
+                    .filter(|p| p["name"] == guard_common::xdp::PROG_XDP_SYN_LIMIT)
+                    .find_map(|p| p["hook"].as_str())
+            })
             .unwrap_or("unknown")
             .to_owned()
     }
@@ -143,7 +149,9 @@ impl Drop for Daemon {
 }
 
 /// iptables `hashlimit` dropping SYNs to the port above the per-source limit, in the guard
-/// namespace only (the rule dies with the namespace at the latest).
+/// namespace only (the rule dies with the namespace at the latest). It sits in raw/PREROUTING,
+/// the earliest netfilter hook and before conntrack: the fair place to compare with XDP, which
+/// runs earlier still.
 pub struct Hashlimit {
     rule: Vec<String>,
 }
@@ -151,7 +159,7 @@ pub struct Hashlimit {
 impl Hashlimit {
     pub fn add(port: u16) -> Result<Hashlimit> {
         let rule: Vec<String> = [
-            "INPUT",
+            "PREROUTING",
             "-p",
             "tcp",
             "--syn",
@@ -174,7 +182,7 @@ impl Hashlimit {
         .to_vec();
         cmd::run(
             netns::command_in(netns::GUARD_NS, "iptables")
-                .arg("-A")
+                .args(["-t", "raw", "-A"])
                 .args(&rule),
         )?;
         Ok(Hashlimit { rule })
@@ -182,9 +190,15 @@ impl Hashlimit {
 
     /// Packets the rule dropped so far.
     pub fn dropped(&self) -> Result<u64> {
-        let out = cmd::output(
-            netns::command_in(netns::GUARD_NS, "iptables").args(["-L", "INPUT", "-v", "-x", "-n"]),
-        )?;
+        let out = cmd::output(netns::command_in(netns::GUARD_NS, "iptables").args([
+            "-t",
+            "raw",
+            "-L",
+            "PREROUTING",
+            "-v",
+            "-x",
+            "-n",
+        ]))?;
         out.lines()
             .find(|line| line.contains("DROP") && line.contains("limit: above"))
             .and_then(|line| line.split_whitespace().next()?.parse().ok())

@@ -11,6 +11,7 @@ mod defence;
 mod netns;
 mod peers;
 mod prog_cost;
+mod rotation;
 mod signals;
 mod syn_flood;
 mod syn_sender;
@@ -28,6 +29,7 @@ const PORT: u16 = 18080;
 
 struct Plan {
     conn_phase: Duration,
+    rotation_phase: Duration,
     syn_phase: Duration,
     cost_phase: Duration,
     /// Pause between phases, for queues and TIME_WAITs from a flood to drain.
@@ -39,6 +41,7 @@ impl Plan {
         if quick {
             Plan {
                 conn_phase: Duration::from_secs(10),
+                rotation_phase: Duration::from_secs(10),
                 // /proc/stat is tick-sampled: shorter windows make the softirq share noisy.
                 syn_phase: Duration::from_secs(8),
                 cost_phase: Duration::from_secs(3),
@@ -47,6 +50,7 @@ impl Plan {
         } else {
             Plan {
                 conn_phase: Duration::from_secs(30),
+                rotation_phase: Duration::from_secs(30),
                 syn_phase: Duration::from_secs(20),
                 cost_phase: Duration::from_secs(8),
                 settle: Duration::from_secs(4),
@@ -111,7 +115,7 @@ fn run_all(quick: bool) -> Result<Value> {
     };
     signals::sleep(plan.settle)?;
 
-    let (hook, cost, xdp_counters) = {
+    let (hook, cost, rotation, xdp_counters) = {
         let mut daemon = defence::Daemon::start(&binary, PORT)?;
         let hook = daemon.hook();
         phase("connection flood: proxyguard XDP");
@@ -126,17 +130,24 @@ fn run_all(quick: bool) -> Result<Value> {
             syn_flood::phase(netns::GUARD_ADDR.parse()?, PORT, plan.syn_phase)?,
         ));
         signals::sleep(plan.settle)?;
-        phase("program cost: syn_rate_limit vs xdp_pass");
+        phase("rotation flood: 200,000 IPv6 + 65,536 IPv4 sources, proxyguard XDP");
+        let rotation = rotation::phase(PORT, plan.rotation_phase)?;
+        signals::sleep(plan.settle)?;
+        phase("program cost: syn_rate_limit vs xdp_pass (and the clock helpers)");
         let limiter_id = netns::xdp_prog_id(netns::GUARD_NS, netns::GUARD_IF)?
             .context("proxyguard's XDP program is not attached to the guard veth")?;
-        let baseline = prog_cost::Baseline::attach(&object, hook.contains("native"))?;
-        let cost = prog_cost::measure(limiter_id, &baseline, PORT, plan.cost_phase)?;
-        drop(baseline);
-        (hook, cost, daemon.stop()?)
+        let cost = prog_cost::measure(
+            limiter_id,
+            &object,
+            hook.contains("native"),
+            PORT,
+            plan.cost_phase,
+        )?;
+        (hook, cost, rotation, daemon.stop()?)
     };
 
-    let targets = targets(&conn, &syn, &cost);
-    print_table(quick, &hook, &conn, &syn, &cost, &targets);
+    let targets = targets(&conn, &syn, &cost, &rotation);
+    print_table(quick, &hook, &conn, &syn, &cost, &rotation, &targets);
     Ok(json!({
         "quick": quick,
         "limit": { "rate_per_sec": defence::RATE_PER_SEC, "burst": defence::BURST },
@@ -148,6 +159,7 @@ fn run_all(quick: bool) -> Result<Value> {
         "xdp_hook": hook,
         "connection_flood": conn.iter().map(|(name, o)| (name.to_string(), o.json())).collect::<serde_json::Map<_, _>>(),
         "syn_flood": syn.iter().map(|(name, s)| (name.to_string(), s.json())).collect::<serde_json::Map<_, _>>(),
+        "rotation_flood": rotation.json(),
         "program_cost": cost.json(),
         "xdp_counters": xdp_counters,
         "iptables_hashlimit_dropped": iptables_dropped,
@@ -187,6 +199,7 @@ fn targets(
     conn: &[(&str, conn_flood::Outcome)],
     syn: &[(&str, syn_flood::Sample)],
     cost: &prog_cost::Cost,
+    rotation: &rotation::Outcome,
 ) -> Vec<Target> {
     let (baseline, xdp) = (&conn[0].1, &conn[3].1);
     let (iptables, xdp_syn) = (&syn[1].1, &syn[2].1);
@@ -194,6 +207,12 @@ fn targets(
         Target {
             name: "conn flood + XDP: legit success %",
             value: xdp.success_pct(),
+            bound: 99.0,
+            at_least: true,
+        },
+        Target {
+            name: "rotation flood (200k sources) + XDP: legit success %",
+            value: rotation.legit.success_pct(),
             bound: 99.0,
             at_least: true,
         },
@@ -224,6 +243,7 @@ fn print_table(
     conn: &[(&str, conn_flood::Outcome)],
     syn: &[(&str, syn_flood::Sample)],
     cost: &prog_cost::Cost,
+    rotation: &rotation::Outcome,
     targets: &[Target],
 ) {
     println!();
@@ -283,7 +303,26 @@ fn print_table(
          sender ns: the sender thread's CPU per SYN, send path plus the softirq work run inline)"
     );
     println!();
-    println!("program cost (BPF run stats, same SYN flood)");
+    println!(
+        "rotation flood (raw SYNs over {} IPv6 sources in one /48 and {} IPv4 in one /16, {} rounds)",
+        rotation::V6_SOURCES,
+        rotation::V4_SOURCES,
+        rotation.rounds
+    );
+    println!(
+        "  legit ok {:.1}% ({} of {}), p99 {:.1} ms; {} flood SYNs sent ({:.0}/s)",
+        rotation.legit.success_pct(),
+        rotation.legit.ok,
+        rotation.legit.attempts,
+        rotation.legit.percentile_ms(99.0),
+        rotation.flood_sent,
+        rotation.flood_sent as f64 / rotation.legit.seconds
+    );
+    println!();
+    println!(
+        "program cost (BPF run stats, same SYN flood; limiter build: {})",
+        cost.limiter
+    );
     println!(
         "  syn_rate_limit, SYNs over the limit:   {:>6.0} ns/pkt ({} runs)",
         cost.limiter_ns, cost.limiter_runs
@@ -296,6 +335,14 @@ fn print_table(
         "  xdp_pass:                              {:>6.0} ns/pkt ({} runs)",
         cost.pass_ns, cost.pass_runs
     );
+    println!(
+        "  xdp_pass + bpf_ktime_get_ns:           {:>6.0} ns/pkt",
+        cost.clock_fine_ns
+    );
+    match cost.clock_coarse_ns {
+        Some(ns) => println!("  xdp_pass + bpf_ktime_get_coarse_ns:    {ns:>6.0} ns/pkt"),
+        None => println!("  xdp_pass + bpf_ktime_get_coarse_ns:    (not in this kernel)"),
+    }
     println!();
     println!("targets");
     for t in targets {

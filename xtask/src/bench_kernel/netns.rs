@@ -3,7 +3,8 @@
 //!
 //! Pair 0 (`pgbc0` / `pgbg0`, 198.18.0.0/24) carries every measured flow and is where the guard
 //! (XDP or iptables) sits. Pair 1 (`pgbc1` / `pgbg1`, 198.18.1.0/24) exists only for the
-//! pass-through XDP baseline of the program-cost measurement.
+//! pass-through XDP baseline of the program-cost measurement. Pair 0 also carries 2001:db8::1 and
+//! 2001:db8::2, for the rotation flood's IPv6 half.
 
 use std::{
     fs::File,
@@ -24,6 +25,8 @@ pub const BASELINE_GUARD_IF: &str = "pgbg1";
 
 /// The guard's address on pair 0 (the slow upstream listens here).
 pub const GUARD_ADDR: &str = "198.18.0.2";
+/// The guard's IPv6 address on pair 0 (the rotation flood's IPv6 target).
+pub const GUARD_V6: &str = "2001:db8::2";
 /// The guard's address on pair 1 (the pass-through baseline).
 pub const BASELINE_GUARD_ADDR: &str = "198.18.1.2";
 /// The abusive source of the connection flood.
@@ -58,6 +61,16 @@ impl Topology {
                 GUARD_NS,
                 &["addr", "add", &format!("{net}.2/24"), "dev", &g_if],
             )?;
+            if pair == 0 {
+                ip_in(
+                    CLIENT_NS,
+                    &["-6", "addr", "add", "2001:db8::1/64", "dev", &c_if, "nodad"],
+                )?;
+                ip_in(
+                    GUARD_NS,
+                    &["-6", "addr", "add", "2001:db8::2/64", "dev", &g_if, "nodad"],
+                )?;
+            }
             ip_in(CLIENT_NS, &["link", "set", &c_if, "up"])?;
             ip_in(GUARD_NS, &["link", "set", &g_if, "up"])?;
         }

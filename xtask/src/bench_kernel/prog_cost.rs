@@ -1,6 +1,8 @@
 //! Program cost: ns per packet from the kernel's BPF run stats, for proxyguard's `syn_rate_limit`
 //! (attached by the daemon on pair 0) against the trivial `xdp_pass` from the same object
-//! (attached here on pair 1), both fed the same SYN flood, in the same attach mode.
+//! (attached here on pair 1), both fed the same SYN flood, in the same attach mode. Two more
+//! pass-through programs that read one clock each (`bpf_ktime_get_ns`, and the coarse
+//! `bpf_ktime_get_coarse_ns` where the kernel has it) give what a clock read costs.
 //!
 //! Run stats are on only while this module holds the `BPF_ENABLE_STATS` fd, so they do not
 //! weigh on the other measurements and nothing global is left changed.
@@ -18,7 +20,7 @@ use aya::{
     sys::{enable_stats, Stats},
     Ebpf,
 };
-use guard_common::xdp::PROG_XDP_PASS;
+use guard_common::xdp::{PROG_XDP_CLOCK_COARSE, PROG_XDP_CLOCK_FINE, PROG_XDP_PASS};
 use serde_json::{json, Value};
 
 use super::{netns, signals, syn_flood};
@@ -48,7 +50,8 @@ pub fn object_file(target_dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("no eBPF object under {}/proxyguard-*/out", build.display()))
 }
 
-/// `xdp_pass` attached to the baseline interface in the guard namespace; detached on drop.
+/// A pass-through program of the object (`xdp_pass` or a clock reader) attached to the baseline
+/// interface in the guard namespace; detached on drop.
 pub struct Baseline {
     pub id: u32,
     stop: Option<mpsc::Sender<()>>,
@@ -56,7 +59,7 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    pub fn attach(object: &Path, native: bool) -> Result<Baseline> {
+    pub fn attach(object: &Path, native: bool, name: &'static str) -> Result<Baseline> {
         let object = object.to_owned();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u32>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -68,10 +71,12 @@ impl Baseline {
                 let mut ebpf = Ebpf::load_file(&object)
                     .with_context(|| format!("cannot load {}", object.display()))?;
                 let program: &mut Xdp = ebpf
-                    .program_mut(PROG_XDP_PASS)
-                    .with_context(|| format!("no program {PROG_XDP_PASS} in the object"))?
+                    .program_mut(name)
+                    .with_context(|| format!("no program {name} in the object"))?
                     .try_into()?;
-                program.load()?;
+                program
+                    .load()
+                    .with_context(|| format!("the kernel refused {name}"))?;
                 let mode = if native {
                     XdpMode::Driver
                 } else {
@@ -83,7 +88,7 @@ impl Baseline {
             match attached {
                 Ok(ebpf) => {
                     let id = netns::xdp_prog_id(netns::GUARD_NS, netns::BASELINE_GUARD_IF)
-                        .and_then(|id| id.context("xdp_pass is not attached"));
+                        .and_then(|id| id.with_context(|| format!("{name} is not attached")));
                     let _ = ready_tx.send(id);
                     let _ = stop_rx.recv();
                     drop(ebpf);
@@ -125,7 +130,20 @@ fn run_stats(id: u32) -> Result<(u64, u64)> {
     bail!("BPF program {id} is not loaded")
 }
 
+/// The name of loaded program `id` (which build of the limiter the daemon chose).
+pub fn program_name(id: u32) -> Result<String> {
+    for info in loaded_programs() {
+        let info = info?;
+        if info.id() == id {
+            return Ok(info.name_as_str().unwrap_or("?").to_owned());
+        }
+    }
+    bail!("BPF program {id} is not loaded")
+}
+
 pub struct Cost {
+    /// Which build of the limiter ran (`syn_rate_limit` or the coarse-clock `syn_limit_coarse`).
+    pub limiter: String,
     /// `syn_rate_limit` on SYNs to the protected port from a source over its limit: the whole
     /// judging path, ending in a drop.
     pub limiter_ns: f64,
@@ -134,6 +152,10 @@ pub struct Cost {
     pub limiter_other_port_ns: f64,
     pub pass_ns: f64,
     pub pass_runs: u64,
+    /// Pass-through programs that read the precise and the coarse clock once.
+    pub clock_fine_ns: f64,
+    /// `None` where the kernel has no coarse clock helper (before 5.11).
+    pub clock_coarse_ns: Option<f64>,
 }
 
 impl Cost {
@@ -143,46 +165,69 @@ impl Cost {
 
     pub fn json(&self) -> Value {
         json!({
+            "limiter_program": self.limiter,
             "syn_rate_limit_ns_per_packet": self.limiter_ns,
             "syn_rate_limit_runs": self.limiter_runs,
             "syn_rate_limit_unprotected_port_ns_per_packet": self.limiter_other_port_ns,
             "xdp_pass_ns_per_packet": self.pass_ns,
             "xdp_pass_runs": self.pass_runs,
+            "clock_fine_ns_per_packet": self.clock_fine_ns,
+            "clock_coarse_ns_per_packet": self.clock_coarse_ns,
             "ratio": self.ratio(),
         })
     }
 }
 
-/// Floods each interface in turn for `duration` with run stats on: the limiter with SYNs to the
-/// protected port and to the next (unprotected) one, then the pass-through baseline.
+/// ns per packet and runs of program `id` over one SYN flood of `duration` at `target:port`.
+fn flood_cost(id: u32, target: &str, port: u16, duration: Duration) -> Result<(f64, u64)> {
+    signals::check()?;
+    let before = run_stats(id)?;
+    syn_flood::phase(target.parse()?, port, duration)?;
+    let after = run_stats(id)?;
+    let runs = after.1 - before.1;
+    if runs == 0 {
+        bail!("BPF program {id} never ran during its flood");
+    }
+    Ok(((after.0 - before.0) as f64 / runs as f64, runs))
+}
+
+/// Floods each program in turn for `duration` with run stats on: the limiter with SYNs to the
+/// protected port and to the next (unprotected) one, then the pass-through baseline and the two
+/// clock readers, one at a time on the baseline interface.
 pub fn measure(
     limiter_id: u32,
-    baseline: &Baseline,
+    object: &Path,
+    native: bool,
     port: u16,
     duration: Duration,
 ) -> Result<Cost> {
     let _stats = enable_stats(Stats::RunTime).context("cannot enable BPF run stats")?;
-    let mut per_packet = Vec::new();
-    for (id, target, port) in [
-        (limiter_id, netns::GUARD_ADDR.parse()?, port),
-        (limiter_id, netns::GUARD_ADDR.parse()?, port + 1),
-        (baseline.id, netns::BASELINE_GUARD_ADDR.parse()?, port),
-    ] {
-        signals::check()?;
-        let before = run_stats(id)?;
-        syn_flood::phase(target, port, duration)?;
-        let after = run_stats(id)?;
-        let runs = after.1 - before.1;
-        if runs == 0 {
-            bail!("BPF program {id} never ran during its flood");
+    let limiter = program_name(limiter_id)?;
+    let (limiter_ns, limiter_runs) = flood_cost(limiter_id, netns::GUARD_ADDR, port, duration)?;
+    let (limiter_other_port_ns, _) = flood_cost(limiter_id, netns::GUARD_ADDR, port + 1, duration)?;
+    let on_baseline = |name: &'static str| -> Result<(f64, u64)> {
+        let baseline = Baseline::attach(object, native, name)?;
+        let cost = flood_cost(baseline.id, netns::BASELINE_GUARD_ADDR, port, duration);
+        drop(baseline);
+        cost
+    };
+    let (pass_ns, pass_runs) = on_baseline(PROG_XDP_PASS)?;
+    let (clock_fine_ns, _) = on_baseline(PROG_XDP_CLOCK_FINE)?;
+    let clock_coarse_ns = match on_baseline(PROG_XDP_CLOCK_COARSE) {
+        Ok((ns, _)) => Some(ns),
+        Err(err) => {
+            eprintln!("bench-kernel: no coarse clock measurement: {err:#}");
+            None
         }
-        per_packet.push(((after.0 - before.0) as f64 / runs as f64, runs));
-    }
+    };
     Ok(Cost {
-        limiter_ns: per_packet[0].0,
-        limiter_runs: per_packet[0].1,
-        limiter_other_port_ns: per_packet[1].0,
-        pass_ns: per_packet[2].0,
-        pass_runs: per_packet[2].1,
+        limiter,
+        limiter_ns,
+        limiter_runs,
+        limiter_other_port_ns,
+        pass_ns,
+        pass_runs,
+        clock_fine_ns,
+        clock_coarse_ns,
     })
 }
