@@ -85,7 +85,15 @@ TOML
   "$BIN" run --no-kernel --config "$DIR/$n.toml" >"$DIR/$n.log" 2>&1 &
   PIDS="$PIDS $!"
 done
-sleep 2
+# Ready when each instance's control socket answers (a loaded machine takes a while).
+for n in a b c; do
+  tries=0
+  until "$BIN" status --config "$DIR/$n.toml" >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ $tries -lt 300 ] || { echo "host-$n did not start; its log:" >&2; cat "$DIR/$n.log" >&2; exit 1; }
+    sleep 0.2
+  done
+done
 cat <<TXT
 Redis on 127.0.0.1:$REDIS_PORT; proxyguard host-a, host-b, host-c on 127.0.0.1:8181, 8182, 8183.
 Key "demo" (50 requests and 1200 tokens a day, shared): $KEY

@@ -358,3 +358,89 @@ fn a_token_budget_is_shared_and_settled_to_what_litellm_reports() {
             .is_some_and(|tokens| (settled..=settled + 60).contains(&tokens))
     });
 }
+
+/// The demo the README's "More than one host" tells a person to run, as it says:
+/// `sudo share/fleet-demo.sh`, then the spend loop and the `usage` line it prints. One budget
+/// (1200 tokens a day, 30 an answer) is spent across its three instances: 40 admitted, not 120,
+/// and `usage` on each shows the fleet's count.
+#[test]
+fn the_readme_fleet_demo_spends_one_budget_across_its_three_instances() {
+    use std::{
+        io::{BufRead, BufReader},
+        os::unix::process::CommandExt,
+        process::Stdio,
+    };
+    if let Err(why) = redis::binary() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = fs::read_to_string(root.join("README.md")).expect("README");
+    assert!(
+        readme.contains("`sudo share/fleet-demo.sh`"),
+        "the README names the demo"
+    );
+
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            // The script's trap stops Redis and the instances and removes its directory.
+            let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+    let mut demo = Demo(
+        Command::new("sh")
+            .arg("share/fleet-demo.sh")
+            .arg(proxyguard_bin())
+            .current_dir(&root)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("share/fleet-demo.sh"),
+    );
+    let mut printed = String::new();
+    for line in BufReader::new(demo.0.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("the demo's output");
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Ctrl-C stops the demo") {
+            break;
+        }
+    }
+    let between = |from: &str, to: &str| -> String {
+        let start = printed
+            .find(from)
+            .unwrap_or_else(|| panic!("{from:?} in {printed}"));
+        let rest = &printed[start + from.len()..];
+        rest[..rest
+            .find(to)
+            .unwrap_or_else(|| panic!("{to:?} in {printed}"))]
+            .to_owned()
+    };
+    let spend = between("Spend it round-robin:\n", "Watch it on each");
+    let out = Command::new("sh")
+        .args(["-c", &spend])
+        .output()
+        .expect("sh");
+    let statuses = String::from_utf8_lossy(&out.stdout).into_owned();
+    let admitted = statuses.split_whitespace().filter(|s| *s == "200").count();
+    let refused = statuses.split_whitespace().filter(|s| *s == "429").count();
+    assert_eq!(admitted + refused, 60, "{statuses}");
+    // 1200 tokens ÷ 30 per answer, across the three (reservations settle to what was reported).
+    assert!((38..=41).contains(&admitted), "{admitted}: {statuses}");
+
+    let watch = between("this host's own):\n", "(and b.toml");
+    let usage = Command::new("sh")
+        .args(["-c", watch.trim()])
+        .output()
+        .expect("usage");
+    let usage = String::from_utf8_lossy(&usage.stdout).into_owned();
+    let shared = format!("{} tokens, {admitted} requests", 30 * admitted);
+    assert!(
+        usage.contains("fleet today (every instance; this is host-a, shared): ")
+            && usage.contains(&shared),
+        "{shared:?} in\n{usage}"
+    );
+}
