@@ -94,7 +94,7 @@ enum Command {
     /// SYN-flood cost, XDP program cost), and the environ watch's openat overhead. Writes
     /// target/bench/results.json. Needs root.
     Bench {
-        /// A short run (about 3 minutes, a 60 s soak) for a quick look.
+        /// A short run (about 5 minutes, a 60 s soak) for a quick look.
         #[arg(long)]
         quick: bool,
     },

@@ -473,6 +473,9 @@ pub fn run(quick: bool) -> Result<Value> {
     }))
 }
 
+/// A probe: what it is, the method, path, headers and body, and whether it must be served.
+struct Probe<'a>(&'a str, &'a str, &'a str, Vec<String>, &'a str, bool);
+
 /// The same requests to both guards, each refused or served the same way: the evidence that
 /// nginx-as-guard runs the checks the comparison says it runs. A guard that serves what it should
 /// refuse (or refuses the plain request) stops the bench.
@@ -494,10 +497,9 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
     );
     let over = format!("Content-Length: {}", nginx::MAX_BODY_BYTES + 1);
     let chat = "/v1/chat/completions";
-    // (what, method, path, headers, body, served)
-    let cases: Vec<(&str, &str, &str, Vec<String>, &str, bool)> = vec![
-        ("the plain request", "POST", chat, ok_headers(), BODY, true),
-        (
+    let cases: Vec<Probe> = vec![
+        Probe("the plain request", "POST", chat, ok_headers(), BODY, true),
+        Probe(
             "under a rollout",
             "POST",
             "/rollout/r1/attempt/a1/v1/chat/completions",
@@ -505,7 +507,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             true,
         ),
-        (
+        Probe(
             "without /v1",
             "POST",
             "/chat/completions",
@@ -513,7 +515,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             true,
         ),
-        (
+        Probe(
             "no key",
             "POST",
             chat,
@@ -521,7 +523,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             false,
         ),
-        (
+        Probe(
             "a wrong key",
             "POST",
             chat,
@@ -529,7 +531,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             false,
         ),
-        (
+        Probe(
             "x-rollout-id sent",
             "POST",
             chat,
@@ -537,7 +539,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             false,
         ),
-        (
+        Probe(
             "x-sequence-id sent",
             "POST",
             chat,
@@ -545,7 +547,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             false,
         ),
-        (
+        Probe(
             "an unknown route",
             "POST",
             "/v1/nope",
@@ -553,7 +555,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             false,
         ),
-        (
+        Probe(
             "LiteLLM's admin API",
             "GET",
             "/key/list",
@@ -561,8 +563,8 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             "",
             false,
         ),
-        ("the wrong method", "GET", chat, ok_headers(), "", false),
-        (
+        Probe("the wrong method", "GET", chat, ok_headers(), "", false),
+        Probe(
             "a query parameter",
             "POST",
             "/v1/chat/completions?model=x",
@@ -570,7 +572,7 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             BODY,
             false,
         ),
-        (
+        Probe(
             "a body over the limit",
             "POST",
             chat,
@@ -578,12 +580,12 @@ fn probes(guard_port: u16, nginx_port: u16) -> Result<Value> {
             "",
             false,
         ),
-        ("a header over 8 KiB", "POST", chat, with(&big), BODY, false),
+        Probe("a header over 8 KiB", "POST", chat, with(&big), BODY, false),
     ];
     let mut rows = Vec::new();
     let mut wrong = Vec::new();
     println!("bench: probes (status from proxyguard / nginx-guard)");
-    for (what, method, path, headers, body, served) in cases {
+    for Probe(what, method, path, headers, body, served) in cases {
         let status = |port: u16| {
             pace::once(
                 &format!("http://127.0.0.1:{port}{path}"),
