@@ -87,13 +87,14 @@ enum Command {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
-    /// Every benchmark, each against a peer measured in the same run: L7 (wrk: direct, proxyguard,
-    /// nginx; a 10-minute soak with RSS and descriptors sampled), the provider gateway's added
+    /// Every benchmark, each against a peer measured in the same run: L7 (direct, proxyguard and
+    /// nginx-as-guard in interleaved rounds: wrk at saturation, the paced client at half of
+    /// proxyguard's peak; a 10-minute soak with RSS and descriptors sampled), the provider gateway's added
     /// latency against an HTTPS provider, kernel (connection flood,
     /// SYN-flood cost, XDP program cost), and the environ watch's openat overhead. Writes
     /// target/bench/results.json. Needs root.
     Bench {
-        /// A short run (about 3 minutes, a 60 s soak) for a quick look.
+        /// A short run (about 5 minutes, a 60 s soak) for a quick look.
         #[arg(long)]
         quick: bool,
     },
@@ -135,6 +136,18 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Only the L7 part of `bench` (direct, proxyguard, nginx-as-guard; RSS; the soak); the
+    /// figures also go to target/bench/l7.json.
+    BenchL7 {
+        /// Short phases (3 s, 3 rounds, a 60 s soak).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The bench's paced open-loop load client (run by `bench` as its own process): a fixed
+    /// schedule of requests over keep-alive connections, latency from each scheduled send; prints
+    /// one JSON report.
+    #[command(hide = true)]
+    Pace(bench::pace::Args),
     /// Kernel benchmarks (as root): connection flood, SYN-flood cost and XDP program cost, in
     /// the benchmark's own namespaces; the figures also go to target/bench/kernel.json.
     BenchKernel {
@@ -224,6 +237,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
             std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
             println!("bench-gateway: figures in {}", path.display());
+            Ok(())
+        }
+        Command::Pace(args) => bench::pace::main(&args),
+        Command::BenchL7 { quick } => {
+            let figures = bench::l7(quick)?;
+            let path = build::target_dir().join("bench/l7.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+            println!("bench-l7: figures in {}", path.display());
             Ok(())
         }
         Command::BenchKernel { quick } => {

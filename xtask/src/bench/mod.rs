@@ -1,22 +1,25 @@
-//! `cargo xtask bench`: the L7 benchmark. wrk against a fast upstream (nginx returning a fixed
-//! chat completion), measured in one run three ways: direct; through proxyguard with every check
-//! on; and through nginx configured with the same limits. It reports throughput and the latency
-//! each guard adds over direct, proxyguard's peak RSS at 1,000 connections, and a soak at a
-//! steady rate with RSS and descriptors sampled (`soak.rs`). Ratios matter, not absolute
-//! timings: the machine is shared and wrk runs on the same cores.
+//! `cargo xtask bench`: every benchmark in one run. The L7 one (`l7.rs`) loads a fast upstream
+//! (nginx returning a fixed chat completion) directly, through proxyguard with every check on, and
+//! through nginx-as-guard in its own process with every check nginx can express (`nginx.rs`), in
+//! interleaved rounds: throughput at saturation (wrk), latency at a fixed offered rate (the paced
+//! client, `pace.rs`), CPU per request of each process, proxyguard's RSS at 1,000 connections and
+//! a soak (`soak.rs`). Then the provider gateway (`gateway.rs`), the kernel and the environ watch.
+//! Ratios matter, not absolute timings: the machine is shared and the load runs on its cores.
 
 mod fleet;
 pub mod gateway;
+mod l7;
+mod nginx;
+pub mod pace;
 mod peers;
 mod soak;
 mod sse_rss;
 mod wrk;
 
-use std::{fs, process::Command, time::Duration};
+use std::{fs, process::Command};
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::{build, cmd};
 
@@ -91,191 +94,26 @@ fn machine() -> Value {
     })
 }
 
-/// The L7 benchmark: wrk against nginx direct, through proxyguard (all checks on) and through
-/// nginx with the same limits; RSS at 1,000 connections.
+/// The L7 benchmark (`l7.rs`): direct, proxyguard and nginx-as-guard in interleaved rounds.
 pub fn l7(quick: bool) -> Result<Value> {
-    install_peers()?;
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "proxyguard"]))?;
-    let binary = build::target_dir().join("release/proxyguard");
-    let dir = build::target_dir().join("bench");
-    let _ = fs::remove_dir_all(dir.join("run"));
-    let work = dir.join("run");
-    fs::create_dir_all(&work)?;
-
-    let script = work.join("chat.lua");
-    fs::write(&script, lua_script())?;
-    let (upstream_port, nginx_port) = (free_port()?, free_port()?);
-    let nginx_process = peers::nginx(&work.join("nginx"), upstream_port, nginx_port, KEY)?;
-    let hash = hex::encode(Sha256::digest(KEY.as_bytes()));
-    let (guard, guard_port) = peers::proxyguard(&binary, &work, upstream_port, &hash, "")?;
-    // The same guard with token accounting off (issue 14): what reading every answer costs.
-    let off_dir = work.join("accounting-off");
-    fs::create_dir_all(&off_dir)?;
-    let (guard_off, off_port) = peers::proxyguard(
-        &binary,
-        &off_dir,
-        upstream_port,
-        &hash,
-        "[proxy.usage]\nenabled = false",
-    )?;
-
-    let duration = Duration::from_secs(if quick { 3 } else { 10 });
-    let connections = 64;
-    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
-    // Warm the pools and caches, then measure each target in turn.
-    for port in [upstream_port, guard_port, off_port, nginx_port] {
-        wrk::run(&url(port), &script, connections, Duration::from_secs(1))?;
-    }
-    println!(
-        "bench: {} s per target, {connections} connections",
-        duration.as_secs()
-    );
-    // CPU per request as well as throughput: on a shared machine, CPU time is what other tenants
-    // disturb least. nginx is one process serving both the upstream and its guard, so its guard
-    // share is its CPU per request through the guard less its CPU per request direct.
-    let cpu = |pid: u32, run: &dyn Fn() -> Result<wrk::Run>| -> Result<(wrk::Run, f64)> {
-        let before = peers::cpu_seconds(pid)?;
-        let result = run()?;
-        let used = peers::cpu_seconds(pid)? - before;
-        Ok((result, used * 1e6 / result.requests.max(1) as f64))
-    };
-    let (direct, upstream_us) = cpu(nginx_process.pid(), &|| {
-        wrk::run(&url(upstream_port), &script, connections, duration)
-    })?;
-    let (proxyguard, proxyguard_us) = cpu(guard.pid(), &|| {
-        wrk::run(&url(guard_port), &script, connections, duration)
-    })?;
-    let (accounting_off, accounting_off_us) = cpu(guard_off.pid(), &|| {
-        wrk::run(&url(off_port), &script, connections, duration)
-    })?;
-    drop(guard_off);
-    let accounting_cost = proxyguard_us / accounting_off_us.max(f64::EPSILON) - 1.0;
-    let (nginx, nginx_total_us) = cpu(nginx_process.pid(), &|| {
-        wrk::run(&url(nginx_port), &script, connections, duration)
-    })?;
-    let nginx_us = (nginx_total_us - upstream_us).max(f64::EPSILON);
-    let cpu_ratio = proxyguard_us / nginx_us;
-
-    // Added latency at half of proxyguard's peak: each connection waits between requests so the
-    // total rate is about half the peak (wrk's `delay()`), against direct and through proxyguard.
-    let half_rate = proxyguard.rps / 2.0;
-    let paced = work.join("paced.lua");
-    let delay_ms = (f64::from(connections) * 1000.0 / half_rate).max(1.0);
-    fs::write(
-        &paced,
-        format!(
-            "{}function delay()\n  return {delay_ms:.0}\nend\n",
-            lua_script()
-        ),
-    )?;
-    println!("bench: at about {half_rate:.0} req/s (half of proxyguard's peak)");
-    let direct_half = wrk::run(&url(upstream_port), &paced, connections, duration)?;
-    let proxyguard_half = wrk::run(&url(guard_port), &paced, connections, duration)?;
-    let added_p99_half = proxyguard_half.p99 - direct_half.p99;
-
-    println!("bench: proxyguard at 1,000 connections");
-    let many = wrk::run(&url(guard_port), &script, 1000, duration)?;
-    let rss = peers::peak_rss_mib(guard.pid())?;
-
-    // The soak runs on a fresh proxyguard, so the 1,000-connection burst is not in its memory.
-    let soak_for = Duration::from_secs(if quick { 60 } else { 600 });
-    let soak = soak::run(
-        &binary,
-        &work,
-        upstream_port,
-        &hash,
-        &lua_script(),
-        soak_for,
-    )?;
-
-    let rows = [
-        ("direct", direct),
-        ("proxyguard", proxyguard),
-        ("nginx", nginx),
-    ];
-    println!();
-    println!(
-        "{:<12} {:>10} {:>9} {:>9} {:>12} {:>12} {:>8}",
-        "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "non-2xx"
-    );
-    for (name, run) in rows {
-        println!(
-            "{name:<12} {:>10.0} {:>9.3} {:>9.3} {:>12.3} {:>12.3} {:>8}",
-            run.rps,
-            run.p50,
-            run.p99,
-            run.p50 - direct.p50,
-            run.p99 - direct.p99,
-            run.non_2xx
-        );
-    }
-    // Paced, not at peak: its latency is not comparable with direct's, so nothing is added.
-    println!(
-        "{:<12} {:>10.0} {:>9.3} {:>9.3} {:>12} {:>12} {:>8}",
-        "soak", soak.run.rps, soak.run.p50, soak.run.p99, "-", "-", soak.run.non_2xx
-    );
-    let ratio = proxyguard.rps / nginx.rps;
-    println!();
-    println!("proxyguard / nginx throughput: {ratio:.2} (target >= 1.0)");
-    println!(
-        "CPU per request, guard share: proxyguard {proxyguard_us:.1} us, nginx {nginx_us:.1} us (its {nginx_total_us:.1} less {upstream_us:.1} for the upstream); ratio {cpu_ratio:.2}"
-    );
-    println!(
-        "at half of proxyguard's peak ({:.0} vs {:.0} req/s measured): p99 direct {:.3} ms, proxyguard {:.3} ms, added {added_p99_half:.3} ms (target <= 1)",
-        direct_half.rps, proxyguard_half.rps, direct_half.p99, proxyguard_half.p99
-    );
-    println!(
-        "token accounting: {proxyguard_us:.1} us per request on, {accounting_off_us:.1} us off ({:.0} req/s off): {:+.1}% (target <= 5%)",
-        accounting_off.rps,
-        accounting_cost * 100.0
-    );
-    println!("proxyguard peak RSS after 1,000 connections: {rss:.1} MiB (target <= 64); {:.0} req/s, {} non-2xx", many.rps, many.non_2xx);
-    println!("{} (target: flat)", soak.summary());
-
-    let results = json!({
-        "quick": quick,
-        "seconds_per_target": duration.as_secs(),
-        "connections": connections,
-        "direct": direct.to_json(),
-        "proxyguard": proxyguard.to_json(),
-        "nginx": nginx.to_json(),
-        "added_over_direct": {
-            "proxyguard": { "p50_ms": proxyguard.p50 - direct.p50, "p99_ms": proxyguard.p99 - direct.p99 },
-            "nginx": { "p50_ms": nginx.p50 - direct.p50, "p99_ms": nginx.p99 - direct.p99 },
-        },
-        "throughput_ratio_proxyguard_to_nginx": ratio,
-        "cpu_us_per_request": {
-            "proxyguard": proxyguard_us,
-            "nginx_guard_share": nginx_us,
-            "nginx_total": nginx_total_us,
-            "upstream": upstream_us,
-            "ratio_proxyguard_to_nginx": cpu_ratio,
-        },
-        "accounting": {
-            "on_cpu_us_per_request": proxyguard_us,
-            "off_cpu_us_per_request": accounting_off_us,
-            "off": accounting_off.to_json(),
-            "cost_ratio": accounting_cost,
-        },
-        "half_peak": {
-            "target_rps": half_rate,
-            "direct": direct_half.to_json(),
-            "proxyguard": proxyguard_half.to_json(),
-            "added_p99_ms": added_p99_half,
-        },
-        "proxyguard_1000_connections": { "run": many.to_json(), "peak_rss_mib": rss },
-        "soak": soak.to_json(),
-    });
-    Ok(results)
+    l7::run(quick)
 }
 
-/// POSTs a small chat completion with the key, as an SDK would.
+/// The chat completion every load sends, as an SDK would.
+pub const BODY: &str = r#"{"model":"bench","messages":[{"role":"user","content":"Say ok."}]}"#;
+
+/// POSTs `BODY` with the client key, as an SDK would.
 fn lua_script() -> String {
+    lua_script_for(KEY)
+}
+
+/// POSTs `BODY` with `key` as the bearer token.
+fn lua_script_for(key: &str) -> String {
     format!(
         r#"wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {KEY}"
-wrk.body = '{{"model":"bench","messages":[{{"role":"user","content":"Say ok."}}]}}'
+wrk.headers["Authorization"] = "Bearer {key}"
+wrk.body = '{BODY}'
 "#
     )
 }

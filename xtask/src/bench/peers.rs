@@ -1,8 +1,10 @@
-//! The benchmark's processes: nginx as the fast upstream, nginx as the comparison guard, and
-//! proxyguard (release build). Each is stopped on drop.
+//! The benchmark's processes (nginx's two are in `nginx.rs`) and proxyguard (release build), each
+//! stopped on drop; and what is read of them from /proc: CPU time (a process and its children,
+//! for nginx's master and workers) and peak RSS.
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -15,10 +17,24 @@ pub const RESPONSE: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion",
 
 pub struct Process {
     child: Child,
+    /// SIGTERM first (nginx's master then stops its workers), SIGKILL after 5 s.
+    graceful: bool,
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.graceful {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -26,7 +42,17 @@ impl Drop for Process {
 
 impl Process {
     pub fn new(child: Child) -> Process {
-        Process { child }
+        Process {
+            child,
+            graceful: false,
+        }
+    }
+
+    pub fn graceful(child: Child) -> Process {
+        Process {
+            child,
+            graceful: true,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -46,66 +72,12 @@ pub fn wait_for(port: u16, what: &str) -> Result<()> {
     bail!("{what} did not listen on 127.0.0.1:{port}")
 }
 
-/// nginx serving `RESPONSE` on `upstream_port`, and on `guard_port` a proxy to it with the
-/// limits proxyguard applies: a key check by `map`, `client_max_body_size`, and `limit_req`
-/// sized not to trigger, plus an access log line per request (proxyguard's audit line).
-pub fn nginx(dir: &Path, upstream_port: u16, guard_port: u16, key: &str) -> Result<Process> {
-    fs::create_dir_all(dir.join("logs"))?;
-    let config = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    map_hash_bucket_size 256;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    map $http_authorization $key_ok {{ default 0; "Bearer {key}" 1; }}
-    limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;
-    upstream fast {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
-    server {{
-        listen 127.0.0.1:{upstream_port} reuseport backlog=4096;
-        location / {{ default_type application/json; return 200 '{RESPONSE}'; }}
-    }}
-    server {{
-        listen 127.0.0.1:{guard_port} backlog=4096;
-        client_max_body_size 2m;
-        # One line per request, unbuffered, as proxyguard writes its audit line.
-        access_log {dir}/logs/guard-access.log combined;
-        location / {{
-            if ($key_ok = 0) {{ return 401; }}
-            limit_req zone=perip burst=1000000 nodelay;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_pass http://fast;
-        }}
-    }}
-}}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("nginx.conf");
-    fs::write(&path, config)?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start nginx")?;
-    let process = Process { child };
-    wait_for(upstream_port, "nginx (upstream)")?;
-    wait_for(guard_port, "nginx (guard)")?;
-    Ok(process)
-}
+/// The upstream's own key (LiteLLM's master key), which each guard sets on the way up.
+pub const UPSTREAM_KEY: &str = "sk-bench-upstream-0123456789abcdef";
 
-/// `proxyguard run --no-kernel` with every check on, limits sized not to trigger.
+/// `proxyguard run --no-kernel` on its defaults (worker threads included) with every check on:
+/// the limits that would trigger under the bench's load are sized not to, content rules are
+/// set, and the upstream's key comes from a key file.
 pub fn proxyguard(
     binary: &Path,
     dir: &Path,
@@ -113,6 +85,9 @@ pub fn proxyguard(
     key_hash: &str,
     extra: &str,
 ) -> Result<(Process, u16)> {
+    let key_file = dir.join("upstream.key");
+    fs::write(&key_file, format!("{UPSTREAM_KEY}\n"))?;
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600))?;
     // Its own control socket: the soak runs a second proxyguard beside the first, and neither
     // may take the default path from a real daemon on this host.
     let config = format!(
@@ -127,8 +102,7 @@ enabled = false
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 upstream = "http://127.0.0.1:{upstream_port}"
-# One thread, as the comparison nginx has one worker process.
-worker_threads = 1
+upstream_key_file = "{key_file}"
 [proxy.limits]
 max_connections = 4096
 # wrk's 1,000 connections all come from 127.0.0.1.
@@ -149,7 +123,8 @@ deny_patterns = ["(?i)ignore (all )?previous instructions"]
 name = "bench"
 sha256 = "{key_hash}"
 "#,
-        socket = dir.join("control.sock").display()
+        socket = dir.join("control.sock").display(),
+        key_file = key_file.display(),
     );
     let path = dir.join("proxyguard.toml");
     fs::write(&path, config)?;
@@ -169,7 +144,7 @@ sha256 = "{key_hash}"
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start proxyguard")?;
-    let process = Process { child };
+    let process = Process::new(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let ready = loop {
         let text = fs::read_to_string(&audit)?;
@@ -196,7 +171,38 @@ sha256 = "{key_hash}"
     Ok((process, port))
 }
 
-/// Peak resident memory of `pid` (VmHWM), in MiB.
+/// `pid` and its children (nginx's master and workers).
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let parent = fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.rsplit_once(')')?.1.to_owned();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if parent == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+/// CPU seconds used so far by `pids` together (a process gone since is left out).
+pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&pid| cpu_seconds(pid).ok()).sum()
+}
+
 /// CPU seconds (user and system, all threads) that `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -218,6 +224,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Peak resident memory of `pid` (VmHWM), in MiB.
 pub fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
