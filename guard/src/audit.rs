@@ -72,7 +72,7 @@ pub fn emit(kind: &str, record: Map<String, Value>) {
     emit_all(kind, std::iter::once(record));
 }
 
-/// Queues several records of one kind as one chunk: the request audit path under load.
+/// Queues several records of one kind as one chunk.
 pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>>) {
     let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let style = style();
@@ -84,39 +84,343 @@ pub fn emit_all(kind: &str, records: impl IntoIterator<Item = Map<String, Value>
             crate::export::offer(kind, &line, record_priority(&line));
         }
         crate::control::glance::observe(&line);
-        let mut out = String::new();
-        if style.journal {
-            out.push_str(&format!("<{}>", record_priority(&line)));
-        }
-        if !style.json {
-            write_text(&mut out, &line, !style.journal);
-        }
-        let json = Value::Object(line).to_string();
-        if style.json {
-            out.push_str(&json);
-        }
-        out.push('\n');
+        let (out, json) = write_map(line, style);
         block.push(out);
         lines.push(json);
     }
+    publish(kind, block, lines);
+}
+
+/// A rendered record's stdout line and its JSON for the feed.
+fn write_map(line: Map<String, Value>, style: Style) -> (String, String) {
+    let mut out = String::new();
+    if style.journal {
+        out.push_str(&format!("<{}>", record_priority(&line)));
+    }
+    if !style.json {
+        write_text(&mut out, &line, !style.journal);
+    }
+    let json = Value::Object(line).to_string();
+    if style.json {
+        out.push_str(&json);
+    }
+    out.push('\n');
+    (out, json)
+}
+
+/// A record that writes its own fields, with no map built for it: the request line, one per
+/// request. The JSON and text forms (and the map the export and `glance` take) are exactly what
+/// [`emit_all`] makes of the same fields.
+pub trait Line {
+    /// Gives every field, `ts` and `kind` included, in byte order of their keys (the order
+    /// serde_json's map writes). A line has no `severity` (the text form puts it first).
+    fn visit<S: Sink>(&self, ts: &str, kind: &str, sink: &mut S);
+    /// Its syslog priority, as [`record_priority`] would say of its map.
+    fn priority(&self) -> u8;
+    /// Whether `glance` keeps it (a refusal): only then is its map built for it.
+    fn noteworthy(&self) -> bool;
+}
+
+/// Where a [`Line`] writes its fields.
+pub trait Sink {
+    fn str(&mut self, key: &'static str, value: &str);
+    fn u64(&mut self, key: &'static str, value: u64);
+    /// A non-finite number is `null`, as in serde_json.
+    fn f64(&mut self, key: &'static str, value: f64);
+    fn bool(&mut self, key: &'static str, value: bool);
+    fn null(&mut self, key: &'static str);
+    /// An address, written as its text.
+    fn ip(&mut self, key: &'static str, value: std::net::IpAddr);
+}
+
+/// Queues typed records of one kind as one chunk: the request audit path under load. Each line
+/// is written straight into its buffer; the map is built only for the export and for `glance`.
+pub fn emit_lines<L: Line>(kind: &str, records: impl IntoIterator<Item = L>) {
+    let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let style = style();
+    let export = crate::export::enabled();
+    let mut block = Vec::new();
+    let mut lines = Vec::new();
+    for record in records {
+        if export || record.noteworthy() {
+            let mut map = MapSink(Map::new());
+            record.visit(&ts, kind, &mut map);
+            if export {
+                crate::export::offer(kind, &map.0, record.priority());
+            }
+            crate::control::glance::observe(&map.0);
+        }
+        let (out, json) = write_line(&record, &ts, kind, style);
+        block.push(out);
+        lines.push(json);
+    }
+    publish(kind, block, lines);
+}
+
+/// A typed record's stdout line and its JSON for the feed, as [`write_map`] writes its map.
+fn write_line<L: Line>(record: &L, ts: &str, kind: &str, style: Style) -> (String, String) {
+    let mut json = JsonSink::with_capacity(384);
+    record.visit(ts, kind, &mut json);
+    let json = json.finish();
+    let mut out = String::with_capacity(json.len() + 8);
+    if style.journal {
+        out.push('<');
+        out.push_str(itoa::Buffer::new().format(record.priority()));
+        out.push('>');
+    }
+    if style.json {
+        out.push_str(&json);
+    } else {
+        let mut text = TextSink::new(&mut out, ts, kind, !style.journal);
+        record.visit(ts, kind, &mut text);
+    }
+    out.push('\n');
+    (out, json)
+}
+
+/// Every form of a typed record next to the same forms of the map it stands for: what
+/// [`emit_lines`] writes against what [`emit_all`] writes.
+#[cfg(test)]
+pub(crate) fn both_forms<L: Line>(
+    record: &L,
+    fields: Map<String, Value>,
+) -> (Vec<String>, Vec<String>) {
+    let (ts, kind) = ("2026-12-01T08:00:00.000Z", "request");
+    let mut typed = Vec::new();
+    let mut mapped = Vec::new();
+    let line = render(ts, kind, fields);
+    let mut map = MapSink(Map::new());
+    record.visit(ts, kind, &mut map);
+    typed.push(Value::Object(map.0).to_string());
+    mapped.push(Value::Object(line.clone()).to_string());
+    typed.push(record.priority().to_string());
+    mapped.push(record_priority(&line).to_string());
+    typed.push(record.noteworthy().to_string());
+    mapped.push((line.get("decision").and_then(Value::as_str) != Some("allow")).to_string());
+    for json in [true, false] {
+        for journal in [true, false] {
+            let style = Style { json, journal };
+            let (out, feed) = write_line(record, ts, kind, style);
+            typed.extend([out, feed]);
+            let (out, feed) = write_map(line.clone(), style);
+            mapped.extend([out, feed]);
+        }
+    }
+    (typed, mapped)
+}
+
+/// Keeps the JSON lines for `proxyguard events` and queues the stdout lines.
+fn publish(kind: &str, block: Vec<String>, lines: Vec<String>) {
     if lines.is_empty() {
         return;
     }
     {
         let feed = feed();
         let mut recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
-        for text in &lines {
+        // Under the lock, as `subscribe` counts itself in: no copy for a feed nobody follows.
+        let live = feed.live.receiver_count() > 0;
+        for text in lines {
             if recent.len() == RECENT {
                 recent.pop_front();
             }
-            recent.push_back(text.clone());
-            // No subscriber is not an error.
-            let _ = feed.live.send(text.clone());
+            if live {
+                // No subscriber left is not an error.
+                let _ = feed.live.send(text.clone());
+            }
+            recent.push_back(text);
         }
     }
     // Queued, never written here: this runs on request workers and kernel event readers, and a
     // stdout nobody reads must not stall them (see `outbox`).
     crate::outbox::stdout(kind, block);
+}
+
+/// Builds the map [`emit_all`] would have rendered.
+struct MapSink(Map<String, Value>);
+
+impl Sink for MapSink {
+    fn str(&mut self, key: &'static str, value: &str) {
+        self.0.insert(key.into(), value.into());
+    }
+    fn u64(&mut self, key: &'static str, value: u64) {
+        self.0.insert(key.into(), value.into());
+    }
+    fn f64(&mut self, key: &'static str, value: f64) {
+        self.0.insert(key.into(), value.into());
+    }
+    fn bool(&mut self, key: &'static str, value: bool) {
+        self.0.insert(key.into(), value.into());
+    }
+    fn null(&mut self, key: &'static str) {
+        self.0.insert(key.into(), Value::Null);
+    }
+    fn ip(&mut self, key: &'static str, value: std::net::IpAddr) {
+        self.0.insert(key.into(), value.to_string().into());
+    }
+}
+
+/// Compact JSON, as `Value::to_string` writes it.
+struct JsonSink {
+    out: String,
+}
+
+impl JsonSink {
+    fn with_capacity(capacity: usize) -> JsonSink {
+        let mut out = String::with_capacity(capacity);
+        out.push('{');
+        JsonSink { out }
+    }
+
+    fn key(&mut self, key: &'static str) {
+        if self.out.len() > 1 {
+            self.out.push(',');
+        }
+        // Keys are the record's own identifiers: nothing in them needs escaping.
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
+impl Sink for JsonSink {
+    fn str(&mut self, key: &'static str, value: &str) {
+        self.key(key);
+        push_json_str(&mut self.out, value);
+    }
+    fn u64(&mut self, key: &'static str, value: u64) {
+        self.key(key);
+        self.out.push_str(itoa::Buffer::new().format(value));
+    }
+    fn f64(&mut self, key: &'static str, value: f64) {
+        self.key(key);
+        push_f64(&mut self.out, value);
+    }
+    fn bool(&mut self, key: &'static str, value: bool) {
+        self.key(key);
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+    fn null(&mut self, key: &'static str) {
+        self.key(key);
+        self.out.push_str("null");
+    }
+    fn ip(&mut self, key: &'static str, value: std::net::IpAddr) {
+        use std::fmt::Write;
+        self.key(key);
+        // An address's text is digits, dots, colons and hex: nothing to escape.
+        let _ = write!(self.out, "\"{value}\"");
+    }
+}
+
+/// A JSON number as serde_json writes an `f64` (zmij's shortest form), `null` when not finite.
+fn push_f64(out: &mut String, value: f64) {
+    if value.is_finite() {
+        out.push_str(zmij::Buffer::new().format_finite(value));
+    } else {
+        out.push_str("null");
+    }
+}
+
+/// A JSON string as serde_json escapes it: `"`, `\\` and the C0 controls (the short forms where
+/// JSON has them, `\u00xx` otherwise); everything else as it is.
+fn push_json_str(out: &mut String, value: &str) {
+    out.push('"');
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x09 => "\\t",
+            0x0a => "\\n",
+            0x0c => "\\f",
+            0x0d => "\\r",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // Every byte escaped is ASCII, so these slices fall on character boundaries.
+        out.push_str(&value[start..at]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = at + 1;
+    }
+    out.push_str(&value[start..]);
+    out.push('"');
+}
+
+/// The text form, as [`write_text`] writes the same fields: `ts` (unless journald stamps the
+/// line) and `kind` first, then the rest in order.
+struct TextSink<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> TextSink<'a> {
+    fn new(out: &'a mut String, ts: &str, kind: &str, with_ts: bool) -> TextSink<'a> {
+        if with_ts {
+            push_text(out, ts);
+            out.push(' ');
+        }
+        push_text(out, kind);
+        TextSink { out }
+    }
+
+    /// Whether the field is written (`ts` and `kind` are, up front).
+    fn key(&mut self, key: &'static str) -> bool {
+        debug_assert!(key != "severity", "a typed line has no severity");
+        if matches!(key, "ts" | "kind") {
+            return false;
+        }
+        self.out.push(' ');
+        self.out.push_str(key);
+        self.out.push('=');
+        true
+    }
+}
+
+impl Sink for TextSink<'_> {
+    fn str(&mut self, key: &'static str, value: &str) {
+        if self.key(key) {
+            push_text(self.out, value);
+        }
+    }
+    fn u64(&mut self, key: &'static str, value: u64) {
+        if self.key(key) {
+            self.out.push_str(itoa::Buffer::new().format(value));
+        }
+    }
+    fn f64(&mut self, key: &'static str, value: f64) {
+        if self.key(key) {
+            push_f64(self.out, value);
+        }
+    }
+    fn bool(&mut self, key: &'static str, value: bool) {
+        if self.key(key) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
+    }
+    fn null(&mut self, key: &'static str) {
+        if self.key(key) {
+            self.out.push_str("null");
+        }
+    }
+    fn ip(&mut self, key: &'static str, value: std::net::IpAddr) {
+        use std::fmt::Write;
+        if self.key(key) {
+            // Digits, dots, colons and hex: always bare.
+            let _ = write!(self.out, "{value}");
+        }
+    }
 }
 
 /// The record with `ts` and `kind` added.
@@ -247,6 +551,30 @@ mod tests {
             line,
             "2026-12-01T08:00:00.000Z bind_denied severity=high addr=0.0.0.0 comm=python3 pid=42 port=4000"
         );
+    }
+
+    #[test]
+    fn typed_strings_and_numbers_are_written_as_serde_json_writes_them() {
+        let mut text: String = (0u8..=0x7f).map(char::from).collect();
+        text.push_str("é\u{9b}\u{2028}😀\"\\");
+        let mut out = String::new();
+        push_json_str(&mut out, &text);
+        assert_eq!(out, Value::from(text.as_str()).to_string());
+        for x in [
+            0.0,
+            14.0,
+            0.03,
+            1e-7,
+            123456.789,
+            1e21,
+            f64::NAN,
+            f64::INFINITY,
+            -2.5,
+        ] {
+            let mut out = String::new();
+            push_f64(&mut out, x);
+            assert_eq!(out, Value::from(x).to_string(), "{x}");
+        }
     }
 
     #[test]

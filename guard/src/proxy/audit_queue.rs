@@ -63,7 +63,7 @@ fn write_all(rx: Receiver<Item>) {
                 Item::Flush(done) => flushes.push(done),
             }
         }
-        crate::audit::emit_all("request", lines.drain(..));
+        crate::audit::emit_lines("request", lines.drain(..));
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
@@ -77,7 +77,7 @@ pub fn request(finished: Finished) {
         Ok(()) => {}
         Err(mpsc::TrySendError::Full(Item::Line(finished)))
         | Err(mpsc::TrySendError::Disconnected(Item::Line(finished))) => {
-            crate::audit::emit_all("request", std::iter::once(finished.settle()));
+            crate::audit::emit_lines("request", std::iter::once(finished.settle()));
         }
         Err(_) => {}
     }

@@ -149,8 +149,8 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// Counts the request in the metrics and returns its audit fields.
-    pub fn settle(self) -> serde_json::Map<String, serde_json::Value> {
+    /// Counts the request in the metrics and returns its audit line.
+    pub fn settle(self) -> RequestLine {
         let metrics = &self.metrics;
         metrics
             .requests
@@ -198,32 +198,95 @@ impl Finished {
             metrics.upstream_latency.observe(upstream.as_secs_f64());
         }
         let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        let mut fields = crate::audit::fields(json!({
-                "client": self.client,
-                "key": self.key.as_deref(),
-                "method": self.method,
-                "route": self.route,
-                "status": self.status,
-                "decision": self.decision,
-                "reason": self.reason,
-                "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out,
-                "upstream_ms": self.upstream.map(ms),
-                "total_ms": ms(self.total),
-        }));
+        RequestLine {
+            client: self.client,
+            key: self.key,
+            method: self.method,
+            route: self.route,
+            status: self.status,
+            decision: self.decision,
+            reason: self.reason,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream_ms: self.upstream.map(ms),
+            total_ms: ms(self.total),
+            charged: self.charged,
+            rollout: self.rollout,
+        }
+    }
+}
+
+/// A settled request's audit line: typed fields, written straight into the line's buffer.
+/// Names, addresses, figures and reasons only: never a key, a header value or a body.
+pub struct RequestLine {
+    client: IpAddr,
+    /// The key's name.
+    key: Option<Arc<str>>,
+    method: String,
+    route: String,
+    status: u16,
+    decision: &'static str,
+    reason: &'static str,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_ms: Option<f64>,
+    total_ms: f64,
+    charged: Option<Charged>,
+    /// Ids the route's typed segments checked ([A-Za-z0-9_-]{1,128}): safe to log as they are.
+    rollout: Option<RolloutRef>,
+}
+
+impl crate::audit::Line for RequestLine {
+    fn visit<S: crate::audit::Sink>(&self, ts: &str, kind: &str, sink: &mut S) {
+        // In byte order of the keys, as the JSON form has always had them.
+        if let Some(rollout) = &self.rollout {
+            sink.str("attempt", &rollout.attempt);
+        }
+        sink.u64("bytes_in", self.bytes_in);
+        sink.u64("bytes_out", self.bytes_out);
+        sink.ip("client", self.client);
         if let Some(charged) = &self.charged {
-            fields.insert("model".into(), (*charged.model).into());
-            fields.insert("tokens_in".into(), charged.usage.input.into());
-            fields.insert("tokens_out".into(), charged.usage.output.into());
-            fields.insert("tokens_estimated".into(), charged.usage.estimated.into());
-            fields.insert("cost_usd".into(), charged.usd.into());
+            sink.f64("cost_usd", charged.usd);
         }
-        // Ids the route's typed segments checked ([A-Za-z0-9_-]{1,128}): safe to log as they are.
-        if let Some(rollout) = self.rollout {
-            fields.insert("rollout".into(), rollout.rollout.into());
-            fields.insert("attempt".into(), rollout.attempt.into());
+        sink.str("decision", self.decision);
+        match &self.key {
+            Some(key) => sink.str("key", key),
+            None => sink.null("key"),
         }
-        fields
+        sink.str("kind", kind);
+        sink.str("method", &self.method);
+        if let Some(charged) = &self.charged {
+            sink.str("model", &charged.model);
+        }
+        sink.str("reason", self.reason);
+        if let Some(rollout) = &self.rollout {
+            sink.str("rollout", &rollout.rollout);
+        }
+        sink.str("route", &self.route);
+        sink.u64("status", u64::from(self.status));
+        if let Some(charged) = &self.charged {
+            sink.bool("tokens_estimated", charged.usage.estimated);
+            sink.u64("tokens_in", charged.usage.input);
+            sink.u64("tokens_out", charged.usage.output);
+        }
+        sink.f64("total_ms", self.total_ms);
+        sink.str("ts", ts);
+        match self.upstream_ms {
+            Some(ms) => sink.f64("upstream_ms", ms),
+            None => sink.null("upstream_ms"),
+        }
+    }
+
+    fn priority(&self) -> u8 {
+        if self.decision == "allow" {
+            crate::telemetry::priority::INFO
+        } else {
+            crate::telemetry::priority::WARNING
+        }
+    }
+
+    fn noteworthy(&self) -> bool {
+        self.decision != "allow"
     }
 }
 
@@ -517,6 +580,126 @@ mod tests {
             "{text}"
         );
         assert_eq!(ledger.snapshot().keys["k"].day_tokens, 14);
+    }
+
+    /// The audit fields as they were built before the typed line: a map from `json!`.
+    fn reference(f: &Finished) -> serde_json::Map<String, serde_json::Value> {
+        let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        let mut fields = crate::audit::fields(json!({
+                "client": f.client,
+                "key": f.key.as_deref(),
+                "method": f.method,
+                "route": f.route,
+                "status": f.status,
+                "decision": f.decision,
+                "reason": f.reason,
+                "bytes_in": f.bytes_in,
+                "bytes_out": f.bytes_out,
+                "upstream_ms": f.upstream.map(ms),
+                "total_ms": ms(f.total),
+        }));
+        if let Some(charged) = &f.charged {
+            fields.insert("model".into(), (*charged.model).into());
+            fields.insert("tokens_in".into(), charged.usage.input.into());
+            fields.insert("tokens_out".into(), charged.usage.output.into());
+            fields.insert("tokens_estimated".into(), charged.usage.estimated.into());
+            fields.insert("cost_usd".into(), charged.usd.into());
+        }
+        if let Some(rollout) = &f.rollout {
+            fields.insert("rollout".into(), rollout.rollout.clone().into());
+            fields.insert("attempt".into(), rollout.attempt.clone().into());
+        }
+        fields
+    }
+
+    #[test]
+    fn the_typed_line_is_exactly_the_map_it_replaced() {
+        let charged = |usd: f64, estimated: bool| Charged {
+            model: "gpt-4o \"mini\"\u{1b}".into(),
+            usage: usage::Usage {
+                input: 8,
+                output: u64::MAX,
+                estimated,
+            },
+            usd,
+            spike: false,
+        };
+        let cases = [
+            (
+                IpAddr::from([127, 0, 0, 1]),
+                None,
+                "GET",
+                "-",
+                0,
+                "deny",
+                "malformed",
+                None,
+                None,
+                None,
+            ),
+            (
+                "::ffff:10.0.0.1".parse().unwrap(),
+                Some("team a"),
+                "POST",
+                "/v1/chat/completions",
+                200,
+                "allow",
+                "forwarded",
+                Some(Duration::from_nanos(1_234_567)),
+                Some(charged(0.03, false)),
+                None,
+            ),
+            (
+                "2001:db8::1".parse().unwrap(),
+                Some("rollout:r1"),
+                "PATCH",
+                "/rollouts/{rollout}/attempts/{attempt}/v1/responses",
+                429,
+                "error",
+                "client_stalled",
+                Some(Duration::ZERO),
+                Some(charged(f64::NAN, true)),
+                Some(RolloutRef {
+                    rollout: "r-1_x".into(),
+                    attempt: "7".into(),
+                }),
+            ),
+            (
+                IpAddr::from([10, 1, 2, 3]),
+                Some("k=\\v"),
+                "M\tX",
+                "/v1/é",
+                502,
+                "allow",
+                "forwarded",
+                None,
+                Some(charged(14.0, false)),
+                None,
+            ),
+        ];
+        for (client, key, method, route, status, decision, reason, upstream, charged, rollout) in
+            cases
+        {
+            let finished = Finished {
+                total: Duration::from_micros(98_765_432),
+                bytes_out: 1 << 40,
+                metrics: Arc::new(Metrics::new()),
+                client,
+                method: method.into(),
+                route: route.into(),
+                rollout,
+                key: key.map(Arc::from),
+                status,
+                decision,
+                reason,
+                bytes_in: 17,
+                upstream,
+                charged,
+            };
+            let fields = reference(&finished);
+            let (typed, mapped) = crate::audit::both_forms(&finished.settle(), fields);
+            assert_eq!(typed, mapped);
+        }
     }
 
     #[tokio::test]

@@ -32,11 +32,32 @@ enum Key {
 }
 
 fn classify(key: &[u8]) -> Key {
+    // By the first byte before any comparison: most keys of an answer (`id`, `model`,
+    // `choices`, `index`, ...) are none of these, and each compare is a `memcmp` call.
+    let Some(first) = key.first() else {
+        return Key::Other;
+    };
+    let found = match first {
+        b'u' => key == b"usage",
+        b'r' => return classify_r(key),
+        b'c' => key == b"content",
+        b't' => key == b"text" || key == b"thinking",
+        b'a' => key == b"arguments",
+        b'p' => key == b"partial_json",
+        b'd' => key == b"delta",
+        _ => false,
+    };
+    match (found, first) {
+        (false, _) => Key::Other,
+        (true, b'u') => Key::Usage,
+        (true, _) => Key::Text,
+    }
+}
+
+fn classify_r(key: &[u8]) -> Key {
     match key {
-        b"usage" => Key::Usage,
         b"response" => Key::Response,
-        b"content" | b"text" | b"arguments" | b"partial_json" | b"thinking" | b"refusal"
-        | b"delta" => Key::Text,
+        b"refusal" => Key::Text,
         _ => Key::Other,
     }
 }
@@ -239,7 +260,9 @@ impl JsonUsage {
             Str::Value(true) => {
                 self.chars += run.iter().filter(|b| **b & 0xC0 != 0x80).count() as u64
             }
-            Str::Key => {
+            // A key whole in this frame (the usual case) is read where it is, below; only one
+            // that a frame boundary or an escape splits is gathered in `key`.
+            Str::Key if !(self.key_len == 0 && stop == Some(b'"')) => {
                 let end = self.key_len + run.len();
                 if end <= KEY_BYTES {
                     self.key[self.key_len..end].copy_from_slice(run);
@@ -253,7 +276,15 @@ impl JsonUsage {
             Some(b'\\') => self.escape = true,
             Some(_) => {
                 if self.string == Str::Key {
-                    self.pending = if self.key_len <= KEY_BYTES {
+                    self.pending = if self.key_len == 0 {
+                        // Whole in `run` (an empty key too); a gathered one never has length 0
+                        // here, as an escape makes it too long.
+                        if run.len() <= KEY_BYTES {
+                            classify(run)
+                        } else {
+                            Key::Other
+                        }
+                    } else if self.key_len <= KEY_BYTES {
                         classify(&self.key[..self.key_len])
                     } else {
                         Key::Other
