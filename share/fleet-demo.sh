@@ -41,6 +41,14 @@ PY
 python3 "$DIR/upstream.py" $UPSTREAM_PORT &
 PIDS="$PIDS $!"
 
+# The upstream and Redis answer before the instances start (any HTTP answer will do).
+tries=0
+until curl -s -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/" && redis-cli -p $REDIS_PORT ping >/dev/null 2>&1; do
+  tries=$((tries + 1))
+  [ $tries -lt 300 ] || { echo "the upstream or Redis did not start (see $DIR)" >&2; exit 1; }
+  sleep 0.1
+done
+
 printf 'sk-demo-upstream\n' >"$DIR/upstream.key"
 chmod 600 "$DIR/upstream.key"
 KEY="pgk_$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
