@@ -222,7 +222,14 @@ fn native_privileged_tests() -> Result<Counts> {
     if !nix_is_root() {
         bail!("the privileged tests need root (CI runs as root); re-run as root, or rely on the VM stage");
     }
-    cargo_test(&["-p", "proxyguard-tests", "--", "--test-threads=1"])
+    // Every binary runs even after one fails, so a failure never hides the ones after it.
+    cargo_test(&[
+        "-p",
+        "proxyguard-tests",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ])
 }
 
 fn vm_tests() -> Result<Counts> {
