@@ -257,7 +257,29 @@ pub struct Guard {
     _dir: tempfile::TempDir,
 }
 
+/// The value of the metric line starting `prefix` in a `/metrics` text (0 if absent).
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |v| v.parse().expect("a counter value"))
+}
+
 impl Guard {
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let admin = self.admin.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(admin).expect("connect to the admin listener");
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /metrics HTTP/1.0\r\nhost: localhost\r\n\r\n",
+        )
+        .expect("ask for /metrics");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read /metrics");
+        text
+    }
+
     /// `extra` is TOML appended to `[proxy]` (sub-tables allowed); `names` are the client keys.
     pub fn start(upstream_port: u16, upstream_key: &str, names: &[&str], extra: &str) -> Guard {
         Self::start_with_env(upstream_port, upstream_key, names, extra, &[])

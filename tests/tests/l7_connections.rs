@@ -20,7 +20,7 @@ use std::{
 
 use proxyguard_tests::{
     faulty_upstream::{FaultyUpstream, LONG_EVENT},
-    l7::Guard,
+    l7::{metric, Guard},
 };
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
@@ -112,25 +112,6 @@ fn call_from(guard: &Guard, source: Ipv4Addr, key: &str, model: &str) -> u16 {
 }
 
 /// The admin listener's metrics text.
-fn metrics(guard: &Guard) -> String {
-    let admin = guard.admin.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(admin).expect("connect to the admin listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nhost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
-/// The value of the metric line starting `prefix` (0 if absent).
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .map_or(0, |v| v.parse().expect("a counter value"))
-}
-
 #[test]
 fn half_sent_heads_from_one_address_do_not_delay_another() {
     let upstream = FaultyUpstream::start();
@@ -158,7 +139,7 @@ fn half_sent_heads_from_one_address_do_not_delay_another() {
     // but the workers run side by side: the count is awaited, and must land exactly on the cap.
     let deadline = Instant::now() + PATIENCE;
     let text = loop {
-        let text = metrics(&guard);
+        let text = guard.metrics();
         let refused = metric(
             &text,
             r#"proxyguard_connections_refused_total{reason="source_pending_heads"}"#,
@@ -205,7 +186,7 @@ fn half_sent_heads_from_one_address_do_not_delay_another() {
     let body: Value = serde_json::from_str(body).expect("a JSON body");
     assert_eq!(body["error"]["code"], "source_connections", "{body}");
     assert_eq!(body["error"]["type"], "api_error", "{body}");
-    let text = metrics(&guard);
+    let text = guard.metrics();
     assert_eq!(
         metric(
             &text,
@@ -263,7 +244,7 @@ fn a_stalled_reader_is_cut_and_a_slow_reader_is_not() {
     assert_eq!(record["status"], 200, "{record}");
     assert_eq!(record["decision"], "error", "{record}");
     assert_eq!(call_from(&guard, me, &key, "m"), 200);
-    let text = metrics(&guard);
+    let text = guard.metrics();
     assert_eq!(
         metric(
             &text,
@@ -315,7 +296,7 @@ fn a_stalled_reader_is_cut_and_a_slow_reader_is_not() {
         Some((EVENTS * LONG_EVENT) as u64),
         "{record}"
     );
-    let text = metrics(&guard);
+    let text = guard.metrics();
     assert_eq!(
         metric(
             &text,
@@ -373,7 +354,7 @@ fn heads_hyper_refuses_leave_an_audit_record() {
     assert_eq!(record["status"], 431, "{record}");
     drop(stream);
 
-    let text = metrics(&guard);
+    let text = guard.metrics();
     for (reason, count) in [("malformed_request", 1), ("head_too_large", 1)] {
         assert_eq!(
             metric(

@@ -3,13 +3,10 @@
 //! their fields and the resource's; and a receiver that accepts but never answers does not slow
 //! requests, it shows up as counted drops.
 
-use std::{
-    io::{BufReader, Read, Write},
-    net::TcpStream,
-};
+use std::{io::BufReader, net::TcpStream};
 
 use proxyguard_tests::{
-    l7::Guard,
+    l7::{metric, Guard},
     otlp::{attribute, receiver, records_once, stalled_receiver, text, Any, Received},
     upstream,
 };
@@ -28,24 +25,6 @@ fn serve_requests(guard: &Guard, key: &str, n: usize) -> Vec<u16> {
     (0..n)
         .map(|_| upstream::request(&mut conn, key).expect("an answer"))
         .collect()
-}
-
-fn metrics(guard: &Guard) -> String {
-    let admin = guard.admin.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(admin).expect("connect to the admin listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nhost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .map_or(0, |v| v.parse().expect("a counter value"))
 }
 
 #[test]
@@ -136,7 +115,7 @@ fn records_reach_the_receiver_with_their_fields_and_the_resource() {
     for secret in [key.as_str(), "sk-not-a-key", "sk-upstream-otlp"] {
         assert!(!everything.contains(secret), "{secret} was exported");
     }
-    let text = metrics(&guard);
+    let text = guard.metrics();
     assert!(
         metric(&text, "proxyguard_otlp_exported_total") >= 4,
         "{text}"
@@ -163,7 +142,7 @@ fn a_receiver_that_never_answers_costs_drops_not_requests() {
         statuses.iter().all(|s| *s == 200),
         "every request served: {statuses:?}"
     );
-    let text = metrics(&guard);
+    let text = guard.metrics();
     let dropped = metric(
         &text,
         "proxyguard_events_dropped_total{sink=\"otlp\",kind=\"request\"}",

@@ -2,36 +2,17 @@
 //! reads, every request is still served, and the audit lines that did not fit are dropped and
 //! counted in `proxyguard_events_dropped_total`, exactly as many as never reached stdout.
 
-use std::{
-    io::{BufReader, Read, Write},
-    net::TcpStream,
-};
+use std::{io::BufReader, net::TcpStream};
 
-use proxyguard_tests::{l7::Guard, upstream};
+use proxyguard_tests::{
+    l7::{metric, Guard},
+    upstream,
+};
 
 /// Enough lines to fill the pipe (64 KiB, a few hundred lines) and the queue (64) many times.
 const REQUESTS: usize = 2000;
 const CONNECTIONS: usize = 4;
 const ROUTE: &str = "/v1/chat/completions";
-
-fn metrics(guard: &Guard) -> String {
-    let admin = guard.admin.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(admin).expect("connect to the admin listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nhost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
-/// The value of the metric line starting `prefix` (0 if absent).
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .map_or(0, |v| v.parse().expect("a counter value"))
-}
 
 #[test]
 fn a_stdout_nobody_reads_drops_and_counts_lines_and_serves_every_request() {
@@ -64,7 +45,7 @@ fn a_stdout_nobody_reads_drops_and_counts_lines_and_serves_every_request() {
         "every request answered 200 while stdout was stalled"
     );
 
-    let text = metrics(&guard);
+    let text = guard.metrics();
     let counted = metric(
         &text,
         &format!(

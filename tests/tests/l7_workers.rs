@@ -66,20 +66,9 @@ fn request(stream: &mut TcpStream, key: &str) -> u16 {
     read_response(stream)
 }
 
-fn metrics(guard: &Guard) -> String {
-    let admin = guard.admin.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(admin).expect("connect to the admin listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nhost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// Connections accepted per worker, in worker order.
 fn per_worker(guard: &Guard, workers: usize) -> Vec<u64> {
-    let text = metrics(guard);
+    let text = guard.metrics();
     (0..workers)
         .map(|worker| {
             let prefix = format!("proxyguard_worker_connections_total{{worker=\"{worker}\"}} ");
