@@ -181,6 +181,23 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// `proxyguard ARGS --json --config <this daemon's>`, which must succeed, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let output = Command::new(crate::proxyguard_bin())
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run proxyguard");
+        assert!(
+            output.status.success(),
+            "proxyguard {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON output")
+    }
+
     /// Writes `config` and starts `proxyguard run` on it, waiting for its `ready` line.
     pub fn start(config: &str) -> Daemon {
         Self::start_with_args(config, &[])

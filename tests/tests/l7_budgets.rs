@@ -7,14 +7,12 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use proxyguard_tests::{
     daemon::Daemon,
     l7::{client, new_key, LiteLlm},
-    proxyguard_bin,
 };
 use serde_json::{json, Value};
 
@@ -85,25 +83,8 @@ fn chat(daemon: &Daemon, key: &str, spec: Value) -> Value {
     client("usage", &base(daemon), key, Some(&spec.to_string()))
 }
 
-/// `proxyguard ARGS --json --config <the daemon's>`, parsed.
-fn cli(daemon: &Daemon, args: &[&str]) -> Value {
-    let output = Command::new(proxyguard_bin())
-        .args(args)
-        .arg("--json")
-        .arg("--config")
-        .arg(&daemon.config_path)
-        .output()
-        .expect("run proxyguard");
-    assert!(
-        output.status.success(),
-        "proxyguard {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
-}
-
 fn usage_of(daemon: &Daemon, key: &str) -> Value {
-    let report = cli(daemon, &["usage", "--key", key]);
+    let report = daemon.cli_json(&["usage", "--key", key]);
     report["keys"][0].clone()
 }
 
@@ -403,7 +384,7 @@ fn counters_survive_kill_9_and_sigterm_and_a_spike_suspends_until_resumed() {
         (refused["status"].as_u64(), error_code(&refused)),
         (Some(403), "key_suspended".into())
     );
-    let listed = cli(&daemon, &["keys", "list"]);
+    let listed = daemon.cli_json(&["keys", "list"]);
     let row = |listed: &Value, name: &str| {
         listed["keys"]
             .as_array()
@@ -421,12 +402,12 @@ fn counters_survive_kill_9_and_sigterm_and_a_spike_suspends_until_resumed() {
     let daemon = setup.start(spiky);
     let refused = chat(&daemon, setup.key("b"), json!({}));
     assert_eq!(error_code(&refused), "key_suspended");
-    assert!(row(&cli(&daemon, &["keys", "list"]), "b")["suspended"].is_string());
+    assert!(row(&daemon.cli_json(&["keys", "list"]), "b")["suspended"].is_string());
 
-    let resumed = cli(&daemon, &["keys", "resume", "b"]);
+    let resumed = daemon.cli_json(&["keys", "resume", "b"]);
     assert_eq!(resumed["resumed"], true, "{resumed}");
     assert_eq!(chat(&daemon, setup.key("b"), json!({}))["ok"], true);
-    assert!(row(&cli(&daemon, &["keys", "list"]), "b")["suspended"].is_null());
+    assert!(row(&daemon.cli_json(&["keys", "list"]), "b")["suspended"].is_null());
 }
 
 /// An upstream that answers one request with a stream that never reports usage, and hands back

@@ -125,22 +125,6 @@ fn chat_with(daemon: &Daemon, key: &str, body: &str) -> (u16, String) {
     (status, code)
 }
 
-fn cli(daemon: &Daemon, args: &[&str]) -> Value {
-    let output = Command::new(proxyguard_bin())
-        .args(args)
-        .arg("--json")
-        .arg("--config")
-        .arg(&daemon.config_path)
-        .output()
-        .expect("run proxyguard");
-    assert!(
-        output.status.success(),
-        "proxyguard {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
-}
-
 /// Waits until `pred` holds, within the harness's patience.
 fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -159,7 +143,7 @@ impl Fleet {
     }
 
     fn mode(&self, daemon: &Daemon) -> String {
-        cli(daemon, &["status"])["fleet"]["mode"]
+        daemon.cli_json(&["status"])["fleet"]["mode"]
             .as_str()
             .unwrap_or("")
             .to_owned()
@@ -184,7 +168,7 @@ impl Fleet {
     }
 
     fn shared_today(&self, daemon: &Daemon, key: &str, what: &str) -> Option<u64> {
-        let usage = cli(daemon, &["usage", "--key", key]);
+        let usage = daemon.cli_json(&["usage", "--key", key]);
         usage["keys"][0]["fleet"]["today"][what].as_u64()
     }
 }
@@ -249,7 +233,7 @@ fn with_redis_killed_each_instance_holds_its_share_and_sharing_resumes_with_the_
     );
     fleet.wait_mode("local");
     for daemon in &fleet.daemons {
-        let status = cli(daemon, &["status"]);
+        let status = daemon.cli_json(&["status"]);
         assert_eq!(status["fleet"]["breaker"], "open", "{status}");
         assert!(
             status["fleet"]["mode_changes"].as_u64() >= Some(2),
@@ -282,7 +266,7 @@ fn a_key_revoked_on_one_instance_is_refused_on_another_without_a_reload() {
     };
     let (a, c) = (&fleet.daemons[0], &fleet.daemons[2]);
     assert_eq!(chat(c, fleet.key("victim")).0, 200);
-    let revoked = cli(a, &["keys", "revoke", "victim"]);
+    let revoked = a.cli_json(&["keys", "revoke", "victim"]);
     assert_eq!(revoked["revoked"], "victim", "{revoked}");
     eventually("C refuses the key revoked on A", || {
         chat(c, fleet.key("victim")) == (401, "key_revoked".into())
@@ -296,7 +280,7 @@ fn a_key_revoked_on_one_instance_is_refused_on_another_without_a_reload() {
         200,
         "only the revoked key is refused"
     );
-    let status = cli(c, &["status"]);
+    let status = c.cli_json(&["status"]);
     assert_eq!(status["fleet"]["revoked_keys"], 1, "{status}");
 }
 
