@@ -498,9 +498,12 @@ fn a_flood_rotating_over_200k_sources_stays_limited_and_known_sources_keep_their
         flood_passed <= flood4 + 4 * flood6,
         "{flood_passed} flood SYNs passed for {flood4} + {flood6} admitted: {counters}"
     );
-    // Most of the flood reached the program, and it was refused at admission.
+    // Most of the flood reached the program, and what was not admitted was refused at admission.
+    // No fixed ratio of dropped to passed: the admitted count grows with the flood's duration
+    // (bounded above), and a slow machine (the VM under TCG) floods for longer.
+    let refused = sent.saturating_sub(flood_passed);
     assert!(
-        dropped_new >= sent / 2 && dropped_new >= 50 * flood_passed.max(1),
+        dropped_new >= sent / 2 && dropped_new * 10 >= refused * 9,
         "{dropped_new} of {sent} flood SYNs dropped, {flood_passed} passed: {counters}"
     );
     assert_eq!(counters["dropped_deny"], 0, "{counters}");
