@@ -13,6 +13,9 @@ pub const PROG_ENVIRON_OPENAT: &str = "environ_openat";
 pub const PROG_ENVIRON_OPENAT2: &str = "environ_openat2";
 pub const PROG_ENVIRON_FILE_OPEN: &str = "environ_file_open";
 pub const PROG_ENVIRON_OPEN_PROBE: &str = "environ_open_probe";
+/// An empty tracepoint program: the benchmark's floor for what attaching to the watch's
+/// tracepoints costs before any program of ours runs. Never attached by the daemon.
+pub const PROG_TRACEPOINT_FLOOR: &str = "tracepoint_floor";
 /// The kernel function the open probe attaches to: `fs/proc/base.c`'s `environ_open`, the
 /// `open` of `proc_environ_operations`. It is only ever called through that table, so it is a
 /// real symbol (never inlined), and it runs only for `/proc/<pid>[/task/<tid>]/environ`.

@@ -71,15 +71,17 @@ pub fn created_file_open(ctx: LsmContext) -> i32 {
 // in R0, which the verifier refuses.
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // The cheap test first: almost every open on the host is not the service's.
-    let Some(tgid) = guarded_tgid(pid_tgid as u32) else {
-        return;
-    };
+    // The cheapest tests first: a failed open (one load from the record), then whether the
+    // task is the service's (a helper call and a hash lookup), which almost no open on the host
+    // is; only then the fd table.
     let fd = tp_long(ctx, TP_RET);
     if fd < 0 || fd > i32::MAX as i64 {
         return;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(tgid) = guarded_tgid(pid_tgid as u32) else {
+        return;
+    };
     let Some(config) = CREATED_CONFIG.get(0) else {
         return;
     };

@@ -1,6 +1,9 @@
 //! Reads for the environ watch: syscall tracepoint and kprobe arguments, user strings, and kernel struct
-//! fields at offsets user space took from BTF. Every read goes through a `bpf_probe_read_*`
-//! helper, which fails cleanly on a bad address; this is the only place those helpers are called.
+//! fields at offsets user space took from BTF. Every read of user or kernel memory goes through a
+//! `bpf_probe_read_*` helper, which fails cleanly on a bad address; this is the only place those
+//! helpers are called. Tracepoint record fields are plain loads from the context instead: the
+//! verifier checks each one against the record (read-only, aligned, in bounds), and a load is
+//! one instruction where the helper is a call on every open of the host.
 
 use aya_ebpf::{
     helpers::{
@@ -8,23 +11,21 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     programs::{LsmContext, ProbeContext, TracePointContext},
+    EbpfContext,
 };
 
-/// A `long` field of a syscall tracepoint record at `offset`.
+/// A `long` (or pointer) field of a syscall tracepoint record at `offset` (8-byte aligned).
 #[inline(always)]
 pub fn tp_long(ctx: &TracePointContext, offset: usize) -> i64 {
-    // SAFETY: `read_at` is a bounds-checked `bpf_probe_read` of the tracepoint record.
-    unsafe { ctx.read_at::<i64>(offset) }.unwrap_or(0)
+    // SAFETY: a load from the record the kernel passed in; the verifier refuses the program
+    // unless `offset` is aligned and inside the record.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const i64) }
 }
 
-/// The user string whose address is the tracepoint field at `offset`, into `buf` (NUL-terminated;
-/// `buf` is zeroed first so no stale bytes follow the string).
+/// The user string at `ptr` (a tracepoint's pointer field), into `buf` (NUL-terminated; the
+/// helper zeroes `buf` on failure).
 #[inline(always)]
-pub fn tp_user_str(ctx: &TracePointContext, offset: usize, buf: &mut [u8]) -> bool {
-    // SAFETY: as in `tp_long`; the pointer is only handed to the probe-read helper.
-    let Ok(ptr) = (unsafe { ctx.read_at::<u64>(offset) }) else {
-        return false;
-    };
+pub fn user_str(ptr: u64, buf: &mut [u8]) -> bool {
     // SAFETY: the helper checks the user address and writes at most `buf.len()` bytes.
     unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, buf) }.is_ok()
 }
