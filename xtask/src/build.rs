@@ -1,8 +1,8 @@
 //! Cargo builds that other tasks share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cmd;
 
@@ -18,6 +18,35 @@ pub fn workspace(release: bool) -> Result<()> {
 /// `target/debug/proxyguard` (built by [`workspace`]).
 pub fn proxyguard_binary() -> PathBuf {
     target_dir().join("debug/proxyguard")
+}
+
+/// The eBPF object that `guard/build.rs` embeds into proxyguard, for the build profile whose
+/// directory is `profile_dir` (`target/release`, `target/debug`): the newest one under its
+/// OUT_DIRs.
+pub fn ebpf_object(profile_dir: &Path) -> Result<PathBuf> {
+    let build = profile_dir.join("build");
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(&build)
+        .with_context(|| format!("cannot read {}", build.display()))?
+        .flatten()
+    {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("proxyguard-")
+        {
+            continue;
+        }
+        let candidate = entry.path().join("out/proxyguard");
+        if let Ok(modified) = candidate.metadata().and_then(|m| m.modified()) {
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, candidate));
+            }
+        }
+    }
+    newest
+        .map(|(_, path)| path)
+        .with_context(|| format!("no eBPF object under {}/proxyguard-*/out", build.display()))
 }
 
 pub fn target_dir() -> PathBuf {

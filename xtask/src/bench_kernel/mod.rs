@@ -324,16 +324,16 @@ fn print_table(
         cost.limiter
     );
     println!(
-        "  syn_rate_limit, SYNs over the limit:   {:>6.0} ns/pkt ({} runs)",
-        cost.limiter_ns, cost.limiter_runs
+        "  syn_rate_limit, SYNs over the limit:   {:>6.0} ns/pkt ({} runs; {} insns translated, {} bytes JITed)",
+        cost.limiter_ns, cost.limiter_runs, cost.limiter_size.0, cost.limiter_size.1
     );
     println!(
         "  syn_rate_limit, SYNs to another port:  {:>6.0} ns/pkt (parse and port lookup only)",
         cost.limiter_other_port_ns
     );
     println!(
-        "  xdp_pass:                              {:>6.0} ns/pkt ({} runs)",
-        cost.pass_ns, cost.pass_runs
+        "  xdp_pass:                              {:>6.0} ns/pkt ({} runs; {} insns, {} bytes)",
+        cost.pass_ns, cost.pass_runs, cost.pass_size.0, cost.pass_size.1
     );
     println!(
         "  xdp_pass + bpf_ktime_get_ns:           {:>6.0} ns/pkt",

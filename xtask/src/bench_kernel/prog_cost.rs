@@ -25,29 +25,9 @@ use serde_json::{json, Value};
 
 use super::{netns, signals, syn_flood};
 
-/// The eBPF object that `guard/build.rs` embeds into proxyguard: the newest one under the
-/// release build's OUT_DIRs.
+/// The eBPF object that `guard/build.rs` embeds into the release build of proxyguard.
 pub fn object_file(target_dir: &Path) -> Result<PathBuf> {
-    let build = target_dir.join("release/build");
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in std::fs::read_dir(&build)?.flatten() {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("proxyguard-")
-        {
-            continue;
-        }
-        let candidate = entry.path().join("out/proxyguard");
-        if let Ok(modified) = candidate.metadata().and_then(|m| m.modified()) {
-            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
-                newest = Some((modified, candidate));
-            }
-        }
-    }
-    newest
-        .map(|(_, path)| path)
-        .with_context(|| format!("no eBPF object under {}/proxyguard-*/out", build.display()))
+    crate::build::ebpf_object(&target_dir.join("release"))
 }
 
 /// A pass-through program of the object (`xdp_pass` or a clock reader) attached to the baseline
@@ -119,6 +99,18 @@ impl Drop for Baseline {
     }
 }
 
+/// (instructions the verifier left, bytes the JIT made) of program `id`: what load does not
+/// change, next to the ns figures it does.
+fn sizes(id: u32) -> Result<(u32, u32)> {
+    for info in loaded_programs() {
+        let info = info?;
+        if info.id() == id {
+            return Ok((info.size_translated().unwrap_or(0) / 8, info.size_jitted()));
+        }
+    }
+    bail!("BPF program {id} is not loaded")
+}
+
 /// (run time in ns, run count) of program `id`.
 fn run_stats(id: u32) -> Result<(u64, u64)> {
     for info in loaded_programs() {
@@ -152,6 +144,9 @@ pub struct Cost {
     pub limiter_other_port_ns: f64,
     pub pass_ns: f64,
     pub pass_runs: u64,
+    /// (translated instructions, JITed bytes) of the limiter and of `xdp_pass`.
+    pub limiter_size: (u32, u32),
+    pub pass_size: (u32, u32),
     /// Pass-through programs that read the precise and the coarse clock once.
     pub clock_fine_ns: f64,
     /// `None` where the kernel has no coarse clock helper (before 5.11).
@@ -171,6 +166,10 @@ impl Cost {
             "syn_rate_limit_unprotected_port_ns_per_packet": self.limiter_other_port_ns,
             "xdp_pass_ns_per_packet": self.pass_ns,
             "xdp_pass_runs": self.pass_runs,
+            "syn_rate_limit_xlated_insns": self.limiter_size.0,
+            "syn_rate_limit_jited_bytes": self.limiter_size.1,
+            "xdp_pass_xlated_insns": self.pass_size.0,
+            "xdp_pass_jited_bytes": self.pass_size.1,
             "clock_fine_ns_per_packet": self.clock_fine_ns,
             "clock_coarse_ns_per_packet": self.clock_coarse_ns,
             "ratio": self.ratio(),
@@ -205,16 +204,19 @@ pub fn measure(
     let limiter = program_name(limiter_id)?;
     let (limiter_ns, limiter_runs) = flood_cost(limiter_id, netns::GUARD_ADDR, port, duration)?;
     let (limiter_other_port_ns, _) = flood_cost(limiter_id, netns::GUARD_ADDR, port + 1, duration)?;
-    let on_baseline = |name: &'static str| -> Result<(f64, u64)> {
+    let limiter_size = sizes(limiter_id)?;
+    let on_baseline = |name: &'static str| -> Result<(f64, u64, (u32, u32))> {
         let baseline = Baseline::attach(object, native, name)?;
         let cost = flood_cost(baseline.id, netns::BASELINE_GUARD_ADDR, port, duration);
+        let size = sizes(baseline.id);
         drop(baseline);
-        cost
+        let (ns, runs) = cost?;
+        Ok((ns, runs, size?))
     };
-    let (pass_ns, pass_runs) = on_baseline(PROG_XDP_PASS)?;
-    let (clock_fine_ns, _) = on_baseline(PROG_XDP_CLOCK_FINE)?;
+    let (pass_ns, pass_runs, pass_size) = on_baseline(PROG_XDP_PASS)?;
+    let (clock_fine_ns, _, _) = on_baseline(PROG_XDP_CLOCK_FINE)?;
     let clock_coarse_ns = match on_baseline(PROG_XDP_CLOCK_COARSE) {
-        Ok((ns, _)) => Some(ns),
+        Ok((ns, _, _)) => Some(ns),
         Err(err) => {
             eprintln!("bench-kernel: no coarse clock measurement: {err:#}");
             None
@@ -227,6 +229,8 @@ pub fn measure(
         limiter_other_port_ns,
         pass_ns,
         pass_runs,
+        limiter_size,
+        pass_size,
         clock_fine_ns,
         clock_coarse_ns,
     })
