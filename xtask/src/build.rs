@@ -1,4 +1,4 @@
-//! Cargo builds that other tasks share.
+//! Cargo builds that other tasks share, and where their outputs are (the binary, the eBPF object).
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,9 @@
 //! (attached by the daemon on pair 0) against the trivial `xdp_pass` from the same object
 //! (attached here on pair 1), both fed the same SYN flood, in the same attach mode. Two more
 //! pass-through programs that read one clock each (`bpf_ktime_get_ns`, and the coarse
-//! `bpf_ktime_get_coarse_ns` where the kernel has it) give what a clock read costs.
+//! `bpf_ktime_get_coarse_ns` where the kernel has it) give what a clock read costs. Beside the
+//! ns, which load moves, the limiter's and `xdp_pass`'s translated instruction counts and JITed
+//! sizes, which it does not.
 //!
 //! Run stats are on only while this module holds the `BPF_ENABLE_STATS` fd, so they do not
 //! weigh on the other measurements and nothing global is left changed.
