@@ -717,6 +717,9 @@ mod tests {
         assert_eq!(paced.completed, 200);
         assert_eq!((paced.non_2xx, paced.errors, paced.unsent), (0, 0, 0));
         assert!(paced.p50 <= paced.p99 && paced.p99 <= paced.max);
+        // Each latency is its lateness plus its service time.
+        assert!(paced.service_p50 <= paced.p50 && paced.service_p99 <= paced.p99);
+        assert!((0.0..=1.0).contains(&paced.late_share));
         assert_eq!(
             once(&args.url, "GET", &[], "").unwrap(),
             200,
