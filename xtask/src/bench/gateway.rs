@@ -136,10 +136,60 @@ ca_file = "{ca}"
     Ok(process)
 }
 
-/// CPU microseconds per answered request in one paced round.
+/// CPU microseconds per answered request in one paced round, and how busy the whole machine was.
 struct Cpu {
     gateway_us: f64,
     provider_us: f64,
+    /// Shares of all cores' time over the round (/proc/stat): idle, and stolen by the host (a
+    /// VM's neighbours), which no process here can see otherwise.
+    idle_share: f64,
+    steal_share: f64,
+}
+
+/// The machine's CPU ticks from /proc/stat's `cpu` line: all, idle (with iowait), steal.
+#[derive(Clone, Copy, Default)]
+struct Ticks {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl Ticks {
+    fn now() -> Ticks {
+        fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| Ticks::parse(&stat))
+            .unwrap_or_default()
+    }
+
+    fn parse(stat: &str) -> Option<Ticks> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice, inside user/nice]
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        Some(Ticks {
+            total: (0..8).map(at).sum(),
+            idle: at(3) + at(4),
+            steal: at(7),
+        })
+    }
+
+    /// Idle and stolen shares between two readings (0 when unreadable).
+    fn shares(before: Ticks, after: Ticks) -> (f64, f64) {
+        let total = after.total.saturating_sub(before.total);
+        if total == 0 {
+            return (0.0, 0.0);
+        }
+        let share = |a: u64, b: u64| a.saturating_sub(b) as f64 / total as f64;
+        (
+            share(after.idle, before.idle),
+            share(after.steal, before.steal),
+        )
+    }
 }
 
 pub fn run(quick: bool) -> Result<Value> {
@@ -219,20 +269,30 @@ pub fn run(quick: bool) -> Result<Value> {
     let (mut direct_cpu, mut gateway_cpu) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for which in rotated(2, round) {
-            let (g0, n0) = (cpu(gateway.pid()), cpu(provider.pid()));
+            let (g0, n0, m0) = (cpu(gateway.pid()), cpu(provider.pid()), Ticks::now());
             let run = paced(if which == 0 { &direct } else { &through })?;
-            let (g1, n1) = (cpu(gateway.pid()), cpu(provider.pid()));
+            let (g1, n1, m1) = (cpu(gateway.pid()), cpu(provider.pid()), Ticks::now());
+            let (idle, steal) = Ticks::shares(m0, m1);
             let costs = Cpu {
                 gateway_us: per_request(g1 - g0, run.answered_all),
                 provider_us: per_request(n1 - n0, run.answered_all),
+                idle_share: idle,
+                steal_share: steal,
             };
+            let name = if which == 0 { "direct" } else { "gateway" };
+            println!(
+                "paced round {round}, {name}: p50 {:.3} ms, p99 {:.3} ms, service p50 {:.3} ms, {:.1}% sent 1 ms late; the machine {:.0}% idle, {:.1}% stolen by the host",
+                run.p50,
+                run.p99,
+                run.service_p50,
+                run.late_share * 100.0,
+                idle * 100.0,
+                steal * 100.0
+            );
             if run.late_share > 0.01 {
                 println!(
-                    "warning: {} sent {:.1}% of its requests 1 ms or more late (latency p50 {:.3} ms, service p50 {:.3} ms): this round measured a queue or the machine's stalls, not only the target",
-                    if which == 0 { "direct" } else { "gateway" },
+                    "warning: {name} sent {:.1}% of its requests 1 ms or more late: this round measured a queue or the machine's stalls, not only the target",
                     run.late_share * 100.0,
-                    run.p50,
-                    run.service_p50
                 );
             }
             if which == 0 {
@@ -319,7 +379,14 @@ pub fn run(quick: bool) -> Result<Value> {
     let cpu_json = |costs: &[Cpu]| {
         costs
             .iter()
-            .map(|c| json!({ "gateway": c.gateway_us, "nginx": c.provider_us }))
+            .map(|c| {
+                json!({
+                    "gateway": c.gateway_us,
+                    "nginx": c.provider_us,
+                    "machine_idle_share": c.idle_share,
+                    "machine_steal_share": c.steal_share,
+                })
+            })
             .collect::<Vec<_>>()
     };
     Ok(json!({
@@ -337,4 +404,19 @@ pub fn run(quick: bool) -> Result<Value> {
             "added_p99_ms": added_p99.to_json(),
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ticks;
+
+    #[test]
+    fn reads_idle_and_steal_from_proc_stat() {
+        let before = Ticks::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
+        let after = Ticks::parse("cpu  200 0 100 900 50 0 0 50 0 0\n").unwrap();
+        // 300 ticks in all: 100 idle, 50 stolen.
+        assert_eq!(Ticks::shares(before, after), (1.0 / 3.0, 1.0 / 6.0));
+        assert!(Ticks::parse("intr 1 2").is_none());
+        assert_eq!(Ticks::shares(after, after), (0.0, 0.0));
+    }
 }
