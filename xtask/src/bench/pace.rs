@@ -12,6 +12,10 @@
 //! One thread per connection with blocking sockets keeps the timing simple; each thread's timer
 //! slack is set to 1 µs so its sleeps end on time. Every latency is kept (a few hundred thousand
 //! at most) and sorted, so the percentiles are exact. The report is one JSON object on stdout.
+//! Besides the latency from the schedule it gives the service time alone (from the actual send)
+//! and the share of requests sent 1 ms or more late, so a slow round says whether the target was
+//! slow or the schedule queued; `PACE_DUMP=FILE` writes every counted request (connection, due,
+//! lateness, service time) for a closer look.
 
 use std::{
     io::{self, Read, Write},
@@ -67,6 +71,14 @@ pub struct Paced {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+    /// The same percentiles of the service time alone (from the actual send to the whole
+    /// answer): what the target took, without the wait of a connection behind its schedule.
+    pub service_p50: f64,
+    pub service_p99: f64,
+    /// The share of requests sent 1 ms or more after their due time: a connection still busy
+    /// with its last answer, or a thread not scheduled. Above a few percent the round measured
+    /// queueing (a rate above what the target and the machine sustain) or the machine's stalls.
+    pub late_share: f64,
     pub completed: u64,
     pub non_2xx: u64,
     pub errors: u64,
@@ -81,7 +93,9 @@ impl Paced {
         json!({
             "rate": self.rate, "achieved_rps": self.achieved_rps,
             "p50_ms": self.p50, "p90_ms": self.p90, "p99_ms": self.p99, "p999_ms": self.p999,
-            "max_ms": self.max, "completed": self.completed, "non_2xx": self.non_2xx,
+            "max_ms": self.max, "service_p50_ms": self.service_p50,
+            "service_p99_ms": self.service_p99, "late_share": self.late_share,
+            "completed": self.completed, "non_2xx": self.non_2xx,
             "errors": self.errors, "unsent": self.unsent, "answered_all": self.answered_all,
         })
     }
@@ -97,6 +111,9 @@ impl Paced {
             p99: f("p99_ms")?,
             p999: f("p999_ms")?,
             max: f("max_ms")?,
+            service_p50: f("service_p50_ms").unwrap_or(0.0),
+            service_p99: f("service_p99_ms").unwrap_or(0.0),
+            late_share: f("late_share").unwrap_or(0.0),
             completed: n("completed")?,
             non_2xx: n("non_2xx")?,
             errors: n("errors")?,
@@ -169,6 +186,11 @@ pub fn main(args: &Args) -> Result<()> {
 struct Tally {
     /// Nanoseconds from the scheduled send to the whole answer read.
     latencies: Vec<u64>,
+    /// Nanoseconds from the actual send to the whole answer read.
+    service: Vec<u64>,
+    /// Per counted request, for `PACE_DUMP`: connection, due (ns after the start), how late it
+    /// was sent, its service time.
+    trace: Vec<(u32, u64, u64, u64)>,
     completed: u64,
     non_2xx: u64,
     errors: u64,
@@ -204,6 +226,7 @@ pub fn run(args: &Args) -> Result<Paced> {
             let start = *start_at.get().expect("set before the barrier");
             connection(
                 &target,
+                c as u32,
                 conn,
                 start,
                 offset,
@@ -224,14 +247,21 @@ pub fn run(args: &Args) -> Result<Paced> {
             .join()
             .map_err(|_| anyhow::anyhow!("a paced connection thread panicked"))?;
         all.latencies.extend(tally.latencies);
+        all.service.extend(tally.service);
+        all.trace.extend(tally.trace);
         all.completed += tally.completed;
         all.non_2xx += tally.non_2xx;
         all.errors += tally.errors;
         all.unsent += tally.unsent;
         all.answered_all += tally.answered_all;
     }
+    if let Some(path) = std::env::var_os("PACE_DUMP") {
+        dump(Path::new(&path), &mut all.trace)?;
+    }
     all.latencies.sort_unstable();
+    all.service.sort_unstable();
     let ms = |q: f64| percentile(&all.latencies, q) as f64 / 1e6;
+    let service_ms = |q: f64| percentile(&all.service, q) as f64 / 1e6;
     Ok(Paced {
         rate: args.rate,
         achieved_rps: all.completed as f64 / args.secs,
@@ -240,6 +270,13 @@ pub fn run(args: &Args) -> Result<Paced> {
         p99: ms(0.99),
         p999: ms(0.999),
         max: all.latencies.last().copied().unwrap_or(0) as f64 / 1e6,
+        service_p50: service_ms(0.50),
+        service_p99: service_ms(0.99),
+        late_share: if all.trace.is_empty() {
+            0.0
+        } else {
+            all.trace.iter().filter(|t| t.2 >= 1_000_000).count() as f64 / all.trace.len() as f64
+        },
         completed: all.completed,
         non_2xx: all.non_2xx,
         errors: all.errors,
@@ -249,8 +286,10 @@ pub fn run(args: &Args) -> Result<Paced> {
 }
 
 /// One connection's share of the schedule: due times `start + offset + k·period` before `end`.
+#[allow(clippy::too_many_arguments)]
 fn connection(
     target: &Target,
+    index: u32,
     conn: Conn,
     start: Instant,
     offset: f64,
@@ -280,6 +319,7 @@ fn connection(
             std::thread::sleep(due - now);
         }
         let counted = due_in >= warmup;
+        let sent = Instant::now();
         let answer = match conn.take() {
             Some(c) => Ok(c),
             None => target.connect(),
@@ -293,7 +333,13 @@ fn connection(
                 conn = kept;
                 tally.answered_all += 1;
                 if counted {
-                    tally.latencies.push(due.elapsed().as_nanos() as u64);
+                    let late = sent.saturating_duration_since(due).as_nanos() as u64;
+                    let service = sent.elapsed().as_nanos() as u64;
+                    tally.latencies.push(late + service);
+                    tally.service.push(service);
+                    tally
+                        .trace
+                        .push((index, due_in.as_nanos() as u64, late, service));
                     tally.completed += 1;
                     if !(200..300).contains(&status) {
                         tally.non_2xx += 1;
@@ -308,6 +354,20 @@ fn connection(
         }
     }
     tally
+}
+
+/// Writes every counted request, in order of its due time, as `connection due_ns late_ns
+/// service_ns`: where a slow round's time went (a connection behind its schedule, or the target).
+fn dump(path: &Path, trace: &mut [(u32, u64, u64, u64)]) -> Result<()> {
+    trace.sort_unstable_by_key(|t| t.1);
+    let mut out = io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    for (c, due, late, service) in trace.iter() {
+        writeln!(out, "{c} {due} {late} {service}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// The nearest-rank percentile of sorted `values` (0 when empty).
@@ -657,6 +717,9 @@ mod tests {
         assert_eq!(paced.completed, 200);
         assert_eq!((paced.non_2xx, paced.errors, paced.unsent), (0, 0, 0));
         assert!(paced.p50 <= paced.p99 && paced.p99 <= paced.max);
+        // Each latency is its lateness plus its service time.
+        assert!(paced.service_p50 <= paced.p50 && paced.service_p99 <= paced.p99);
+        assert!((0.0..=1.0).contains(&paced.late_share));
         assert_eq!(
             once(&args.url, "GET", &[], "").unwrap(),
             200,
