@@ -25,10 +25,14 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use http::StatusCode;
-use redis::{aio::ConnectionManager, IntoConnectionInfo, Script};
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    IntoConnectionInfo, Script,
+};
 use serde_json::{json, Value};
+use thread_local::ThreadLocal;
 
 use crate::{
     config::fleet::{FleetSection, OnRedisError},
@@ -165,6 +169,16 @@ impl Mode {
     }
 }
 
+/// What the admit script answered.
+enum Answer {
+    Admitted,
+    /// Refused for the key: its rate (index 0, with the microseconds to wait) or its `index`th
+    /// counter.
+    Key(usize, u64),
+    /// Refused for the address's rate, with the microseconds to wait.
+    Address(u64),
+}
+
 /// What the fleet says of a request.
 pub enum Verdict {
     /// Counted in Redis; settle the reservation when the answer ends.
@@ -176,7 +190,10 @@ pub enum Verdict {
 
 pub struct Fleet {
     pub settings: FleetSettings,
-    conn: ArcSwapOption<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// One connection per thread that calls Redis (`connection`).
+    conns: ThreadLocal<ConnectionManager>,
     breaker: Breaker,
     admit: Script,
     adjust: Script,
@@ -213,15 +230,21 @@ impl Fleet {
             info = info.set_redis_settings(redis);
         }
         let client = redis::Client::open(info)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
+        let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.timeout))
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        // Made now so that a bad URL or setting fails the start, not the first request.
+        let conns = ThreadLocal::new();
+        conns.get_or_try(|| {
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+        })?;
         let fleet = Arc::new(Fleet {
             settings,
-            conn: ArcSwapOption::from_pointee(conn),
+            client,
+            config,
+            conns,
             breaker: Breaker::new_open(),
             admit: Script::new(script::ADMIT),
             adjust: Script::new(script::ADJUST),
@@ -255,8 +278,20 @@ impl Fleet {
         }
     }
 
+    /// This thread's connection, made the first time the thread asks (lazily: it connects on
+    /// first use). Each request worker is a current-thread runtime, so with a connection of its
+    /// own a call is written, read and answered on the request's thread; one multiplexed
+    /// connection shared by every worker would wake its driver's thread and then the request's,
+    /// twice a call (futex wake-ups, the fleet bench's syscalls per request). Call it from
+    /// within a tokio runtime.
     fn connection(&self) -> Option<ConnectionManager> {
-        self.conn.load_full().map(|c| (*c).clone())
+        self.conns
+            .get_or_try(|| {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            })
+            .map_err(|err| tracing::debug!(error = %err, "fleet: no redis connection"))
+            .ok()
+            .cloned()
     }
 
     /// Reports a change of the breaker: an event, the counter, `status`.
@@ -287,9 +322,8 @@ impl Fleet {
         );
     }
 
-    /// Runs `windows` through the admit script, within the timeout: `Ok(None)` admitted,
-    /// `Ok(Some((index, retry_us)))` refused.
-    async fn run(&self, windows: &Windows) -> Result<Option<(usize, u64)>, FleetError> {
+    /// Runs `windows` through the admit script, within the timeout.
+    async fn run(&self, windows: &Windows) -> Result<Answer, FleetError> {
         let Some(mut conn) = self.connection() else {
             return Err(FleetError::Timeout(0));
         };
@@ -306,14 +340,15 @@ impl Fleet {
             .await
             .map_err(|_| FleetError::Timeout(self.settings.timeout.as_millis() as u64))??;
         match answer.as_slice() {
-            [0] => Ok(None),
-            [1, index, retry] => Ok(Some((*index as usize, (*retry).max(0) as u64))),
+            [0] => Ok(Answer::Admitted),
+            [1, index, retry] => Ok(Answer::Key(*index as usize, (*retry).max(0) as u64)),
+            [2, 0, retry] => Ok(Answer::Address((*retry).max(0) as u64)),
             _ => Err(FleetError::Answer(answer)),
         }
     }
 
     /// Checks and counts a request of key `name` (its `rate` and `policy`, and what it reserves)
-    /// and of client `prefix` (with the per-address `ip_rate`), in one round trip.
+    /// and of client `prefix` (with the per-address `ip_rate`), in one call: one round trip.
     pub async fn admit(
         self: &Arc<Self>,
         name: &str,
@@ -326,56 +361,36 @@ impl Fleet {
             return Verdict::Unavailable(self.fallback());
         }
         let now = crate::proxy::budget::clock::now();
-        let windows = script::key_windows(name, rate, policy, reserve, now);
-        let ip_windows = ip
-            .map(|(prefix, rpm, burst)| script::ip_windows(prefix, rpm, burst))
-            .filter(|w| !w.is_empty());
-        if windows.is_empty() && ip_windows.is_none() {
+        let mut windows = script::key_windows(name, rate, policy, reserve, now);
+        windows.address = ip.and_then(|(prefix, rpm, burst)| script::ip_rate(prefix, rpm, burst));
+        if windows.is_empty() {
             return Verdict::Shared(None);
         }
-        // Both calls go out at once on the one multiplexed connection.
-        let (by_key, by_ip) = match &ip_windows {
-            Some(ip_windows) => {
-                let (a, b) = tokio::join!(self.run(&windows), self.run(ip_windows));
-                (a, Some(b))
+        let answer = match self.run(&windows).await {
+            Ok(answer) => answer,
+            Err(err) => {
+                let why = err.to_string();
+                tracing::debug!(error = %why, "fleet: redis call failed");
+                self.report(self.breaker.failure(), &why);
+                return Verdict::Unavailable(self.fallback());
             }
-            None => (self.run(&windows).await, None),
         };
-        let failed = by_key.is_err() || by_ip.as_ref().is_some_and(Result::is_err);
-        if failed {
-            let why = by_key
-                .as_ref()
-                .err()
-                .or(by_ip.as_ref().and_then(|r| r.as_ref().err()))
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            tracing::debug!(error = %why, "fleet: redis call failed");
-            self.report(self.breaker.failure(), &why);
-            // A key window counted before the address call failed stays counted: a request
-            // refused for it is one the fleet saw.
-            return Verdict::Unavailable(self.fallback());
-        }
         self.report(self.breaker.success(), "redis answered");
-        if let Some(Ok(Some((_, retry_us)))) = by_ip {
-            if let Ok(None) = by_key {
-                // The key's windows were counted for a request the address refuses: give
-                // them back.
-                self.release(&windows, true);
-            }
-            return Verdict::Refused(rate_reject("rate_ip", "this address", retry_us));
-        }
-        match by_key {
-            Ok(None) => Verdict::Shared(reserve.map(|_| Reservation {
+        match answer {
+            Answer::Admitted => Verdict::Shared(reserve.map(|_| Reservation {
                 fleet: self.clone(),
                 reserved: windows.reserved(),
                 name: name.into(),
                 apart: false,
                 settled: false,
             })),
-            Ok(Some((0, retry_us))) => {
+            Answer::Address(retry_us) => {
+                Verdict::Refused(rate_reject("rate_ip", "this address", retry_us))
+            }
+            Answer::Key(0, retry_us) => {
                 Verdict::Refused(rate_reject("rate_key", "this key", retry_us))
             }
-            Ok(Some((index, _))) => {
+            Answer::Key(index, _) => {
                 let kind = windows
                     .counters
                     .get(index - 1)
@@ -390,7 +405,6 @@ impl Fleet {
                 reject.retry_after = Some(retry.max(1));
                 Verdict::Refused(reject)
             }
-            Err(_) => Verdict::Unavailable(self.fallback()),
         }
     }
 
@@ -447,26 +461,17 @@ impl Fleet {
         unavailable()
     }
 
-    /// Gives back what `windows` counted (the request counter too when `request`).
-    fn release(&self, windows: &Windows, request: bool) {
-        let adjust: Vec<(String, f64)> = windows
-            .counters
-            .iter()
-            .filter(|c| request || c.kind != Kind::Requests)
-            .map(|c| (c.key.clone(), -c.amount))
-            .collect();
-        self.spawn_adjust(adjust);
-    }
-
     /// Adds each amount to its counter, in the background (off the request's path).
     fn spawn_adjust(&self, adjust: Vec<(String, f64)>) {
         let adjust: Vec<(String, f64)> = adjust.into_iter().filter(|(_, d)| *d != 0.0).collect();
         if adjust.is_empty() || self.breaker.state() != BreakerState::Closed {
             return;
         }
-        let (Some(mut conn), Ok(runtime)) =
-            (self.connection(), tokio::runtime::Handle::try_current())
-        else {
+        // The runtime first: a connection is made on (and for) the runtime of this thread.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut conn) = self.connection() else {
             return;
         };
         let script = self.adjust.clone();
