@@ -169,6 +169,17 @@ impl Mode {
     }
 }
 
+/// How long a thread's settlements gather before they go to Redis in one call.
+const SETTLE_BATCH: Duration = Duration::from_millis(5);
+
+/// A thread's settlements not sent yet: the sum per counter.
+#[derive(Default)]
+struct Settling {
+    amounts: HashMap<String, f64>,
+    /// A task will send them.
+    scheduled: bool,
+}
+
 /// What the admit script answered.
 enum Answer {
     Admitted,
@@ -194,6 +205,8 @@ pub struct Fleet {
     config: ConnectionManagerConfig,
     /// One connection per thread that calls Redis (`connection`).
     conns: ThreadLocal<ConnectionManager>,
+    /// Per thread, the settlements waiting for their batch (`spawn_adjust`).
+    settling: ThreadLocal<Arc<Mutex<Settling>>>,
     breaker: Breaker,
     admit: Script,
     adjust: Script,
@@ -245,6 +258,7 @@ impl Fleet {
             client,
             config,
             conns,
+            settling: ThreadLocal::new(),
             breaker: Breaker::new_open(),
             admit: Script::new(script::ADMIT),
             adjust: Script::new(script::ADJUST),
@@ -335,10 +349,21 @@ impl Fleet {
         for arg in &args {
             invocation.arg(arg);
         }
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
-        let answer = tokio::time::timeout(self.settings.timeout, call)
-            .await
-            .map_err(|_| FleetError::Timeout(self.settings.timeout.as_millis() as u64))??;
+        let timed_out = || FleetError::Timeout(self.settings.timeout.as_millis() as u64);
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let first = tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
+        let answer: Vec<i64> = match first {
+            // A thread's connection is used only by its own requests: after Redis came back,
+            // its first call finds the old connection gone, and that call (which starts the
+            // reconnect) is tried once more on the new one, within the same timeout. (A call
+            // lost with its connection after Redis ran it counts twice: counts err high.)
+            Ok(Err(err)) if err.is_io_error() || err.is_connection_dropped() => {
+                tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn))
+                    .await
+                    .map_err(|_| timed_out())??
+            }
+            answer => answer.map_err(|_| timed_out())??,
+        };
         match answer.as_slice() {
             [0] => Ok(Answer::Admitted),
             [1, index, retry] => Ok(Answer::Key(*index as usize, (*retry).max(0) as u64)),
@@ -461,7 +486,9 @@ impl Fleet {
         unavailable()
     }
 
-    /// Adds each amount to its counter, in the background (off the request's path).
+    /// Adds each amount to its counter, in the background (off the request's path). The
+    /// settlements of one thread within `SETTLE_BATCH` go out together, summed per counter, in
+    /// one call: under load one call per batch, not one per answer.
     fn spawn_adjust(&self, adjust: Vec<(String, f64)>) {
         let adjust: Vec<(String, f64)> = adjust.into_iter().filter(|(_, d)| *d != 0.0).collect();
         if adjust.is_empty() || self.breaker.state() != BreakerState::Closed {
@@ -474,11 +501,28 @@ impl Fleet {
         let Some(mut conn) = self.connection() else {
             return;
         };
+        let batch = self.settling.get_or_default().clone();
+        {
+            let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, amount) in adjust {
+                *pending.amounts.entry(key).or_default() += amount;
+            }
+            if pending.scheduled {
+                return;
+            }
+            pending.scheduled = true;
+        }
         let script = self.adjust.clone();
         let timeout = self.settings.timeout * 10;
         runtime.spawn(async move {
+            tokio::time::sleep(SETTLE_BATCH).await;
+            let amounts = {
+                let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
+                pending.scheduled = false;
+                std::mem::take(&mut pending.amounts)
+            };
             let mut invocation = script.prepare_invoke();
-            for (key, amount) in &adjust {
+            for (key, amount) in amounts.iter().filter(|(_, d)| **d != 0.0) {
                 invocation.key(key).arg(amount.to_string());
             }
             let call = invocation.invoke_async::<i64>(&mut conn);

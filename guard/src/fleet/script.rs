@@ -20,64 +20,65 @@ use crate::proxy::budget::{clock, policy::Policy};
 /// `amount`, `weight` of the previous window, `ttl` seconds.
 /// Returns `{0}` when admitted (and counted), `{1, index, retry_us}` when refused for the key:
 /// index 0 is its rate, `i` the `i`th counter; `{2, 0, retry_us}` when refused for the address.
-/// Nothing is counted on a refusal. `TIME` is read once, and only with a rate.
+/// Nothing is counted on a refusal. `TIME` is read once, and only with a rate; a counter gets
+/// its `EXPIRE` only when this call created it.
 pub const ADMIT: &str = r#"
+local key_interval, key_burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ip_interval, ip_burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
-local next_key = 1
-local now_us
-local function gcra(key, interval, burst)
-  if not now_us then
-    local t = redis.call('TIME')
-    now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  end
-  local tat = tonumber(redis.call('GET', key) or now_us)
-  if tat < now_us then tat = now_us end
-  local new_tat = tat + interval
-  local allow_at = new_tat - burst * interval
-  if now_us < allow_at then return nil, allow_at - now_us end
-  return new_tat
-end
-local rates = {}
-for r = 0, 1 do
-  local interval = tonumber(ARGV[1 + r * 2])
-  if interval > 0 then
-    rates[r] = {KEYS[next_key], interval, tonumber(ARGV[2 + r * 2])}
-    next_key = next_key + 1
-  end
+local k = 1
+local key_rate, ip_rate, now_us, key_tat, ip_tat
+if key_interval > 0 then key_rate = KEYS[k]; k = k + 1 end
+if ip_interval > 0 then ip_rate = KEYS[k]; k = k + 1 end
+if key_rate or ip_rate then
+  local t = redis.call('TIME')
+  now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 -- The address first: a request both would refuse is the address's.
-for _, r in ipairs({1, 0}) do
-  local rate = rates[r]
-  if rate then
-    local new_tat, retry = gcra(rate[1], rate[2], rate[3])
-    if not new_tat then
-      if r == 1 then return {2, 0, retry} end
-      return {1, 0, retry}
-    end
-    rate[4] = new_tat
-  end
+if ip_rate then
+  local tat = tonumber(redis.call('GET', ip_rate) or now_us)
+  if tat < now_us then tat = now_us end
+  ip_tat = tat + ip_interval
+  local allow_at = ip_tat - ip_burst * ip_interval
+  if now_us < allow_at then return {2, 0, allow_at - now_us} end
+end
+if key_rate then
+  local tat = tonumber(redis.call('GET', key_rate) or now_us)
+  if tat < now_us then tat = now_us end
+  key_tat = tat + key_interval
+  local allow_at = key_tat - key_burst * key_interval
+  if now_us < allow_at then return {1, 0, allow_at - now_us} end
 end
 for i = 0, n - 1 do
   local limit = tonumber(ARGV[6 + i * 4])
   if limit >= 0 then
     local amount = tonumber(ARGV[7 + i * 4])
     local weight = tonumber(ARGV[8 + i * 4])
-    local cur = tonumber(redis.call('GET', KEYS[next_key + 2 * i]) or '0')
+    local cur = tonumber(redis.call('GET', KEYS[k + 2 * i]) or '0')
     local prev = 0
-    if weight > 0 then prev = tonumber(redis.call('GET', KEYS[next_key + 2 * i + 1]) or '0') end
+    if weight > 0 then prev = tonumber(redis.call('GET', KEYS[k + 2 * i + 1]) or '0') end
     if cur + prev * weight + amount > limit then return {1, i + 1, 0} end
   end
 end
-for r = 0, 1 do
-  local rate = rates[r]
-  if rate then
-    redis.call('SET', rate[1], string.format('%d', rate[4]), 'PX', math.floor((rate[4] - now_us) / 1000) + 1000)
-  end
+if ip_rate then
+  redis.call('SET', ip_rate, string.format('%d', ip_tat), 'PX', math.floor((ip_tat - now_us) / 1000) + 1000)
+end
+if key_rate then
+  redis.call('SET', key_rate, string.format('%d', key_tat), 'PX', math.floor((key_tat - now_us) / 1000) + 1000)
 end
 for i = 0, n - 1 do
-  local key = KEYS[next_key + 2 * i]
-  redis.call('INCRBYFLOAT', key, ARGV[7 + i * 4])
-  redis.call('EXPIRE', key, ARGV[9 + i * 4])
+  local amount = tonumber(ARGV[7 + i * 4])
+  -- Adding 0 changes nothing (a price-less model's spend).
+  if amount ~= 0 then
+    local key = KEYS[k + 2 * i]
+    local total = tonumber(redis.call('INCRBYFLOAT', key, ARGV[7 + i * 4]))
+    -- A counter this call created holds just the amount: it gets its TTL now, and only then
+    -- (not one EXPIRE per request). Near-equal covers INCRBYFLOAT's rounding; a counter that
+    -- held almost nothing gets its TTL again, which is harmless.
+    if math.abs(total - amount) <= 1e-9 * math.max(1, math.abs(amount)) then
+      redis.call('EXPIRE', key, ARGV[9 + i * 4])
+    end
+  end
 end
 return {0}
 "#;
