@@ -136,6 +136,14 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Only the fleet part of `bench`: one proxyguard with its limits local and one with
+    /// `[fleet]` on a Redis on loopback (peak, CPU and Redis commands per request, the latency
+    /// Redis adds); the figures also go to target/bench/fleet.json.
+    BenchFleet {
+        /// Short phases (3 s, 3 rounds).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Only the L7 part of `bench` (direct, proxyguard, nginx-as-guard; RSS; the soak); the
     /// figures also go to target/bench/l7.json.
     BenchL7 {
@@ -237,6 +245,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
             std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
             println!("bench-gateway: figures in {}", path.display());
+            Ok(())
+        }
+        Command::BenchFleet { quick } => {
+            let figures = bench::fleet::run(quick)?;
+            let path = build::target_dir().join("bench/fleet.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+            println!("bench-fleet: figures in {}", path.display());
             Ok(())
         }
         Command::Pace(args) => bench::pace::main(&args),

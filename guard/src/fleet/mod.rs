@@ -25,10 +25,14 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use http::StatusCode;
-use redis::{aio::ConnectionManager, IntoConnectionInfo, Script};
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    IntoConnectionInfo, Script,
+};
 use serde_json::{json, Value};
+use thread_local::ThreadLocal;
 
 use crate::{
     config::fleet::{FleetSection, OnRedisError},
@@ -165,6 +169,27 @@ impl Mode {
     }
 }
 
+/// How long a thread's settlements gather before they go to Redis in one call.
+const SETTLE_BATCH: Duration = Duration::from_millis(5);
+
+/// A thread's settlements not sent yet: the sum per counter.
+#[derive(Default)]
+struct Settling {
+    amounts: HashMap<String, f64>,
+    /// A task will send them.
+    scheduled: bool,
+}
+
+/// What the admit script answered.
+enum Answer {
+    Admitted,
+    /// Refused for the key: its rate (index 0, with the microseconds to wait) or its `index`th
+    /// counter.
+    Key(usize, u64),
+    /// Refused for the address's rate, with the microseconds to wait.
+    Address(u64),
+}
+
 /// What the fleet says of a request.
 pub enum Verdict {
     /// Counted in Redis; settle the reservation when the answer ends.
@@ -176,7 +201,12 @@ pub enum Verdict {
 
 pub struct Fleet {
     pub settings: FleetSettings,
-    conn: ArcSwapOption<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// One connection per thread that calls Redis (`connection`).
+    conns: ThreadLocal<ConnectionManager>,
+    /// Per thread, the settlements waiting for their batch (`spawn_adjust`).
+    settling: ThreadLocal<Arc<Mutex<Settling>>>,
     breaker: Breaker,
     admit: Script,
     adjust: Script,
@@ -213,15 +243,22 @@ impl Fleet {
             info = info.set_redis_settings(redis);
         }
         let client = redis::Client::open(info)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
+        let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.timeout))
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        // Made now so that a bad URL or setting fails the start, not the first request.
+        let conns = ThreadLocal::new();
+        conns.get_or_try(|| {
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+        })?;
         let fleet = Arc::new(Fleet {
             settings,
-            conn: ArcSwapOption::from_pointee(conn),
+            client,
+            config,
+            conns,
+            settling: ThreadLocal::new(),
             breaker: Breaker::new_open(),
             admit: Script::new(script::ADMIT),
             adjust: Script::new(script::ADJUST),
@@ -255,8 +292,20 @@ impl Fleet {
         }
     }
 
+    /// This thread's connection, made the first time the thread asks (lazily: it connects on
+    /// first use). Each request worker is a current-thread runtime, so with a connection of its
+    /// own a call is written, read and answered on the request's thread; one multiplexed
+    /// connection shared by every worker would wake its driver's thread and then the request's,
+    /// twice a call (futex wake-ups, the fleet bench's syscalls per request). Call it from
+    /// within a tokio runtime.
     fn connection(&self) -> Option<ConnectionManager> {
-        self.conn.load_full().map(|c| (*c).clone())
+        self.conns
+            .get_or_try(|| {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            })
+            .map_err(|err| tracing::debug!(error = %err, "fleet: no redis connection"))
+            .ok()
+            .cloned()
     }
 
     /// Reports a change of the breaker: an event, the counter, `status`.
@@ -287,9 +336,8 @@ impl Fleet {
         );
     }
 
-    /// Runs `windows` through the admit script, within the timeout: `Ok(None)` admitted,
-    /// `Ok(Some((index, retry_us)))` refused.
-    async fn run(&self, windows: &Windows) -> Result<Option<(usize, u64)>, FleetError> {
+    /// Runs `windows` through the admit script, within the timeout.
+    async fn run(&self, windows: &Windows) -> Result<Answer, FleetError> {
         let Some(mut conn) = self.connection() else {
             return Err(FleetError::Timeout(0));
         };
@@ -301,19 +349,31 @@ impl Fleet {
         for arg in &args {
             invocation.arg(arg);
         }
-        let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
-        let answer = tokio::time::timeout(self.settings.timeout, call)
-            .await
-            .map_err(|_| FleetError::Timeout(self.settings.timeout.as_millis() as u64))??;
+        let timed_out = || FleetError::Timeout(self.settings.timeout.as_millis() as u64);
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let first = tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
+        let answer: Vec<i64> = match first {
+            // A thread's connection is used only by its own requests: after Redis came back,
+            // its first call finds the old connection gone, and that call (which starts the
+            // reconnect) is tried once more on the new one, within the same timeout. (A call
+            // lost with its connection after Redis ran it counts twice: counts err high.)
+            Ok(Err(err)) if err.is_io_error() || err.is_connection_dropped() => {
+                tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn))
+                    .await
+                    .map_err(|_| timed_out())??
+            }
+            answer => answer.map_err(|_| timed_out())??,
+        };
         match answer.as_slice() {
-            [0] => Ok(None),
-            [1, index, retry] => Ok(Some((*index as usize, (*retry).max(0) as u64))),
+            [0] => Ok(Answer::Admitted),
+            [1, index, retry] => Ok(Answer::Key(*index as usize, (*retry).max(0) as u64)),
+            [2, 0, retry] => Ok(Answer::Address((*retry).max(0) as u64)),
             _ => Err(FleetError::Answer(answer)),
         }
     }
 
     /// Checks and counts a request of key `name` (its `rate` and `policy`, and what it reserves)
-    /// and of client `prefix` (with the per-address `ip_rate`), in one round trip.
+    /// and of client `prefix` (with the per-address `ip_rate`), in one call: one round trip.
     pub async fn admit(
         self: &Arc<Self>,
         name: &str,
@@ -326,56 +386,36 @@ impl Fleet {
             return Verdict::Unavailable(self.fallback());
         }
         let now = crate::proxy::budget::clock::now();
-        let windows = script::key_windows(name, rate, policy, reserve, now);
-        let ip_windows = ip
-            .map(|(prefix, rpm, burst)| script::ip_windows(prefix, rpm, burst))
-            .filter(|w| !w.is_empty());
-        if windows.is_empty() && ip_windows.is_none() {
+        let mut windows = script::key_windows(name, rate, policy, reserve, now);
+        windows.address = ip.and_then(|(prefix, rpm, burst)| script::ip_rate(prefix, rpm, burst));
+        if windows.is_empty() {
             return Verdict::Shared(None);
         }
-        // Both calls go out at once on the one multiplexed connection.
-        let (by_key, by_ip) = match &ip_windows {
-            Some(ip_windows) => {
-                let (a, b) = tokio::join!(self.run(&windows), self.run(ip_windows));
-                (a, Some(b))
+        let answer = match self.run(&windows).await {
+            Ok(answer) => answer,
+            Err(err) => {
+                let why = err.to_string();
+                tracing::debug!(error = %why, "fleet: redis call failed");
+                self.report(self.breaker.failure(), &why);
+                return Verdict::Unavailable(self.fallback());
             }
-            None => (self.run(&windows).await, None),
         };
-        let failed = by_key.is_err() || by_ip.as_ref().is_some_and(Result::is_err);
-        if failed {
-            let why = by_key
-                .as_ref()
-                .err()
-                .or(by_ip.as_ref().and_then(|r| r.as_ref().err()))
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            tracing::debug!(error = %why, "fleet: redis call failed");
-            self.report(self.breaker.failure(), &why);
-            // A key window counted before the address call failed stays counted: a request
-            // refused for it is one the fleet saw.
-            return Verdict::Unavailable(self.fallback());
-        }
         self.report(self.breaker.success(), "redis answered");
-        if let Some(Ok(Some((_, retry_us)))) = by_ip {
-            if let Ok(None) = by_key {
-                // The key's windows were counted for a request the address refuses: give
-                // them back.
-                self.release(&windows, true);
-            }
-            return Verdict::Refused(rate_reject("rate_ip", "this address", retry_us));
-        }
-        match by_key {
-            Ok(None) => Verdict::Shared(reserve.map(|_| Reservation {
+        match answer {
+            Answer::Admitted => Verdict::Shared(reserve.map(|_| Reservation {
                 fleet: self.clone(),
                 reserved: windows.reserved(),
                 name: name.into(),
                 apart: false,
                 settled: false,
             })),
-            Ok(Some((0, retry_us))) => {
+            Answer::Address(retry_us) => {
+                Verdict::Refused(rate_reject("rate_ip", "this address", retry_us))
+            }
+            Answer::Key(0, retry_us) => {
                 Verdict::Refused(rate_reject("rate_key", "this key", retry_us))
             }
-            Ok(Some((index, _))) => {
+            Answer::Key(index, _) => {
                 let kind = windows
                     .counters
                     .get(index - 1)
@@ -390,7 +430,6 @@ impl Fleet {
                 reject.retry_after = Some(retry.max(1));
                 Verdict::Refused(reject)
             }
-            Err(_) => Verdict::Unavailable(self.fallback()),
         }
     }
 
@@ -447,33 +486,43 @@ impl Fleet {
         unavailable()
     }
 
-    /// Gives back what `windows` counted (the request counter too when `request`).
-    fn release(&self, windows: &Windows, request: bool) {
-        let adjust: Vec<(String, f64)> = windows
-            .counters
-            .iter()
-            .filter(|c| request || c.kind != Kind::Requests)
-            .map(|c| (c.key.clone(), -c.amount))
-            .collect();
-        self.spawn_adjust(adjust);
-    }
-
-    /// Adds each amount to its counter, in the background (off the request's path).
+    /// Adds each amount to its counter, in the background (off the request's path). The
+    /// settlements of one thread within `SETTLE_BATCH` go out together, summed per counter, in
+    /// one call: under load one call per batch, not one per answer.
     fn spawn_adjust(&self, adjust: Vec<(String, f64)>) {
         let adjust: Vec<(String, f64)> = adjust.into_iter().filter(|(_, d)| *d != 0.0).collect();
         if adjust.is_empty() || self.breaker.state() != BreakerState::Closed {
             return;
         }
-        let (Some(mut conn), Ok(runtime)) =
-            (self.connection(), tokio::runtime::Handle::try_current())
-        else {
+        // The runtime first: a connection is made on (and for) the runtime of this thread.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let Some(mut conn) = self.connection() else {
+            return;
+        };
+        let batch = self.settling.get_or_default().clone();
+        {
+            let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, amount) in adjust {
+                *pending.amounts.entry(key).or_default() += amount;
+            }
+            if pending.scheduled {
+                return;
+            }
+            pending.scheduled = true;
+        }
         let script = self.adjust.clone();
         let timeout = self.settings.timeout * 10;
         runtime.spawn(async move {
+            tokio::time::sleep(SETTLE_BATCH).await;
+            let amounts = {
+                let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
+                pending.scheduled = false;
+                std::mem::take(&mut pending.amounts)
+            };
             let mut invocation = script.prepare_invoke();
-            for (key, amount) in &adjust {
+            for (key, amount) in amounts.iter().filter(|(_, d)| **d != 0.0) {
                 invocation.key(key).arg(amount.to_string());
             }
             let call = invocation.invoke_async::<i64>(&mut conn);

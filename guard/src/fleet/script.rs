@@ -2,9 +2,10 @@
 //! and counts them all in one call, atomically (Redis runs a script alone).
 //!
 //! Every key of one proxyguard key carries the hash tag `{NAME}`, so a key's windows live in one
-//! slot and a script may touch them together on Redis Cluster too. A client address prefix is
-//! its own tag (`{ip:PREFIX}`), checked by a second call sent at the same time on the same
-//! multiplexed connection (no second wait).
+//! slot. A client address prefix is its own tag (`{ip:PREFIX}`), checked in the same call: one
+//! `EVALSHA` per request, not one per tag, since each call costs Redis far more than the few
+//! commands inside it (the fleet bench counts them). A call that holds both tags spans two slots,
+//! which one Redis serves (the client is not a Cluster client).
 //!
 //! Request rates are GCRA on Redis's own clock (`TIME`), so the hosts' clocks do not matter; the
 //! day, month and minute windows are the UTC windows of the host's clock, as the local ledger's
@@ -12,45 +13,72 @@
 
 use crate::proxy::budget::{clock, policy::Policy};
 
-/// `KEYS`: the GCRA key if `ARGV[1] > 0`, then `(current, previous)` per counter.
-/// `ARGV`: interval in microseconds (at least 1 with a rate, 0 without), burst, counter count,
-/// then per counter `limit` (-1: count only), `amount`, `weight` of the previous window, `ttl`
-/// seconds.
-/// Returns `{0}` when admitted (and counted), `{1, index, retry_us}` when refused: index 0 is
-/// the rate, `i` the `i`th counter. Nothing is counted on a refusal.
+/// `KEYS`: the key's GCRA key if `ARGV[1] > 0`, the address's GCRA key if `ARGV[3] > 0`, then
+/// `(current, previous)` per counter.
+/// `ARGV`: the key's rate interval in microseconds (at least 1 with a rate, 0 without) and burst,
+/// the address's the same, the counter count, then per counter `limit` (-1: count only),
+/// `amount`, `weight` of the previous window, `ttl` seconds.
+/// Returns `{0}` when admitted (and counted), `{1, index, retry_us}` when refused for the key:
+/// index 0 is its rate, `i` the `i`th counter; `{2, 0, retry_us}` when refused for the address.
+/// Nothing is counted on a refusal. `TIME` is read once, and only with a rate; a counter gets
+/// its `EXPIRE` only when this call created it.
 pub const ADMIT: &str = r#"
-local interval = tonumber(ARGV[1])
-local n = tonumber(ARGV[3])
-local first = 1
-local new_tat, now_us
-if interval > 0 then
+local key_interval, key_burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ip_interval, ip_burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local k = 1
+local key_rate, ip_rate, now_us, key_tat, ip_tat
+if key_interval > 0 then key_rate = KEYS[k]; k = k + 1 end
+if ip_interval > 0 then ip_rate = KEYS[k]; k = k + 1 end
+if key_rate or ip_rate then
   local t = redis.call('TIME')
   now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(redis.call('GET', KEYS[1]) or now_us)
+end
+-- The address first: a request both would refuse is the address's.
+if ip_rate then
+  local tat = tonumber(redis.call('GET', ip_rate) or now_us)
   if tat < now_us then tat = now_us end
-  new_tat = tat + interval
-  local allow_at = new_tat - tonumber(ARGV[2]) * interval
+  ip_tat = tat + ip_interval
+  local allow_at = ip_tat - ip_burst * ip_interval
+  if now_us < allow_at then return {2, 0, allow_at - now_us} end
+end
+if key_rate then
+  local tat = tonumber(redis.call('GET', key_rate) or now_us)
+  if tat < now_us then tat = now_us end
+  key_tat = tat + key_interval
+  local allow_at = key_tat - key_burst * key_interval
   if now_us < allow_at then return {1, 0, allow_at - now_us} end
-  first = 2
 end
 for i = 0, n - 1 do
-  local limit = tonumber(ARGV[4 + i * 4])
+  local limit = tonumber(ARGV[6 + i * 4])
   if limit >= 0 then
-    local amount = tonumber(ARGV[5 + i * 4])
-    local weight = tonumber(ARGV[6 + i * 4])
-    local cur = tonumber(redis.call('GET', KEYS[first + 2 * i]) or '0')
+    local amount = tonumber(ARGV[7 + i * 4])
+    local weight = tonumber(ARGV[8 + i * 4])
+    local cur = tonumber(redis.call('GET', KEYS[k + 2 * i]) or '0')
     local prev = 0
-    if weight > 0 then prev = tonumber(redis.call('GET', KEYS[first + 2 * i + 1]) or '0') end
+    if weight > 0 then prev = tonumber(redis.call('GET', KEYS[k + 2 * i + 1]) or '0') end
     if cur + prev * weight + amount > limit then return {1, i + 1, 0} end
   end
 end
-if interval > 0 then
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now_us) / 1000) + 1000)
+if ip_rate then
+  redis.call('SET', ip_rate, string.format('%d', ip_tat), 'PX', math.floor((ip_tat - now_us) / 1000) + 1000)
+end
+if key_rate then
+  redis.call('SET', key_rate, string.format('%d', key_tat), 'PX', math.floor((key_tat - now_us) / 1000) + 1000)
 end
 for i = 0, n - 1 do
-  local key = KEYS[first + 2 * i]
-  redis.call('INCRBYFLOAT', key, ARGV[5 + i * 4])
-  redis.call('EXPIRE', key, ARGV[7 + i * 4])
+  local amount = tonumber(ARGV[7 + i * 4])
+  -- Adding 0 changes nothing (a price-less model's spend).
+  if amount ~= 0 then
+    local key = KEYS[k + 2 * i]
+    local total = tonumber(redis.call('INCRBYFLOAT', key, ARGV[7 + i * 4]))
+    -- A counter this call created holds just the amount: it gets its TTL now, and only then
+    -- (not one EXPIRE per request). Near-equal covers INCRBYFLOAT's rounding; a counter that
+    -- held almost nothing gets its TTL again, which is harmless.
+    if math.abs(total - amount) <= 1e-9 * math.max(1, math.abs(amount)) then
+      redis.call('EXPIRE', key, ARGV[9 + i * 4])
+    end
+  end
 end
 return {0}
 "#;
@@ -111,11 +139,13 @@ pub struct Counter {
     pub ttl: u64,
 }
 
-/// A request's windows on one hash tag.
+/// A request's windows: its key's, and its address's rate.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Windows {
     /// `(key, interval in microseconds, burst)`.
     pub rate: Option<(String, u64, u64)>,
+    /// The client address prefix's rate, the same way.
+    pub address: Option<(String, u64, u64)>,
     pub counters: Vec<Counter>,
 }
 
@@ -225,36 +255,36 @@ pub fn key_windows(
     }
     Windows {
         rate: rate.and_then(|(rpm, burst)| gcra(tag("rpm"), rpm, burst)),
+        address: None,
         counters,
     }
 }
 
-/// The windows of a client address prefix (`rpm`, `burst`).
-pub fn ip_windows(prefix: &str, rpm: u32, burst: u32) -> Windows {
-    Windows {
-        rate: gcra(format!("pg:{{ip:{prefix}}}:rpm"), rpm, burst),
-        counters: Vec::new(),
-    }
+/// The rate of a client address prefix (`rpm`, `burst`), for [`Windows::address`].
+pub fn ip_rate(prefix: &str, rpm: u32, burst: u32) -> Option<(String, u64, u64)> {
+    gcra(format!("pg:{{ip:{prefix}}}:rpm"), rpm, burst)
 }
 
 impl Windows {
     pub fn is_empty(&self) -> bool {
-        self.rate.is_none() && self.counters.is_empty()
+        self.rate.is_none() && self.address.is_none() && self.counters.is_empty()
     }
 
     /// `(KEYS, ARGV)` for [`ADMIT`].
     pub fn invocation(&self) -> (Vec<String>, Vec<String>) {
         let mut keys = Vec::new();
         let mut args = Vec::new();
-        match &self.rate {
-            Some((key, interval, burst)) => {
-                keys.push(key.clone());
-                args.push(interval.to_string());
-                args.push(burst.to_string());
-            }
-            None => {
-                args.push("0".into());
-                args.push("0".into());
+        for rate in [&self.rate, &self.address] {
+            match rate {
+                Some((key, interval, burst)) => {
+                    keys.push(key.clone());
+                    args.push(interval.to_string());
+                    args.push(burst.to_string());
+                }
+                None => {
+                    args.push("0".into());
+                    args.push("0".into());
+                }
             }
         }
         args.push(self.counters.len().to_string());
@@ -282,6 +312,7 @@ impl Windows {
     pub fn additions(amounts: impl IntoIterator<Item = (String, f64, u64)>) -> Windows {
         Windows {
             rate: None,
+            address: None,
             counters: amounts
                 .into_iter()
                 .map(|(key, amount, ttl)| Counter {
@@ -321,7 +352,7 @@ mod tests {
         let windows = key_windows("ci", Some((60, 5)), &policy, Some(reserve), NOW);
         let (keys, args) = windows.invocation();
         assert!(keys.iter().all(|k| k.starts_with("pg:{ci}:")), "{keys:?}");
-        assert_eq!(&args[..3], ["1000000", "5", "5"]);
+        assert_eq!(&args[..5], ["1000000", "5", "0", "0", "5"]);
         // However fast the rate, the interval is never 0 (which would mean "no rate").
         assert_eq!(gcra("k".into(), u32::MAX, 1).unwrap().1, 1);
         let kinds: Vec<Kind> = windows.counters.iter().map(|c| c.kind).collect();
@@ -341,11 +372,15 @@ mod tests {
         // Not metered (a GET): no budget counts it, as in the local ledger.
         let bare = key_windows("ci", None, &policy, None, NOW);
         assert!(bare.is_empty());
-        assert_eq!(bare.invocation().1, ["0", "0", "0"]);
-        assert!(ip_windows("2001:db8::/64", 0, 1).is_empty());
-        assert_eq!(
-            ip_windows("2001:db8::/64", 120, 10).rate.unwrap().0,
-            "pg:{ip:2001:db8::/64}:rpm"
-        );
+        assert_eq!(bare.invocation().1, ["0", "0", "0", "0", "0"]);
+        assert!(ip_rate("2001:db8::/64", 0, 1).is_none());
+        // The address's rate rides in the same call, after the key's rate.
+        let with_address = Windows {
+            address: ip_rate("2001:db8::/64", 120, 10),
+            ..key_windows("ci", Some((60, 5)), &policy, None, NOW)
+        };
+        let (keys, args) = with_address.invocation();
+        assert_eq!(keys, ["pg:{ci}:rpm", "pg:{ip:2001:db8::/64}:rpm"]);
+        assert_eq!(args, ["1000000", "5", "500000", "10", "0"]);
     }
 }

@@ -6,7 +6,7 @@
 //! a soak (`soak.rs`). Then the provider gateway (`gateway.rs`), the kernel and the environ watch.
 //! Ratios matter, not absolute timings: the machine is shared and the load runs on its cores.
 
-mod fleet;
+pub mod fleet;
 pub mod gateway;
 mod l7;
 mod nginx;
@@ -41,6 +41,8 @@ pub fn run(quick: bool) -> Result<()> {
     let binary = build::target_dir().join("release/proxyguard");
     let watch = crate::bench_watch::run(&binary, if quick { 200_000 } else { 1_000_000 })?;
     println!("{}", serde_json::to_string_pretty(&watch)?);
+    println!("\n==> bench: fleet (one proxyguard with and without Redis on loopback)");
+    let fleet = fleet::run(quick)?;
     let results = json!({
         "quick": quick,
         "date": humantime_now(),
@@ -51,7 +53,7 @@ pub fn run(quick: bool) -> Result<()> {
         "gateway": gateway,
         "kernel": kernel,
         "watch": watch,
-        "fleet": fleet::run(quick)?,
+        "fleet": fleet,
     });
     let out = build::target_dir().join("bench/results.json");
     fs::write(&out, serde_json::to_string_pretty(&results)?)?;
