@@ -12,21 +12,112 @@ use std::{
 
 use aya::Ebpf;
 use guard_common::bind::{
-    BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS, MAP_BIND_STATS,
-    MAX_BIND_ADDRS, MAX_BIND_PORTS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED,
-    STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_EVENTS, MAP_BIND_PORTS,
+    MAP_BIND_STATS, MAX_BIND_ADDRS, MAX_BIND_PORTS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED,
+    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    cgroup_programs,
+    cgroup_programs, events,
+    family::{Family, Host, Refresh, Start},
     maps::{self, HashStep, TrieStep},
     pins::PinDir,
-    AttachedProgram, KernelError,
+    AttachedProgram, Counters, KernelError,
 };
-use crate::config::BindConfig;
+use crate::config::{BindConfig, Config};
+
+/// The bind rules as a program family: attached at the cgroup root while `[bind]` is on, their
+/// owners' cgroups followed.
+#[derive(Default)]
+pub struct BindRules {
+    /// The rules' owner cgroups as last resolved.
+    owners: Owners,
+    attached: bool,
+}
+
+impl Family for BindRules {
+    type Section<'a> = &'a BindConfig;
+    /// The owners the plan was made with.
+    type Pending = Owners;
+
+    fn section(config: &Config) -> &BindConfig {
+        &config.bind
+    }
+
+    fn needs_cgroup(&mut self, section: &&BindConfig) -> bool {
+        section.enabled
+    }
+
+    fn start(
+        &mut self,
+        section: &&BindConfig,
+        cx: &mut Start<'_>,
+    ) -> Result<Vec<AttachedProgram>, KernelError> {
+        let (true, Some(root)) = (section.enabled, cx.root) else {
+            return Ok(Vec::new());
+        };
+        self.owners = owners(section, root);
+        apply(cx.ebpf, section, &self.owners)?;
+        let programs = attach(cx.ebpf, cx.pins, root, section)?;
+        self.attached = true;
+        Ok(programs)
+    }
+
+    fn events(&self) -> Vec<events::Source> {
+        if !self.attached {
+            return Vec::new();
+        }
+        vec![events::Source {
+            what: "bind events",
+            map: MAP_BIND_EVENTS,
+            read: |ring| {
+                Box::pin(events::read_events(
+                    ring,
+                    MAP_BIND_EVENTS,
+                    events::bind_record,
+                ))
+            },
+        }]
+    }
+
+    /// Planned whether or not the programs are attached: the maps exist either way.
+    fn plan(&self, section: &&BindConfig, host: &Host<'_>) -> (maps::Plan, Owners) {
+        let owners = match host.root {
+            Some(root) => owners(section, root),
+            None => self.owners.clone(),
+        };
+        (plan(section, &owners), owners)
+    }
+
+    fn commit(&mut self, owners: Owners) {
+        self.owners = owners;
+    }
+
+    fn config_plan(section: &&BindConfig) -> maps::Plan {
+        plan(section, &Owners::new())
+    }
+
+    /// A restarted bind-rule owner gets a new cgroup id.
+    fn refresh(&mut self, section: &&BindConfig, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
+        let Some(root) = cx.root else {
+            return Ok(());
+        };
+        let owners = owners(section, root);
+        if owners != self.owners {
+            self.owners = owners;
+            apply(cx.ebpf, section, &self.owners)?;
+        }
+        Ok(())
+    }
+
+    fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
+        out.add("bind", stats(ebpf)?);
+        Ok(())
+    }
+}
 
 /// Loads both programs and attaches them at `cgroup_root`.
 pub fn attach(

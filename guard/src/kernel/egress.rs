@@ -10,28 +10,196 @@ use std::{
 use aya::Ebpf;
 use guard_common::egress::{
     EgressConfig, MAP_EGRESS_ALLOW_V4, MAP_EGRESS_ALLOW_V6, MAP_EGRESS_CGROUPS, MAP_EGRESS_CONFIG,
-    MAP_EGRESS_STATS, MAX_EGRESS_CGROUPS, MAX_EGRESS_TARGETS, PROG_EGRESS_CONNECT_V4,
-    PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED,
-    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    MAP_EGRESS_EVENTS, MAP_EGRESS_STATS, MAX_EGRESS_CGROUPS, MAX_EGRESS_TARGETS,
+    PROG_EGRESS_CONNECT_V4, PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6,
+    STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    cgroup_programs,
+    cgroup_programs, events,
+    family::{Family, Host, Refresh, Start},
     maps::{self, HashStep, SlotStep, TrieStep},
     pins::PinDir,
-    AttachedProgram, KernelError,
+    AttachedProgram, Counters, KernelError,
 };
 use crate::{
     config::{
         egress::{EgressPolicy, EgressTarget},
-        EgressSection,
+        Config, EgressSection, GuardedSection,
     },
-    guarded::GuardedCgroup,
-    resolve::Resolved,
+    guarded::{self, GuardedCgroup},
+    resolve::{self, Resolved},
 };
+
+/// The egress allow-list as a program family: attached at the cgroup root while `[egress]` is on
+/// and a guarded service is configured; the guarded cgroups and resolved host names followed.
+#[derive(Default)]
+pub struct EgressAllowList {
+    attached: bool,
+    /// Host-name targets as last resolved.
+    resolved: Resolved,
+}
+
+/// What the allow-list reads: its section, the guarded service, and the provider gateway.
+pub struct Section<'a> {
+    pub egress: &'a EgressSection,
+    pub guarded: &'a GuardedSection,
+    pub gateway: Option<SocketAddr>,
+}
+
+impl EgressAllowList {
+    /// Makes the maps follow the section, the resolved names and `cgroups`; nothing while the
+    /// programs are not attached.
+    fn apply(
+        &self,
+        ebpf: &mut Ebpf,
+        section: &Section<'_>,
+        cgroups: &[GuardedCgroup],
+    ) -> Result<(), KernelError> {
+        if !self.attached {
+            return Ok(());
+        }
+        let targets = targets(
+            section.egress,
+            &self.resolved,
+            &dns_servers(section.egress),
+            section.gateway,
+        );
+        apply(ebpf, section.egress, &targets, cgroups)
+    }
+
+    /// Takes a new set of resolved host names into the allow-list. A set the maps refuse (too
+    /// many addresses, say) is dropped: the previous one stays, so later reloads are not refused
+    /// for it.
+    pub fn set_resolved(
+        &mut self,
+        ebpf: &mut Ebpf,
+        section: &Section<'_>,
+        cgroups: &[GuardedCgroup],
+        resolved: Resolved,
+    ) -> Result<(), KernelError> {
+        let previous = std::mem::replace(&mut self.resolved, resolved);
+        let outcome = self.apply(ebpf, section, cgroups);
+        if outcome.is_err() {
+            self.resolved = previous;
+        }
+        outcome
+    }
+}
+
+impl Family for EgressAllowList {
+    type Section<'a> = Section<'a>;
+    type Pending = ();
+
+    fn section(config: &Config) -> Section<'_> {
+        Section {
+            egress: &config.egress,
+            guarded: &config.guarded,
+            gateway: super::gateway(config),
+        }
+    }
+
+    fn needs_cgroup(&mut self, section: &Section<'_>) -> bool {
+        section.egress.enabled && section.guarded.is_set()
+    }
+
+    fn start(
+        &mut self,
+        section: &Section<'_>,
+        cx: &mut Start<'_>,
+    ) -> Result<Vec<AttachedProgram>, KernelError> {
+        let root = match cx.root {
+            Some(root) if section.egress.enabled && section.guarded.is_set() => root,
+            _ => {
+                if section.egress.enabled {
+                    tracing::info!(
+                        "egress: no [guarded] service configured; the allow-list is idle"
+                    );
+                }
+                return Ok(Vec::new());
+            }
+        };
+        *cx.guarded = guarded::cgroups(section.guarded, root);
+        let targets = targets(
+            section.egress,
+            &Resolved::new(),
+            &dns_servers(section.egress),
+            section.gateway,
+        );
+        apply(cx.ebpf, section.egress, &targets, cx.guarded)?;
+        let programs = attach(cx.ebpf, cx.pins, root, section.egress)?;
+        self.attached = true;
+        Ok(programs)
+    }
+
+    fn events(&self) -> Vec<events::Source> {
+        if !self.attached {
+            return Vec::new();
+        }
+        vec![events::Source {
+            what: "egress events",
+            map: MAP_EGRESS_EVENTS,
+            read: |ring| {
+                Box::pin(events::read_events(
+                    ring,
+                    MAP_EGRESS_EVENTS,
+                    events::egress_record,
+                ))
+            },
+        }]
+    }
+
+    fn plan(&self, section: &Section<'_>, host: &Host<'_>) -> (maps::Plan, ()) {
+        if !self.attached {
+            return (Vec::new(), ());
+        }
+        let targets = targets(
+            section.egress,
+            &self.resolved,
+            &dns_servers(section.egress),
+            section.gateway,
+        );
+        (plan(section.egress, &targets, host.guarded), ())
+    }
+
+    fn commit(&mut self, (): ()) {}
+
+    /// The configured resolvers only: the system's are not read for a check.
+    fn config_plan(section: &Section<'_>) -> maps::Plan {
+        let targets = targets(
+            section.egress,
+            &Resolved::new(),
+            &section.egress.dns,
+            section.gateway,
+        );
+        plan(section.egress, &targets, &[])
+    }
+
+    /// A restarted guarded service (a new cgroup) is followed.
+    fn refresh(&mut self, section: &Section<'_>, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
+        if !cx.guarded_changed {
+            return Ok(());
+        }
+        self.apply(cx.ebpf, section, cx.guarded)
+    }
+
+    fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
+        out.add("egress", stats(ebpf)?);
+        Ok(())
+    }
+}
+
+/// The configured DNS resolvers, or the system's.
+fn dns_servers(config: &EgressSection) -> Vec<IpAddr> {
+    if config.dns.is_empty() {
+        resolve::system_nameservers()
+    } else {
+        config.dns.clone()
+    }
+}
 
 pub fn attach(
     ebpf: &mut Ebpf,
