@@ -18,14 +18,12 @@ use guard_common::bind::{
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
-use serde::Serialize;
 
 use super::{
     cgroup_programs, events,
-    family::{Family, Host, Refresh, Start},
+    family::{Family, Host, Refresh, RuleStats, Start, Started},
     maps::{self, HashStep, TrieStep},
-    pins::PinDir,
-    AttachedProgram, Counters, KernelError,
+    Counters, KernelError,
 };
 use crate::config::{BindConfig, Config};
 
@@ -51,36 +49,21 @@ impl Family for BindRules {
         section.enabled
     }
 
-    fn start(
-        &mut self,
-        section: &&BindConfig,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError> {
+    fn start(&mut self, section: &&BindConfig, cx: &mut Start<'_>) -> Started {
         let (true, Some(root)) = (section.enabled, cx.root) else {
             return Ok(Vec::new());
         };
         self.owners = owners(section, root);
         apply(cx.ebpf, section, &self.owners)?;
-        let programs = attach(cx.ebpf, cx.pins, root, section)?;
+        let programs =
+            cgroup_programs::attach(cx.ebpf, cx.pins, root, section.mode.as_str(), PROGRAMS)?;
         self.attached = true;
         Ok(programs)
     }
 
     fn events(&self) -> Vec<events::Source> {
-        if !self.attached {
-            return Vec::new();
-        }
-        vec![events::Source {
-            what: "bind events",
-            map: MAP_BIND_EVENTS,
-            read: |ring| {
-                Box::pin(events::read_events(
-                    ring,
-                    MAP_BIND_EVENTS,
-                    events::bind_record,
-                ))
-            },
-        }]
+        let source = events::audited!("bind events", MAP_BIND_EVENTS, events::bind_record);
+        self.attached.then_some(source).into_iter().collect()
     }
 
     /// Planned whether or not the programs are attached: the maps exist either way.
@@ -114,29 +97,23 @@ impl Family for BindRules {
     }
 
     fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
-        out.add("bind", stats(ebpf)?);
+        out.add(
+            "bind",
+            RuleStats::read(
+                ebpf,
+                MAP_BIND_STATS,
+                [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+            )?,
+        );
         Ok(())
     }
 }
 
-/// Loads both programs and attaches them at `cgroup_root`.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    cgroup_root: &Path,
-    config: &BindConfig,
-) -> Result<Vec<AttachedProgram>, KernelError> {
-    cgroup_programs::attach(
-        ebpf,
-        pins,
-        cgroup_root,
-        config.mode.as_str(),
-        &[
-            (PROG_BIND_V4, "cgroup/bind4"),
-            (PROG_BIND_V6, "cgroup/bind6"),
-        ],
-    )
-}
+/// The programs, attached at the cgroup root, and their hooks.
+const PROGRAMS: &[(&str, &str)] = &[
+    (PROG_BIND_V4, "cgroup/bind4"),
+    (PROG_BIND_V6, "cgroup/bind6"),
+];
 
 /// Owner cgroups by port: (cgroup id, level). A configured owner that does not exist gets an id
 /// no cgroup has, so nobody may bind the port until it appears.
@@ -229,27 +206,4 @@ pub fn plan(config: &BindConfig, owners: &Owners) -> maps::Plan {
         TrieStep::ones(MAP_BIND_ALLOW_V6, "bind.rules", MAX_BIND_ADDRS, v6),
         HashStep::boxed(MAP_BIND_PORTS, "bind.rules", MAX_BIND_PORTS, ports),
     ]
-}
-
-/// Counters summed over CPUs.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct BindStats {
-    pub allowed: u64,
-    pub denied: u64,
-    pub would_deny: u64,
-    pub events_lost: u64,
-}
-
-pub fn stats(ebpf: &Ebpf) -> Result<BindStats, KernelError> {
-    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_BIND_STATS,
-        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
-    )?;
-    Ok(BindStats {
-        allowed,
-        denied,
-        would_deny,
-        events_lost,
-    })
 }

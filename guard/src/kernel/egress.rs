@@ -4,7 +4,6 @@
 use std::{
     collections::{BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
 };
 
 use aya::Ebpf;
@@ -16,14 +15,12 @@ use guard_common::egress::{
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
-use serde::Serialize;
 
 use super::{
     cgroup_programs, events,
-    family::{Family, Host, Refresh, Start},
+    family::{Family, Host, Refresh, RuleStats, Start, Started},
     maps::{self, HashStep, SlotStep, TrieStep},
-    pins::PinDir,
-    AttachedProgram, Counters, KernelError,
+    Counters, KernelError,
 };
 use crate::{
     config::{
@@ -51,6 +48,16 @@ pub struct Section<'a> {
 }
 
 impl EgressAllowList {
+    /// Every allowed target now: the section's, the resolved names', the gateway's, DNS.
+    fn targets(&self, section: &Section<'_>) -> HashSet<(IpNet, u16)> {
+        targets(
+            section.egress,
+            &self.resolved,
+            &dns_servers(section.egress),
+            section.gateway,
+        )
+    }
+
     /// Makes the maps follow the section, the resolved names and `cgroups`; nothing while the
     /// programs are not attached.
     fn apply(
@@ -62,12 +69,7 @@ impl EgressAllowList {
         if !self.attached {
             return Ok(());
         }
-        let targets = targets(
-            section.egress,
-            &self.resolved,
-            &dns_servers(section.egress),
-            section.gateway,
-        );
+        let targets = self.targets(section);
         apply(ebpf, section.egress, &targets, cgroups)
     }
 
@@ -106,11 +108,7 @@ impl Family for EgressAllowList {
         section.egress.enabled && section.guarded.is_set()
     }
 
-    fn start(
-        &mut self,
-        section: &Section<'_>,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError> {
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
         let root = match cx.root {
             Some(root) if section.egress.enabled && section.guarded.is_set() => root,
             _ => {
@@ -123,45 +121,30 @@ impl Family for EgressAllowList {
             }
         };
         *cx.guarded = guarded::cgroups(section.guarded, root);
-        let targets = targets(
-            section.egress,
-            &Resolved::new(),
-            &dns_servers(section.egress),
-            section.gateway,
-        );
+        // Nothing is resolved yet.
+        let targets = self.targets(section);
         apply(cx.ebpf, section.egress, &targets, cx.guarded)?;
-        let programs = attach(cx.ebpf, cx.pins, root, section.egress)?;
+        let programs = cgroup_programs::attach(
+            cx.ebpf,
+            cx.pins,
+            root,
+            section.egress.mode.as_str(),
+            PROGRAMS,
+        )?;
         self.attached = true;
         Ok(programs)
     }
 
     fn events(&self) -> Vec<events::Source> {
-        if !self.attached {
-            return Vec::new();
-        }
-        vec![events::Source {
-            what: "egress events",
-            map: MAP_EGRESS_EVENTS,
-            read: |ring| {
-                Box::pin(events::read_events(
-                    ring,
-                    MAP_EGRESS_EVENTS,
-                    events::egress_record,
-                ))
-            },
-        }]
+        let source = events::audited!("egress events", MAP_EGRESS_EVENTS, events::egress_record);
+        self.attached.then_some(source).into_iter().collect()
     }
 
     fn plan(&self, section: &Section<'_>, host: &Host<'_>) -> (maps::Plan, ()) {
         if !self.attached {
             return (Vec::new(), ());
         }
-        let targets = targets(
-            section.egress,
-            &self.resolved,
-            &dns_servers(section.egress),
-            section.gateway,
-        );
+        let targets = self.targets(section);
         (plan(section.egress, &targets, host.guarded), ())
     }
 
@@ -187,7 +170,14 @@ impl Family for EgressAllowList {
     }
 
     fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
-        out.add("egress", stats(ebpf)?);
+        out.add(
+            "egress",
+            RuleStats::read(
+                ebpf,
+                MAP_EGRESS_STATS,
+                [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+            )?,
+        );
         Ok(())
     }
 }
@@ -201,25 +191,13 @@ fn dns_servers(config: &EgressSection) -> Vec<IpAddr> {
     }
 }
 
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    root: &Path,
-    config: &EgressSection,
-) -> Result<Vec<AttachedProgram>, KernelError> {
-    cgroup_programs::attach(
-        ebpf,
-        pins,
-        root,
-        config.mode.as_str(),
-        &[
-            (PROG_EGRESS_CONNECT_V4, "cgroup/connect4"),
-            (PROG_EGRESS_CONNECT_V6, "cgroup/connect6"),
-            (PROG_EGRESS_SENDMSG_V4, "cgroup/sendmsg4"),
-            (PROG_EGRESS_SENDMSG_V6, "cgroup/sendmsg6"),
-        ],
-    )
-}
+/// The programs, attached at the cgroup root, and their hooks.
+const PROGRAMS: &[(&str, &str)] = &[
+    (PROG_EGRESS_CONNECT_V4, "cgroup/connect4"),
+    (PROG_EGRESS_CONNECT_V6, "cgroup/connect6"),
+    (PROG_EGRESS_SENDMSG_V4, "cgroup/sendmsg4"),
+    (PROG_EGRESS_SENDMSG_V6, "cgroup/sendmsg6"),
+];
 
 /// Every allowed (network, port) pair, port 0 meaning any. Under either policy: the provider
 /// gateway's address when one runs (`gateway`; loopback for a gateway on the unspecified
@@ -340,28 +318,6 @@ pub fn plan(
             },
         ),
     ]
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct EgressStats {
-    pub allowed: u64,
-    pub denied: u64,
-    pub would_deny: u64,
-    pub events_lost: u64,
-}
-
-pub fn stats(ebpf: &Ebpf) -> Result<EgressStats, KernelError> {
-    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_EGRESS_STATS,
-        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
-    )?;
-    Ok(EgressStats {
-        allowed,
-        denied,
-        would_deny,
-        events_lost,
-    })
 }
 
 #[cfg(test)]

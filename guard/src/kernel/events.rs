@@ -179,6 +179,19 @@ pub struct Source {
     pub read: fn(RingBuf<MapData>) -> Reader,
 }
 
+/// The [`Source`] of the ring `$map`, each record of which becomes one audit line through
+/// `$record` (a `fn(&Event) -> (kind, fields)` above).
+macro_rules! audited {
+    ($what:expr, $map:expr, $record:path) => {
+        $crate::kernel::events::Source {
+            what: $what,
+            map: $map,
+            read: |ring| Box::pin($crate::kernel::events::read_events(ring, $map, $record)),
+        }
+    };
+}
+pub(super) use audited;
+
 /// Reads records of type `T` from `ring` until it closes, turning each into an audit line.
 pub async fn read_events<T: aya::Pod>(
     ring: RingBuf<MapData>,

@@ -30,6 +30,9 @@ pub(super) fn all() -> Vec<Box<dyn Entry>> {
     ]
 }
 
+/// What a start gives: the programs attached or adopted.
+pub(super) type Started = Result<Vec<AttachedProgram>, KernelError>;
+
 /// What every family's start sees besides its section.
 pub(super) struct Start<'a> {
     pub ebpf: &'a mut Ebpf,
@@ -77,6 +80,30 @@ impl Counters {
     }
 }
 
+/// The counters every allow-or-refuse rule keeps (bind rules, egress, upstream guard), summed
+/// over CPUs.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub(super) struct RuleStats {
+    pub allowed: u64,
+    pub denied: u64,
+    pub would_deny: u64,
+    pub events_lost: u64,
+}
+
+impl RuleStats {
+    /// Reads the rule's stats map at its `STAT_ALLOWED`, `STAT_DENIED`, `STAT_WOULD_DENY` and
+    /// `STAT_EVENTS_LOST` slots, in that order.
+    pub fn read(ebpf: &Ebpf, map: &'static str, slots: [u32; 4]) -> Result<Self, KernelError> {
+        let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(ebpf, map, slots)?;
+        Ok(RuleStats {
+            allowed,
+            denied,
+            would_deny,
+            events_lost,
+        })
+    }
+}
+
 /// One program family's life. Every stage takes the family's section, picked from the config by
 /// [`Family::section`], the one place a family meets `Config`.
 pub(super) trait Family: Send + 'static {
@@ -94,11 +121,7 @@ pub(super) trait Family: Send + 'static {
 
     /// Fills the maps, then attaches the programs through pinned links or adopts the pinned
     /// ones. A family the config leaves off attaches nothing (and says why in the log).
-    fn start(
-        &mut self,
-        section: &Self::Section<'_>,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError>;
+    fn start(&mut self, section: &Self::Section<'_>, cx: &mut Start<'_>) -> Started;
 
     /// The ring buffers to read once started.
     fn events(&self) -> Vec<events::Source>;
@@ -128,11 +151,7 @@ pub(super) trait Family: Send + 'static {
 /// kept until the reload's maps are written.
 pub(super) trait Entry: Send {
     fn needs_cgroup(&mut self, config: &Config) -> bool;
-    fn start(
-        &mut self,
-        config: &Config,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError>;
+    fn start(&mut self, config: &Config, cx: &mut Start<'_>) -> Started;
     fn events(&self) -> Vec<events::Source>;
     fn plan(&mut self, config: &Config, host: &Host<'_>) -> maps::Plan;
     fn config_plan(&self, config: &Config) -> maps::Plan;
@@ -161,11 +180,7 @@ impl<F: Family> Entry for Slot<F> {
         self.family.needs_cgroup(&F::section(config))
     }
 
-    fn start(
-        &mut self,
-        config: &Config,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError> {
+    fn start(&mut self, config: &Config, cx: &mut Start<'_>) -> Started {
         self.family.start(&F::section(config), cx)
     }
 

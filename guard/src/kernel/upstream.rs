@@ -29,33 +29,20 @@ use serde::Serialize;
 
 use super::{
     cgroup_programs, events,
-    family::{Family, Host, Refresh, Start},
+    family::{Family, Host, Refresh, RuleStats, Start, Started},
     maps::{self, HashStep, SlotStep, TrieStep},
-    pins::PinDir,
-    AttachedProgram, Counters, KernelError,
+    Counters, KernelError,
 };
 use crate::{
     config::{Config, GuardedSection, Mode, ProxyConfig, UpstreamGuardSection},
     guarded::{self, GuardedCgroup},
 };
 
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    root: &Path,
-    config: &UpstreamGuardSection,
-) -> Result<Vec<AttachedProgram>, KernelError> {
-    cgroup_programs::attach(
-        ebpf,
-        pins,
-        root,
-        config.mode.as_str(),
-        &[
-            (PROG_UPSTREAM_CONNECT_V4, "cgroup/connect4"),
-            (PROG_UPSTREAM_CONNECT_V6, "cgroup/connect6"),
-        ],
-    )
-}
+/// The programs, attached at the cgroup root, and their hooks.
+const PROGRAMS: &[(&str, &str)] = &[
+    (PROG_UPSTREAM_CONNECT_V4, "cgroup/connect4"),
+    (PROG_UPSTREAM_CONNECT_V6, "cgroup/connect6"),
+];
 
 /// The upstream guard as a program family: attached at the cgroup root while some guarded
 /// destination is on this host; the allowed cgroups followed.
@@ -121,11 +108,7 @@ impl Family for UpstreamGuard {
         self.wanted
     }
 
-    fn start(
-        &mut self,
-        section: &Section<'_>,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError> {
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
         let (true, Some(root)) = (self.wanted, cx.root) else {
             if section.guard.enabled && section.proxy.enabled {
                 tracing::info!(
@@ -139,26 +122,24 @@ impl Family for UpstreamGuard {
         apply(cx.ebpf, section.guard.mode, &dests)?;
         self.found = found;
         self.ports = ports(&dests);
-        let programs = attach(cx.ebpf, cx.pins, root, section.guard)?;
+        let programs = cgroup_programs::attach(
+            cx.ebpf,
+            cx.pins,
+            root,
+            section.guard.mode.as_str(),
+            PROGRAMS,
+        )?;
         self.attached = true;
         Ok(programs)
     }
 
     fn events(&self) -> Vec<events::Source> {
-        if !self.attached {
-            return Vec::new();
-        }
-        vec![events::Source {
-            what: "upstream guard events",
-            map: MAP_UPSTREAM_EVENTS,
-            read: |ring| {
-                Box::pin(events::read_events(
-                    ring,
-                    MAP_UPSTREAM_EVENTS,
-                    events::upstream_record,
-                ))
-            },
-        }]
+        let source = events::audited!(
+            "upstream guard events",
+            MAP_UPSTREAM_EVENTS,
+            events::upstream_record
+        );
+        self.attached.then_some(source).into_iter().collect()
     }
 
     fn plan(&self, section: &Section<'_>, host: &Host<'_>) -> (maps::Plan, Self::Pending) {
@@ -209,7 +190,14 @@ impl Family for UpstreamGuard {
     }
 
     fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
-        out.add("upstream_guard", stats(ebpf)?);
+        out.add(
+            "upstream_guard",
+            RuleStats::read(
+                ebpf,
+                MAP_UPSTREAM_STATS,
+                [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+            )?,
+        );
         Ok(())
     }
 }
@@ -566,28 +554,6 @@ fn cgroup_bits(destinations: &[GuardedDestination]) -> BTreeMap<u64, CgroupAllow
         }
     }
     cgroups
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct UpstreamStats {
-    pub allowed: u64,
-    pub denied: u64,
-    pub would_deny: u64,
-    pub events_lost: u64,
-}
-
-pub fn stats(ebpf: &Ebpf) -> Result<UpstreamStats, KernelError> {
-    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_UPSTREAM_STATS,
-        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
-    )?;
-    Ok(UpstreamStats {
-        allowed,
-        denied,
-        would_deny,
-        events_lost,
-    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::{
     btf_offsets, cgroup, created,
     environ::{self, Tier, Watch},
     events,
-    family::{Family, Host, Refresh, Start},
+    family::{Family, Host, Refresh, Start, Started},
     maps,
     pins::PinDir,
     AttachedProgram, Counters, Feature, KernelError,
@@ -65,11 +65,7 @@ impl Family for EnvironWatch {
         }
     }
 
-    fn start(
-        &mut self,
-        section: &Section<'_>,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError> {
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
         if !(section.watch.enabled && section.guarded.is_set()) {
             if section.watch.enabled {
                 tracing::info!("watch: no [guarded] service configured; the environ watch is off");
@@ -92,17 +88,11 @@ impl Family for EnvironWatch {
     fn events(&self) -> Vec<events::Source> {
         let mut out = Vec::new();
         if self.watch.is_some() {
-            out.push(events::Source {
-                what: "environ events",
-                map: MAP_ENVIRON_EVENTS,
-                read: |ring| {
-                    Box::pin(events::read_events(
-                        ring,
-                        MAP_ENVIRON_EVENTS,
-                        events::environ_record,
-                    ))
-                },
-            });
+            out.push(events::audited!(
+                "environ events",
+                MAP_ENVIRON_EVENTS,
+                events::environ_record
+            ));
         }
         if self.created {
             out.push(created::EVENTS);

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use super::{
     events,
-    family::{Family, Host, Refresh, Start},
+    family::{Family, Host, Refresh, Start, Started},
     features,
     maps::{self, SlotStep, TrieStep},
     pins::{PinDir, Pinned},
@@ -74,11 +74,7 @@ impl Family for SynLimit {
         }
     }
 
-    fn start(
-        &mut self,
-        section: &Section<'_>,
-        cx: &mut Start<'_>,
-    ) -> Result<Vec<AttachedProgram>, KernelError> {
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
         apply(cx.ebpf, section.xdp)?;
         self.interfaces = interfaces(section.xdp, section.proxy);
         if self.interfaces.names.is_empty() {
@@ -92,17 +88,11 @@ impl Family for SynLimit {
 
     /// Read even while nothing is attached: an interface that comes up later gets the limit.
     fn events(&self) -> Vec<events::Source> {
-        vec![events::Source {
-            what: "xdp events",
-            map: MAP_XDP_EVENTS,
-            read: |ring| {
-                Box::pin(events::read_events(
-                    ring,
-                    MAP_XDP_EVENTS,
-                    events::xdp_record,
-                ))
-            },
-        }]
+        vec![events::audited!(
+            "xdp events",
+            MAP_XDP_EVENTS,
+            events::xdp_record
+        )]
     }
 
     fn plan(&self, section: &Section<'_>, _host: &Host<'_>) -> (maps::Plan, ()) {
@@ -167,32 +157,30 @@ pub struct Interfaces {
 /// Which interfaces `config` asks for now: the list, or the ones that can carry traffic to the
 /// front listener.
 pub fn interfaces(xdp: &XdpSection, proxy: &ProxyConfig) -> Interfaces {
+    let chosen = |names, source, why: &str| Interfaces {
+        names,
+        source,
+        why: why.into(),
+        refused: Vec::new(),
+    };
     if !xdp.enabled {
-        return Interfaces {
-            names: Vec::new(),
-            source: "configured",
-            why: "[xdp] enabled = false".into(),
-            refused: Vec::new(),
-        };
+        return chosen(Vec::new(), "configured", "[xdp] enabled = false");
     }
     if !xdp.interfaces.is_empty() {
-        return Interfaces {
-            names: xdp.interfaces.clone(),
-            source: "configured",
-            why: "listed in [xdp] interfaces".into(),
-            refused: Vec::new(),
-        };
+        return chosen(
+            xdp.interfaces.clone(),
+            "configured",
+            "listed in [xdp] interfaces",
+        );
     }
-    let listen = proxy.listen;
     if !proxy.enabled {
-        return Interfaces {
-            names: Vec::new(),
-            source: "auto",
-            why: "the front proxy is off and [xdp] interfaces is empty: nothing to protect".into(),
-            refused: Vec::new(),
-        };
+        return chosen(
+            Vec::new(),
+            "auto",
+            "the front proxy is off and [xdp] interfaces is empty: nothing to protect",
+        );
     }
-    auto_interfaces(listen, &up_interfaces())
+    auto_interfaces(proxy.listen, &up_interfaces())
 }
 
 /// The choice for `listen`, given the (name, loopback) interfaces that are up.
