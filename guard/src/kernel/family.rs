@@ -3,12 +3,15 @@
 //! config section (never the whole `Config`), fills its maps, attaches its programs or adopts the
 //! pinned ones, names the ring buffers to read, plans its maps for a reload (written all or
 //! nothing with every other family's), follows the host on the periodic refresh, and reports its
-//! counters. [`all`] is the one table of families: the loader in `mod.rs` steps through it for
-//! every stage and names no family.
+//! counters; it also says what its maps would hold for a config alone, for the capacity check.
+//! [`all`] is the one table of families: the loader in `mod.rs` and `capacity.rs` step through
+//! it and name no family.
 //!
 //! Adding a family touches one file and one line: write `kernel/<name>.rs` with a type that
-//! implements [`Family`] (its programs, maps, events and counters), then add its `mod` line and
-//! its line in [`all`]. Its pinned maps go in `pins::PINNED_MAPS` like every other map.
+//! implements [`Family`] (its section, programs, maps, events and counters), and add its line to
+//! [`all`] (plus the file's `mod` line in `mod.rs`). Its eBPF side, its shared types and names in
+//! `guard-common`, and its pinned maps in `pins::PINNED_MAPS` (the manifest's list) are written as
+//! for every family.
 
 use std::{any::Any, path::Path};
 
