@@ -42,7 +42,7 @@ pub(super) fn egress_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
 /// listener's address when the list is empty).
 pub(super) fn xdp_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
     match kernel {
-        Some(k) => json!(k.xdp_interfaces),
+        Some(k) => json!(k.xdp_interfaces()),
         None => json!({
             "names": [],
             "source": if config.xdp.interfaces.is_empty() { "auto" } else { "configured" },
@@ -55,7 +55,7 @@ pub(super) fn xdp_fields(config: &Config, kernel: Option<&Kernel>) -> Value {
 /// proxyguard may connect): the one answer both `egress` and `providers` in `status` give.
 pub(super) fn gateway_kernel_guarded(kernel: Option<&Kernel>) -> bool {
     kernel.is_some_and(|k| {
-        k.guarded_ports
+        k.guarded_ports()
             .iter()
             .any(|(which, _)| *which == Destination::Gateway)
     })

@@ -12,40 +12,108 @@ use std::{
 
 use aya::Ebpf;
 use guard_common::bind::{
-    BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_PORTS, MAP_BIND_STATS,
-    MAX_BIND_ADDRS, MAX_BIND_PORTS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED, STAT_DENIED,
-    STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    BindPortRule, MAP_BIND_ALLOW_V4, MAP_BIND_ALLOW_V6, MAP_BIND_EVENTS, MAP_BIND_PORTS,
+    MAP_BIND_STATS, MAX_BIND_ADDRS, MAX_BIND_PORTS, PROG_BIND_V4, PROG_BIND_V6, STAT_ALLOWED,
+    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
-use serde::Serialize;
 
 use super::{
-    cgroup_programs,
+    cgroup_programs, events,
+    family::{Family, Host, Refresh, RuleStats, Start, Started},
     maps::{self, HashStep, TrieStep},
-    pins::PinDir,
-    AttachedProgram, KernelError,
+    Counters, KernelError,
 };
-use crate::config::BindConfig;
+use crate::config::{BindConfig, Config};
 
-/// Loads both programs and attaches them at `cgroup_root`.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    cgroup_root: &Path,
-    config: &BindConfig,
-) -> Result<Vec<AttachedProgram>, KernelError> {
-    cgroup_programs::attach(
-        ebpf,
-        pins,
-        cgroup_root,
-        config.mode.as_str(),
-        &[
-            (PROG_BIND_V4, "cgroup/bind4"),
-            (PROG_BIND_V6, "cgroup/bind6"),
-        ],
-    )
+/// The bind rules as a program family: attached at the cgroup root while `[bind]` is on, their
+/// owners' cgroups followed.
+#[derive(Default)]
+pub struct BindRules {
+    /// The rules' owner cgroups as last resolved.
+    owners: Owners,
+    attached: bool,
 }
+
+impl Family for BindRules {
+    type Section<'a> = &'a BindConfig;
+    /// The owners the plan was made with.
+    type Pending = Owners;
+
+    fn section(config: &Config) -> &BindConfig {
+        &config.bind
+    }
+
+    fn needs_cgroup(&mut self, section: &&BindConfig) -> bool {
+        section.enabled
+    }
+
+    fn start(&mut self, section: &&BindConfig, cx: &mut Start<'_>) -> Started {
+        let (true, Some(root)) = (section.enabled, cx.root) else {
+            return Ok(Vec::new());
+        };
+        self.owners = owners(section, root);
+        apply(cx.ebpf, section, &self.owners)?;
+        let programs =
+            cgroup_programs::attach(cx.ebpf, cx.pins, root, section.mode.as_str(), PROGRAMS)?;
+        self.attached = true;
+        Ok(programs)
+    }
+
+    fn events(&self) -> Vec<events::Source> {
+        let source = events::audited!("bind events", MAP_BIND_EVENTS, events::bind_record);
+        self.attached.then_some(source).into_iter().collect()
+    }
+
+    /// Planned whether or not the programs are attached: the maps exist either way.
+    fn plan(&self, section: &&BindConfig, host: &Host<'_>) -> (maps::Plan, Owners) {
+        let owners = match host.root {
+            Some(root) => owners(section, root),
+            None => self.owners.clone(),
+        };
+        (plan(section, &owners), owners)
+    }
+
+    fn commit(&mut self, owners: Owners) {
+        self.owners = owners;
+    }
+
+    fn config_plan(section: &&BindConfig) -> maps::Plan {
+        plan(section, &Owners::new())
+    }
+
+    /// A restarted bind-rule owner gets a new cgroup id.
+    fn refresh(&mut self, section: &&BindConfig, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
+        let Some(root) = cx.root else {
+            return Ok(());
+        };
+        let owners = owners(section, root);
+        if owners != self.owners {
+            self.owners = owners;
+            apply(cx.ebpf, section, &self.owners)?;
+        }
+        Ok(())
+    }
+
+    fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
+        out.add(
+            "bind",
+            RuleStats::read(
+                ebpf,
+                MAP_BIND_STATS,
+                [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+            )?,
+        );
+        Ok(())
+    }
+}
+
+/// The programs, attached at the cgroup root, and their hooks.
+const PROGRAMS: &[(&str, &str)] = &[
+    (PROG_BIND_V4, "cgroup/bind4"),
+    (PROG_BIND_V6, "cgroup/bind6"),
+];
 
 /// Owner cgroups by port: (cgroup id, level). A configured owner that does not exist gets an id
 /// no cgroup has, so nobody may bind the port until it appears.
@@ -138,27 +206,4 @@ pub fn plan(config: &BindConfig, owners: &Owners) -> maps::Plan {
         TrieStep::ones(MAP_BIND_ALLOW_V6, "bind.rules", MAX_BIND_ADDRS, v6),
         HashStep::boxed(MAP_BIND_PORTS, "bind.rules", MAX_BIND_PORTS, ports),
     ]
-}
-
-/// Counters summed over CPUs.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct BindStats {
-    pub allowed: u64,
-    pub denied: u64,
-    pub would_deny: u64,
-    pub events_lost: u64,
-}
-
-pub fn stats(ebpf: &Ebpf) -> Result<BindStats, KernelError> {
-    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_BIND_STATS,
-        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
-    )?;
-    Ok(BindStats {
-        allowed,
-        denied,
-        would_deny,
-        events_lost,
-    })
 }

@@ -6,43 +6,16 @@
 
 use std::collections::BTreeSet;
 
-use super::{bind, egress, environ, upstream, xdp};
-use crate::{config::Config, resolve::Resolved};
+use super::family;
+use crate::config::Config;
 
-/// Each list that does not fit its map: (field path, message).
+/// Each list that does not fit its map: (field path, message), family by family in the table's
+/// order.
 pub fn check(config: &Config) -> Vec<(&'static str, String)> {
-    let mut plan = bind::plan(&config.bind, &bind::Owners::new());
-    plan.extend(xdp::plan(&config.xdp));
-    let gateway = super::gateway(config);
-    let targets = egress::targets(
-        &config.egress,
-        &Resolved::new(),
-        &config.egress.dns,
-        gateway,
-    );
-    plan.extend(egress::plan(&config.egress, &targets, &[]));
-    let mut exes = config.watch.allow_exe.clone();
-    if let Ok(own) = std::env::current_exe() {
-        exes.push(own);
-    }
-    plan.extend(environ::plan(
-        &config.watch,
-        Default::default(),
-        &Default::default(),
-        &environ::exe_ids(&exes),
-    ));
-    // The allowed cgroups are proxyguard's own and the listed ones (none found yet: count them).
-    let found = upstream::Found {
-        own: Some(0),
-        listed: (1..=config.upstream_guard.allow_cgroups.len() as u64)
-            .map(|id| (id, 1))
-            .collect(),
-        guarded: Vec::new(),
-    };
-    plan.extend(upstream::plan(
-        config.upstream_guard.mode,
-        &upstream::destinations(config, gateway, &found),
-    ));
+    let plan: Vec<_> = family::all()
+        .iter()
+        .flat_map(|family| family.config_plan(config))
+        .collect();
     let mut seen = BTreeSet::new();
     plan.iter()
         .filter(|step| step.entries() > step.capacity())

@@ -13,15 +13,17 @@ use std::path::Path;
 use aya::{maps::Array, Ebpf};
 use guard_common::{
     created::{
-        CreatedConfig, CreatedEvent, FMODE_CREATED, MAP_CREATED_CONFIG, MAP_CREATED_STATS,
-        PROG_CREATED_FILE_OPEN, PROG_CREATED_OPENAT, PROG_CREATED_OPENAT2, STAT_EVENTS_LOST,
-        STAT_RECORDED,
+        CreatedConfig, CreatedEvent, FMODE_CREATED, MAP_CREATED_CONFIG, MAP_CREATED_EVENTS,
+        MAP_CREATED_STATS, PROG_CREATED_FILE_OPEN, PROG_CREATED_OPENAT, PROG_CREATED_OPENAT2,
+        STAT_EVENTS_LOST, STAT_RECORDED,
     },
     environ::KernelOffsets,
 };
 use serde::Serialize;
 
-use super::{btf_offsets, environ, maps, pins::PinDir, AttachedProgram, Feature, KernelError};
+use super::{
+    btf_offsets, environ, events, maps, pins::PinDir, AttachedProgram, Feature, KernelError,
+};
 use crate::checks::created;
 
 const TRACEPOINTS: [(&str, &str); 2] = [
@@ -30,6 +32,14 @@ const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 pub const FEATURE: &str = "created-files";
+
+/// Every report feeds the daemon's record (no audit line: a creation by the service is not an
+/// event, only evidence for the fix mode).
+pub const EVENTS: events::Source = events::Source {
+    what: "created-files events",
+    map: MAP_CREATED_EVENTS,
+    read: |ring| Box::pin(events::read_records(ring, MAP_CREATED_EVENTS, on_event)),
+};
 
 /// Which kernel programs keep the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

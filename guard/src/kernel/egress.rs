@@ -4,54 +4,200 @@
 use std::{
     collections::{BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
 };
 
 use aya::Ebpf;
 use guard_common::egress::{
     EgressConfig, MAP_EGRESS_ALLOW_V4, MAP_EGRESS_ALLOW_V6, MAP_EGRESS_CGROUPS, MAP_EGRESS_CONFIG,
-    MAP_EGRESS_STATS, MAX_EGRESS_CGROUPS, MAX_EGRESS_TARGETS, PROG_EGRESS_CONNECT_V4,
-    PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6, STAT_ALLOWED,
-    STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
+    MAP_EGRESS_EVENTS, MAP_EGRESS_STATS, MAX_EGRESS_CGROUPS, MAX_EGRESS_TARGETS,
+    PROG_EGRESS_CONNECT_V4, PROG_EGRESS_CONNECT_V6, PROG_EGRESS_SENDMSG_V4, PROG_EGRESS_SENDMSG_V6,
+    STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
-use serde::Serialize;
 
 use super::{
-    cgroup_programs,
+    cgroup_programs, events,
+    family::{Family, Host, Refresh, RuleStats, Start, Started},
     maps::{self, HashStep, SlotStep, TrieStep},
-    pins::PinDir,
-    AttachedProgram, KernelError,
+    Counters, KernelError,
 };
 use crate::{
     config::{
         egress::{EgressPolicy, EgressTarget},
-        EgressSection,
+        Config, EgressSection, GuardedSection,
     },
-    guarded::GuardedCgroup,
-    resolve::Resolved,
+    guarded::{self, GuardedCgroup},
+    resolve::{self, Resolved},
 };
 
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    root: &Path,
-    config: &EgressSection,
-) -> Result<Vec<AttachedProgram>, KernelError> {
-    cgroup_programs::attach(
-        ebpf,
-        pins,
-        root,
-        config.mode.as_str(),
-        &[
-            (PROG_EGRESS_CONNECT_V4, "cgroup/connect4"),
-            (PROG_EGRESS_CONNECT_V6, "cgroup/connect6"),
-            (PROG_EGRESS_SENDMSG_V4, "cgroup/sendmsg4"),
-            (PROG_EGRESS_SENDMSG_V6, "cgroup/sendmsg6"),
-        ],
-    )
+/// The egress allow-list as a program family: attached at the cgroup root while `[egress]` is on
+/// and a guarded service is configured; the guarded cgroups and resolved host names followed.
+#[derive(Default)]
+pub struct EgressAllowList {
+    attached: bool,
+    /// Host-name targets as last resolved.
+    resolved: Resolved,
 }
+
+/// What the allow-list reads: its section, the guarded service, and the provider gateway.
+pub struct Section<'a> {
+    pub egress: &'a EgressSection,
+    pub guarded: &'a GuardedSection,
+    pub gateway: Option<SocketAddr>,
+}
+
+impl EgressAllowList {
+    /// Every allowed target now: the section's, the resolved names', the gateway's, DNS.
+    fn targets(&self, section: &Section<'_>) -> HashSet<(IpNet, u16)> {
+        targets(
+            section.egress,
+            &self.resolved,
+            &dns_servers(section.egress),
+            section.gateway,
+        )
+    }
+
+    /// Makes the maps follow the section, the resolved names and `cgroups`; nothing while the
+    /// programs are not attached.
+    fn apply(
+        &self,
+        ebpf: &mut Ebpf,
+        section: &Section<'_>,
+        cgroups: &[GuardedCgroup],
+    ) -> Result<(), KernelError> {
+        if !self.attached {
+            return Ok(());
+        }
+        let targets = self.targets(section);
+        apply(ebpf, section.egress, &targets, cgroups)
+    }
+
+    /// Takes a new set of resolved host names into the allow-list. A set the maps refuse (too
+    /// many addresses, say) is dropped: the previous one stays, so later reloads are not refused
+    /// for it.
+    pub fn set_resolved(
+        &mut self,
+        ebpf: &mut Ebpf,
+        section: &Section<'_>,
+        cgroups: &[GuardedCgroup],
+        resolved: Resolved,
+    ) -> Result<(), KernelError> {
+        let previous = std::mem::replace(&mut self.resolved, resolved);
+        let outcome = self.apply(ebpf, section, cgroups);
+        if outcome.is_err() {
+            self.resolved = previous;
+        }
+        outcome
+    }
+}
+
+impl Family for EgressAllowList {
+    type Section<'a> = Section<'a>;
+    type Pending = ();
+
+    fn section(config: &Config) -> Section<'_> {
+        Section {
+            egress: &config.egress,
+            guarded: &config.guarded,
+            gateway: super::gateway(config),
+        }
+    }
+
+    fn needs_cgroup(&mut self, section: &Section<'_>) -> bool {
+        section.egress.enabled && section.guarded.is_set()
+    }
+
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
+        let root = match cx.root {
+            Some(root) if section.egress.enabled && section.guarded.is_set() => root,
+            _ => {
+                if section.egress.enabled {
+                    tracing::info!(
+                        "egress: no [guarded] service configured; the allow-list is idle"
+                    );
+                }
+                return Ok(Vec::new());
+            }
+        };
+        *cx.guarded = guarded::cgroups(section.guarded, root);
+        // Nothing is resolved yet.
+        let targets = self.targets(section);
+        apply(cx.ebpf, section.egress, &targets, cx.guarded)?;
+        let programs = cgroup_programs::attach(
+            cx.ebpf,
+            cx.pins,
+            root,
+            section.egress.mode.as_str(),
+            PROGRAMS,
+        )?;
+        self.attached = true;
+        Ok(programs)
+    }
+
+    fn events(&self) -> Vec<events::Source> {
+        let source = events::audited!("egress events", MAP_EGRESS_EVENTS, events::egress_record);
+        self.attached.then_some(source).into_iter().collect()
+    }
+
+    fn plan(&self, section: &Section<'_>, host: &Host<'_>) -> (maps::Plan, ()) {
+        if !self.attached {
+            return (Vec::new(), ());
+        }
+        let targets = self.targets(section);
+        (plan(section.egress, &targets, host.guarded), ())
+    }
+
+    fn commit(&mut self, (): ()) {}
+
+    /// The configured resolvers only: the system's are not read for a check.
+    fn config_plan(section: &Section<'_>) -> maps::Plan {
+        let targets = targets(
+            section.egress,
+            &Resolved::new(),
+            &section.egress.dns,
+            section.gateway,
+        );
+        plan(section.egress, &targets, &[])
+    }
+
+    /// A restarted guarded service (a new cgroup) is followed.
+    fn refresh(&mut self, section: &Section<'_>, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
+        if !cx.guarded_changed {
+            return Ok(());
+        }
+        self.apply(cx.ebpf, section, cx.guarded)
+    }
+
+    fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
+        out.add(
+            "egress",
+            RuleStats::read(
+                ebpf,
+                MAP_EGRESS_STATS,
+                [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+            )?,
+        );
+        Ok(())
+    }
+}
+
+/// The configured DNS resolvers, or the system's.
+fn dns_servers(config: &EgressSection) -> Vec<IpAddr> {
+    if config.dns.is_empty() {
+        resolve::system_nameservers()
+    } else {
+        config.dns.clone()
+    }
+}
+
+/// The programs, attached at the cgroup root, and their hooks.
+const PROGRAMS: &[(&str, &str)] = &[
+    (PROG_EGRESS_CONNECT_V4, "cgroup/connect4"),
+    (PROG_EGRESS_CONNECT_V6, "cgroup/connect6"),
+    (PROG_EGRESS_SENDMSG_V4, "cgroup/sendmsg4"),
+    (PROG_EGRESS_SENDMSG_V6, "cgroup/sendmsg6"),
+];
 
 /// Every allowed (network, port) pair, port 0 meaning any. Under either policy: the provider
 /// gateway's address when one runs (`gateway`; loopback for a gateway on the unspecified
@@ -172,28 +318,6 @@ pub fn plan(
             },
         ),
     ]
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct EgressStats {
-    pub allowed: u64,
-    pub denied: u64,
-    pub would_deny: u64,
-    pub events_lost: u64,
-}
-
-pub fn stats(ebpf: &Ebpf) -> Result<EgressStats, KernelError> {
-    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_EGRESS_STATS,
-        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
-    )?;
-    Ok(EgressStats {
-        allowed,
-        denied,
-        would_deny,
-        events_lost,
-    })
 }
 
 #[cfg(test)]

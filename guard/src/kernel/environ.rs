@@ -66,10 +66,41 @@ pub fn attach_file_open(
     mode: &'static str,
 ) -> Result<AttachedProgram, KernelError> {
     let target = "file_open";
+    attach_pinned(pins, name, "lsm/file_open", target, mode, || {
+        let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
+        let program: &mut Lsm = super::program(ebpf, name)?;
+        program
+            .load(target, &btf)
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        let id = program.attach().map_err(|source| KernelError::Attach {
+            name,
+            target: target.into(),
+            source,
+        })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| KernelError::TakeLink { name, source })?;
+        Ok((FdLink::from(link), program.info().ok().map(|i| i.id())))
+    })
+}
+
+/// The life every tracing program here shares (LSM, kprobe, tracepoint): adopts the link an
+/// earlier daemon of this object pinned for `name` on `target`; else runs `attach` (load the
+/// program, attach it, take its link and the program's id) and pins the new link, over another
+/// object's pinned one when there is one. Only then may the old link go: tracing links cannot
+/// swap their program, so some events in between meet both.
+fn attach_pinned(
+    pins: &PinDir,
+    name: &'static str,
+    hook: &'static str,
+    target: &str,
+    mode: &'static str,
+    attach: impl FnOnce() -> Result<(FdLink, Option<u32>), KernelError>,
+) -> Result<AttachedProgram, KernelError> {
     let pinned = pins.pinned(name, target);
     let mut out = AttachedProgram {
         name,
-        hook: "lsm/file_open",
+        hook,
         target: target.into(),
         mode,
         adopted: false,
@@ -81,30 +112,23 @@ pub fn attach_file_open(
         out.program_id = Some(program_id);
         return Ok(out);
     }
-    let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
-    let program: &mut Lsm = super::program(ebpf, name)?;
-    program
-        .load(target, &btf)
-        .map_err(|source| KernelError::LoadProgram { name, source })?;
-    let id = program.attach().map_err(|source| KernelError::Attach {
-        name,
-        target: target.into(),
-        source,
-    })?;
-    let link = FdLink::from(
-        program
-            .take_link(id)
-            .map_err(|source| KernelError::TakeLink { name, source })?,
-    );
+    let (link, program_id) = attach()?;
     if out.replaced {
         pins.pin_over(link, name, target)?;
     } else {
         pins.pin(link, name, target)?;
     }
-    // Only now may the old link go (the pin no longer holds it).
     drop(pinned);
-    out.program_id = program.info().ok().map(|i| i.id());
+    out.program_id = program_id;
     Ok(out)
+}
+
+/// A perf or kprobe link as the fd link it is pinned as.
+fn pinnable<L>(link: L, name: &'static str) -> Result<FdLink, KernelError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|source| KernelError::LinkNotPinnable { name, source })
 }
 
 /// The tier the watch runs at, as `status` names it.
@@ -150,45 +174,23 @@ pub fn tier_feature(tier: Tier, why_not: &[String]) -> super::Feature {
 pub fn attach_open_probe(ebpf: &mut Ebpf, pins: &PinDir) -> Result<AttachedProgram, KernelError> {
     let name = PROG_ENVIRON_OPEN_PROBE;
     let target = OPEN_PROBE_FUNCTION;
-    let pinned = pins.pinned(name, target);
-    let mut out = AttachedProgram {
-        name,
-        hook: "kprobe",
-        target: target.into(),
-        mode: "detect",
-        adopted: false,
-        replaced: matches!(pinned, Pinned::Replace { .. }),
-        program_id: None,
-    };
-    if let Pinned::Adopt { program_id } = pinned {
-        out.adopted = true;
-        out.program_id = Some(program_id);
-        return Ok(out);
-    }
-    let program: &mut KProbe = super::program(ebpf, name)?;
-    program
-        .load()
-        .map_err(|source| KernelError::LoadProgram { name, source })?;
-    let id = program
-        .attach(target, 0)
-        .map_err(|source| KernelError::Attach {
-            name,
-            target: target.into(),
-            source,
-        })?;
-    let link = program
-        .take_link(id)
-        .map_err(|source| KernelError::TakeLink { name, source })?;
-    if out.replaced {
-        let link = FdLink::try_from(link)
-            .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
-        pins.pin_over(link, name, target)?;
-    } else {
-        pins.pin_link(link, name, target)?;
-    }
-    drop(pinned);
-    out.program_id = program.info().ok().map(|i| i.id());
-    Ok(out)
+    attach_pinned(pins, name, "kprobe", target, "detect", || {
+        let program: &mut KProbe = super::program(ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        let id = program
+            .attach(target, 0)
+            .map_err(|source| KernelError::Attach {
+                name,
+                target: target.into(),
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| KernelError::TakeLink { name, source })?;
+        Ok((pinnable(link, name)?, program.info().ok().map(|i| i.id())))
+    })
 }
 
 /// Attaches the two `openat` tracepoints (detection only), pinned, or adopts pinned ones.
@@ -210,46 +212,31 @@ pub fn attach_tracepoint_list(
     let mut attached = Vec::new();
     for &(name, event) in list {
         let target = format!("syscalls/{event}");
-        let pinned = pins.pinned(name, &target);
-        let mut out = AttachedProgram {
+        attached.push(attach_pinned(
+            pins,
             name,
-            hook: "tracepoint",
-            target: target.clone(),
-            mode: "detect",
-            adopted: false,
-            replaced: matches!(pinned, Pinned::Replace { .. }),
-            program_id: None,
-        };
-        if let Pinned::Adopt { program_id } = pinned {
-            out.adopted = true;
-            out.program_id = Some(program_id);
-            attached.push(out);
-            continue;
-        }
-        let program: &mut TracePoint = super::program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
-        let id = program
-            .attach("syscalls", event)
-            .map_err(|source| KernelError::Attach {
-                name,
-                target: target.clone(),
-                source,
-            })?;
-        let link = program
-            .take_link(id)
-            .map_err(|source| KernelError::TakeLink { name, source })?;
-        if out.replaced {
-            let link = FdLink::try_from(link)
-                .map_err(|source| KernelError::LinkNotPinnable { name, source })?;
-            pins.pin_over(link, name, &target)?;
-        } else {
-            pins.pin_link(link, name, &target)?;
-        }
-        drop(pinned);
-        out.program_id = program.info().ok().map(|i| i.id());
-        attached.push(out);
+            "tracepoint",
+            &target,
+            "detect",
+            || {
+                let program: &mut TracePoint = super::program(ebpf, name)?;
+                program
+                    .load()
+                    .map_err(|source| KernelError::LoadProgram { name, source })?;
+                let id =
+                    program
+                        .attach("syscalls", event)
+                        .map_err(|source| KernelError::Attach {
+                            name,
+                            target: target.clone(),
+                            source,
+                        })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| KernelError::TakeLink { name, source })?;
+                Ok((pinnable(link, name)?, program.info().ok().map(|i| i.id())))
+            },
+        )?);
     }
     Ok(attached)
 }

@@ -165,54 +165,35 @@ pub fn environ_record(event: &EnvironEvent) -> (&'static str, Map<String, Value>
     (kind, record)
 }
 
-/// Emits an audit line for every environ event until the map is closed.
-pub async fn read_environ_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(
-        ring,
-        guard_common::environ::MAP_ENVIRON_EVENTS,
-        environ_record,
-    )
-    .await
+/// What a reader of one ring buffer runs until the map is closed.
+pub type Reader =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), KernelError>> + Send>>;
+
+/// One ring buffer a family reads: what the log calls its reader, the map, and the loop that
+/// handles each record.
+#[derive(Clone, Copy)]
+pub struct Source {
+    /// As in "bind events reader stopped".
+    pub what: &'static str,
+    pub map: &'static str,
+    pub read: fn(RingBuf<MapData>) -> Reader,
 }
 
-/// Emits an audit line for every egress event until the map is closed.
-pub async fn read_egress_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(ring, guard_common::egress::MAP_EGRESS_EVENTS, egress_record).await
+/// The [`Source`] of the ring `$map`, each record of which becomes one audit line through
+/// `$record` (a `fn(&Event) -> (kind, fields)` above).
+macro_rules! audited {
+    ($what:expr, $map:expr, $record:path) => {
+        $crate::kernel::events::Source {
+            what: $what,
+            map: $map,
+            read: |ring| Box::pin($crate::kernel::events::read_events(ring, $map, $record)),
+        }
+    };
 }
-
-/// Emits an audit line for every upstream guard event until the map is closed.
-pub async fn read_upstream_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(
-        ring,
-        guard_common::upstream::MAP_UPSTREAM_EVENTS,
-        upstream_record,
-    )
-    .await
-}
-
-/// Emits an audit line for every bind event until the map is closed.
-pub async fn read_bind_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(ring, guard_common::bind::MAP_BIND_EVENTS, bind_record).await
-}
-
-/// Emits an audit line for every XDP drop event (at most one per source per second).
-pub async fn read_xdp_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_events(ring, guard_common::xdp::MAP_XDP_EVENTS, xdp_record).await
-}
-
-/// Feeds every created-files report into the daemon's record (no audit line: a creation by the
-/// service is not an event, only evidence for the fix mode).
-pub async fn read_created_events(ring: RingBuf<MapData>) -> Result<(), KernelError> {
-    read_records(
-        ring,
-        guard_common::created::MAP_CREATED_EVENTS,
-        super::created::on_event,
-    )
-    .await
-}
+pub(super) use audited;
 
 /// Reads records of type `T` from `ring` until it closes, turning each into an audit line.
-async fn read_events<T: aya::Pod>(
+pub async fn read_events<T: aya::Pod>(
     ring: RingBuf<MapData>,
     name: &'static str,
     record: impl Fn(&T) -> (&'static str, Map<String, Value>),
@@ -225,7 +206,7 @@ async fn read_events<T: aya::Pod>(
 }
 
 /// Reads records of type `T` from `ring` until it closes, handing each to `handle`.
-async fn read_records<T: aya::Pod>(
+pub async fn read_records<T: aya::Pod>(
     ring: RingBuf<MapData>,
     name: &'static str,
     handle: impl Fn(&T),

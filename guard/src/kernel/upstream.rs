@@ -19,41 +19,203 @@ use aya::Ebpf;
 use guard_common::upstream::{
     CgroupAllow, UpstreamConfig, CGROUP_EXACT, CGROUP_SUBTREE, DEST_GATEWAY, DEST_UPSTREAM,
     MAP_UPSTREAM_CGROUPS, MAP_UPSTREAM_CONFIG, MAP_UPSTREAM_DEST_V4, MAP_UPSTREAM_DEST_V6,
-    MAP_UPSTREAM_STATS, MAX_UPSTREAM_CGROUPS, MAX_UPSTREAM_DESTS, PROG_UPSTREAM_CONNECT_V4,
-    PROG_UPSTREAM_CONNECT_V6, STAT_ALLOWED, STAT_DENIED, STAT_EVENTS_LOST, STAT_WOULD_DENY,
-    UPSTREAM_LAYOUT,
+    MAP_UPSTREAM_EVENTS, MAP_UPSTREAM_STATS, MAX_UPSTREAM_CGROUPS, MAX_UPSTREAM_DESTS,
+    PROG_UPSTREAM_CONNECT_V4, PROG_UPSTREAM_CONNECT_V6, STAT_ALLOWED, STAT_DENIED,
+    STAT_EVENTS_LOST, STAT_WOULD_DENY, UPSTREAM_LAYOUT,
 };
 use guard_common::{PortAddrV4, PortAddrV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    cgroup_programs,
+    cgroup_programs, events,
+    family::{Family, Host, Refresh, RuleStats, Start, Started},
     maps::{self, HashStep, SlotStep, TrieStep},
-    pins::PinDir,
-    AttachedProgram, KernelError,
+    Counters, KernelError,
 };
 use crate::{
-    config::{Config, Mode},
-    guarded::GuardedCgroup,
+    config::{Config, GuardedSection, Mode, ProxyConfig, UpstreamGuardSection},
+    guarded::{self, GuardedCgroup},
 };
 
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
+/// The programs, attached at the cgroup root, and their hooks.
+const PROGRAMS: &[(&str, &str)] = &[
+    (PROG_UPSTREAM_CONNECT_V4, "cgroup/connect4"),
+    (PROG_UPSTREAM_CONNECT_V6, "cgroup/connect6"),
+];
+
+/// The upstream guard as a program family: attached at the cgroup root while some guarded
+/// destination is on this host; the allowed cgroups followed.
+#[derive(Default)]
+pub struct UpstreamGuard {
+    /// Whether the config guards a destination on this host, decided before the start.
+    wanted: bool,
+    attached: bool,
+    /// The cgroups the rule lets connect, as last found.
+    found: Found,
+    /// The guarded destinations as last written.
+    ports: Vec<(Destination, u16)>,
+}
+
+/// What the upstream guard reads: its section, the proxy's upstream, the guarded service and the
+/// provider gateway.
+pub struct Section<'a> {
+    pub guard: &'a UpstreamGuardSection,
+    pub proxy: &'a ProxyConfig,
+    pub guarded: &'a GuardedSection,
+    pub gateway: Option<SocketAddr>,
+}
+
+impl UpstreamGuard {
+    /// The guarded destinations as last written: what `status` reports.
+    pub fn ports(&self) -> &[(Destination, u16)] {
+        &self.ports
+    }
+
+    /// The cgroups allowed now and the destinations they make: proxyguard's own cgroup id is in
+    /// the map before the programs can run (or, adopted, before the new target takes effect).
+    fn find_destinations(
+        section: &Section<'_>,
+        root: &Path,
+        guarded: &[GuardedCgroup],
+    ) -> (Found, Vec<GuardedDestination>) {
+        let service = gateway_guarded(section, root, guarded);
+        let found = find(section.guard, root, service);
+        let dests = destinations(section, &found);
+        (found, dests)
+    }
+}
+
+fn ports(dests: &[GuardedDestination]) -> Vec<(Destination, u16)> {
+    dests.iter().map(|d| (d.which, d.port)).collect()
+}
+
+impl Family for UpstreamGuard {
+    type Section<'a> = Section<'a>;
+    type Pending = Option<(Found, Vec<(Destination, u16)>)>;
+
+    fn section(config: &Config) -> Section<'_> {
+        Section {
+            guard: &config.upstream_guard,
+            proxy: &config.proxy,
+            guarded: &config.guarded,
+            gateway: super::gateway(config),
+        }
+    }
+
+    fn needs_cgroup(&mut self, section: &Section<'_>) -> bool {
+        self.wanted = !destinations(section, &Found::default()).is_empty();
+        self.wanted
+    }
+
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
+        let (true, Some(root)) = (self.wanted, cx.root) else {
+            if section.guard.enabled && section.proxy.enabled {
+                tracing::info!(
+                    upstream = section.proxy.upstream,
+                    "upstream_guard: the upstream is not on this host; the connect rule is off"
+                );
+            }
+            return Ok(Vec::new());
+        };
+        let (found, dests) = Self::find_destinations(section, root, cx.guarded);
+        apply(cx.ebpf, section.guard.mode, &dests)?;
+        self.found = found;
+        self.ports = ports(&dests);
+        let programs = cgroup_programs::attach(
+            cx.ebpf,
+            cx.pins,
+            root,
+            section.guard.mode.as_str(),
+            PROGRAMS,
+        )?;
+        self.attached = true;
+        Ok(programs)
+    }
+
+    fn events(&self) -> Vec<events::Source> {
+        let source = events::audited!(
+            "upstream guard events",
+            MAP_UPSTREAM_EVENTS,
+            events::upstream_record
+        );
+        self.attached.then_some(source).into_iter().collect()
+    }
+
+    fn plan(&self, section: &Section<'_>, host: &Host<'_>) -> (maps::Plan, Self::Pending) {
+        match (host.root, self.attached) {
+            (Some(root), true) => {
+                let (found, dests) = Self::find_destinations(section, root, host.guarded);
+                let plan = plan(section.guard.mode, &dests);
+                (plan, Some((found, ports(&dests))))
+            }
+            _ => (Vec::new(), None),
+        }
+    }
+
+    fn commit(&mut self, pending: Self::Pending) {
+        if let Some((found, ports)) = pending {
+            self.found = found;
+            self.ports = ports;
+        }
+    }
+
+    /// The allowed cgroups are proxyguard's own and the listed ones (none found yet: counted).
+    fn config_plan(section: &Section<'_>) -> maps::Plan {
+        let found = Found {
+            own: Some(0),
+            listed: (1..=section.guard.allow_cgroups.len() as u64)
+                .map(|id| (id, 1))
+                .collect(),
+            guarded: Vec::new(),
+        };
+        plan(section.guard.mode, &destinations(section, &found))
+    }
+
+    /// A restarted allowed cgroup, the guarded service (when it may use the gateway), and our
+    /// own cgroup when someone moves the daemon, get new cgroup ids.
+    fn refresh(&mut self, section: &Section<'_>, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
+        let (true, Some(root)) = (self.attached, cx.root) else {
+            return Ok(());
+        };
+        let service = gateway_guarded(section, root, cx.guarded);
+        let found = find(section.guard, root, service);
+        if found != self.found {
+            let dests = destinations(section, &found);
+            apply(cx.ebpf, section.guard.mode, &dests)?;
+            self.found = found;
+            self.ports = ports(&dests);
+        }
+        Ok(())
+    }
+
+    fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
+        out.add(
+            "upstream_guard",
+            RuleStats::read(
+                ebpf,
+                MAP_UPSTREAM_STATS,
+                [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
+            )?,
+        );
+        Ok(())
+    }
+}
+
+/// The guarded service's cgroups, for the gateway's allowance: `known` when egress already
+/// follows them, else found now; none without a gateway.
+fn gateway_guarded(
+    section: &Section<'_>,
     root: &Path,
-    config: &Config,
-) -> Result<Vec<AttachedProgram>, KernelError> {
-    cgroup_programs::attach(
-        ebpf,
-        pins,
-        root,
-        config.upstream_guard.mode.as_str(),
-        &[
-            (PROG_UPSTREAM_CONNECT_V4, "cgroup/connect4"),
-            (PROG_UPSTREAM_CONNECT_V6, "cgroup/connect6"),
-        ],
-    )
+    known: &[GuardedCgroup],
+) -> Vec<GuardedCgroup> {
+    if section.gateway.is_none() || !section.guarded.is_set() {
+        Vec::new()
+    } else if !known.is_empty() {
+        known.to_vec()
+    } else {
+        guarded::cgroups(section.guarded, root)
+    }
 }
 
 /// Which guarded destination: its bit in the maps and its name in events and `status`.
@@ -130,7 +292,7 @@ pub struct Found {
 
 /// proxyguard's own cgroup, each configured `allow_cgroups` path that exists, and `guarded`
 /// (the guarded service's cgroups, when a gateway is guarded; nothing else asks for them).
-pub fn find(config: &Config, root: &Path, guarded: Vec<GuardedCgroup>) -> Found {
+pub fn find(config: &UpstreamGuardSection, root: &Path, guarded: Vec<GuardedCgroup>) -> Found {
     let own = own_cgroup_id(root);
     if own.is_none() {
         tracing::error!(
@@ -138,7 +300,7 @@ pub fn find(config: &Config, root: &Path, guarded: Vec<GuardedCgroup>) -> Found 
         );
     }
     let mut listed = Vec::new();
-    for path in &config.upstream_guard.allow_cgroups {
+    for path in &config.allow_cgroups {
         let dir = root.join(path.trim_start_matches('/'));
         let Ok(meta) = std::fs::metadata(&dir) else {
             tracing::debug!(
@@ -164,19 +326,15 @@ pub fn find(config: &Config, root: &Path, guarded: Vec<GuardedCgroup>) -> Found 
 /// host (proxyguard and `allow_cgroups` may connect), and the provider gateway's port when
 /// `gateway` is given (proxyguard and the guarded service may connect; with no guarded service
 /// running, proxyguard alone). Empty with the rule off.
-pub fn destinations(
-    config: &Config,
-    gateway: Option<SocketAddr>,
-    found: &Found,
-) -> Vec<GuardedDestination> {
-    if !config.upstream_guard.enabled {
+pub fn destinations(section: &Section<'_>, found: &Found) -> Vec<GuardedDestination> {
+    if !section.guard.enabled {
         return Vec::new();
     }
     let mut out = Vec::new();
-    let upstream = config
+    let upstream = section
         .proxy
         .enabled
-        .then(|| local_upstream(config))
+        .then(|| upstream_on_this_host(section.proxy))
         .flatten();
     let upstream_port = upstream.as_ref().map(|(port, _)| *port);
     if let Some((port, addrs)) = upstream {
@@ -192,7 +350,7 @@ pub fn destinations(
             allowed,
         });
     }
-    if let Some(gateway) = gateway {
+    if let Some(gateway) = section.gateway {
         let mut allowed = AllowedCgroups::default();
         found.own.into_iter().for_each(|id| allowed.exact(id));
         for cgroup in &found.guarded {
@@ -220,7 +378,11 @@ pub fn destinations(
 /// is on (`proxyguard check` reports connections to them either way). `None` when the upstream
 /// is not on this host.
 pub fn local_upstream(config: &Config) -> Option<(u16, Vec<IpNet>)> {
-    let (host, port) = upstream_host_port(&config.proxy.upstream)?;
+    upstream_on_this_host(&config.proxy)
+}
+
+fn upstream_on_this_host(proxy: &ProxyConfig) -> Option<(u16, Vec<IpNet>)> {
+    let (host, port) = upstream_host_port(&proxy.upstream)?;
     let ip = match host.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) if host.eq_ignore_ascii_case("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -394,44 +556,26 @@ fn cgroup_bits(destinations: &[GuardedDestination]) -> BTreeMap<u64, CgroupAllow
     cgroups
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct UpstreamStats {
-    pub allowed: u64,
-    pub denied: u64,
-    pub would_deny: u64,
-    pub events_lost: u64,
-}
-
-pub fn stats(ebpf: &Ebpf) -> Result<UpstreamStats, KernelError> {
-    let [allowed, denied, would_deny, events_lost] = maps::percpu_sums(
-        ebpf,
-        MAP_UPSTREAM_STATS,
-        [STAT_ALLOWED, STAT_DENIED, STAT_WOULD_DENY, STAT_EVENTS_LOST],
-    )?;
-    Ok(UpstreamStats {
-        allowed,
-        denied,
-        would_deny,
-        events_lost,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn section(config: &Config, gateway: Option<SocketAddr>) -> Section<'_> {
+        Section {
+            gateway,
+            ..UpstreamGuard::section(config)
+        }
+    }
+
     fn ports(config: &Config, gateway: Option<SocketAddr>) -> Vec<(Destination, u16)> {
-        destinations(config, gateway, &Found::default())
-            .iter()
-            .map(|d| (d.which, d.port))
-            .collect()
+        super::ports(&destinations(&section(config, gateway), &Found::default()))
     }
 
     #[test]
     fn the_upstream_on_loopback_is_guarded_on_every_local_way_in() {
         let mut config = Config::default();
         config.proxy.upstream = "http://127.0.0.1:4000".into();
-        let dests = destinations(&config, None, &Found::default());
+        let dests = destinations(&section(&config, None), &Found::default());
         assert_eq!(dests.len(), 1, "{dests:?}");
         assert_eq!(
             (dests[0].which, dests[0].port),
@@ -474,7 +618,7 @@ mod tests {
                 path: "/sys/fs/cgroup/system.slice/litellm.service".into(),
             }],
         };
-        let dests = destinations(&config, "127.0.0.1:8089".parse().ok(), &found);
+        let dests = destinations(&section(&config, "127.0.0.1:8089".parse().ok()), &found);
         let [upstream, gateway] = dests.as_slice() else {
             panic!("two destinations: {dests:?}");
         };
@@ -517,7 +661,7 @@ mod tests {
                 path: "/x".into(),
             }],
         };
-        let dests = destinations(&config, "127.0.0.1:8089".parse().ok(), &found);
+        let dests = destinations(&section(&config, "127.0.0.1:8089".parse().ok()), &found);
         let plan = plan(Mode::Enforce, &dests);
         let sizes: Vec<(&str, usize)> = plan.iter().map(|s| (s.map(), s.entries())).collect();
         assert_eq!(

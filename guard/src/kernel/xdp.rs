@@ -22,22 +22,125 @@ use aya::{
 };
 use guard_common::xdp::{
     PortBitmap, XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6,
-    MAP_XDP_CONFIG, MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_PORTS, MAP_XDP_STATS, MAX_XDP_CIDRS,
-    PROG_XDP_SYN_LIMIT, PROG_XDP_SYN_LIMIT_COARSE, STAT_DROPPED_DENY, STAT_DROPPED_NEW_SOURCE,
-    STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_EVENTS_SUPPRESSED, STAT_PASSED, STAT_WOULD_DROP,
+    MAP_XDP_CONFIG, MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_EVENTS, MAP_XDP_PORTS, MAP_XDP_STATS,
+    MAX_XDP_CIDRS, PROG_XDP_SYN_LIMIT, PROG_XDP_SYN_LIMIT_COARSE, STAT_DROPPED_DENY,
+    STAT_DROPPED_NEW_SOURCE, STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_EVENTS_SUPPRESSED,
+    STAT_PASSED, STAT_WOULD_DROP,
 };
 use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
+    events,
+    family::{Family, Host, Refresh, Start, Started},
+    features,
     maps::{self, SlotStep, TrieStep},
     pins::{PinDir, Pinned},
-    AttachedProgram, KernelError,
+    AttachedProgram, Counters, KernelError,
 };
 use crate::config::{
     xdp::{AttachMode, XdpSection},
-    Config,
+    Config, ProxyConfig,
 };
+
+/// The SYN rate limit as a program family: its maps always written, attached to the interfaces
+/// of [`interfaces`], and to those that come up later.
+#[derive(Default)]
+pub struct SynLimit {
+    /// The interfaces the limit is attached to, and why.
+    interfaces: Interfaces,
+}
+
+/// What the limit reads: its section, and the front listener it protects.
+pub struct Section<'a> {
+    pub xdp: &'a XdpSection,
+    pub proxy: &'a ProxyConfig,
+}
+
+impl SynLimit {
+    pub fn interfaces(&self) -> &Interfaces {
+        &self.interfaces
+    }
+}
+
+impl Family for SynLimit {
+    type Section<'a> = Section<'a>;
+    type Pending = ();
+
+    fn section(config: &Config) -> Section<'_> {
+        Section {
+            xdp: &config.xdp,
+            proxy: &config.proxy,
+        }
+    }
+
+    fn start(&mut self, section: &Section<'_>, cx: &mut Start<'_>) -> Started {
+        apply(cx.ebpf, section.xdp)?;
+        self.interfaces = interfaces(section.xdp, section.proxy);
+        if self.interfaces.names.is_empty() {
+            tracing::info!("xdp: the SYN rate limit is off: {}", self.interfaces.why);
+            return Ok(Vec::new());
+        }
+        let (attached, modes) = attach(cx.ebpf, cx.pins, section.xdp, &self.interfaces.names)?;
+        cx.features.push(features::xdp_modes(&modes));
+        Ok(attached)
+    }
+
+    /// Read even while nothing is attached: an interface that comes up later gets the limit.
+    fn events(&self) -> Vec<events::Source> {
+        vec![events::audited!(
+            "xdp events",
+            MAP_XDP_EVENTS,
+            events::xdp_record
+        )]
+    }
+
+    fn plan(&self, section: &Section<'_>, _host: &Host<'_>) -> (maps::Plan, ()) {
+        (plan(section.xdp), ())
+    }
+
+    fn commit(&mut self, (): ()) {}
+
+    fn config_plan(section: &Section<'_>) -> maps::Plan {
+        plan(section.xdp)
+    }
+
+    /// Attaches the limit to interfaces that came up since the last look (with
+    /// `interfaces = []`); interfaces that went away keep their pinned link until the next start.
+    fn refresh(&mut self, section: &Section<'_>, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
+        let now = interfaces(section.xdp, section.proxy);
+        let new: Vec<String> = now
+            .names
+            .iter()
+            .filter(|name| {
+                !self.interfaces.names.contains(name) && !self.interfaces.refused.contains(name)
+            })
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            self.interfaces.why = now.why;
+            return Ok(());
+        }
+        match attach(cx.ebpf, cx.pins, section.xdp, &new) {
+            Ok((attached, modes)) => {
+                tracing::info!(interfaces = ?new, "xdp: attached to interfaces that came up: {}", modes.join("; "));
+                cx.programs.extend(attached);
+                self.interfaces.names.extend(new);
+                self.interfaces.why = now.why;
+            }
+            Err(err) => {
+                tracing::error!(interfaces = ?new, "xdp: cannot attach to a new interface (not retried): {err}");
+                self.interfaces.refused.extend(new);
+            }
+        }
+        Ok(())
+    }
+
+    fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError> {
+        out.add("xdp", stats(ebpf)?);
+        Ok(())
+    }
+}
 
 /// The interfaces the limit is attached to, and why those.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -53,34 +156,31 @@ pub struct Interfaces {
 
 /// Which interfaces `config` asks for now: the list, or the ones that can carry traffic to the
 /// front listener.
-pub fn interfaces(config: &Config) -> Interfaces {
-    let xdp = &config.xdp;
+pub fn interfaces(xdp: &XdpSection, proxy: &ProxyConfig) -> Interfaces {
+    let chosen = |names, source, why: &str| Interfaces {
+        names,
+        source,
+        why: why.into(),
+        refused: Vec::new(),
+    };
     if !xdp.enabled {
-        return Interfaces {
-            names: Vec::new(),
-            source: "configured",
-            why: "[xdp] enabled = false".into(),
-            refused: Vec::new(),
-        };
+        return chosen(Vec::new(), "configured", "[xdp] enabled = false");
     }
     if !xdp.interfaces.is_empty() {
-        return Interfaces {
-            names: xdp.interfaces.clone(),
-            source: "configured",
-            why: "listed in [xdp] interfaces".into(),
-            refused: Vec::new(),
-        };
+        return chosen(
+            xdp.interfaces.clone(),
+            "configured",
+            "listed in [xdp] interfaces",
+        );
     }
-    let listen = config.proxy.listen;
-    if !config.proxy.enabled {
-        return Interfaces {
-            names: Vec::new(),
-            source: "auto",
-            why: "the front proxy is off and [xdp] interfaces is empty: nothing to protect".into(),
-            refused: Vec::new(),
-        };
+    if !proxy.enabled {
+        return chosen(
+            Vec::new(),
+            "auto",
+            "the front proxy is off and [xdp] interfaces is empty: nothing to protect",
+        );
     }
-    auto_interfaces(listen, &up_interfaces())
+    auto_interfaces(proxy.listen, &up_interfaces())
 }
 
 /// The choice for `listen`, given the (name, loopback) interfaces that are up.
