@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc instead of glibc's malloc: the request path allocates and frees about fifty small
+/// blocks per request, and at 1,000 connections glibc's heaps kept more resident memory
+/// (docs/design-request-path.md has the numbers, mimalloc's among them).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = proxyguard::Cli::parse();
     match proxyguard::dispatch(cli) {

@@ -9,7 +9,7 @@
 
 use std::{
     cell::RefCell,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -185,7 +185,7 @@ pub fn rewrite(
     if let Ok(host) = HeaderValue::from_str(state.upstream.as_str()) {
         headers.insert(header::HOST, host);
     }
-    if let Ok(ip) = HeaderValue::from_str(&client.ip().to_string()) {
+    if let Some(ip) = address_value(client.ip()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
     }
     headers.insert(
@@ -197,6 +197,27 @@ pub fn rewrite(
     }
     parts.version = http::Version::HTTP_11;
     Request::from_parts(parts, Full::new(body))
+}
+
+/// `ip` as a header value, as its `Display` writes it. An IPv4 address is spelled by hand: the
+/// formatter's padding support made `to_string` about 2 % of a request's instructions.
+fn address_value(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(octet).as_bytes();
+        text[len..len + digits.len()].copy_from_slice(digits);
+        len += digits.len();
+    }
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
 /// Every header that claims the client's address (`upstream_surface::CLIENT_IP_HEADERS`, all of
@@ -278,6 +299,21 @@ pub async fn send(
 mod tests {
     use super::*;
     use crate::config::ProxyConfig;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
 
     #[test]
     fn rewrite_table() {

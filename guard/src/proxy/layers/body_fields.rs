@@ -104,11 +104,16 @@ pub fn check_caps(value: &Value, shape: Shape, caps: &Caps) -> Result<(), Reject
         (body::TOKEN_FIELDS, "max_tokens", caps.max_tokens),
         (body::RETRY_FIELDS, "retries", caps.retries),
     ];
-    let containers = std::iter::once((String::new(), top)).chain(
+    // The container's name, spelled into a field's path only when that field is refused.
+    let containers = std::iter::once(("", top)).chain(
         body::NESTED_CONTAINERS
             .iter()
-            .filter_map(|name| Some((format!("{name}."), top.get(*name)?.as_object()?))),
+            .filter_map(|name| Some((*name, top.get(*name)?.as_object()?))),
     );
+    let path = |container: &str, field: &str| match container {
+        "" => field.to_owned(),
+        container => format!("{container}.{field}"),
+    };
     for (prefix, object) in containers {
         for (fields, cap, limit) in scalar_caps {
             for field in fields {
@@ -116,7 +121,7 @@ pub fn check_caps(value: &Value, shape: Shape, caps: &Caps) -> Result<(), Reject
                     continue;
                 };
                 if limit > 0 && value > limit as f64 {
-                    return Err(over(&format!("{prefix}{field}"), cap, limit));
+                    return Err(over(&path(prefix, field), cap, limit));
                 }
             }
         }
@@ -128,11 +133,7 @@ pub fn check_caps(value: &Value, shape: Shape, caps: &Caps) -> Result<(), Reject
                 _ => 0,
             };
             if caps.fallbacks > 0 && count as u64 > caps.fallbacks {
-                return Err(over(
-                    &format!("{prefix}{field}"),
-                    "fallbacks",
-                    caps.fallbacks,
-                ));
+                return Err(over(&path(prefix, field), "fallbacks", caps.fallbacks));
             }
         }
     }

@@ -52,6 +52,27 @@ pub fn typed(
     at: &Loc<'_>,
     fields: &[(&str, Ty)],
 ) -> Result<(), BadShape> {
+    // A body names a few of the dozens of known fields: walking its own entries and finding
+    // each in the table is cheaper than a map look-up per known field (this showed as 3.5 %
+    // of a chat request's instructions). The field refused is still the first in `fields`.
+    if object.len() < fields.len() {
+        let mut first_bad: Option<usize> = None;
+        for (key, value) in object {
+            let Some(at_index) = fields.iter().position(|(name, _)| *name == key.as_str()) else {
+                continue;
+            };
+            if !fields[at_index].1.admits(value) && first_bad.is_none_or(|i| at_index < i) {
+                first_bad = Some(at_index);
+            }
+        }
+        return match first_bad {
+            Some(i) => Err(BadShape::new(
+                &at.field(fields[i].0),
+                fields[i].1.expected(),
+            )),
+            None => Ok(()),
+        };
+    }
     for (name, ty) in fields {
         if let Some(value) = object.get(*name) {
             if !ty.admits(value) {
@@ -122,6 +143,19 @@ mod tests {
     use super::*;
     use crate::proxy::shapes::Shape;
     use serde_json::json;
+
+    #[test]
+    fn the_field_refused_is_the_first_in_the_table_either_way() {
+        // Table order differs from the body's (sorted) key order; a few entries against a long
+        // table walks the body, as many walks the table: both name `zeta`.
+        let fields = [("zeta", Ty::Num), ("alpha", Ty::Num), ("mid", Ty::Num)];
+        let few = json!({"alpha": "x", "zeta": "x"});
+        let many = json!({"alpha": "x", "zeta": "x", "mid": 1, "other": 1});
+        for body in [few, many] {
+            let err = typed(body.as_object().unwrap(), &Loc::Root, &fields).unwrap_err();
+            assert!(err.path.contains("zeta"), "{}", err.path);
+        }
+    }
 
     #[test]
     fn null_passes_for_optional_fields_and_wrong_types_name_the_field() {
