@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::{
     free_port,
     l7::{rotated, Spread},
-    lua_script, pace, peers, wrk, BODY, KEY,
+    lua_script, nginx, pace, peers, wrk, BODY, KEY,
 };
 use crate::{build, cmd};
 
@@ -41,17 +41,12 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s
     cmd::run(Command::new("sh").args(["-c", &script]))
 }
 
-/// nginx serving the fixed chat completion over TLS on `port`, 401 for any other key.
+/// nginx serving the fixed chat completion over TLS on `port`, 401 for any other key: one
+/// process (no master), one worker's event loop, started and stopped as the L7 peers are.
 fn provider(dir: &Path, port: u16) -> Result<peers::Process> {
-    fs::create_dir_all(dir.join("logs"))?;
     let config = format!(
-        r#"daemon off;
-master_process off;
+        r#"{common}master_process off;
 worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/body;
@@ -68,22 +63,11 @@ http {{
     }}
 }}
 "#,
+        common = nginx::common(dir),
         dir = dir.display(),
         response = peers::RESPONSE,
     );
-    let path = dir.join("nginx.conf");
-    fs::write(&path, config)?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot start nginx")?;
-    let process = peers::Process::new(child);
-    peers::wait_for(port, "nginx (HTTPS provider)")?;
-    Ok(process)
+    nginx::start(dir, config, &[(port, "nginx (HTTPS provider)")])
 }
 
 /// `proxyguard run --no-kernel` with the front off and the gateway routing `bench` to the

@@ -40,7 +40,8 @@ const ROLLOUT: &str = "/rollout/[A-Za-z0-9_-]{1,128}/attempt/[A-Za-z0-9_-]{1,128
 /// Headers proxyguard refuses with 400 (`layers::reserved`, always on).
 pub const RESERVED: &[&str] = &["x-rollout-id", "x-attempt-id", "x-sequence-id"];
 
-fn common(dir: &Path) -> String {
+/// The main-context lines every bench nginx shares: foreground, its own pid and error log.
+pub(super) fn common(dir: &Path) -> String {
     let dir = dir.display();
     format!(
         r#"daemon off;
@@ -59,7 +60,8 @@ fn temp_paths(dir: &Path) -> String {
     )
 }
 
-fn start(dir: &Path, config: String, ports: &[(u16, &str)]) -> Result<Process> {
+/// Checks and starts nginx on `config` in `dir`, and waits until every port listens.
+pub(super) fn start(dir: &Path, config: String, ports: &[(u16, &str)]) -> Result<Process> {
     fs::create_dir_all(dir.join("logs"))?;
     let path = dir.join("nginx.conf");
     fs::write(&path, config)?;
