@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{free_port, l7::rotated, l7::Spread, lua_script, nginx, pace, peers, wrk, BODY, KEY};
+use super::{free_port, l7::rotated, l7::Spread, lua_script, nginx, pace, peers, wrk, KEY};
 use crate::build;
 
 /// One of the two proxyguards.
@@ -229,20 +229,14 @@ pub fn run(quick: bool) -> Result<Value> {
     let mut paced: Vec<Vec<pace::Paced>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for i in rotated(targets.len(), round) {
-            let run = pace::spawn(&pace::Args {
-                url: url(targets[i].port),
+            let run = pace::spawn(&pace::Args::chat(
+                url(targets[i].port),
                 rate,
                 connections,
-                secs: duration.as_secs_f64(),
-                warmup_secs: warmup,
-                headers: vec![
-                    "Content-Type: application/json".into(),
-                    format!("Authorization: Bearer {KEY}"),
-                ],
-                body: BODY.into(),
-                method: None,
-                ca_file: None,
-            })?;
+                duration.as_secs_f64(),
+                warmup,
+                format!("Authorization: Bearer {KEY}"),
+            ))?;
             println!(
                 "  round {} {:<6} paced {:>9.0} req/s  p50 {:.3}  p99 {:.3} ms  non-2xx {}  errors {}",
                 round + 1,

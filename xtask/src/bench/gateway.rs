@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::{
     free_port,
     l7::{rotated, Spread},
-    lua_script, nginx, pace, peers, wrk, BODY, KEY,
+    lua_script, nginx, pace, peers, wrk, KEY,
 };
 use crate::{build, cmd};
 
@@ -231,18 +231,15 @@ pub fn run(quick: bool) -> Result<Value> {
     let warmup = if quick { 1.0 } else { 2.0 };
     let paced = |url: &str| {
         pace::spawn(&pace::Args {
-            url: url.to_owned(),
-            rate: half_rate,
-            connections,
-            secs: duration.as_secs_f64(),
-            warmup_secs: warmup,
-            headers: vec![
-                "Content-Type: application/json".into(),
-                format!("Authorization: Bearer {KEY}"),
-            ],
-            body: BODY.into(),
-            method: None,
             ca_file: Some(work.join("ca.pem")),
+            ..pace::Args::chat(
+                url.to_owned(),
+                half_rate,
+                connections,
+                duration.as_secs_f64(),
+                warmup,
+                format!("Authorization: Bearer {KEY}"),
+            )
         })
     };
     // CPU per request of the gateway and of nginx in each paced round (answers over the whole

@@ -282,17 +282,14 @@ pub fn run(quick: bool) -> Result<Value> {
             let i = paced_targets[j];
             let t = &targets[i];
             let cpu0 = t.cpu();
-            let run = pace::spawn(&pace::Args {
-                url: t.url.clone(),
-                rate: half_rate,
-                connections: CONNECTIONS,
-                secs: phase.as_secs_f64(),
-                warmup_secs: warmup,
-                headers: vec!["Content-Type: application/json".into(), t.auth.clone()],
-                body: BODY.into(),
-                method: None,
-                ca_file: None,
-            })?;
+            let run = pace::spawn(&pace::Args::chat(
+                t.url.clone(),
+                half_rate,
+                CONNECTIONS,
+                phase.as_secs_f64(),
+                warmup,
+                t.auth.clone(),
+            ))?;
             let used = t.cpu() - cpu0;
             println!(
                 "  round {} {:<26} {:>9.0} req/s  p50 {:.3}  p99 {:.3}  p99.9 {:.3} ms  non-2xx {}  errors {}",

@@ -60,6 +60,31 @@ pub struct Args {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Args {
+    /// The benches' load: the chat completion `BODY` posted as JSON with `auth` (an
+    /// `Authorization: ...` line), the rest on the schedule given.
+    pub fn chat(
+        url: String,
+        rate: f64,
+        connections: u32,
+        secs: f64,
+        warmup_secs: f64,
+        auth: String,
+    ) -> Args {
+        Args {
+            url,
+            rate,
+            connections,
+            secs,
+            warmup_secs,
+            headers: vec!["Content-Type: application/json".into(), auth],
+            body: super::BODY.into(),
+            method: None,
+            ca_file: None,
+        }
+    }
+}
+
 /// The figures of one paced run (milliseconds for latencies).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Paced {
