@@ -34,19 +34,22 @@ if key_rate or ip_rate then
   local t = redis.call('TIME')
   now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
+-- GCRA: the theoretical arrival time after this request, and when it would be allowed.
+local function gcra(key, interval, burst)
+  local tat = tonumber(redis.call('GET', key) or now_us)
+  if tat < now_us then tat = now_us end
+  tat = tat + interval
+  return tat, tat - burst * interval
+end
 -- The address first: a request both would refuse is the address's.
 if ip_rate then
-  local tat = tonumber(redis.call('GET', ip_rate) or now_us)
-  if tat < now_us then tat = now_us end
-  ip_tat = tat + ip_interval
-  local allow_at = ip_tat - ip_burst * ip_interval
+  local allow_at
+  ip_tat, allow_at = gcra(ip_rate, ip_interval, ip_burst)
   if now_us < allow_at then return {2, 0, allow_at - now_us} end
 end
 if key_rate then
-  local tat = tonumber(redis.call('GET', key_rate) or now_us)
-  if tat < now_us then tat = now_us end
-  key_tat = tat + key_interval
-  local allow_at = key_tat - key_burst * key_interval
+  local allow_at
+  key_tat, allow_at = gcra(key_rate, key_interval, key_burst)
   if now_us < allow_at then return {1, 0, allow_at - now_us} end
 end
 for i = 0, n - 1 do
