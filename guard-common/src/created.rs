@@ -1,6 +1,7 @@
 //! Files the guarded service created: in `lsm/file_open` where BPF LSM works (the file being
-//! opened), else on the way out of `openat`/`openat2` (a guarded task's new fd looked up in its
-//! fd table); when the open created the file (`FMODE_CREATED` in the file's `f_mode`) its inode
+//! opened), else in a kprobe on `security_file_open` where the kernel has kprobes (the same
+//! file, at the same point), else on the way out of `openat`/`openat2` (a guarded task's new fd
+//! looked up in its fd table); when the open created the file (`FMODE_CREATED` in the file's `f_mode`) its inode
 //! and device are sent to user space. The daemon's fix mode takes
 //! that as proof that the file is the service's own (owner alone is not: many services run as
 //! root, and so do the tools whose files share /tmp with them).
@@ -11,6 +12,12 @@ pub const PROG_CREATED_OPENAT: &str = "created_openat";
 pub const PROG_CREATED_OPENAT2: &str = "created_openat2";
 /// The LSM program, attached instead of the two tracepoints where BPF LSM works.
 pub const PROG_CREATED_FILE_OPEN: &str = "created_file_open";
+/// The kprobe, attached instead of the two tracepoints where the kernel has kprobes: it runs for
+/// opens only, where a syscall tracepoint puts every syscall of every task on the traced path.
+pub const PROG_CREATED_OPEN_PROBE: &str = "created_open_probe";
+/// The function it probes: `int security_file_open(struct file *file)`, which the LSM hook's
+/// callers go through (`do_dentry_open`), with `FMODE_CREATED` already in `f_mode`.
+pub const CREATED_PROBE_FUNCTION: &str = "security_file_open";
 
 /// `Array` of one [`CreatedConfig`].
 pub const MAP_CREATED_CONFIG: &str = "CREATED_CONFIG";

@@ -1,20 +1,25 @@
 //! Files the guarded service created (see `guard_common::created`). Where BPF LSM works,
-//! `lsm/file_open` judges the `struct file` being opened; elsewhere tracepoints on the exit of
-//! `openat` and `openat2` read the new fd's `struct file` from the task's fd table (a tracepoint
-//! needs a perf event, which `perf_event_paranoid` 3 refuses without CAP_SYS_ADMIN; an LSM link
-//! does not). User space attaches one family or the other, never both. Either way, for a guarded
+//! `lsm/file_open` judges the `struct file` being opened; where it does not but the kernel has
+//! kprobes, a kprobe on `security_file_open` judges the same `struct file` at the same point;
+//! elsewhere tracepoints on the exit of `openat` and `openat2` read the new fd's `struct file`
+//! from the task's fd table. The kprobe and the tracepoints need a perf event, which
+//! `perf_event_paranoid` 3 refuses without CAP_SYS_ADMIN; an LSM link does not. The kprobe runs
+//! for opens only; a syscall tracepoint puts every syscall of every task on the kernel's traced
+//! path. User space attaches one of the three, never two, and only in fix mode (its one
+//! consumer). Either way, for a guarded
 //! task, when `FMODE_CREATED` is set the open made the file, and its inode and device go to user
 //! space. Opens of existing files, even with `O_CREAT`, send nothing.
 //!
 //! Not seen: `mknod`, files made by a rename or a link, and tasks that joined the service in the
 //! last 250 ms (user space refreshes the guarded set on that tick). The tracepoints also miss the
-//! legacy `open(2)` and `creat(2)` syscalls and `io_uring` opens, which the LSM hook sees.
+//! legacy `open(2)` and `creat(2)` syscalls and `io_uring` opens, which the LSM hook and the
+//! kprobe see.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{lsm, map, tracepoint},
+    macros::{kprobe, lsm, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::{LsmContext, TracePointContext},
+    programs::{LsmContext, ProbeContext, TracePointContext},
 };
 use guard_common::created::{
     CreatedConfig, CreatedEvent, CREATED_EVENTS_BYTES, STAT_COUNT, STAT_EVENTS_LOST, STAT_RECORDED,
@@ -22,7 +27,7 @@ use guard_common::created::{
 
 use crate::{
     environ::guarded_tgid,
-    kmem::{current_task, kernel_ptr, kernel_u32, lsm_arg0, tp_long},
+    kmem::{current_task, kernel_ptr, kernel_u32, lsm_arg0, probe_arg, tp_long},
     stats::bump,
 };
 
@@ -53,18 +58,33 @@ pub fn created_openat2(ctx: TracePointContext) -> u32 {
 /// here (`lookup_open` sets it before `do_open` reaches `security_file_open`).
 #[lsm(hook = "file_open")]
 pub fn created_file_open(ctx: LsmContext) -> i32 {
+    on_file_open(lsm_arg0(&ctx));
+    0
+}
+
+/// `int security_file_open(struct file *file)`: the LSM hook's caller, so the same file at the
+/// same point, for kernels with kprobes but no BPF LSM.
+#[kprobe]
+pub fn created_open_probe(ctx: ProbeContext) -> u32 {
+    on_file_open(probe_arg(&ctx, 0));
+    0
+}
+
+/// An ordinary open by a task that is not the service's leaves after a helper call and a hash
+/// lookup.
+#[inline(always)]
+fn on_file_open(file: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(tgid) = guarded_tgid(pid_tgid as u32) else {
-        return 0;
+        return;
     };
     let Some(config) = CREATED_CONFIG.get(0) else {
-        return 0;
+        return;
     };
     if config.file_mode == 0 {
-        return 0;
+        return;
     }
-    report_if_created(config, lsm_arg0(&ctx), tgid, pid_tgid);
-    0
+    report_if_created(config, file, tgid, pid_tgid);
 }
 
 // Inlined, as in the environ programs: a subprogram returning nothing may leave a stack pointer

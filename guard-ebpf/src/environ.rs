@@ -12,7 +12,7 @@
 //!   which counts when it is a guarded task's directory on a procfs. The record's fields are
 //!   plain context loads; eight bytes of the path are read first, and only a path starting
 //!   `/proc/` or an `environ` is copied whole, so an ordinary open leaves after one helper call
-//!   (an 8-byte user read). `tracepoint_floor`, an empty program, is the benchmark's floor.
+//!   (a plain 8-byte user copy, not a string read). `tracepoint_floor`, an empty program, is the benchmark's floor.
 //!
 //! Known gaps of the path tracepoints (the LSM program and the open probe have none of them, as
 //! they see the opened file, not the text of a path):
@@ -50,7 +50,9 @@ use guard_common::{
 };
 
 use crate::{
-    kmem::{current_task, kernel_ptr, kernel_str, kernel_u32, lsm_arg0, tp_long, user_str},
+    kmem::{
+        current_task, kernel_ptr, kernel_str, kernel_u32, lsm_arg0, tp_long, user_str, user_u64,
+    },
     stats::bump,
 };
 
@@ -108,12 +110,13 @@ pub fn guarded_tgid(task: u32) -> Option<u32> {
 fn on_enter(ctx: &TracePointContext) {
     // Almost every open on the host ends here, after an 8-byte read: only `/proc/...` and a
     // relative `environ` can name an environ file the way `classify` reads paths.
+    // A plain 8-byte copy, not a string read: a path that can match is at least eight bytes
+    // long (`environ\0`, `/proc/N/...`), so one that ends within them, next to an unmapped
+    // page, fails the copy and could not have matched anyway.
     let filename = tp_long(ctx, TP_FILENAME) as u64;
-    let mut head = [0u8; 8];
-    if !user_str(filename, &mut head) {
+    let Some(word) = user_u64(filename) else {
         return;
-    }
-    let word = u64::from_le_bytes(head);
+    };
     if word & HEAD_PROC_MASK != HEAD_PROC && word != HEAD_ENVIRON {
         return;
     }

@@ -8,7 +8,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     programs::{LsmContext, ProbeContext, TracePointContext},
     EbpfContext,
@@ -28,6 +28,15 @@ pub fn tp_long(ctx: &TracePointContext, offset: usize) -> i64 {
 pub fn user_str(ptr: u64, buf: &mut [u8]) -> bool {
     // SAFETY: the helper checks the user address and writes at most `buf.len()` bytes.
     unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, buf) }.is_ok()
+}
+
+/// The first eight bytes at the user address `ptr`, or `None` where they are not all readable.
+/// A plain copy, not a string read: it neither looks for the NUL nor zeroes the rest, so it is
+/// the cheaper helper for a fixed-size head.
+#[inline(always)]
+pub fn user_u64(ptr: u64) -> Option<u64> {
+    // SAFETY: the helper checks the user address and copies exactly eight bytes.
+    unsafe { bpf_probe_read_user(ptr as *const u64) }.ok()
 }
 
 /// The LSM hook's first argument (`struct file *` for `file_open`).

@@ -95,7 +95,7 @@ fn another_process_reading_the_environ_makes_exactly_one_event() {
             "{tier}"
         );
         assert!(detail.contains("detected, not denied"), "{detail}");
-        // The environ pair; the created-files record adds its own pair on the exits.
+        // The environ pair alone: the created-files record is not attached in report mode.
         let environ_tracepoints = daemon.ready["programs"]
             .as_array()
             .unwrap()
@@ -109,6 +109,17 @@ fn another_process_reading_the_environ_makes_exactly_one_event() {
             .count();
         assert_eq!(environ_tracepoints, 2, "{hooks:?}");
     }
+    // The default `temp_files = "report"` has no use for the created-files record: none of its
+    // programs is attached, and `status` says why.
+    assert_eq!(record_hooks(&daemon.ready), Vec::<String>::new());
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["created_files"], Value::Null, "{status}");
+    assert!(
+        status["created_files_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("temp_files = \"report\"")),
+        "{status}"
+    );
     wait_guarded(&daemon, target);
 
     // The process reading its own environ is its own, low-severity kind.
@@ -381,10 +392,7 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
         created["available"] == true,
         created["detail"].as_str().unwrap_or_default(),
     );
-    // Where BPF LSM is active the record needs no perf event (Debian refuses those to the
-    // shipped unit): the LSM hook keeps it, and the tracepoints only where LSM is not.
-    let (lsm, _) = lsm_available(&daemon);
-    let mechanism = if lsm { "lsm/file_open" } else { "tracepoints" };
+    let (mechanism, want) = record_mechanism(&daemon);
     if recorded {
         let detail = created["detail"].as_str().unwrap_or_default();
         assert!(
@@ -457,28 +465,147 @@ fn the_daemons_fix_mode_changes_only_the_services_own_files_in_a_shared_temp_dir
             .unwrap();
         let status: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(status["created_files"], mechanism, "{status}");
-        let hooks: Vec<&str> = status["programs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| {
-                p["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("created_"))
-            })
-            .filter_map(|p| p["hook"].as_str())
-            .collect();
-        let want: &[&str] = if lsm {
-            &["lsm/file_open"]
-        } else {
-            &["tracepoint", "tracepoint"]
-        };
-        assert_eq!(hooks, want, "{status}");
+        assert_eq!(record_hooks(&status), want, "{status}");
         let record = &status["counters"]["created_files"];
         assert!(record["recorded"].as_u64() >= Some(1), "{status}");
         assert!(record["tracked"].as_u64() >= Some(1), "{status}");
         assert_eq!(record["evicted"], 0, "{status}");
     }
+}
+
+/// The hooks of the created-files record's programs in a `ready` or `status` record.
+fn record_hooks(record: &Value) -> Vec<String> {
+    record["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("created_"))
+        })
+        .filter_map(|p| p["hook"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// How the created-files record is kept on this kernel at `tier = "auto"`, as `status` names it,
+/// and its programs' hooks: where BPF LSM is active the LSM hook (it needs no perf event, which
+/// Debian refuses to the shipped unit), else a kprobe on `security_file_open` where the kernel
+/// has kprobes (only opens pay for it), else the `openat` exit tracepoints.
+fn record_mechanism(daemon: &Daemon) -> (&'static str, Vec<String>) {
+    let (lsm, _) = lsm_available(daemon);
+    let kprobes = daemon.ready["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "kprobes" && f["available"] == true);
+    let (mechanism, hooks): (_, &[&str]) = if lsm {
+        ("lsm/file_open", &["lsm/file_open"])
+    } else if kprobes {
+        ("kprobe/security_file_open", &["kprobe"])
+    } else {
+        ("tracepoints", &["tracepoint", "tracepoint"])
+    };
+    (mechanism, hooks.iter().map(|h| h.to_string()).collect())
+}
+
+/// The pinned links of the created-files record's programs under the daemon's pin directory.
+fn record_links(pin_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(pin_dir.join("links"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("created_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fix mode is the record's one consumer: a reload into fix mode attaches it (pinned), and the
+/// file the service then creates is fixed; a reload back to report mode detaches it, and
+/// `status` says so each time; a restart in report mode over a fix-mode daemon's pins drops the
+/// record's.
+#[test]
+fn the_created_files_record_follows_fix_mode_across_reloads() {
+    require_root();
+    let guarded = GuardedProcess::start(
+        "watch-reload",
+        "while [ ! -e go ]; do sleep 0.1; done; \
+         printf 'api_key: x\\n' > made.yaml; chmod 644 made.yaml; exec sleep 600",
+    );
+    let with_mode = |mode: &str| {
+        format!(
+            "{}temp_dirs = [\"$TMPDIR\"]\ntemp_files = \"{mode}\"\naudit_interval_secs = 1\n",
+            config(&guarded.cgroup.relative)
+        )
+    };
+    let mut daemon = Daemon::start(&with_mode("report"));
+    let (mechanism, want) = record_mechanism(&daemon);
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["created_files"], Value::Null, "{status}");
+    assert_eq!(record_hooks(&status), Vec::<String>::new(), "{status}");
+    assert_eq!(record_links(&daemon.pin_dir), Vec::<String>::new());
+
+    let reloaded = daemon.reload_with(&with_mode("fix"));
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    let status = daemon.cli_json(&["status"]);
+    let detail = status["created_files_detail"].as_str().unwrap_or_default();
+    if !feature_or_skip(
+        "the_created_files_record_follows_fix_mode_across_reloads",
+        "created-files",
+        status["created_files"].is_string(),
+        detail,
+    ) {
+        return;
+    }
+    assert_eq!(status["created_files"], mechanism, "{status}");
+    assert_eq!(record_hooks(&status), want, "{status}");
+    assert_eq!(record_links(&daemon.pin_dir).len(), want.len());
+    assert!(
+        detail.ends_with(&format!("recorded by {mechanism}")),
+        "{status}"
+    );
+
+    // The record works: the service's new file is fixed, and the kernel reported its creation.
+    wait_guarded(&daemon, guarded.pid());
+    std::fs::write(guarded.path("go"), "").unwrap();
+    let made = guarded.path("made.yaml");
+    assert!(
+        eventually(patience(), || made.exists() && mode(&made) == 0o600),
+        "the file the service created was not fixed"
+    );
+    let recorded = eventually(patience(), || {
+        daemon.cli_json(&["status"])["counters"]["created_files"]["recorded"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    assert!(recorded, "no creation was recorded");
+
+    let reloaded = daemon.reload_with(&with_mode("report"));
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["created_files"], Value::Null, "{status}");
+    assert_eq!(record_hooks(&status), Vec::<String>::new(), "{status}");
+    assert_eq!(record_links(&daemon.pin_dir), Vec::<String>::new());
+    assert!(
+        status["created_files_detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("temp_files = \"report\"")),
+        "{status}"
+    );
+
+    // Fix mode again, then a crash: the record stays pinned (attached); a daemon that starts in
+    // report mode on those pins detaches it.
+    let reloaded = daemon.reload_with(&with_mode("fix"));
+    assert_eq!(reloaded["kind"], "reloaded", "{reloaded}");
+    assert_eq!(record_links(&daemon.pin_dir).len(), want.len());
+    let pin_dir = daemon.pin_dir.clone();
+    daemon.kill_hard();
+    assert_eq!(record_links(&pin_dir).len(), want.len());
+    let restarted = Daemon::start_full(&with_mode("report"), &[], None, pin_dir.clone());
+    assert_eq!(record_hooks(&restarted.ready), Vec::<String>::new());
+    assert_eq!(record_links(&pin_dir), Vec::<String>::new());
+    drop(restarted);
 }
 
 /// `cat` run as a separate process, returning its pid and whether it could read the file.
@@ -852,7 +979,10 @@ fn the_open_probe_catches_every_spelling_with_the_openers_identity() {
 /// The watch's cost on an ordinary open, in the tier this kernel gives `tier = "probe"` (the open
 /// probe in the VM, the path tracepoints here): an open/close loop of a plain file without the
 /// programs and with them attached and pinned (the daemon killed, so its rescans do not compete),
-/// interleaved over three rounds, the best of each kept. The figures are printed for whoever
+/// interleaved over three rounds, the best of each kept. The daemon runs in fix mode, so the
+/// created-files record is attached too (at `tier = "probe"` it starts at the kprobe, as on a
+/// kernel with kprobes and no BPF LSM); with its links then unpinned, what is left is the
+/// default config's (report mode: the environ tier alone). The figures are printed for whoever
 /// reads the log (`cargo xtask bench-watch` is the benchmark proper, on the host); what is
 /// asserted is only that the programs were attached while the loop ran.
 #[test]
@@ -870,15 +1000,23 @@ fn the_open_loop_cost_of_the_watch_is_printed() {
         started.elapsed()
     };
     let config = format!(
-        "{}tier = \"probe\"\ntemp_dirs = []\n",
+        "{}tier = \"probe\"\ntemp_dirs = []\ntemp_files = \"fix\"\n",
         config(&guarded.cgroup.relative)
     );
     let (mut without, mut with, mut environ_only) = (Vec::new(), Vec::new(), Vec::new());
-    let mut tier = String::new();
+    let (mut tier, mut record) = (String::new(), String::new());
     for _ in 0..3 {
         without.push(open_loop());
         let daemon = Daemon::start(&config);
         tier = watch_tier(&daemon);
+        record = daemon.ready["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "created-files")
+            .and_then(|f| f["detail"].as_str())
+            .unwrap_or("no created-files line")
+            .to_owned();
         let pin_dir = daemon.pin_dir.clone();
         daemon.kill_hard();
         let links: Vec<std::path::PathBuf> = std::fs::read_dir(pin_dir.join("links"))
@@ -928,10 +1066,12 @@ fn the_open_loop_cost_of_the_watch_is_printed() {
     use std::io::Write;
     let _ = writeln!(
         std::io::stdout(),
-        "\nenviron watch open/close cost: tier \"{}\", best of 3 rounds of {iterations}: {:.0} ns without; \
-         {:.0} ns with the watch and the created-files record (ratio {:.4}, {:+.1}%); \
-         {:.0} ns with the environ tier's programs alone (ratio {:.4}, {:+.1}%)",
+        "\nenviron watch open/close cost: tier \"{}\", created-files record \"{}\", best of 3 rounds of \
+         {iterations}: {:.0} ns without; \
+         {:.0} ns with the watch and the created-files record, fix mode (ratio {:.4}, {:+.1}%); \
+         {:.0} ns with the environ tier's programs alone, report mode (ratio {:.4}, {:+.1}%)",
         tier.split(':').next().unwrap_or_default(),
+        record,
         per_open(base),
         per_open(best(&with)),
         ratio(best(&with)),

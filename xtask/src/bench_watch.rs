@@ -28,20 +28,22 @@ use serde_json::{json, Value};
 /// Rounds per condition; the fastest round of each counts, which filters out a noisy neighbour.
 const ROUNDS: usize = 3;
 
-/// Runs the benchmark at the strongest tier the kernel allows ([`run_tier`] with `auto`).
+/// Runs the benchmark at the strongest tier the kernel allows, with the default config's
+/// `temp_files = "report"` ([`run_tier`] with `auto` and `report`).
 pub fn run(proxyguard: &Path, iterations: u64) -> Result<Value> {
-    run_tier(proxyguard, iterations, "auto")
+    run_tier(proxyguard, iterations, "auto", "report")
 }
 
-/// Runs the benchmark with the `proxyguard` binary at `proxyguard`, `[watch] tier = tier`, and
-/// returns its JSON report: iterations, the best time per condition, the slowdown ratio against
-/// the tier's target, and what was attached.
-pub fn run_tier(proxyguard: &Path, iterations: u64, tier: &str) -> Result<Value> {
+/// Runs the benchmark with the `proxyguard` binary at `proxyguard`, `[watch] tier = tier` and
+/// `temp_files = temp_files` (`fix` adds the created-files record's programs, which only fix
+/// mode attaches), and returns its JSON report: iterations, the best time per condition, the
+/// slowdown ratio against the tier's target, and what was attached.
+pub fn run_tier(proxyguard: &Path, iterations: u64, tier: &str, temp_files: &str) -> Result<Value> {
     let scratch = std::env::temp_dir().join(format!("pg-bench-watch-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).context("create the benchmark's scratch directory")?;
     let target = scratch.join("opened");
     std::fs::write(&target, b"x")?;
-    let config = write_config(&scratch, tier)?;
+    let config = write_config(&scratch, tier, temp_files)?;
 
     let object = crate::build::ebpf_object(proxyguard.parent().unwrap_or(Path::new(".")))?;
     let result = (|| {
@@ -109,6 +111,7 @@ pub fn run_tier(proxyguard: &Path, iterations: u64, tier: &str) -> Result<Value>
         "benchmark": "environ_watch_openat_overhead",
         "tier": in_use.split(':').next().unwrap_or_default(),
         "tier_detail": in_use,
+        "temp_files": temp_files,
         "iterations": iterations,
         "rounds": ROUNDS,
         "without_ns_per_open": per_open(base),
@@ -193,14 +196,15 @@ fn thread_cpu() -> Result<Duration> {
 
 /// A config with only the environ watch on. The guarded executable does not run: every open is
 /// judged and none matches, which is the common case the overhead is about.
-fn write_config(dir: &Path, tier: &str) -> Result<PathBuf> {
+fn write_config(dir: &Path, tier: &str, temp_files: &str) -> Result<PathBuf> {
     let path = dir.join("proxyguard.toml");
     let text = format!(
         "[kernel]\npin_dir = \"/sys/fs/bpf/pg-bench-watch-{pid}\"\n\n\
          [control]\nsocket = \"{sock}\"\n\n\
          [guarded]\nexe = \"/nonexistent/pg-bench-guarded\"\n\n\
          [bind]\nenabled = false\n\n[xdp]\nenabled = false\n\n[egress]\nenabled = false\n\n\
-         [watch]\nmode = \"monitor\"\ntier = \"{tier}\"\ntemp_dirs = []\n\n[log]\nformat = \"json\"\n",
+         [watch]\nmode = \"monitor\"\ntier = \"{tier}\"\ntemp_dirs = []\ntemp_files = \"{temp_files}\"\n\n\
+         [log]\nformat = \"json\"\n",
         pid = std::process::id(),
         sock = dir.join("control.sock").display(),
     );
@@ -210,7 +214,7 @@ fn write_config(dir: &Path, tier: &str) -> Result<PathBuf> {
 
 struct Daemon {
     child: Child,
-    /// Hooks of the environ programs it attached.
+    /// Hooks of the environ watch's and the created-files record's programs it attached.
     programs: Vec<String>,
     /// Every tracepoint its programs attached to (the environ watch's and the created-files
     /// record's), as `category/name`: where the floor is attached.
@@ -254,7 +258,7 @@ impl Daemon {
             .filter(|p| {
                 p["name"]
                     .as_str()
-                    .is_some_and(|n| n.starts_with("environ_"))
+                    .is_some_and(|n| n.starts_with("environ_") || n.starts_with("created_"))
             })
             .filter_map(|p| {
                 p["hook"]

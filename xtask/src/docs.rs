@@ -24,7 +24,9 @@ saying what it does: exactly what `proxyguard config init` writes.
   An invalid file is refused and the previous config stays in force. Kernel maps are updated in
   place in a fixed order (bind, xdp, watch, egress); if the kernel refuses a write, every map
   already written gets its old content back, the proxy keeps its old settings, and the reload
-  reports the error. Which interfaces and hooks are attached changes only with a restart.
+  reports the error. Which interfaces and hooks are attached changes only with a restart, but
+  for the created-files record, which a reload attaches or detaches as `[watch] temp_files`
+  turns fix mode on or off.
 - `keys` and `egress` edits lock the file (a sibling `.NAME.lock`) from read to write, so edits
   run at the same moment never lose one another.
 

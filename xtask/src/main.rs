@@ -107,6 +107,14 @@ enum Command {
         /// Open/close pairs per round.
         #[arg(long, default_value_t = 1_000_000)]
         iterations: u64,
+        /// `[watch] temp_files`: report (the default config) or fix (adds the created-files
+        /// record, which only fix mode attaches).
+        #[arg(long, default_value = "report")]
+        temp_files: String,
+        /// Time this proxyguard binary (with its eBPF object under `DIR/build/proxyguard-*/out`)
+        /// instead of building the workspace's: an earlier build, for a before/after pair.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Boot Debian's kernel under QEMU (TCG, BPF LSM on) and run every privileged test inside.
     VmTest {
@@ -227,9 +235,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             summary.into_result()
         }
-        Command::BenchWatch { tier, iterations } => {
-            build::workspace(false)?;
-            let figures = bench_watch::run_tier(&build::proxyguard_binary(), iterations, &tier)?;
+        Command::BenchWatch {
+            tier,
+            iterations,
+            temp_files,
+            binary,
+        } => {
+            let binary = match binary {
+                Some(binary) => binary,
+                None => {
+                    build::workspace(false)?;
+                    build::proxyguard_binary()
+                }
+            };
+            let figures = bench_watch::run_tier(&binary, iterations, &tier, &temp_files)?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }

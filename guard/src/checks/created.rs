@@ -55,9 +55,10 @@ fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(guard.get_or_insert_with(Registry::default))
 }
 
-/// The kernel programs are attached: from now on the record is evidence.
-pub fn activate() {
-    with(|r| r.active = true);
+/// Whether the kernel programs are attached: while they are, the record is evidence. Set at
+/// start, and again when a reload attaches or detaches them (fix mode turned on or off).
+pub fn set_active(active: bool) {
+    with(|r| r.active = active);
 }
 
 /// Whether there is a record to consult (the daemon, with the kernel programs attached).

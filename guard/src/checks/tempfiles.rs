@@ -243,7 +243,7 @@ fn judge(
              its private temp dir, {})",
             match scope.evidence.history() {
                 History::Kernel if super::created::active() => "not recorded as created by it",
-                History::Kernel => "and the created-files record is off on this kernel",
+                History::Kernel => "and the created-files record is off (`status` says why)",
                 History::None => "and a one-shot check has no record of the files it created",
             }
         ));

@@ -294,6 +294,7 @@ fn status(
         "guarded": guarded,
         "guarded_pids": guarded_pids,
         "created_files": kernel.and_then(Kernel::created_files),
+        "created_files_detail": kernel.and_then(Kernel::created_files_detail),
         "environ_watch": kernel.and_then(Kernel::environ_watch),
         "xdp": super::status::xdp_fields(config, kernel),
         "egress": super::status::egress_fields(config, kernel),

@@ -161,8 +161,13 @@ fn render(status: &Value) -> String {
         let pids: Vec<String> = pids.iter().map(Value::to_string).collect();
         out.push_str(&format!("\nguarded processes: {}\n", pids.join(", ")));
     }
-    if let Some(mechanism) = status["created_files"].as_str() {
-        out.push_str(&format!("\ncreated-files record: {mechanism}\n"));
+    match (
+        status["created_files"].as_str(),
+        status["created_files_detail"].as_str(),
+    ) {
+        (Some(mechanism), _) => out.push_str(&format!("\ncreated-files record: {mechanism}\n")),
+        (None, Some(why)) => out.push_str(&format!("\ncreated-files record: off ({why})\n")),
+        (None, None) => {}
     }
     if let Some(xdp) = status["xdp"].as_object() {
         let names: Vec<&str> = xdp["names"]
@@ -273,8 +278,15 @@ mod tests {
     fn the_created_files_mechanism_is_shown_when_the_record_is_on() {
         let on = serde_json::json!({ "created_files": "lsm/file_open" });
         assert!(render(&on).contains("\ncreated-files record: lsm/file_open\n"));
-        let off = serde_json::json!({ "created_files": null });
-        assert!(!render(&off).contains("created-files record"));
+        // Off with a reason (fix mode off, or every hook refused): the reason is shown.
+        let off = serde_json::json!({ "created_files": null,
+            "created_files_detail": "not attached: [watch] temp_files = \"report\" does not use it" });
+        assert!(render(&off).contains(
+            "\ncreated-files record: off (not attached: [watch] temp_files = \"report\" does not use it)\n"
+        ));
+        // No environ watch, no line.
+        let none = serde_json::json!({ "created_files": null });
+        assert!(!render(&none).contains("created-files record"));
     }
 
     #[test]

@@ -69,9 +69,12 @@ pub fn attach_file_open(
     attach_pinned(pins, name, "lsm/file_open", target, mode, || {
         let btf = Btf::from_sys_fs().map_err(|source| KernelError::Btf { source })?;
         let program: &mut Lsm = super::program(ebpf, name)?;
-        program
-            .load(target, &btf)
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        // Loaded already when a reload attaches the program again after detaching it.
+        if program.fd().is_err() {
+            program
+                .load(target, &btf)
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+        }
         let id = program.attach().map_err(|source| KernelError::Attach {
             name,
             target: target.into(),
@@ -172,13 +175,24 @@ pub fn tier_feature(tier: Tier, why_not: &[String]) -> super::Feature {
 /// Attaches the kprobe on `environ_open` (detection only), pinned, or adopts the pinned one.
 /// Another object's is replaced as the tracepoints are.
 pub fn attach_open_probe(ebpf: &mut Ebpf, pins: &PinDir) -> Result<AttachedProgram, KernelError> {
-    let name = PROG_ENVIRON_OPEN_PROBE;
-    let target = OPEN_PROBE_FUNCTION;
+    attach_kprobe(ebpf, pins, PROG_ENVIRON_OPEN_PROBE, OPEN_PROBE_FUNCTION)
+}
+
+/// Attaches the kprobe program `name` on the kernel function `target` (detection only), pinned,
+/// or adopts or replaces the pinned one as [`attach_open_probe`] says.
+pub fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    name: &'static str,
+    target: &'static str,
+) -> Result<AttachedProgram, KernelError> {
     attach_pinned(pins, name, "kprobe", target, "detect", || {
         let program: &mut KProbe = super::program(ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| KernelError::LoadProgram { name, source })?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| KernelError::LoadProgram { name, source })?;
+        }
         let id = program
             .attach(target, 0)
             .map_err(|source| KernelError::Attach {
@@ -220,9 +234,11 @@ pub fn attach_tracepoint_list(
             "detect",
             || {
                 let program: &mut TracePoint = super::program(ebpf, name)?;
-                program
-                    .load()
-                    .map_err(|source| KernelError::LoadProgram { name, source })?;
+                if program.fd().is_err() {
+                    program
+                        .load()
+                        .map_err(|source| KernelError::LoadProgram { name, source })?;
+                }
                 let id =
                     program
                         .attach("syscalls", event)

@@ -68,6 +68,15 @@ pub(super) struct Refresh<'a> {
     pub guarded_changed: bool,
 }
 
+/// What a family sees when a reload's maps are in place and its settings may attach or detach
+/// programs (the created-files record follows fix mode).
+pub(super) struct Reattach<'a> {
+    pub ebpf: &'a mut Ebpf,
+    pub pins: &'a PinDir,
+    pub programs: &'a mut Vec<AttachedProgram>,
+    pub features: &'a mut Vec<Feature>,
+}
+
 /// Every family's counters, summed over CPUs, by family name (`bind`, `xdp`, ...): the names
 /// `status` and `/metrics` show.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -135,6 +144,12 @@ pub(super) trait Family: Send + 'static {
 
     fn commit(&mut self, pending: Self::Pending);
 
+    /// After a reload's maps are written: attaches or detaches what a setting of the new config
+    /// turns on or off. Most attachments change only with a restart, so the default does
+    /// nothing. A refusal here leaves the reload in force; the family says so in its feature
+    /// line.
+    fn reattach(&mut self, _section: &Self::Section<'_>, _cx: &mut Reattach<'_>) {}
+
     /// What the maps would hold for `section` alone, with nothing resolved or found on the host
     /// yet: what the capacity check (`capacity.rs`) measures before anything runs.
     fn config_plan(section: &Self::Section<'_>) -> maps::Plan;
@@ -160,6 +175,7 @@ pub(super) trait Entry: Send {
     fn config_plan(&self, config: &Config) -> maps::Plan;
     /// After a reload's write: keeps what [`Entry::plan`] planned when `written`, else drops it.
     fn settle(&mut self, written: bool);
+    fn reattach(&mut self, config: &Config, cx: &mut Reattach<'_>);
     fn refresh(&mut self, config: &Config, cx: &mut Refresh<'_>) -> Result<(), KernelError>;
     fn counters(&self, ebpf: &Ebpf, out: &mut Counters) -> Result<(), KernelError>;
     fn as_any(&self) -> &dyn Any;
@@ -206,6 +222,10 @@ impl<F: Family> Entry for Slot<F> {
             self.family.commit(pending);
         }
         self.pending = None;
+    }
+
+    fn reattach(&mut self, config: &Config, cx: &mut Reattach<'_>) {
+        self.family.reattach(&F::section(config), cx)
     }
 
     fn refresh(&mut self, config: &Config, cx: &mut Refresh<'_>) -> Result<(), KernelError> {

@@ -248,7 +248,9 @@ impl Kernel {
     /// table's order (bind, egress, upstream guard, xdp, watch); when the kernel refuses a write,
     /// every map written so far gets its old content back and the error is returned, so the old
     /// config stays in force (and every family keeps what it last wrote).
-    /// Attachments themselves (which interfaces, which hooks) change only with a restart.
+    /// Attachments themselves (which interfaces, which hooks) change only with a restart, but
+    /// for those a family follows once the maps are written (the created-files record, which
+    /// fix mode turns on and off).
     pub fn apply(&mut self, config: &Config) -> Result<(), KernelError> {
         let host = family::Host {
             root: self.cgroup_root.as_deref(),
@@ -262,13 +264,33 @@ impl Kernel {
         for family in &mut self.families {
             family.settle(outcome.is_ok());
         }
+        if outcome.is_ok() {
+            for family in &mut self.families {
+                let mut cx = family::Reattach {
+                    ebpf: &mut self.ebpf,
+                    pins: &self.pins,
+                    programs: &mut self.programs,
+                    features: &mut self.features,
+                };
+                family.reattach(config, &mut cx);
+            }
+        }
         outcome
     }
 
-    /// How the created-files record is kept (`lsm/file_open` or `tracepoints`), or `None` when
-    /// it is off.
+    /// How the created-files record is kept (`lsm/file_open`, `kprobe/security_file_open` or
+    /// `tracepoints`), or `None` when it is off.
     pub fn created_files(&self) -> Option<&'static str> {
         created::Mechanism::of(&self.programs).map(created::Mechanism::as_str)
+    }
+
+    /// The `created-files` feature line: how files are recorded, or why they are not (fix mode
+    /// off, or the kernel refused every hook), when the environ watch runs.
+    pub fn created_files_detail(&self) -> Option<&str> {
+        self.features
+            .iter()
+            .find(|f| f.name == created::FEATURE)
+            .map(|f| f.detail.as_str())
     }
 
     /// The environ watch's tier and why no stronger one runs (its `environ-watch` feature line),

@@ -1,9 +1,10 @@
 //! The environ watch as a program family: while `[watch]` is on and a guarded service is
 //! configured, it chooses its tier (LSM deny, else the open probe, else the path tracepoints,
-//! within `[watch] tier`), starts the created-files record beside it (which reads the watch's
-//! guarded task set), and keeps the guarded tasks and the allowed executables in the maps. A watch
-//! that cannot attach leaves the other families running. The programs and maps are in
-//! `environ.rs` and `created.rs`.
+//! within `[watch] tier`), starts the created-files record beside it when fix mode is on (which
+//! reads the watch's guarded task set; a reload attaches or detaches it as fix mode turns on or
+//! off), and keeps the guarded tasks and the allowed executables in the maps. A watch that cannot
+//! attach leaves the other families running. The programs and maps are in `environ.rs` and
+//! `created.rs`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,13 +18,16 @@ use super::{
     btf_offsets, cgroup, created,
     environ::{self, Tier, Watch},
     events,
-    family::{Family, Host, Refresh, Start, Started},
+    family::{Family, Host, Reattach, Refresh, Start, Started},
     maps,
     pins::PinDir,
     AttachedProgram, Counters, Feature, KernelError,
 };
 use crate::{
-    config::{watch::Tier as TierCap, Config, GuardedSection, WatchSection},
+    config::{
+        watch::{TempFiles, Tier as TierCap},
+        Config, GuardedSection, WatchSection,
+    },
     guarded_pids,
 };
 
@@ -31,8 +35,19 @@ use crate::{
 pub struct EnvironWatch {
     /// What the watch last wrote, when it is attached.
     watch: Option<Watch>,
-    /// Whether the created-files record is attached beside it.
-    created: bool,
+    /// What the created-files record needs to attach later (a reload into fix mode), when the
+    /// watch is attached.
+    record: Option<Record>,
+}
+
+/// The created-files record's side of the watch.
+struct Record {
+    /// The kernel offsets as the start read them (or why there are none).
+    offsets: Result<KernelOffsets, String>,
+    /// The hooks to try, best first (`created::Mechanism::order`).
+    order: Vec<created::Mechanism>,
+    /// Whether its programs are attached.
+    attached: bool,
 }
 
 /// What the watch reads: its section and the guarded service.
@@ -73,9 +88,9 @@ impl Family for EnvironWatch {
             return Ok(Vec::new());
         }
         match start_watch(cx.ebpf, cx.pins, section, cx.features) {
-            Ok((attached, watch)) => {
+            Ok((attached, watch, record)) => {
                 self.watch = Some(watch);
-                self.created = created::Mechanism::of(&attached).is_some();
+                self.record = Some(record);
                 Ok(attached)
             }
             Err(err) => {
@@ -93,8 +108,8 @@ impl Family for EnvironWatch {
                 MAP_ENVIRON_EVENTS,
                 events::environ_record
             ));
-        }
-        if self.created {
+            // Read while the watch runs, whether the record is attached now or only after a
+            // reload into fix mode (the ring can be taken once only); idle while it is off.
             out.push(created::EVENTS);
         }
         out
@@ -131,6 +146,33 @@ impl Family for EnvironWatch {
         )
     }
 
+    /// Attaches the created-files record when the new config turns fix mode on, detaches it
+    /// when it turns fix mode off. A record the kernel refuses leaves the reload in force (fix
+    /// mode then proves ownership by open files and private temp dirs only), as at start; the
+    /// `created-files` feature line says which.
+    fn reattach(&mut self, section: &Section<'_>, cx: &mut Reattach<'_>) {
+        let (Some(_), Some(record)) = (&self.watch, self.record.as_mut()) else {
+            return;
+        };
+        let wanted = section.watch.temp_files == TempFiles::Fix;
+        if wanted == record.attached {
+            return;
+        }
+        let line = if wanted {
+            let (programs, line) =
+                created::start(cx.ebpf, cx.pins, record.offsets.clone(), &record.order);
+            record.attached = !programs.is_empty();
+            cx.programs.extend(programs);
+            line
+        } else {
+            created::stop(cx.pins, cx.programs);
+            record.attached = false;
+            created::off_feature()
+        };
+        tracing::info!("created-files: {}", line.detail);
+        set_feature(cx.features, line);
+    }
+
     /// Re-reads the guarded tasks and the allowed executables' identities into the maps.
     fn refresh(&mut self, section: &Section<'_>, cx: &mut Refresh<'_>) -> Result<(), KernelError> {
         let Some(watch) = self.watch.as_mut() else {
@@ -147,21 +189,48 @@ impl Family for EnvironWatch {
     }
 }
 
-/// The environ watch, then the created-files record, which reads the watch's guarded task set.
+/// The environ watch, then (in fix mode, its one consumer) the created-files record, which reads
+/// the watch's guarded task set.
 fn start_watch(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     section: &Section<'_>,
     features: &mut Vec<Feature>,
-) -> Result<(Vec<AttachedProgram>, Watch), KernelError> {
+) -> Result<(Vec<AttachedProgram>, Watch, Record), KernelError> {
     // The offsets serve every layer: the LSM program, the tracepoints' dirfd resolution, and the
     // created-files programs' fd-table reads.
     let offsets = btf_offsets::environ_offsets(Path::new("/sys/kernel/btf/vmlinux"));
     let (mut programs, watch) = start_environ(ebpf, pins, section, features, offsets.clone())?;
     // After the environ watch, which turns `bpf-lsm` off when its own LSM program is refused.
-    let lsm_active = features.iter().any(|f| f.name == "bpf-lsm" && f.available);
-    programs.extend(created::start(ebpf, pins, offsets, lsm_active, features));
-    Ok((programs, watch))
+    let available = |name: &str| features.iter().any(|f| f.name == name && f.available);
+    let hooks = created::Hooks {
+        lsm: available("bpf-lsm"),
+        kprobes: available("kprobes"),
+    };
+    let mut record = Record {
+        offsets,
+        order: created::Mechanism::order(hooks, section.watch.tier),
+        attached: false,
+    };
+    let line = if section.watch.temp_files == TempFiles::Fix {
+        let (attached, line) = created::start(ebpf, pins, record.offsets.clone(), &record.order);
+        record.attached = !attached.is_empty();
+        programs.extend(attached);
+        line
+    } else {
+        // A pinned record of an earlier daemon in fix mode goes with the other stale links.
+        created::off_feature()
+    };
+    features.push(line);
+    Ok((programs, watch, record))
+}
+
+/// Puts `line` in place of the feature line of the same name, or adds it.
+fn set_feature(features: &mut Vec<Feature>, line: Feature) {
+    match features.iter_mut().find(|f| f.name == line.name) {
+        Some(old) => *old = line,
+        None => features.push(line),
+    }
 }
 
 /// Fills the environ maps, then attaches one tier: the LSM program where BPF LSM works (deny),
