@@ -76,3 +76,25 @@ impl FleetGauges {
             .set(fleet.changes.load(std::sync::atomic::Ordering::Relaxed) as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_call_histogram_is_exposed() {
+        let mut registry = Registry::with_prefix("proxyguard");
+        let _gauges = FleetGauges::register(&mut registry);
+        call_seconds().observe(0.000_12);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"proxyguard_fleet_call_seconds_bucket{le="+Inf"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("proxyguard_fleet_call_seconds_count 1"),
+            "{text}"
+        );
+    }
+}
