@@ -151,6 +151,10 @@ enum Command {
         /// Short phases (3 s, 3 rounds).
         #[arg(long)]
         quick: bool,
+        /// The fixed paced rates (req/s) the added latency is measured at, besides half of the
+        /// peak.
+        #[arg(long, value_delimiter = ',', default_values_t = [bench::fleet::LIGHT])]
+        rates: Vec<f64>,
     },
     /// Only the L7 part of `bench` (direct, proxyguard, nginx-as-guard; RSS; the soak); the
     /// figures also go to target/bench/l7.json.
@@ -266,8 +270,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("bench-gateway: figures in {}", path.display());
             Ok(())
         }
-        Command::BenchFleet { quick } => {
-            let figures = bench::fleet::run(quick)?;
+        Command::BenchFleet { quick, rates } => {
+            let figures = bench::fleet::run_with(quick, &rates)?;
             let path = build::target_dir().join("bench/fleet.json");
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
             std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;

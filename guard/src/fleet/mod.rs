@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use http::StatusCode;
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
-    IntoConnectionInfo, Script,
+    ErrorKind, IntoConnectionInfo, Script, ServerErrorKind,
 };
 use serde_json::{json, Value};
 use thread_local::ThreadLocal;
@@ -39,7 +39,7 @@ use crate::{
     proxy::{budget::policy::Policy, reject::Reject},
 };
 use breaker::{Breaker, BreakerState, Transition};
-use script::{Kind, Reserve, Windows};
+use script::{Client, Counter, Kind, Reserve, Window, Windows};
 
 /// How often the probe task tries an unreachable Redis, and how often key state is polled.
 const PROBE: Duration = Duration::from_secs(1);
@@ -172,10 +172,11 @@ impl Mode {
 /// How long a thread's settlements gather before they go to Redis in one call.
 const SETTLE_BATCH: Duration = Duration::from_millis(5);
 
-/// A thread's settlements not sent yet: the sum per counter.
+/// A thread's settlements not sent yet: the sum per key name and counter (their Redis keys are
+/// formatted once per batch, not once per answer).
 #[derive(Default)]
 struct Settling {
-    amounts: HashMap<String, f64>,
+    amounts: HashMap<(Arc<str>, Window), f64>,
     /// A task will send them.
     scheduled: bool,
 }
@@ -219,11 +220,11 @@ pub struct Fleet {
     since: Mutex<(String, String)>,
     /// What this instance admitted while Redis was unreachable, per key name: `(amount, ttl)` per
     /// counter, added to the shared counters when Redis answers again.
-    owed: Mutex<HashMap<String, Owed>>,
+    owed: Mutex<HashMap<Arc<str>, Owed>>,
 }
 
-/// A key's counts admitted apart: `(amount, ttl)` per Redis counter.
-type Owed = HashMap<String, (f64, u64)>;
+/// A key's counts admitted apart: `(amount, ttl)` per counter.
+type Owed = HashMap<Window, (f64, u64)>;
 
 fn unavailable() -> Reject {
     Reject::new(
@@ -336,34 +337,29 @@ impl Fleet {
         );
     }
 
-    /// Runs `windows` through the admit script, within the timeout.
-    async fn run(&self, windows: &Windows) -> Result<Answer, FleetError> {
+    /// Runs `windows` of key `name` through the admit script, within the timeout; the call's
+    /// time goes to `proxyguard_fleet_call_seconds`.
+    async fn run(&self, name: &str, windows: &Windows) -> Result<Answer, FleetError> {
         let Some(mut conn) = self.connection() else {
             return Err(FleetError::Timeout(0));
         };
-        let (keys, args) = windows.invocation();
-        let mut invocation = self.admit.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        for arg in &args {
-            invocation.arg(arg);
-        }
+        let cmd = windows.admit_command(self.admit.get_hash(), name);
         let timed_out = || FleetError::Timeout(self.settings.timeout.as_millis() as u64);
-        let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        let first = tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn)).await;
-        let answer: Vec<i64> = match first {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.settings.timeout;
+        let first = tokio::time::timeout_at(deadline, evalsha(&self.admit, &cmd, &mut conn)).await;
+        let answer = match first {
             // A thread's connection is used only by its own requests: after Redis came back,
             // its first call finds the old connection gone, and that call (which starts the
             // reconnect) is tried once more on the new one, within the same timeout. (A call
             // lost with its connection after Redis ran it counts twice: counts err high.)
             Ok(Err(err)) if err.is_io_error() || err.is_connection_dropped() => {
-                tokio::time::timeout_at(deadline, invocation.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| timed_out())??
+                tokio::time::timeout_at(deadline, evalsha(&self.admit, &cmd, &mut conn)).await
             }
-            answer => answer.map_err(|_| timed_out())??,
+            answer => answer,
         };
+        metrics::call_seconds().observe(started.elapsed().as_secs_f64());
+        let answer: Vec<i64> = answer.map_err(|_| timed_out())??;
         match answer.as_slice() {
             [0] => Ok(Answer::Admitted),
             [1, index, retry] => Ok(Answer::Key(*index as usize, (*retry).max(0) as u64)),
@@ -373,25 +369,26 @@ impl Fleet {
     }
 
     /// Checks and counts a request of key `name` (its `rate` and `policy`, and what it reserves)
-    /// and of client `prefix` (with the per-address `ip_rate`), in one call: one round trip.
+    /// and of `client` (with the per-address `rpm` and `burst`), in one call: one round trip.
     pub async fn admit(
         self: &Arc<Self>,
-        name: &str,
+        name: &Arc<str>,
         rate: Option<(u32, u32)>,
         policy: &Policy,
         reserve: Option<Reserve>,
-        ip: Option<(&str, u32, u32)>,
+        client: Option<(Client, u32, u32)>,
     ) -> Verdict {
         if self.breaker.state() != BreakerState::Closed {
             return Verdict::Unavailable(self.fallback());
         }
         let now = crate::proxy::budget::clock::now();
-        let mut windows = script::key_windows(name, rate, policy, reserve, now);
-        windows.address = ip.and_then(|(prefix, rpm, burst)| script::ip_rate(prefix, rpm, burst));
+        let mut windows = script::key_windows(rate, policy, reserve, now);
+        windows.address = client
+            .and_then(|(client, rpm, burst)| script::gcra(rpm, burst).map(|rate| (client, rate)));
         if windows.is_empty() {
             return Verdict::Shared(None);
         }
-        let answer = match self.run(&windows).await {
+        let answer = match self.run(name, &windows).await {
             Ok(answer) => answer,
             Err(err) => {
                 let why = err.to_string();
@@ -404,8 +401,8 @@ impl Fleet {
         match answer {
             Answer::Admitted => Verdict::Shared(reserve.map(|_| Reservation {
                 fleet: self.clone(),
-                reserved: windows.reserved(),
-                name: name.into(),
+                reserved: windows.counters,
+                name: name.clone(),
                 apart: false,
                 settled: false,
             })),
@@ -419,7 +416,7 @@ impl Fleet {
                 let kind = windows
                     .counters
                     .get(index - 1)
-                    .map_or(Kind::Requests, |c| c.kind);
+                    .map_or(Kind::Requests, |c| c.window.kind);
                 let (reason, what) = kind.refusal();
                 let retry = kind.retry(now);
                 let mut reject = Reject::new(
@@ -435,22 +432,27 @@ impl Fleet {
 
     /// A metered request admitted while Redis is unreachable (`local` or `allow`): its real usage
     /// is owed to the shared counters, and added when Redis answers again.
-    pub fn apart(self: &Arc<Self>, name: &str, policy: &Policy, reserve: Reserve) -> Reservation {
+    pub fn apart(
+        self: &Arc<Self>,
+        name: &Arc<str>,
+        policy: &Policy,
+        reserve: Reserve,
+    ) -> Reservation {
         let now = crate::proxy::budget::clock::now();
         Reservation {
             fleet: self.clone(),
-            reserved: script::key_windows(name, None, policy, Some(reserve), now).reserved(),
-            name: name.into(),
+            reserved: script::key_windows(None, policy, Some(reserve), now).counters,
+            name: name.clone(),
             apart: true,
             settled: false,
         }
     }
 
-    fn owe(&self, name: &str, amounts: impl IntoIterator<Item = (String, f64, u64)>) {
+    fn owe(&self, name: &Arc<str>, amounts: impl IntoIterator<Item = (Window, f64, u64)>) {
         let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = owed.entry(name.to_owned()).or_default();
-        for (key, amount, ttl) in amounts {
-            let slot = entry.entry(key).or_insert((0.0, ttl));
+        let entry = owed.entry(name.clone()).or_default();
+        for (window, amount, ttl) in amounts {
+            let slot = entry.entry(window).or_insert((0.0, ttl));
             slot.0 += amount;
             slot.1 = slot.1.max(ttl);
         }
@@ -464,9 +466,9 @@ impl Fleet {
             let windows = Windows::additions(
                 amounts
                     .iter()
-                    .map(|(key, (amount, ttl))| (key.clone(), *amount, *ttl)),
+                    .map(|(window, (amount, ttl))| (*window, *amount, *ttl)),
             );
-            match self.run(&windows).await {
+            match self.run(&name, &windows).await {
                 Ok(_) => tracing::info!(key = %name, "fleet: counts admitted while apart added"),
                 Err(err) => {
                     tracing::debug!(error = %err, "fleet: owed counts not added yet");
@@ -474,7 +476,7 @@ impl Fleet {
                         &name,
                         amounts
                             .into_iter()
-                            .map(|(key, (amount, ttl))| (key, amount, ttl)),
+                            .map(|(window, (amount, ttl))| (window, amount, ttl)),
                     );
                 }
             }
@@ -486,32 +488,38 @@ impl Fleet {
         unavailable()
     }
 
-    /// Adds each amount to its counter, in the background (off the request's path). The
-    /// settlements of one thread within `SETTLE_BATCH` go out together, summed per counter, in
-    /// one call: under load one call per batch, not one per answer.
-    fn spawn_adjust(&self, adjust: Vec<(String, f64)>) {
-        let adjust: Vec<(String, f64)> = adjust.into_iter().filter(|(_, d)| *d != 0.0).collect();
-        if adjust.is_empty() || self.breaker.state() != BreakerState::Closed {
+    /// Adds each amount to its counter of key `name`, in the background (off the request's
+    /// path). The settlements of one thread within `SETTLE_BATCH` go out together, summed per
+    /// counter, in one call: under load one call per batch, not one per answer.
+    fn spawn_adjust(&self, name: &Arc<str>, adjust: impl Iterator<Item = (Window, f64)>) {
+        if self.breaker.state() != BreakerState::Closed {
             return;
         }
-        // The runtime first: a connection is made on (and for) the runtime of this thread.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let mut adjust = adjust.filter(|(_, d)| *d != 0.0).peekable();
+        if adjust.peek().is_none() {
             return;
-        };
-        let Some(mut conn) = self.connection() else {
-            return;
-        };
-        let batch = self.settling.get_or_default().clone();
+        }
+        let batch = self.settling.get_or_default();
         {
             let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, amount) in adjust {
-                *pending.amounts.entry(key).or_default() += amount;
+            for (window, amount) in adjust {
+                *pending.amounts.entry((name.clone(), window)).or_default() += amount;
             }
             if pending.scheduled {
                 return;
             }
             pending.scheduled = true;
         }
+        // The runtime first: a connection is made on (and for) the runtime of this thread.
+        let (Ok(runtime), Some(mut conn)) =
+            (tokio::runtime::Handle::try_current(), self.connection())
+        else {
+            let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
+            pending.scheduled = false;
+            pending.amounts.clear();
+            return;
+        };
+        let batch = batch.clone();
         let script = self.adjust.clone();
         let timeout = self.settings.timeout * 10;
         runtime.spawn(async move {
@@ -521,11 +529,16 @@ impl Fleet {
                 pending.scheduled = false;
                 std::mem::take(&mut pending.amounts)
             };
-            let mut invocation = script.prepare_invoke();
-            for (key, amount) in amounts.iter().filter(|(_, d)| **d != 0.0) {
-                invocation.key(key).arg(amount.to_string());
+            let amounts: Vec<_> = amounts.into_iter().filter(|(_, d)| *d != 0.0).collect();
+            let mut cmd = redis::Cmd::with_capacity(3 + 2 * amounts.len(), 64 * amounts.len());
+            cmd.arg("EVALSHA").arg(script.get_hash()).arg(amounts.len());
+            for ((name, window), _) in &amounts {
+                cmd.arg(window.key(name));
             }
-            let call = invocation.invoke_async::<i64>(&mut conn);
+            for (_, amount) in &amounts {
+                cmd.arg(*amount);
+            }
+            let call = evalsha::<i64>(&script, &cmd, &mut conn);
             if let Ok(Err(err)) = tokio::time::timeout(timeout, call).await {
                 tracing::debug!(error = %err, "fleet: a settlement did not reach redis");
             }
@@ -563,9 +576,9 @@ impl Fleet {
         let mut conn = self.connection()?;
         let now = crate::proxy::budget::clock::now();
         let day = crate::proxy::budget::clock::day(now);
-        let keys: Vec<String> = ["req", "tok", "usd"]
-            .iter()
-            .map(|what| format!("pg:{{{name}}}:{what}:{day}"))
+        let keys: Vec<String> = [Kind::Requests, Kind::Tokens, Kind::UsdDay]
+            .into_iter()
+            .map(|kind| Window { kind, number: day }.key(name))
             .collect();
         let mut mget = redis::cmd("MGET");
         mget.arg(&keys);
@@ -580,6 +593,22 @@ impl Fleet {
             "tokens": at(1).max(0.0) as u64,
             "usd": at(2).max(0.0),
         }))
+    }
+}
+
+/// `cmd`, an `EVALSHA` of `script`; a Redis that does not hold the script (restarted, or its
+/// scripts flushed) gets it loaded, and the call again.
+async fn evalsha<T: redis::FromRedisValue>(
+    script: &Script,
+    cmd: &redis::Cmd,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        answer => answer,
     }
 }
 
@@ -598,8 +627,9 @@ fn rate_reject(reason: &'static str, who: &str, retry_us: u64) -> Reject {
 /// added), or given back when the request ends without an answer.
 pub struct Reservation {
     fleet: Arc<Fleet>,
-    reserved: Vec<(Kind, String, f64, u64)>,
-    name: String,
+    /// The counters, with what was reserved on each (`amount`).
+    reserved: Vec<Counter>,
+    name: Arc<str>,
     /// Admitted while Redis was unreachable: settling owes the usage instead of adjusting.
     apart: bool,
     settled: bool,
@@ -609,40 +639,28 @@ impl Reservation {
     /// Charges `input` and `output` tokens and `usd` in place of what was reserved.
     pub fn settle(mut self, input: u64, output: u64, usd: f64) {
         self.settled = true;
-        let used = |kind: &Kind, reserved: f64| match kind {
-            Kind::Requests => reserved,
+        let used = |counter: &Counter| match counter.window.kind {
+            Kind::Requests => counter.amount,
             Kind::Tokens | Kind::Tpm => (input + output) as f64,
             Kind::Input => input as f64,
             Kind::Output => output as f64,
             Kind::UsdDay | Kind::UsdMonth => usd,
         };
         if self.apart {
-            let owed = self
-                .reserved
-                .iter()
-                .map(|(kind, key, reserved, ttl)| (key.clone(), used(kind, *reserved), *ttl))
-                .collect::<Vec<_>>();
+            let owed = self.reserved.iter().map(|c| (c.window, used(c), c.ttl));
             self.fleet.owe(&self.name, owed);
             return;
         }
-        let adjust = self
-            .reserved
-            .iter()
-            .map(|(kind, key, reserved, _)| (key.clone(), used(kind, *reserved) - reserved))
-            .collect();
-        self.fleet.spawn_adjust(adjust);
+        let adjust = self.reserved.iter().map(|c| (c.window, used(c) - c.amount));
+        self.fleet.spawn_adjust(&self.name, adjust);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled && !self.apart {
-            let adjust = self
-                .reserved
-                .iter()
-                .map(|(_, key, reserved, _)| (key.clone(), -reserved))
-                .collect();
-            self.fleet.spawn_adjust(adjust);
+            let adjust = self.reserved.iter().map(|c| (c.window, -c.amount));
+            self.fleet.spawn_adjust(&self.name, adjust);
         }
     }
 }

@@ -10,57 +10,86 @@
 //! Request rates are GCRA on Redis's own clock (`TIME`), so the hosts' clocks do not matter; the
 //! day, month and minute windows are the UTC windows of the host's clock, as the local ledger's
 //! are (hosts run NTP for key expiry already).
+//!
+//! A request's call is written straight into one `redis::Cmd` (`Windows::admit_command`): its
+//! key names are formatted into the command's buffer and its numbers written there, with no
+//! string or vector per key or argument (the per-request CPU the fleet bench measures).
+
+use std::{fmt, net::IpAddr};
+
+use redis::{Cmd, RedisWrite};
 
 use crate::proxy::budget::{clock, policy::Policy};
 
 /// `KEYS`: the key's GCRA key if `ARGV[1] > 0`, the address's GCRA key if `ARGV[3] > 0`, then
-/// `(current, previous)` per counter.
+/// per counter its key, and its previous window's after it if its weight is above 0.
 /// `ARGV`: the key's rate interval in microseconds (at least 1 with a rate, 0 without) and burst,
 /// the address's the same, the counter count, then per counter `limit` (-1: count only),
 /// `amount`, `weight` of the previous window, `ttl` seconds.
 /// Returns `{0}` when admitted (and counted), `{1, index, retry_us}` when refused for the key:
 /// index 0 is its rate, `i` the `i`th counter; `{2, 0, retry_us}` when refused for the address.
-/// Nothing is counted on a refusal. `TIME` is read once, and only with a rate; a counter gets
-/// its `EXPIRE` only when this call created it.
+/// Nothing is counted on a refusal. Every key it reads (the rates' and the checked counters') is
+/// read with one `MGET`; `TIME` is read once, and only with a rate; a counter gets its `EXPIRE`
+/// only when this call created it. (Each command a script runs costs Redis about as much as a
+/// small call of its own: the fleet bench counts them.)
 pub const ADMIT: &str = r#"
 local key_interval, key_burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ip_interval, ip_burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
+local reads = {}
 local k = 1
-local key_rate, ip_rate, now_us, key_tat, ip_tat
-if key_interval > 0 then key_rate = KEYS[k]; k = k + 1 end
-if ip_interval > 0 then ip_rate = KEYS[k]; k = k + 1 end
+local key_rate, ip_rate
+if key_interval > 0 then key_rate = KEYS[k]; reads[#reads + 1] = KEYS[k]; k = k + 1 end
+if ip_interval > 0 then ip_rate = KEYS[k]; reads[#reads + 1] = KEYS[k]; k = k + 1 end
+-- Per counter: its key, and where its value and its previous window's are among `reads`.
+local key_of, cur_at, prev_at = {}, {}, {}
+for i = 1, n do
+  local base = 2 + i * 4
+  local checked = tonumber(ARGV[base]) >= 0
+  key_of[i] = KEYS[k]
+  if checked then reads[#reads + 1] = KEYS[k]; cur_at[i] = #reads end
+  k = k + 1
+  if tonumber(ARGV[base + 2]) > 0 then
+    if checked then reads[#reads + 1] = KEYS[k]; prev_at[i] = #reads end
+    k = k + 1
+  end
+end
+local values = {}
+if #reads > 0 then values = redis.call('MGET', unpack(reads)) end
+local now_us
 if key_rate or ip_rate then
   local t = redis.call('TIME')
   now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 -- GCRA: the theoretical arrival time after this request, and when it would be allowed.
-local function gcra(key, interval, burst)
-  local tat = tonumber(redis.call('GET', key) or now_us)
+local function gcra(value, interval, burst)
+  local tat = tonumber(value) or now_us
   if tat < now_us then tat = now_us end
   tat = tat + interval
   return tat, tat - burst * interval
 end
 -- The address first: a request both would refuse is the address's.
+local key_tat, ip_tat
 if ip_rate then
   local allow_at
-  ip_tat, allow_at = gcra(ip_rate, ip_interval, ip_burst)
+  ip_tat, allow_at = gcra(values[key_rate and 2 or 1], ip_interval, ip_burst)
   if now_us < allow_at then return {2, 0, allow_at - now_us} end
 end
 if key_rate then
   local allow_at
-  key_tat, allow_at = gcra(key_rate, key_interval, key_burst)
+  key_tat, allow_at = gcra(values[1], key_interval, key_burst)
   if now_us < allow_at then return {1, 0, allow_at - now_us} end
 end
-for i = 0, n - 1 do
-  local limit = tonumber(ARGV[6 + i * 4])
-  if limit >= 0 then
-    local amount = tonumber(ARGV[7 + i * 4])
-    local weight = tonumber(ARGV[8 + i * 4])
-    local cur = tonumber(redis.call('GET', KEYS[k + 2 * i]) or '0')
+for i = 1, n do
+  if cur_at[i] then
+    local base = 2 + i * 4
+    local cur = tonumber(values[cur_at[i]]) or 0
     local prev = 0
-    if weight > 0 then prev = tonumber(redis.call('GET', KEYS[k + 2 * i + 1]) or '0') end
-    if cur + prev * weight + amount > limit then return {1, i + 1, 0} end
+    if prev_at[i] then prev = tonumber(values[prev_at[i]]) or 0 end
+    local amount = tonumber(ARGV[base + 1])
+    if cur + prev * tonumber(ARGV[base + 2]) + amount > tonumber(ARGV[base]) then
+      return {1, i, 0}
+    end
   end
 end
 if ip_rate then
@@ -69,17 +98,17 @@ end
 if key_rate then
   redis.call('SET', key_rate, string.format('%d', key_tat), 'PX', math.floor((key_tat - now_us) / 1000) + 1000)
 end
-for i = 0, n - 1 do
-  local amount = tonumber(ARGV[7 + i * 4])
+for i = 1, n do
+  local base = 2 + i * 4
+  local amount = tonumber(ARGV[base + 1])
   -- Adding 0 changes nothing (a price-less model's spend).
   if amount ~= 0 then
-    local key = KEYS[k + 2 * i]
-    local total = tonumber(redis.call('INCRBYFLOAT', key, ARGV[7 + i * 4]))
+    local total = tonumber(redis.call('INCRBYFLOAT', key_of[i], ARGV[base + 1]))
     -- A counter this call created holds just the amount: it gets its TTL now, and only then
     -- (not one EXPIRE per request). Near-equal covers INCRBYFLOAT's rounding; a counter that
     -- held almost nothing gets its TTL again, which is harmless.
     if math.abs(total - amount) <= 1e-9 * math.max(1, math.abs(amount)) then
-      redis.call('EXPIRE', key, ARGV[9 + i * 4])
+      redis.call('EXPIRE', key_of[i], ARGV[base + 3])
     end
   end
 end
@@ -96,7 +125,7 @@ return 0
 "#;
 
 /// What a counter counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Requests,
     Tokens,
@@ -129,26 +158,91 @@ impl Kind {
             _ => clock::to_next_day(now),
         }
     }
+
+    /// The counter's part of its Redis key, `pg:{NAME}:WHAT:WINDOW`.
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Requests => "req",
+            Kind::Tokens => "tok",
+            Kind::Input => "tin",
+            Kind::Output => "tout",
+            Kind::Tpm => "tpm",
+            Kind::UsdDay => "usd",
+            Kind::UsdMonth => "usdm",
+        }
+    }
+}
+
+/// One counter of a key: what it counts in which window (its day, month or minute number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub kind: Kind,
+    pub number: u64,
+}
+
+impl Window {
+    /// Its Redis key for key `name`.
+    pub fn key(self, name: &str) -> String {
+        format!("pg:{{{name}}}:{}:{}", self.kind.what(), self.number)
+    }
+
+    /// Writes its Redis key for key `name` as the next argument of `cmd`.
+    fn write_key(self, cmd: &mut Cmd, name: &str) {
+        key_arg(
+            cmd,
+            format_args!("pg:{{{name}}}:{}:{}", self.kind.what(), self.number),
+        );
+    }
+}
+
+/// `args` formatted straight into `cmd`'s buffer as its next argument.
+fn key_arg(cmd: &mut Cmd, args: fmt::Arguments<'_>) {
+    cmd.write_arg_fmt(args);
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counter {
-    pub kind: Kind,
-    pub key: String,
-    pub previous: String,
+    pub window: Window,
     pub limit: Option<f64>,
     pub amount: f64,
+    /// The weight of the previous window (`number - 1`) in the check: above 0 only for the
+    /// minute's tokens, a sliding window.
     pub weight: f64,
     pub ttl: u64,
+}
+
+/// GCRA parameters: the interval between requests (microseconds, never 0: 0 means "no rate" to
+/// the script) and the burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    pub interval: u64,
+    pub burst: u64,
+}
+
+/// A client as its rate counts it: an IPv4 address, or an IPv6 prefix (`addr` masked already)
+/// of `v6_prefix` bits, written `ADDR/LEN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    pub addr: IpAddr,
+    pub v6_prefix: u8,
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V6(v6) => write!(f, "{v6}/{}", self.v6_prefix),
+            v4 => write!(f, "{v4}"),
+        }
+    }
 }
 
 /// A request's windows: its key's, and its address's rate.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Windows {
-    /// `(key, interval in microseconds, burst)`.
-    pub rate: Option<(String, u64, u64)>,
-    /// The client address prefix's rate, the same way.
-    pub address: Option<(String, u64, u64)>,
+    /// The key's request rate.
+    pub rate: Option<Gcra>,
+    /// The client address prefix's rate.
+    pub address: Option<(Client, Gcra)>,
     pub counters: Vec<Counter>,
 }
 
@@ -160,112 +254,90 @@ pub struct Reserve {
     pub usd: f64,
 }
 
-/// GCRA parameters of `rpm` with `burst`: the interval between requests (microseconds, never
-/// 0: 0 means "no rate" to the script) and the burst.
-pub fn gcra(key: String, rpm: u32, burst: u32) -> Option<(String, u64, u64)> {
-    (rpm > 0).then(|| {
-        let interval = (60_000_000 / u64::from(rpm)).max(1);
-        (key, interval, u64::from(burst.max(1)))
+/// GCRA parameters of `rpm` with `burst` (`None` without a rate).
+pub fn gcra(rpm: u32, burst: u32) -> Option<Gcra> {
+    (rpm > 0).then(|| Gcra {
+        interval: (60_000_000 / u64::from(rpm)).max(1),
+        burst: u64::from(burst.max(1)),
     })
 }
 
-/// The windows of key `name` at `now`: its request rate (`rpm`, `burst`), and, for a metered
-/// request (one that reserves, `reserve`), its budgets, as the local ledger keeps them. Requests,
-/// tokens and spend per day are always counted, for `proxyguard usage`; the rest only when the
-/// key has a limit on them.
+/// The windows of a key at `now`: its request rate (`rpm`, `burst`), and, for a metered request
+/// (one that reserves, `reserve`), its budgets, as the local ledger keeps them. Requests, tokens
+/// and spend per day are always counted, for `proxyguard usage`; the rest only when the key has a
+/// limit on them.
 pub fn key_windows(
-    name: &str,
     rate: Option<(u32, u32)>,
     policy: &Policy,
     reserve: Option<Reserve>,
     now: u64,
 ) -> Windows {
-    let day = clock::day(now);
-    let month = clock::month(now);
-    let minute = now / 60;
-    let tag = |what: &str| format!("pg:{{{name}}}:{what}");
-    let day_ttl = clock::to_next_day(now) + 3600;
     let mut counters = Vec::new();
-    let mut push = |kind, what: String, limit: Option<f64>, amount: f64| {
-        counters.push(Counter {
-            kind,
-            previous: what.clone(),
-            key: what,
-            limit,
-            amount,
-            weight: 0.0,
-            ttl: day_ttl,
-        })
-    };
     if let Some(r) = reserve {
+        let day = clock::day(now);
+        let day_ttl = clock::to_next_day(now) + 3600;
+        let mut push = |kind, number, limit: Option<f64>, amount: f64, weight: f64, ttl| {
+            counters.push(Counter {
+                window: Window { kind, number },
+                limit,
+                amount,
+                weight,
+                ttl,
+            })
+        };
+        let tokens = (r.input + r.output) as f64;
+        let limit = |l: Option<u64>| l.map(|l| l as f64);
         push(
             Kind::Requests,
-            tag(&format!("req:{day}")),
-            policy.requests_per_day.map(|l| l as f64),
+            day,
+            limit(policy.requests_per_day),
             1.0,
+            0.0,
+            day_ttl,
         );
-        let tokens = (r.input + r.output) as f64;
         push(
             Kind::Tokens,
-            tag(&format!("tok:{day}")),
-            policy.tokens_per_day.map(|l| l as f64),
+            day,
+            limit(policy.tokens_per_day),
             tokens,
+            0.0,
+            day_ttl,
         );
-        if let Some(limit) = policy.input_tokens_per_day {
+        if let Some(l) = policy.input_tokens_per_day {
             push(
                 Kind::Input,
-                tag(&format!("tin:{day}")),
-                Some(limit as f64),
+                day,
+                limit(Some(l)),
                 r.input as f64,
+                0.0,
+                day_ttl,
             );
         }
-        if let Some(limit) = policy.output_tokens_per_day {
+        if let Some(l) = policy.output_tokens_per_day {
             push(
                 Kind::Output,
-                tag(&format!("tout:{day}")),
-                Some(limit as f64),
+                day,
+                limit(Some(l)),
                 r.output as f64,
+                0.0,
+                day_ttl,
             );
         }
-        push(
-            Kind::UsdDay,
-            tag(&format!("usd:{day}")),
-            policy.usd_per_day,
-            r.usd,
-        );
-        if let Some(limit) = policy.usd_per_month {
-            counters.push(Counter {
-                kind: Kind::UsdMonth,
-                key: tag(&format!("usdm:{month}")),
-                previous: tag(&format!("usdm:{month}")),
-                limit: Some(limit),
-                amount: r.usd,
-                weight: 0.0,
-                ttl: clock::to_next_month(now) + 3600,
-            });
+        push(Kind::UsdDay, day, policy.usd_per_day, r.usd, 0.0, day_ttl);
+        if let Some(l) = policy.usd_per_month {
+            let ttl = clock::to_next_month(now) + 3600;
+            push(Kind::UsdMonth, clock::month(now), Some(l), r.usd, 0.0, ttl);
         }
-        if let Some(limit) = policy.tpm {
-            counters.push(Counter {
-                kind: Kind::Tpm,
-                key: tag(&format!("tpm:{minute}")),
-                previous: tag(&format!("tpm:{}", minute.saturating_sub(1))),
-                limit: Some(limit as f64),
-                amount: tokens,
-                weight: (60 - now % 60) as f64 / 60.0,
-                ttl: 180,
-            });
+        if let Some(l) = policy.tpm {
+            let weight = (60 - now % 60) as f64 / 60.0;
+            push(Kind::Tpm, now / 60, limit(Some(l)), tokens, weight, 180);
         }
     }
     Windows {
-        rate: rate.and_then(|(rpm, burst)| gcra(tag("rpm"), rpm, burst)),
+        rate: rate.and_then(|(rpm, burst)| gcra(rpm, burst)),
         address: None,
         counters,
     }
-}
-
-/// The rate of a client address prefix (`rpm`, `burst`), for [`Windows::address`].
-pub fn ip_rate(prefix: &str, rpm: u32, burst: u32) -> Option<(String, u64, u64)> {
-    gcra(format!("pg:{{ip:{prefix}}}:rpm"), rpm, burst)
 }
 
 impl Windows {
@@ -273,55 +345,61 @@ impl Windows {
         self.rate.is_none() && self.address.is_none() && self.counters.is_empty()
     }
 
-    /// `(KEYS, ARGV)` for [`ADMIT`].
-    pub fn invocation(&self) -> (Vec<String>, Vec<String>) {
-        let mut keys = Vec::new();
-        let mut args = Vec::new();
-        for rate in [&self.rate, &self.address] {
-            match rate {
-                Some((key, interval, burst)) => {
-                    keys.push(key.clone());
-                    args.push(interval.to_string());
-                    args.push(burst.to_string());
-                }
-                None => {
-                    args.push("0".into());
-                    args.push("0".into());
-                }
+    /// The `EVALSHA` of [`ADMIT`] (its SHA-1 `sha`) for key `name`.
+    pub fn admit_command(&self, sha: &str, name: &str) -> Cmd {
+        let previous = self.counters.iter().filter(|c| c.weight > 0.0).count();
+        let keys = usize::from(self.rate.is_some())
+            + usize::from(self.address.is_some())
+            + self.counters.len()
+            + previous;
+        let args = 5 + 4 * self.counters.len();
+        // Names run about 30 bytes, numbers under 20.
+        let mut cmd = Cmd::with_capacity(3 + keys + args, 64 + 32 * keys + 16 * args);
+        cmd.arg("EVALSHA").arg(sha).arg(keys);
+        if self.rate.is_some() {
+            key_arg(&mut cmd, format_args!("pg:{{{name}}}:rpm"));
+        }
+        if let Some((client, _)) = &self.address {
+            key_arg(&mut cmd, format_args!("pg:{{ip:{client}}}:rpm"));
+        }
+        for counter in &self.counters {
+            counter.window.write_key(&mut cmd, name);
+            if counter.weight > 0.0 {
+                let previous = Window {
+                    number: counter.window.number.saturating_sub(1),
+                    ..counter.window
+                };
+                previous.write_key(&mut cmd, name);
             }
         }
-        args.push(self.counters.len().to_string());
-        for counter in &self.counters {
-            keys.push(counter.key.clone());
-            keys.push(counter.previous.clone());
-            args.push(counter.limit.map_or("-1".into(), |l| l.to_string()));
-            args.push(counter.amount.to_string());
-            args.push(counter.weight.to_string());
-            args.push(counter.ttl.to_string());
+        for rate in [self.rate, self.address.map(|(_, rate)| rate)] {
+            let rate = rate.unwrap_or(Gcra {
+                interval: 0,
+                burst: 0,
+            });
+            cmd.arg(rate.interval).arg(rate.burst);
         }
-        (keys, args)
+        cmd.arg(self.counters.len());
+        for counter in &self.counters {
+            match counter.limit {
+                Some(limit) => cmd.arg(limit),
+                None => cmd.arg(-1),
+            };
+            cmd.arg(counter.amount).arg(counter.weight).arg(counter.ttl);
+        }
+        cmd
     }
 
-    /// The counters a settlement adjusts, with what was reserved on each and their TTL.
-    pub fn reserved(&self) -> Vec<(Kind, String, f64, u64)> {
-        self.counters
-            .iter()
-            .map(|c| (c.kind, c.key.clone(), c.amount, c.ttl))
-            .collect()
-    }
-
-    /// Windows that only add `amounts` (`(key, amount, ttl)`), checking nothing: what an
+    /// Windows that only add `amounts` (`(window, amount, ttl)`), checking nothing: what an
     /// instance admitted while Redis was unreachable, added when it answers again.
-    pub fn additions(amounts: impl IntoIterator<Item = (String, f64, u64)>) -> Windows {
+    pub fn additions(amounts: impl IntoIterator<Item = (Window, f64, u64)>) -> Windows {
         Windows {
             rate: None,
             address: None,
             counters: amounts
                 .into_iter()
-                .map(|(key, amount, ttl)| Counter {
-                    kind: Kind::Requests,
-                    previous: key.clone(),
-                    key,
+                .map(|(window, amount, ttl)| Counter {
+                    window,
                     limit: None,
                     amount,
                     weight: 0.0,
@@ -338,6 +416,16 @@ mod tests {
 
     const NOW: u64 = 1_796_122_830; // 2026-12-01T11:00:30Z
 
+    /// A command's arguments, as text.
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<cursor>".into(),
+            })
+            .collect()
+    }
+
     #[test]
     fn every_key_of_a_request_shares_its_hash_tag() {
         let policy = Policy {
@@ -352,13 +440,38 @@ mod tests {
             output: 20,
             usd: 0.5,
         };
-        let windows = key_windows("ci", Some((60, 5)), &policy, Some(reserve), NOW);
-        let (keys, args) = windows.invocation();
+        let windows = key_windows(Some((60, 5)), &policy, Some(reserve), NOW);
+        let cmd = args(&windows.admit_command("SHA", "ci"));
+        // EVALSHA, the SHA, the key count, then the rate's key and two per counter but the
+        // minute's (its previous minute too).
+        assert_eq!(&cmd[..3], ["EVALSHA", "SHA", "7"]);
+        let keys = &cmd[3..10];
         assert!(keys.iter().all(|k| k.starts_with("pg:{ci}:")), "{keys:?}");
-        assert_eq!(&args[..5], ["1000000", "5", "0", "0", "5"]);
+        let day = clock::day(NOW);
+        assert_eq!(keys[1], format!("pg:{{ci}}:req:{day}"));
+        assert_eq!(
+            keys[1],
+            Window {
+                kind: Kind::Requests,
+                number: day
+            }
+            .key("ci")
+        );
+        let minute = NOW / 60;
+        assert_eq!(
+            &keys[5..],
+            [
+                format!("pg:{{ci}}:tpm:{minute}"),
+                format!("pg:{{ci}}:tpm:{}", minute - 1)
+            ]
+        );
+        assert_eq!(&cmd[10..15], ["1000000", "5", "0", "0", "5"]);
+        // The requests' counter: limit, amount, weight, TTL.
+        assert_eq!(cmd[15].parse::<f64>().unwrap(), 50.0);
+        assert_eq!(cmd[16].parse::<f64>().unwrap(), 1.0);
         // However fast the rate, the interval is never 0 (which would mean "no rate").
-        assert_eq!(gcra("k".into(), u32::MAX, 1).unwrap().1, 1);
-        let kinds: Vec<Kind> = windows.counters.iter().map(|c| c.kind).collect();
+        assert_eq!(gcra(u32::MAX, 1).unwrap().interval, 1);
+        let kinds: Vec<Kind> = windows.counters.iter().map(|c| c.window.kind).collect();
         assert_eq!(
             kinds,
             [
@@ -371,19 +484,41 @@ mod tests {
         );
         let tpm = &windows.counters[4];
         assert_eq!((tpm.amount, tpm.weight), (30.0, 0.5));
-        assert_ne!(tpm.key, tpm.previous);
         // Not metered (a GET): no budget counts it, as in the local ledger.
-        let bare = key_windows("ci", None, &policy, None, NOW);
+        let bare = key_windows(None, &policy, None, NOW);
         assert!(bare.is_empty());
-        assert_eq!(bare.invocation().1, ["0", "0", "0", "0", "0"]);
-        assert!(ip_rate("2001:db8::/64", 0, 1).is_none());
+        assert_eq!(
+            args(&bare.admit_command("SHA", "ci"))[2..],
+            ["0", "0", "0", "0", "0", "0"]
+        );
+        assert!(gcra(0, 1).is_none());
         // The address's rate rides in the same call, after the key's rate.
-        let with_address = Windows {
-            address: ip_rate("2001:db8::/64", 120, 10),
-            ..key_windows("ci", Some((60, 5)), &policy, None, NOW)
+        let client = Client {
+            addr: "2001:db8::".parse().unwrap(),
+            v6_prefix: 64,
         };
-        let (keys, args) = with_address.invocation();
-        assert_eq!(keys, ["pg:{ci}:rpm", "pg:{ip:2001:db8::/64}:rpm"]);
-        assert_eq!(args, ["1000000", "5", "500000", "10", "0"]);
+        let with_address = Windows {
+            address: gcra(120, 10).map(|rate| (client, rate)),
+            ..key_windows(Some((60, 5)), &policy, None, NOW)
+        };
+        let cmd = args(&with_address.admit_command("SHA", "ci"));
+        assert_eq!(
+            cmd[2..],
+            [
+                "2",
+                "pg:{ci}:rpm",
+                "pg:{ip:2001:db8::/64}:rpm",
+                "1000000",
+                "5",
+                "500000",
+                "10",
+                "0"
+            ]
+        );
+        let v4 = Client {
+            addr: [192, 0, 2, 7].into(),
+            v6_prefix: 64,
+        };
+        assert_eq!(v4.to_string(), "192.0.2.7");
     }
 }

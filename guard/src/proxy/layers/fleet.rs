@@ -12,7 +12,10 @@ use http::StatusCode;
 
 use super::{addresses, auth::StoredKey};
 use crate::{
-    fleet::{script::Reserve, Fleet, Mode, Verdict},
+    fleet::{
+        script::{Client, Reserve},
+        Fleet, Mode, Verdict,
+    },
     proxy::{
         budget::{clock, policy::Policy, Ledger, Metered},
         reject::Reject,
@@ -49,11 +52,11 @@ pub async fn check(
             Reserve { input, output, usd }
         });
         let client = state.per_ip.map(|rule| {
-            let prefix = match addresses::client(ip, rule.ipv6_prefix) {
-                IpAddr::V6(v6) => format!("{v6}/{}", rule.ipv6_prefix),
-                v4 => v4.to_string(),
+            let client = Client {
+                addr: addresses::client(ip, rule.ipv6_prefix),
+                v6_prefix: rule.ipv6_prefix,
             };
-            (prefix, rule.rpm, rule.burst)
+            (client, rule.rpm, rule.burst)
         });
         fleet
             .admit(
@@ -61,9 +64,7 @@ pub async fn check(
                 state.key_rate(key.rpm),
                 &key.policy,
                 reserve,
-                client
-                    .as_ref()
-                    .map(|(p, rpm, burst)| (p.as_str(), *rpm, *burst)),
+                client,
             )
             .await
     } else {
