@@ -14,10 +14,7 @@ use std::{
 };
 
 use http::Uri;
-use hyper_util::{
-    client::legacy::connect::{Connected, Connection},
-    rt::TokioIo,
-};
+use hyper_util::rt::TokioIo;
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, ServerName},
     ClientConfig, RootCertStore,
@@ -96,7 +93,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
     Ok(Arc::new(config))
 }
 
-/// A `tower` connector for hyper-util's pooled client.
+/// How the gateway's pools (`pool`) open a connection: TCP, then verified TLS, within `timeout`.
 #[derive(Clone)]
 pub struct TlsConnector {
     tls: tokio_rustls::TlsConnector,
@@ -114,12 +111,6 @@ impl TlsConnector {
 
 /// One TLS connection to a provider.
 pub struct ProviderStream(tokio_rustls::client::TlsStream<TcpStream>);
-
-impl Connection for ProviderStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
 
 impl AsyncRead for ProviderStream {
     fn poll_read(

@@ -4,21 +4,14 @@
 //! both ways (SSE included); nothing is buffered. Failures are 502/504 in OpenAI's error shape.
 //!
 //! Thread-per-core like the proxy's front (`crate::workers`): one `SO_REUSEPORT` listener per
-//! worker, and each worker keeps its own pool per provider (`client_for`), so a request is
-//! served, forwarded and answered on the thread that accepted it, and the tail does not queue
+//! worker, and each worker keeps its own pool of connections per provider (`pool`), so a request
+//! is served, forwarded and answered on the thread that accepted it, and the tail does not queue
 //! behind one thread.
 //!
 //! Logged per request: the provider's name, method, path, status and time. Never a header
 //! value, a key or a body.
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -28,17 +21,17 @@ use http::{
 use http_body_util::{Either, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use serde_json::json;
 use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
 
-use super::connector::{ConnectError, TlsConnector};
+use super::{
+    connector::{ConnectError, TlsConnector},
+    pool::{self, SendError},
+};
 use crate::proxy::{hop, layers::auth, Reject};
 
-pub type ProviderClient = Client<TlsConnector, Incoming>;
 type Body = Either<Incoming, Full<Bytes>>;
 
 /// One provider, compiled.
@@ -53,7 +46,7 @@ pub struct Provider {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub paths: Vec<String>,
     pub methods: Vec<Method>,
-    /// Each worker builds its own pooled client from this (`client_for`).
+    /// How each worker's pool (`pool`) connects to it.
     pub connector: TlsConnector,
 }
 
@@ -62,38 +55,6 @@ pub struct Provider {
 pub struct Table {
     pub providers: HashMap<String, Arc<Provider>>,
     pub response_timeout: Duration,
-}
-
-pub fn client(connector: TlsConnector) -> ProviderClient {
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
-}
-
-thread_local! {
-    /// This thread's client (and so its connection pool) per provider. Keyed by the provider as
-    /// a reload made it: a provider a reload replaced is dropped with its pool once no request
-    /// holds it.
-    static CLIENTS: RefCell<Vec<(Weak<Provider>, ProviderClient)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `provider`'s client on this thread. Its connections' tasks run on this thread's runtime, so
-/// the pool's lock is never contended and a response never wakes another thread.
-fn client_for(provider: &Arc<Provider>) -> ProviderClient {
-    CLIENTS.with(|clients| {
-        let mut clients = clients.borrow_mut();
-        clients.retain(|(owner, _)| owner.strong_count() > 0);
-        if let Some((_, client)) = clients
-            .iter()
-            .find(|(owner, _)| std::ptr::eq(owner.as_ptr(), Arc::as_ptr(provider)))
-        {
-            return client.clone();
-        }
-        let made = client(provider.connector.clone());
-        clients.push((Arc::downgrade(provider), made.clone()));
-        made
-    })
 }
 
 /// The running listener: one accept loop per worker.
@@ -252,17 +213,56 @@ async fn handle(table: &Table, request: Request<Incoming>) -> Response<Body> {
         Ok(response) => (response.map(Either::Left), None),
         Err(reject) => (reject.to_response().map(Either::Right), Some(reject.reason)),
     };
-    crate::audit::emit(
+    crate::audit::emit_lines(
         "provider_request",
-        crate::audit::fields(json!({
-            "provider": provider.as_ref().map(|p| p.name.as_str()),
-            "method": method.as_str(),
-            "status": response.status().as_u16(),
-            "reason": reason,
-            "upstream_ms": started.elapsed().as_millis() as u64,
-        })),
+        std::iter::once(ProviderLine {
+            provider: provider.as_ref().map(|p| p.name.as_str()),
+            method: method.as_str(),
+            status: response.status().as_u16(),
+            reason,
+            upstream_ms: started.elapsed().as_millis() as u64,
+        }),
     );
     response
+}
+
+/// One request's audit line, written straight into its buffer (no JSON map per request): the
+/// provider's name, method, status, the refusal's reason and the time. Never a header value, a
+/// key or a body.
+struct ProviderLine<'a> {
+    provider: Option<&'a str>,
+    method: &'a str,
+    status: u16,
+    reason: Option<&'static str>,
+    upstream_ms: u64,
+}
+
+impl crate::audit::Line for ProviderLine<'_> {
+    fn visit<S: crate::audit::Sink>(&self, ts: &str, kind: &str, sink: &mut S) {
+        // In byte order of the keys, as the JSON map wrote them.
+        sink.str("kind", kind);
+        sink.str("method", self.method);
+        match self.provider {
+            Some(name) => sink.str("provider", name),
+            None => sink.null("provider"),
+        }
+        match self.reason {
+            Some(reason) => sink.str("reason", reason),
+            None => sink.null("reason"),
+        }
+        sink.u64("status", u64::from(self.status));
+        sink.str("ts", ts);
+        sink.u64("upstream_ms", self.upstream_ms);
+    }
+
+    fn priority(&self) -> u8 {
+        crate::telemetry::priority::INFO
+    }
+
+    /// `glance` keeps only refusals of the front and kernel events, not gateway lines.
+    fn noteworthy(&self) -> bool {
+        false
+    }
 }
 
 /// The provider a request names and the URI it goes to, or 404 (400 for a path that tries to
@@ -391,7 +391,7 @@ async fn forward(
 ) -> Result<Response<Incoming>, Reject> {
     let request = rewrite(provider, uri, request)?;
     let timeout = table.response_timeout;
-    match tokio::time::timeout(timeout, client_for(provider).request(request)).await {
+    match tokio::time::timeout(timeout, pool::send(provider, request)).await {
         Err(_) => Err(Reject::new(
             StatusCode::GATEWAY_TIMEOUT,
             "provider_timeout",
@@ -406,12 +406,11 @@ async fn forward(
 }
 
 /// A failed send as the caller sees it: what broke, never what was sent.
-fn failure(name: &str, err: &hyper_util::client::legacy::Error) -> Reject {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = source {
-        if let Some(connect) = current.downcast_ref::<ConnectError>() {
+fn failure(name: &str, err: &SendError) -> Reject {
+    match err {
+        SendError::Connect(connect) => {
             tracing::warn!(provider = name, error = %connect, "provider connection failed");
-            return match connect {
+            match connect {
                 ConnectError::Tls { reason, .. } => Reject::new(
                     StatusCode::BAD_GATEWAY,
                     "provider_certificate",
@@ -427,14 +426,15 @@ fn failure(name: &str, err: &hyper_util::client::legacy::Error) -> Reject {
                     "provider_unreachable",
                     format!("cannot reach provider {name}: {connect}"),
                 ),
-            };
+            }
         }
-        source = current.source();
+        SendError::Handshake(_) | SendError::Exchange(_) => {
+            tracing::warn!(provider = name, error = %err, "provider request failed");
+            Reject::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_failed",
+                format!("provider {name} broke off the exchange"),
+            )
+        }
     }
-    tracing::warn!(provider = name, error = %err, "provider request failed");
-    Reject::new(
-        StatusCode::BAD_GATEWAY,
-        "provider_failed",
-        format!("provider {name} broke off the exchange"),
-    )
 }

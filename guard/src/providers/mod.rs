@@ -3,8 +3,9 @@
 //! runs with no provider key at all.
 //!
 //! `config` is the `[providers]` section; `compile` builds it (part of the one config compiler);
-//! `gateway` is the listener and forwarding; `connector` the verified TLS way out; `key` the key
-//! files; `migrate` what `check` prints to move keys out of a LiteLLM deployment.
+//! `gateway` is the listener and forwarding; `connector` the verified TLS way out; `pool` each
+//! worker's connections to the providers; `key` the key files; `migrate` what `check` prints to
+//! move keys out of a LiteLLM deployment.
 
 pub mod compile;
 pub mod config;
@@ -12,6 +13,7 @@ mod connector;
 pub mod gateway;
 mod key;
 pub mod migrate;
+mod pool;
 
 pub use compile::GatewaySettings;
 pub use config::ProvidersSection;

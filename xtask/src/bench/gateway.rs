@@ -41,12 +41,12 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s
     cmd::run(Command::new("sh").args(["-c", &script]))
 }
 
-/// nginx serving the fixed chat completion over TLS on `port`, 401 for any other key: one
-/// process (no master), one worker's event loop, started and stopped as the L7 peers are.
+/// nginx serving the fixed chat completion over TLS on `port`, 401 for any other key: one worker
+/// per core (`auto`), as its operator would run it and as the L7 bench's nginx runs; both legs
+/// share this one provider, so its worker count does not favour either.
 fn provider(dir: &Path, port: u16) -> Result<peers::Process> {
     let config = format!(
-        r#"{common}master_process off;
-worker_processes 1;
+        r#"{common}worker_processes auto;
 http {{
     access_log off;
     client_body_temp_path {dir}/body;
@@ -71,7 +71,7 @@ http {{
 }
 
 /// `proxyguard run --no-kernel` with the front off and the gateway routing `bench` to the
-/// provider; one worker thread, as nginx has one worker process.
+/// provider, with the default `worker_threads` (two: one per core here), as an operator runs it.
 fn gateway(binary: &Path, dir: &Path, provider_port: u16, port: u16) -> Result<peers::Process> {
     let key_file = dir.join("bench.key");
     fs::write(&key_file, format!("{KEY}\n"))?;
@@ -85,7 +85,6 @@ format = "json"
 enabled = false
 [proxy]
 enabled = false
-worker_threads = 1
 [providers]
 listen = "127.0.0.1:{port}"
 max_connections = 4096
@@ -244,7 +243,8 @@ pub fn run(quick: bool) -> Result<Value> {
     };
     // CPU per request of the gateway and of nginx in each paced round (answers over the whole
     // run, warm-up included): what the offered rate costs, whatever the machine's load.
-    let cpu = |pid: u32| peers::cpu_seconds(pid).unwrap_or(0.0);
+    // nginx's master and its workers.
+    let cpu = |pid: u32| peers::cpu_seconds_all(&peers::with_children(pid));
     let per_request = |seconds: f64, answered: u64| seconds * 1e6 / answered.max(1) as f64;
     let (mut direct_half, mut gateway_half) = (Vec::new(), Vec::new());
     let (mut direct_cpu, mut gateway_cpu) = (Vec::new(), Vec::new());
