@@ -161,7 +161,7 @@ impl JsonUsage {
         let mut captured_from = 0;
         let mut i = 0;
         if self.string != Str::Out {
-            i = self.in_string(data, 0);
+            i = self.rest_of_string(data, 0);
         }
         while i < data.len() {
             let byte = data[i];
@@ -276,7 +276,18 @@ impl JsonUsage {
             self.string = Str::Value(counted);
             self.pending = Key::Other;
         }
-        self.in_string(data, at)
+        self.rest_of_string(data, at)
+    }
+
+    /// `in_string` until the string ends or the frame does (it stops after each escape).
+    fn rest_of_string(&mut self, data: &[u8], at: usize) -> usize {
+        let mut i = at;
+        loop {
+            i = self.in_string(data, i);
+            if self.string == Str::Out || i >= data.len() {
+                return i;
+            }
+        }
     }
 
     /// Reads string bytes from `at`; returns where the scan goes on.
