@@ -11,7 +11,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
 };
 
 use http::StatusCode;
@@ -87,6 +90,11 @@ struct Reserved {
 impl KeyBook {
     /// Starts the windows `now` is past.
     pub fn roll(&mut self, now: u64) {
+        // Within the minute last rolled to, the day and the month are the same too: the usual
+        // case needs no calendar.
+        if now / 60 == self.minute && self.minute != 0 {
+            return;
+        }
         let (day, month, minute) = (clock::day(now), clock::month(now), now / 60);
         if day != self.day {
             self.day = day;
@@ -147,9 +155,13 @@ struct Rules {
 pub struct Ledger {
     book: Mutex<Book>,
     rules: Mutex<Rules>,
+    /// Whether `rules` has a spike rule: a settle without one takes no second lock.
+    spiking: AtomicBool,
     /// Raised on every change; `persist` waits on it. The bool says a write is wanted at once
     /// (a suspension or a resume).
     pub(super) changed: (Mutex<(bool, bool)>, Condvar),
+    /// Raised by a settle: a change that waits for the next periodic write, so it takes no lock.
+    pub(super) dirty: AtomicBool,
 }
 
 /// A request's reservation; settling it charges the real usage, dropping it releases it.
@@ -228,6 +240,7 @@ impl Ledger {
         let mut rules = lock(&self.rules);
         rules.policies = policies.into_iter().collect();
         rules.spike = spike;
+        self.spiking.store(spike.is_some(), Ordering::Release);
     }
 
     /// 403 `key_suspended` for a key a usage spike suspended.
@@ -431,6 +444,13 @@ impl Ledger {
     }
 
     pub(super) fn mark(&self, urgent: bool) {
+        if !urgent {
+            // Read first: once raised, the flag's cache line stays shared between workers.
+            if !self.dirty.load(Ordering::Relaxed) {
+                self.dirty.store(true, Ordering::Release);
+            }
+            return;
+        }
         let (flags, wake) = &self.changed;
         let mut flags = lock(flags);
         flags.0 = true;
@@ -540,7 +560,11 @@ impl Ticket {
         self.settled = true;
         let usd = cost(self.price, usage.input, usage.output);
         let tokens = usage.total();
-        let spike_rule = lock(&self.ledger.rules).spike;
+        let spike_rule = if self.ledger.spiking.load(Ordering::Acquire) {
+            lock(&self.ledger.rules).spike
+        } else {
+            None
+        };
         let mut book = lock(&self.ledger.book);
         let entry = entry(&mut book, &self.key);
         self.ledger.release(entry, &self);

@@ -111,31 +111,43 @@ pub struct Asked<'a> {
 
 impl<'a> Asked<'a> {
     pub fn read(value: &'a Value, shape: Shape, default_max_tokens: u64) -> Asked<'a> {
-        let number = |name: &str| match value.get(name) {
-            Some(Value::Number(n)) => n.as_f64().map(|f| f.max(0.0) as u64),
-            Some(Value::String(s)) => s.trim().parse::<f64>().ok().map(|f| f.max(0.0) as u64),
+        let number = |value: &Value| match value {
+            Value::Number(n) => n.as_f64().map(|f| f.max(0.0) as u64),
+            Value::String(s) => s.trim().parse::<f64>().ok().map(|f| f.max(0.0) as u64),
             _ => None,
         };
-        let max = body::TOKEN_FIELDS.iter().find_map(|field| number(field));
-        let n = body::N_FIELDS
-            .iter()
-            .filter_map(|field| number(field))
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        // One walk over the body's few members instead of a map lookup per field read.
+        let mut max: [Option<u64>; body::TOKEN_FIELDS.len()] = [None; body::TOKEN_FIELDS.len()];
+        let mut n: Option<u64> = None;
+        let (mut streams, mut asked_usage, mut model) = (false, false, None);
+        for (name, field) in value.as_object().into_iter().flatten() {
+            let name = name.as_str();
+            if let Some(at) = body::TOKEN_FIELDS.iter().position(|f| *f == name) {
+                max[at] = number(field);
+            } else if body::N_FIELDS.contains(&name) {
+                n = n.max(number(field));
+            } else {
+                match name {
+                    "stream" => streams = field.as_bool() == Some(true),
+                    "stream_options" => {
+                        asked_usage =
+                            field.get("include_usage").and_then(Value::as_bool) == Some(true)
+                    }
+                    "model" => model = field.as_str(),
+                    _ => {}
+                }
+            }
+        }
+        // The first of the fields, in their order, that holds a number.
+        let max = max.into_iter().flatten().next();
+        let n = n.unwrap_or(1).max(1);
         let output = if shape == Shape::Embeddings {
             0
         } else {
             max.unwrap_or(default_max_tokens).saturating_mul(n)
         };
-        let streams = value.get("stream").and_then(Value::as_bool) == Some(true);
-        let asked_usage = value
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
         Asked {
-            model: value.get("model").and_then(Value::as_str),
+            model,
             input: estimate::tokens(estimate::prompt_chars(value)),
             output,
             add_usage: streams

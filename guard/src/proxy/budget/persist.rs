@@ -135,7 +135,10 @@ fn writer(ledger: &Ledger, dir: &Path, every: Duration, stop: &std::sync::atomic
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        let dirty = guard.0;
+        let dirty = guard.0
+            | ledger
+                .dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
         *guard = (false, false);
         drop(guard);
         let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);

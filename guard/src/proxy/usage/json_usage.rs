@@ -20,6 +20,18 @@ const TRACKED_DEPTH: u32 = 128;
 /// The longest key compared (`partial_json`); longer keys are other keys.
 const KEY_BYTES: usize = 16;
 
+/// The bytes that change the scan's state outside strings.
+static STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut at = 0;
+    let bytes = b"\"{}[],:";
+    while at < bytes.len() {
+        table[bytes[at] as usize] = true;
+        at += 1;
+    }
+    table
+};
+
 /// What a key says about the value that follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Key {
@@ -93,8 +105,9 @@ pub struct JsonUsage {
     /// The usage object being read: its bytes so far, whether it is `response.usage`, and the
     /// depth its members are at.
     capture: Option<(Vec<u8>, bool, u32)>,
-    top: Option<Vec<u8>>,
-    wrapped: Option<Vec<u8>>,
+    /// What the top-level `usage` and `response.usage` objects reported, read as each closed.
+    top: Option<Reported>,
+    wrapped: Option<Reported>,
     chars: u64,
 }
 
@@ -147,20 +160,21 @@ impl JsonUsage {
         // Where the usage object being captured starts in this frame.
         let mut captured_from = 0;
         let mut i = 0;
+        if self.string != Str::Out {
+            i = self.rest_of_string(data, 0);
+        }
         while i < data.len() {
-            if self.string != Str::Out {
-                i = self.in_string(data, i);
+            let byte = data[i];
+            // Digits, letters of literals and whitespace change nothing: most bytes outside
+            // strings, passed with one table load.
+            if !STRUCTURAL[usize::from(byte)] {
+                i += 1;
                 continue;
             }
-            match data[i] {
+            match byte {
                 b'"' => {
-                    if self.expect_key {
-                        self.string = Str::Key;
-                        self.key_len = 0;
-                    } else {
-                        self.string = Str::Value(self.pending == Key::Text);
-                        self.pending = Key::Other;
-                    }
+                    i = self.string_at(data, i + 1);
+                    continue;
                 }
                 b'{' => {
                     let members = self.depth + 1;
@@ -184,13 +198,19 @@ impl JsonUsage {
                 b'}' | b']' => {
                     if self.capture.as_ref().is_some_and(|c| c.2 == self.depth) {
                         if let Some((mut bytes, wrapped, _)) = self.capture.take() {
-                            bytes.extend_from_slice(&data[captured_from..=i]);
-                            if bytes.len() <= MAX_USAGE {
+                            // Whole in this frame (the usual case), it is read where it is.
+                            let text = if bytes.is_empty() {
+                                &data[captured_from..=i]
+                            } else {
+                                bytes.extend_from_slice(&data[captured_from..=i]);
+                                &bytes[..]
+                            };
+                            if text.len() <= MAX_USAGE {
                                 *if wrapped {
                                     &mut self.wrapped
                                 } else {
                                     &mut self.top
-                                } = Some(bytes);
+                                } = super::reported_from_slice(text);
                             }
                         }
                     }
@@ -216,6 +236,56 @@ impl JsonUsage {
                 self.capture = None;
             } else {
                 bytes.extend_from_slice(&data[captured_from..]);
+            }
+        }
+    }
+
+    /// A string opens at `at` (after its quote); returns where the scan goes on. A key or an
+    /// uncounted value whose closing quote is in this frame with no escape before it (nearly
+    /// every string of an answer) is passed here; anything else goes through `in_string`.
+    fn string_at(&mut self, data: &[u8], at: usize) -> usize {
+        let rest = &data[at..];
+        let counted = !self.expect_key && self.pending == Key::Text;
+        if !counted {
+            let short = rest.len().min(32);
+            let stop = match rest[..short].iter().position(|b| matches!(b, b'"' | b'\\')) {
+                Some(n) => Some(n),
+                None if short < rest.len() => {
+                    memchr::memchr2(b'"', b'\\', &rest[short..]).map(|n| n + short)
+                }
+                None => None,
+            };
+            if let Some(n) = stop.filter(|&n| rest[n] == b'"') {
+                if self.expect_key {
+                    self.pending = if n <= KEY_BYTES {
+                        classify(&rest[..n])
+                    } else {
+                        Key::Other
+                    };
+                    self.expect_key = false;
+                } else {
+                    self.pending = Key::Other;
+                }
+                return at + n + 1;
+            }
+        }
+        if self.expect_key {
+            self.string = Str::Key;
+            self.key_len = 0;
+        } else {
+            self.string = Str::Value(counted);
+            self.pending = Key::Other;
+        }
+        self.rest_of_string(data, at)
+    }
+
+    /// `in_string` until the string ends or the frame does (it stops after each escape).
+    fn rest_of_string(&mut self, data: &[u8], at: usize) -> usize {
+        let mut i = at;
+        loop {
+            i = self.in_string(data, i);
+            if self.string == Str::Out || i >= data.len() {
+                return i;
             }
         }
     }
@@ -300,11 +370,7 @@ impl JsonUsage {
 
     /// What the answer reported, and the characters of its text (for an estimate).
     pub fn finish(&mut self) -> (Reported, u64) {
-        let reported = [self.top.take(), self.wrapped.take()]
-            .into_iter()
-            .flatten()
-            .find_map(|bytes| super::reported_from_slice(&bytes))
-            .unwrap_or_default();
+        let reported = self.top.or(self.wrapped).unwrap_or_default();
         (reported, self.chars)
     }
 }

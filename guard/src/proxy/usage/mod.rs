@@ -157,7 +157,9 @@ impl<'a> Plain<'a> {
                 b'"' => {
                     let text = self.text;
                     let key = &text[start..self.at - 1];
-                    return std::str::from_utf8(key).is_ok().then_some(key);
+                    // Keys are ASCII: the word-at-a-time check, and UTF-8's only for others.
+                    let valid = key.is_ascii() || std::str::from_utf8(key).is_ok();
+                    return valid.then_some(key);
                 }
                 b'\\' | 0x00..=0x1f => return None,
                 _ => {}
