@@ -163,6 +163,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Only bench-kernel's BPF_PROG_TEST_RUN rounds of the XDP limiter against xdp_pass (as
+    /// root); the figures also go to target/bench/xdp-test-run.json.
+    BenchXdpTestRun {
+        #[arg(long, default_value_t = 15)]
+        rounds: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -270,6 +276,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
             std::fs::write(&path, serde_json::to_string_pretty(&figures)? + "\n")?;
             println!("bench-kernel: figures written to {}", path.display());
+            Ok(())
+        }
+        Command::BenchXdpTestRun { rounds } => {
+            let figures = bench_kernel::test_runs(rounds)?;
+            let path = build::target_dir().join("bench/xdp-test-run.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&figures)?
+                    + "
+",
+            )?;
             Ok(())
         }
     }
