@@ -168,6 +168,10 @@ enum Command {
     BenchXdpTestRun {
         #[arg(long, default_value_t = 15)]
         rounds: usize,
+        /// Only save the limiter builds' translated code (`bpftool prog dump xlated`) of this
+        /// object, for instance an older build's, and run nothing.
+        #[arg(long)]
+        xlated_of: Option<std::path::PathBuf>,
     },
 }
 
@@ -278,7 +282,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("bench-kernel: figures written to {}", path.display());
             Ok(())
         }
-        Command::BenchXdpTestRun { rounds } => {
+        Command::BenchXdpTestRun {
+            xlated_of: Some(object),
+            ..
+        } => bench_kernel::xlated_of(&object),
+        Command::BenchXdpTestRun { rounds, .. } => {
             let figures = bench_kernel::test_runs(rounds)?;
             let path = build::target_dir().join("bench/xdp-test-run.json");
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;

@@ -81,6 +81,14 @@ pub fn test_runs(rounds: usize) -> Result<Value> {
     result
 }
 
+/// Saves the translated code of `object`'s limiter builds under `target/bench/<object name>/`.
+pub fn xlated_of(object: &std::path::Path) -> Result<()> {
+    let name = object
+        .file_name()
+        .map_or("object".into(), |n| n.to_string_lossy());
+    test_run::dump_limiters(object, &build::target_dir().join("bench").join(&*name))
+}
+
 /// Runs every kernel benchmark, prints a table, and returns the figures.
 pub fn run(quick: bool) -> Result<Value> {
     signals::watch()?;

@@ -218,6 +218,30 @@ pub fn measure(object: &Path, rounds: usize, xlated_dir: &Path) -> Result<Rounds
     Ok(Rounds { programs, ratios })
 }
 
+/// Loads each limiter build `object` has (its own maps, nothing written or attached) and saves
+/// its translated code into `dir`: for counting a path's instructions in an older build too.
+pub fn dump_limiters(object: &Path, dir: &Path) -> Result<()> {
+    let mut ebpf =
+        Ebpf::load_file(object).with_context(|| format!("cannot load {}", object.display()))?;
+    for name in &PROGRAMS[1..4] {
+        let Some(program) = ebpf.program_mut(name) else {
+            eprintln!("bench-kernel: no {name} in {}", object.display());
+            continue;
+        };
+        let program: &mut Xdp = program.try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the kernel refused {name}"))?;
+        let info = program.info()?;
+        println!(
+            "{name}: {} insns translated",
+            info.size_translated().unwrap_or(0) / 8
+        );
+        dump_xlated(info.id(), name, dir);
+    }
+    Ok(())
+}
+
 /// `bpftool prog dump xlated` of program `id` into `dir`, when bpftool is there.
 fn dump_xlated(id: u32, name: &str, dir: &Path) {
     let out = std::process::Command::new("bpftool")
