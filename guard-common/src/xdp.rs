@@ -6,21 +6,23 @@ pub const PROG_XDP_SYN_LIMIT: &str = "syn_rate_limit";
 /// The same limiter reading the coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11+): loaded
 /// in its place where the kernel has the helper.
 pub const PROG_XDP_SYN_LIMIT_COARSE: &str = "syn_limit_coarse";
+/// The same limiter reading `bpf_jiffies64` (Linux 5.5+; the verifier inlines it into one load):
+/// the first choice wherever user space knows the kernel's `HZ`.
+pub const PROG_XDP_SYN_LIMIT_JIFFIES: &str = "syn_limit_jiffy";
 /// A pass-through XDP program, the baseline for program-cost benchmarks.
 pub const PROG_XDP_PASS: &str = "xdp_pass";
 /// Pass-through programs that read one clock each: what a clock read costs, for the benchmark.
 pub const PROG_XDP_CLOCK_FINE: &str = "xdp_clock_fine";
 pub const PROG_XDP_CLOCK_COARSE: &str = "xdp_clock_coarse";
+pub const PROG_XDP_CLOCK_JIFFIES: &str = "xdp_clock_jiffy";
 
 /// Bumped whenever the meaning of a pinned XDP map's bytes changes while its sizes stay the
 /// same (the pin check compares sizes and types itself). Recorded per map in the pin manifest;
 /// a pinned map of another version is replaced, never read with the new types.
-pub const XDP_STATE_VERSION: u32 = 2;
+pub const XDP_STATE_VERSION: u32 = 3;
 
-/// `Array` of one [`XdpConfig`].
+/// `Array` of one [`XdpConfig`] (tunables and the ports whose SYNs are limited).
 pub const MAP_XDP_CONFIG: &str = "XDP_CONFIG";
-/// `Array` of one [`PortBitmap`]: the ports whose SYNs are limited.
-pub const MAP_XDP_PORTS: &str = "XDP_PORTS";
 /// LRU hashes of source → [`TokenBucket`]: IPv4 by its `u32` address (as loaded from the packet,
 /// network byte order in memory), IPv6 by its first 64 bits masked to the configured prefix.
 pub const MAP_XDP_BUCKETS_V4: &str = "XDP_BUCKETS_V4";
@@ -66,43 +68,107 @@ pub const STAT_DROPPED_NEW_SOURCE: u32 = 5;
 pub const STAT_EVENTS_SUPPRESSED: u32 = 6;
 pub const STAT_COUNT: u32 = 7;
 
-/// One token, in the bucket's fixed-point unit (milli-tokens), so sub-token refills are kept.
-pub const TOKEN: u64 = 1000;
-
-/// Tunables, changed at run time through [`MAP_XDP_CONFIG`]. Masks are applied to keys as they
-/// sit in memory (network byte order), so user space builds them with `to_be`.
+/// Tunables and protected ports, changed at run time through [`MAP_XDP_CONFIG`]: one value, so
+/// the program makes one lookup for both. Masks are applied to keys as they sit in memory
+/// (network byte order), so user space builds them with `to_be`.
+///
+/// Everything an IPv4 or IPv6 SYN over its source's limit reads sits in the first 64 bytes (one
+/// cache line: the map is `BPF_F_MMAPABLE`, which page-aligns the value), up to four protected
+/// ports included; the admission tunables and the port bitmap (more than four ports) follow.
+/// The limits are GCRA intervals: a bucket is the time its source's next SYN is due
+/// ([`TokenBucket`]), so judging it is one comparison and a refused SYN writes nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpConfig {
     /// [`crate::mode`].
     pub mode: u32,
-    /// SYNs per second each source may send.
-    pub rate_per_sec: u32,
-    /// Bucket depth, in SYNs.
-    pub burst: u32,
     /// [`LIST_ALLOW`] and [`LIST_DENY`] when those lists have entries, so an empty list costs
-    /// no trie lookup per SYN.
-    pub lists: u32,
-    /// New sources each wider prefix may bring per second, and at once.
-    pub new_per_sec: u32,
-    pub new_burst: u32,
+    /// no trie lookup per SYN; [`PORTS_IN_BITMAP`] when [`Self::ports`] is not the whole list.
+    pub flags: u32,
+    /// The protected ports when there are one to four of them; unused slots repeat the first.
+    pub ports: [u16; 4],
+    /// Nanoseconds between SYNs at `rate_per_sec`, and how far ahead of the clock a source's
+    /// bucket may run: `(burst - 1)` intervals, so a full bucket lets `burst` SYNs through at once.
+    pub source_interval_ns: u64,
+    pub source_tolerance_ns: u64,
+    /// IPv6 source mask (the first 64 bits, to the source prefix).
+    pub v6_source_mask: u64,
+    /// IPv4 wider-prefix mask.
+    pub v4_prefix_mask: u32,
+    /// Nanoseconds per jiffy (10^9 / the kernel's `HZ`) for the build that reads `bpf_jiffies64`,
+    /// and what to subtract from `jiffies * ns_per_jiffy` to get `CLOCK_MONOTONIC` (so every
+    /// build's buckets mean the same times); 0 and 0 when user space does not know `HZ` (that
+    /// build is then never loaded).
+    pub ns_per_jiffy: u32,
+    pub jiffies_offset_ns: u64,
+    pub _pad: u64,
+    /// As `source_*`, for the admission of new sources per wider prefix (`new_sources_per_sec`,
+    /// `new_sources_burst`).
+    pub new_interval_ns: u64,
+    pub new_tolerance_ns: u64,
+    /// IPv6 wider-prefix mask.
+    pub v6_prefix_mask: u64,
     /// Drop events per second, over all sources.
     pub events_per_sec: u32,
     /// Prefix lengths, for events.
     pub v4_prefix_len: u8,
     pub v6_prefix_len: u8,
     pub v6_source_len: u8,
-    pub _pad: u8,
-    /// IPv4 wider-prefix mask.
-    pub v4_prefix_mask: u32,
-    pub _pad2: u32,
-    /// IPv6 source mask (the first 64 bits, to the source prefix) and wider-prefix mask.
-    pub v6_source_mask: u64,
-    pub v6_prefix_mask: u64,
+    pub _pad2: u8,
+    pub _pad3: [u64; 4],
+    /// Every protected port, read only with [`PORTS_IN_BITMAP`].
+    pub port_bitmap: PortBitmap,
 }
+
+// The over-limit path's fields in the first cache line, the bitmap on a line of its own.
+const _: () = {
+    assert!(core::mem::offset_of!(XdpConfig, _pad) + 8 == 64);
+    assert!(core::mem::offset_of!(XdpConfig, port_bitmap) == 128);
+};
 
 pub const LIST_ALLOW: u32 = 1;
 pub const LIST_DENY: u32 = 2;
+/// More than four protected ports, or none: the program reads the bitmap.
+pub const PORTS_IN_BITMAP: u32 = 4;
+/// `BPF_F_MMAPABLE`: an array created with it has its values page-aligned.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+impl XdpConfig {
+    /// Protects `ports`: inline when there are one to four, in the bitmap otherwise.
+    pub fn set_ports(&mut self, ports: &[u16]) {
+        self.port_bitmap = PortBitmap::default();
+        let mut inline = [0u16; 4];
+        let mut distinct = 0;
+        for port in ports {
+            if self.port_bitmap.contains(*port) {
+                continue;
+            }
+            self.port_bitmap.set(*port);
+            if distinct < inline.len() {
+                inline[distinct] = *port;
+            }
+            distinct += 1;
+        }
+        if (1..=inline.len()).contains(&distinct) {
+            self.flags &= !PORTS_IN_BITMAP;
+            let first = inline[0];
+            inline[distinct..].fill(first);
+            self.ports = inline;
+        } else {
+            self.flags |= PORTS_IN_BITMAP;
+            self.ports = [0; 4];
+        }
+    }
+
+    /// Whether SYNs to `port` are judged: what the program decides from the same fields.
+    pub fn protects(&self, port: u16) -> bool {
+        if self.flags & PORTS_IN_BITMAP != 0 {
+            self.port_bitmap.contains(port)
+        } else {
+            self.ports.contains(&port)
+        }
+    }
+}
 
 /// The protected ports: bit `port % 64` of word `port / 64`.
 #[repr(C)]
@@ -129,13 +195,15 @@ impl PortBitmap {
     }
 }
 
+/// A source's (or a wider prefix's) limit as GCRA: the time its bucket would be full again were
+/// no SYN refused. A SYN at `now` passes while `due_ns <= now + tolerance` and moves `due_ns` to
+/// `max(due_ns, now) + interval`; that is a token bucket of depth `burst` refilled at the rate,
+/// judged with one comparison, and a refused SYN leaves the bucket as it was.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenBucket {
-    /// Milli-tokens (see [`TOKEN`]).
-    pub tokens: u64,
-    /// Time up to which refills have been credited (the program's clock).
-    pub refilled_ns: u64,
+    /// The program's clock, in ns.
+    pub due_ns: u64,
     /// When the last drop event for this key was sent (at most one per second).
     pub last_event_ns: u64,
 }

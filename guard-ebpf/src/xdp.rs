@@ -21,14 +21,22 @@
 //! spoofed deny-listed flood would otherwise fill the map), so only the global cap bounds their
 //! events.
 //!
-//! Two entry points share the code: `syn_rate_limit` reads `bpf_ktime_get_ns`, and
-//! `syn_limit_coarse` the cheaper `bpf_ktime_get_coarse_ns` (Linux 5.11+, tick resolution,
-//! which a millisecond refill and a one-second event clock do not notice). User space loads the
-//! coarse one where the kernel accepts it.
+//! **Cost.** A SYN over its source's limit is the path a flood takes, so it is kept short: one
+//! array lookup gives the tunables and the protected ports (both in one cache line for up to
+//! four ports), one LRU lookup the source's bucket, and the bucket is GCRA (the time the next SYN
+//! is due; see `TokenBucket`): one comparison, no division, and nothing written for a refused SYN
+//! but its counter and, once a second, its event clock.
+//!
+//! Three entry points share the code, by clock: `syn_limit_jiffy` reads `bpf_jiffies64`, which
+//! the verifier inlines into one load, scaled to ns with the `HZ` user space found; where it
+//! does not know `HZ`, `syn_limit_coarse` reads `bpf_ktime_get_coarse_ns` (Linux 5.11+), and
+//! `syn_rate_limit` `bpf_ktime_get_ns` where neither is there. The first two have tick
+//! resolution, which a rate of SYNs per second and a one-second event clock do not notice. All
+//! three read `CLOCK_MONOTONIC` ns, so pinned buckets mean the same under any of them.
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -37,10 +45,10 @@ use guard_common::{
     bind::{FAMILY_V4, FAMILY_V6},
     mode, verdict,
     xdp::{
-        reason, EventCap, PortBitmap, TokenBucket, XdpConfig, XdpEvent, LIST_ALLOW, LIST_DENY,
-        MAX_XDP_CIDRS, MAX_XDP_PREFIXES, MAX_XDP_SOURCES, PORT_WORDS, STAT_COUNT,
+        reason, EventCap, TokenBucket, XdpConfig, XdpEvent, BPF_F_MMAPABLE, LIST_ALLOW, LIST_DENY,
+        MAX_XDP_CIDRS, MAX_XDP_PREFIXES, MAX_XDP_SOURCES, PORTS_IN_BITMAP, PORT_WORDS, STAT_COUNT,
         STAT_DROPPED_DENY, STAT_DROPPED_NEW_SOURCE, STAT_DROPPED_RATE, STAT_EVENTS_LOST,
-        STAT_EVENTS_SUPPRESSED, STAT_PASSED, STAT_WOULD_DROP, TOKEN, XDP_EVENTS_BYTES,
+        STAT_EVENTS_SUPPRESSED, STAT_PASSED, STAT_WOULD_DROP, XDP_EVENTS_BYTES,
     },
 };
 
@@ -49,10 +57,9 @@ use crate::{
     stats::bump,
 };
 
+/// Mmapable only for the page alignment it gives the value: the hot fields share one line.
 #[map]
-static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
-#[map]
-static XDP_PORTS: Array<PortBitmap> = Array::with_max_entries(1, 0);
+static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static XDP_BUCKETS_V4: LruHashMap<u32, TokenBucket> =
     LruHashMap::with_max_entries(MAX_XDP_SOURCES, 0);
@@ -88,20 +95,20 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
-const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// Where the programs read the time.
+/// Where the programs read the time: `CLOCK_MONOTONIC` ns, at some resolution.
 trait Clock {
-    fn now() -> u64;
+    fn now(config: &XdpConfig) -> u64;
 }
 
 struct Fine;
 struct Coarse;
+struct Jiffies;
 
 impl Clock for Fine {
     #[inline(always)]
-    fn now() -> u64 {
+    fn now(_: &XdpConfig) -> u64 {
         // SAFETY: a helper call with no arguments and no memory access.
         unsafe { bpf_ktime_get_ns() }
     }
@@ -109,9 +116,20 @@ impl Clock for Fine {
 
 impl Clock for Coarse {
     #[inline(always)]
-    fn now() -> u64 {
+    fn now(_: &XdpConfig) -> u64 {
         // SAFETY: as above.
         unsafe { bpf_ktime_get_coarse_ns() }
+    }
+}
+
+impl Clock for Jiffies {
+    #[inline(always)]
+    fn now(config: &XdpConfig) -> u64 {
+        // SAFETY: as above; the verifier turns the call into a load of `jiffies_64`.
+        let jiffies = unsafe { bpf_jiffies64() };
+        jiffies
+            .wrapping_mul(u64::from(config.ns_per_jiffy))
+            .wrapping_sub(config.jiffies_offset_ns)
     }
 }
 
@@ -125,6 +143,11 @@ pub fn syn_limit_coarse(ctx: XdpContext) -> u32 {
     judge::<Coarse>(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
+#[xdp]
+pub fn syn_limit_jiffy(ctx: XdpContext) -> u32 {
+    judge::<Jiffies>(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
 /// Always passes: the baseline that the rate limiter's per-packet cost is compared against.
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
@@ -134,19 +157,28 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 /// Reads the precise clock once and passes: the benchmark's measure of that helper.
 #[xdp]
 pub fn xdp_clock_fine(_ctx: XdpContext) -> u32 {
-    clocked::<Fine>()
+    // SAFETY: a helper call with no arguments and no memory access.
+    clocked(unsafe { bpf_ktime_get_ns() })
 }
 
 /// As [`xdp_clock_fine`], for the coarse clock.
 #[xdp]
 pub fn xdp_clock_coarse(_ctx: XdpContext) -> u32 {
-    clocked::<Coarse>()
+    // SAFETY: as above.
+    clocked(unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// As [`xdp_clock_fine`], for `bpf_jiffies64` (unscaled: no config is read).
+#[xdp]
+pub fn xdp_clock_jiffy(_ctx: XdpContext) -> u32 {
+    // SAFETY: as above.
+    clocked(unsafe { bpf_jiffies64() })
 }
 
 #[inline(always)]
-fn clocked<C: Clock>() -> u32 {
+fn clocked(now: u64) -> u32 {
     // The comparison keeps the call; a clock never reads zero after boot.
-    if C::now() == 0 {
+    if now == 0 {
         xdp_action::XDP_ABORTED
     } else {
         xdp_action::XDP_PASS
@@ -167,13 +199,28 @@ struct Syn {
 }
 
 /// A bucket map key: an IPv4 address or an IPv6 prefix, in network byte order in memory.
+///
+/// The wider prefix and the lengths are read from the config only where they are used (a new
+/// source, an event), so a SYN over its limit does not touch the config's second cache line.
 trait BucketKey: Copy {
     const FAMILY: u16;
     fn addr(self) -> [u8; 16];
+    /// The source key's prefix length, for events.
+    fn source_len(config: &XdpConfig) -> u8;
+    /// The wider prefix that admits new sources, and its length.
+    fn prefix(self, config: &XdpConfig) -> (Self, u8);
 }
 
 impl BucketKey for u32 {
     const FAMILY: u16 = FAMILY_V4;
+    #[inline(always)]
+    fn source_len(_: &XdpConfig) -> u8 {
+        32
+    }
+    #[inline(always)]
+    fn prefix(self, config: &XdpConfig) -> (u32, u8) {
+        (self & config.v4_prefix_mask, config.v4_prefix_len)
+    }
     #[inline(always)]
     fn addr(self) -> [u8; 16] {
         let b = self.to_ne_bytes();
@@ -183,6 +230,14 @@ impl BucketKey for u32 {
 
 impl BucketKey for u64 {
     const FAMILY: u16 = FAMILY_V6;
+    #[inline(always)]
+    fn source_len(config: &XdpConfig) -> u8 {
+        config.v6_source_len
+    }
+    #[inline(always)]
+    fn prefix(self, config: &XdpConfig) -> (u64, u8) {
+        (self & config.v6_prefix_mask, config.v6_prefix_len)
+    }
     #[inline(always)]
     fn addr(self) -> [u8; 16] {
         let b = self.to_ne_bytes();
@@ -216,28 +271,25 @@ impl Report {
 #[inline(always)]
 fn judge<C: Clock>(ctx: &XdpContext) -> Option<u32> {
     let syn = parse_syn(ctx)?;
-    let ports = XDP_PORTS.get(0)?;
-    let word = ports.words[usize::from(syn.port >> 6) & (PORT_WORDS - 1)];
-    if word & (1u64 << (syn.port & 63)) == 0 {
+    let config = XDP_CONFIG.get(0)?;
+    if !protected(config, syn.port) {
         return None;
     }
-    let config = XDP_CONFIG.get(0)?;
-    if config.lists & LIST_DENY != 0 && denied(syn.source) {
+    if config.flags & LIST_DENY != 0 && denied(syn.source) {
         return Some(deny::<C>(ctx, config, &syn));
     }
-    if config.lists & LIST_ALLOW != 0 && allowed(syn.source) {
+    if config.flags & LIST_ALLOW != 0 && allowed(syn.source) {
         bump(&XDP_STATS, STAT_PASSED);
         return Some(xdp_action::XDP_PASS);
     }
-    let now = C::now();
+    let now = C::now(config);
     Some(match syn.source {
         Source::V4(addr) => limit(
             ctx,
             config,
             &XDP_BUCKETS_V4,
             &XDP_PREFIX_V4,
-            (addr, 32),
-            (addr & config.v4_prefix_mask, config.v4_prefix_len),
+            addr,
             syn.port,
             now,
         ),
@@ -246,49 +298,61 @@ fn judge<C: Clock>(ctx: &XdpContext) -> Option<u32> {
             config,
             &XDP_BUCKETS_V6,
             &XDP_PREFIX_V6,
-            (high & config.v6_source_mask, config.v6_source_len),
-            (high & config.v6_prefix_mask, config.v6_prefix_len),
+            high & config.v6_source_mask,
             syn.port,
             now,
         ),
     })
 }
 
+/// Whether SYNs to `port` are judged: the inline ports (first cache line), or the bitmap.
+#[inline(always)]
+fn protected(config: &XdpConfig, port: u16) -> bool {
+    if config.flags & PORTS_IN_BITMAP == 0 {
+        let p = config.ports;
+        return port == p[0] || port == p[1] || port == p[2] || port == p[3];
+    }
+    let word = config.port_bitmap.words[usize::from(port >> 6) & (PORT_WORDS - 1)];
+    word & (1u64 << (port & 63)) != 0
+}
+
 /// The two-level judgement of one SYN from a source that is not listed.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn limit<K: BucketKey>(
     ctx: &XdpContext,
     config: &XdpConfig,
     buckets: &LruHashMap<K, TokenBucket>,
     prefixes: &LruHashMap<K, TokenBucket>,
-    (source, source_len): (K, u8),
-    (prefix, prefix_len): (K, u8),
+    source: K,
     port: u16,
     now: u64,
 ) -> u32 {
-    let capacity = u64::from(config.burst) * TOKEN;
     if let Some(bucket) = buckets.get_ptr_mut(source) {
         // SAFETY: the pointer comes from a successful lookup; LRU entries stay valid for the
         // duration of the program run (RCU).
         let bucket = unsafe { &mut *bucket };
-        if take(bucket, now, config.rate_per_sec, capacity) {
+        if take(
+            bucket,
+            now,
+            config.source_interval_ns,
+            config.source_tolerance_ns,
+        ) {
             bump(&XDP_STATS, STAT_PASSED);
             return xdp_action::XDP_PASS;
         }
         if due(&mut bucket.last_event_ns, now) {
-            let report = Report::of(source, source_len, reason::RATE);
+            let report = Report::of(source, K::source_len(config), reason::RATE);
             event(ctx, config, &report, port, now);
         }
         return count_only(config, STAT_DROPPED_RATE);
     }
     // A new source: its prefix pays for the admission.
-    let admission = u64::from(config.new_burst) * TOKEN;
+    let (prefix, prefix_len) = source.prefix(config);
     match prefixes.get_ptr_mut(prefix) {
         Some(bucket) => {
             // SAFETY: as above.
             let bucket = unsafe { &mut *bucket };
-            if !take(bucket, now, config.new_per_sec, admission) {
+            if !take(bucket, now, config.new_interval_ns, config.new_tolerance_ns) {
                 if due(&mut bucket.last_event_ns, now) {
                     let report = Report::of(prefix, prefix_len, reason::NEW_SOURCE);
                     event(ctx, config, &report, port, now);
@@ -297,9 +361,9 @@ fn limit<K: BucketKey>(
             }
         }
         None => {
+            // A full admission bucket, less this source.
             let fresh = TokenBucket {
-                tokens: admission.saturating_sub(TOKEN),
-                refilled_ns: now,
+                due_ns: now + config.new_interval_ns,
                 last_event_ns: 0,
             };
             let _ = prefixes.insert(prefix, fresh, 0);
@@ -307,8 +371,7 @@ fn limit<K: BucketKey>(
     }
     // Admitted: a full bucket, less this SYN.
     let fresh = TokenBucket {
-        tokens: capacity.saturating_sub(TOKEN),
-        refilled_ns: now,
+        due_ns: now + config.source_interval_ns,
         last_event_ns: 0,
     };
     let _ = buckets.insert(source, fresh, 0);
@@ -327,7 +390,7 @@ fn deny<C: Clock>(ctx: &XdpContext, config: &XdpConfig, syn: &Syn) -> u32 {
             report
         }
     };
-    event(ctx, config, &report, syn.port, C::now());
+    event(ctx, config, &report, syn.port, C::now(config));
     count_only(config, STAT_DROPPED_DENY)
 }
 
@@ -341,39 +404,18 @@ fn due(last_event_ns: &mut u64, now: u64) -> bool {
     true
 }
 
-/// Refills `bucket` and takes one token from it, if it has one.
+/// Takes one token from `bucket` if it has one (GCRA): a SYN is due `interval` after the one
+/// before, and may come up to `tolerance` early. A refused SYN reads the bucket and writes
+/// nothing.
 #[inline(always)]
-fn take(bucket: &mut TokenBucket, now: u64, rate: u32, capacity: u64) -> bool {
-    refill(bucket, now, rate, capacity);
-    if bucket.tokens >= TOKEN {
-        bucket.tokens -= TOKEN;
-        return true;
+fn take(bucket: &mut TokenBucket, now: u64, interval: u64, tolerance: u64) -> bool {
+    let due = bucket.due_ns;
+    if due > now + tolerance {
+        return false;
     }
-    false
-}
-
-/// Credits whole elapsed milliseconds at `rate` tokens per second, keeping the remainder.
-#[inline(always)]
-fn refill(bucket: &mut TokenBucket, now: u64, rate: u32, capacity: u64) {
-    let elapsed_ms = now.saturating_sub(bucket.refilled_ns) / NS_PER_MS;
-    if elapsed_ms == 0 {
-        return;
-    }
-    // An hour refills any bucket; the clamp keeps the product far from overflow.
-    let credited_ms = if elapsed_ms > 3_600_000 {
-        3_600_000
-    } else {
-        elapsed_ms
-    };
-    // rate tokens/s == rate milli-tokens/ms.
-    let tokens = bucket.tokens + credited_ms * u64::from(rate);
-    if tokens >= capacity {
-        bucket.tokens = capacity;
-        bucket.refilled_ns = now;
-    } else {
-        bucket.tokens = tokens;
-        bucket.refilled_ns += elapsed_ms * NS_PER_MS;
-    }
+    // An idle bucket is full: it starts from now, not from the SYNs it missed.
+    bucket.due_ns = if due > now { due } else { now } + interval;
+    true
 }
 
 /// Sends one drop event, unless the global cap for this second is reached (then counts it).

@@ -101,7 +101,7 @@ fn a_reload_refused_in_its_last_step_changes_nothing() {
         "BIND_PORTS",
         "BIND_ALLOW_V4",
         "XDP_ALLOW_V4",
-        "XDP_PORTS",
+        "XDP_CONFIG",
         "EGRESS_ALLOW_V4",
         "EGRESS_CGROUPS",
         "EGRESS_CONFIG",

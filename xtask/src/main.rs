@@ -175,6 +175,16 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Only bench-kernel's BPF_PROG_TEST_RUN rounds of the XDP limiter against xdp_pass (as
+    /// root); the figures also go to target/bench/xdp-test-run.json.
+    BenchXdpTestRun {
+        #[arg(long, default_value_t = 15)]
+        rounds: usize,
+        /// Only save the limiter builds' translated code (`bpftool prog dump xlated`) of this
+        /// object, for instance an older build's, and run nothing.
+        #[arg(long)]
+        xlated_of: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -293,6 +303,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(path.parent().expect("has a parent"))?;
             std::fs::write(&path, serde_json::to_string_pretty(&figures)? + "\n")?;
             println!("bench-kernel: figures written to {}", path.display());
+            Ok(())
+        }
+        Command::BenchXdpTestRun {
+            xlated_of: Some(object),
+            ..
+        } => bench_kernel::xlated_of(&object),
+        Command::BenchXdpTestRun { rounds, .. } => {
+            let figures = bench_kernel::test_runs(rounds)?;
+            let path = build::target_dir().join("bench/xdp-test-run.json");
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&figures)?
+                    + "
+",
+            )?;
             Ok(())
         }
     }

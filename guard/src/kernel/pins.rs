@@ -24,7 +24,6 @@ pub const PINNED_MAPS: &[&str] = &[
     guard_common::bind::MAP_BIND_EVENTS,
     guard_common::bind::MAP_BIND_STATS,
     guard_common::xdp::MAP_XDP_CONFIG,
-    guard_common::xdp::MAP_XDP_PORTS,
     guard_common::xdp::MAP_XDP_BUCKETS_V4,
     guard_common::xdp::MAP_XDP_BUCKETS_V6,
     guard_common::xdp::MAP_XDP_PREFIX_V4,
@@ -63,10 +62,6 @@ pub const PINNED_MAPS: &[&str] = &[
 pub const STATE_VERSIONS: &[(&str, u32)] = &[
     (
         guard_common::xdp::MAP_XDP_CONFIG,
-        guard_common::xdp::XDP_STATE_VERSION,
-    ),
-    (
-        guard_common::xdp::MAP_XDP_PORTS,
         guard_common::xdp::XDP_STATE_VERSION,
     ),
     (

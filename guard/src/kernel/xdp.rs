@@ -1,5 +1,5 @@
-//! The XDP connection rate limit: attaches `syn_rate_limit` (its coarse-clock build where the
-//! kernel has `bpf_ktime_get_coarse_ns`) to the interfaces that can carry traffic to the front
+//! The XDP connection rate limit: attaches `syn_rate_limit` (its jiffies build where the kernel's
+//! `HZ` is known, else its coarse-clock build where the kernel has `bpf_ktime_get_coarse_ns`) to the interfaces that can carry traffic to the front
 //! listener, or to the configured ones (native where the driver allows, generic otherwise), and
 //! keeps its maps equal to the config.
 //!
@@ -21,9 +21,9 @@ use aya::{
     Ebpf,
 };
 use guard_common::xdp::{
-    PortBitmap, XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6,
-    MAP_XDP_CONFIG, MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_EVENTS, MAP_XDP_PORTS, MAP_XDP_STATS,
-    MAX_XDP_CIDRS, PROG_XDP_SYN_LIMIT, PROG_XDP_SYN_LIMIT_COARSE, STAT_DROPPED_DENY,
+    XdpConfig, LIST_ALLOW, LIST_DENY, MAP_XDP_ALLOW_V4, MAP_XDP_ALLOW_V6, MAP_XDP_CONFIG,
+    MAP_XDP_DENY_V4, MAP_XDP_DENY_V6, MAP_XDP_EVENTS, MAP_XDP_STATS, MAX_XDP_CIDRS,
+    PROG_XDP_SYN_LIMIT, PROG_XDP_SYN_LIMIT_COARSE, PROG_XDP_SYN_LIMIT_JIFFIES, STAT_DROPPED_DENY,
     STAT_DROPPED_NEW_SOURCE, STAT_DROPPED_RATE, STAT_EVENTS_LOST, STAT_EVENTS_SUPPRESSED,
     STAT_PASSED, STAT_WOULD_DROP,
 };
@@ -42,6 +42,8 @@ use crate::config::{
     xdp::{AttachMode, XdpSection},
     Config, ProxyConfig,
 };
+
+mod jiffies;
 
 /// The SYN rate limit as a program family: its maps always written, attached to the interfaces
 /// of [`interfaces`], and to those that come up later.
@@ -239,21 +241,34 @@ fn up_interfaces() -> Vec<(String, bool)> {
     seen.into_iter().collect()
 }
 
-/// The limiter's program in this object: the coarse-clock build when the kernel accepts it,
-/// the precise one otherwise. Loads it on first use.
+/// The limiter's program in this object: the jiffies build when `HZ` is known, else the
+/// coarse-clock build when the kernel accepts it, else the precise one. Loads it on first use.
 fn limiter(ebpf: &mut Ebpf) -> Result<(&mut Xdp, &'static str), KernelError> {
-    for name in [PROG_XDP_SYN_LIMIT_COARSE, PROG_XDP_SYN_LIMIT] {
+    let all = [
+        PROG_XDP_SYN_LIMIT_JIFFIES,
+        PROG_XDP_SYN_LIMIT_COARSE,
+        PROG_XDP_SYN_LIMIT,
+    ];
+    for name in all {
         let program: &mut Xdp = super::program(ebpf, name)?;
         if program.fd().is_ok() {
             return Ok((super::program(ebpf, name)?, name));
         }
     }
-    let coarse: &mut Xdp = super::program(ebpf, PROG_XDP_SYN_LIMIT_COARSE)?;
-    match coarse.load() {
-        Ok(()) => return Ok((super::program(ebpf, PROG_XDP_SYN_LIMIT_COARSE)?, PROG_XDP_SYN_LIMIT_COARSE)),
-        Err(err) => tracing::info!(
-            "the coarse clock (bpf_ktime_get_coarse_ns, Linux 5.11+) is refused here, the limiter reads the precise one: {err}"
-        ),
+    // The config map holds the clock's scale before any build is loaded (`apply` runs first).
+    let tried = if jiffies::clock().is_some() {
+        &all[..]
+    } else {
+        &all[1..]
+    };
+    for name in &tried[..tried.len() - 1] {
+        let program: &mut Xdp = super::program(ebpf, name)?;
+        match program.load() {
+            Ok(()) => return Ok((super::program(ebpf, name)?, name)),
+            Err(err) => tracing::info!(
+                "the limiter build {name} is refused here, trying the next clock: {err}"
+            ),
+        }
     }
     let name = PROG_XDP_SYN_LIMIT;
     let program: &mut Xdp = super::program(ebpf, name)?;
@@ -295,10 +310,10 @@ pub fn attach(
             continue;
         }
         let (program, variant) = limiter(ebpf)?;
-        let clock = if variant == PROG_XDP_SYN_LIMIT_COARSE {
-            "coarse clock"
-        } else {
-            "precise clock"
+        let clock = match variant {
+            PROG_XDP_SYN_LIMIT_JIFFIES => "jiffies clock",
+            PROG_XDP_SYN_LIMIT_COARSE => "coarse clock",
+            _ => "precise clock",
         };
         if let Pinned::Replace { link, .. } = pinned {
             // One XDP program per interface: the pinned link keeps its place (and its native or
@@ -393,47 +408,55 @@ pub fn apply(ebpf: &mut Ebpf, config: &XdpSection) -> Result<(), KernelError> {
 pub fn plan(config: &XdpSection) -> maps::Plan {
     let (allow_v4, allow_v6) = split(&config.allow);
     let (deny_v4, deny_v6) = split(&config.deny);
-    let mut ports = PortBitmap::default();
-    if config.enabled {
-        for port in &config.ports {
-            ports.set(*port);
-        }
-    }
     vec![
         TrieStep::ones(MAP_XDP_ALLOW_V4, "xdp.allow", MAX_XDP_CIDRS, allow_v4),
         TrieStep::ones(MAP_XDP_ALLOW_V6, "xdp.allow", MAX_XDP_CIDRS, allow_v6),
         TrieStep::ones(MAP_XDP_DENY_V4, "xdp.deny", MAX_XDP_CIDRS, deny_v4),
         TrieStep::ones(MAP_XDP_DENY_V6, "xdp.deny", MAX_XDP_CIDRS, deny_v6),
+        // With the ports: one bit per port in the bitmap, so every port list fits.
         SlotStep::boxed(MAP_XDP_CONFIG, "xdp", tunables(config)),
-        // One bit per port: every port list fits.
-        SlotStep::boxed(MAP_XDP_PORTS, "xdp.ports", ports),
     ]
 }
 
-/// The kernel's tunables. Masks are in network byte order, as the program ANDs them with keys
-/// loaded straight from the packet.
+/// The kernel's tunables and ports. Masks are in network byte order, as the program ANDs them
+/// with keys loaded straight from the packet.
 pub fn tunables(config: &XdpSection) -> XdpConfig {
-    XdpConfig {
+    let clock = jiffies::clock();
+    let mut tunables = XdpConfig {
         mode: config.mode.kernel_value(),
-        rate_per_sec: config.rate_per_sec,
-        burst: config.burst,
-        lists: (if config.allow.is_empty() {
+        flags: (if config.allow.is_empty() {
             0
         } else {
             LIST_ALLOW
         }) | (if config.deny.is_empty() { 0 } else { LIST_DENY }),
-        new_per_sec: config.new_sources_per_sec,
-        new_burst: config.new_sources_burst,
+        source_interval_ns: interval_ns(config.rate_per_sec),
+        source_tolerance_ns: tolerance_ns(config.rate_per_sec, config.burst),
+        v6_source_mask: mask64(config.ipv6_prefix).to_be(),
+        v4_prefix_mask: mask32(config.new_source_prefix_v4).to_be(),
+        ns_per_jiffy: clock.map_or(0, |c| c.ns_per_jiffy),
+        jiffies_offset_ns: clock.map_or(0, |c| c.offset_ns),
+        new_interval_ns: interval_ns(config.new_sources_per_sec),
+        new_tolerance_ns: tolerance_ns(config.new_sources_per_sec, config.new_sources_burst),
+        v6_prefix_mask: mask64(config.new_source_prefix_v6).to_be(),
         events_per_sec: config.events_per_sec,
         v4_prefix_len: config.new_source_prefix_v4,
         v6_prefix_len: config.new_source_prefix_v6,
         v6_source_len: config.ipv6_prefix,
-        _pad: 0,
-        v4_prefix_mask: mask32(config.new_source_prefix_v4).to_be(),
-        _pad2: 0,
-        v6_source_mask: mask64(config.ipv6_prefix).to_be(),
-        v6_prefix_mask: mask64(config.new_source_prefix_v6).to_be(),
-    }
+        ..XdpConfig::default()
+    };
+    // A disabled section protects no port.
+    tunables.set_ports(if config.enabled { &config.ports } else { &[] });
+    tunables
+}
+
+/// GCRA's emission interval: ns between SYNs at `rate` per second (validated to be at least 1).
+fn interval_ns(rate: u32) -> u64 {
+    1_000_000_000 / u64::from(rate.max(1))
+}
+
+/// How early a SYN may come: `burst - 1` intervals, so `burst` pass at once from a full bucket.
+fn tolerance_ns(rate: u32, burst: u32) -> u64 {
+    interval_ns(rate) * u64::from(burst.saturating_sub(1))
 }
 
 /// The first `len` bits set (host order), `len` clamped to 0..=32.
@@ -508,6 +531,8 @@ pub fn stats(ebpf: &Ebpf) -> Result<XdpStats, KernelError> {
 
 #[cfg(test)]
 mod tests {
+    use guard_common::xdp::PORTS_IN_BITMAP;
+
     use super::*;
 
     #[test]
@@ -552,9 +577,56 @@ mod tests {
             ..XdpSection::default()
         };
         assert!(plan(&config).iter().all(|s| s.entries() <= s.capacity()));
-        let mut bitmap = PortBitmap::default();
-        bitmap.set(8080);
-        bitmap.set(65535);
-        assert!(bitmap.contains(8080) && bitmap.contains(65535) && !bitmap.contains(8081));
+        let all = tunables(&config);
+        assert!(all.protects(8080) && all.protects(65535) && !all.protects(0));
+    }
+
+    #[test]
+    fn up_to_four_ports_sit_inline_and_more_go_to_the_bitmap() {
+        let with = |ports: Vec<u16>, enabled| {
+            tunables(&XdpSection {
+                ports,
+                enabled,
+                ..XdpSection::default()
+            })
+        };
+        let two = with(vec![8080, 443, 8080], true);
+        assert_eq!(two.flags & PORTS_IN_BITMAP, 0);
+        assert_eq!(two.ports, [8080, 443, 8080, 8080]);
+        assert!(two.protects(443) && two.protects(8080) && !two.protects(0));
+        let five = with(vec![1, 2, 3, 4, 5], true);
+        assert_ne!(five.flags & PORTS_IN_BITMAP, 0);
+        assert!((1..=5).all(|p| five.protects(p)) && !five.protects(6) && !five.protects(0));
+        // Disabled, or no ports: nothing is protected, not even port 0 of the empty slots.
+        let off = with(vec![8080], false);
+        assert!(!off.protects(8080) && !off.protects(0));
+        assert!(!with(Vec::new(), true).protects(0));
+    }
+
+    #[test]
+    fn gcra_intervals_let_the_burst_through_at_once() {
+        let config = XdpSection {
+            rate_per_sec: 20,
+            burst: 40,
+            new_sources_per_sec: 10,
+            new_sources_burst: 1,
+            ..XdpSection::default()
+        };
+        let t = tunables(&config);
+        assert_eq!(t.source_interval_ns, 50_000_000);
+        assert_eq!(t.source_tolerance_ns, 39 * 50_000_000);
+        assert_eq!((t.new_interval_ns, t.new_tolerance_ns), (100_000_000, 0));
+        // The program's rule, replayed: a fresh bucket (one SYN taken) passes burst - 1 more at
+        // the same instant, then refuses until an interval has passed.
+        let now = 1_000_000_000u64;
+        let mut due = now + t.source_interval_ns;
+        let mut passed = 1;
+        while due <= now + t.source_tolerance_ns {
+            due = due.max(now) + t.source_interval_ns;
+            passed += 1;
+        }
+        assert_eq!(passed, 40);
+        let later = now + t.source_interval_ns;
+        assert!(due <= later + t.source_tolerance_ns);
     }
 }

@@ -5,6 +5,9 @@
 //!
 //! This is a measurement, not a test: nothing here fails on a figure. Each target is reported as
 //! met or missed.
+//!
+//! `cargo xtask bench-xdp-test-run` runs only the `BPF_PROG_TEST_RUN` rounds of the program cost
+//! (see `test_run.rs`): seconds, not minutes, and no namespaces.
 
 mod conn_flood;
 mod defence;
@@ -15,6 +18,7 @@ mod rotation;
 mod signals;
 mod syn_flood;
 mod syn_sender;
+mod test_run;
 mod upstream;
 
 use std::time::Duration;
@@ -57,6 +61,32 @@ impl Plan {
             }
         }
     }
+}
+
+/// Interleaved `BPF_PROG_TEST_RUN` rounds per run.
+const TEST_RUN_ROUNDS: usize = 15;
+
+/// Only the `BPF_PROG_TEST_RUN` rounds (as root), on the release build's object.
+pub fn test_runs(rounds: usize) -> Result<Value> {
+    signals::watch()?;
+    let result = (|| {
+        cmd::run(cmd::cargo().args(["build", "--release", "-p", "proxyguard"]))?;
+        let target_dir = build::target_dir();
+        let object = prog_cost::object_file(&target_dir)?;
+        let rounds = test_run::measure(&object, rounds, &target_dir.join("bench"))?;
+        rounds.print();
+        Ok(rounds.json())
+    })();
+    signals::finished();
+    result
+}
+
+/// Saves the translated code of `object`'s limiter builds under `target/bench/<object name>/`.
+pub fn xlated_of(object: &std::path::Path) -> Result<()> {
+    let name = object
+        .file_name()
+        .map_or("object".into(), |n| n.to_string_lossy());
+    test_run::dump_limiters(object, &build::target_dir().join("bench").join(&*name))
 }
 
 /// Runs every kernel benchmark, prints a table, and returns the figures.
@@ -145,9 +175,13 @@ fn run_all(quick: bool) -> Result<Value> {
         )?;
         (hook, cost, rotation, daemon.stop()?)
     };
+    phase("program cost: BPF_PROG_TEST_RUN rounds");
+    let test_runs = test_run::measure(&object, TEST_RUN_ROUNDS, &target_dir.join("bench"))?;
 
     let targets = targets(&conn, &syn, &cost, &rotation);
     print_table(quick, &hook, &conn, &syn, &cost, &rotation, &targets);
+    println!();
+    test_runs.print();
     Ok(json!({
         "quick": quick,
         "limit": { "rate_per_sec": defence::RATE_PER_SEC, "burst": defence::BURST },
@@ -161,6 +195,7 @@ fn run_all(quick: bool) -> Result<Value> {
         "syn_flood": syn.iter().map(|(name, s)| (name.to_string(), s.json())).collect::<serde_json::Map<_, _>>(),
         "rotation_flood": rotation.json(),
         "program_cost": cost.json(),
+        "program_cost_test_run": test_runs.json(),
         "xdp_counters": xdp_counters,
         "iptables_hashlimit_dropped": iptables_dropped,
         "targets": targets.iter().map(|t| t.json()).collect::<Vec<_>>(),
@@ -342,6 +377,10 @@ fn print_table(
     match cost.clock_coarse_ns {
         Some(ns) => println!("  xdp_pass + bpf_ktime_get_coarse_ns:    {ns:>6.0} ns/pkt"),
         None => println!("  xdp_pass + bpf_ktime_get_coarse_ns:    (not in this kernel)"),
+    }
+    match cost.clock_jiffies_ns {
+        Some(ns) => println!("  xdp_pass + bpf_jiffies64:              {ns:>6.0} ns/pkt"),
+        None => println!("  xdp_pass + bpf_jiffies64:              (not in this kernel)"),
     }
     println!();
     println!("targets");

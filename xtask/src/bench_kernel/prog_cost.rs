@@ -1,8 +1,9 @@
 //! Program cost: ns per packet from the kernel's BPF run stats, for proxyguard's `syn_rate_limit`
 //! (attached by the daemon on pair 0) against the trivial `xdp_pass` from the same object
-//! (attached here on pair 1), both fed the same SYN flood, in the same attach mode. Two more
-//! pass-through programs that read one clock each (`bpf_ktime_get_ns`, and the coarse
-//! `bpf_ktime_get_coarse_ns` where the kernel has it) give what a clock read costs. Beside the
+//! (attached here on pair 1), both fed the same SYN flood, in the same attach mode. Three more
+//! pass-through programs that read one clock each (`bpf_ktime_get_ns`, the coarse
+//! `bpf_ktime_get_coarse_ns` where the kernel has it, and `bpf_jiffies64`) give what a clock read
+//! costs. Beside the
 //! ns, which load moves, the limiter's and `xdp_pass`'s translated instruction counts and JITed
 //! sizes, which it does not.
 //!
@@ -22,7 +23,9 @@ use aya::{
     sys::{enable_stats, Stats},
     Ebpf,
 };
-use guard_common::xdp::{PROG_XDP_CLOCK_COARSE, PROG_XDP_CLOCK_FINE, PROG_XDP_PASS};
+use guard_common::xdp::{
+    PROG_XDP_CLOCK_COARSE, PROG_XDP_CLOCK_FINE, PROG_XDP_CLOCK_JIFFIES, PROG_XDP_PASS,
+};
 use serde_json::{json, Value};
 
 use super::{netns, signals, syn_flood};
@@ -136,7 +139,8 @@ pub fn program_name(id: u32) -> Result<String> {
 }
 
 pub struct Cost {
-    /// Which build of the limiter ran (`syn_rate_limit` or the coarse-clock `syn_limit_coarse`).
+    /// Which build of the limiter ran (`syn_rate_limit`, the coarse-clock `syn_limit_coarse` or
+    /// the jiffies `syn_limit_jiffy`; the kernel keeps 15 bytes of a name).
     pub limiter: String,
     /// `syn_rate_limit` on SYNs to the protected port from a source over its limit: the whole
     /// judging path, ending in a drop.
@@ -153,6 +157,8 @@ pub struct Cost {
     pub clock_fine_ns: f64,
     /// `None` where the kernel has no coarse clock helper (before 5.11).
     pub clock_coarse_ns: Option<f64>,
+    /// `None` where the kernel refuses `bpf_jiffies64` (before 5.5).
+    pub clock_jiffies_ns: Option<f64>,
 }
 
 impl Cost {
@@ -174,6 +180,7 @@ impl Cost {
             "xdp_pass_jited_bytes": self.pass_size.1,
             "clock_fine_ns_per_packet": self.clock_fine_ns,
             "clock_coarse_ns_per_packet": self.clock_coarse_ns,
+            "clock_jiffies_ns_per_packet": self.clock_jiffies_ns,
             "ratio": self.ratio(),
         })
     }
@@ -217,13 +224,15 @@ pub fn measure(
     };
     let (pass_ns, pass_runs, pass_size) = on_baseline(PROG_XDP_PASS)?;
     let (clock_fine_ns, _, _) = on_baseline(PROG_XDP_CLOCK_FINE)?;
-    let clock_coarse_ns = match on_baseline(PROG_XDP_CLOCK_COARSE) {
+    let optional = |name: &'static str| match on_baseline(name) {
         Ok((ns, _, _)) => Some(ns),
         Err(err) => {
-            eprintln!("bench-kernel: no coarse clock measurement: {err:#}");
+            eprintln!("bench-kernel: no {name} measurement: {err:#}");
             None
         }
     };
+    let clock_coarse_ns = optional(PROG_XDP_CLOCK_COARSE);
+    let clock_jiffies_ns = optional(PROG_XDP_CLOCK_JIFFIES);
     Ok(Cost {
         limiter,
         limiter_ns,
@@ -235,5 +244,6 @@ pub fn measure(
         pass_size,
         clock_fine_ns,
         clock_coarse_ns,
+        clock_jiffies_ns,
     })
 }
