@@ -10,9 +10,11 @@
 
 use std::{
     fs,
+    io::{BufRead, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -125,7 +127,7 @@ impl Agl03 {
 
     /// The trainer starts a rollout in the store: `(rollout_id, attempt_id)`.
     pub fn start_rollout(&self) -> (String, String) {
-        let out = v03(&["rollout", &self.store_url], &[]);
+        let out = v03(&["rollout", &self.store_url]);
         (
             out["rollout_id"].as_str().expect("rollout id").to_owned(),
             out["attempt_id"].as_str().expect("attempt id").to_owned(),
@@ -134,7 +136,7 @@ impl Agl03 {
 
     /// `{count, attempts: {attempt_id: n}}` of the spans the store holds for `rollout`.
     pub fn spans(&self, rollout: &str) -> Value {
-        v03(&["spans", &self.store_url, rollout], &[])
+        v03(&["spans", &self.store_url, rollout])
     }
 
     /// Waits until the store holds at least `at_least` spans for `rollout` (agl's exporter writes
@@ -151,9 +153,90 @@ impl Agl03 {
     }
 }
 
-/// Runs `py/agl/v03_client.py ARGS` in the 0.3 venv and returns its JSON.
-pub fn v03(args: &[&str], env: &[(&str, &str)]) -> Value {
-    run(&venv03(), "v03_client.py", args, env)
+/// Runs `py/agl/v03_client.py`'s action `args` in the 0.3 venv and returns its JSON. The actions
+/// go to one `v03_client.py serve` per test process, over its stdin: each new Python process
+/// would import agl 0.3, and with it LiteLLM's proxy app (about 13 s of CPU).
+pub fn v03(args: &[&str]) -> Value {
+    static SERVED: Mutex<Option<Served>> = Mutex::new(None);
+    // A test that panicked while holding the lock left the client as it was: still usable, or
+    // found dead below and started again.
+    let mut served = SERVED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if served.as_mut().is_none_or(|s| !s.alive()) {
+        *served = Some(Served::start(&venv03(), "v03_client.py"));
+    }
+    served.as_mut().unwrap().act(args)
+}
+
+/// A client script in its `serve` mode: one JSON array per stdin line in, one `PGV03 {json}`
+/// line per action out. It exits at end of input, when the test process that holds its stdin
+/// exits.
+struct Served {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    log: PathBuf,
+}
+
+impl Served {
+    fn start(venv: &Path, name: &str) -> Served {
+        let log = std::env::temp_dir().join(format!("pg-{name}-{}.log", std::process::id()));
+        let mut child = Command::new(venv.join("bin/python"))
+            .arg(script(name))
+            .arg("serve")
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).expect("client log"))
+            .spawn()
+            .expect("run the agent-lightning client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Served {
+            child,
+            stdin,
+            stdout,
+            log,
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn act(&mut self, args: &[&str]) -> Value {
+        let action = args.first().copied().unwrap_or_default();
+        let mut request = serde_json::to_string(args).unwrap();
+        request.push('\n');
+        self.stdin
+            .write_all(request.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .unwrap_or_else(|err| panic!("{action}: the client's stdin: {err}\n{}", self.log()));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = self
+                .stdout
+                .read_line(&mut line)
+                .expect("the client's stdout");
+            assert!(read > 0, "{action}: the client exited\n{}", self.log());
+            if let Some(answer) = line.trim_end().strip_prefix("PGV03 ") {
+                let answer: Value = serde_json::from_str(answer)
+                    .unwrap_or_else(|err| panic!("{action}: the client printed {line:?}: {err}"));
+                assert!(
+                    answer.get("error").is_none(),
+                    "{action} failed: {answer}\n{}",
+                    self.log()
+                );
+                return answer;
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 /// Runs `py/agl/v10_client.py ARGS` in the 1.0 venv and returns its JSON.

@@ -79,10 +79,10 @@ fn v03_llmproxy_behind_the_guard_chat_stream_attribution_and_refusals() {
     let (rid, aid) = v.agl.start_rollout();
     let (victim, _) = v.agl.start_rollout();
 
-    let chat = v03(&["chat", &v.base, &v.agents_key, &rid, &aid], &[]);
+    let chat = v03(&["chat", &v.base, &v.agents_key, &rid, &aid]);
     assert_eq!(chat["ok"], true, "{chat}\n{}", v.agl.log());
     assert_eq!(chat["content"], "Hello from the mock model.");
-    let stream = v03(&["stream", &v.base, &v.agents_key, &rid, &aid], &[]);
+    let stream = v03(&["stream", &v.base, &v.agents_key, &rid, &aid]);
     assert_eq!(stream["ok"], true, "{stream}");
     assert!(stream["chunks"].as_u64().unwrap() >= 1, "{stream}");
     assert_eq!(stream["text"], "Hello from the mock model.");
@@ -133,7 +133,7 @@ fn v03_llmproxy_behind_the_guard_chat_stream_attribution_and_refusals() {
         assert_eq!(got["status"], status, "{what}: {got}");
         assert_eq!(error_code(&got), code, "{what}: {got}");
     }
-    let wrong = v03(&["chat", &v.base, "pgk_wrong", &rid, &aid], &[]);
+    let wrong = v03(&["chat", &v.base, "pgk_wrong", &rid, &aid]);
     assert_eq!(wrong["status"], 401, "{wrong}");
 
     // The guard names the rollout route in its audit line; the LLMProxy saw only allowed calls.
@@ -392,7 +392,7 @@ fn v03_a_scoped_token_on_another_rollouts_path_is_refused_and_writes_nothing() {
         &mint[0].replace("--attempt 0", &format!("--attempt {aid}")),
         &[("ROLLOUT_ID", rid.as_str())],
     );
-    let forged = v03(&["chat", &v.base, &token, &victim, &victim_aid], &[]);
+    let forged = v03(&["chat", &v.base, &token, &victim, &victim_aid]);
     assert_eq!(forged["status"], 403, "{forged}");
     assert!(
         forged["body"]
@@ -403,7 +403,7 @@ fn v03_a_scoped_token_on_another_rollouts_path_is_refused_and_writes_nothing() {
     );
     // The token's own call after it: once its spans are in the store, any span of the refused
     // call would be too (the LLMProxy never saw it; this shows it).
-    let own = v03(&["chat", &v.base, &token, &rid, &aid], &[]);
+    let own = v03(&["chat", &v.base, &token, &rid, &aid]);
     assert_eq!(own["ok"], true, "{own}");
     assert!(v.agl.spans_at_least(&rid, 1)["count"].as_u64().unwrap() >= 1);
     assert_eq!(v.agl.spans(&victim)["count"], 0);

@@ -22,6 +22,8 @@ pub struct Contents<'a> {
     pub proxyguard: &'a Path,
     pub tests: &'a [(String, PathBuf)],
     pub modules: &'a [PathBuf],
+    /// Given to every test binary after `--test-threads=1` (`--include-ignored`, say).
+    pub test_args: &'a [&'a str],
 }
 
 /// Stages `contents` under `dir/root` and packs it to `dir/initramfs.cpio`.
@@ -83,6 +85,7 @@ pub fn build(dir: &Path, contents: &Contents<'_>) -> Result<PathBuf> {
     )?;
     let init = root.join("init");
     fs::write(&init, INIT)?;
+    fs::write(root.join("test-args"), contents.test_args.join(" "))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
     let archive = dir.join("initramfs.cpio");
@@ -157,7 +160,7 @@ export PROXYGUARD_BIN=/bin/proxyguard PROXYGUARD_IN_VM=1 RUST_BACKTRACE=1
 for t in /tests/*; do
     name=$(basename "$t")
     echo "PGVM-START $name"
-    "$t" --test-threads=1
+    "$t" --test-threads=1 $(cat /test-args)
     echo "PGVM-BIN $name rc=$?"
 done
 echo "PGVM-END"

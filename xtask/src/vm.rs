@@ -44,8 +44,23 @@ impl Summary {
     }
 }
 
-/// Boots the VM with every privileged test binary, or with those `only` names.
-pub fn run(kernel_override: Option<&Path>, timeout: Duration, only: &[String]) -> Result<Summary> {
+/// What a VM run boots: which test binaries, and whether their benchmarks run too.
+#[derive(Default)]
+pub struct Selection<'a> {
+    /// Only these test binaries; every privileged one when empty.
+    pub only: &'a [String],
+    /// Also the tests marked `#[ignore = "a benchmark: ..."]`: timed loops that assert little,
+    /// for the figures this host's kernel cannot give (the probe tier's cost, say).
+    pub benches: bool,
+}
+
+/// Boots the VM with the privileged test binaries `selection` names.
+pub fn run(
+    kernel_override: Option<&Path>,
+    timeout: Duration,
+    selection: &Selection<'_>,
+) -> Result<Summary> {
+    let only = selection.only;
     setup::run()?;
     build::workspace(false)?;
     let mut tests = build::privileged_test_binaries()?;
@@ -72,6 +87,11 @@ pub fn run(kernel_override: Option<&Path>, timeout: Duration, only: &[String]) -
             proxyguard: &build::proxyguard_binary(),
             tests: &tests,
             modules: &cached.modules,
+            test_args: if selection.benches {
+                &["--include-ignored"]
+            } else {
+                &[]
+            },
         },
     )?;
     let size_mib = std::fs::metadata(&initrd)?.len() / (1 << 20);

@@ -2,6 +2,9 @@
 one JSON object on stdout.
 
 usage: v03_client.py ACTION ARGS...
+       v03_client.py serve                 reads one JSON array [ACTION, ARGS...] per stdin line
+                                           and prints one line "PGV03 {result}" for each, so a
+                                           test pays agl's import (LiteLLM's proxy, ~13 s) once
   rollout STORE_URL                   the trainer starts a rollout in the store: its ids
   spans STORE_URL RID                 the spans the store holds for rollout RID, per attempt
   chat GUARD KEY RID AID              the agent's chat completion through GUARD
@@ -39,29 +42,45 @@ async def trainer(action, store_url, rest):
         await store.close()
 
 
-def main():
-    action, rest = sys.argv[1], sys.argv[2:]
+def act(action, rest):
     if action in ("rollout", "spans"):
-        print(json.dumps(asyncio.run(trainer(action, rest[0], rest[1:]))))
-        return
+        return asyncio.run(trainer(action, rest[0], rest[1:]))
     guard, key, rid, aid = rest
     sdk = agent_client(guard, key, rid, aid)
     messages = [{"role": "user", "content": "hi"}]
     try:
         if action == "chat":
             out = sdk.chat.completions.create(model="mock-gpt", messages=messages)
-            result = {"ok": True, "content": out.choices[0].message.content}
-        elif action == "stream":
+            return {"ok": True, "content": out.choices[0].message.content}
+        if action == "stream":
             chunks = []
             for chunk in sdk.chat.completions.create(model="mock-gpt", messages=messages, stream=True):
                 if chunk.choices and chunk.choices[0].delta.content:
                     chunks.append(chunk.choices[0].delta.content)
-            result = {"ok": True, "chunks": len(chunks), "text": "".join(chunks)}
-        else:
-            raise SystemExit(f"unknown action {action}")
+            return {"ok": True, "chunks": len(chunks), "text": "".join(chunks)}
+        raise ValueError(f"unknown action {action}")
     except openai.APIStatusError as err:
-        result = {"ok": False, "status": err.status_code, "body": err.response.text}
-    print(json.dumps(result))
+        return {"ok": False, "status": err.status_code, "body": err.response.text}
+    finally:
+        sdk.close()
+
+
+def serve():
+    # agl and LiteLLM log to stdout too: the marker tells the answers from their lines.
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            result = act(request[0], request[1:])
+        except Exception as err:  # reported to the test, which fails with it
+            result = {"error": f"{type(err).__name__}: {err}"}
+        print("PGV03 " + json.dumps(result), flush=True)
+
+
+def main():
+    if sys.argv[1] == "serve":
+        serve()
+        return
+    print(json.dumps(act(sys.argv[1], sys.argv[2:])))
 
 
 if __name__ == "__main__":
