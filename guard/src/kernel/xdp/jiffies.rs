@@ -2,10 +2,12 @@
 //! build that reads `bpf_jiffies64` (the verifier inlines that helper into one load, where the
 //! clock helpers are calls).
 //!
-//! `HZ` is not exposed to user space (`sysconf(_SC_CLK_TCK)` is `USER_HZ`), so it is measured:
-//! `/proc/timer_list` prints the monotonic time and the jiffies counter in one read; two reads
-//! 200 ms apart give the tick rate, which is then rounded to the `HZ` values Linux offers. Where
-//! the file is missing or the rate matches none of them, the limiter reads a clock helper.
+//! `HZ` is not exposed to user space (`sysconf(_SC_CLK_TCK)` is `USER_HZ`). It is read from the
+//! running kernel's `/boot/config-RELEASE` (`CONFIG_HZ=`, as distributions install it), else
+//! measured: `/proc/timer_list` prints the monotonic time and the jiffies counter in one read;
+//! two reads 200 ms apart give the tick rate, which is then rounded to the `HZ` values Linux
+//! offers. Where the file is missing or the rate matches none of them, the limiter reads a clock
+//! helper.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -22,7 +24,7 @@ pub struct JiffyClock {
     pub offset_ns: u64,
 }
 
-/// Measured once per process: the first call takes [`GAP`].
+/// Found once per process: the first call takes [`GAP`] where the kernel's config is not in /boot.
 pub fn clock() -> Option<JiffyClock> {
     static CLOCK: OnceLock<Option<JiffyClock>> = OnceLock::new();
     *CLOCK.get_or_init(|| {
@@ -41,6 +43,9 @@ pub fn clock() -> Option<JiffyClock> {
 }
 
 fn measure() -> Option<JiffyClock> {
+    if let Some(hz) = installed_config_hz() {
+        return Some(clock_at(hz, sample()?));
+    }
     let first = sample()?;
     std::thread::sleep(GAP);
     let second = sample()?;
@@ -75,6 +80,32 @@ fn parse(text: &str) -> Option<(u64, u64)> {
     Some((now, jiffies))
 }
 
+/// The running kernel's `CONFIG_HZ` from its config in /boot, where the distribution put it.
+fn installed_config_hz() -> Option<u64> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    configured_hz(&std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?)
+}
+
+/// `CONFIG_HZ` from a kernel config's text, if it is one of [`HZ_CHOICES`].
+fn configured_hz(config: &str) -> Option<u64> {
+    let hz = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))?
+        .trim()
+        .parse()
+        .ok()?;
+    HZ_CHOICES.contains(&hz).then_some(hz)
+}
+
+/// The clock at `hz` from one sample.
+fn clock_at(hz: u64, (now, jiffies): (u64, u64)) -> JiffyClock {
+    let ns_per_jiffy = NS_PER_SEC / hz;
+    JiffyClock {
+        ns_per_jiffy: ns_per_jiffy as u32,
+        offset_ns: jiffies.wrapping_mul(ns_per_jiffy).wrapping_sub(now),
+    }
+}
+
 /// The clock two samples imply: their tick rate within 10% of one `HZ` choice.
 fn from_samples((now1, j1): (u64, u64), (now2, j2): (u64, u64)) -> Option<JiffyClock> {
     let elapsed_ns = now2.checked_sub(now1).filter(|ns| *ns > 0)?;
@@ -83,11 +114,7 @@ fn from_samples((now1, j1): (u64, u64), (now2, j2): (u64, u64)) -> Option<JiffyC
     let hz = HZ_CHOICES
         .into_iter()
         .find(|hz| (rate - *hz as f64).abs() <= *hz as f64 * 0.1)?;
-    let ns_per_jiffy = NS_PER_SEC / hz;
-    Some(JiffyClock {
-        ns_per_jiffy: ns_per_jiffy as u32,
-        offset_ns: j2.wrapping_mul(ns_per_jiffy).wrapping_sub(now2),
-    })
+    Some(clock_at(hz, (now2, j2)))
 }
 
 #[cfg(test)]
@@ -99,6 +126,15 @@ mod tests {
         let text = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 636742649369 nsecs\n\ncpu: 0\n clock 0:\njiffies: 4295051454\n";
         assert_eq!(parse(text), Some((636_742_649_369, 4_295_051_454)));
         assert_eq!(parse("now at 5 nsecs\n"), None);
+    }
+
+    #[test]
+    fn config_hz_is_read_only_at_a_choice() {
+        let config =
+            "CONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
+        assert_eq!(configured_hz(config), Some(250));
+        assert_eq!(configured_hz("CONFIG_HZ=1024\n"), None);
+        assert_eq!(configured_hz("CONFIG_HZ_250=y\n"), None);
     }
 
     #[test]
