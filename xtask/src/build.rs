@@ -15,6 +15,13 @@ pub fn workspace(release: bool) -> Result<()> {
     cmd::run(&mut build)
 }
 
+/// Builds the release `proxyguard` alone (not the test crates), as the package ships it, and
+/// returns `target/release/proxyguard`. After `cargo xtask deb` it is already built.
+pub fn release_binary() -> Result<PathBuf> {
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "proxyguard"]))?;
+    Ok(target_dir().join("release/proxyguard"))
+}
+
 /// `target/debug/proxyguard` (built by [`workspace`]).
 pub fn proxyguard_binary() -> PathBuf {
     target_dir().join("debug/proxyguard")

@@ -84,7 +84,10 @@ pub fn run(
     let initrd = initramfs::build(
         &dir,
         &initramfs::Contents {
-            proxyguard: &build::proxyguard_binary(),
+            // The binary the package ships, not the debug build: under TCG every daemon start,
+            // reload and `status` the tests make runs several times slower in a debug build,
+            // and the native stage has already run the tests on the debug one.
+            proxyguard: &build::release_binary()?,
             tests: &tests,
             modules: &cached.modules,
             test_args: if selection.benches {
