@@ -122,7 +122,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         kernel: Option<PathBuf>,
         /// Give up (and fail) after this many seconds.
-        #[arg(long, default_value_t = 1800)]
+        #[arg(long, default_value_t = 1200)]
         timeout: u64,
         /// Run only this test binary (`kernel_environ`, say); repeat for more. All by default.
         #[arg(long, value_name = "BINARY")]

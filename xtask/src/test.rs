@@ -233,7 +233,7 @@ fn native_privileged_tests() -> Result<Counts> {
 }
 
 fn vm_tests() -> Result<Counts> {
-    let summary = vm::run(None, Duration::from_secs(1800), &vm::Selection::default())?;
+    let summary = vm::run(None, Duration::from_secs(1200), &vm::Selection::default())?;
     let counts = summary.counts;
     if let Some(problem) = &summary.problem {
         bail!("{problem}");
