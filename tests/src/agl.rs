@@ -6,7 +6,9 @@
 //!   `mock_response` model (from the main venv) as its model server;
 //!
 //! and their trainers and agents (`py/agl/v03_client.py`, `py/agl/v10_client.py`). Every child is a
-//! [`Group`], killed on drop. Keys reach the children through their environment, never argv.
+//! [`Group`], killed on drop, but the 0.3 client: one serves the whole test process over its
+//! stdin and exits when that closes. Keys reach the children through their environment or stdin,
+//! never argv.
 
 use std::{
     fs,
