@@ -22,8 +22,8 @@ pub struct Contents<'a> {
     pub proxyguard: &'a Path,
     pub tests: &'a [(String, PathBuf)],
     pub modules: &'a [PathBuf],
-    /// Given to every test binary after `--test-threads=1` (`--include-ignored`, say).
-    pub test_args: &'a [&'a str],
+    /// Whether the tests run their timed loops at full length (`PROXYGUARD_BENCHES=1`).
+    pub benches: bool,
 }
 
 /// Stages `contents` under `dir/root` and packs it to `dir/initramfs.cpio`.
@@ -85,7 +85,9 @@ pub fn build(dir: &Path, contents: &Contents<'_>) -> Result<PathBuf> {
     )?;
     let init = root.join("init");
     fs::write(&init, INIT)?;
-    fs::write(root.join("test-args"), contents.test_args.join(" "))?;
+    if contents.benches {
+        fs::write(root.join("benches"), "")?;
+    }
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
     let archive = dir.join("initramfs.cpio");
@@ -157,10 +159,11 @@ ip link set lo up
 for m in /modules/*.ko; do insmod "$m" || echo "PGVM-WARN cannot load $m"; done
 echo "PGVM-KERNEL $(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
 export PROXYGUARD_BIN=/bin/proxyguard PROXYGUARD_IN_VM=1 RUST_BACKTRACE=1
+if [ -e /benches ]; then export PROXYGUARD_BENCHES=1; fi
 for t in /tests/*; do
     name=$(basename "$t")
     echo "PGVM-START $name"
-    "$t" --test-threads=1 $(cat /test-args)
+    "$t" --test-threads=1
     echo "PGVM-BIN $name rc=$?"
 done
 echo "PGVM-END"

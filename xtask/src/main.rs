@@ -127,8 +127,8 @@ enum Command {
         /// Run only this test binary (`kernel_environ`, say); repeat for more. All by default.
         #[arg(long, value_name = "BINARY")]
         only: Vec<String>,
-        /// Also run the tests marked as benchmarks (ignored by default): the timed loops for
-        /// what this host's kernel cannot run, such as the environ watch's open probe tier.
+        /// Run the tests' timed loops at full length (one short round otherwise): the figures
+        /// this host's kernel cannot give, such as the environ watch's open probe tier's cost.
         #[arg(long)]
         benches: bool,
     },
