@@ -16,16 +16,22 @@ use proxyguard_tests::{
     daemon::Daemon,
     l7::{free_port, new_key, LiteLlm},
     proxyguard_bin,
-    redis::{self, RedisServer},
+    redis::{self, RedisCluster, RedisServer},
     upstream::upstream,
 };
 use serde_json::Value;
 
 const INSTANCES: [&str; 3] = ["host-a", "host-b", "host-c"];
 
+/// Where the instances' Redis is.
+enum Store {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
 struct Fleet {
     _dir: tempfile::TempDir,
-    redis: RedisServer,
+    store: Store,
     daemons: Vec<Daemon>,
     keys: Vec<(String, String)>,
 }
@@ -47,14 +53,66 @@ fn fleet_on(
     keys: &[(&str, &str)],
     fleet_extra: &str,
 ) -> Option<Fleet> {
+    Some(start(Setup {
+        upstream,
+        upstream_key,
+        keys,
+        fleet_extra,
+        ..Setup::default()
+    }))
+}
+
+/// The same on a three-node Redis Cluster, each instance told a different node first.
+fn cluster_fleet(keys: &[(&str, &str)], per_ip: (u32, u32)) -> Option<Fleet> {
+    if let Err(why) = redis::binary() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(start(Setup {
+        keys,
+        per_ip,
+        cluster: true,
+        ..Setup::default()
+    }))
+}
+
+struct Setup<'a> {
+    upstream: u16,
+    upstream_key: &'a str,
+    keys: &'a [(&'a str, &'a str)],
+    /// More `[fleet]` lines.
+    fleet_extra: &'a str,
+    /// `[proxy.rate]`'s `per_ip_rpm` and `per_ip_burst`.
+    per_ip: (u32, u32),
+    cluster: bool,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            upstream: upstream(),
+            upstream_key: "sk-upstream",
+            keys: &[],
+            fleet_extra: "",
+            per_ip: (100_000, 10_000),
+            cluster: false,
+        }
+    }
+}
+
+fn start(setup: Setup) -> Fleet {
     let dir = tempfile::tempdir().expect("temp dir");
     let redis_dir = dir.path().join("redis");
     fs::create_dir(&redis_dir).expect("redis dir");
-    let redis = RedisServer::start(free_port(), &redis_dir);
+    let store = match setup.cluster {
+        false => Store::Server(RedisServer::start(free_port(), &redis_dir)),
+        true => Store::Cluster(RedisCluster::start(&redis_dir, free_port)),
+    };
     let key_file = dir.path().join("upstream.key");
-    fs::write(&key_file, format!("{upstream_key}\n")).expect("key file");
+    fs::write(&key_file, format!("{}\n", setup.upstream_key)).expect("key file");
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod");
-    let keys: Vec<(String, String, String)> = keys
+    let keys: Vec<(String, String, String)> = setup
+        .keys
         .iter()
         .map(|(name, lines)| {
             let (key, hash) = new_key();
@@ -67,11 +125,27 @@ fn fleet_on(
         .collect();
     let daemons = INSTANCES
         .iter()
-        .map(|instance| {
+        .enumerate()
+        .map(|(i, instance)| {
+            let redis = match &store {
+                Store::Server(server) => format!("redis_url = \"{}\"", server.url()),
+                // Each instance learns the cluster from another node first.
+                Store::Cluster(cluster) => {
+                    let mut urls = cluster.urls();
+                    urls.rotate_left(i);
+                    format!(
+                        "redis_url = \"{}\"\ncluster = true\ncluster_seeds = {:?}",
+                        urls[0],
+                        &urls[1..]
+                    )
+                }
+            };
+            let (per_ip_rpm, per_ip_burst) = setup.per_ip;
             let mut config = format!(
-                "[bind]\nenabled = false\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:{upstream}\"\nupstream_key_file = \"{}\"\n\n[fleet]\nredis_url = \"{}\"\ninstance = \"{instance}\"\nexpected_instances = 3\n# The machine running the tests is shared: 100 ms, not the default 30, keeps\n# timeouts (which count high) rare.\ntimeout_ms = 100\n{fleet_extra}\n\n[proxy.rate]\nper_ip_rpm = 100000\nper_ip_burst = 10000\n",
+                "[bind]\nenabled = false\n\n[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:{}\"\nupstream_key_file = \"{}\"\n\n[fleet]\n{redis}\ninstance = \"{instance}\"\nexpected_instances = 3\n# The machine running the tests is shared: 100 ms, not the default 30, keeps\n# timeouts (which count high) rare.\ntimeout_ms = 100\n{}\n\n[proxy.rate]\nper_ip_rpm = {per_ip_rpm}\nper_ip_burst = {per_ip_burst}\n",
+                setup.upstream,
                 key_file.display(),
-                redis.url(),
+                setup.fleet_extra,
             );
             for (name, _, lines) in &keys {
                 config.push_str(&format!("\n[[proxy.keys]]\nname = \"{name}\"\nrpm = 100000\n{lines}\n"));
@@ -81,12 +155,12 @@ fn fleet_on(
         .collect();
     let fleet = Fleet {
         _dir: dir,
-        redis,
+        store,
         daemons,
         keys: keys.into_iter().map(|(n, k, _)| (n, k)).collect(),
     };
     fleet.wait_mode("shared");
-    Some(fleet)
+    fleet
 }
 
 const BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
@@ -138,6 +212,28 @@ fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
 }
 
 impl Fleet {
+    /// The one Redis server (the tests that kill it run on one).
+    fn redis(&mut self) -> &mut RedisServer {
+        match &mut self.store {
+            Store::Server(server) => server,
+            Store::Cluster(_) => panic!("this fleet runs on a Redis Cluster"),
+        }
+    }
+
+    fn cluster(&self) -> &RedisCluster {
+        match &self.store {
+            Store::Cluster(cluster) => cluster,
+            Store::Server(_) => panic!("this fleet runs on one Redis server"),
+        }
+    }
+
+    fn cluster_mut(&mut self) -> &mut RedisCluster {
+        match &mut self.store {
+            Store::Cluster(cluster) => cluster,
+            Store::Server(_) => panic!("this fleet runs on one Redis server"),
+        }
+    }
+
     fn key(&self, name: &str) -> &str {
         &self.keys.iter().find(|k| k.0 == name).expect("key").1
     }
@@ -213,12 +309,27 @@ fn with_redis_killed_each_instance_holds_its_share_and_sharing_resumes_with_the_
     let Some(mut fleet) = fleet(&[("shared", "requests_per_day = 60")], "") else {
         return;
     };
+    through_an_outage(
+        &mut fleet,
+        |fleet| fleet.redis().kill(),
+        |fleet| fleet.redis().start_again(),
+    );
+}
+
+/// Key `shared` (60 requests a day): 30 shared, then Redis gone (`down`), then back (`up`).
+/// While apart each instance holds its share; when sharing resumes what each admitted apart is
+/// in the shared counts.
+fn through_an_outage(
+    fleet: &mut Fleet,
+    down: impl FnOnce(&mut Fleet),
+    up: impl FnOnce(&mut Fleet),
+) {
     let key = fleet.key("shared").to_owned();
     // 30 shared: 10 on each instance.
     let shared = fleet.round_robin(&key, 30);
     assert_eq!(count(&shared, 200, ""), 30, "{shared:?}");
 
-    fleet.redis.kill();
+    down(fleet);
     // Each instance's share is 60 / 3 = 20, and each has served 10 of them today.
     let apart = fleet.round_robin(&key, 90);
     assert_eq!(
@@ -241,15 +352,15 @@ fn with_redis_killed_each_instance_holds_its_share_and_sharing_resumes_with_the_
         );
     }
 
-    fleet.redis.start_again();
+    up(fleet);
     fleet.wait_mode("shared");
     // What each instance admitted apart is added to the shared counts: 30 + 30 = 60.
     // A call that timed out after Redis had run it is counted there and owed too: the count
     // errs high, never low (60 + a few such).
-    let mut seen = None;
     eventually("the counts admitted apart added", || {
-        seen = fleet.shared_requests(&fleet.daemons[0], "shared");
-        seen.is_some_and(|n| (60..=63).contains(&n))
+        fleet
+            .shared_requests(&fleet.daemons[0], "shared")
+            .is_some_and(|n| (60..=63).contains(&n))
     });
     let after = fleet.round_robin(&key, 15);
     assert_eq!(
@@ -257,6 +368,15 @@ fn with_redis_killed_each_instance_holds_its_share_and_sharing_resumes_with_the_
         15,
         "the day's 60 are spent fleet-wide: {after:?}"
     );
+}
+
+/// Today's number (UTC days since the epoch), as the fleet's keys name it.
+fn today() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 86_400
 }
 
 #[test]
@@ -293,7 +413,7 @@ fn deny_refuses_and_allow_admits_while_redis_is_down() {
             return;
         };
         let key = fleet.key("k").to_owned();
-        fleet.redis.kill();
+        fleet.redis().kill();
         let answers = fleet.round_robin(&key, 30);
         let code = if want == 503 { "fleet_unavailable" } else { "" };
         // `allow`: the fleet's limit is off, and each instance's own (3 a day) still holds.
@@ -342,6 +462,122 @@ fn a_token_budget_is_shared_and_settled_to_what_litellm_reports() {
             .shared_today(&fleet.daemons[1], "tokens", "tokens")
             .is_some_and(|tokens| (settled..=settled + 60).contains(&tokens))
     });
+}
+
+/// The fleet on a three-node Redis Cluster (each instance told a different node first). A key's
+/// windows, a client address's rate and the key state are three hash tags, so three slots, and
+/// (with these names) on more than one node: each request's key and address go as two calls.
+#[test]
+fn on_a_redis_cluster_a_day_budget_is_shared_and_a_revocation_reaches_every_instance() {
+    let Some(fleet) = cluster_fleet(
+        &[("shared", "requests_per_day = 50"), ("victim", "")],
+        (100_000, 10_000),
+    ) else {
+        return;
+    };
+    let statuses = || -> Vec<Value> {
+        fleet
+            .daemons
+            .iter()
+            .map(|d| d.cli_json(&["status"])["fleet"].clone())
+            .collect()
+    };
+    let before = statuses();
+    let answers = fleet.round_robin(fleet.key("shared"), 150);
+    let admitted = count(&answers, 200, "");
+    assert_eq!(
+        admitted + count(&answers, 429, "request_budget"),
+        150,
+        "{answers:?}"
+    );
+    assert!(
+        (48..=52).contains(&admitted),
+        "{admitted} admitted across the fleet"
+    );
+    // Counted in the cluster, not held by each instance's local share (which would admit about
+    // as many): the day's counter is on the node of `{shared}`'s slot, and no instance left
+    // shared mode during the run.
+    let counted: u64 = fleet
+        .cluster()
+        .get(&format!("pg:{{shared}}:req:{}", today()))
+        .parse()
+        .expect("the day's counter in the cluster");
+    assert!(
+        (admitted as u64..=admitted as u64 + 3).contains(&counted),
+        "{counted} counted, {admitted} admitted"
+    );
+    for (daemon, before) in fleet.daemons.iter().zip(&before) {
+        let status = &daemon.cli_json(&["status"])["fleet"];
+        assert_eq!(status["cluster"], true, "{status}");
+        assert_eq!(status["mode"], "shared", "{status}");
+        assert_eq!(status["mode_changes"], before["mode_changes"], "{status}");
+        let shared = fleet.shared_requests(daemon, "shared");
+        assert_eq!(shared, Some(counted), "usage on {}", daemon.ready["proxy"]);
+    }
+
+    // Key state (`{fleet}`, its own slot) works there too.
+    let (a, c) = (&fleet.daemons[0], &fleet.daemons[2]);
+    assert_eq!(chat(c, fleet.key("victim")).0, 200);
+    a.cli_json(&["keys", "revoke", "victim"]);
+    for daemon in &fleet.daemons[1..] {
+        eventually("B and C refuse the key revoked on A", || {
+            chat(daemon, fleet.key("victim")) == (401, "key_revoked".into())
+        });
+    }
+    let per_node = fleet.cluster().keys_per_node();
+    assert!(
+        per_node.iter().filter(|keys| **keys > 0).count() >= 2,
+        "the fleet's keys sit on more than one node: {per_node:?}"
+    );
+}
+
+/// On a Cluster a request's key and address are checked in two calls, and what one counted is
+/// given back when the other refuses: a refused request counts nowhere, as with one server.
+#[test]
+fn on_a_redis_cluster_the_address_rate_is_shared_and_a_refused_request_counts_nowhere() {
+    // One address may make 15 requests (refilled one a minute) across the fleet.
+    let Some(fleet) = cluster_fleet(
+        &[
+            ("thrifty", "requests_per_day = 5"),
+            ("plenty", "requests_per_day = 1000"),
+        ],
+        (1, 15),
+    ) else {
+        return;
+    };
+    let thrifty = fleet.round_robin(fleet.key("thrifty"), 15);
+    assert_eq!(count(&thrifty, 200, ""), 5, "{thrifty:?}");
+    assert_eq!(count(&thrifty, 429, "request_budget"), 10, "{thrifty:?}");
+    // The ten the key refused were given back to the address: 10 of its 15 are left.
+    let plenty = fleet.round_robin(fleet.key("plenty"), 24);
+    assert_eq!(count(&plenty, 200, ""), 10, "{plenty:?}");
+    assert_eq!(count(&plenty, 429, "rate_ip"), 14, "{plenty:?}");
+    // And the 14 the address refused were given back to the key: its day holds the 10.
+    eventually("plenty's day holds only what was admitted", || {
+        fleet
+            .shared_requests(&fleet.daemons[0], "plenty")
+            .is_some_and(|n| (10..=12).contains(&n))
+    });
+}
+
+/// A Cluster node down is Redis unreachable for the requests it serves: each instance holds its
+/// share, and when the node is back (its append-only file intact) the instances share again with
+/// what they admitted apart added.
+#[test]
+fn on_a_redis_cluster_a_node_down_means_the_local_share_and_sharing_resumes() {
+    let Some(mut fleet) = cluster_fleet(&[("shared", "requests_per_day = 60")], (100_000, 10_000))
+    else {
+        return;
+    };
+    // The node that holds this key's slot.
+    let node = fleet
+        .cluster()
+        .node_of(&format!("pg:{{shared}}:req:{}", today()));
+    through_an_outage(
+        &mut fleet,
+        |fleet| fleet.cluster_mut().nodes[node].kill(),
+        |fleet| fleet.cluster_mut().nodes[node].start_again(),
+    );
 }
 
 /// The demo the README's "More than one host" tells a person to run, as it says:

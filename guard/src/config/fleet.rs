@@ -12,6 +12,11 @@ use super::FieldError;
 pub struct FleetSection {
     /// `redis://host:port/db`, or `rediss://` for TLS. Empty: no fleet, every limit local.
     pub redis_url: String,
+    /// `redis_url` is a node of a Redis Cluster: the client learns the others from it (and from
+    /// `cluster_seeds`) and sends each call to the node that holds its slot.
+    pub cluster: bool,
+    /// More Cluster nodes to learn the cluster from, should `redis_url`'s be down at start.
+    pub cluster_seeds: Vec<String>,
     /// A root-only file (mode 0600) holding Redis's password (`AUTH`), alone on one line.
     pub password_file: Option<PathBuf>,
     /// This instance's name in events and in Redis; empty: the host name.
@@ -29,6 +34,8 @@ impl Default for FleetSection {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            cluster: false,
+            cluster_seeds: Vec::new(),
             password_file: None,
             instance: String::new(),
             expected_instances: 1,
@@ -76,23 +83,20 @@ pub fn validate(fleet: &FleetSection, errors: &mut Vec<FieldError>) {
             message,
         })
     };
-    let url = fleet.redis_url.as_str();
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    if let Some(message) = url_error(&fleet.redis_url, fleet.cluster) {
+        push("redis_url", message);
+    }
+    if !fleet.cluster && !fleet.cluster_seeds.is_empty() {
         push(
-            "redis_url",
-            "must start with redis:// (or rediss:// for TLS), like \"redis://127.0.0.1:6379/0\""
+            "cluster_seeds",
+            "names Redis Cluster nodes, but fleet.cluster is false; set cluster = true, or remove them"
                 .into(),
         );
-    } else if redis::IntoConnectionInfo::into_connection_info(url).is_err() {
-        push(
-            "redis_url",
-            "is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\"".into(),
-        );
-    } else if url.contains('@') {
-        push(
-            "redis_url",
-            "must not hold a password; put it in fleet.password_file (mode 0600)".into(),
-        );
+    }
+    for seed in &fleet.cluster_seeds {
+        if let Some(message) = url_error(seed, true) {
+            push("cluster_seeds", format!("{seed:?} {message}"));
+        }
     }
     if fleet.expected_instances == 0 || fleet.expected_instances > 1000 {
         push(
@@ -117,6 +121,34 @@ pub fn validate(fleet: &FleetSection, errors: &mut Vec<FieldError>) {
             "may hold only letters, digits, '-', '_' and '.'".into(),
         );
     }
+}
+
+/// What is wrong with `url` as the address of Redis (a Cluster node if `cluster`), if anything.
+fn url_error(url: &str, cluster: bool) -> Option<String> {
+    let info = if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Some(
+            "must start with redis:// (or rediss:// for TLS), like \"redis://127.0.0.1:6379/0\""
+                .into(),
+        );
+    } else {
+        match redis::IntoConnectionInfo::into_connection_info(url) {
+            Ok(info) => info,
+            Err(_) => {
+                return Some(
+                    "is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\"".into(),
+                )
+            }
+        }
+    };
+    if url.contains('@') {
+        return Some("must not hold a password; put it in fleet.password_file (mode 0600)".into());
+    }
+    if cluster && info.redis_settings().db() != 0 {
+        return Some(
+            "names a database other than 0, which Redis Cluster does not have; end it in /0".into(),
+        );
+    }
+    None
 }
 
 #[cfg(test)]
@@ -157,6 +189,35 @@ mod tests {
                 "fleet.instance"
             ]
         );
+        // A Cluster has database 0 only; seeds without `cluster` are a mistake, and each seed is
+        // checked as `redis_url` is.
+        let mut errors = Vec::new();
+        let fleet = FleetSection {
+            redis_url: "redis://10.0.0.5:6379/2".into(),
+            cluster: true,
+            cluster_seeds: vec!["redis://10.0.0.6:6379".into(), "10.0.0.7:6379".into()],
+            ..FleetSection::default()
+        };
+        validate(&fleet, &mut errors);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["fleet.redis_url", "fleet.cluster_seeds"],
+            "{errors:?}"
+        );
+        assert!(errors[0].message.contains("database other than 0"));
+        assert!(errors[1]
+            .message
+            .starts_with("\"10.0.0.7:6379\" must start"));
+        let mut errors = Vec::new();
+        let fleet = FleetSection {
+            redis_url: "redis://10.0.0.5:6379/0".into(),
+            cluster_seeds: vec!["redis://10.0.0.6:6379".into()],
+            ..FleetSection::default()
+        };
+        validate(&fleet, &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("set cluster = true"));
         let mut errors = Vec::new();
         validate(&FleetSection::default(), &mut errors);
         assert!(errors.is_empty(), "off by default");

@@ -2,6 +2,7 @@
 //! one Redis, safe when Redis is not, and key state (revocations, suspensions) that reaches every
 //! host within a second.
 //!
+//! - `conn`: the connection, to one Redis server or to a Redis Cluster.
 //! - `script`: the windows a request touches and the Lua that checks and counts them in one call.
 //! - `breaker`: the circuit breaker; while it is open, `on_redis_error` answers at once.
 //! - `keystate`: revocations and suspensions, published to Redis and polled from it.
@@ -11,6 +12,7 @@
 //! limiters (each limit ÷ `expected_instances`), built in `proxy::state`.
 
 pub mod breaker;
+pub mod conn;
 pub mod keystate;
 pub mod metrics;
 pub mod script;
@@ -27,10 +29,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use http::StatusCode;
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    ErrorKind, IntoConnectionInfo, Script, ServerErrorKind,
-};
+use redis::{ErrorKind, Script, ServerErrorKind};
 use serde_json::{json, Value};
 use thread_local::ThreadLocal;
 
@@ -39,6 +38,7 @@ use crate::{
     proxy::{budget::policy::Policy, reject::Reject},
 };
 use breaker::{Breaker, BreakerState, Transition};
+use conn::{Backend, Conn};
 use script::{Client, Counter, Kind, Reserve, Window, Windows};
 
 /// How often the probe task tries an unreachable Redis, and how often key state is polled.
@@ -59,6 +59,8 @@ pub enum FleetError {
 #[derive(Clone, PartialEq)]
 pub struct FleetSettings {
     pub redis_url: String,
+    /// A Redis Cluster's seed nodes (`redis_url` first); empty: one server.
+    pub cluster_seeds: Vec<String>,
     pub password: Option<String>,
     pub instance: String,
     pub expected_instances: u32,
@@ -71,6 +73,7 @@ impl std::fmt::Debug for FleetSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetSettings")
             .field("redis_url", &self.redis_url)
+            .field("cluster_seeds", &self.cluster_seeds)
             .field("instance", &self.instance)
             .field("expected_instances", &self.expected_instances)
             .field("on_redis_error", &self.on_redis_error)
@@ -106,8 +109,17 @@ pub fn compile(
     } else {
         section.instance.clone()
     };
+    let cluster_seeds = if section.cluster {
+        std::iter::once(&section.redis_url)
+            .chain(&section.cluster_seeds)
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
     (!failed).then(|| FleetSettings {
         redis_url: section.redis_url.clone(),
+        cluster_seeds,
         password,
         instance,
         expected_instances: section.expected_instances.max(1),
@@ -202,10 +214,9 @@ pub enum Verdict {
 
 pub struct Fleet {
     pub settings: FleetSettings,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    backend: Backend,
     /// One connection per thread that calls Redis (`connection`).
-    conns: ThreadLocal<ConnectionManager>,
+    conns: ThreadLocal<Conn>,
     /// Per thread, the settlements waiting for their batch (`spawn_adjust`).
     settling: ThreadLocal<Arc<Mutex<Settling>>>,
     breaker: Breaker,
@@ -238,26 +249,18 @@ impl Fleet {
     /// Connects lazily (Redis may be down at start: the breaker starts open and the probe task
     /// closes it) and starts the probe and key-state tasks.
     pub fn start(settings: FleetSettings) -> Result<Arc<Fleet>, FleetError> {
-        let mut info = settings.redis_url.as_str().into_connection_info()?;
-        if let Some(password) = &settings.password {
-            let redis = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(redis);
-        }
-        let client = redis::Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.timeout))
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+        let backend = Backend::new(
+            &settings.redis_url,
+            &settings.cluster_seeds,
+            settings.password.as_deref(),
+            settings.timeout,
+        )?;
         // Made now so that a bad URL or setting fails the start, not the first request.
         let conns = ThreadLocal::new();
-        conns.get_or_try(|| {
-            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-        })?;
+        conns.get_or_try(|| backend.connect_lazily())?;
         let fleet = Arc::new(Fleet {
             settings,
-            client,
-            config,
+            backend,
             conns,
             settling: ThreadLocal::new(),
             breaker: Breaker::new_open(),
@@ -299,11 +302,9 @@ impl Fleet {
     /// connection shared by every worker would wake its driver's thread and then the request's,
     /// twice a call (futex wake-ups, the fleet bench's syscalls per request). Call it from
     /// within a tokio runtime.
-    fn connection(&self) -> Option<ConnectionManager> {
+    fn connection(&self) -> Option<Conn> {
         self.conns
-            .get_or_try(|| {
-                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-            })
+            .get_or_try(|| self.backend.connect_lazily())
             .map_err(|err| tracing::debug!(error = %err, "fleet: no redis connection"))
             .ok()
             .cloned()
@@ -337,9 +338,58 @@ impl Fleet {
         );
     }
 
-    /// Runs `windows` of key `name` through the admit script, within the timeout; the call's
-    /// time goes to `proxyguard_fleet_call_seconds`.
+    /// Runs `windows` of key `name` through the admit script: one call, or on a Redis Cluster
+    /// one per hash tag. The key's windows and the address's rate are two slots there, most
+    /// often on two nodes, so they go as two calls sent together (one round trip's wait). Each
+    /// checks and counts its own; what one counted is given back when the other refuses or
+    /// fails, so that a refused request counts nowhere, as with one call.
     async fn run(&self, name: &str, windows: &Windows) -> Result<Answer, FleetError> {
+        let split = match self.backend.is_cluster() {
+            true => windows.split_address(),
+            false => None,
+        };
+        let Some((key, address)) = split else {
+            return self.call(name, windows).await;
+        };
+        let (on_key, on_address) = tokio::join!(self.call(name, &key), self.call(name, &address));
+        if let (Ok(Answer::Admitted), Ok(Answer::Admitted)) = (&on_key, &on_address) {
+            return Ok(Answer::Admitted);
+        }
+        if let Ok(Answer::Admitted) = on_key {
+            self.spawn_refund(name, &key);
+        }
+        if let Ok(Answer::Admitted) = on_address {
+            self.spawn_refund(name, &address);
+        }
+        match (on_key, on_address) {
+            // The address first, as in one call: a request both refuse is the address's.
+            (_, Ok(refused @ Answer::Address(_))) => Ok(refused),
+            (Err(err), _) | (_, Err(err)) => Err(err),
+            (on_key, _) => on_key,
+        }
+    }
+
+    /// Gives back, in the background, what an admitted call of `windows` counted.
+    fn spawn_refund(&self, name: &str, windows: &Windows) {
+        let (Ok(runtime), Some(mut conn)) =
+            (tokio::runtime::Handle::try_current(), self.connection())
+        else {
+            return;
+        };
+        let cmd = windows.refund_command(self.adjust.get_hash(), name);
+        let script = self.adjust.clone();
+        let timeout = self.settings.timeout * 10;
+        runtime.spawn(async move {
+            let call = evalsha::<i64>(&script, &cmd, &mut conn);
+            if let Ok(Err(err)) = tokio::time::timeout(timeout, call).await {
+                tracing::debug!(error = %err, "fleet: a refund did not reach redis");
+            }
+        });
+    }
+
+    /// Runs `windows` of key `name` through the admit script in one call, within the timeout;
+    /// the call's time goes to `proxyguard_fleet_call_seconds`.
+    async fn call(&self, name: &str, windows: &Windows) -> Result<Answer, FleetError> {
         let Some(mut conn) = self.connection() else {
             return Err(FleetError::Timeout(0));
         };
@@ -522,6 +572,7 @@ impl Fleet {
         let batch = batch.clone();
         let script = self.adjust.clone();
         let timeout = self.settings.timeout * 10;
+        let per_key = self.backend.is_cluster();
         runtime.spawn(async move {
             tokio::time::sleep(SETTLE_BATCH).await;
             let amounts = {
@@ -529,18 +580,21 @@ impl Fleet {
                 pending.scheduled = false;
                 std::mem::take(&mut pending.amounts)
             };
-            let amounts: Vec<_> = amounts.into_iter().filter(|(_, d)| *d != 0.0).collect();
-            let mut cmd = redis::Cmd::with_capacity(3 + 2 * amounts.len(), 64 * amounts.len());
-            cmd.arg("EVALSHA").arg(script.get_hash()).arg(amounts.len());
-            for ((name, window), _) in &amounts {
-                cmd.arg(window.key(name));
-            }
-            for (_, amount) in &amounts {
-                cmd.arg(*amount);
-            }
-            let call = evalsha::<i64>(&script, &cmd, &mut conn);
-            if let Ok(Err(err)) = tokio::time::timeout(timeout, call).await {
-                tracing::debug!(error = %err, "fleet: a settlement did not reach redis");
+            let mut amounts: Vec<_> = amounts.into_iter().filter(|(_, d)| *d != 0.0).collect();
+            // One call holds the whole batch on one server; on a Cluster, one call per key
+            // name (its hash tag, so its slot).
+            let calls: Vec<&[_]> = if per_key {
+                amounts.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+                amounts.chunk_by(|a, b| a.0 .0 == b.0 .0).collect()
+            } else {
+                vec![&amounts[..]]
+            };
+            for amounts in calls {
+                let cmd = adjust_command(&script, amounts);
+                let call = evalsha::<i64>(&script, &cmd, &mut conn);
+                if let Ok(Err(err)) = tokio::time::timeout(timeout, call).await {
+                    tracing::debug!(error = %err, "fleet: a settlement did not reach redis");
+                }
             }
         });
     }
@@ -556,6 +610,7 @@ impl Fleet {
         json!({
             "instance": self.settings.instance,
             "redis_url": self.settings.redis_url,
+            "cluster": self.backend.is_cluster(),
             "mode": self.mode().as_str(),
             "breaker": self.breaker.state().as_str(),
             "on_redis_error": self.settings.on_redis_error.as_str(),
@@ -601,7 +656,7 @@ impl Fleet {
 async fn evalsha<T: redis::FromRedisValue>(
     script: &Script,
     cmd: &redis::Cmd,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
 ) -> redis::RedisResult<T> {
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -610,6 +665,19 @@ async fn evalsha<T: redis::FromRedisValue>(
         }
         answer => answer,
     }
+}
+
+/// The `EVALSHA` of [`script::ADJUST`] adding each amount to its counter.
+fn adjust_command(script: &Script, amounts: &[((Arc<str>, Window), f64)]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + 2 * amounts.len(), 64 * amounts.len());
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(amounts.len());
+    for ((name, window), _) in amounts {
+        cmd.arg(window.key(name));
+    }
+    for (_, amount) in amounts {
+        cmd.arg(*amount);
+    }
+    cmd
 }
 
 fn rate_reject(reason: &'static str, who: &str, retry_us: u64) -> Reject {

@@ -5,7 +5,9 @@
 //! slot. A client address prefix is its own tag (`{ip:PREFIX}`), checked in the same call: one
 //! `EVALSHA` per request, not one per tag, since each call costs Redis far more than the few
 //! commands inside it (the fleet bench counts them). A call that holds both tags spans two slots,
-//! which one Redis serves (the client is not a Cluster client).
+//! which one Redis server serves; on a Redis Cluster the two tags go as two calls sent together
+//! (`Windows::split_address`), and what one counted is given back if the other refuses
+//! (`Windows::refund_command`).
 //!
 //! Request rates are GCRA on Redis's own clock (`TIME`), so the hosts' clocks do not matter; the
 //! day, month and minute windows are the UTC windows of the host's clock, as the local ledger's
@@ -390,6 +392,56 @@ impl Windows {
         cmd
     }
 
+    /// For a Redis Cluster: the key's windows and the address's rate as two calls, one per hash
+    /// tag (slot); `None` when one of them is empty (then one call holds it all).
+    pub fn split_address(&self) -> Option<(Windows, Windows)> {
+        let address = self.address?;
+        if self.rate.is_none() && self.counters.is_empty() {
+            return None;
+        }
+        let key = Windows {
+            rate: self.rate,
+            address: None,
+            counters: self.counters.clone(),
+        };
+        let address = Windows {
+            rate: None,
+            address: Some(address),
+            counters: Vec::new(),
+        };
+        Some((key, address))
+    }
+
+    /// The `EVALSHA` of [`ADJUST`] (its SHA-1 `sha`) that gives back what an admitted call of
+    /// these windows of key `name` counted: one interval of each rate (its theoretical arrival
+    /// time goes back to where this request found it) and each counter's amount.
+    pub fn refund_command(&self, sha: &str, name: &str) -> Cmd {
+        let counters: Vec<&Counter> = self.counters.iter().filter(|c| c.amount != 0.0).collect();
+        let keys =
+            usize::from(self.rate.is_some()) + usize::from(self.address.is_some()) + counters.len();
+        let mut cmd = Cmd::with_capacity(3 + 2 * keys, 64 + 48 * keys);
+        cmd.arg("EVALSHA").arg(sha).arg(keys);
+        if self.rate.is_some() {
+            key_arg(&mut cmd, format_args!("pg:{{{name}}}:rpm"));
+        }
+        if let Some((client, _)) = &self.address {
+            key_arg(&mut cmd, format_args!("pg:{{ip:{client}}}:rpm"));
+        }
+        for counter in &counters {
+            counter.window.write_key(&mut cmd, name);
+        }
+        for rate in [self.rate, self.address.map(|(_, rate)| rate)]
+            .into_iter()
+            .flatten()
+        {
+            cmd.arg(-(rate.interval as i64));
+        }
+        for counter in &counters {
+            cmd.arg(-counter.amount);
+        }
+        cmd
+    }
+
     /// Windows that only add `amounts` (`(window, amount, ttl)`), checking nothing: what an
     /// instance admitted while Redis was unreachable, added when it answers again.
     pub fn additions(amounts: impl IntoIterator<Item = (Window, f64, u64)>) -> Windows {
@@ -520,5 +572,68 @@ mod tests {
             v6_prefix: 64,
         };
         assert_eq!(v4.to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn on_a_cluster_each_call_holds_one_hash_tag_and_a_refund_undoes_it() {
+        let policy = Policy {
+            requests_per_day: Some(50),
+            ..Policy::default()
+        };
+        let reserve = Reserve {
+            input: 10,
+            output: 20,
+            usd: 0.0,
+        };
+        let client = Client {
+            addr: [192, 0, 2, 7].into(),
+            v6_prefix: 64,
+        };
+        let windows = Windows {
+            address: gcra(120, 10).map(|rate| (client, rate)),
+            ..key_windows(Some((60, 5)), &policy, Some(reserve), NOW)
+        };
+        let (key, address) = windows.split_address().expect("two tags");
+        let tag = |cmd: &[String]| -> Vec<String> {
+            let keys: usize = cmd[2].parse().unwrap();
+            cmd[3..3 + keys]
+                .iter()
+                .map(|k| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned())
+                .collect()
+        };
+        let key_call = args(&key.admit_command("SHA", "ci"));
+        assert!(tag(&key_call).iter().all(|t| t == "{ci}"), "{key_call:?}");
+        // Its ARGV: the key's rate, no address rate, its three counters.
+        let keys: usize = key_call[2].parse().unwrap();
+        assert_eq!(
+            &key_call[3 + keys..3 + keys + 5],
+            ["1000000", "5", "0", "0", "3"]
+        );
+        let address_call = args(&address.admit_command("SHA", "ci"));
+        assert_eq!(
+            address_call[2..],
+            ["1", "pg:{ip:192.0.2.7}:rpm", "0", "0", "500000", "10", "0"]
+        );
+        // Only the address, or only the key: one call holds it.
+        assert!(address.split_address().is_none());
+        assert!(key.split_address().is_none());
+        // A refund takes one interval off the rate and each non-zero amount off its counter
+        // (the spend of a price-less model was 0 and was not added).
+        let refund = args(&key.refund_command("SHA", "ci"));
+        let day = clock::day(NOW);
+        assert_eq!(
+            refund[2..],
+            [
+                "3".to_owned(),
+                "pg:{ci}:rpm".into(),
+                format!("pg:{{ci}}:req:{day}"),
+                format!("pg:{{ci}}:tok:{day}"),
+                "-1000000".into(),
+                "-1.0".into(),
+                "-30.0".into(),
+            ]
+        );
+        let refund = args(&address.refund_command("SHA", "ci"));
+        assert_eq!(refund[2..], ["1", "pg:{ip:192.0.2.7}:rpm", "-500000"]);
     }
 }
