@@ -184,11 +184,14 @@ impl Mode {
 /// How long a thread's settlements gather before they go to Redis in one call.
 const SETTLE_BATCH: Duration = Duration::from_millis(5);
 
-/// A thread's settlements not sent yet: the sum per key name and counter (their Redis keys are
-/// formatted once per batch, not once per answer).
+/// A settlement: key name and counter, amount and TTL.
+type Settlement = ((Arc<str>, Window), (f64, u64));
+
+/// A thread's settlements not sent yet: the sum per key name and counter, with the counter's TTL
+/// (their Redis keys are formatted once per batch, not once per answer).
 #[derive(Default)]
 struct Settling {
-    amounts: HashMap<(Arc<str>, Window), f64>,
+    amounts: HashMap<(Arc<str>, Window), (f64, u64)>,
     /// A task will send them.
     scheduled: bool,
 }
@@ -435,8 +438,8 @@ impl Fleet {
         let mut windows = script::key_windows(rate, policy, reserve, now);
         windows.address = client
             .and_then(|(client, rpm, burst)| script::gcra(rpm, burst).map(|rate| (client, rate)));
-        if windows.is_empty() {
-            return Verdict::Shared(None);
+        if windows.checks_nothing() {
+            return Verdict::Shared(reserve.map(|_| self.reservation(name, windows)));
         }
         let answer = match self.run(name, &windows).await {
             Ok(answer) => answer,
@@ -449,13 +452,7 @@ impl Fleet {
         };
         self.report(self.breaker.success(), "redis answered");
         match answer {
-            Answer::Admitted => Verdict::Shared(reserve.map(|_| Reservation {
-                fleet: self.clone(),
-                reserved: windows.counters,
-                name: name.clone(),
-                apart: false,
-                settled: false,
-            })),
+            Answer::Admitted => Verdict::Shared(reserve.map(|_| self.reservation(name, windows))),
             Answer::Address(retry_us) => {
                 Verdict::Refused(rate_reject("rate_ip", "this address", retry_us))
             }
@@ -480,6 +477,19 @@ impl Fleet {
         }
     }
 
+    /// What an admitted metered request settles: its checked counters and its deferred ones.
+    fn reservation(self: &Arc<Self>, name: &Arc<str>, windows: Windows) -> Reservation {
+        let mut reserved = windows.counters;
+        reserved.extend(windows.deferred);
+        Reservation {
+            fleet: self.clone(),
+            reserved,
+            name: name.clone(),
+            apart: false,
+            settled: false,
+        }
+    }
+
     /// A metered request admitted while Redis is unreachable (`local` or `allow`): its real usage
     /// is owed to the shared counters, and added when Redis answers again.
     pub fn apart(
@@ -489,13 +499,10 @@ impl Fleet {
         reserve: Reserve,
     ) -> Reservation {
         let now = crate::proxy::budget::clock::now();
-        Reservation {
-            fleet: self.clone(),
-            reserved: script::key_windows(None, policy, Some(reserve), now).counters,
-            name: name.clone(),
-            apart: true,
-            settled: false,
-        }
+        let windows = script::key_windows(None, policy, Some(reserve), now);
+        let mut reservation = self.reservation(name, windows);
+        reservation.apart = true;
+        reservation
     }
 
     fn owe(&self, name: &Arc<str>, amounts: impl IntoIterator<Item = (Window, f64, u64)>) {
@@ -538,22 +545,31 @@ impl Fleet {
         unavailable()
     }
 
-    /// Adds each amount to its counter of key `name`, in the background (off the request's
-    /// path). The settlements of one thread within `SETTLE_BATCH` go out together, summed per
-    /// counter, in one call: under load one call per batch, not one per answer.
-    fn spawn_adjust(&self, name: &Arc<str>, adjust: impl Iterator<Item = (Window, f64)>) {
-        if self.breaker.state() != BreakerState::Closed {
+    /// Adds each amount (`(window, amount, ttl)`) to its counter of key `name`, in the
+    /// background (off the request's path). The settlements of one thread within
+    /// `SETTLE_BATCH` go out together, summed per counter, in one call: under load one call per
+    /// batch, not one per answer. What cannot be sent (the breaker is open, or the call fails)
+    /// is owed, and added when Redis answers again: the deferred counters' only count is this.
+    fn spawn_adjust(
+        self: &Arc<Self>,
+        name: &Arc<str>,
+        adjust: impl Iterator<Item = (Window, f64, u64)>,
+    ) {
+        let mut adjust = adjust.filter(|(_, d, _)| *d != 0.0).peekable();
+        if adjust.peek().is_none() {
             return;
         }
-        let mut adjust = adjust.filter(|(_, d)| *d != 0.0).peekable();
-        if adjust.peek().is_none() {
+        if self.breaker.state() != BreakerState::Closed {
+            self.owe(name, adjust);
             return;
         }
         let batch = self.settling.get_or_default();
         {
             let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
-            for (window, amount) in adjust {
-                *pending.amounts.entry((name.clone(), window)).or_default() += amount;
+            for (window, amount, ttl) in adjust {
+                let slot = pending.amounts.entry((name.clone(), window)).or_default();
+                slot.0 += amount;
+                slot.1 = slot.1.max(ttl);
             }
             if pending.scheduled {
                 return;
@@ -564,15 +580,16 @@ impl Fleet {
         let (Ok(runtime), Some(mut conn)) =
             (tokio::runtime::Handle::try_current(), self.connection())
         else {
-            let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
-            pending.scheduled = false;
-            pending.amounts.clear();
+            let amounts = {
+                let mut pending = batch.lock().unwrap_or_else(|p| p.into_inner());
+                pending.scheduled = false;
+                std::mem::take(&mut pending.amounts)
+            };
+            self.owe_all(amounts);
             return;
         };
         let batch = batch.clone();
-        let script = self.adjust.clone();
-        let timeout = self.settings.timeout * 10;
-        let per_key = self.backend.is_cluster();
+        let fleet = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep(SETTLE_BATCH).await;
             let amounts = {
@@ -580,23 +597,37 @@ impl Fleet {
                 pending.scheduled = false;
                 std::mem::take(&mut pending.amounts)
             };
-            let mut amounts: Vec<_> = amounts.into_iter().filter(|(_, d)| *d != 0.0).collect();
+            let mut amounts: Vec<_> = amounts.into_iter().filter(|(_, d)| d.0 != 0.0).collect();
             // One call holds the whole batch on one server; on a Cluster, one call per key
             // name (its hash tag, so its slot).
-            let calls: Vec<&[_]> = if per_key {
+            let calls: Vec<&[_]> = if fleet.backend.is_cluster() {
                 amounts.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
                 amounts.chunk_by(|a, b| a.0 .0 == b.0 .0).collect()
             } else {
                 vec![&amounts[..]]
             };
+            let timeout = fleet.settings.timeout * 10;
             for amounts in calls {
-                let cmd = adjust_command(&script, amounts);
-                let call = evalsha::<i64>(&script, &cmd, &mut conn);
-                if let Ok(Err(err)) = tokio::time::timeout(timeout, call).await {
-                    tracing::debug!(error = %err, "fleet: a settlement did not reach redis");
-                }
+                let cmd = adjust_command(&fleet.adjust, amounts);
+                let call = evalsha::<i64>(&fleet.adjust, &cmd, &mut conn);
+                let why = match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(err)) => err.to_string(),
+                    Err(_) => FleetError::Timeout(timeout.as_millis() as u64).to_string(),
+                };
+                // A call that timed out may have been run: owed again, it counts high.
+                tracing::debug!(error = %why, "fleet: a settlement did not reach redis");
+                fleet.report(fleet.breaker.failure(), &why);
+                fleet.owe_all(amounts.iter().cloned());
             }
         });
+    }
+
+    /// Owes settlements that were not sent.
+    fn owe_all(&self, amounts: impl IntoIterator<Item = Settlement>) {
+        for ((name, window), (amount, ttl)) in amounts {
+            self.owe(&name, [(window, amount, ttl)]);
+        }
     }
 
     /// Whether the key with `hash` was revoked somewhere in the fleet.
@@ -668,14 +699,14 @@ async fn evalsha<T: redis::FromRedisValue>(
 }
 
 /// The `EVALSHA` of [`script::ADJUST`] adding each amount to its counter.
-fn adjust_command(script: &Script, amounts: &[((Arc<str>, Window), f64)]) -> redis::Cmd {
-    let mut cmd = redis::Cmd::with_capacity(3 + 2 * amounts.len(), 64 * amounts.len());
+fn adjust_command(script: &Script, amounts: &[Settlement]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3 + 3 * amounts.len(), 80 * amounts.len());
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(amounts.len());
     for ((name, window), _) in amounts {
         cmd.arg(window.key(name));
     }
-    for (_, amount) in amounts {
-        cmd.arg(*amount);
+    for (_, (amount, ttl)) in amounts {
+        cmd.arg(*amount).arg(*ttl);
     }
     cmd
 }
@@ -708,7 +739,7 @@ impl Reservation {
     pub fn settle(mut self, input: u64, output: u64, usd: f64) {
         self.settled = true;
         let used = |counter: &Counter| match counter.window.kind {
-            Kind::Requests => counter.amount,
+            Kind::Requests => 1.0,
             Kind::Tokens | Kind::Tpm => (input + output) as f64,
             Kind::Input => input as f64,
             Kind::Output => output as f64,
@@ -719,7 +750,10 @@ impl Reservation {
             self.fleet.owe(&self.name, owed);
             return;
         }
-        let adjust = self.reserved.iter().map(|c| (c.window, used(c) - c.amount));
+        let adjust = self
+            .reserved
+            .iter()
+            .map(|c| (c.window, used(c) - c.amount, c.ttl));
         self.fleet.spawn_adjust(&self.name, adjust);
     }
 }
@@ -727,7 +761,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled && !self.apart {
-            let adjust = self.reserved.iter().map(|c| (c.window, -c.amount));
+            let adjust = self.reserved.iter().map(|c| (c.window, -c.amount, c.ttl));
             self.fleet.spawn_adjust(&self.name, adjust);
         }
     }

@@ -117,11 +117,23 @@ end
 return {0}
 "#;
 
-/// `KEYS` with one `ARGV` amount each: added to the keys that still exist (a settlement after
-/// its window ended changes nothing).
+/// `KEYS` with an `ARGV` pair each, `amount` and `ttl` seconds: each amount added to its key.
+/// An amount above 0 makes a key that does not exist, with its TTL (a count-only counter is
+/// first counted when an answer ends, [`Windows::deferred`]); one below 0 (a reservation given
+/// back, a refund) changes only a key that still exists (after its window ended, nothing).
 pub const ADJUST: &str = r#"
 for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBYFLOAT', KEYS[i], ARGV[i]) end
+  local text = ARGV[2 * i - 1]
+  local amount = tonumber(text)
+  if amount > 0 then
+    local total = tonumber(redis.call('INCRBYFLOAT', KEYS[i], text))
+    -- Near-equal, as in the admit script: this call made it.
+    if math.abs(total - amount) <= 1e-9 * math.max(1, amount) then
+      redis.call('EXPIRE', KEYS[i], ARGV[2 * i])
+    end
+  elseif redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBYFLOAT', KEYS[i], text)
+  end
 end
 return 0
 "#;
@@ -245,7 +257,14 @@ pub struct Windows {
     pub rate: Option<Gcra>,
     /// The client address prefix's rate.
     pub address: Option<(Client, Gcra)>,
+    /// The counters with a limit: checked and counted (their reservation) when the request is
+    /// admitted.
     pub counters: Vec<Counter>,
+    /// The counters without a limit (counted for `proxyguard usage` only): nothing to check,
+    /// so nothing is added at admission (`amount` 0); the answer's real usage is added when it
+    /// ends, with the settlements. Each costs the admit call a key, four arguments and an
+    /// `INCRBYFLOAT`; in a settlement batch a counter is summed over many requests.
+    pub deferred: Vec<Counter>,
 }
 
 /// What a request reserves: input and output tokens and their price.
@@ -335,15 +354,23 @@ pub fn key_windows(
             push(Kind::Tpm, now / 60, limit(Some(l)), tokens, weight, 180);
         }
     }
+    let (counters, mut deferred): (Vec<Counter>, Vec<Counter>) =
+        counters.into_iter().partition(|c| c.limit.is_some());
+    for counter in &mut deferred {
+        counter.amount = 0.0;
+    }
     Windows {
         rate: rate.and_then(|(rpm, burst)| gcra(rpm, burst)),
         address: None,
         counters,
+        deferred,
     }
 }
 
 impl Windows {
-    pub fn is_empty(&self) -> bool {
+    /// Whether the admit call has nothing to check (a request with no rate and only deferred
+    /// counters makes no call at admission).
+    pub fn checks_nothing(&self) -> bool {
         self.rate.is_none() && self.address.is_none() && self.counters.is_empty()
     }
 
@@ -403,11 +430,12 @@ impl Windows {
             rate: self.rate,
             address: None,
             counters: self.counters.clone(),
+            deferred: Vec::new(),
         };
         let address = Windows {
             rate: None,
             address: Some(address),
-            counters: Vec::new(),
+            ..Windows::default()
         };
         Some((key, address))
     }
@@ -419,7 +447,7 @@ impl Windows {
         let counters: Vec<&Counter> = self.counters.iter().filter(|c| c.amount != 0.0).collect();
         let keys =
             usize::from(self.rate.is_some()) + usize::from(self.address.is_some()) + counters.len();
-        let mut cmd = Cmd::with_capacity(3 + 2 * keys, 64 + 48 * keys);
+        let mut cmd = Cmd::with_capacity(3 + 3 * keys, 64 + 56 * keys);
         cmd.arg("EVALSHA").arg(sha).arg(keys);
         if self.rate.is_some() {
             key_arg(&mut cmd, format_args!("pg:{{{name}}}:rpm"));
@@ -430,14 +458,15 @@ impl Windows {
         for counter in &counters {
             counter.window.write_key(&mut cmd, name);
         }
+        // Each amount with a TTL of 0: a negative amount never makes a key.
         for rate in [self.rate, self.address.map(|(_, rate)| rate)]
             .into_iter()
             .flatten()
         {
-            cmd.arg(-(rate.interval as i64));
+            cmd.arg(-(rate.interval as i64)).arg(0);
         }
         for counter in &counters {
-            cmd.arg(-counter.amount);
+            cmd.arg(-counter.amount).arg(0);
         }
         cmd
     }
@@ -448,6 +477,7 @@ impl Windows {
         Windows {
             rate: None,
             address: None,
+            deferred: Vec::new(),
             counters: amounts
                 .into_iter()
                 .map(|(window, amount, ttl)| Counter {
@@ -484,6 +514,7 @@ mod tests {
             requests_per_day: Some(50),
             tokens_per_day: Some(1000),
             tpm: Some(100),
+            usd_per_day: Some(2.0),
             usd_per_month: Some(5.0),
             ..Policy::default()
         };
@@ -538,7 +569,7 @@ mod tests {
         assert_eq!((tpm.amount, tpm.weight), (30.0, 0.5));
         // Not metered (a GET): no budget counts it, as in the local ledger.
         let bare = key_windows(None, &policy, None, NOW);
-        assert!(bare.is_empty());
+        assert!(bare.checks_nothing() && bare.deferred.is_empty());
         assert_eq!(
             args(&bare.admit_command("SHA", "ci"))[2..],
             ["0", "0", "0", "0", "0", "0"]
@@ -575,6 +606,50 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_without_a_limit_is_counted_when_the_answer_ends_not_at_admission() {
+        let reserve = Reserve {
+            input: 10,
+            output: 20,
+            usd: 0.25,
+        };
+        let day = clock::day(NOW);
+        // A day's requests limited: only that counter is in the admit call.
+        let policy = Policy {
+            requests_per_day: Some(50),
+            ..Policy::default()
+        };
+        let windows = key_windows(None, &policy, Some(reserve), NOW);
+        let cmd = args(&windows.admit_command("SHA", "ci"));
+        assert_eq!(
+            cmd[2..],
+            [
+                "1".to_owned(),
+                format!("pg:{{ci}}:req:{day}"),
+                "0".into(),
+                "0".into(),
+                "0".into(),
+                "0".into(),
+                "1".into(),
+                "50.0".into(),
+                "1.0".into(),
+                "0.0".into(),
+                (clock::to_next_day(NOW) + 3600).to_string(),
+            ]
+        );
+        let deferred: Vec<(Kind, f64)> = windows
+            .deferred
+            .iter()
+            .map(|c| (c.window.kind, c.amount))
+            .collect();
+        assert_eq!(deferred, [(Kind::Tokens, 0.0), (Kind::UsdDay, 0.0)]);
+        assert!(windows.deferred.iter().all(|c| c.ttl > 3600));
+        // No limit at all and no rate: nothing to check, no call at admission.
+        let windows = key_windows(None, &Policy::default(), Some(reserve), NOW);
+        assert!(windows.checks_nothing());
+        assert_eq!(windows.deferred.len(), 3);
+    }
+
+    #[test]
     fn on_a_cluster_each_call_holds_one_hash_tag_and_a_refund_undoes_it() {
         let policy = Policy {
             requests_per_day: Some(50),
@@ -603,11 +678,11 @@ mod tests {
         };
         let key_call = args(&key.admit_command("SHA", "ci"));
         assert!(tag(&key_call).iter().all(|t| t == "{ci}"), "{key_call:?}");
-        // Its ARGV: the key's rate, no address rate, its three counters.
+        // Its ARGV: the key's rate, no address rate, its one checked counter.
         let keys: usize = key_call[2].parse().unwrap();
         assert_eq!(
             &key_call[3 + keys..3 + keys + 5],
-            ["1000000", "5", "0", "0", "3"]
+            ["1000000", "5", "0", "0", "1"]
         );
         let address_call = args(&address.admit_command("SHA", "ci"));
         assert_eq!(
@@ -617,23 +692,23 @@ mod tests {
         // Only the address, or only the key: one call holds it.
         assert!(address.split_address().is_none());
         assert!(key.split_address().is_none());
-        // A refund takes one interval off the rate and each non-zero amount off its counter
-        // (the spend of a price-less model was 0 and was not added).
+        // A refund takes one interval off the rate and each amount counted at admission off
+        // its counter (the tokens and spend, without a limit, were not counted then).
         let refund = args(&key.refund_command("SHA", "ci"));
         let day = clock::day(NOW);
         assert_eq!(
             refund[2..],
             [
-                "3".to_owned(),
+                "2".to_owned(),
                 "pg:{ci}:rpm".into(),
                 format!("pg:{{ci}}:req:{day}"),
-                format!("pg:{{ci}}:tok:{day}"),
                 "-1000000".into(),
+                "0".into(),
                 "-1.0".into(),
-                "-30.0".into(),
+                "0".into(),
             ]
         );
         let refund = args(&address.refund_command("SHA", "ci"));
-        assert_eq!(refund[2..], ["1", "pg:{ip:192.0.2.7}:rpm", "-500000"]);
+        assert_eq!(refund[2..], ["1", "pg:{ip:192.0.2.7}:rpm", "-500000", "0"]);
     }
 }
