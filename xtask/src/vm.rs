@@ -63,7 +63,8 @@ pub fn run(
 ) -> Result<Summary> {
     let only = selection.only;
     setup::run()?;
-    build::workspace(false)?;
+    // The test binaries, and (below) the release proxyguard they run in the guest
+    // (`PROXYGUARD_BIN`): no debug build of the workspace is packed.
     let mut tests = build::privileged_test_binaries()?;
     if !only.is_empty() {
         if let Some(unknown) = only
