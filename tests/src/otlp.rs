@@ -16,23 +16,39 @@ pub use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 
-/// What the receiver was sent: each request's path, content type and decoded body.
+/// What the receiver accepted: each request's path, content type and decoded body.
 pub type Received = Arc<Mutex<Vec<(String, String, ExportLogsServiceRequest)>>>;
+
+/// Every export the receiver was sent, accepted or not: the status it answered, and the body.
+pub type Posted = Arc<Mutex<Vec<(u16, ExportLogsServiceRequest)>>>;
 
 /// An OTLP/HTTP logs receiver that answers 200 to every export; returns its port.
 pub fn receiver(received: Received) -> u16 {
+    receiver_answering(received, Posted::default(), &[])
+}
+
+/// A receiver that answers its first exports with `statuses` (a 503 with `Retry-After: 0`, any
+/// other status bare) and 200 from then on, keeping in `received` what it accepted and in `posted`
+/// everything it was sent; returns its port.
+pub fn receiver_answering(received: Received, posted: Posted, statuses: &[u16]) -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let statuses = Arc::new(Mutex::new(statuses.iter().copied().collect()));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let received = received.clone();
-            std::thread::spawn(move || serve(stream, received));
+            let (received, posted, statuses) = (received.clone(), posted.clone(), statuses.clone());
+            std::thread::spawn(move || serve(stream, received, posted, statuses));
         }
     });
     port
 }
 
-fn serve(stream: TcpStream, received: Received) {
+fn serve(
+    stream: TcpStream,
+    received: Received,
+    posted: Posted,
+    statuses: Arc<Mutex<std::collections::VecDeque<u16>>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -67,9 +83,19 @@ fn serve(stream: TcpStream, received: Received) {
             return;
         }
         let decoded = ExportLogsServiceRequest::decode(&body[..]).expect("an OTLP logs request");
-        received.lock().unwrap().push((path, content_type, decoded));
-        let answer =
-            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        let status = statuses.lock().unwrap().pop_front().unwrap_or(200);
+        posted.lock().unwrap().push((status, decoded.clone()));
+        if status == 200 {
+            received.lock().unwrap().push((path, content_type, decoded));
+        }
+        let retry_after = if status == 503 {
+            "retry-after: 0\r\n"
+        } else {
+            ""
+        };
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/x-protobuf\r\n{retry_after}content-length: 0\r\n\r\n"
+        );
         if writer.write_all(answer.as_bytes()).is_err() {
             return;
         }

@@ -7,7 +7,10 @@ use std::{io::BufReader, net::TcpStream};
 
 use proxyguard_tests::{
     l7::{metric, Guard},
-    otlp::{attribute, receiver, records_once, stalled_receiver, text, Any, Received},
+    otlp::{
+        attribute, receiver, receiver_answering, records_once, stalled_receiver, text, Any,
+        LogRecord, Posted, Received,
+    },
     upstream,
 };
 
@@ -162,4 +165,89 @@ fn a_receiver_that_never_answers_costs_drops_not_requests() {
         .filter(|e| e["kind"] == "request" && e["route"] == ROUTE)
         .count();
     assert_eq!(lines, REQUESTS);
+}
+
+/// The request records among `records`.
+fn request_records(records: &[LogRecord]) -> usize {
+    records.iter().filter(|r| r.event_name == "request").count()
+}
+
+/// 20 requests served with their records exported to a receiver that first answers `statuses`.
+fn twenty_requests_exported_to(statuses: &[u16]) -> (Guard, Received, Posted) {
+    let (received, posted) = (Received::default(), Posted::default());
+    let port = receiver_answering(received.clone(), posted.clone(), statuses);
+    let guard = Guard::start(
+        upstream::upstream(),
+        "sk-upstream-otlp",
+        &["alice"],
+        &config(port, "batch_size = 8\n"),
+    );
+    let key = guard.key("alice").to_owned();
+    assert!(serve_requests(&guard, &key, 20).iter().all(|s| *s == 200));
+    (guard, received, posted)
+}
+
+fn records_of(request: &proxyguard_tests::otlp::ExportLogsServiceRequest) -> Vec<LogRecord> {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .flat_map(|sl| sl.log_records.clone())
+        .collect()
+}
+
+#[test]
+fn a_batch_the_receiver_could_not_take_yet_is_sent_again_and_nothing_is_lost() {
+    // A collector restarting, or pushing back: a 503, a 429 and a 502 (the three retries a
+    // batch gets), then 200s.
+    let (guard, received, posted) = twenty_requests_exported_to(&[503, 429, 502]);
+    let records = records_once(&received, |all| request_records(all) >= 20);
+    assert_eq!(
+        request_records(&records),
+        20,
+        "every request's record arrived"
+    );
+    let statuses: Vec<u16> = posted.lock().unwrap().iter().map(|p| p.0).collect();
+    assert_eq!(&statuses[..4], [503, 429, 502, 200], "{statuses:?}");
+    // The batch sent four times was the same batch each time.
+    let first = records_of(&posted.lock().unwrap()[0].1);
+    assert!(posted.lock().unwrap()[..4]
+        .iter()
+        .all(|(_, p)| records_of(p) == first));
+    let text = guard.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "proxyguard_events_dropped_total{sink=\"otlp\",kind=\"request\"}"
+        ),
+        0,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_batch_the_receiver_refuses_as_bad_is_dropped_and_counted_not_sent_again() {
+    let (guard, received, posted) = twenty_requests_exported_to(&[400]);
+    // Every record is posted once: what the 400 refused and what was accepted after it.
+    let all_posted = || -> usize {
+        posted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| request_records(&records_of(p)))
+            .sum()
+    };
+    records_once(&received, |_| all_posted() >= 20);
+    assert_eq!(all_posted(), 20, "no record posted twice");
+    let refused = request_records(&records_of(&posted.lock().unwrap()[0].1));
+    assert_eq!(posted.lock().unwrap()[0].0, 400);
+    let text = guard.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "proxyguard_events_dropped_total{sink=\"otlp\",kind=\"request\"}"
+        ),
+        refused as u64,
+        "{text}"
+    );
 }

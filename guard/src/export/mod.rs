@@ -4,8 +4,12 @@
 //! The request path only offers a record to a bounded queue (`try_send`): when the queue is full,
 //! or a batch is refused, fails or is not answered within `timeout_ms`, its records are dropped
 //! and counted in `proxyguard_events_dropped_total{sink="otlp",kind}`. A stalled receiver thus
-//! costs drops, never request time. Batches are not retried: a receiver that is down for long
-//! would only turn retries into drops later, and the counter says what was lost.
+//! costs drops, never request time. A batch that failed in a way the OTLP spec calls retryable
+//! (no connection, no answer in time, 429, 502, 503, 504) is sent again up to `RETRIES` times,
+//! after `BACKOFF` doubling each time (or the receiver's `Retry-After`, up to `BACKOFF_MAX`),
+//! while the queue keeps taking records: a collector's short restart or back-pressure loses
+//! nothing, a long outage turns into counted drops at the queue. Any other answer (400, 413,
+//! ...) would be the same again: dropped and counted at once.
 //!
 //! Written on hyper's client connection (one kept-alive connection, re-opened after a failure)
 //! and prost, with the few OTLP messages declared in `otlp`. Not the opentelemetry-otlp crate:
@@ -35,6 +39,33 @@ use crate::config::export::{read_headers, Endpoint, ExportSection};
 
 /// How long records may gather before a batch smaller than `batch_size` is sent.
 const GATHER: Duration = Duration::from_millis(200);
+
+/// A batch's sends after its first, when each failure is retryable.
+const RETRIES: u32 = 3;
+/// The wait before the first retry; it doubles for each one after.
+const BACKOFF: Duration = Duration::from_millis(250);
+/// The longest wait a receiver's `Retry-After` gets.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why a batch was not accepted.
+#[derive(Debug)]
+struct Failed {
+    why: String,
+    /// The same batch may succeed later (the OTLP spec's retryable failures).
+    retryable: bool,
+    /// The receiver's `Retry-After`, in seconds.
+    retry_after: Option<u64>,
+}
+
+impl Failed {
+    fn retryable(why: String) -> Failed {
+        Failed {
+            why,
+            retryable: true,
+            retry_after: None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -225,10 +256,7 @@ async fn export_all(mut rx: mpsc::Receiver<Item>, settings: Settings) {
             .map(|item| otlp::record(&item.line, item.severity, now))
             .collect();
         let body = Bytes::from(otlp::encode(&settings.resource, records));
-        let sent = tokio::time::timeout(settings.timeout, post(&mut connection, &settings, body))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.timeout)));
-        match sent {
+        match send(&mut connection, &settings, body).await {
             Ok(()) => {
                 exported().inc_by(n);
                 if std::mem::take(&mut failing) {
@@ -236,8 +264,6 @@ async fn export_all(mut rx: mpsc::Receiver<Item>, settings: Settings) {
                 }
             }
             Err(why) => {
-                // A connection that failed or stalled is not used again.
-                connection = None;
                 for item in &batch {
                     crate::outbox::count_dropped("otlp", &item.kind, 1);
                 }
@@ -256,17 +282,56 @@ async fn export_all(mut rx: mpsc::Receiver<Item>, settings: Settings) {
     }
 }
 
+/// Sends one batch, again after a retryable failure (up to `RETRIES` times, backing off).
+async fn send(
+    connection: &mut Option<SendRequest<Full<Bytes>>>,
+    settings: &Settings,
+    body: Bytes,
+) -> Result<(), String> {
+    let mut backoff = BACKOFF;
+    for retry in 0..=RETRIES {
+        let sent = tokio::time::timeout(settings.timeout, post(connection, settings, body.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failed::retryable(format!(
+                    "no answer within {:?}",
+                    settings.timeout
+                )))
+            });
+        let failed = match sent {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        // A connection that failed or stalled is not used again.
+        *connection = None;
+        if !failed.retryable || retry == RETRIES {
+            return Err(failed.why);
+        }
+        let wait = failed
+            .retry_after
+            .map_or(backoff, |s| Duration::from_secs(s).min(BACKOFF_MAX));
+        tracing::debug!(why = %failed.why, ?wait, "OTLP export: a batch is sent again");
+        tokio::time::sleep(wait).await;
+        backoff *= 2;
+    }
+    unreachable!("the last retry returns")
+}
+
 /// One export request; a kept-alive connection that turns out closed is re-opened once.
 async fn post(
     connection: &mut Option<SendRequest<Full<Bytes>>>,
     settings: &Settings,
     body: Bytes,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     for attempt in 0..2 {
         let reused = connection.is_some();
         let sender = match connection {
             Some(sender) if !sender.is_closed() => sender,
-            _ => connection.insert(connect(&settings.endpoint).await?),
+            _ => connection.insert(
+                connect(&settings.endpoint)
+                    .await
+                    .map_err(Failed::retryable)?,
+            ),
         };
         let mut request = http::Request::post(&settings.endpoint.path)
             .header(http::header::HOST, settings.endpoint.authority())
@@ -276,23 +341,34 @@ async fn post(
         }
         let request = request
             .body(Full::new(body.clone()))
-            .map_err(|err| format!("cannot build the request: {err}"))?;
+            .map_err(|err| Failed {
+                why: format!("cannot build the request: {err}"),
+                retryable: false,
+                retry_after: None,
+            })?;
         match sender.send_request(request).await {
             Ok(response) => {
                 let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok());
                 // Read to the end, so the connection can carry the next batch.
                 let _ = response.into_body().collect().await;
-                return if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("the receiver answered {status}"))
-                };
+                if status.is_success() {
+                    return Ok(());
+                }
+                return Err(Failed {
+                    why: format!("the receiver answered {status}"),
+                    retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                    retry_after,
+                });
             }
             Err(err) if reused && attempt == 0 && err.is_canceled() => *connection = None,
-            Err(err) => return Err(format!("the request failed: {err}")),
+            Err(err) => return Err(Failed::retryable(format!("the request failed: {err}"))),
         }
     }
-    Err("the connection closed twice".into())
+    Err(Failed::retryable("the connection closed twice".into()))
 }
 
 async fn connect(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, String> {
