@@ -8,12 +8,16 @@
 //! object alone is kept (at most `MAX_USAGE` bytes) and parsed when the answer ends. On the way it
 //! counts the characters of the generated text (the string values of `content`, `text`, ...), for
 //! an estimate in case no usage comes. Memory per answer is a few words plus the usage object.
+//!
+//! The newest frame is held (a reference, not a copy) and scanned only when the next one comes:
+//! when it turns out to end the answer, `json_tail` reads the usage at its end without the scan
+//! (the usual case; an answer is often one frame), and only if that is not sure the scan runs.
 
 use super::Reported;
 use bytes::Bytes;
 
 /// The largest `usage` object kept; OpenAI's, with its token details, is a few hundred bytes.
-const MAX_USAGE: usize = 4096;
+pub(super) const MAX_USAGE: usize = 4096;
 /// Containers whose kind (object or array) is tracked; deeper ones are all taken for arrays, so
 /// their keys are neither usage (which is at depth 1 or 2) nor counted text.
 const TRACKED_DEPTH: u32 = 128;
@@ -109,6 +113,10 @@ pub struct JsonUsage {
     top: Option<Reported>,
     wrapped: Option<Reported>,
     chars: u64,
+    /// The newest frame, not scanned yet.
+    last: Option<Bytes>,
+    /// The body ended with `last`: its end is the answer's.
+    ended: bool,
 }
 
 impl Default for JsonUsage {
@@ -128,6 +136,8 @@ impl Default for JsonUsage {
             top: None,
             wrapped: None,
             chars: 0,
+            last: None,
+            ended: false,
         }
     }
 }
@@ -153,7 +163,17 @@ impl JsonUsage {
     }
 
     pub fn feed(&mut self, data: &Bytes) {
-        self.scan(data);
+        if data.is_empty() {
+            return;
+        }
+        if let Some(previous) = self.last.replace(data.clone()) {
+            self.scan(&previous);
+        }
+    }
+
+    /// The body ended: the frame held last is the end of the answer.
+    pub fn end(&mut self) {
+        self.ended = true;
     }
 
     fn scan(&mut self, data: &[u8]) {
@@ -368,8 +388,19 @@ impl JsonUsage {
         i + 1
     }
 
-    /// What the answer reported, and the characters of its text (for an estimate).
+    /// What the answer reported, and the characters of its text (for an estimate): counted only
+    /// when the answer reports no output count, the one case they are needed.
     pub fn finish(&mut self) -> (Reported, u64) {
+        if let Some(last) = self.last.take() {
+            if let Some(reported) = self
+                .ended
+                .then(|| super::json_tail::top_usage(&last))
+                .flatten()
+            {
+                return (reported, 0);
+            }
+            self.scan(&last);
+        }
         let reported = self.top.or(self.wrapped).unwrap_or_default();
         (reported, self.chars)
     }
@@ -449,6 +480,73 @@ mod tests {
                 let (got, _) = fed(body.as_bytes(), chunk);
                 assert_eq!((got.input, got.output), *want, "{body} by {chunk}");
             }
+        }
+    }
+
+    /// `body` in `pieces` with the end of the body marked, as `record::Tracked` feeds it.
+    fn ended(pieces: &[&[u8]]) -> (Reported, u64) {
+        let mut json = JsonUsage::default();
+        for piece in pieces {
+            json.feed(&Bytes::copy_from_slice(piece));
+        }
+        json.end();
+        json.finish()
+    }
+
+    #[test]
+    fn the_reading_at_the_end_agrees_with_the_scan_in_every_split() {
+        let bodies: &[&str] = &[
+            r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}},"service_tier":"default","system_fingerprint":"fp_x"}"#,
+            // "usage" in the text, escaped, before and after; nested at depth 2; in an array.
+            r#"{"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":999,\"completion_tokens\":1}}"}}],"usage":{"prompt_tokens":5,"completion_tokens":6},"extra":{"usage":{"prompt_tokens":997,"completion_tokens":1}}}"#,
+            r#"{"a":{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+            r#"{"usage":{"prompt_tokens":2,"completion_tokens":2},"a":{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+            r#"{"data":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}],"usage":{"prompt_tokens":1,"total_tokens":1}}"#,
+            r#"{"data":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}]}"#,
+            r#"[{"usage":{"prompt_tokens":9,"completion_tokens":9}}]"#,
+            r#"{"content":"x\\","usage":{"prompt_tokens":1,"completion_tokens":7},"t":"\\\"usage\":{}}"}"#,
+            r#"{"a":1,"\"usage":{"prompt_tokens":9,"completion_tokens":9}}"#,
+            r#"{"x":"usage","y":{"prompt_tokens":9,"completion_tokens":9}}"#,
+            // Wrapped, and a top-level one that wins over the wrapped one.
+            r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":2,"output_tokens":1}}}"#,
+            r#"{"response":{"usage":{"input_tokens":9,"output_tokens":9}},"usage":{"input_tokens":1,"output_tokens":2}}"#,
+            // A later top-level usage that is not read plainly, or is empty, or not an object.
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":{}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":{"prompt_tokens":1.5,"completion_tokens":1}}"#,
+            r#"{"usage":{"input_tokens":10,"cache_creation":{"e":0},"output_tokens":5,"service_tier":"standard"}}"#,
+            "{ \"usage\" :\n { \"input_tokens\" : 7 , \"output_tokens\" : 8 } \r\n}\n",
+            // An SSE stream served as JSON: every event is a top-level object to the scan.
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n",
+            "data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+            r#"{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+            r#"{"choices":[{"message":{"content":"no usage"}}]}"#,
+            "not json",
+        ];
+        for body in bodies {
+            let bytes = body.as_bytes();
+            let (want, want_chars) = fed(bytes, bytes.len());
+            let check = |(got, chars): (Reported, u64), how: &str| {
+                assert_eq!(got, want, "{body} {how}");
+                if want.output.is_none() {
+                    assert_eq!(chars, want_chars, "{body} {how}");
+                }
+            };
+            for split in 0..=bytes.len() {
+                check(
+                    ended(&[&bytes[..split], &bytes[split..]]),
+                    &format!("split at {split}"),
+                );
+            }
+            for chunk in [1, 3, 7] {
+                let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+                check(ended(&pieces), &format!("by {chunk}"));
+            }
+        }
+        // The usual answers take the quick way.
+        for body in &bodies[..3] {
+            assert!(super::super::json_tail::top_usage(body.as_bytes()).is_some());
         }
     }
 
