@@ -89,8 +89,21 @@ enum Str {
     Value(bool),
 }
 
-#[derive(Debug)]
+/// What an answer's frames are read with: the newest frame, held, and the scan of the ones
+/// before it, made only when a second frame comes (or the quick reading is not sure).
+#[derive(Debug, Default)]
 pub struct JsonUsage {
+    /// The newest frame, not scanned yet.
+    last: Option<Bytes>,
+    /// The body ended with `last`: its end is the answer's.
+    ended: bool,
+    /// Boxed: most answers never need it, and the meter moves with the body.
+    scan: Option<Box<Scan>>,
+}
+
+/// The scan's state between frames.
+#[derive(Debug)]
+struct Scan {
     depth: u32,
     /// Bit `d` is set when the container at depth `d + 1` is an object.
     objects: u128,
@@ -113,15 +126,11 @@ pub struct JsonUsage {
     top: Option<Reported>,
     wrapped: Option<Reported>,
     chars: u64,
-    /// The newest frame, not scanned yet.
-    last: Option<Bytes>,
-    /// The body ended with `last`: its end is the answer's.
-    ended: bool,
 }
 
-impl Default for JsonUsage {
-    fn default() -> JsonUsage {
-        JsonUsage {
+impl Default for Scan {
+    fn default() -> Scan {
+        Scan {
             depth: 0,
             objects: 0,
             expect_key: false,
@@ -136,13 +145,11 @@ impl Default for JsonUsage {
             top: None,
             wrapped: None,
             chars: 0,
-            last: None,
-            ended: false,
         }
     }
 }
 
-impl JsonUsage {
+impl Scan {
     fn in_object(&self) -> bool {
         self.depth >= 1
             && self.depth <= TRACKED_DEPTH
@@ -160,20 +167,6 @@ impl JsonUsage {
             }
         }
         self.expect_key = object && self.depth <= TRACKED_DEPTH;
-    }
-
-    pub fn feed(&mut self, data: &Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        if let Some(previous) = self.last.replace(data.clone()) {
-            self.scan(&previous);
-        }
-    }
-
-    /// The body ended: the frame held last is the end of the answer.
-    pub fn end(&mut self) {
-        self.ended = true;
     }
 
     fn scan(&mut self, data: &[u8]) {
@@ -388,6 +381,32 @@ impl JsonUsage {
         i + 1
     }
 
+    /// What the answer reported, and the characters of its text.
+    fn finish(&self) -> (Reported, u64) {
+        let reported = self.top.or(self.wrapped).unwrap_or_default();
+        (reported, self.chars)
+    }
+}
+
+impl JsonUsage {
+    pub fn feed(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(previous) = self.last.replace(data.clone()) {
+            self.scan().scan(&previous);
+        }
+    }
+
+    /// The body ended: the frame held last is the end of the answer.
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    fn scan(&mut self) -> &mut Scan {
+        self.scan.get_or_insert_with(Box::default)
+    }
+
     /// What the answer reported, and the characters of its text (for an estimate): counted only
     /// when the answer reports no output count, the one case they are needed.
     pub fn finish(&mut self) -> (Reported, u64) {
@@ -399,10 +418,11 @@ impl JsonUsage {
             {
                 return (reported, 0);
             }
-            self.scan(&last);
+            self.scan().scan(&last);
         }
-        let reported = self.top.or(self.wrapped).unwrap_or_default();
-        (reported, self.chars)
+        self.scan
+            .as_ref()
+            .map_or_else(Default::default, |scan| scan.finish())
     }
 }
 
@@ -570,7 +590,11 @@ mod tests {
         let mut json = JsonUsage::default();
         for piece in body.as_bytes().chunks(4096) {
             json.feed(&Bytes::copy_from_slice(piece));
-            assert!(json.capture.as_ref().is_none_or(|c| c.0.len() <= MAX_USAGE));
+            assert!(json
+                .scan
+                .as_ref()
+                .and_then(|scan| scan.capture.as_ref())
+                .is_none_or(|c| c.0.len() <= MAX_USAGE));
         }
         let (reported, _) = json.finish();
         assert_eq!((reported.input, reported.output), (Some(77), Some(0)));
@@ -582,7 +606,11 @@ mod tests {
         let mut json = JsonUsage::default();
         for piece in huge.as_bytes().chunks(1000) {
             json.feed(&Bytes::copy_from_slice(piece));
-            assert!(json.capture.as_ref().is_none_or(|c| c.0.len() <= MAX_USAGE));
+            assert!(json
+                .scan
+                .as_ref()
+                .and_then(|scan| scan.capture.as_ref())
+                .is_none_or(|c| c.0.len() <= MAX_USAGE));
         }
         assert_eq!(json.finish().0, Reported::default());
     }

@@ -326,16 +326,21 @@ impl<'de> serde::Deserialize<'de> for Count {
 }
 
 impl Counts {
-    /// The member a key names, and its index (for duplicates).
+    /// The member a key names, and its index (for duplicates). By length and first byte, then
+    /// one compare of a known length (done inline, not by a `memcmp` call per name).
     fn slot(&mut self, key: &[u8]) -> Option<(&mut Count, u8)> {
-        Some(match key {
-            b"prompt_tokens" => (&mut self.prompt_tokens, 0),
-            b"completion_tokens" => (&mut self.completion_tokens, 1),
-            b"input_tokens" => (&mut self.input_tokens, 2),
-            b"output_tokens" => (&mut self.output_tokens, 3),
-            b"total_tokens" => (&mut self.total_tokens, 4),
-            b"cache_creation_input_tokens" => (&mut self.cache_creation_input_tokens, 5),
-            b"cache_read_input_tokens" => (&mut self.cache_read_input_tokens, 6),
+        Some(match (key.len(), key.first()?) {
+            (13, b'p') if key == b"prompt_tokens" => (&mut self.prompt_tokens, 0),
+            (17, b'c') if key == b"completion_tokens" => (&mut self.completion_tokens, 1),
+            (12, b'i') if key == b"input_tokens" => (&mut self.input_tokens, 2),
+            (13, b'o') if key == b"output_tokens" => (&mut self.output_tokens, 3),
+            (12, b't') if key == b"total_tokens" => (&mut self.total_tokens, 4),
+            (27, b'c') if key == b"cache_creation_input_tokens" => {
+                (&mut self.cache_creation_input_tokens, 5)
+            }
+            (23, b'c') if key == b"cache_read_input_tokens" => {
+                (&mut self.cache_read_input_tokens, 6)
+            }
             _ => return None,
         })
     }
@@ -359,7 +364,8 @@ impl Counts {
 /// How a response body is read for usage.
 pub enum Meter {
     Json(json_usage::JsonUsage),
-    Sse(sse::SseScanner),
+    /// Boxed: the meter moves with the response body, and a stream's is the larger.
+    Sse(Box<sse::SseScanner>),
 }
 
 impl Meter {
@@ -370,7 +376,7 @@ impl Meter {
             value.len() >= 17 && value[..17].eq_ignore_ascii_case(b"text/event-stream")
         });
         if sse {
-            Meter::Sse(sse::SseScanner::new(strip))
+            Meter::Sse(Box::new(sse::SseScanner::new(strip)))
         } else {
             Meter::Json(json_usage::JsonUsage::default())
         }
