@@ -368,7 +368,16 @@ impl Body for Tracked {
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
                     let data = match &mut self.meter {
-                        Some((meter, _)) => meter.observe(&data).unwrap_or(data),
+                        Some((meter, _)) => {
+                            let data = meter.observe(&data).unwrap_or(data);
+                            // The last frame (hyper may not poll again to see the end).
+                            if self.inner.is_end_stream() {
+                                if let Some((meter, _)) = &mut self.meter {
+                                    meter.end();
+                                }
+                            }
+                            data
+                        }
                         None => data,
                     };
                     // All of it was the stripped usage chunk (or held back until its event ends).
@@ -379,6 +388,9 @@ impl Body for Tracked {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Poll::Ready(None) => {
+                    if let Some((meter, _)) = &mut self.meter {
+                        meter.end();
+                    }
                     let held = self.meter.as_mut().and_then(|(meter, _)| meter.take_held());
                     if let Some(held) = held {
                         self.bytes_out += held.len() as u64;
@@ -399,8 +411,12 @@ impl Body for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
-        // A metered stream may still hold bytes when the upstream's body ends.
-        self.meter.is_none() && self.inner.is_end_stream()
+        // A metered stream may still hold bytes when the upstream's body ends; a JSON answer's
+        // reader holds none, so its last frame may end the body (no poll just to see the end).
+        self.meter
+            .as_ref()
+            .is_none_or(|(meter, _)| meter.holds_nothing())
+            && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

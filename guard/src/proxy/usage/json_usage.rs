@@ -8,12 +8,16 @@
 //! object alone is kept (at most `MAX_USAGE` bytes) and parsed when the answer ends. On the way it
 //! counts the characters of the generated text (the string values of `content`, `text`, ...), for
 //! an estimate in case no usage comes. Memory per answer is a few words plus the usage object.
+//!
+//! The newest frame is held (a reference, not a copy) and scanned only when the next one comes:
+//! when it turns out to end the answer, `json_tail` reads the usage at its end without the scan
+//! (the usual case; an answer is often one frame), and only if that is not sure the scan runs.
 
 use super::Reported;
 use bytes::Bytes;
 
 /// The largest `usage` object kept; OpenAI's, with its token details, is a few hundred bytes.
-const MAX_USAGE: usize = 4096;
+pub(super) const MAX_USAGE: usize = 4096;
 /// Containers whose kind (object or array) is tracked; deeper ones are all taken for arrays, so
 /// their keys are neither usage (which is at depth 1 or 2) nor counted text.
 const TRACKED_DEPTH: u32 = 128;
@@ -85,8 +89,21 @@ enum Str {
     Value(bool),
 }
 
-#[derive(Debug)]
+/// What an answer's frames are read with: the newest frame, held, and the scan of the ones
+/// before it, made only when a second frame comes (or the quick reading is not sure).
+#[derive(Debug, Default)]
 pub struct JsonUsage {
+    /// The newest frame, not scanned yet.
+    last: Option<Bytes>,
+    /// The body ended with `last`: its end is the answer's.
+    ended: bool,
+    /// Boxed: most answers never need it, and the meter moves with the body.
+    scan: Option<Box<Scan>>,
+}
+
+/// The scan's state between frames.
+#[derive(Debug)]
+struct Scan {
     depth: u32,
     /// Bit `d` is set when the container at depth `d + 1` is an object.
     objects: u128,
@@ -111,9 +128,9 @@ pub struct JsonUsage {
     chars: u64,
 }
 
-impl Default for JsonUsage {
-    fn default() -> JsonUsage {
-        JsonUsage {
+impl Default for Scan {
+    fn default() -> Scan {
+        Scan {
             depth: 0,
             objects: 0,
             expect_key: false,
@@ -132,7 +149,7 @@ impl Default for JsonUsage {
     }
 }
 
-impl JsonUsage {
+impl Scan {
     fn in_object(&self) -> bool {
         self.depth >= 1
             && self.depth <= TRACKED_DEPTH
@@ -150,10 +167,6 @@ impl JsonUsage {
             }
         }
         self.expect_key = object && self.depth <= TRACKED_DEPTH;
-    }
-
-    pub fn feed(&mut self, data: &Bytes) {
-        self.scan(data);
     }
 
     fn scan(&mut self, data: &[u8]) {
@@ -368,10 +381,48 @@ impl JsonUsage {
         i + 1
     }
 
-    /// What the answer reported, and the characters of its text (for an estimate).
-    pub fn finish(&mut self) -> (Reported, u64) {
+    /// What the answer reported, and the characters of its text.
+    fn finish(&self) -> (Reported, u64) {
         let reported = self.top.or(self.wrapped).unwrap_or_default();
         (reported, self.chars)
+    }
+}
+
+impl JsonUsage {
+    pub fn feed(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(previous) = self.last.replace(data.clone()) {
+            self.scan().scan(&previous);
+        }
+    }
+
+    /// The body ended: the frame held last is the end of the answer.
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    fn scan(&mut self) -> &mut Scan {
+        self.scan.get_or_insert_with(Box::default)
+    }
+
+    /// What the answer reported, and the characters of its text (for an estimate): counted only
+    /// when the answer reports no output count, the one case they are needed.
+    pub fn finish(&mut self) -> (Reported, u64) {
+        if let Some(last) = self.last.take() {
+            if let Some(reported) = self
+                .ended
+                .then(|| super::json_tail::top_usage(&last))
+                .flatten()
+            {
+                return (reported, 0);
+            }
+            self.scan().scan(&last);
+        }
+        self.scan
+            .as_ref()
+            .map_or_else(Default::default, |scan| scan.finish())
     }
 }
 
@@ -452,6 +503,73 @@ mod tests {
         }
     }
 
+    /// `body` in `pieces` with the end of the body marked, as `record::Tracked` feeds it.
+    fn ended(pieces: &[&[u8]]) -> (Reported, u64) {
+        let mut json = JsonUsage::default();
+        for piece in pieces {
+            json.feed(&Bytes::copy_from_slice(piece));
+        }
+        json.end();
+        json.finish()
+    }
+
+    #[test]
+    fn the_reading_at_the_end_agrees_with_the_scan_in_every_split() {
+        let bodies: &[&str] = &[
+            r#"{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}},"service_tier":"default","system_fingerprint":"fp_x"}"#,
+            // "usage" in the text, escaped, before and after; nested at depth 2; in an array.
+            r#"{"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":999,\"completion_tokens\":1}}"}}],"usage":{"prompt_tokens":5,"completion_tokens":6},"extra":{"usage":{"prompt_tokens":997,"completion_tokens":1}}}"#,
+            r#"{"a":{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+            r#"{"usage":{"prompt_tokens":2,"completion_tokens":2},"a":{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+            r#"{"data":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}],"usage":{"prompt_tokens":1,"total_tokens":1}}"#,
+            r#"{"data":[{"usage":{"prompt_tokens":9,"completion_tokens":9}}]}"#,
+            r#"[{"usage":{"prompt_tokens":9,"completion_tokens":9}}]"#,
+            r#"{"content":"x\\","usage":{"prompt_tokens":1,"completion_tokens":7},"t":"\\\"usage\":{}}"}"#,
+            r#"{"a":1,"\"usage":{"prompt_tokens":9,"completion_tokens":9}}"#,
+            r#"{"x":"usage","y":{"prompt_tokens":9,"completion_tokens":9}}"#,
+            // Wrapped, and a top-level one that wins over the wrapped one.
+            r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":2,"output_tokens":1}}}"#,
+            r#"{"response":{"usage":{"input_tokens":9,"output_tokens":9}},"usage":{"input_tokens":1,"output_tokens":2}}"#,
+            // A later top-level usage that is not read plainly, or is empty, or not an object.
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":{}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":{"prompt_tokens":1.5,"completion_tokens":1}}"#,
+            r#"{"usage":{"input_tokens":10,"cache_creation":{"e":0},"output_tokens":5,"service_tier":"standard"}}"#,
+            "{ \"usage\" :\n { \"input_tokens\" : 7 , \"output_tokens\" : 8 } \r\n}\n",
+            // An SSE stream served as JSON: every event is a top-level object to the scan.
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n",
+            "data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+            r#"{"usage":{"prompt_tokens":9,"completion_tokens":9}}}"#,
+            r#"{"choices":[{"message":{"content":"no usage"}}]}"#,
+            "not json",
+        ];
+        for body in bodies {
+            let bytes = body.as_bytes();
+            let (want, want_chars) = fed(bytes, bytes.len());
+            let check = |(got, chars): (Reported, u64), how: &str| {
+                assert_eq!(got, want, "{body} {how}");
+                if want.output.is_none() {
+                    assert_eq!(chars, want_chars, "{body} {how}");
+                }
+            };
+            for split in 0..=bytes.len() {
+                check(
+                    ended(&[&bytes[..split], &bytes[split..]]),
+                    &format!("split at {split}"),
+                );
+            }
+            for chunk in [1, 3, 7] {
+                let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+                check(ended(&pieces), &format!("by {chunk}"));
+            }
+        }
+        // The usual answers take the quick way.
+        for body in &bodies[..3] {
+            assert!(super::super::json_tail::top_usage(body.as_bytes()).is_some());
+        }
+    }
+
     #[test]
     fn text_characters_for_an_estimate() {
         let body = "{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"h\u{e9}llo \\\"x\\\" \\u00e9\"}}],\"id\":\"abc\"}";
@@ -472,7 +590,11 @@ mod tests {
         let mut json = JsonUsage::default();
         for piece in body.as_bytes().chunks(4096) {
             json.feed(&Bytes::copy_from_slice(piece));
-            assert!(json.capture.as_ref().is_none_or(|c| c.0.len() <= MAX_USAGE));
+            assert!(json
+                .scan
+                .as_ref()
+                .and_then(|scan| scan.capture.as_ref())
+                .is_none_or(|c| c.0.len() <= MAX_USAGE));
         }
         let (reported, _) = json.finish();
         assert_eq!((reported.input, reported.output), (Some(77), Some(0)));
@@ -484,7 +606,11 @@ mod tests {
         let mut json = JsonUsage::default();
         for piece in huge.as_bytes().chunks(1000) {
             json.feed(&Bytes::copy_from_slice(piece));
-            assert!(json.capture.as_ref().is_none_or(|c| c.0.len() <= MAX_USAGE));
+            assert!(json
+                .scan
+                .as_ref()
+                .and_then(|scan| scan.capture.as_ref())
+                .is_none_or(|c| c.0.len() <= MAX_USAGE));
         }
         assert_eq!(json.finish().0, Reported::default());
     }

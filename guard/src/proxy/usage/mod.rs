@@ -6,6 +6,7 @@
 //! `Meter` is what the response body wrapper (`record::Tracked`) feeds every frame to.
 
 pub mod estimate;
+pub mod json_tail;
 pub mod json_usage;
 pub mod sse;
 
@@ -77,46 +78,13 @@ pub fn reported_from_slice(usage: &[u8]) -> Option<Reported> {
 }
 
 /// The usual `usage` object read by hand, for a fraction of serde's cost: members whose keys
-/// have no escapes and whose values are unsigned integers or objects of them (the token
-/// details). Anything else (other values, a duplicate count, text that is not JSON) is `None`,
-/// and serde reads it.
+/// have no escapes and whose values are unsigned integers, objects of them (the token details),
+/// strings without escapes (Anthropic's `service_tier`) or `null`. Anything else (other values, a
+/// duplicate count, text that is not JSON) is `None`, and serde reads it.
 fn plain_counts(text: &[u8]) -> Option<Counts> {
     let mut scan = Plain { text, at: 0 };
-    let mut counts = Counts::default();
-    let mut seen = 0u8;
     scan.ws();
-    scan.eat(b'{')?;
-    scan.ws();
-    if scan.peek() == Some(b'}') {
-        scan.at += 1;
-    } else {
-        loop {
-            let key = scan.key()?;
-            scan.ws();
-            scan.eat(b':')?;
-            scan.ws();
-            // An object in a count's place counts as none, as serde reads it.
-            let value = if scan.peek() == Some(b'{') {
-                scan.details()?;
-                None
-            } else {
-                Some(scan.int()?)
-            };
-            if let Some((slot, at)) = counts.slot(key) {
-                if seen & (1 << at) != 0 {
-                    return None;
-                }
-                seen |= 1 << at;
-                slot.0 = value;
-            }
-            scan.ws();
-            match scan.next()? {
-                b',' => scan.ws(),
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
+    let counts = scan.object()?;
     scan.ws();
     (scan.at == text.len()).then_some(counts)
 }
@@ -147,24 +115,77 @@ impl<'a> Plain<'a> {
         }
     }
 
-    /// A key without escapes or control characters.
+    /// A usage object from `at` (its `{`) to just after its `}`, read into its counts.
+    fn object(&mut self) -> Option<Counts> {
+        let mut counts = Counts::default();
+        let mut seen = 0u8;
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Some(counts);
+        }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            // An object, a string or null in a count's place counts as none, as serde reads it.
+            let value = match self.peek()? {
+                b'{' => {
+                    self.details()?;
+                    None
+                }
+                b'"' => {
+                    self.key()?;
+                    None
+                }
+                b'n' => {
+                    self.literal(b"null")?;
+                    None
+                }
+                _ => Some(self.int()?),
+            };
+            if let Some((slot, at)) = counts.slot(key) {
+                if seen & (1 << at) != 0 {
+                    return None;
+                }
+                seen |= 1 << at;
+                slot.0 = value;
+            }
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Some(counts),
+                _ => return None,
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let rest = self.text.get(self.at..)?;
+        rest.starts_with(word).then(|| self.at += word.len())
+    }
+
+    /// A string without escapes or control characters (a key, or a value that is not a count).
     fn key(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.at;
-        loop {
-            match self.next()? {
-                // Checked as serde checks a key: text that is not UTF-8 is not JSON.
-                b'"' => {
-                    let text = self.text;
-                    let key = &text[start..self.at - 1];
-                    // Keys are ASCII: the word-at-a-time check, and UTF-8's only for others.
-                    let valid = key.is_ascii() || std::str::from_utf8(key).is_ok();
-                    return valid.then_some(key);
-                }
-                b'\\' | 0x00..=0x1f => return None,
-                _ => {}
-            }
+        let text = self.text;
+        let rest = &text[start..];
+        let mut len = plain_ascii_len(rest);
+        if rest.get(len).is_some_and(|b| *b >= 0x80) {
+            // Not ASCII: checked as serde checks a string (text that is not UTF-8 is not JSON).
+            len += rest[len..]
+                .iter()
+                .position(|b| matches!(b, b'"' | b'\\' | 0x00..=0x1f))?;
+            std::str::from_utf8(&rest[..len]).ok()?;
         }
+        if rest.get(len) != Some(&b'"') {
+            return None;
+        }
+        self.at = start + len + 1;
+        Some(&rest[..len])
     }
 
     /// An unsigned integer as JSON writes one (no sign, fraction, exponent or leading zero)
@@ -209,6 +230,34 @@ impl<'a> Plain<'a> {
             }
         }
     }
+}
+
+/// How many bytes from the start of `bytes` are printable ASCII other than `"` and `\\`: where
+/// a plain string's body ends. Eight bytes a step (keys are a dozen bytes), with the usual
+/// word tricks; each mask's lowest set bit is exact, which is the one read.
+fn plain_ascii_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let zero = |word: u64| word.wrapping_sub(ONES) & !word;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let quote = zero(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+        // Below 0x20 (a control character), or 0x80 and above (not ASCII).
+        let control = word.wrapping_sub(ONES * 0x20) & !word;
+        let stop = (quote | backslash | control | word) & HIGH;
+        if stop != 0 {
+            return at + (stop.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + bytes[at..]
+        .iter()
+        .take_while(|b| !matches!(b, b'"' | b'\\' | 0x00..=0x1f | 0x80..))
+        .count()
 }
 
 /// The members of a `usage` object that count.
@@ -277,16 +326,21 @@ impl<'de> serde::Deserialize<'de> for Count {
 }
 
 impl Counts {
-    /// The member a key names, and its index (for duplicates).
+    /// The member a key names, and its index (for duplicates). By length and first byte, then
+    /// one compare of a known length (done inline, not by a `memcmp` call per name).
     fn slot(&mut self, key: &[u8]) -> Option<(&mut Count, u8)> {
-        Some(match key {
-            b"prompt_tokens" => (&mut self.prompt_tokens, 0),
-            b"completion_tokens" => (&mut self.completion_tokens, 1),
-            b"input_tokens" => (&mut self.input_tokens, 2),
-            b"output_tokens" => (&mut self.output_tokens, 3),
-            b"total_tokens" => (&mut self.total_tokens, 4),
-            b"cache_creation_input_tokens" => (&mut self.cache_creation_input_tokens, 5),
-            b"cache_read_input_tokens" => (&mut self.cache_read_input_tokens, 6),
+        Some(match (key.len(), key.first()?) {
+            (13, b'p') if key == b"prompt_tokens" => (&mut self.prompt_tokens, 0),
+            (17, b'c') if key == b"completion_tokens" => (&mut self.completion_tokens, 1),
+            (12, b'i') if key == b"input_tokens" => (&mut self.input_tokens, 2),
+            (13, b'o') if key == b"output_tokens" => (&mut self.output_tokens, 3),
+            (12, b't') if key == b"total_tokens" => (&mut self.total_tokens, 4),
+            (27, b'c') if key == b"cache_creation_input_tokens" => {
+                (&mut self.cache_creation_input_tokens, 5)
+            }
+            (23, b'c') if key == b"cache_read_input_tokens" => {
+                (&mut self.cache_read_input_tokens, 6)
+            }
             _ => return None,
         })
     }
@@ -310,7 +364,8 @@ impl Counts {
 /// How a response body is read for usage.
 pub enum Meter {
     Json(json_usage::JsonUsage),
-    Sse(sse::SseScanner),
+    /// Boxed: the meter moves with the response body, and a stream's is the larger.
+    Sse(Box<sse::SseScanner>),
 }
 
 impl Meter {
@@ -321,7 +376,7 @@ impl Meter {
             value.len() >= 17 && value[..17].eq_ignore_ascii_case(b"text/event-stream")
         });
         if sse {
-            Meter::Sse(sse::SseScanner::new(strip))
+            Meter::Sse(Box::new(sse::SseScanner::new(strip)))
         } else {
             Meter::Json(json_usage::JsonUsage::default())
         }
@@ -337,6 +392,19 @@ impl Meter {
             }
             Meter::Sse(sse) => sse.feed(data),
         }
+    }
+
+    /// The body ended: every frame of the answer was observed.
+    pub fn end(&mut self) {
+        if let Meter::Json(json) = self {
+            json.end();
+        }
+    }
+
+    /// Whether this reader never holds bytes back (a JSON answer's does not; a stripping
+    /// stream's may).
+    pub fn holds_nothing(&self) -> bool {
+        matches!(self, Meter::Json(_))
     }
 
     /// Bytes a stripping scanner still holds when the body ends.
@@ -429,6 +497,26 @@ mod tests {
         // The usual shapes take the plain path.
         assert!(plain >= 7, "{plain}");
         assert!(plain_counts(texts[0]).is_some() && plain_counts(texts[1]).is_some());
+    }
+
+    #[test]
+    fn a_plain_strings_end_is_found_at_every_offset() {
+        for stop in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {
+            for len in 0..20 {
+                let mut bytes = vec![b'a'; len];
+                bytes.push(stop);
+                bytes.extend_from_slice(b"\"\\\x01\xc3");
+                assert_eq!(plain_ascii_len(&bytes), len, "{stop} at {len}");
+                // The bytes before it are all allowed ones, of every kind.
+                let mut mixed: Vec<u8> = (0..len).map(|i| 0x20 + (i as u8 * 7) % 0x5f).collect();
+                mixed.retain(|b| !matches!(b, b'"' | b'\\'));
+                let n = mixed.len();
+                mixed.push(stop);
+                assert_eq!(plain_ascii_len(&mixed), n);
+            }
+        }
+        assert_eq!(plain_ascii_len(b"abcdefghijklmnop"), 16);
+        assert_eq!(plain_ascii_len(b""), 0);
     }
 
     #[test]
