@@ -351,6 +351,17 @@ fn through_an_outage(
             "{status}"
         );
     }
+    // The probes (one a second, each open → half-open → open) keep finding it down: two of
+    // them fail, and the mode stays local (on a Cluster, a probe that skipped the dead node
+    // would call it healthy).
+    let changes = |daemon: &Daemon| daemon.cli_json(&["status"])["fleet"]["mode_changes"].as_u64();
+    for daemon in &fleet.daemons {
+        let before = changes(daemon).unwrap_or(0);
+        eventually("two probes fail while Redis is down", || {
+            changes(daemon) >= Some(before + 4)
+        });
+        assert_eq!(fleet.mode(daemon), "local");
+    }
 
     up(fleet);
     fleet.wait_mode("shared");

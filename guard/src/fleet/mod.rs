@@ -767,7 +767,8 @@ impl Drop for Reservation {
     }
 }
 
-/// While the breaker is open, tries Redis once a second (half-open); a `PING` answered closes it.
+/// While the breaker is open, tries Redis once a second (half-open); a probe answered
+/// (`Conn::probe`: a `PING`, on a Cluster one to each slot's primary) closes it.
 async fn probe(fleet: std::sync::Weak<Fleet>) {
     let mut tick = tokio::time::interval(PROBE);
     loop {
@@ -780,9 +781,7 @@ async fn probe(fleet: std::sync::Weak<Fleet>) {
         let Some(mut conn) = fleet.connection() else {
             continue;
         };
-        let command = redis::cmd("PING");
-        let ping = command.query_async::<String>(&mut conn);
-        match tokio::time::timeout(Duration::from_millis(500), ping).await {
+        match tokio::time::timeout(Duration::from_millis(500), conn.probe()).await {
             Ok(Ok(_)) => fleet.report(fleet.breaker.success(), "redis answered a probe"),
             Ok(Err(err)) => fleet.report(fleet.breaker.probe_failed(), &err.to_string()),
             Err(_) => fleet.report(fleet.breaker.probe_failed(), "probe timed out"),
